@@ -1,0 +1,74 @@
+"""The immutable, indexed view of all config that translation reads.
+
+A source produces a new ``ConfigSnapshot`` plus the set of ``ResourceKey``s that changed; the
+translator never sees half-applied state and never mutates what it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple, TypeVar
+
+from istiod_lite.model.base import Resource
+
+T = TypeVar("T", bound=Resource)
+
+
+class ResourceKey(NamedTuple):
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+
+    @classmethod
+    def of(cls, res: Resource) -> ResourceKey:
+        return cls(res.kind, res.namespace, res.name)
+
+
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    """All resources, grouped by kind then (namespace, name).  Treat as read-only."""
+
+    by_kind: Mapping[str, Mapping[tuple[str, str], Resource]] = field(default_factory=dict)
+    #: Monotonic counter of the source that produced it (for logs and debug only).
+    revision: int = 0
+
+    @classmethod
+    def build(cls, resources: Iterable[Resource], revision: int = 0) -> ConfigSnapshot:
+        grouped: dict[str, dict[tuple[str, str], Resource]] = {}
+        for res in resources:
+            grouped.setdefault(res.kind, {})[(res.namespace, res.name)] = res
+        frozen = {k: MappingProxyType(dict(sorted(v.items()))) for k, v in sorted(grouped.items())}
+        return cls(by_kind=MappingProxyType(frozen), revision=revision)
+
+    def of_kind(self, cls: type[T]) -> list[T]:
+        """Every resource of ``cls``'s kind, sorted by (namespace, name)."""
+        return list(self.by_kind.get(cls.KIND, {}).values())  # type: ignore[arg-type]
+
+    def get(self, cls: type[T], namespace: str, name: str) -> T | None:
+        return self.by_kind.get(cls.KIND, {}).get((namespace, name))  # type: ignore[return-value]
+
+    def get_key(self, key: ResourceKey) -> Resource | None:
+        return self.by_kind.get(key.kind, {}).get((key.namespace, key.name))
+
+    def keys(self) -> Iterator[ResourceKey]:
+        for kind, items in self.by_kind.items():
+            for ns, name in items:
+                yield ResourceKey(kind, ns, name)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_kind.values())
+
+    def changed_keys(self, other: ConfigSnapshot) -> set[ResourceKey]:
+        """Keys whose resource differs between ``self`` and ``other`` (added, removed or changed)."""
+        changed: set[ResourceKey] = set()
+        for kind in set(self.by_kind) | set(other.by_kind):
+            a, b = self.by_kind.get(kind, {}), other.by_kind.get(kind, {})
+            for k in set(a) | set(b):
+                if a.get(k) != b.get(k):
+                    changed.add(ResourceKey(kind, *k))
+        return changed
