@@ -1,0 +1,141 @@
+"""``istiod-lite`` command line: serve, validate, translate, waypoint bootstrap, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from istiod_lite.agent.bootstrap import WaypointIdentity, waypoint_bootstrap
+from istiod_lite.controlplane.debounce import DebounceOptions
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
+
+    options = ControlPlaneOptions(
+        config_dir=Path(args.config),
+        grpc_addr=args.grpc_addr,
+        monitoring_addr=args.monitoring_addr,
+        debounce=DebounceOptions(quiet=args.debounce_quiet, max_delay=args.debounce_max),
+    )
+
+    async def run() -> None:
+        cp = ControlPlane(options)
+        await cp.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logging.getLogger("istiod_lite").info("shutting down")
+        await cp.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from istiod_lite.sources import DirectorySource
+
+    update = DirectorySource(Path(args.config)).load()
+    for err in update.errors:
+        print(err)
+    n = len(update.snapshot)
+    print(f"{n} resource(s) valid, {len(update.errors)} error(s)", file=sys.stderr)
+    return 1 if update.errors else 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from istiod_lite.cli.render import render
+    from istiod_lite.sources import DirectorySource
+    from istiod_lite.translator import WaypointRef, find_waypoints, translate_waypoint
+
+    update = DirectorySource(Path(args.config)).load()
+    for err in update.errors:
+        print(f"warning: skipped invalid resource: {err}", file=sys.stderr)
+    try:
+        ref = WaypointRef.parse(args.waypoint)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if ref not in {w.ref for w in find_waypoints(update.snapshot)}:
+        print(f"error: no waypoint Gateway {ref} (class istio-waypoint) in {args.config}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render(translate_waypoint(update.snapshot, ref), args.output))
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    identity = WaypointIdentity(
+        name=args.name, namespace=args.namespace, service_account=args.service_account or "", ip=args.ip,
+    )
+    boot = waypoint_bootstrap(identity, args.xds_address, admin_port=args.admin_port, delta=not args.sotw)
+    print(json.dumps(boot, indent=2, sort_keys=True))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from istiod_lite.cli.demo import run_demo
+
+    return asyncio.run(run_demo(Path(args.config), requests=args.requests, keep_running=args.keep_running))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="istiod-lite", description=__doc__)
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve xDS for waypoints from a YAML config directory")
+    s.add_argument("--config", required=True, metavar="DIR")
+    s.add_argument("--grpc-addr", default="0.0.0.0:15010", metavar="HOST:PORT", help="plaintext xDS")
+    s.add_argument("--secure-grpc-addr", default=":15012", metavar="HOST:PORT",
+                   help="TLS xDS and CA (not served yet: comes with the CA)")
+    s.add_argument("--monitoring-addr", default="0.0.0.0:15014", metavar="HOST:PORT")
+    s.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS")
+    s.add_argument("--debounce-max", type=float, default=10.0, metavar="SECONDS")
+    s.set_defaults(func=_serve)
+
+    v = sub.add_parser("validate", help="validate a config directory; exit 1 on any error")
+    v.add_argument("--config", required=True, metavar="DIR")
+    v.set_defaults(func=_validate)
+
+    t = sub.add_parser("translate", help="print a waypoint's Envoy resources")
+    t.add_argument("--config", required=True, metavar="DIR")
+    t.add_argument("--waypoint", required=True, metavar="NS/NAME")
+    t.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
+    t.set_defaults(func=_translate)
+
+    w = sub.add_parser("waypoint", help="waypoint proxy helpers")
+    wsub = w.add_subparsers(dest="waypoint_command", required=True)
+    b = wsub.add_parser("bootstrap", help="print an Envoy bootstrap for a waypoint")
+    b.add_argument("--name", required=True)
+    b.add_argument("--namespace", required=True)
+    b.add_argument("--service-account", default="")
+    b.add_argument("--ip", default="127.0.1.1")
+    b.add_argument("--xds-address", required=True, metavar="HOST:PORT")
+    b.add_argument("--admin-port", type=int, default=15000)
+    b.add_argument("--sotw", action="store_true", help="use State-of-the-World ADS instead of Delta")
+    b.set_defaults(func=_bootstrap)
+
+    d = sub.add_parser("demo", help="run the control plane, a real Envoy waypoint and demo pods; show traffic")
+    d.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "examples" / "bookinfo"))
+    d.add_argument("--requests", type=int, default=200)
+    d.add_argument("--keep-running", action="store_true")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Envoy resources as Envoy's own JSON (protobuf JSON with ``@type``), deterministically."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import Message
+
+from istiod_lite.translator.output import EnvoyResources
+
+
+def message_json(msg: Message) -> dict[str, Any]:
+    packed = any_pb2.Any()
+    packed.Pack(msg)
+    out: dict[str, Any] = json_format.MessageToDict(packed, preserving_proto_field_name=True)
+    return out
+
+
+def resources_dict(res: EnvoyResources) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "listeners": [message_json(m) for _, m in sorted(res.listeners.items())],
+        "clusters": [message_json(m) for _, m in sorted(res.clusters.items())],
+        "routes": [message_json(m) for _, m in sorted(res.routes.items())],
+        "endpoints": [message_json(m) for _, m in sorted(res.endpoints.items())],
+        "secrets": [message_json(m) for _, m in sorted(res.secrets.items())],
+    }
+
+
+def render(res: EnvoyResources, fmt: str = "json") -> str:
+    data = resources_dict(res)
+    if fmt == "yaml":
+        return yaml.safe_dump(data, sort_keys=True, default_flow_style=False)
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,141 @@
+"""The running control plane: source -> snapshot -> translator -> cache -> ADS server.
+
+One object with an explicit lifecycle (``start`` / ``stop``), configured by a dataclass.
+It is the only place that knows both the Istio model and the xDS layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
+from istiod_lite.controlplane.nodes import UNKNOWN_GROUP, group_of, parse_group, waypoint_group
+from istiod_lite.controlplane.snapshots import to_resource_snapshot
+from istiod_lite.model import ConfigError, ConfigSnapshot
+from istiod_lite.monitoring.http import MonitoringServer
+from istiod_lite.sources import DirectorySource, SourceUpdate
+from istiod_lite.translator import find_waypoints, translate_waypoint
+from istiod_lite.translator.waypoints import WaypointRef
+from istiod_lite.xds.cache import SnapshotCache
+from istiod_lite.xds.resources import EMPTY
+from istiod_lite.xds.server import AdsServer, XdsServerOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ControlPlaneOptions:
+    config_dir: Path
+    grpc_addr: str = "0.0.0.0:15010"
+    monitoring_addr: str = "0.0.0.0:15014"
+    poll_interval: float = 0.5
+    debounce: DebounceOptions = field(default_factory=DebounceOptions)
+    xds: XdsServerOptions = field(default_factory=XdsServerOptions)
+
+
+class ControlPlane:
+    def __init__(self, options: ControlPlaneOptions) -> None:
+        self.options = options
+        self.source = DirectorySource(
+            options.config_dir, poll_interval=options.poll_interval, debounce=options.debounce.quiet
+        )
+        self.cache = SnapshotCache(group_of, on_demand=self._on_demand)
+        self.ads = AdsServer(self.cache, options.xds)
+        self.config = ConfigSnapshot()
+        self.errors: tuple[ConfigError, ...] = ()
+        self._debouncer: Debouncer[SourceUpdate] = Debouncer(
+            self._apply_update, lambda _old, new: new, options.debounce
+        )
+        self._grpc: grpc.aio.Server | None = None
+        self._monitoring = MonitoringServer(lambda: self.cache.ready, self.ads.status)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.grpc_port = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        update = await asyncio.to_thread(self.source.load)
+        self._install(update)
+        self.cache.mark_ready()
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 15_000),
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ]
+        )
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, self._grpc)
+        self.grpc_port = self._grpc.add_insecure_port(self.options.grpc_addr)
+        await self._grpc.start()
+        await self._monitoring.start(self.options.monitoring_addr)
+        self._tasks = [
+            asyncio.create_task(self.source.run(self._on_source_update), name="source"),
+            asyncio.create_task(self._debouncer.run(), name="debounce"),
+        ]
+        log.info(
+            "serving xDS on %s (port %d), monitoring on %s; %d resources, %d errors, waypoints: %s",
+            self.options.grpc_addr, self.grpc_port, self.options.monitoring_addr, len(self.config),
+            len(self.errors), ", ".join(str(w.ref) for w in find_waypoints(self.config)) or "none",
+        )
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        await self._monitoring.stop()
+
+    @property
+    def monitoring_port(self) -> int:
+        return self._monitoring.port
+
+    # -- config flow -----------------------------------------------------------------------------
+    async def _on_source_update(self, update: SourceUpdate) -> None:
+        self._debouncer.add(update)
+
+    async def _apply_update(self, update: SourceUpdate) -> None:
+        try:
+            self._install(update)
+        except Exception:  # never let one bad rebuild kill the loop: the last good config stays
+            log.exception("rebuild failed; keeping the previous config")
+
+    def _install(self, update: SourceUpdate) -> None:
+        self.config = update.snapshot
+        new_errors = set(update.errors) - set(self.errors)
+        for err in sorted(new_errors, key=str):
+            log.error("config rejected: %s", err)
+        self.errors = update.errors
+        self._translate_all()
+
+    def _translate_all(self) -> None:
+        wanted = {waypoint_group(w.ref.namespace, w.ref.name): w.ref for w in find_waypoints(self.config)}
+        for group, ref in sorted(wanted.items()):
+            self._translate_group(group, ref)
+        self.cache.set_snapshot(UNKNOWN_GROUP, EMPTY)
+        for group in self.cache.watched_groups():
+            if group not in wanted and group != UNKNOWN_GROUP:
+                # A connected waypoint whose Gateway is gone: an empty but valid config.
+                self.cache.set_snapshot(group, EMPTY)
+
+    def _translate_group(self, group: str, ref: WaypointRef) -> None:
+        resources = translate_waypoint(self.config, ref)
+        self.cache.set_snapshot(group, to_resource_snapshot(resources))
+
+    def _on_demand(self, group: str) -> None:
+        parsed = parse_group(group)
+        if parsed is None:
+            self.cache.set_snapshot(group, EMPTY)
+            return
+        log.warning("proxy connected for waypoint %s/%s which is not in the config; serving it nothing",
+                    *parsed)
+        self.cache.set_snapshot(group, EMPTY)

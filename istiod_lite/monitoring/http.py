@@ -1,0 +1,52 @@
+"""The monitoring port (Istio's :15014): readiness now, metrics and debug endpoints beside it.
+
+Kept apart from the gRPC port so a probe never competes with xDS streams.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from aiohttp import web
+
+from istiod_lite.addresses import split_host_port
+
+
+class MonitoringServer:
+    """``ready()`` answers /ready; ``syncz()`` returns the per-proxy sync status for /debug/syncz."""
+
+    def __init__(self, ready: Callable[[], bool], syncz: Callable[[], list[dict[str, object]]]) -> None:
+        self._ready_fn = ready
+        self._syncz_fn = syncz
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/ready", self._ready)
+        app.router.add_get("/debug/syncz", self._syncz)
+        return app
+
+    async def _ready(self, _req: web.Request) -> web.Response:
+        ok = self._ready_fn()
+        return web.Response(status=200 if ok else 503, text="ready\n" if ok else "not ready\n")
+
+    async def _syncz(self, _req: web.Request) -> web.Response:
+        status = self._syncz_fn()
+        return web.Response(text=json.dumps(status, indent=2, sort_keys=True), content_type="application/json")
+
+    async def start(self, addr: str) -> None:
+        host, port = split_host_port(addr)
+        self._runner = web.AppRunner(self._app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,68 @@
+"""Endpoints of a service port: ready pods selected by the Service (and a subset's labels)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from envoy.config.core.v3 import address_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+
+from istiod_lite.model import ConfigSnapshot
+from istiod_lite.model.core import Pod, Service, ServicePort
+
+
+def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def target_port(pod: Pod, port: ServicePort) -> int | None:
+    tp = port.target_port
+    if tp is None:
+        return port.port
+    if isinstance(tp, int):
+        return tp
+    if tp.isdigit():
+        return int(tp)
+    return pod.named_port(tp)
+
+
+def service_pods(snapshot: ConfigSnapshot, svc: Service, subset_labels: Mapping[str, str] | None = None) -> list[Pod]:
+    selector = svc.spec.selector
+    if not selector:
+        return []
+    pods = []
+    for pod in snapshot.of_kind(Pod):
+        if pod.namespace != svc.namespace or not pod.ips:
+            continue
+        if _selects(selector, pod.metadata.labels) and _selects(subset_labels or {}, pod.metadata.labels):
+            pods.append(pod)
+    return pods
+
+
+def load_assignment(
+    cluster_name: str, snapshot: ConfigSnapshot, svc: Service, port: ServicePort,
+    subset_labels: Mapping[str, str] | None = None,
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """Plain socket-address endpoints, sorted by address; unready pods are kept as UNHEALTHY
+    (Istio sends unhealthy endpoints with their status and lets Envoy's panic threshold decide)."""
+    lb_endpoints = []
+    for pod in service_pods(snapshot, svc, subset_labels):
+        tp = target_port(pod, port)
+        if tp is None:
+            continue
+        ep = endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(
+                address=address_pb2.Address(
+                    socket_address=address_pb2.SocketAddress(address=pod.ips[0], port_value=tp)
+                )
+            ),
+            health_status=health_check_pb2.HEALTHY if pod.ready else health_check_pb2.UNHEALTHY,
+        )
+        ep.load_balancing_weight.value = 1
+        lb_endpoints.append(ep)
+    lb_endpoints.sort(key=lambda e: (e.endpoint.address.socket_address.address,
+                                     e.endpoint.address.socket_address.port_value))
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
+    if lb_endpoints:
+        cla.endpoints.add().lb_endpoints.extend(lb_endpoints)
+    return cla

@@ -1,0 +1,105 @@
+"""The one interface between "what each proxy gets" and "how it is sent".
+
+Proxies are grouped: every proxy whose node maps to the same *group key* gets the same resources
+(all replicas of one waypoint share one translation).  Whoever computes config (the control-plane
+wiring) calls ``set_snapshot(group, snapshot)``; streams watch their group and are woken when it
+changes.  The cache knows nothing of Istio: groups are opaque strings and resources opaque bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from envoy.config.core.v3 import base_pb2
+
+from istiod_lite.xds.resources import ResourceSnapshot
+
+log = logging.getLogger(__name__)
+
+#: Maps a connecting node to its group key.  Must be cheap and must not raise.
+NodeGrouper = Callable[[base_pb2.Node], str]
+
+
+@dataclass
+class _Group:
+    snapshot: ResourceSnapshot | None = None
+    watchers: set[asyncio.Event] = field(default_factory=set)
+
+
+class SnapshotCache:
+    """Latest ``ResourceSnapshot`` per group, plus who to wake when one changes.
+
+    ``on_demand(group)`` is called (once per group) when a stream joins a group that has no
+    snapshot yet, so the owner can compute one lazily; until it does, the stream waits and
+    sends nothing (never an empty full-state response by accident).
+    """
+
+    def __init__(
+        self,
+        grouper: NodeGrouper,
+        on_demand: Callable[[str], None] | None = None,
+    ) -> None:
+        self._grouper = grouper
+        self._on_demand = on_demand
+        self._groups: dict[str, _Group] = {}
+        self._ready = asyncio.Event()
+
+    # -- readiness ---------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """True once the owner has declared the first complete set of snapshots."""
+        return self._ready.is_set()
+
+    def mark_ready(self) -> None:
+        self._ready.set()
+
+    # -- owner side --------------------------------------------------------------------------
+    def set_snapshot(self, group: str, snapshot: ResourceSnapshot) -> bool:
+        """Store ``snapshot`` for ``group``; wake its streams.  Returns False if unchanged."""
+        g = self._groups.setdefault(group, _Group())
+        if g.snapshot is not None and g.snapshot.types == snapshot.types:
+            return False
+        g.snapshot = snapshot
+        for ev in g.watchers:
+            ev.set()
+        return True
+
+    def clear_snapshot(self, group: str) -> None:
+        g = self._groups.get(group)
+        if g is None:
+            return
+        if not g.watchers:
+            del self._groups[group]
+        else:
+            g.snapshot = None
+
+    def groups(self) -> list[str]:
+        return sorted(self._groups)
+
+    def watched_groups(self) -> list[str]:
+        return sorted(k for k, g in self._groups.items() if g.watchers)
+
+    # -- stream side -------------------------------------------------------------------------
+    def group_of(self, node: base_pb2.Node) -> str:
+        return self._grouper(node)
+
+    def get(self, group: str) -> ResourceSnapshot | None:
+        g = self._groups.get(group)
+        return g.snapshot if g else None
+
+    def watch(self, group: str, event: asyncio.Event) -> None:
+        g = self._groups.setdefault(group, _Group())
+        g.watchers.add(event)
+        if g.snapshot is None and self._on_demand is not None:
+            try:
+                self._on_demand(group)
+            except Exception:  # the owner's bug must not kill the stream
+                log.exception("on-demand computation for group %s failed", group)
+
+    def unwatch(self, group: str, event: asyncio.Event) -> None:
+        g = self._groups.get(group)
+        if g is not None:
+            g.watchers.discard(event)

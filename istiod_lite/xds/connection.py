@@ -1,0 +1,64 @@
+"""One connected ADS stream: who it is, what it subscribed to, and a single wake-up flag.
+
+Coalescing is structural: a config change or a request only sets ``wake``; the stream's writer
+loop then evaluates every subscribed type once against the *latest* snapshot.  However many
+changes arrive while a write is blocked, at most one evaluation is pending — per-stream memory
+stays bounded and a slow client never delays another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+
+from envoy.config.core.v3 import base_pb2
+
+from istiod_lite.xds.subscription import Subscription
+from istiod_lite.xds.typeurls import push_rank, short
+
+_SERVER_TOKEN = os.urandom(4).hex()
+_counter = itertools.count(1)
+
+
+def new_nonce() -> str:
+    """Unique across streams and server restarts (Envoy has leaked old nonces, R7)."""
+    return f"{_SERVER_TOKEN}-{next(_counter)}"
+
+
+@dataclass
+class Connection:
+    conn_id: str
+    variant: str  # "sotw" | "delta"
+    peer: str
+    node: base_pb2.Node
+    group: str
+    connected_at: float = field(default_factory=time.time)
+    subs: dict[str, Subscription] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set by the reader when the stream must end: (grpc status code name, message) or None.
+    fatal: tuple[str, str] | None = None
+    closed: bool = False
+    #: SotW: answer the next EDS request even if it looks like an ACK (R43).
+    eds_after_cds: bool = False
+
+    @property
+    def node_id(self) -> str:
+        return self.node.id
+
+    def ordered_subs(self) -> list[Subscription]:
+        return sorted(self.subs.values(), key=lambda s: (push_rank(s.type_url), s.type_url))
+
+    def status(self) -> dict[str, object]:
+        return {
+            "connection_id": self.conn_id,
+            "node_id": self.node.id,
+            "cluster": self.node.cluster,
+            "group": self.group,
+            "variant": self.variant,
+            "peer": self.peer,
+            "connected_at": self.connected_at,
+            "types": {short(s.type_url): s.status() for s in self.ordered_subs()},
+        }

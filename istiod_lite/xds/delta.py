@@ -1,0 +1,84 @@
+"""Incremental (Delta) ADS: request handling and response building, without I/O.
+
+Rule numbers refer to shared/reference/xds-protocol.md §1.
+"""
+
+from __future__ import annotations
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from istiod_lite.xds.connection import Connection, new_nonce
+from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource
+from istiod_lite.xds.subscription import Subscription
+from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
+
+#: Keep each response under gRPC's default 4 MiB receive limit (R50), with room for framing.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+
+
+def on_request(conn: Connection, req: discovery_pb2.DeltaDiscoveryRequest) -> str:
+    """Apply one request; returns "initial", "ack", "nack" or "change"."""
+    sub = conn.subs.get(req.type_url)
+    first = sub is None
+    if sub is None:
+        sub = conn.subs[req.type_url] = Subscription(req.type_url)
+        # Reconnect: the client tells us what it holds; we send only what differs and remove
+        # what no longer exists (R33).
+        sub.sent.update(req.initial_resource_versions)
+        sub.must_respond = True
+    kind = "initial" if first else "change"
+    nonce = req.response_nonce
+    if nonce and nonce == sub.nonce_sent:
+        if req.HasField("error_detail"):
+            sub.record_nack(nonce, req.error_detail.message)
+            kind = "nack"
+        else:
+            sub.record_ack(nonce, sub.version_sent)
+            kind = "ack"
+    # Subscription changes apply even with a stale nonce or a NACK (R16, R35).
+    sub.apply_delta(req.resource_names_subscribe, req.resource_names_unsubscribe, first)
+    return kind
+
+
+def build_responses(
+    conn: Connection, sub: Subscription, snap: ResourceSnapshot
+) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    """Zero or more responses (more than one only when the change exceeds the size cap)."""
+    available = snap.of_type(sub.type_url)
+    visible = sub.visible(available)
+    changed: list[VersionedResource] = [r for n, r in visible.items() if sub.sent.get(n) != r.version]
+    removed = sorted(n for n in sub.sent if n not in visible)
+    removed += sorted(n for n in sub.announce if n not in visible and n not in sub.sent)
+    sub.announce.clear()
+    if not changed and not removed and not sub.must_respond:
+        return []
+    system_version = snap.type_version(sub.type_url)
+    responses: list[discovery_pb2.DeltaDiscoveryResponse] = []
+    current = _new_response(sub.type_url, system_version)
+    size = 0
+    for r in changed:
+        if size and size + r.size > MAX_RESPONSE_BYTES:
+            responses.append(current)
+            current = _new_response(sub.type_url, system_version)
+            size = 0
+        current.resources.add(name=r.name, version=r.version, resource=r.any)
+        size += r.size + len(r.name) + 32
+        sub.sent[r.name] = r.version
+    current.removed_resources.extend(removed)
+    for n in removed:
+        sub.sent.pop(n, None)
+    responses.append(current)
+    for resp in responses:
+        resp.nonce = new_nonce()
+    sub.record_send(responses[-1].nonce, system_version)
+    if sub.type_url == CLUSTER and changed:
+        # Changed clusters warm until endpoints arrive: resend every subscribed EDS (R42, R43).
+        eds = conn.subs.get(ENDPOINT)
+        if eds is not None:
+            eds.sent.clear()
+            eds.must_respond = True
+    return responses
+
+
+def _new_response(type_url: str, system_version: str) -> discovery_pb2.DeltaDiscoveryResponse:
+    return discovery_pb2.DeltaDiscoveryResponse(type_url=type_url, system_version_info=system_version)

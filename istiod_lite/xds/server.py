@@ -1,0 +1,171 @@
+"""The gRPC ADS service: stream lifecycle around the SotW and Delta state machines.
+
+Each stream has two tasks: a reader that applies requests to the stream state and sets the wake
+flag, and the handler itself, which waits for the flag, evaluates every subscribed type in push
+order (CDS, EDS, LDS, RDS, ...) against the group's latest snapshot and writes what is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from istiod_lite.xds import delta, sotw
+from istiod_lite.xds.cache import SnapshotCache
+from istiod_lite.xds.connection import Connection
+from istiod_lite.xds.typeurls import short
+
+log = logging.getLogger(__name__)
+
+#: Called once per stream after the first request, before anything is sent.  Raise
+#: ``StreamRefused`` to refuse the stream (authentication, admission).
+StreamCheck = Callable[[Connection, grpc.aio.ServicerContext], Awaitable[None]]
+
+
+class StreamRefused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class XdsServerOptions:
+    #: A stream whose write does not complete in this time is closed (slow or stuck client).
+    write_timeout: float = 30.0
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    """Serves a ``SnapshotCache`` over ADS, SotW and Delta."""
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        options: XdsServerOptions | None = None,
+        stream_check: StreamCheck | None = None,
+    ) -> None:
+        self.cache = cache
+        self.options = options or XdsServerOptions()
+        self._stream_check = stream_check
+        self._ids = itertools.count(1)
+        self.connections: dict[str, Connection] = {}
+
+    # -- gRPC methods --------------------------------------------------------------------------
+    async def StreamAggregatedResources(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._serve("sotw", request_iterator, context)
+
+    async def DeltaAggregatedResources(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        await self._serve("delta", request_iterator, context)
+
+    # -- stream lifecycle ----------------------------------------------------------------------
+    async def _serve(self, variant: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        if not self.cache.ready:
+            # Never answer before the first complete config exists: an empty LDS/CDS would
+            # delete everything a reconnecting Envoy holds (R48).
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "control plane is not ready")
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        if not first.HasField("node") or not first.node.id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id")
+        conn = Connection(
+            conn_id=f"{first.node.id}-{next(self._ids)}",
+            variant=variant,
+            peer=context.peer() or "",
+            node=first.node,
+            group=self.cache.group_of(first.node),
+        )
+        if self._stream_check is not None:
+            try:
+                await self._stream_check(conn, context)
+            except StreamRefused as exc:
+                await context.abort(exc.code, exc.message)
+        self.connections[conn.conn_id] = conn
+        self.cache.watch(conn.group, conn.wake)
+        log.info("%s stream %s connected (group %s, peer %s)", variant, conn.conn_id, conn.group, conn.peer)
+        reader = asyncio.create_task(self._read(variant, conn, first, requests))
+        try:
+            await self._write_loop(variant, conn, context)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            self.cache.unwatch(conn.group, conn.wake)
+            self.connections.pop(conn.conn_id, None)
+            log.info("%s stream %s closed", variant, conn.conn_id)
+        if conn.fatal is not None:
+            await context.abort(getattr(grpc.StatusCode, conn.fatal[0]), conn.fatal[1])
+
+    async def _read(self, variant: str, conn: Connection, first: Any, requests: AsyncIterator[Any]) -> None:
+        try:
+            self._apply(variant, conn, first)
+            async for req in requests:
+                self._apply(variant, conn, req)
+                if conn.fatal is not None:
+                    break
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        except Exception as exc:  # malformed input must end this stream only
+            log.warning("stream %s: bad request: %s", conn.conn_id, exc)
+            conn.fatal = ("INVALID_ARGUMENT", "malformed request")
+        finally:
+            conn.closed = True
+            conn.wake.set()
+
+    def _apply(self, variant: str, conn: Connection, req: Any) -> None:
+        if not req.type_url:
+            conn.fatal = ("INVALID_ARGUMENT", "type_url is required on ADS (R2)")
+            return
+        if variant == "sotw":
+            result = sotw.on_request(conn, req)
+            kind = result.kind
+        else:
+            kind = delta.on_request(conn, req)
+        if kind == "nack":
+            sub = conn.subs[req.type_url]
+            log.warning("%s NACK from %s: %s", short(req.type_url), conn.node_id, sub.last_error)
+        conn.wake.set()
+
+    async def _write_loop(self, variant: str, conn: Connection, context: grpc.aio.ServicerContext) -> None:
+        while True:
+            await conn.wake.wait()
+            conn.wake.clear()
+            if conn.closed or conn.fatal is not None:
+                return
+            snap = self.cache.get(conn.group)
+            if snap is None:
+                continue  # owner computes it on demand; we are woken when it is set
+            for sub in conn.ordered_subs():
+                if variant == "sotw":
+                    resp = sotw.build_response(conn, sub, snap)
+                    responses: list[Any] = [resp] if resp is not None else []
+                else:
+                    responses = delta.build_responses(conn, sub, snap)
+                for resp in responses:
+                    try:
+                        await asyncio.wait_for(context.write(resp), timeout=self.options.write_timeout)
+                    except TimeoutError:
+                        log.warning("stream %s: write blocked for %.0fs; closing", conn.conn_id,
+                                    self.options.write_timeout)
+                        conn.fatal = ("UNAVAILABLE", "stream too slow")
+                        return
+                    except Exception:
+                        return  # client went away
+
+    def status(self) -> list[dict[str, object]]:
+        return [c.status() for c in sorted(self.connections.values(), key=lambda c: c.conn_id)]

@@ -1,0 +1,84 @@
+"""State-of-the-World ADS: how requests change a stream's state, and what to send back.
+
+Pure functions over ``Connection``/``Subscription`` (no I/O), so every rule is unit-testable.
+Rule numbers refer to shared/reference/xds-protocol.md §1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from istiod_lite.xds.connection import Connection, new_nonce
+from istiod_lite.xds.resources import ResourceSnapshot, set_version
+from istiod_lite.xds.subscription import Subscription
+from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
+
+
+class RequestKind:
+    INITIAL = "initial"
+    ACK = "ack"
+    NACK = "nack"
+    STALE = "stale"
+
+
+@dataclass(frozen=True)
+class Classified:
+    kind: str
+    names_added: bool
+
+
+def on_request(conn: Connection, req: discovery_pb2.DiscoveryRequest) -> Classified:
+    """Apply one request to the stream state.  Never raises for protocol-legal input."""
+    sub = conn.subs.get(req.type_url)
+    if sub is None:
+        sub = conn.subs[req.type_url] = Subscription(req.type_url)
+    nonce = req.response_nonce
+    added = sub.apply_sotw_names(req.resource_names)  # names apply whatever the nonce (R10, R16)
+    if not nonce:
+        # First request for this type on this stream (or a client that lost state): answer (R11).
+        sub.must_respond = True
+        kind = RequestKind.INITIAL
+    elif nonce != sub.nonce_sent:
+        kind = RequestKind.STALE  # superseded by a newer response (R10); no state change
+    elif req.HasField("error_detail"):
+        sub.record_nack(nonce, req.error_detail.message)
+        kind = RequestKind.NACK  # never resend the rejected version (R14)
+    else:
+        sub.record_ack(nonce, req.version_info)
+        kind = RequestKind.ACK
+    if added:
+        sub.must_respond = True  # added names are sent even if unchanged (R17, R24)
+    if req.type_url == ENDPOINT and conn.eds_after_cds and kind != RequestKind.STALE:
+        sub.must_respond = True  # the post-CDS EDS re-request looks like an ACK (R43)
+        conn.eds_after_cds = False
+    return Classified(kind, added)
+
+
+def build_response(
+    conn: Connection, sub: Subscription, snap: ResourceSnapshot
+) -> discovery_pb2.DiscoveryResponse | None:
+    """The response this subscription needs now, or None (R18: only send on change)."""
+    available = snap.of_type(sub.type_url)
+    if sub.wildcard:
+        visible = available
+        version = snap.type_version(sub.type_url)
+    else:
+        visible = sub.visible(available)
+        version = set_version(visible.values())
+    if not sub.must_respond and version == sub.version_sent:
+        return None
+    nonce = new_nonce()
+    resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=sub.type_url, nonce=nonce)
+    resp.resources.extend(r.any for r in visible.values())
+    sub.record_send(nonce, version)
+    sub.sent = {n: r.version for n, r in visible.items()}
+    if sub.type_url == CLUSTER:
+        # Changed clusters warm until their endpoints arrive: resend EDS now and answer the
+        # client's next EDS request even if it looks like an ACK (R42, R43).
+        eds = conn.subs.get(ENDPOINT)
+        if eds is not None:
+            eds.must_respond = True
+        conn.eds_after_cds = True
+    return resp

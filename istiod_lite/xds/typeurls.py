@@ -1,0 +1,32 @@
+"""xDS type URLs and the per-type rules that do not depend on any client's state."""
+
+from __future__ import annotations
+
+_PREFIX = "type.googleapis.com/"
+LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+
+#: Push order on one ADS stream (xDS "eventual consistency considerations"): clusters before the
+#: endpoints that warm them, listeners before the routes they name.
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+
+#: Types whose SotW responses carry the full set (a missing resource means "deleted") and for
+#: which an empty subscription means legacy wildcard.
+FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
+WILDCARD_TYPES = FULL_STATE_TYPES
+
+SHORT_NAMES = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS", SECRET: "SDS"}
+
+
+def short(type_url: str) -> str:
+    return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
+
+
+def push_rank(type_url: str) -> int:
+    try:
+        return PUSH_ORDER.index(type_url)
+    except ValueError:
+        return len(PUSH_ORDER)

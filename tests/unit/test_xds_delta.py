@@ -1,0 +1,105 @@
+"""Delta state machine rules (shared/reference/xds-protocol.md §1), without I/O."""
+
+from __future__ import annotations
+
+import pytest
+from envoy.service.discovery.v3 import discovery_pb2 as d
+
+from istiod_lite.xds import delta
+from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
+from tests.unit.xds_helpers import conn, snap
+
+
+def req(type_url: str, sub: list[str] | None = None, unsub: list[str] | None = None, nonce: str = "",
+        initial: dict[str, str] | None = None, error: str | None = None) -> d.DeltaDiscoveryRequest:
+    r = d.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=sub or [],
+                                resource_names_unsubscribe=unsub or [], response_nonce=nonce,
+                                initial_resource_versions=initial or {})
+    if error is not None:
+        r.error_detail.message = error
+    return r
+
+
+def names(resps: list[d.DeltaDiscoveryResponse]) -> tuple[list[str], list[str]]:
+    return ([r.name for x in resps for r in x.resources], [n for x in resps for n in x.removed_resources])
+
+
+def test_first_wildcard_request_answered_even_when_empty() -> None:
+    c = conn("delta")
+    delta.on_request(c, req(CLUSTER))
+    resps = delta.build_responses(c, c.subs[CLUSTER], snap())
+    assert len(resps) == 1 and not resps[0].resources  # R34
+
+
+def test_only_changes_are_sent_and_removals_signalled() -> None:
+    c = conn("delta")
+    delta.on_request(c, req(CLUSTER))
+    r1 = delta.build_responses(c, c.subs[CLUSTER], snap({"a": 1, "b": 1}))
+    assert sorted(names(r1)[0]) == ["a", "b"]
+    delta.on_request(c, req(CLUSTER, nonce=r1[-1].nonce))
+    assert c.subs[CLUSTER].state.value == "SYNCED"
+    r2 = delta.build_responses(c, c.subs[CLUSTER], snap({"a": 2}))
+    assert names(r2) == (["a"], ["b"])
+    assert delta.build_responses(c, c.subs[CLUSTER], snap({"a": 2})) == []
+
+
+def test_reconnect_with_initial_versions_sends_only_differences() -> None:
+    s = snap({"a": 1, "b": 1})
+    held = {n: r.version for n, r in s.of_type(CLUSTER).items()}
+    held["gone"] = "v0"
+    held["b"] = "old"
+    c = conn("delta")
+    delta.on_request(c, req(CLUSTER, initial=held))
+    assert names(delta.build_responses(c, c.subs[CLUSTER], s)) == (["b"], ["gone"])  # R33
+
+
+def test_explicit_subscribe_always_answered_and_absent_names_removed() -> None:
+    s = snap(endpoints={"a": 1})
+    c = conn("delta")
+    delta.on_request(c, req(ENDPOINT, ["a", "missing"]))
+    assert names(delta.build_responses(c, c.subs[ENDPOINT], s)) == (["a"], ["missing"])
+    delta.on_request(c, req(ENDPOINT, ["a"]))  # re-subscribe: the client may have forgotten (R32)
+    assert names(delta.build_responses(c, c.subs[ENDPOINT], s)) == (["a"], [])
+
+
+def test_unsubscribe_under_wildcard_resends() -> None:
+    s = snap({"a": 1})
+    c = conn("delta")
+    delta.on_request(c, req(CLUSTER, ["*", "a"]))
+    delta.build_responses(c, c.subs[CLUSTER], s)
+    delta.on_request(c, req(CLUSTER, unsub=["a"]))
+    assert names(delta.build_responses(c, c.subs[CLUSTER], s)) == (["a"], [])  # R30
+    delta.on_request(c, req(CLUSTER, unsub=["never-subscribed"]))  # phantom (R31)
+    assert delta.build_responses(c, c.subs[CLUSTER], s) == []
+
+
+def test_nack_not_resent_and_subscription_changes_applied() -> None:
+    s = snap(endpoints={"a": 1, "b": 1})
+    c = conn("delta")
+    delta.on_request(c, req(ENDPOINT, ["a"]))
+    r1 = delta.build_responses(c, c.subs[ENDPOINT], s)
+    delta.on_request(c, req(ENDPOINT, ["b"], nonce=r1[-1].nonce, error="bad"))
+    assert c.subs[ENDPOINT].state.value == "ERROR"
+    assert names(delta.build_responses(c, c.subs[ENDPOINT], s)) == (["b"], [])  # a not resent
+
+
+def test_cluster_change_resends_endpoints() -> None:
+    c = conn("delta")
+    delta.on_request(c, req(CLUSTER))
+    delta.on_request(c, req(ENDPOINT, ["a"]))
+    s1 = snap({"a": 1}, {"a": 1})
+    delta.build_responses(c, c.subs[CLUSTER], s1)
+    delta.build_responses(c, c.subs[ENDPOINT], s1)
+    s2 = snap({"a": 2}, {"a": 1})
+    assert names(delta.build_responses(c, c.subs[CLUSTER], s2)) == (["a"], [])
+    assert names(delta.build_responses(c, c.subs[ENDPOINT], s2)) == (["a"], [])  # R42/R43
+
+
+def test_large_changes_are_split_under_size_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delta, "MAX_RESPONSE_BYTES", 40)
+    c = conn("delta")
+    delta.on_request(c, req(CLUSTER))
+    resps = delta.build_responses(c, c.subs[CLUSTER], snap({f"cluster-{i}": i for i in range(10)}))
+    assert len(resps) > 1
+    assert sorted(names(resps)[0]) == sorted(f"cluster-{i}" for i in range(10))
+    assert len({r.nonce for r in resps}) == len(resps)
