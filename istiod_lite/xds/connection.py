@@ -46,7 +46,7 @@ class Connection:
 
     @property
     def node_id(self) -> str:
-        return self.node.id
+        return str(self.node.id)
 
     def ordered_subs(self) -> list[Subscription]:
         return sorted(self.subs.values(), key=lambda s: (push_rank(s.type_url), s.type_url))

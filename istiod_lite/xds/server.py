@@ -114,10 +114,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def _read(self, variant: str, conn: Connection, first: Any, requests: AsyncIterator[Any]) -> None:
         try:
             self._apply(variant, conn, first)
-            async for req in requests:
-                self._apply(variant, conn, req)
-                if conn.fatal is not None:
-                    break
+            if conn.fatal is None:
+                async for req in requests:
+                    self._apply(variant, conn, req)
+                    if conn.fatal is not None:
+                        break
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         except Exception as exc:  # malformed input must end this stream only

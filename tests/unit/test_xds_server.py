@@ -1,0 +1,123 @@
+"""The ADS server over real gRPC (in-process server, raw stream clients)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3 import discovery_pb2 as d
+
+from istiod_lite.xds.cache import SnapshotCache
+from istiod_lite.xds.server import AdsServer
+from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
+from tests.unit.xds_helpers import snap
+
+NODE = base_pb2.Node(id="sidecar~1.2.3.4~x.ns~ns.svc.cluster.local")
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.cache = SnapshotCache(lambda node: "g")
+        self.server = grpc.aio.server()
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServer(self.cache), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Harness]:
+    harness = Harness()
+    await harness.server.start()
+    yield harness
+    await harness.channel.close()
+    await harness.server.stop(0)
+
+
+async def read(call: grpc.aio.StreamStreamCall, timeout: float = 5.0) -> object:
+    return await asyncio.wait_for(call.read(), timeout)
+
+
+async def test_not_ready_streams_get_unavailable(h: Harness) -> None:
+    call = h.stub.StreamAggregatedResources()
+    await call.write(d.DiscoveryRequest(node=NODE, type_url=CLUSTER))
+    assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_missing_node_is_invalid_argument(h: Harness) -> None:
+    h.cache.mark_ready()
+    call = h.stub.DeltaAggregatedResources()
+    await call.write(d.DeltaDiscoveryRequest(type_url=CLUSTER))
+    assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_empty_type_url_fails_only_that_stream(h: Harness) -> None:
+    h.cache.mark_ready()
+    h.cache.set_snapshot("g", snap({"a": 1}))
+    good = h.stub.StreamAggregatedResources()
+    await good.write(d.DiscoveryRequest(node=NODE, type_url=CLUSTER))
+    first = await read(good)
+    bad = h.stub.StreamAggregatedResources()
+    await bad.write(d.DiscoveryRequest(node=NODE, type_url=""))
+    assert await asyncio.wait_for(bad.code(), 5) == grpc.StatusCode.INVALID_ARGUMENT
+    await good.write(d.DiscoveryRequest(type_url=CLUSTER, response_nonce=first.nonce))  # type: ignore[attr-defined]
+    h.cache.set_snapshot("g", snap({"a": 2}))
+    update = await read(good)
+    assert update.version_info != first.version_info  # type: ignore[attr-defined]
+    good.cancel()
+
+
+async def test_sotw_push_on_change_in_push_order(h: Harness) -> None:
+    h.cache.mark_ready()
+    h.cache.set_snapshot("g", snap({"a": 1}, {"a": 1}))
+    call = h.stub.StreamAggregatedResources()
+    await call.write(d.DiscoveryRequest(node=NODE, type_url=CLUSTER))
+    cds = await read(call)
+    await call.write(d.DiscoveryRequest(type_url=CLUSTER, response_nonce=cds.nonce,  # type: ignore[attr-defined]
+                                        version_info=cds.version_info))  # type: ignore[attr-defined]
+    await call.write(d.DiscoveryRequest(type_url=ENDPOINT, resource_names=["a"]))
+    eds = await read(call)
+    assert eds.type_url == ENDPOINT  # type: ignore[attr-defined]
+    await call.write(d.DiscoveryRequest(type_url=ENDPOINT, resource_names=["a"], response_nonce=eds.nonce))  # type: ignore[attr-defined]
+    h.cache.set_snapshot("g", snap({"a": 2}, {"a": 2}))
+    got = [await read(call), await read(call)]
+    assert [r.type_url for r in got] == [CLUSTER, ENDPOINT]  # type: ignore[attr-defined]
+    call.cancel()
+
+
+async def test_delta_reconnect_and_removal(h: Harness) -> None:
+    h.cache.mark_ready()
+    h.cache.set_snapshot("g", snap({"a": 1, "b": 1}))
+    call = h.stub.DeltaAggregatedResources()
+    await call.write(d.DeltaDiscoveryRequest(node=NODE, type_url=CLUSTER))
+    r1 = await read(call)
+    held = {r.name: r.version for r in r1.resources}  # type: ignore[attr-defined]
+    assert sorted(held) == ["a", "b"]
+    call.cancel()
+    h.cache.set_snapshot("g", snap({"a": 1}))
+    again = h.stub.DeltaAggregatedResources()
+    await again.write(d.DeltaDiscoveryRequest(node=NODE, type_url=CLUSTER, initial_resource_versions=held))
+    r2 = await read(again)
+    assert [r.name for r in r2.resources] == [] and list(r2.removed_resources) == ["b"]  # type: ignore[attr-defined]
+    again.cancel()
+
+
+async def test_garbage_bytes_do_not_break_server(h: Harness) -> None:
+    h.cache.mark_ready()
+    h.cache.set_snapshot("g", snap({"a": 1}))
+    raw = h.channel.stream_stream(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+        request_serializer=lambda b: b, response_deserializer=lambda b: b,
+    )
+    call = raw()
+    await call.write(b"\xff\xff\xff\x00garbage")
+    code = await asyncio.wait_for(call.code(), 5)
+    assert code != grpc.StatusCode.OK
+    ok = h.stub.StreamAggregatedResources()
+    await ok.write(d.DiscoveryRequest(node=NODE, type_url=CLUSTER))
+    assert len((await read(ok)).resources) == 1  # type: ignore[attr-defined]
+    ok.cancel()
