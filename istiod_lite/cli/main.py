@@ -85,6 +85,18 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(Path(args.config), requests=args.requests, keep_running=args.keep_running))
 
 
+def _proxy_status(args: argparse.Namespace) -> int:
+    from istiod_lite.cli.proxy_status import fetch, table
+
+    try:
+        status = fetch(args.monitoring_addr)
+    except OSError as exc:
+        print(f"error: cannot reach {args.monitoring_addr}: {exc}", file=sys.stderr)
+        return 1
+    print(table(status))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="istiod-lite", description=__doc__)
     p.add_argument("--log-level", default="INFO")
@@ -121,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--admin-port", type=int, default=15000)
     b.add_argument("--sotw", action="store_true", help="use State-of-the-World ADS instead of Delta")
     b.set_defaults(func=_bootstrap)
+
+    ps = sub.add_parser("proxy-status", help="sync state of every connected proxy (like istioctl proxy-status)")
+    ps.add_argument("--monitoring-addr", default="127.0.0.1:15014", metavar="HOST:PORT")
+    ps.set_defaults(func=_proxy_status)
 
     d = sub.add_parser("demo", help="run the control plane, a real Envoy waypoint and demo pods; show traffic")
     d.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "examples" / "bookinfo"))

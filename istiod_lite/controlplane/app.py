@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,12 +17,13 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
-from istiod_lite.controlplane.nodes import UNKNOWN_GROUP, group_of, parse_group, waypoint_group
+from istiod_lite.controlplane.nodes import PROXYLESS_GROUP, UNKNOWN_GROUP, group_of, parse_group, waypoint_group
 from istiod_lite.controlplane.snapshots import to_resource_snapshot
 from istiod_lite.model import ConfigError, ConfigSnapshot
 from istiod_lite.monitoring.http import MonitoringServer
 from istiod_lite.sources import DirectorySource, SourceUpdate
 from istiod_lite.translator import find_waypoints, translate_waypoint
+from istiod_lite.translator.proxyless import translate_proxyless
 from istiod_lite.translator.waypoints import WaypointRef
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.resources import EMPTY
@@ -54,7 +56,7 @@ class ControlPlane:
             self._apply_update, lambda _old, new: new, options.debounce
         )
         self._grpc: grpc.aio.Server | None = None
-        self._monitoring = MonitoringServer(lambda: self.cache.ready, self.ads.status)
+        self._monitoring = MonitoringServer(lambda: self.cache.ready, self.ads.status, self.ads.metrics.registry)
         self._tasks: list[asyncio.Task[None]] = []
         self.grpc_port = 0
 
@@ -103,33 +105,37 @@ class ControlPlane:
     async def _on_source_update(self, update: SourceUpdate) -> None:
         self._debouncer.add(update)
 
-    async def _apply_update(self, update: SourceUpdate) -> None:
+    async def _apply_update(self, update: SourceUpdate, first_at: float) -> None:
+        metrics = self.ads.metrics
+        metrics.debounce_time.observe(max(0.0, time.monotonic() - first_at))
+        metrics.push_triggers.labels(type=_trigger_reason(update)).inc()
         try:
-            self._install(update)
+            self._install(update, trigger_time=first_at)
         except Exception:  # never let one bad rebuild kill the loop: the last good config stays
             log.exception("rebuild failed; keeping the previous config")
 
-    def _install(self, update: SourceUpdate) -> None:
+    def _install(self, update: SourceUpdate, trigger_time: float | None = None) -> None:
         self.config = update.snapshot
         new_errors = set(update.errors) - set(self.errors)
         for err in sorted(new_errors, key=str):
             log.error("config rejected: %s", err)
         self.errors = update.errors
-        self._translate_all()
+        self._translate_all(trigger_time)
 
-    def _translate_all(self) -> None:
+    def _translate_all(self, trigger_time: float | None = None) -> None:
         wanted = {waypoint_group(w.ref.namespace, w.ref.name): w.ref for w in find_waypoints(self.config)}
         for group, ref in sorted(wanted.items()):
-            self._translate_group(group, ref)
+            self._translate_group(group, ref, trigger_time)
         self.cache.set_snapshot(UNKNOWN_GROUP, EMPTY)
+        self.cache.set_snapshot(PROXYLESS_GROUP, to_resource_snapshot(translate_proxyless(self.config)), trigger_time)
         for group in self.cache.watched_groups():
-            if group not in wanted and group != UNKNOWN_GROUP:
+            if group not in wanted and group not in (UNKNOWN_GROUP, PROXYLESS_GROUP):
                 # A connected waypoint whose Gateway is gone: an empty but valid config.
                 self.cache.set_snapshot(group, EMPTY)
 
-    def _translate_group(self, group: str, ref: WaypointRef) -> None:
+    def _translate_group(self, group: str, ref: WaypointRef, trigger_time: float | None = None) -> None:
         resources = translate_waypoint(self.config, ref)
-        self.cache.set_snapshot(group, to_resource_snapshot(resources))
+        self.cache.set_snapshot(group, to_resource_snapshot(resources), trigger_time)
 
     def _on_demand(self, group: str) -> None:
         parsed = parse_group(group)
@@ -139,3 +145,12 @@ class ControlPlane:
         log.warning("proxy connected for waypoint %s/%s which is not in the config; serving it nothing",
                     *parsed)
         self.cache.set_snapshot(group, EMPTY)
+
+
+_ENDPOINT_KINDS = frozenset({"Pod", "EndpointSlice", "WorkloadEntry"})
+
+
+def _trigger_reason(update: SourceUpdate) -> str:
+    """Istio's push reasons: ``endpoint`` when only endpoint-carrying kinds changed, else ``config``."""
+    kinds = {k.kind for k in update.changed}
+    return "endpoint" if kinds and kinds <= _ENDPOINT_KINDS else "config"

@@ -23,14 +23,14 @@ class DebounceOptions:
 
 
 class Debouncer(Generic[T]):
-    """Collects events with ``add`` and calls ``flush(merged)`` after quiet/max-delay.
+    """Collects events with ``add`` and calls ``flush(merged, first_added_at)`` after quiet/max-delay.
 
     ``merge(old, new)`` combines pending events so at most one merged batch is ever pending.
     """
 
     def __init__(
         self,
-        flush: Callable[[T], Awaitable[None]],
+        flush: Callable[[T, float], Awaitable[None]],
         merge: Callable[[T, T], T],
         options: DebounceOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -76,4 +76,4 @@ class Debouncer(Generic[T]):
             if self._pending is None:
                 continue
             batch, self._pending = self._pending, None
-            await self._flush(batch)
+            await self._flush(batch, self._first_at)

@@ -12,6 +12,9 @@ from istiod_lite.agent.bootstrap import GATEWAY_NAME_LABEL
 
 #: Nodes that are not a known kind of proxy get this group: an empty but valid config.
 UNKNOWN_GROUP = "unknown"
+#: Proxyless gRPC clients (user agent gRPC, or metadata GENERATOR=grpc as Istio's agent sets):
+#: they subscribe by exact name, so one shared set serves them all.
+PROXYLESS_GROUP = "proxyless"
 
 
 def _field(node: base_pb2.Node, key: str) -> str:
@@ -36,6 +39,8 @@ def group_of(node: base_pb2.Node) -> str:
         namespace = parts[3].split(".", 1)[0]
     if gw and namespace:
         return waypoint_group(namespace, gw)
+    if "grpc" in node.user_agent_name.lower() or _field(node, "GENERATOR") == "grpc":
+        return PROXYLESS_GROUP
     return UNKNOWN_GROUP
 
 

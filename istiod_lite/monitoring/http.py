@@ -9,16 +9,23 @@ import json
 from collections.abc import Callable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from istiod_lite.addresses import split_host_port
 
 
 class MonitoringServer:
-    """``ready()`` answers /ready; ``syncz()`` returns the per-proxy sync status for /debug/syncz."""
+    """/ready from ``ready()``, /debug/syncz from ``syncz()``, /metrics from ``registry``."""
 
-    def __init__(self, ready: Callable[[], bool], syncz: Callable[[], list[dict[str, object]]]) -> None:
+    def __init__(
+        self,
+        ready: Callable[[], bool],
+        syncz: Callable[[], list[dict[str, object]]],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self._ready_fn = ready
         self._syncz_fn = syncz
+        self._registry = registry
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -26,7 +33,12 @@ class MonitoringServer:
         app = web.Application()
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/debug/syncz", self._syncz)
+        app.router.add_get("/metrics", self._metrics)
         return app
+
+    async def _metrics(self, _req: web.Request) -> web.Response:
+        body = generate_latest(self._registry) if self._registry is not None else b""
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _ready(self, _req: web.Request) -> web.Response:
         ok = self._ready_fn()

@@ -26,6 +26,8 @@ NodeGrouper = Callable[[base_pb2.Node], str]
 @dataclass
 class _Group:
     snapshot: ResourceSnapshot | None = None
+    #: ``time.monotonic()`` of the config change that produced ``snapshot`` (for convergence time).
+    trigger_time: float | None = None
     watchers: set[asyncio.Event] = field(default_factory=set)
 
 
@@ -57,12 +59,17 @@ class SnapshotCache:
         self._ready.set()
 
     # -- owner side --------------------------------------------------------------------------
-    def set_snapshot(self, group: str, snapshot: ResourceSnapshot) -> bool:
-        """Store ``snapshot`` for ``group``; wake its streams.  Returns False if unchanged."""
+    def set_snapshot(self, group: str, snapshot: ResourceSnapshot, trigger_time: float | None = None) -> bool:
+        """Store ``snapshot`` for ``group``; wake its streams.  Returns False if unchanged.
+
+        ``trigger_time``: when the change that led here happened (``time.monotonic()``), so
+        streams can report how long the proxy took to converge.
+        """
         g = self._groups.setdefault(group, _Group())
         if g.snapshot is not None and g.snapshot.types == snapshot.types:
             return False
         g.snapshot = snapshot
+        g.trigger_time = trigger_time
         for ev in g.watchers:
             ev.set()
         return True
@@ -89,6 +96,10 @@ class SnapshotCache:
     def get(self, group: str) -> ResourceSnapshot | None:
         g = self._groups.get(group)
         return g.snapshot if g else None
+
+    def trigger_time(self, group: str) -> float | None:
+        g = self._groups.get(group)
+        return g.trigger_time if g else None
 
     def watch(self, group: str, event: asyncio.Event) -> None:
         g = self._groups.setdefault(group, _Group())

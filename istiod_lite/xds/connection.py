@@ -43,6 +43,8 @@ class Connection:
     closed: bool = False
     #: SotW: answer the next EDS request even if it looks like an ACK (R43).
     eds_after_cds: bool = False
+    #: Trigger time (monotonic) of the newest snapshot this stream has been brought up to date with.
+    converged_trigger: float = 0.0
 
     @property
     def node_id(self) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from istiod_lite.xds import delta, sotw
 from istiod_lite.xds.cache import SnapshotCache
+from istiod_lite.xds.admission import TokenBucket
 from istiod_lite.xds.connection import Connection
+from istiod_lite.xds.metrics import XdsMetrics
 from istiod_lite.xds.typeurls import short
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,12 @@ class StreamRefused(Exception):
 class XdsServerOptions:
     #: A stream whose write does not complete in this time is closed (slow or stuck client).
     write_timeout: float = 30.0
+    #: New streams admitted per second (istiod: min(15 + 5 * cores, 100)); 0 disables the limit.
+    max_new_streams_per_second: float = 25.0
+    #: Burst of new streams admitted at once before the rate applies.
+    new_stream_burst: int = 100
+    #: How long a new stream may wait for admission before RESOURCE_EXHAUSTED.
+    admission_wait: float = 1.0
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
@@ -51,12 +60,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         cache: SnapshotCache,
         options: XdsServerOptions | None = None,
         stream_check: StreamCheck | None = None,
+        metrics: XdsMetrics | None = None,
     ) -> None:
         self.cache = cache
         self.options = options or XdsServerOptions()
+        self.metrics = metrics or XdsMetrics()
         self._stream_check = stream_check
         self._ids = itertools.count(1)
         self.connections: dict[str, Connection] = {}
+        rate = self.options.max_new_streams_per_second
+        self._admission = TokenBucket(rate, self.options.new_stream_burst) if rate > 0 else None
 
     # -- gRPC methods --------------------------------------------------------------------------
     async def StreamAggregatedResources(  # noqa: N802 (gRPC method name)
@@ -77,6 +90,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             # Never answer before the first complete config exists: an empty LDS/CDS would
             # delete everything a reconnecting Envoy holds (R48).
             await context.abort(grpc.StatusCode.UNAVAILABLE, "control plane is not ready")
+        if self._admission is not None and not await self._admission.acquire(self.options.admission_wait):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many new streams; retry with backoff")
         try:
             first = await anext(requests)
         except StopAsyncIteration:
@@ -96,6 +111,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             except StreamRefused as exc:
                 await context.abort(exc.code, exc.message)
         self.connections[conn.conn_id] = conn
+        self.metrics.connected.labels(version="").inc()
         self.cache.watch(conn.group, conn.wake)
         log.info("%s stream %s connected (group %s, peer %s)", variant, conn.conn_id, conn.group, conn.peer)
         reader = asyncio.create_task(self._read(variant, conn, first, requests))
@@ -107,9 +123,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 await reader
             self.cache.unwatch(conn.group, conn.wake)
             self.connections.pop(conn.conn_id, None)
+            self.metrics.connected.labels(version="").dec()
             log.info("%s stream %s closed", variant, conn.conn_id)
         if conn.fatal is not None:
-            await context.abort(getattr(grpc.StatusCode, conn.fatal[0]), conn.fatal[1])
+            code = getattr(grpc.StatusCode, conn.fatal[0])
+            try:
+                await context.abort(code, conn.fatal[1])
+            except grpc.aio.AbortError:
+                raise
+            except Exception:  # a stuck peer cannot even take the status; the stream is gone anyway
+                log.debug("stream %s: could not send status %s", conn.conn_id, code)
 
     async def _read(self, variant: str, conn: Connection, first: Any, requests: AsyncIterator[Any]) -> None:
         try:
@@ -133,13 +156,15 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             conn.fatal = ("INVALID_ARGUMENT", "type_url is required on ADS (R2)")
             return
         if variant == "sotw":
-            result = sotw.on_request(conn, req)
-            kind = result.kind
+            kind = sotw.on_request(conn, req).kind
         else:
             kind = delta.on_request(conn, req)
         if kind == "nack":
             sub = conn.subs[req.type_url]
+            self.metrics.rejected(req.type_url)
             log.warning("%s NACK from %s: %s", short(req.type_url), conn.node_id, sub.last_error)
+        elif kind == "stale":
+            self.metrics.stale_nonce(req.type_url)
         conn.wake.set()
 
     async def _write_loop(self, variant: str, conn: Connection, context: grpc.aio.ServicerContext) -> None:
@@ -152,6 +177,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             if snap is None:
                 continue  # owner computes it on demand; we are woken when it is set
             for sub in conn.ordered_subs():
+                started = time.perf_counter()
                 if variant == "sotw":
                     resp = sotw.build_response(conn, sub, snap)
                     responses: list[Any] = [resp] if resp is not None else []
@@ -167,6 +193,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                         return
                     except Exception:
                         return  # client went away
+                    self.metrics.sent(sub.type_url, resp.ByteSize(), time.perf_counter() - started)
+            trigger = self.cache.trigger_time(conn.group)
+            if trigger is not None and trigger > conn.converged_trigger:
+                conn.converged_trigger = trigger
+                self.metrics.convergence.observe(max(0.0, time.monotonic() - trigger))
 
     def status(self) -> list[dict[str, object]]:
         return [c.status() for c in sorted(self.connections.values(), key=lambda c: c.conn_id)]

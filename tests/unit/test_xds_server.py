@@ -12,7 +12,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3 import discovery_pb2 as d
 
 from istiod_lite.xds.cache import SnapshotCache
-from istiod_lite.xds.server import AdsServer
+from istiod_lite.xds.server import AdsServer, XdsServerOptions
 from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
 from tests.unit.xds_helpers import snap
 
@@ -121,3 +121,71 @@ async def test_garbage_bytes_do_not_break_server(h: Harness) -> None:
     await ok.write(d.DiscoveryRequest(node=NODE, type_url=CLUSTER))
     assert len((await read(ok)).resources) == 1  # type: ignore[attr-defined]
     ok.cancel()
+
+
+async def test_admission_limits_new_streams() -> None:
+    cache = SnapshotCache(lambda node: "g")
+    cache.mark_ready()
+    cache.set_snapshot("g", snap({"a": 1}))
+    opts = XdsServerOptions(max_new_streams_per_second=1.0, new_stream_burst=2, admission_wait=0.05)
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServer(cache, opts), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch)
+            calls = [stub.StreamAggregatedResources() for _ in range(3)]
+            for c in calls:
+                await c.write(d.DiscoveryRequest(node=NODE, type_url=CLUSTER))
+            outcomes = []
+            for c in calls:
+                try:
+                    outcomes.append(len((await read(c)).resources))  # type: ignore[attr-defined]
+                except grpc.aio.AioRpcError as exc:
+                    outcomes.append(exc.code())
+            assert sorted(outcomes, key=str) == sorted([1, 1, grpc.StatusCode.RESOURCE_EXHAUSTED], key=str)
+            for c in calls:
+                c.cancel()
+    finally:
+        await server.stop(0)
+
+
+async def test_stuck_client_is_closed_and_does_not_delay_others() -> None:
+    big = {f"cluster-{i:04d}-{'x' * 200}": i for i in range(3000)}  # ~1 MB per response
+    cache = SnapshotCache(lambda node: node.cluster)
+    cache.mark_ready()
+    cache.set_snapshot("slow", snap(big))
+    cache.set_snapshot("fast", snap({"a": 1}))
+    server = grpc.aio.server()
+    ads = AdsServer(cache, XdsServerOptions(write_timeout=1.0))
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch)
+            slow = stub.DeltaAggregatedResources()
+            await slow.write(d.DeltaDiscoveryRequest(node=base_pb2.Node(id="s", cluster="slow"), type_url=CLUSTER))
+            for i in range(2, 12):  # keep changing the slow group's config; the slow client never reads
+                cache.set_snapshot("slow", snap({k: v + i for k, v in big.items()}))
+                await asyncio.sleep(0.02)
+            fast = stub.DeltaAggregatedResources()
+            await fast.write(d.DeltaDiscoveryRequest(node=base_pb2.Node(id="f", cluster="fast"), type_url=CLUSTER))
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            first = await read(fast)
+            cache.set_snapshot("fast", snap({"a": 2}))
+            await fast.write(d.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=first.nonce))  # type: ignore[attr-defined]
+            await read(fast)
+            assert loop.time() - t0 < 1.0
+            # The stuck stream is dropped server-side: its state is gone, memory is bounded.
+            for _ in range(100):
+                if not any(c.group == "slow" for c in ads.connections.values()):
+                    break
+                await asyncio.sleep(0.1)
+            assert [c.group for c in ads.connections.values()] == ["fast"]
+            slow.cancel()
+            fast.cancel()
+    finally:
+        await server.stop(0)

@@ -1,0 +1,53 @@
+"""Prometheus metrics with Istio's names and meanings (pilot/pkg/xds/monitoring.go).
+
+One ``XdsMetrics`` per server, on its own registry, so several servers (tests, benchmarks) can
+live in one process without sharing counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from istiod_lite.xds.typeurls import short
+
+_TIME_BUCKETS = (0.01, 0.1, 0.5, 1, 3, 5, 10, 20, 30)
+_SIZE_BUCKETS = (1, 10_000, 1_000_000, 4_000_000, 10_000_000, 40_000_000)
+
+
+class XdsMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connected = Gauge("pilot_xds", "Number of endpoints connected to this pilot using XDS.",
+                               ["version"], registry=r)
+        self.pushes = Counter("pilot_xds_pushes", "Pilot build and send errors for lds, rds, cds and eds.",
+                              ["type"], registry=r)
+        self.push_time = Histogram("pilot_xds_push_time", "Total time in seconds Pilot takes to push lds, rds, "
+                                   "cds and eds.", ["type"], buckets=_TIME_BUCKETS, registry=r)
+        self.convergence = Histogram("pilot_proxy_convergence_time", "Delay in seconds between config change and "
+                                     "a proxy receiving all required configuration.", buckets=_TIME_BUCKETS,
+                                     registry=r)
+        self.rejects = Counter("pilot_total_xds_rejects", "Total number of XDS responses from pilot rejected by "
+                               "proxy.", ["type"], registry=r)
+        self.expired_nonce = Counter("pilot_xds_expired_nonce", "Total number of XDS requests with an expired "
+                                     "nonce.", ["type"], registry=r)
+        self.debounce_time = Histogram("pilot_debounce_time", "Delay in seconds between the first config enters "
+                                       "debouncing and the merged push request is pushed into the push queue.",
+                                       buckets=_TIME_BUCKETS, registry=r)
+        self.push_triggers = Counter("pilot_push_triggers", "Total number of times a push was triggered, labeled "
+                                     "by reason for the push.", ["type"], registry=r)
+        self.config_size = Histogram("pilot_xds_config_size_bytes", "Distribution of configuration sizes pushed to "
+                                     "clients", ["type"], buckets=_SIZE_BUCKETS, registry=r)
+        self.connected.labels(version="").set(0)
+
+    def sent(self, type_url: str, size: int, seconds: float) -> None:
+        t = short(type_url).lower()
+        self.pushes.labels(type=t).inc()
+        self.push_time.labels(type=t).observe(seconds)
+        self.config_size.labels(type=t).observe(size)
+
+    def rejected(self, type_url: str) -> None:
+        self.rejects.labels(type=short(type_url).lower()).inc()
+
+    def stale_nonce(self, type_url: str) -> None:
+        self.expired_nonce.labels(type=short(type_url).lower()).inc()

@@ -1,0 +1,86 @@
+"""Start istiod-lite for a test: in-process (fast, inspectable) or as a subprocess (the real CLI)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+
+from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
+from istiod_lite.controlplane.debounce import DebounceOptions
+from tests.support.ports import free_port
+
+
+@contextlib.asynccontextmanager
+async def control_plane(config_dir: Path, *, quiet: float = 0.05) -> AsyncIterator[ControlPlane]:
+    """An in-process control plane on ephemeral loopback ports, polling the directory quickly."""
+    cp = ControlPlane(
+        ControlPlaneOptions(
+            config_dir=config_dir,
+            grpc_addr="127.0.0.1:0",
+            monitoring_addr="127.0.0.1:0",
+            poll_interval=0.05,
+            debounce=DebounceOptions(quiet=quiet, max_delay=2.0),
+        )
+    )
+    await cp.start()
+    try:
+        yield cp
+    finally:
+        await cp.stop(grace=0)
+
+
+class ServerProcess:
+    """``istiod-lite serve`` as a child process; ``grpc_port``/``monitoring_port`` are free ports."""
+
+    def __init__(self, config_dir: Path, log_path: Path) -> None:
+        self.config_dir = config_dir
+        self.log_path = log_path
+        self.grpc_port = free_port()
+        self.monitoring_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 20.0) -> None:
+        cmd = [
+            sys.executable, "-m", "istiod_lite.cli.main", "serve", "--config", str(self.config_dir),
+            "--grpc-addr", f"127.0.0.1:{self.grpc_port}", "--monitoring-addr", f"127.0.0.1:{self.monitoring_port}",
+            "--debounce-quiet", "0.05",
+        ]
+        log = open(self.log_path, "wb")  # noqa: SIM115 (closed by the child's lifetime)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"istiod-lite exited with {self.proc.returncode}:\n{self.log_tail()}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{self.monitoring_port}/ready") as r:
+                        if r.status == 200:
+                            return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"istiod-lite not ready after {timeout}s:\n{self.log_tail()}")
+                await asyncio.sleep(0.1)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        for _ in range(50):
+            if self.proc.poll() is not None:
+                return
+            await asyncio.sleep(0.1)
+        self.proc.kill()
+        self.proc.wait()
