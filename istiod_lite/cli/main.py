@@ -12,6 +12,7 @@ from pathlib import Path
 
 from istiod_lite.agent.bootstrap import WaypointIdentity, waypoint_bootstrap
 from istiod_lite.controlplane.debounce import DebounceOptions
+from istiod_lite.xds.server import XdsServerOptions
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -21,7 +22,13 @@ def _serve(args: argparse.Namespace) -> int:
         config_dir=Path(args.config),
         grpc_addr=args.grpc_addr,
         monitoring_addr=args.monitoring_addr,
+        poll_interval=args.poll_interval,
         debounce=DebounceOptions(quiet=args.debounce_quiet, max_delay=args.debounce_max),
+        xds=XdsServerOptions(
+            write_timeout=args.stream_write_timeout,
+            max_new_streams_per_second=args.max_new_streams_per_second,
+        ),
+        max_connection_age=args.max_connection_age,
     )
 
     async def run() -> None:
@@ -110,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--monitoring-addr", default="0.0.0.0:15014", metavar="HOST:PORT")
     s.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS")
     s.add_argument("--debounce-max", type=float, default=10.0, metavar="SECONDS")
+    s.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS",
+                   help="how often the config directory is checked for changes")
+    s.add_argument("--max-new-streams-per-second", type=float, default=25.0, metavar="RATE",
+                   help="admission rate for new xDS streams (0 = unlimited); excess get RESOURCE_EXHAUSTED")
+    s.add_argument("--stream-write-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="close a stream whose writes stay blocked this long")
+    s.add_argument("--max-connection-age", type=float, default=1800.0, metavar="SECONDS",
+                   help="close xDS connections after this age (gRPC adds jitter) to rebalance replicas; 0 = never")
     s.set_defaults(func=_serve)
 
     v = sub.add_parser("validate", help="validate a config directory; exit 1 on any error")

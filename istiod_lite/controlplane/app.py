@@ -40,6 +40,8 @@ class ControlPlaneOptions:
     poll_interval: float = 0.5
     debounce: DebounceOptions = field(default_factory=DebounceOptions)
     xds: XdsServerOptions = field(default_factory=XdsServerOptions)
+    #: Seconds after which a client connection is closed (Istio's Helm default: 30 m); 0 = never.
+    max_connection_age: float = 0.0
 
 
 class ControlPlane:
@@ -65,14 +67,19 @@ class ControlPlane:
         update = await asyncio.to_thread(self.source.load)
         self._install(update)
         self.cache.mark_ready()
-        self._grpc = grpc.aio.server(
-            options=[
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 15_000),
-                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        grpc_options: list[tuple[str, int]] = [
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 15_000),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ]
+        if self.options.max_connection_age > 0:
+            grpc_options += [
+                ("grpc.max_connection_age_ms", int(self.options.max_connection_age * 1000)),
+                ("grpc.max_connection_age_grace_ms", 10_000),
             ]
-        )
+        self._grpc = grpc.aio.server(options=grpc_options)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, self._grpc)
         self.grpc_port = self._grpc.add_insecure_port(self.options.grpc_addr)
         await self._grpc.start()

@@ -1,0 +1,284 @@
+"""Benchmark: push latency, memory and bytes for many xDS streams (xDS server issue).
+
+Starts ``istiod-lite serve`` as a subprocess on a generated config (one waypoint serving
+``--services`` services), connects ``--clients`` fake waypoint replicas from this process (raw
+grpc.aio streams that behave like Envoy: wildcard CDS and LDS, EDS by name, ACK everything), then:
+
+1. initial sync time for all streams, server RSS per stream;
+2. edits one VirtualService file and measures file write -> last ACK (p50/p99 over streams,
+   including the file poll and the 100 ms debounce), and bytes each stream received for it;
+3. reconnect storm: every stream drops and reconnects at once; time until all are synced.
+
+    python bench/bench_xds_push.py --clients 100 --variant delta
+    python bench/bench_xds_push.py --clients 1000 --variant sotw
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3 import discovery_pb2 as d
+
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(root: Path, services: int) -> None:
+    (root / "00-waypoint.yaml").write_text(
+        """apiVersion: v1
+kind: Namespace
+metadata: {name: mesh, labels: {istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: mesh}
+spec:
+  gatewayClassName: istio-waypoint
+  addresses: [{type: IPAddress, value: 127.0.1.1}]
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"""
+    )
+    chunks = []
+    for i in range(services):
+        chunks.append(
+            f"""apiVersion: v1
+kind: Service
+metadata: {{name: svc-{i}, namespace: mesh}}
+spec:
+  clusterIP: 127.10.{i // 250}.{i % 250 + 1}
+  selector: {{app: svc-{i}}}
+  ports: [{{name: http, port: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: svc-{i}-pod, namespace: mesh, labels: {{app: svc-{i}}}}}
+status: {{podIP: 127.0.{2 + i // 250}.{i % 250 + 1}}}
+---
+"""
+        )
+    (root / "10-services.yaml").write_text("".join(chunks))
+    write_vs(root, 90)
+
+
+def write_vs(root: Path, weight: int) -> None:
+    (root / "20-vs.yaml").write_text(
+        f"""apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: svc-0, namespace: mesh}}
+spec:
+  host: svc-0
+  subsets: [{{name: a, labels: {{app: svc-0}}}}, {{name: b, labels: {{app: svc-0}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: svc-0, namespace: mesh}}
+spec:
+  hosts: [svc-0]
+  http:
+  - route:
+    - {{destination: {{host: svc-0, subset: a}}, weight: {weight}}}
+    - {{destination: {{host: svc-0, subset: b}}, weight: {100 - weight}}}
+"""
+    )
+
+
+@dataclass
+class Client:
+    idx: int
+    variant: str
+    synced: asyncio.Event = field(default_factory=asyncio.Event)
+    bytes_received: int = 0
+    last_ack: float = 0.0
+    eds_names: list[str] = field(default_factory=list)
+    held: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def node(i: int) -> base_pb2.Node:
+    n = base_pb2.Node(id=f"waypoint~127.0.1.1~waypoint-{i}.mesh~mesh.svc.cluster.local", user_agent_name="envoy")
+    n.metadata.fields["NAMESPACE"].string_value = "mesh"
+    n.metadata.fields["LABELS"].struct_value.fields["gateway.networking.k8s.io/gateway-name"].string_value = "waypoint"
+    return n
+
+
+async def run_client(c: Client, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, stop: asyncio.Event) -> None:
+    """Behave like Envoy: CDS then EDS for its clusters, then LDS; ACK every response."""
+    if c.variant == "delta":
+        call = stub.DeltaAggregatedResources()
+        await call.write(d.DeltaDiscoveryRequest(node=node(c.idx), type_url=CDS,
+                                                 initial_resource_versions=c.held.get(CDS, {})))
+    else:
+        call = stub.StreamAggregatedResources()
+        await call.write(d.DiscoveryRequest(node=node(c.idx), type_url=CDS))
+    seen: set[str] = set()
+    reader = asyncio.ensure_future(call.read())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                break
+            resp = reader.result()
+            if resp is grpc.aio.EOF:
+                break
+            c.bytes_received += resp.ByteSize()
+            t = resp.type_url
+            if c.variant == "delta":
+                held = c.held.setdefault(t, {})
+                for r in resp.resources:
+                    held[r.name] = r.version
+                for n in resp.removed_resources:
+                    held.pop(n, None)
+                await call.write(d.DeltaDiscoveryRequest(type_url=t, response_nonce=resp.nonce))
+                if t == CDS and t not in seen:
+                    c.eds_names = sorted(held)
+                    await call.write(d.DeltaDiscoveryRequest(type_url=EDS, resource_names_subscribe=c.eds_names,
+                                                             initial_resource_versions=c.held.get(EDS, {})))
+                    await call.write(d.DeltaDiscoveryRequest(type_url=LDS,
+                                                             initial_resource_versions=c.held.get(LDS, {})))
+            else:
+                names = sorted(c.eds_names) if t == EDS else []
+                await call.write(d.DiscoveryRequest(type_url=t, response_nonce=resp.nonce,
+                                                    version_info=resp.version_info, resource_names=names))
+                if t == CDS and t not in seen:
+                    c.eds_names = sorted(_cluster_name(r.value) for r in resp.resources)
+                    await call.write(d.DiscoveryRequest(type_url=EDS, resource_names=c.eds_names))
+                    await call.write(d.DiscoveryRequest(type_url=LDS))
+            seen.add(t)
+            c.last_ack = time.monotonic()
+            if {CDS, EDS, LDS} <= seen:
+                c.synced.set()
+            reader = asyncio.ensure_future(call.read())
+    finally:
+        reader.cancel()
+        stopper.cancel()
+        call.cancel()
+
+
+def _cluster_name(raw: bytes) -> str:
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    return str(cluster_pb2.Cluster.FromString(raw).name)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+async def connect_all(clients: list[Client], stubs: list[ads_pb2_grpc.AggregatedDiscoveryServiceStub],
+                      stop: asyncio.Event, timeout: float) -> tuple[list[asyncio.Task[None]], float]:
+    t0 = time.monotonic()
+    tasks = [asyncio.create_task(run_client(c, stubs[c.idx % len(stubs)], stop)) for c in clients]
+    await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for c in clients)), timeout)
+    return tasks, time.monotonic() - t0
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-xds-"))
+    write_config(tmp, args.services)
+    grpc_port, mon_port = free_port(), free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "istiod_lite.cli.main", "--log-level", "WARNING", "serve", "--config", str(tmp),
+         "--grpc-addr", f"127.0.0.1:{grpc_port}", "--monitoring-addr", f"127.0.0.1:{mon_port}",
+         "--poll-interval", "0.05", "--max-new-streams-per-second", "0"],
+    )
+    try:
+        for _ in range(200):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", grpc_port), 0.1).close()
+                break
+            await asyncio.sleep(0.05)
+        base_rss = rss_kb(server.pid)
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}",
+                                              options=[("grpc.max_receive_message_length", 64 << 20)])
+                    for _ in range(max(1, args.clients // 100))]
+        stubs = [ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch) for ch in channels]
+        clients = [Client(i, args.variant) for i in range(args.clients)]
+        stop = asyncio.Event()
+        tasks, initial = await connect_all(clients, stubs, stop, 120)
+        await asyncio.sleep(0.5)
+        per_stream = (rss_kb(server.pid) - base_rss) / args.clients
+        print(f"{args.variant}: {args.clients} streams, {args.services} services: initial sync {initial:.2f} s; "
+              f"server RSS {rss_kb(server.pid) / 1024:.0f} MB ({per_stream / 1024:.3f} MB per stream)")
+
+        lat: list[float] = []
+        for rnd in range(args.rounds):
+            before = {c.idx: c.bytes_received for c in clients}
+            marks = {c.idx: c.last_ack for c in clients}
+            t0 = time.monotonic()
+            write_vs(tmp, 80 - rnd)
+            deadline = t0 + 30
+            while any(c.last_ack == marks[c.idx] for c in clients) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # let any trailing responses (e.g. a second type) arrive
+            done = [c.last_ack - t0 for c in clients if c.last_ack != marks[c.idx]]
+            lat.extend(done)
+            sent = [c.bytes_received - before[c.idx] for c in clients]
+            print(f"  change {rnd + 1}: {len(done)}/{args.clients} updated; last ACK p50 {pct(done, 50) * 1000:.0f} ms "
+                  f"p99 {pct(done, 99) * 1000:.0f} ms max {max(done) * 1000:.0f} ms; "
+                  f"bytes per stream {statistics.mean(sent):.0f}")
+        print(f"  overall: file write -> last ACK p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms "
+              f"(includes {0.05 * 1000:.0f} ms file poll interval and 100 ms debounce)")
+
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in clients:
+            c.synced = asyncio.Event()
+        stop = asyncio.Event()
+        tasks, storm = await connect_all(clients, stubs, stop, 120)
+        print(f"  reconnect storm: {args.clients} streams reconnected at once, all synced in {storm:.2f} s")
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for ch in channels:
+            await ch.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(10)
+        if server.poll() is None:
+            server.kill()
+        for p in tmp.iterdir():
+            p.unlink()
+        os.rmdir(tmp)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--variant", choices=["delta", "sotw"], default="delta")
+    ap.add_argument("--rounds", type=int, default=3)
+    asyncio.run(main_async(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
