@@ -191,7 +191,7 @@ def rss_kb(pid: int) -> int:
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 async def connect_all(clients: list[Client], stubs: list[ads_pb2_grpc.AggregatedDiscoveryServiceStub],

@@ -26,7 +26,9 @@ def _any(msg: Message) -> any_pb2.Any:
     return a
 
 
-def http_connection_manager(stat_prefix: str, route_config: route_pb2.RouteConfiguration) -> hcm_pb2.HttpConnectionManager:
+def http_connection_manager(
+    stat_prefix: str, route_config: route_pb2.RouteConfiguration
+) -> hcm_pb2.HttpConnectionManager:
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,

@@ -20,8 +20,8 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from istiod_lite.xds import delta, sotw
-from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.admission import TokenBucket
+from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.connection import Connection
 from istiod_lite.xds.metrics import XdsMetrics
 from istiod_lite.xds.typeurls import short
@@ -72,12 +72,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._admission = TokenBucket(rate, self.options.new_stream_burst) if rate > 0 else None
 
     # -- gRPC methods --------------------------------------------------------------------------
-    async def StreamAggregatedResources(  # noqa: N802 (gRPC method name)
+    async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> None:
         await self._serve("sotw", request_iterator, context)
 
-    async def DeltaAggregatedResources(  # noqa: N802
+    async def DeltaAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext,
@@ -155,10 +155,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if not req.type_url:
             conn.fatal = ("INVALID_ARGUMENT", "type_url is required on ADS (R2)")
             return
-        if variant == "sotw":
-            kind = sotw.on_request(conn, req).kind
-        else:
-            kind = delta.on_request(conn, req)
+        kind = sotw.on_request(conn, req).kind if variant == "sotw" else delta.on_request(conn, req)
         if kind == "nack":
             sub = conn.subs[req.type_url]
             self.metrics.rejected(req.type_url)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from istiod_lite.xds.resources import VersionedResource
 from istiod_lite.xds.typeurls import WILDCARD_TYPES
@@ -16,7 +16,7 @@ from istiod_lite.xds.typeurls import WILDCARD_TYPES
 WILDCARD = "*"
 
 
-class SyncState(str, Enum):
+class SyncState(StrEnum):
     NOT_SENT = "NOT SENT"
     SYNCED = "SYNCED"
     STALE = "STALE"
