@@ -61,6 +61,7 @@ def _cluster(name: str) -> cluster_pb2.Cluster:
 
 def _with_locality_weights(cla: endpoint_pb2.ClusterLoadAssignment) -> endpoint_pb2.ClusterLoadAssignment:
     for loc in cla.endpoints:
+        loc.locality.SetInParent()  # gRPC rejects an EDS entry whose locality field is absent
         loc.load_balancing_weight.value = max(1, len(loc.lb_endpoints))
     return cla
 

@@ -34,7 +34,9 @@ def default_retry_policy() -> rc.RetryPolicy:
 
 def _route_action_defaults(action: rc.RouteAction) -> None:
     action.timeout.SetInParent()  # 0s: no timeout unless the VirtualService sets one
-    action.max_grpc_timeout.SetInParent()
+    # Istio: gRPC's grpc-timeout header may shorten, never lengthen, the route timeout (0 = none).
+    action.max_stream_duration.max_stream_duration.SetInParent()
+    action.max_stream_duration.grpc_timeout_header_max.SetInParent()
     action.retry_policy.CopyFrom(default_retry_policy())
 
 
@@ -74,7 +76,10 @@ def _route_matches(route: HTTPRoute) -> list[rc.RouteMatch]:
         if m.ignore_uri_case:
             rm.case_sensitive.value = False
         for name, value in sorted((m.headers or {}).items()):
-            rm.headers.add(name=name, string_match=_string_matcher(value))
+            if value.exact is None and value.prefix is None and value.regex is None:
+                rm.headers.add(name=name, present_match=True)  # Istio: an empty match means "present"
+            else:
+                rm.headers.add(name=name, string_match=_string_matcher(value))
         if m.method is not None:
             rm.headers.add(name=":method", string_match=_string_matcher(m.method))
         out.append(rm)

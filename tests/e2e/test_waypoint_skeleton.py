@@ -151,7 +151,7 @@ async def test_subprocess_server_sotw_follows_file_edits(
 
         await wait_until(moved, timeout=15, message="traffic moved to v2 after the file edit")
         # A broken edit is rejected and the last good VirtualService keeps being served.
-        (cfg / "vs.yaml").write_text(VS.format(w1=0, w2=100).replace("weight: 100", "weight: 1000"))
+        (cfg / "vs.yaml").write_text(VS.format(w1=0, w2=100).replace("weight: 100", "weight: -1"))
         await asyncio.sleep(1.0)
         assert await send(vip, 10) == {"reviews-v2": 10}
         assert "spec.http[0].route[1].weight" in server.log_tail(200)
