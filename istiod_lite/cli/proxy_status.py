@@ -20,7 +20,7 @@ def fetch(monitoring_addr: str, timeout: float = 5.0) -> list[dict[str, Any]]:
 
 
 def table(status: list[dict[str, Any]]) -> str:
-    rows = [("NAME", "GROUP", "XDS", *COLUMNS)]
+    rows: list[tuple[str, ...]] = [("NAME", "GROUP", "XDS", *COLUMNS)]
     for conn in status:
         types = conn.get("types", {})
         cells = []
