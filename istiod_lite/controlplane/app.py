@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,8 +23,9 @@ from istiod_lite.controlplane.snapshots import to_resource_snapshot
 from istiod_lite.model import ConfigError, ConfigSnapshot
 from istiod_lite.monitoring.http import MonitoringServer
 from istiod_lite.sources import DirectorySource, SourceUpdate
-from istiod_lite.translator import find_waypoints, translate_waypoint
+from istiod_lite.translator import find_waypoints
 from istiod_lite.translator.proxyless import translate_proxyless
+from istiod_lite.translator.waypoint import WaypointTranslator
 from istiod_lite.translator.waypoints import WaypointRef
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.resources import EMPTY
@@ -55,9 +57,11 @@ class ControlPlane:
         self.config = ConfigSnapshot()
         self.errors: tuple[ConfigError, ...] = ()
         self._debouncer: Debouncer[SourceUpdate] = Debouncer(
-            self._apply_update, lambda _old, new: new, options.debounce
+            self._apply_update, _merge_updates, options.debounce
         )
         self._grpc: grpc.aio.Server | None = None
+        #: One per waypoint: re-uses the translation of every service whose inputs did not change.
+        self._translators: dict[str, WaypointTranslator] = {}
         self._monitoring = MonitoringServer(lambda: self.cache.ready, self.ads.status, self.ads.metrics.registry)
         self._tasks: list[asyncio.Task[None]] = []
         self.grpc_port = 0
@@ -123,16 +127,15 @@ class ControlPlane:
 
     def _install(self, update: SourceUpdate, trigger_time: float | None = None) -> None:
         self.config = update.snapshot
-        new_errors = set(update.errors) - set(self.errors)
-        for err in sorted(new_errors, key=str):
-            log.error("config rejected: %s", err)
-        self.errors = update.errors
+        self.errors = update.errors  # each error was logged once, by the source that found it
         self._translate_all(trigger_time)
 
     def _translate_all(self, trigger_time: float | None = None) -> None:
         wanted = {waypoint_group(w.ref.namespace, w.ref.name): w.ref for w in find_waypoints(self.config)}
         for group, ref in sorted(wanted.items()):
             self._translate_group(group, ref, trigger_time)
+        for group in set(self._translators) - set(wanted):
+            del self._translators[group]
         self.cache.set_snapshot(UNKNOWN_GROUP, EMPTY)
         self.cache.set_snapshot(PROXYLESS_GROUP, to_resource_snapshot(translate_proxyless(self.config)), trigger_time)
         for group in self.cache.watched_groups():
@@ -141,7 +144,10 @@ class ControlPlane:
                 self.cache.set_snapshot(group, EMPTY)
 
     def _translate_group(self, group: str, ref: WaypointRef, trigger_time: float | None = None) -> None:
-        resources = translate_waypoint(self.config, ref)
+        translator = self._translators.get(group)
+        if translator is None:
+            translator = self._translators[group] = WaypointTranslator(ref)
+        resources = translator.translate(self.config)
         self.cache.set_snapshot(group, to_resource_snapshot(resources), trigger_time)
 
     def _on_demand(self, group: str) -> None:
@@ -152,6 +158,11 @@ class ControlPlane:
         log.warning("proxy connected for waypoint %s/%s which is not in the config; serving it nothing",
                     *parsed)
         self.cache.set_snapshot(group, EMPTY)
+
+
+def _merge_updates(old: SourceUpdate, new: SourceUpdate) -> SourceUpdate:
+    """Updates coalesced by the debouncer: the newest snapshot, and every key changed since the last push."""
+    return dataclasses.replace(new, changed=old.changed | new.changed)
 
 
 _ENDPOINT_KINDS = frozenset({"Pod", "EndpointSlice", "WorkloadEntry"})

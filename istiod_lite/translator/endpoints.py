@@ -9,10 +9,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod, Service, ServicePort
-
-
-def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
+from istiod_lite.translator.index import index_of
 
 
 def target_port(pod: Pod, port: ServicePort) -> int | None:
@@ -27,16 +24,14 @@ def target_port(pod: Pod, port: ServicePort) -> int | None:
 
 
 def service_pods(snapshot: ConfigSnapshot, svc: Service, subset_labels: Mapping[str, str] | None = None) -> list[Pod]:
-    selector = svc.spec.selector
+    """Pods with an IP selected by the Service's selector (and the subset's labels, if any)."""
+    selector = dict(svc.spec.selector or {})
     if not selector:
         return []
-    pods = []
-    for pod in snapshot.of_kind(Pod):
-        if pod.namespace != svc.namespace or not pod.ips:
-            continue
-        if _selects(selector, pod.metadata.labels) and _selects(subset_labels or {}, pod.metadata.labels):
-            pods.append(pod)
-    return pods
+    for k, v in (subset_labels or {}).items():
+        if selector.setdefault(k, v) != v:
+            return []  # the subset contradicts the Service's own selector: nothing matches both
+    return index_of(snapshot).selected_pods(svc.namespace, selector)
 
 
 def load_assignment(

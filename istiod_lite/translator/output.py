@@ -22,6 +22,14 @@ class EnvoyResources:
     endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = field(default_factory=dict)
     secrets: dict[str, secret_pb2.Secret] = field(default_factory=dict)
 
+    def merge(self, other: EnvoyResources) -> None:
+        """Add ``other``'s resources (later fragments win on a name clash)."""
+        self.listeners.update(other.listeners)
+        self.routes.update(other.routes)
+        self.clusters.update(other.clusters)
+        self.endpoints.update(other.endpoints)
+        self.secrets.update(other.secrets)
+
     def sorted(self) -> EnvoyResources:
         """Same resources, each kind ordered by name (deterministic output)."""
         return EnvoyResources(

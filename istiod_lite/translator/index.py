@@ -1,0 +1,121 @@
+"""Lookup tables derived from one ConfigSnapshot, built once and shared by every translation of it.
+
+Why: translating a waypoint asks "which pods does this Service select?", "which VirtualServices
+name this host?" once per service.  Scanning the snapshot for each answer is O(services x pods);
+with these tables each answer costs a dictionary lookup.  The tables are a pure function of the
+snapshot and are memoised per snapshot object (weakly, so they die with it).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from istiod_lite.model import ConfigSnapshot
+from istiod_lite.model.core import Pod
+from istiod_lite.model.networking import DestinationRule, VirtualService
+from istiod_lite.translator import names
+
+
+def qualify(host: str, namespace: str) -> str:
+    """Short names in Istio configs are relative to the config's namespace."""
+    return host if "." in host else names.service_fqdn(host, namespace)
+
+
+@dataclass(frozen=True)
+class SnapshotIndex:
+    #: (namespace, label key, label value) -> pods with an IP carrying that label, sorted by name.
+    pods_by_label: Mapping[tuple[str, str, str], tuple[Pod, ...]]
+    #: (namespace, fully qualified host) -> mesh-bound VirtualServices naming that exact host.
+    vs_by_host: Mapping[tuple[str, str], tuple[VirtualService, ...]]
+    #: namespace -> mesh-bound VirtualServices with a wildcard host (matched per service).
+    vs_wildcard: Mapping[str, tuple[VirtualService, ...]]
+    #: (namespace, fully qualified host) -> the DestinationRule (oldest first wins, as in Istio).
+    destination_rules: Mapping[tuple[str, str], DestinationRule]
+
+    def selected_pods(self, namespace: str, selector: Mapping[str, str]) -> list[Pod]:
+        """Pods in ``namespace`` with an IP whose labels include every ``selector`` entry."""
+        if not selector:
+            return []
+        items = sorted(selector.items())
+        candidates = min((self.pods_by_label.get((namespace, k, v), ()) for k, v in items), key=len)
+        return [p for p in candidates if all(p.metadata.labels.get(k) == v for k, v in items)]
+
+
+_lock = threading.Lock()
+#: id(snapshot) -> (weak reference to it, its index).  Keyed by identity: snapshots compare by value.
+_memo: dict[int, tuple[weakref.ref[ConfigSnapshot], SnapshotIndex]] = {}
+
+
+def _forget(key: int) -> None:
+    with _lock:
+        _memo.pop(key, None)
+
+
+def index_of(snapshot: ConfigSnapshot) -> SnapshotIndex:
+    key = id(snapshot)
+    with _lock:
+        entry = _memo.get(key)
+    if entry is not None and entry[0]() is snapshot:
+        return entry[1]
+    found = _build(snapshot)
+    with _lock:
+        _memo[key] = (weakref.ref(snapshot, lambda _r, k=key: _forget(k)), found)  # type: ignore[misc]
+    return found
+
+
+def _build(snapshot: ConfigSnapshot) -> SnapshotIndex:
+    pods: dict[tuple[str, str, str], list[Pod]] = {}
+    for pod in snapshot.of_kind(Pod):
+        if not pod.ips:
+            continue
+        ns = pod.namespace
+        for k, v in pod.metadata.labels.items():
+            pods.setdefault((ns, k, v), []).append(pod)
+    by_host: dict[tuple[str, str], list[VirtualService]] = {}
+    wild: dict[str, list[VirtualService]] = {}
+    for vs in snapshot.of_kind(VirtualService):
+        if vs.spec.gateways and "mesh" not in vs.spec.gateways:
+            continue  # bound to ingress gateways only
+        hosts = {qualify(h, vs.namespace) for h in vs.spec.hosts}
+        for h in sorted(hosts):
+            if h.startswith("*"):
+                if not wild.get(vs.namespace) or wild[vs.namespace][-1] is not vs:
+                    wild.setdefault(vs.namespace, []).append(vs)
+            else:
+                by_host.setdefault((vs.namespace, h), []).append(vs)
+    drs: dict[tuple[str, str], DestinationRule] = {}
+    for dr in sorted(snapshot.of_kind(DestinationRule),
+                     key=lambda d: (d.metadata.creation_timestamp, d.namespace, d.name)):
+        if dr.spec.workload_selector is not None:
+            continue  # Istio ignores selector-scoped DRs for waypoint clusters
+        drs.setdefault((dr.namespace, qualify(dr.spec.host, dr.namespace)), dr)
+    return SnapshotIndex(
+        pods_by_label={k: tuple(v) for k, v in pods.items()},
+        vs_by_host={k: tuple(v) for k, v in by_host.items()},
+        vs_wildcard={k: tuple(v) for k, v in wild.items()},
+        destination_rules=drs,
+    )
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return pattern == host
+
+
+def virtual_services_for(index: SnapshotIndex, namespaces: tuple[str, ...], host: str) -> list[VirtualService]:
+    """Mesh VirtualServices from ``namespaces`` whose hosts match ``host``, ordered as Istio merges
+    them (creation time, then namespace/name)."""
+    found: dict[tuple[str, str], VirtualService] = {}
+    for ns in dict.fromkeys(namespaces):
+        for vs in index.vs_by_host.get((ns, host), ()):
+            found[(vs.namespace, vs.name)] = vs
+        for vs in index.vs_wildcard.get(ns, ()):
+            if any(host_matches(qualify(h, vs.namespace), host) for h in vs.spec.hosts):
+                found[(vs.namespace, vs.name)] = vs
+    return sorted(found.values(), key=lambda v: (v.metadata.creation_timestamp, v.namespace, v.name))
