@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
 from istiod_lite.controlplane.nodes import PROXYLESS_GROUP, UNKNOWN_GROUP, group_of, parse_group, waypoint_group
@@ -84,7 +83,7 @@ class ControlPlane:
                 ("grpc.max_connection_age_grace_ms", 10_000),
             ]
         self._grpc = grpc.aio.server(options=grpc_options)
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, self._grpc)
+        self.ads.register(self._grpc)
         self.grpc_port = self._grpc.add_insecure_port(self.options.grpc_addr)
         await self._grpc.start()
         await self._monitoring.start(self.options.monitoring_addr)

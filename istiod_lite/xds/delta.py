@@ -11,6 +11,7 @@ from istiod_lite.xds.connection import Connection, new_nonce
 from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource
 from istiod_lite.xds.subscription import Subscription
 from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
+from istiod_lite.xds.wire import EncodedResponse, delta_response
 
 #: Keep each response under gRPC's default 4 MiB receive limit (R50), with room for framing.
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024 - 64 * 1024
@@ -42,7 +43,7 @@ def on_request(conn: Connection, req: discovery_pb2.DeltaDiscoveryRequest) -> st
 
 def build_responses(
     conn: Connection, sub: Subscription, snap: ResourceSnapshot
-) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+) -> list[EncodedResponse]:
     """Zero or more responses (more than one only when the change exceeds the size cap)."""
     available = snap.of_type(sub.type_url)
     visible = sub.visible(available)
@@ -53,23 +54,22 @@ def build_responses(
     if not changed and not removed and not sub.must_respond:
         return []
     system_version = snap.type_version(sub.type_url)
-    responses: list[discovery_pb2.DeltaDiscoveryResponse] = []
-    current = _new_response(sub.type_url, system_version)
+    batches: list[list[VersionedResource]] = [[]]
     size = 0
     for r in changed:
-        if size and size + r.size > MAX_RESPONSE_BYTES:
-            responses.append(current)
-            current = _new_response(sub.type_url, system_version)
+        if size and size + len(r.delta_bytes) > MAX_RESPONSE_BYTES:
+            batches.append([])
             size = 0
-        current.resources.add(name=r.name, version=r.version, resource=r.any)
-        size += r.size + len(r.name) + 32
+        batches[-1].append(r)
+        size += len(r.delta_bytes) + 8
         sub.sent[r.name] = r.version
-    current.removed_resources.extend(removed)
     for n in removed:
         sub.sent.pop(n, None)
-    responses.append(current)
-    for resp in responses:
-        resp.nonce = new_nonce()
+    responses = [
+        delta_response(sub.type_url, system_version, new_nonce(), (r.delta_bytes for r in batch),
+                       removed if i == len(batches) - 1 else ())
+        for i, batch in enumerate(batches)
+    ]
     sub.record_send(responses[-1].nonce, system_version)
     if sub.type_url == CLUSTER and changed:
         # Changed clusters warm until endpoints arrive: resend every subscribed EDS (R42, R43).
@@ -80,5 +80,3 @@ def build_responses(
     return responses
 
 
-def _new_response(type_url: str, system_version: str) -> discovery_pb2.DeltaDiscoveryResponse:
-    return discovery_pb2.DeltaDiscoveryResponse(type_url=type_url, system_version_info=system_version)

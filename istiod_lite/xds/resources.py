@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -26,6 +27,10 @@ class VersionedResource:
     name: str
     version: str
     any: any_pb2.Any
+    #: The serialised ``Any`` (a SotW response's resource entry) and the serialised Delta
+    #: ``Resource`` (name, version, Any): encoded once, joined into every response (see wire.py).
+    any_bytes: bytes = b""
+    delta_bytes: bytes = b""
 
     @property
     def size(self) -> int:
@@ -34,7 +39,15 @@ class VersionedResource:
     @classmethod
     def from_message(cls, name: str, type_url: str, message: Message) -> VersionedResource:
         data = message.SerializeToString(deterministic=True)
-        return cls(name=name, version=content_version(data), any=any_pb2.Any(type_url=type_url, value=data))
+        return cls.from_bytes(name, type_url, data)
+
+    @classmethod
+    def from_bytes(cls, name: str, type_url: str, data: bytes) -> VersionedResource:
+        version = content_version(data)
+        packed = any_pb2.Any(type_url=type_url, value=data)
+        delta = discovery_pb2.Resource(name=name, version=version, resource=packed)
+        return cls(name=name, version=version, any=packed, any_bytes=packed.SerializeToString(),
+                   delta_bytes=delta.SerializeToString())
 
 
 def set_version(items: Iterable[VersionedResource]) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from istiod_lite.xds import delta, sotw
+from istiod_lite.xds import delta, sotw, wire
 from istiod_lite.xds.admission import TokenBucket
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.connection import Connection
@@ -52,6 +52,9 @@ class XdsServerOptions:
     admission_wait: float = 1.0
 
 
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves a ``SnapshotCache`` over ADS, SotW and Delta."""
 
@@ -70,6 +73,22 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.connections: dict[str, Connection] = {}
         rate = self.options.max_new_streams_per_second
         self._admission = TokenBucket(rate, self.options.new_stream_burst) if rate > 0 else None
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add ADS to ``server`` with a serializer that accepts pre-encoded responses (wire.py)."""
+        handlers = {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self.StreamAggregatedResources,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=wire.serialize,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self.DeltaAggregatedResources,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=wire.serialize,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
 
     # -- gRPC methods --------------------------------------------------------------------------
     async def StreamAggregatedResources(

@@ -14,6 +14,7 @@ from istiod_lite.xds.connection import Connection, new_nonce
 from istiod_lite.xds.resources import ResourceSnapshot, set_version
 from istiod_lite.xds.subscription import Subscription
 from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
+from istiod_lite.xds.wire import EncodedResponse, sotw_response
 
 
 class RequestKind:
@@ -58,7 +59,7 @@ def on_request(conn: Connection, req: discovery_pb2.DiscoveryRequest) -> Classif
 
 def build_response(
     conn: Connection, sub: Subscription, snap: ResourceSnapshot
-) -> discovery_pb2.DiscoveryResponse | None:
+) -> EncodedResponse | None:
     """The response this subscription needs now, or None (R18: only send on change)."""
     available = snap.of_type(sub.type_url)
     if sub.wildcard:
@@ -70,8 +71,7 @@ def build_response(
     if not sub.must_respond and version == sub.version_sent:
         return None
     nonce = new_nonce()
-    resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=sub.type_url, nonce=nonce)
-    resp.resources.extend(r.any for r in visible.values())
+    resp = sotw_response(sub.type_url, version, nonce, (r.any_bytes for r in visible.values()))
     sub.record_send(nonce, version)
     sub.sent = {n: r.version for n, r in visible.items()}
     if sub.type_url == CLUSTER:

@@ -17,7 +17,6 @@ import grpc
 import pytest
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import any_pb2, empty_pb2
 
 from istiod_lite.translator.listeners import http_connection_manager
@@ -72,7 +71,7 @@ class Plane:
         self.cache = SnapshotCache(lambda node: "g")
         self.ads = AdsServer(self.cache)
         self.server = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, self.server)
+        self.ads.register(self.server)
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         await self.server.start()
         await asyncio.sleep(ready_after)
@@ -83,7 +82,7 @@ async def plane() -> AsyncIterator[Plane]:
     cache = SnapshotCache(lambda node: "g")
     ads = AdsServer(cache)
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    ads.register(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     p = Plane(cache, ads, server, port)

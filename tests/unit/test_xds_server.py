@@ -23,7 +23,7 @@ class Harness:
     def __init__(self) -> None:
         self.cache = SnapshotCache(lambda node: "g")
         self.server = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServer(self.cache), self.server)
+        AdsServer(self.cache).register(self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
@@ -129,7 +129,7 @@ async def test_admission_limits_new_streams() -> None:
     cache.set_snapshot("g", snap({"a": 1}))
     opts = XdsServerOptions(max_new_streams_per_second=1.0, new_stream_burst=2, admission_wait=0.05)
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServer(cache, opts), server)
+    AdsServer(cache, opts).register(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
@@ -159,7 +159,7 @@ async def test_stuck_client_is_closed_and_does_not_delay_others() -> None:
     cache.set_snapshot("fast", snap({"a": 1}))
     server = grpc.aio.server()
     ads = AdsServer(cache, XdsServerOptions(write_timeout=1.0))
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    ads.register(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
