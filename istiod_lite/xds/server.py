@@ -193,27 +193,39 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             if snap is None:
                 continue  # owner computes it on demand; we are woken when it is set
             for sub in conn.ordered_subs():
-                started = time.perf_counter()
-                if variant == "sotw":
-                    resp = sotw.build_response(conn, sub, snap)
-                    responses: list[Any] = [resp] if resp is not None else []
-                else:
-                    responses = delta.build_responses(conn, sub, snap)
-                for resp in responses:
-                    try:
-                        await asyncio.wait_for(context.write(resp), timeout=self.options.write_timeout)
-                    except TimeoutError:
-                        log.warning("stream %s: write blocked for %.0fs; closing", conn.conn_id,
-                                    self.options.write_timeout)
-                        conn.fatal = ("UNAVAILABLE", "stream too slow")
-                        return
-                    except Exception:
-                        return  # client went away
-                    self.metrics.sent(sub.type_url, resp.ByteSize(), time.perf_counter() - started)
+                if not await self._send_pending(variant, conn, sub, snap, context):
+                    return
             trigger = self.cache.trigger_time(conn.group)
             if trigger is not None and trigger > conn.converged_trigger:
                 conn.converged_trigger = trigger
                 self.metrics.convergence.observe(max(0.0, time.monotonic() - trigger))
+
+    async def _send_pending(
+        self, variant: str, conn: Connection, sub: Any, snap: Any, context: grpc.aio.ServicerContext
+    ) -> bool:
+        """Send what ``sub`` needs now; False if the stream is done.
+
+        A separate coroutine so that the responses (each up to megabytes) are released as soon
+        as they are written, instead of living in the write loop's frame until the next wake.
+        """
+        started = time.perf_counter()
+        if variant == "sotw":
+            resp = sotw.build_response(conn, sub, snap)
+            responses: list[Any] = [resp] if resp is not None else []
+        else:
+            responses = delta.build_responses(conn, sub, snap)
+        while responses:
+            resp = responses.pop(0)
+            try:
+                await asyncio.wait_for(context.write(resp), timeout=self.options.write_timeout)
+            except TimeoutError:
+                log.warning("stream %s: write blocked for %.0fs; closing", conn.conn_id, self.options.write_timeout)
+                conn.fatal = ("UNAVAILABLE", "stream too slow")
+                return False
+            except Exception:
+                return False  # client went away
+            self.metrics.sent(sub.type_url, resp.ByteSize(), time.perf_counter() - started)
+        return True
 
     def status(self) -> list[dict[str, object]]:
         return [c.status() for c in sorted(self.connections.values(), key=lambda c: c.conn_id)]

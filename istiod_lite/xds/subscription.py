@@ -5,6 +5,7 @@ Rule numbers (R21 ...) refer to shared/reference/xds-protocol.md §1.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -74,7 +75,8 @@ class Subscription:
     # -- Delta -----------------------------------------------------------------------------------
     def apply_delta(self, subscribe: Iterable[str], unsubscribe: Iterable[str], first: bool) -> set[str]:
         """Apply a Delta request's changes.  Returns names the client must be sent again (R30/R32)."""
-        sub, unsub = set(subscribe), set(unsubscribe)
+        # Interned: a thousand streams naming the same resources share one string per name.
+        sub, unsub = {sys.intern(n) for n in subscribe}, set(unsubscribe)
         resend: set[str] = set()
         if first and not sub and self.type_url in WILDCARD_TYPES:
             self.wildcard = True  # legacy wildcard on the first request (R21)
