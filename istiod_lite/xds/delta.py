@@ -8,7 +8,7 @@ from __future__ import annotations
 from envoy.service.discovery.v3 import discovery_pb2
 
 from istiod_lite.xds.connection import Connection, new_nonce
-from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource
+from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource, diff_maps
 from istiod_lite.xds.subscription import Subscription
 from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
 from istiod_lite.xds.wire import EncodedResponse, delta_response
@@ -46,11 +46,21 @@ def build_responses(
 ) -> list[EncodedResponse]:
     """Zero or more responses (more than one only when the change exceeds the size cap)."""
     available = snap.of_type(sub.type_url)
-    visible = sub.visible(available)
-    changed: list[VersionedResource] = [r for n, r in visible.items() if sub.sent.get(n) != r.version]
-    removed = sorted(n for n in sub.sent if n not in visible)
-    removed += sorted(n for n in sub.announce if n not in visible and n not in sub.sent)
-    sub.announce.clear()
+    if sub.synced_map is not None and not sub.must_respond and not sub.announce:
+        # Fast path: the subscription is unchanged since ``sent`` matched ``synced_map``, so only
+        # what changed between the two maps can differ for this client.
+        if sub.synced_map is available:
+            return []
+        diff_changed, diff_removed = diff_maps(sub.synced_map, available)
+        changed = [r for n in diff_changed if sub.wants(n) and sub.sent.get(n) != (r := available[n]).version]
+        removed = [n for n in diff_removed if n in sub.sent]
+    else:
+        visible = sub.visible(available)
+        changed = [r for n, r in visible.items() if sub.sent.get(n) != r.version]
+        removed = sorted(n for n in sub.sent if n not in visible)
+        removed += sorted(n for n in sub.announce if n not in visible and n not in sub.sent)
+        sub.announce.clear()
+    sub.synced_map = available
     if not changed and not removed and not sub.must_respond:
         return []
     system_version = snap.type_version(sub.type_url)
@@ -76,6 +86,7 @@ def build_responses(
         eds = conn.subs.get(ENDPOINT)
         if eds is not None:
             eds.sent.clear()
+            eds.synced_map = None
             eds.must_respond = True
     return responses
 

@@ -41,6 +41,9 @@ class Subscription:
     must_respond: bool = False
     #: Delta: names that must be answered, with the resource or in ``removed_resources`` (R26).
     announce: set[str] = field(default_factory=set)
+    #: Delta: the type's resource map ``sent`` was last brought in line with, while the
+    #: subscription was unchanged; lets the next push look only at what changed since.
+    synced_map: Mapping[str, VersionedResource] | None = field(default=None, repr=False, compare=False)
 
     # delivery status
     nonce_sent: str = ""
@@ -78,6 +81,8 @@ class Subscription:
         # Interned: a thousand streams naming the same resources share one string per name.
         sub, unsub = {sys.intern(n) for n in subscribe}, set(unsubscribe)
         resend: set[str] = set()
+        if sub or unsub or first:
+            self.synced_map = None
         if first and not sub and self.type_url in WILDCARD_TYPES:
             self.wildcard = True  # legacy wildcard on the first request (R21)
             self.must_respond = True
