@@ -21,6 +21,7 @@ from typing import Protocol
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from istiod_lite.ca import jws
 from istiod_lite.ca.errors import CaError
@@ -210,7 +211,7 @@ class ClientCertAuthenticator:
         try:
             cert = x509.load_der_x509_certificate(peer_cert_der)
             cert.verify_directly_issued_by(self._signing_cert)
-        except (ValueError, TypeError, x509.InvalidSignature) as exc:
+        except (ValueError, TypeError, InvalidSignature) as exc:
             raise AuthenticationError(f"client certificate not issued by this CA: {exc}") from exc
         now = self._clock()
         if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:

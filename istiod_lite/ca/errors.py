@@ -34,14 +34,18 @@ class CaError(Exception):
         self.code = code
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[CaError], tuple[grpc.StatusCode, str]]:
+        # Crosses process boundaries (process-pool signing): rebuild from (code, reason).
+        return (CaError, (self.code, self.reason))
+
     @property
     def public_message(self) -> str:
-        return PUBLIC_MESSAGES.get(self.code, "certificate request failed")
+        return str(PUBLIC_MESSAGES.get(self.code, "certificate request failed"))
 
     @property
     def outcome(self) -> str:
         """Metric label for this failure (``invalid_argument``, ``unauthenticated``, ...)."""
-        return self.code.name.lower()
+        return str(self.code.name).lower()
 
 
 class CaMaterialError(Exception):

@@ -58,7 +58,7 @@ def public_jwk(key: PublicKey) -> dict[str, str]:
         nums = key.public_numbers()
         size = _COORD_LEN[crv]
         jwk = {"crv": crv, "kty": "EC", "x": b64url(_int_bytes(nums.x, size)), "y": b64url(_int_bytes(nums.y, size))}
-        required = ("crv", "kty", "x", "y")
+        required: tuple[str, ...] = ("crv", "kty", "x", "y")
         alg = "ES256" if crv == "P-256" else "ES384"
     else:
         rnums = key.public_numbers()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import itertools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
@@ -142,7 +144,7 @@ def generate_key(key_type: KeyType) -> SigningKey:
     raise ValueError(f"unknown key type {key_type!r} (ec-p256 or rsa-2048)")
 
 
-def signature_hash(key: SigningKey) -> hashes.HashAlgorithm:
+def signature_hash(key: SigningKey) -> hashes.SHA256 | hashes.SHA384:
     """SHA-384 for P-384 keys (matching the curve's strength), SHA-256 otherwise (as Go's x509)."""
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
@@ -249,7 +251,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, x509.InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 
@@ -286,13 +288,13 @@ def _load_bundle(ca_dir: Path, issuer_key: ec.EllipticCurvePrivateKey) -> CaMate
     intermediates = [signing_cert, *chain] if signing_cert not in roots else []
     intermediates = [c for c in intermediates if c not in roots]
     path = intermediates or [signing_cert]
-    for child, parent in zip(path, path[1:], strict=False):
+    for child, parent in itertools.pairwise(path):
         if not _issued_by(child, parent):
             raise CaMaterialError(f"{CERT_CHAIN}: {child.subject.rfc4514_string()} is not issued by the next "
                                   f"certificate {parent.subject.rfc4514_string()}")
     if not any(path[-1] == r or _issued_by(path[-1], r) for r in roots):
         raise CaMaterialError(f"the chain from {CA_CERT} does not lead to a certificate in {ROOT_CERT}")
-    tail = tuple(_pem(c) for c in intermediates) + ("".join(_pem(r) for r in roots),)
+    tail = (*(_pem(c) for c in intermediates), "".join(_pem(r) for r in roots))
     return CaMaterial(
         signing_cert=signing_cert,
         signing_key=key,

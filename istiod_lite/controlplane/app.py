@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
+from istiod_lite.controlplane.memtrim import MemoryTrimmer
 from istiod_lite.controlplane.nodes import PROXYLESS_GROUP, UNKNOWN_GROUP, group_of, parse_group, waypoint_group
 from istiod_lite.controlplane.snapshots import to_resource_snapshot
 from istiod_lite.model import ConfigError, ConfigSnapshot
@@ -90,6 +91,7 @@ class ControlPlane:
         self._tasks = [
             asyncio.create_task(self.source.run(self._on_source_update), name="source"),
             asyncio.create_task(self._debouncer.run(), name="debounce"),
+            asyncio.create_task(MemoryTrimmer(lambda: self.ads.metrics.bytes_sent).run(), name="memtrim"),
         ]
         log.info(
             "serving xDS on %s (port %d), monitoring on %s; %d resources, %d errors, waypoints: %s",

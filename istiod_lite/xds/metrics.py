@@ -17,6 +17,8 @@ _SIZE_BUCKETS = (1, 10_000, 1_000_000, 4_000_000, 10_000_000, 40_000_000)
 class XdsMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        #: Response bytes written since start (read by the memory trimmer).
+        self.bytes_sent = 0
         r = self.registry
         self.connected = Gauge("pilot_xds", "Number of endpoints connected to this pilot using XDS.",
                                ["version"], registry=r)
@@ -42,6 +44,7 @@ class XdsMetrics:
 
     def sent(self, type_url: str, size: int, seconds: float) -> None:
         t = short(type_url).lower()
+        self.bytes_sent += size
         self.pushes.labels(type=t).inc()
         self.push_time.labels(type=t).observe(seconds)
         self.config_size.labels(type=t).observe(size)

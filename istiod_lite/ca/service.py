@@ -1,0 +1,92 @@
+"""``IstioCertificateService/CreateCertificate`` over grpc.aio.
+
+The event loop only moves bytes: authentication (JWT signature check) and signing are CPU work
+and run in an executor (a thread pool by default, see ``backend``), so xDS streams sharing the
+loop keep their latency under CSR load.  Errors reach the client as a status code with a fixed
+message; the reason is logged with the caller's address.
+
+Like istiod, a request that did not arrive over TLS has no caller and is refused
+(``security.Authenticate`` returns nothing without TLS); ``require_tls=False`` exists for tests of
+the plaintext path only.  ``ImpersonatedIdentity`` (ztunnel acting for a pod) is refused as
+Istio refuses it without a node authorizer; ``CertSigner`` is ignored, as with Istio's built-in CA.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+
+import grpc
+from google.protobuf import struct_pb2
+
+from istiod_lite._generated.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from istiod_lite.ca.backend import SigningBackend
+from istiod_lite.ca.errors import CaError
+from istiod_lite.ca.metrics import CaMetrics
+
+log = logging.getLogger(__name__)
+
+IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
+
+
+def caller_credentials(context: grpc.aio.ServicerContext,
+                       require_tls: bool = True) -> tuple[dict[str, str], bytes | None]:
+    """ASCII metadata (lower-case keys) and the TLS client certificate (DER) of the current call."""
+    auth = context.auth_context()
+    if require_tls and auth.get("transport_security_type") != [b"ssl"]:
+        raise CaError(grpc.StatusCode.UNAUTHENTICATED, "not a TLS connection")
+    metadata: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, bytes):
+            continue
+        if key in metadata:
+            # Two authorization headers: which one did a proxy on the way look at?  Refuse.
+            raise CaError(grpc.StatusCode.UNAUTHENTICATED, f"metadata {key!r} sent more than once")
+        metadata[key] = value
+    pems = auth.get("x509_pem_cert")
+    peer_der = ssl.PEM_cert_to_DER_cert(pems[0].decode("ascii")) if pems else None
+    return metadata, peer_der
+
+
+def _impersonation(metadata: struct_pb2.Struct) -> str:
+    field = metadata.fields.get(IMPERSONATED_IDENTITY)
+    return field.string_value if field is not None else ""
+
+
+class CaService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[misc]
+    """The servicer; register with ``add_to_server``."""
+
+    def __init__(self, backend: SigningBackend, metrics: CaMetrics | None = None, *,
+                 require_tls: bool = True) -> None:
+        self.backend = backend
+        self.metrics = metrics or CaMetrics()
+        self._require_tls = require_tls
+        roots_expiry = min(r.not_valid_after_utc for r in backend.material.roots)
+        self.metrics.root_expiry.set(roots_expiry.timestamp())
+        self.metrics.chain_expiry.set(backend.material.not_after.timestamp())
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(self, server)
+
+    async def CreateCertificate(self, request: ca_pb2.IstioCertificateRequest,
+                                context: grpc.aio.ServicerContext) -> ca_pb2.IstioCertificateResponse:
+        start = time.perf_counter()
+        self.metrics.csr_count.inc()
+        try:
+            metadata, peer_der = caller_credentials(context, self._require_tls)
+            if _impersonation(request.metadata):
+                raise CaError(grpc.StatusCode.UNAUTHENTICATED, "impersonation requested; no node authorizer")
+            chain = await self.backend.create_certificate(request.csr, request.validity_duration, metadata,
+                                                          peer_der)
+        except CaError as exc:
+            self.metrics.failed(exc.code)
+            log.warning("CreateCertificate from %s refused (%s): %s", context.peer(), exc.code.name, exc.reason)
+            await context.abort(exc.code, exc.public_message)
+        except Exception:
+            self.metrics.failed(grpc.StatusCode.INTERNAL)
+            log.exception("CreateCertificate from %s failed", context.peer())
+            await context.abort(grpc.StatusCode.INTERNAL, CaError(grpc.StatusCode.INTERNAL, "").public_message)
+        self.metrics.succeeded()
+        self.metrics.duration.observe(time.perf_counter() - start)
+        return ca_pb2.IstioCertificateResponse(cert_chain=chain)
