@@ -7,13 +7,13 @@ Rule numbers refer to shared/reference/xds-protocol.md §1.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 from istiod_lite.xds.connection import Connection, new_nonce
-from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource, set_version
+from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource, diff_maps, set_version
 from istiod_lite.xds.subscription import Subscription
 from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
 from istiod_lite.xds.wire import EncodedResponse, sotw_response
@@ -72,9 +72,17 @@ def build_response(
     if not sub.must_respond and version == sub.version_sent:
         return None
     nonce = new_nonce()
-    resp = sotw_response(sub.type_url, version, nonce, (r.any_bytes for r in visible.values()))
+    if sub.wildcard or sub.must_respond or sub.synced_map is None:
+        send: Iterable[VersionedResource] = visible.values()
+    else:
+        # Named types (RDS, EDS): a response may carry only what changed; absence is not
+        # deletion (R28).  The client held ``synced_map``'s view, so diff the views (once).
+        changed, _removed = diff_maps(sub.synced_map, visible)
+        send = [visible[n] for n in changed]
+    resp = sotw_response(sub.type_url, version, nonce, (r.any_bytes for r in send))
     sub.record_send(nonce, version)
     sub.sent = dict(_versions_of(visible))
+    sub.synced_map = None if sub.wildcard else visible
     if sub.type_url == CLUSTER:
         # Changed clusters warm until their endpoints arrive: resend EDS now and answer the
         # client's next EDS request even if it looks like an ACK (R42, R43).

@@ -41,8 +41,9 @@ class Subscription:
     must_respond: bool = False
     #: Delta: names that must be answered, with the resource or in ``removed_resources`` (R26).
     announce: set[str] = field(default_factory=set)
-    #: Delta: the type's resource map ``sent`` was last brought in line with, while the
-    #: subscription was unchanged; lets the next push look only at what changed since.
+    #: The resource map (Delta: the type's; SotW: the named view) ``sent`` was last brought in
+    #: line with, while the subscription was unchanged; lets the next push look only at what
+    #: changed since.
     synced_map: Mapping[str, VersionedResource] | None = field(default=None, repr=False, compare=False)
 
     # delivery status
@@ -71,6 +72,8 @@ class Subscription:
         wildcard = WILDCARD in requested
         requested.discard(WILDCARD)
         added = bool(requested - self.names) or (wildcard and not self.wildcard)
+        if requested != self.names or wildcard != self.wildcard:
+            self.synced_map = None
         self.wildcard = wildcard
         self.names = requested
         return added

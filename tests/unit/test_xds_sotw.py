@@ -126,3 +126,32 @@ def test_nonces_are_unique() -> None:
         assert r is not None
         nonces.add(r.nonce)
     assert len(nonces) == 50
+
+
+def _eds_names(resp: object) -> list[str]:
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    return sorted(endpoint_pb2.ClusterLoadAssignment.FromString(a.value).cluster_name
+                  for a in resp.resources)  # type: ignore[attr-defined]
+
+
+def test_named_type_update_carries_only_changed_resources() -> None:
+    """R28: an EDS/RDS response may carry only what changed; a newly named resource is sent in
+    full with the rest (added names always answered), and CDS/LDS always carry the full set."""
+    c = conn()
+    sotw.on_request(c, req(ENDPOINT, ["a", "b", "c"]))
+    r1 = sotw.build_response(c, c.subs[ENDPOINT], snap(endpoints={"a": 1, "b": 1, "c": 1}))
+    assert r1 is not None and _eds_names(r1) == ["a", "b", "c"]
+    sotw.on_request(c, req(ENDPOINT, ["a", "b", "c"], nonce=r1.nonce, version=r1.version_info))
+    r2 = sotw.build_response(c, c.subs[ENDPOINT], snap(endpoints={"a": 1, "b": 2, "c": 1}))
+    assert r2 is not None and _eds_names(r2) == ["b"]
+    sotw.on_request(c, req(ENDPOINT, ["a", "b", "c", "d"], nonce=r2.nonce, version=r2.version_info))
+    r3 = sotw.build_response(c, c.subs[ENDPOINT], snap(endpoints={"a": 1, "b": 2, "c": 1, "d": 1}))
+    assert r3 is not None and _eds_names(r3) == ["a", "b", "c", "d"]
+
+    sotw.on_request(c, req(CLUSTER))
+    r4 = sotw.build_response(c, c.subs[CLUSTER], snap({"x": 1, "y": 1}))
+    assert r4 is not None
+    sotw.on_request(c, req(CLUSTER, nonce=r4.nonce, version=r4.version_info))
+    r5 = sotw.build_response(c, c.subs[CLUSTER], snap({"x": 1, "y": 2}))
+    assert r5 is not None and len(r5.resources) == 2
