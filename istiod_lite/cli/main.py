@@ -49,6 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from istiod_lite.sources import DirectorySource
 
+    logging.getLogger("istiod_lite.sources").setLevel(logging.ERROR)  # errors are printed below, once
     update = DirectorySource(Path(args.config)).load()
     for err in update.errors:
         print(err)
@@ -62,6 +63,7 @@ def _translate(args: argparse.Namespace) -> int:
     from istiod_lite.sources import DirectorySource
     from istiod_lite.translator import WaypointRef, find_waypoints, translate_waypoint
 
+    logging.getLogger("istiod_lite.sources").setLevel(logging.ERROR)
     update = DirectorySource(Path(args.config)).load()
     for err in update.errors:
         print(f"warning: skipped invalid resource: {err}", file=sys.stderr)

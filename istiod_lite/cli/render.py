@@ -32,5 +32,6 @@ def resources_dict(res: EnvoyResources) -> dict[str, list[dict[str, Any]]]:
 def render(res: EnvoyResources, fmt: str = "json") -> str:
     data = resources_dict(res)
     if fmt == "yaml":
-        return yaml.safe_dump(data, sort_keys=True, default_flow_style=False)
+        plain = json.loads(json.dumps(data))  # protobuf's JSON uses OrderedDict; YAML wants plain dicts
+        return yaml.safe_dump(plain, sort_keys=True, default_flow_style=False)
     return json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from istiod_lite.model.networking import HTTPRoute, StringMatch, VirtualService
@@ -26,9 +27,7 @@ def default_retry_policy() -> rc.RetryPolicy:
     rp = rc.RetryPolicy(retry_on=DEFAULT_RETRY_ON, host_selection_retry_max_attempts=5)
     rp.num_retries.value = 2
     pred = rp.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts")
-    pred.typed_config.type_url = (
-        "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-    )
+    pred.typed_config.Pack(previous_hosts_pb2.PreviousHostsPredicate())
     return rp
 
 
