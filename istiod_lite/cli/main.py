@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
         xds=XdsServerOptions(
             write_timeout=args.stream_write_timeout,
             max_new_streams_per_second=args.max_new_streams_per_second,
+            max_concurrent_pushes=args.max_concurrent_pushes,
         ),
         max_connection_age=args.max_connection_age,
     )
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="admission rate for new xDS streams (0 = unlimited); excess get RESOURCE_EXHAUSTED")
     s.add_argument("--stream-write-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="close a stream whose writes stay blocked this long")
+    s.add_argument("--max-concurrent-pushes", type=int, default=100, metavar="N",
+                   help="streams building or writing a push at once (istiod: PILOT_PUSH_THROTTLE)")
     s.add_argument("--max-connection-age", type=float, default=1800.0, metavar="SECONDS",
                    help="close xDS connections after this age (gRPC adds jitter) to rebalance replicas; 0 = never")
     s.set_defaults(func=_serve)

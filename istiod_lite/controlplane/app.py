@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from istiod_lite.controlplane.affects import affected_types, push_reason
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
 from istiod_lite.controlplane.memtrim import MemoryTrimmer
 from istiod_lite.controlplane.nodes import PROXYLESS_GROUP, UNKNOWN_GROUP, group_of, parse_group, waypoint_group
@@ -120,7 +121,11 @@ class ControlPlane:
     async def _apply_update(self, update: SourceUpdate, first_at: float) -> None:
         metrics = self.ads.metrics
         metrics.debounce_time.observe(max(0.0, time.monotonic() - first_at))
-        metrics.push_triggers.labels(type=_trigger_reason(update)).inc()
+        if update.changed and not affected_types(update.changed):
+            self.config = update.snapshot  # e.g. only ServiceAccounts changed: no resource can differ
+            self.errors = update.errors
+            return
+        metrics.push_triggers.labels(type=push_reason(update.changed)).inc()
         try:
             self._install(update, trigger_time=first_at)
         except Exception:  # never let one bad rebuild kill the loop: the last good config stays
@@ -164,12 +169,3 @@ class ControlPlane:
 def _merge_updates(old: SourceUpdate, new: SourceUpdate) -> SourceUpdate:
     """Updates coalesced by the debouncer: the newest snapshot, and every key changed since the last push."""
     return dataclasses.replace(new, changed=old.changed | new.changed)
-
-
-_ENDPOINT_KINDS = frozenset({"Pod", "EndpointSlice", "WorkloadEntry"})
-
-
-def _trigger_reason(update: SourceUpdate) -> str:
-    """Istio's push reasons: ``endpoint`` when only endpoint-carrying kinds changed, else ``config``."""
-    kinds = {k.kind for k in update.changed}
-    return "endpoint" if kinds and kinds <= _ENDPOINT_KINDS else "config"

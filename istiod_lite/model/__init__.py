@@ -6,8 +6,8 @@ Importing this package registers every kind, so ``parse_object`` understands all
 from istiod_lite.model import (
     core,  # noqa: F401  (registers kinds)
     gateway,  # noqa: F401
-    security,  # noqa: F401
     networking,  # noqa: F401
+    security,  # noqa: F401
 )
 from istiod_lite.model.base import Resource
 from istiod_lite.model.errors import ConfigError

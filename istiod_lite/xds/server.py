@@ -50,6 +50,10 @@ class XdsServerOptions:
     new_stream_burst: int = 100
     #: How long a new stream may wait for admission before RESOURCE_EXHAUSTED.
     admission_wait: float = 1.0
+    #: Streams that may build or write a push at the same time (istiod's PILOT_PUSH_THROTTLE):
+    #: bounds the memory of responses in flight during a wave.  A stuck stream holds its slot
+    #: for at most ``write_timeout``.
+    max_concurrent_pushes: int = 100
 
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -73,6 +77,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.connections: dict[str, Connection] = {}
         rate = self.options.max_new_streams_per_second
         self._admission = TokenBucket(rate, self.options.new_stream_burst) if rate > 0 else None
+        self._push_slots = asyncio.Semaphore(max(1, self.options.max_concurrent_pushes))
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add ADS to ``server`` with a serializer that accepts pre-encoded responses (wire.py)."""
@@ -208,6 +213,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         A separate coroutine so that the responses (each up to megabytes) are released as soon
         as they are written, instead of living in the write loop's frame until the next wake.
         """
+        async with self._push_slots:
+            return await self._build_and_write(variant, conn, sub, snap, context)
+
+    async def _build_and_write(
+        self, variant: str, conn: Connection, sub: Any, snap: Any, context: grpc.aio.ServicerContext
+    ) -> bool:
         started = time.perf_counter()
         if variant == "sotw":
             resp = sotw.build_response(conn, sub, snap)
