@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -44,7 +45,8 @@ async def read(call: grpc.aio.StreamStreamCall, timeout: float = 5.0) -> object:
 
 async def test_not_ready_streams_get_unavailable(h: Harness) -> None:
     call = h.stub.StreamAggregatedResources()
-    await call.write(d.DiscoveryRequest(node=NODE, type_url=CLUSTER))
+    with contextlib.suppress(grpc.aio.AioRpcError):  # the server may refuse before the write lands
+        await call.write(d.DiscoveryRequest(node=NODE, type_url=CLUSTER))
     assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.UNAVAILABLE
 
 
@@ -189,3 +191,52 @@ async def test_stuck_client_is_closed_and_does_not_delay_others() -> None:
             fast.cancel()
     finally:
         await server.stop(0)
+
+
+@pytest.mark.parametrize("variant", ["sotw", "delta"])
+async def test_unknown_type_keeps_stream_alive(h: Harness, variant: str) -> None:
+    """R38/R39: an unknown type gets at most an empty answer; the stream keeps serving others."""
+    h.cache.mark_ready()
+    h.cache.set_snapshot("g", snap({"a": 1}))
+    unknown = "type.googleapis.com/example.Unknown"
+    if variant == "sotw":
+        call = h.stub.StreamAggregatedResources()
+        await call.write(d.DiscoveryRequest(node=NODE, type_url=unknown))
+        await call.write(d.DiscoveryRequest(type_url=CLUSTER))
+    else:
+        call = h.stub.DeltaAggregatedResources()
+        await call.write(d.DeltaDiscoveryRequest(node=NODE, type_url=unknown, resource_names_subscribe=["x"]))
+        await call.write(d.DeltaDiscoveryRequest(type_url=CLUSTER))
+    seen: dict[str, int] = {}
+    while CLUSTER not in seen:
+        resp = await read(call)
+        seen[resp.type_url] = len(resp.resources)  # type: ignore[attr-defined]
+    assert seen[CLUSTER] == 1
+    assert seen.get(unknown, 0) == 0
+    call.cancel()
+
+
+@pytest.mark.parametrize("variant", ["sotw", "delta"])
+async def test_subscription_to_missing_name_is_answered_when_it_appears(h: Harness, variant: str) -> None:
+    h.cache.mark_ready()
+    h.cache.set_snapshot("g", snap(endpoints={"a": 1}))
+    if variant == "sotw":
+        call = h.stub.StreamAggregatedResources()
+        await call.write(d.DiscoveryRequest(node=NODE, type_url=ENDPOINT, resource_names=["later"]))
+    else:
+        call = h.stub.DeltaAggregatedResources()
+        await call.write(d.DeltaDiscoveryRequest(node=NODE, type_url=ENDPOINT, resource_names_subscribe=["later"]))
+    first = await read(call)
+    assert len(first.resources) == 0  # type: ignore[attr-defined]
+    if variant == "sotw":
+        await call.write(d.DiscoveryRequest(type_url=ENDPOINT, resource_names=["later"],
+                                            response_nonce=first.nonce,  # type: ignore[attr-defined]
+                                            version_info=first.version_info))  # type: ignore[attr-defined]
+    else:
+        await call.write(d.DeltaDiscoveryRequest(type_url=ENDPOINT,
+                                                 response_nonce=first.nonce))  # type: ignore[attr-defined]
+    await asyncio.sleep(0.1)
+    h.cache.set_snapshot("g", snap(endpoints={"a": 1, "later": 1}))
+    second = await read(call)
+    assert [r.name if variant == "delta" else "later" for r in second.resources] == ["later"]  # type: ignore[attr-defined]
+    call.cancel()
