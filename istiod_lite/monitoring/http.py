@@ -9,9 +9,10 @@ import json
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from istiod_lite.addresses import split_host_port
+from istiod_lite.monitoring.exposition import CONTENT_TYPE, render
 
 
 class MonitoringServer:
@@ -37,8 +38,8 @@ class MonitoringServer:
         return app
 
     async def _metrics(self, _req: web.Request) -> web.Response:
-        body = generate_latest(self._registry) if self._registry is not None else b""
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = render(self._registry) if self._registry is not None else b""
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _ready(self, _req: web.Request) -> web.Response:
         ok = self._ready_fn()
