@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,17 +20,19 @@ import grpc
 from istiod_lite.controlplane.affects import affected_types, push_reason
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
 from istiod_lite.controlplane.memtrim import MemoryTrimmer
-from istiod_lite.controlplane.nodes import PROXYLESS_GROUP, UNKNOWN_GROUP, group_of, parse_group, waypoint_group
-from istiod_lite.controlplane.snapshots import to_resource_snapshot
+from istiod_lite.controlplane.nodes import PROXYLESS_GROUP, UNKNOWN_GROUP, group_of, parse_group
+from istiod_lite.controlplane.snapshots import VersionedCache, to_resource_snapshot
 from istiod_lite.model import ConfigError, ConfigSnapshot
 from istiod_lite.monitoring.http import MonitoringServer
 from istiod_lite.sources import DirectorySource, SourceUpdate
 from istiod_lite.translator import find_waypoints
+from istiod_lite.translator.hbone import CONNECT_TERMINATE
 from istiod_lite.translator.proxyless import translate_proxyless
-from istiod_lite.translator.waypoint import WaypointTranslator
-from istiod_lite.translator.waypoints import WaypointRef
+from istiod_lite.translator.waypoint import WaypointTranslator, connect_terminate_for
+from istiod_lite.translator.waypoints import WaypointRef, binding_problems
+from istiod_lite.xds import typeurls
 from istiod_lite.xds.cache import SnapshotCache
-from istiod_lite.xds.resources import EMPTY
+from istiod_lite.xds.resources import EMPTY, ResourceSnapshot, VersionedResource
 from istiod_lite.xds.server import AdsServer, XdsServerOptions
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ class ControlPlaneOptions:
     poll_interval: float = 0.5
     debounce: DebounceOptions = field(default_factory=DebounceOptions)
     xds: XdsServerOptions = field(default_factory=XdsServerOptions)
+    #: SPIFFE trust domain of the mesh (peer certificates must be in it).
+    trust_domain: str = "cluster.local"
     #: Seconds after which a client connection is closed (Istio's Helm default: 30 m); 0 = never.
     max_connection_age: float = 0.0
 
@@ -62,7 +67,13 @@ class ControlPlane:
         )
         self._grpc: grpc.aio.Server | None = None
         #: One per waypoint: re-uses the translation of every service whose inputs did not change.
-        self._translators: dict[str, WaypointTranslator] = {}
+        self._translators: dict[WaypointRef, WaypointTranslator] = {}
+        #: Per waypoint: serialised resources, re-used for messages the translator re-used.
+        self._versioned: dict[WaypointRef, VersionedCache] = {}
+        #: Per waypoint: the resources every proxy of it gets; per bind address: connect_terminate.
+        self._shared: dict[WaypointRef, dict[str, list[VersionedResource]]] = {}
+        self._terminate: dict[str, VersionedResource] = {}
+        self._binding_problems: set[str] = set()
         self._monitoring = MonitoringServer(lambda: self.cache.ready, self.ads.status, self.ads.metrics.registry)
         self._tasks: list[asyncio.Task[None]] = []
         self.grpc_port = 0
@@ -135,35 +146,61 @@ class ControlPlane:
         self.config = update.snapshot
         self.errors = update.errors  # each error was logged once, by the source that found it
         self._translate_all(trigger_time)
+        # The config and its translation are long-lived and acyclic: move them out of the cyclic
+        # collector's generations so later collections do not rescan them (refcounting frees
+        # them when replaced).
+        gc.freeze()
 
     def _translate_all(self, trigger_time: float | None = None) -> None:
-        wanted = {waypoint_group(w.ref.namespace, w.ref.name): w.ref for w in find_waypoints(self.config)}
-        for group, ref in sorted(wanted.items()):
-            self._translate_group(group, ref, trigger_time)
-        for group in set(self._translators) - set(wanted):
-            del self._translators[group]
+        waypoints = {w.ref for w in find_waypoints(self.config)}
+        shared: dict[WaypointRef, dict[str, list[VersionedResource]]] = {}
+        for ref in sorted(waypoints):
+            translator = self._translators.get(ref)
+            if translator is None:
+                translator = self._translators[ref] = WaypointTranslator(ref, self.options.trust_domain)
+                self._versioned[ref] = VersionedCache()
+            shared[ref] = self._versioned[ref].versioned(translator.translate(self.config))
+        for ref in set(self._translators) - waypoints:
+            del self._translators[ref]
+            del self._versioned[ref]
+        self._shared = shared
+        problems = set(binding_problems(self.config))
+        for p in sorted(problems - self._binding_problems):
+            log.warning("binding: %s", p)
+        self._binding_problems = problems
         self.cache.set_snapshot(UNKNOWN_GROUP, EMPTY)
         self.cache.set_snapshot(PROXYLESS_GROUP, to_resource_snapshot(translate_proxyless(self.config)), trigger_time)
-        for group in self.cache.watched_groups():
-            if group not in wanted and group not in (UNKNOWN_GROUP, PROXYLESS_GROUP):
-                # A connected waypoint whose Gateway is gone: an empty but valid config.
-                self.cache.set_snapshot(group, EMPTY)
+        for group in self.cache.groups():
+            if parse_group(group) is not None:
+                self._set_waypoint_group(group, trigger_time)
 
-    def _translate_group(self, group: str, ref: WaypointRef, trigger_time: float | None = None) -> None:
-        translator = self._translators.get(group)
-        if translator is None:
-            translator = self._translators[group] = WaypointTranslator(ref)
-        resources = translator.translate(self.config)
-        self.cache.set_snapshot(group, to_resource_snapshot(resources), trigger_time)
+    def _set_waypoint_group(self, group: str, trigger_time: float | None = None) -> None:
+        """Shared resources of the group's waypoint plus its proxy's ``connect_terminate``."""
+        parsed = parse_group(group)
+        assert parsed is not None
+        ns, name, bind_ip = parsed
+        shared = self._shared.get(WaypointRef(ns, name))
+        if shared is None:
+            # A connected waypoint whose Gateway is not (or no longer) in the config: an empty
+            # but valid config, never a crash.
+            self.cache.set_snapshot(group, EMPTY)
+            return
+        terminate = self._terminate.get(bind_ip)
+        if terminate is None:
+            terminate = self._terminate[bind_ip] = VersionedResource.from_message(
+                CONNECT_TERMINATE, typeurls.LISTENER, connect_terminate_for(bind_ip, self.options.trust_domain))
+        by_type = {t: ([*items, terminate] if t == typeurls.LISTENER else items) for t, items in shared.items()}
+        self.cache.set_snapshot(group, ResourceSnapshot.build(by_type), trigger_time)
 
     def _on_demand(self, group: str) -> None:
         parsed = parse_group(group)
         if parsed is None:
             self.cache.set_snapshot(group, EMPTY)
             return
-        log.warning("proxy connected for waypoint %s/%s which is not in the config; serving it nothing",
-                    *parsed)
-        self.cache.set_snapshot(group, EMPTY)
+        if WaypointRef(parsed[0], parsed[1]) not in self._shared:
+            log.warning("proxy connected for waypoint %s/%s which is not in the config; serving it nothing",
+                        parsed[0], parsed[1])
+        self._set_waypoint_group(group)
 
 
 def _merge_updates(old: SourceUpdate, new: SourceUpdate) -> SourceUpdate:

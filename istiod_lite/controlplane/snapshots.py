@@ -1,19 +1,59 @@
-"""Turn the translator's ``EnvoyResources`` into the xDS layer's ``ResourceSnapshot``."""
+"""Turn the translator's ``EnvoyResources`` into the xDS layer's ``ResourceSnapshot``.
+
+Serialising, hashing and wrapping a resource costs more than looking it up, and the translator
+re-uses the message objects of services whose inputs did not change; ``VersionedCache`` keeps
+the ``VersionedResource`` of each message object from the previous conversion, so only messages
+that were rebuilt are serialised again.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from google.protobuf.message import Message
+
 from istiod_lite.translator.output import EnvoyResources
 from istiod_lite.xds import typeurls
-from istiod_lite.xds.resources import ResourceSnapshot
+from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource
+
+
+def _by_type(res: EnvoyResources) -> dict[str, Mapping[str, Message]]:
+    return {
+        typeurls.LISTENER: res.listeners,
+        typeurls.ROUTE: res.routes,
+        typeurls.CLUSTER: res.clusters,
+        typeurls.ENDPOINT: res.endpoints,
+        typeurls.SECRET: res.secrets,
+    }
 
 
 def to_resource_snapshot(res: EnvoyResources) -> ResourceSnapshot:
-    return ResourceSnapshot.from_messages(
-        {
-            typeurls.LISTENER: res.listeners,
-            typeurls.ROUTE: res.routes,
-            typeurls.CLUSTER: res.clusters,
-            typeurls.ENDPOINT: res.endpoints,
-            typeurls.SECRET: res.secrets,
-        }
-    )
+    return ResourceSnapshot.from_messages(_by_type(res))
+
+
+class VersionedCache:
+    """(type, name, message object) -> VersionedResource, kept for the objects of the last call."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str, int], tuple[Message, VersionedResource]] = {}
+        self.last_serialised = 0
+
+    def versioned(self, res: EnvoyResources) -> dict[str, list[VersionedResource]]:
+        entries: dict[tuple[str, str, int], tuple[Message, VersionedResource]] = {}
+        out: dict[str, list[VersionedResource]] = {}
+        serialised = 0
+        for type_url, named in _by_type(res).items():
+            items = out[type_url] = []
+            for name, msg in named.items():
+                key = (type_url, name, id(msg))
+                hit = self._entries.get(key)
+                if hit is not None and hit[0] is msg:
+                    vr = hit[1]
+                else:
+                    vr = VersionedResource.from_message(name, type_url, msg)
+                    serialised += 1
+                entries[key] = (msg, vr)
+                items.append(vr)
+        self._entries = entries
+        self.last_serialised = serialised
+        return out

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod
@@ -45,8 +46,10 @@ class SnapshotIndex:
 
 
 _lock = threading.Lock()
-#: id(snapshot) -> (weak reference to it, its index).  Keyed by identity: snapshots compare by value.
-_memo: dict[int, tuple[weakref.ref[ConfigSnapshot], SnapshotIndex]] = {}
+#: id(snapshot) -> (weak reference to it, {name: derived value}).  Keyed by identity: snapshots
+#: compare by value, and a derived table belongs to one snapshot object.
+_memo: dict[int, tuple[weakref.ref[ConfigSnapshot], dict[str, Any]]] = {}
+T = TypeVar("T")
 
 
 def _forget(key: int) -> None:
@@ -54,16 +57,25 @@ def _forget(key: int) -> None:
         _memo.pop(key, None)
 
 
-def index_of(snapshot: ConfigSnapshot) -> SnapshotIndex:
+def derived(snapshot: ConfigSnapshot, name: str, build: Callable[[ConfigSnapshot], T]) -> T:
+    """``build(snapshot)``, computed once per snapshot object and name (a pure function's cache)."""
     key = id(snapshot)
     with _lock:
         entry = _memo.get(key)
-    if entry is not None and entry[0]() is snapshot:
-        return entry[1]
-    found = _build(snapshot)
+        if entry is None or entry[0]() is not snapshot:
+            entry = (weakref.ref(snapshot, lambda _r, k=key: _forget(k)), {})  # type: ignore[misc]
+            _memo[key] = entry
+        table = entry[1]
+        if name in table:
+            return table[name]  # type: ignore[no-any-return]
+    value = build(snapshot)
     with _lock:
-        _memo[key] = (weakref.ref(snapshot, lambda _r, k=key: _forget(k)), found)  # type: ignore[misc]
-    return found
+        table.setdefault(name, value)
+    return value
+
+
+def index_of(snapshot: ConfigSnapshot) -> SnapshotIndex:
+    return derived(snapshot, "index", _build)
 
 
 def _build(snapshot: ConfigSnapshot) -> SnapshotIndex:

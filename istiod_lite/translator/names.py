@@ -17,3 +17,7 @@ def inbound_vip_cluster(port: int, host: str, protocol: str = "http", subset: st
 
 def outbound_cluster(port: int, host: str, subset: str = "") -> str:
     return f"outbound|{port}|{subset}|{host}"
+
+
+CONNECT_ORIGINATE = "connect_originate"
+ORIGINAL_DST_KEY = "envoy.filters.listener.original_dst"

@@ -1,8 +1,15 @@
 """Translate everything one waypoint serves into Envoy resources.  Pure and deterministic.
 
 Input: an immutable ``ConfigSnapshot`` and the waypoint's reference.  Output: ``EnvoyResources``
-whose content depends only on the input (sorted iteration everywhere), so identical input gives
-byte-identical output and content-hash versions only move on real change.
+in Istio's waypoint shape (shared/reference/istio-waypoint.md §2-4) whose content depends only
+on the input (stable ordering everywhere), so identical input gives byte-identical output and
+content-hash versions move only on real change.
+
+Shape: listeners ``connect_terminate`` (per proxy: it binds the proxy's own address, see
+``connect_terminate_for``), ``main_internal`` and ``connect_originate``; clusters
+``main_internal``, ``encap``, ``connect_originate`` and ``inbound-vip|P|http[/subset]|H`` /
+``inbound-vip|P|tcp[/subset]|H`` per bound service port; endpoints of those clusters (ambient
+pods through ``connect_originate``, other pods as plain addresses).
 """
 
 from __future__ import annotations
@@ -10,13 +17,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+
 from istiod_lite.model import ConfigSnapshot
-from istiod_lite.model.core import Service, ServicePort
+from istiod_lite.model.core import Namespace, Service, ServicePort
 from istiod_lite.model.networking import DestinationRule, VirtualService
-from istiod_lite.translator import clusters, endpoints, listeners, names, routes
+from istiod_lite.translator import clusters, endpoints, hbone, inbound, names, routes
 from istiod_lite.translator.index import index_of, qualify, virtual_services_for
 from istiod_lite.translator.output import EnvoyResources
-from istiod_lite.translator.waypoints import WaypointRef, bound_services
+from istiod_lite.translator.waypoints import WaypointRef, bindings_of
+
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+_PASSTHROUGH = hbone.internal_upstream(passthrough=True)
 
 
 @dataclass(frozen=True)
@@ -37,8 +49,14 @@ def destination_rule(snapshot: ConfigSnapshot, ref: WaypointRef, sv: _ServiceVie
     return drs.get((sv.svc.namespace, sv.host)) or drs.get((ref.namespace, sv.host))
 
 
-def _http_ports(svc: Service) -> list[ServicePort]:
-    return [p for p in svc.spec.ports if p.protocol == "TCP"]
+def _served_ports(svc: Service) -> list[tuple[ServicePort, str]]:
+    """(port, protocol) for every port a waypoint handles (UDP is not)."""
+    out = []
+    for p in svc.spec.ports:
+        proto = inbound.port_protocol(p.name, p.app_protocol, p.protocol)
+        if inbound.chain_kinds(proto):
+            out.append((p, proto))
+    return out
 
 
 def _bind(
@@ -65,32 +83,50 @@ class _Inputs:
                 and self.owned == other.owned)
 
 
+@dataclass
+class _Fragment:
+    resources: EnvoyResources
+    chains: inbound.ServiceChains
+
+
 class WaypointTranslator:
     """Translates one waypoint, re-using the fragment of every service whose inputs did not change.
 
-    Pure in the sense that matters: the output is a function of (snapshot, ref) only; the memo
-    just skips recomputing fragments that would come out identical.  One instance per waypoint.
+    Pure in the sense that matters: the output is a function of (snapshot, ref, trust domain)
+    only; the memo just skips recomputing fragments that would come out identical.  One
+    instance per waypoint.  ``connect_terminate`` is not included (see ``connect_terminate_for``).
     """
 
-    def __init__(self, ref: WaypointRef) -> None:
+    def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
         self.ref = ref
-        self._fragments: dict[str, tuple[_Inputs, EnvoyResources]] = {}
+        self.trust_domain = trust_domain
+        self._fragments: dict[str, tuple[_Inputs, _Fragment]] = {}
         self.last_rebuilt = 0
+        self._main_internal: tuple[tuple[object, ...], listener_pb2.Listener] | None = None
+        self._static = EnvoyResources()
+        self._static.listeners[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_listener()
+        self._static.clusters[hbone.MAIN_INTERNAL] = hbone.main_internal_cluster()
+        self._static.clusters[hbone.ENCAP] = hbone.encap_cluster()
+        self._static.clusters[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_cluster(trust_domain, ref.namespace)
 
     def translate(self, snapshot: ConfigSnapshot) -> EnvoyResources:
         ref = self.ref
-        views = [_ServiceView(s, names.service_fqdn(s.name, s.namespace)) for s in bound_services(snapshot, ref)]
+        bindings = bindings_of(snapshot)
+        views = [_ServiceView(s, names.service_fqdn(s.name, s.namespace)) for s in bindings.services.get(ref, ())]
         owned = {v.host: v for v in views}
-        owned_sig = tuple((v.host, tuple(p.port for p in _http_ports(v.svc))) for v in views)
         out = EnvoyResources()
-        fragments: dict[str, tuple[_Inputs, EnvoyResources]] = {}
+        fragments: dict[str, tuple[_Inputs, _Fragment]] = {}
+        chains: list[inbound.ServiceChains] = []
         rebuilt = 0
         for sv in views:
             dr = destination_rule(snapshot, ref, sv)
             vss = applicable_virtual_services(snapshot, ref, sv)
             pods = endpoints.service_pods(snapshot, sv.svc)
-            # VirtualServices may route to other services of this waypoint: their ports matter too.
-            inputs = _Inputs((sv.svc, dr, *vss, *pods), owned_sig if vss else ())
+            namespaces = {p.namespace for p in pods} | {sv.svc.namespace}
+            ns_objs = [snapshot.get(Namespace, "", ns) for ns in sorted(namespaces)]
+            # VirtualServices may route to other services of this waypoint: whether those are
+            # owned, and their ports, matter too.
+            inputs = _Inputs((sv.svc, dr, *vss, *pods, *ns_objs), _target_signature(vss, owned))
             cached = self._fragments.get(sv.host)
             if cached is not None and cached[0].same_as(inputs):
                 frag = cached[1]
@@ -98,21 +134,42 @@ class WaypointTranslator:
                 frag = _service_fragment(snapshot, sv, dr, vss, owned)
                 rebuilt += 1
             fragments[sv.host] = (inputs, frag)
-            out.merge(frag)
+            out.merge(frag.resources)
+            chains.append(frag.chains)
         self._fragments = fragments
         self.last_rebuilt = rebuilt
+        workload_ips = sorted({ip for pod in bindings.workloads.get(ref, ()) for ip in pod.ips})
+        # main_internal holds every chain: rebuild it only if a chain (object) or the workloads changed.
+        key = (*chains, *workload_ips)
+        if self._main_internal is not None and len(self._main_internal[0]) == len(key) and all(
+                a is b or a == b for a, b in zip(self._main_internal[0], key, strict=True)):
+            main = self._main_internal[1]
+        else:
+            main = inbound.main_internal_listener(chains, workload_ips)
+            self._main_internal = (key, main)
+        out.listeners[hbone.MAIN_INTERNAL] = main
+        out.merge(self._static)
         return out.sorted()
+
+
+def _target_signature(
+    vss: list[VirtualService], owned: dict[str, _ServiceView]
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(host, served ports or () if not owned) of every destination the VirtualServices name."""
+    hosts = sorted({qualify(d.destination.host, vs.namespace) for vs in vss for http in vs.spec.http
+                    for d in http.route})
+    return tuple((h, tuple(p.port for p, _ in _served_ports(owned[h].svc)) if h in owned else ()) for h in hosts)
 
 
 def _service_fragment(
     snapshot: ConfigSnapshot, sv: _ServiceView, dr: DestinationRule | None, vss: list[VirtualService],
     owned: dict[str, _ServiceView],
-) -> EnvoyResources:
+) -> _Fragment:
     def resolve(host: str, port: int | None, subset: str, ctx_ns: str) -> str | None:
         target = owned.get(qualify(host, ctx_ns))
         if target is None:
             return None  # targets outside this waypoint: outbound clusters come with traffic management
-        ports = _http_ports(target.svc)
+        ports = [p for p, _ in _served_ports(target.svc)]
         if port is None:
             if len(ports) != 1:
                 return None
@@ -122,29 +179,54 @@ def _service_fragment(
         return names.inbound_vip_cluster(port, target.host, "http", subset)
 
     out = EnvoyResources()
-    for port in _http_ports(sv.svc):
-        cluster = names.inbound_vip_cluster(port.port, sv.host)
-        meta = [{"host": sv.host, "name": sv.svc.name, "namespace": sv.svc.namespace}]
-        out.clusters[cluster] = clusters.eds_cluster(cluster, meta)
-        out.endpoints[cluster] = endpoints.load_assignment(cluster, snapshot, sv.svc, port)
-        for subset in dr.spec.subsets if dr else ():
-            sub_cluster = names.inbound_vip_cluster(port.port, sv.host, "http", subset.name)
-            out.clusters[sub_cluster] = clusters.eds_cluster(sub_cluster, meta)
-            out.endpoints[sub_cluster] = endpoints.load_assignment(
-                sub_cluster, snapshot, sv.svc, port, subset.labels
-            )
-        route_list = []
-        for vs in vss:
-            route_list.extend(routes.vs_routes(vs, port.port, _bind(resolve, vs.namespace, port.port)))
-        if not route_list:
-            route_list = [routes.default_route(cluster, sv.host, port.port)]
-        rcfg = routes.route_configuration(cluster, f"inbound|http|{port.port}", route_list)
-        for vip in sv.svc.vips:
-            name = f"{vip}_{port.port}"
-            out.listeners[name] = listeners.vip_http_listener(name, vip, port.port, rcfg)
-    return out
+    meta = clusters.service_metadata([{"host": sv.host, "name": sv.svc.name, "namespace": sv.svc.namespace}])
+    transport = _PASSTHROUGH
+    port_chains = []
+    for port, proto in _served_ports(sv.svc):
+        http_chain: listener_components_pb2.FilterChain | None = None
+        tcp_chain: listener_components_pb2.FilterChain | None = None
+        for kind in inbound.chain_kinds(proto):
+            h2 = kind == "http" and inbound.is_h2(proto)
+            cluster = names.inbound_vip_cluster(port.port, sv.host, kind)
+            out.clusters[cluster] = clusters.eds_cluster(cluster, meta, transport_socket=transport, h2=h2)
+            out.endpoints[cluster] = endpoints.load_assignment(cluster, snapshot, sv.svc, port, hbone=True)
+            for subset in dr.spec.subsets if dr else ():
+                sub_cluster = names.inbound_vip_cluster(port.port, sv.host, kind, subset.name)
+                out.clusters[sub_cluster] = clusters.eds_cluster(sub_cluster, meta, transport_socket=transport, h2=h2)
+                out.endpoints[sub_cluster] = endpoints.load_assignment(
+                    sub_cluster, snapshot, sv.svc, port, subset.labels, hbone=True
+                )
+            if kind == "http":
+                route_list = []
+                for vs in vss:
+                    route_list.extend(routes.vs_routes(vs, port.port, _bind(resolve, vs.namespace, port.port)))
+                if not route_list:
+                    route_list = [routes.default_route(cluster, sv.host, port.port)]
+                rcfg = routes.route_configuration(cluster, f"inbound|http|{port.port}", route_list)
+                http_chain = inbound.http_chain(cluster, port.port, rcfg, h2)
+            else:
+                tcp_chain = inbound.tcp_chain(cluster, cluster)
+        port_chains.append(inbound.PortChains(port.port, http_chain, tcp_chain))
+    return _Fragment(out, inbound.ServiceChains(sv.svc.vips, tuple(port_chains)))
 
 
-def translate_waypoint(snapshot: ConfigSnapshot, ref: WaypointRef) -> EnvoyResources:
-    """One-shot translation (offline commands, tests); the server keeps a ``WaypointTranslator``."""
-    return WaypointTranslator(ref).translate(snapshot)
+def connect_terminate_for(bind_ip: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> listener_pb2.Listener:
+    """The per-proxy listener: HBONE termination on the proxy's own address."""
+    return hbone.connect_terminate(bind_ip, trust_domain)
+
+
+def translate_waypoint(
+    snapshot: ConfigSnapshot, ref: WaypointRef, bind_ip: str | None = None,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+) -> EnvoyResources:
+    """One-shot translation of everything one waypoint proxy receives (offline commands, tests).
+
+    ``bind_ip``: where ``connect_terminate`` listens; default the waypoint's address, else 0.0.0.0.
+    The server keeps a ``WaypointTranslator`` per waypoint and adds ``connect_terminate`` per proxy.
+    """
+    out = WaypointTranslator(ref, trust_domain).translate(snapshot)
+    if bind_ip is None:
+        wp = bindings_of(snapshot).waypoints.get(ref)
+        bind_ip = wp.addresses[0] if wp is not None and wp.addresses else "0.0.0.0"
+    out.listeners[hbone.CONNECT_TERMINATE] = connect_terminate_for(bind_ip, trust_domain)
+    return out.sorted()

@@ -1,22 +1,39 @@
-"""Which Gateways are waypoints, and which services each one serves (destination-only).
+"""Which Gateways are waypoints, and which services and workloads each one serves (destination-only).
 
-Facts: shared/reference/istio-waypoint.md §1.2-1.3.  A Service is bound by the label
-``istio.io/use-waypoint`` on itself, else on its Namespace; ``istio.io/use-waypoint-namespace``
-names the waypoint's namespace (default: the object's own); the value ``none`` opts out.
+Facts: shared/reference/istio-waypoint.md §1.2-1.3.
+
+* A Gateway of class ``istio-waypoint`` is a waypoint; its address is ``status.addresses`` if the
+  controller wrote one, else ``spec.addresses`` (YAML-directory mode).
+* Traffic type: label ``istio.io/waypoint-for`` on the GatewayClass, then on the Gateway (the
+  Gateway wins); default ``service``; values ``service``, ``workload``, ``all``, ``none``.
+* Binding: label ``istio.io/use-waypoint`` on the object (Service, Pod), else on its Namespace;
+  ``istio.io/use-waypoint-namespace`` names the waypoint's namespace (default: the object's own);
+  the value ``none`` opts the object out even when its namespace sets a waypoint.
+* A service binds only to a waypoint for ``service``/``all``; a workload only to ``workload``/``all``
+  (a namespace-inherited mismatch for a workload is silently not a binding, as in Istio).
+* Cross-namespace binding needs the waypoint's HBONE listener to allow it
+  (``allowedRoutes.namespaces.from``: ``Same`` by default, ``All``, or ``Selector``).
+
+A binding that does not fit is reported (``binding_problems``) and not used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from istiod_lite.model import ConfigSnapshot
-from istiod_lite.model.core import Namespace, Service
-from istiod_lite.model.gateway import Gateway
+from istiod_lite.model.core import Namespace, Pod, Service
+from istiod_lite.model.gateway import Gateway, GatewayClass
+from istiod_lite.translator.index import derived
 
 WAYPOINT_CLASS = "istio-waypoint"
 USE_WAYPOINT = "istio.io/use-waypoint"
 USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
 WAYPOINT_FOR = "istio.io/waypoint-for"
+DATAPLANE_MODE = "istio.io/dataplane-mode"
+TRAFFIC_TYPES = ("service", "workload", "all", "none")
 
 
 @dataclass(frozen=True, order=True)
@@ -40,38 +57,187 @@ class Waypoint:
     ref: WaypointRef
     addresses: tuple[str, ...]
     traffic_type: str
+    #: ``allowedRoutes.namespaces`` of the HBONE listener: ``from`` and the label selector.
+    allowed_from: str = "Same"
+    allowed_selector: Mapping[str, Any] | None = None
+
+    def serves_services(self) -> bool:
+        return self.traffic_type in ("service", "all")
+
+    def serves_workloads(self) -> bool:
+        return self.traffic_type in ("workload", "all")
+
+
+def _traffic_type(gw: Gateway, classes: Mapping[str, GatewayClass]) -> str:
+    gc = classes.get(gw.spec.gateway_class_name)
+    value = gw.metadata.labels.get(WAYPOINT_FOR) or (gc.metadata.labels.get(WAYPOINT_FOR) if gc else None)
+    return value if value in TRAFFIC_TYPES else "service"
 
 
 def find_waypoints(snapshot: ConfigSnapshot) -> list[Waypoint]:
     """Every Gateway of class ``istio-waypoint``, sorted by namespace/name."""
+    classes = {gc.name: gc for gc in snapshot.of_kind(GatewayClass)}
     out = []
     for gw in snapshot.of_kind(Gateway):
         if gw.spec.gateway_class_name != WAYPOINT_CLASS:
             continue
         status_addrs = tuple(a.value for a in (gw.status.addresses if gw.status else ()) if a.value)
         spec_addrs = tuple(a.value for a in gw.spec.addresses if a.value)
-        out.append(
-            Waypoint(
-                ref=WaypointRef(gw.namespace, gw.name),
-                addresses=status_addrs or spec_addrs,
-                traffic_type=gw.metadata.labels.get(WAYPOINT_FOR, "service"),
-            )
-        )
+        hbone = next((li for li in gw.spec.listeners if li.protocol == "HBONE" or li.port == 15008), None)
+        allowed_from, selector = "Same", None
+        if hbone is not None:
+            allowed_from = hbone.allowed_routes.namespaces.from_
+            selector = hbone.allowed_routes.namespaces.selector
+        out.append(Waypoint(ref=WaypointRef(gw.namespace, gw.name), addresses=status_addrs or spec_addrs,
+                            traffic_type=_traffic_type(gw, classes), allowed_from=allowed_from,
+                            allowed_selector=selector))
     return out
 
 
-def waypoint_of_service(snapshot: ConfigSnapshot, svc: Service) -> WaypointRef | None:
-    """The waypoint a Service is bound to, from its own labels or its Namespace's."""
-    labels = svc.metadata.labels
-    if USE_WAYPOINT not in labels:
-        ns = snapshot.get(Namespace, "", svc.namespace)
-        labels = ns.metadata.labels if ns is not None else {}
-    name = labels.get(USE_WAYPOINT, "")
-    if not name or name == "none":
+def _selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """A Kubernetes LabelSelector (matchLabels and matchExpressions)."""
+    if not selector:
+        return True
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or ():
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        present = key in labels
+        if (op == "In" and (not present or labels[key] not in values)) or \
+                (op == "NotIn" and present and labels[key] in values) or \
+                (op == "Exists" and not present) or (op == "DoesNotExist" and present):
+            return False
+    return True
+
+
+@dataclass
+class Bindings:
+    """Result of binding every service and workload of a snapshot (computed once per snapshot)."""
+
+    waypoints: dict[WaypointRef, Waypoint] = field(default_factory=dict)
+    services: dict[WaypointRef, list[Service]] = field(default_factory=dict)
+    workloads: dict[WaypointRef, list[Pod]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _requested(labels: Mapping[str, str], namespace: str) -> WaypointRef | str | None:
+    """The waypoint an object's labels ask for; ``"none"`` for an explicit opt-out; None if unset."""
+    name = labels.get(USE_WAYPOINT)
+    if name is None:
         return None
-    return WaypointRef(labels.get(USE_WAYPOINT_NAMESPACE, svc.namespace), name)
+    if name in ("", "none"):
+        return "none"
+    return WaypointRef(labels.get(USE_WAYPOINT_NAMESPACE, namespace), name)
+
+
+def compute_bindings(snapshot: ConfigSnapshot) -> Bindings:
+    out = Bindings()
+    for wp in find_waypoints(snapshot):
+        out.waypoints[wp.ref] = wp
+        out.services[wp.ref] = []
+        out.workloads[wp.ref] = []
+    namespaces = {ns.name: ns for ns in snapshot.of_kind(Namespace)}
+
+    def ns_labels(ns: str) -> Mapping[str, str]:
+        obj = namespaces.get(ns)
+        return obj.metadata.labels if obj is not None else {}
+
+    inherited_verdicts: dict[tuple[WaypointRef, str, str], bool] = {}
+
+    def admit(ref: WaypointRef, obj_ns: str, what: str, kind: str, inherited: bool) -> bool:
+        if inherited and kind == "workload":
+            # Thousands of pods inherit their namespace's label: decide once per namespace.
+            key = (ref, obj_ns, kind)
+            verdict = inherited_verdicts.get(key)
+            if verdict is None:
+                verdict = inherited_verdicts[key] = _admit(ref, obj_ns, what, kind, inherited)
+            return verdict
+        return _admit(ref, obj_ns, what, kind, inherited)
+
+    def _admit(ref: WaypointRef, obj_ns: str, what: str, kind: str, inherited: bool) -> bool:
+        wp = out.waypoints.get(ref)
+        if wp is None:
+            if not inherited:
+                out.problems.append(f"{what}: {USE_WAYPOINT} names waypoint {ref}, which does not exist")
+            return False
+        fits = wp.serves_services() if kind == "service" else wp.serves_workloads()
+        if not fits:
+            if kind == "service" or not inherited:
+                out.problems.append(f"{what}: waypoint {ref} is for {wp.traffic_type!r} traffic, not {kind}s; "
+                                    "not bound")
+            return False
+        if obj_ns != ref.namespace:
+            allowed = wp.allowed_from == "All" or (
+                wp.allowed_from == "Selector" and _selector_matches(wp.allowed_selector, ns_labels(obj_ns)))
+            if not allowed:
+                out.problems.append(f"{what}: waypoint {ref} does not allow bindings from namespace {obj_ns} "
+                                    f"(its HBONE listener allows {wp.allowed_from}); not bound")
+                return False
+        return True
+
+    for svc in snapshot.of_kind(Service):
+        if svc.metadata.labels.get("gateway.istio.io/managed") == "istio.io-mesh-controller":
+            continue  # a waypoint's own Service never uses a waypoint
+        req = _requested(svc.metadata.labels, svc.namespace)
+        inherited = req is None
+        if req is None:
+            req = _requested(ns_labels(svc.namespace), svc.namespace)
+        if isinstance(req, WaypointRef) and admit(req, svc.namespace, f"Service {svc.namespace}/{svc.name}",
+                                                  "service", inherited):
+            out.services[req].append(svc)
+    ns_requests: dict[str, WaypointRef | str | None] = {}
+    for pod in snapshot.of_kind(Pod):
+        labels = pod.metadata.labels
+        if "gateway.networking.k8s.io/gateway-name" in labels:
+            continue  # waypoint pods themselves
+        req = _requested(labels, pod.namespace) if USE_WAYPOINT in labels else None
+        inherited = req is None
+        if req is None:
+            ns = pod.namespace
+            if ns not in ns_requests:
+                ns_requests[ns] = _requested(ns_labels(ns), ns)
+            req = ns_requests[ns]
+        if isinstance(req, WaypointRef) and pod.ips and admit(req, pod.namespace, f"Pod {pod.namespace}/{pod.name}",
+                                                              "workload", inherited):
+            out.workloads[req].append(pod)
+    for lst in out.services.values():
+        lst.sort(key=lambda s: (s.metadata.creation_timestamp, s.namespace, s.name))
+    return out
+
+
+def is_ambient(snapshot: ConfigSnapshot, pod: Pod) -> bool:
+    """Captured by ztunnel: ``istio.io/dataplane-mode=ambient`` on the pod or its namespace (the
+    pod's own ``none`` opts out)."""
+    mode = pod.metadata.labels.get(DATAPLANE_MODE)
+    if mode is not None:
+        return mode == "ambient"
+    ns = snapshot.get(Namespace, "", pod.namespace)
+    return ns is not None and ns.metadata.labels.get(DATAPLANE_MODE) == "ambient"
+
+
+def waypoint_of_service(snapshot: ConfigSnapshot, svc: Service) -> WaypointRef | None:
+    """The waypoint a Service is bound to (after every rule), or None."""
+    b = bindings_of(snapshot)
+    for ref, services in b.services.items():
+        if any(s is svc for s in services):
+            return ref
+    return None
 
 
 def bound_services(snapshot: ConfigSnapshot, ref: WaypointRef) -> list[Service]:
-    """Services this waypoint serves, in a stable order (namespace, name)."""
-    return [s for s in snapshot.of_kind(Service) if waypoint_of_service(snapshot, s) == ref]
+    """Services this waypoint serves, oldest first (Istio's order), then namespace/name."""
+    return list(bindings_of(snapshot).services.get(ref, ()))
+
+
+def bound_workloads(snapshot: ConfigSnapshot, ref: WaypointRef) -> list[Pod]:
+    return list(bindings_of(snapshot).workloads.get(ref, ()))
+
+
+def binding_problems(snapshot: ConfigSnapshot) -> list[str]:
+    return list(bindings_of(snapshot).problems)
+
+
+def bindings_of(snapshot: ConfigSnapshot) -> Bindings:
+    """``compute_bindings``, once per snapshot."""
+    return derived(snapshot, "bindings", compute_bindings)

@@ -59,6 +59,8 @@ def validation_bootstrap(resources: dict[str, list[dict[str, Any]]]) -> dict[str
     clusters = [strip(c) for c in resources["clusters"]]
     clusters += [{"name": f"golden-eds-{i}", "type": "STATIC", "connect_timeout": "1s",
                   "load_assignment": strip(e)} for i, e in enumerate(resources["endpoints"])]
+    clusters.append({**_h2_cluster("sds-grpc"), "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [
+        {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": "/tmp/golden-sds.sock"}}}}]}]}})
     clusters.append({"name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
                      "typed_extension_protocol_options": {
                          "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -69,10 +71,19 @@ def validation_bootstrap(resources: dict[str, list[dict[str, Any]]]) -> dict[str
                                                                       "port_value": 15010}}}}]}]}})
     return {
         "node": {"id": "golden~127.0.0.1~golden.ns~ns.svc.cluster.local", "cluster": "golden"},
+        "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}}],
         "static_resources": {"listeners": [strip(x) for x in resources["listeners"]], "clusters": clusters},
         "dynamic_resources": {"ads_config": {"api_type": "DELTA_GRPC", "transport_api_version": "V3",
                                              "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]}},
     }
+
+
+def _h2_cluster(name: str) -> dict[str, Any]:
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s", "typed_extension_protocol_options": {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}}
 
 
 @pytest.mark.e2e

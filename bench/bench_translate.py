@@ -1,0 +1,123 @@
+"""Benchmark: waypoint translation on the reference mesh (waypoint data-path issue).
+
+Reference mesh: 1000 services, 2000 pods (2 per service, half of the namespaces ambient), 50
+namespaces, one waypoint per namespace, every service bound to its namespace's waypoint, a
+DestinationRule with two subsets and a VirtualService for every tenth service.
+
+Prints:
+1. full translation of all 50 waypoints (fresh translators, as after a restart);
+2. translation after a change to one Service (re-using each waypoint's fragment memo: only the
+   changed service's resources are rebuilt), and how many services were rebuilt;
+3. the time to serialise the same output once, and the ratio translation / serialisation.
+
+    python bench/bench_translate.py [--services 1000] [--namespaces 50] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+from istiod_lite.model import ConfigSnapshot, parse_object
+from istiod_lite.model.base import Resource
+from istiod_lite.translator.waypoint import WaypointTranslator
+from istiod_lite.translator.waypoints import WaypointRef
+
+
+def mesh(services: int, namespaces: int, change: int = 0) -> list[Resource]:
+    docs: list[dict[str, object]] = []
+    for n in range(namespaces):
+        ns = f"ns-{n}"
+        labels = {"istio.io/use-waypoint": "waypoint"}
+        if n % 2 == 0:
+            labels["istio.io/dataplane-mode"] = "ambient"
+        docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}})
+        docs.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                     "metadata": {"name": "waypoint", "namespace": ns},
+                     "spec": {"gatewayClassName": "istio-waypoint",
+                              "addresses": [{"type": "IPAddress", "value": f"127.0.1.{n + 1}"}],
+                              "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}})
+    for i in range(services):
+        ns = f"ns-{i % namespaces}"
+        name = f"svc-{i}"
+        port = 8080 + (change if i == 0 else 0)
+        docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+                     "spec": {"clusterIP": f"127.10.{i // 250}.{i % 250 + 1}", "selector": {"app": name},
+                              "ports": [{"name": "http", "port": port, "targetPort": 8080}]}})
+        for v in (1, 2):
+            docs.append({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": f"{name}-v{v}", "namespace": ns, "labels": {"app": name, "version": f"v{v}"}},
+                         "status": {"podIP": f"127.{2 + v}.{i // 250}.{i % 250 + 1}"}})
+        if i % 10 == 0:
+            docs.append({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                         "metadata": {"name": name, "namespace": ns},
+                         "spec": {"host": name, "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                                            {"name": "v2", "labels": {"version": "v2"}}]}})
+            docs.append({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                         "metadata": {"name": name, "namespace": ns},
+                         "spec": {"hosts": [name], "http": [{"route": [
+                             {"destination": {"host": name, "subset": "v1"}, "weight": 90},
+                             {"destination": {"host": name, "subset": "v2"}, "weight": 10}]}]}})
+    return [parse_object(d) for d in docs]
+
+
+def serialise_all(outputs: list[object]) -> float:
+    t0 = time.perf_counter()
+    for res in outputs:
+        for kind in ("listeners", "routes", "clusters", "endpoints", "secrets"):
+            for msg in getattr(res, kind).values():
+                msg.SerializeToString(deterministic=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--namespaces", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    base = mesh(args.services, args.namespaces)
+    snap = ConfigSnapshot.build(base, 1)
+    refs = [WaypointRef(f"ns-{n}", "waypoint") for n in range(args.namespaces)]
+    gc.freeze()  # as the server does after installing a config (controlplane/app.py)
+    # The changed snapshot keeps every unchanged object (as the sources do) and replaces one Service.
+    changed_svc = next(r for r in mesh(args.services, args.namespaces, change=1)
+                       if r.kind == "Service" and r.name == "svc-0")
+    changed = ConfigSnapshot.build([changed_svc if (r.kind, r.name, r.namespace) == ("Service", "svc-0", "ns-0")
+                                    else r for r in base], 2)
+    print(f"reference mesh: {args.services} services, {2 * args.services} pods, {args.namespaces} namespaces, "
+          f"{len(refs)} waypoints, {len(base)} resources")
+    fulls, changes, sers, ratios = [], [], [], []
+    for run in range(args.runs):
+        translators = [WaypointTranslator(r) for r in refs]
+        # Snapshots memoise their indexes: use fresh copies so each run pays for them.
+        s1 = ConfigSnapshot.build(list(snap.by_kind["Service"].values()) + [r for r in base if r.kind != "Service"], 1)
+        t0 = time.perf_counter()
+        outputs = [t.translate(s1) for t in translators]
+        full = time.perf_counter() - t0
+        n_resources = sum(len(o.listeners) + len(o.clusters) + len(o.endpoints) + len(o.routes) for o in outputs)
+        t0 = time.perf_counter()
+        for t in translators:
+            t.translate(changed)
+        one = time.perf_counter() - t0
+        rebuilt = sum(t.last_rebuilt for t in translators)
+        ser = serialise_all(outputs)  # type: ignore[arg-type]
+        fulls.append(full)
+        changes.append(one)
+        sers.append(ser)
+        ratios.append(full / ser)
+        print(f"run {run + 1}: full translation {full * 1000:.0f} ms ({n_resources} resources); "
+              f"one Service changed: {one * 1000:.1f} ms ({rebuilt} service rebuilt); "
+              f"serialising the full output {ser * 1000:.0f} ms; translation/serialisation {full / ser:.2f}x")
+        changed = ConfigSnapshot.build(list(changed.by_kind["Service"].values())
+                                       + [r for r in base if r.kind != "Service"], 3 + run)
+        gc.freeze()
+    print(f"median: full {statistics.median(fulls) * 1000:.0f} ms (target <= 2000), one change "
+          f"{statistics.median(changes) * 1000:.1f} ms (target <= 20), ratio {statistics.median(ratios):.2f}x "
+          f"(target <= 3x)")
+
+
+if __name__ == "__main__":
+    main()

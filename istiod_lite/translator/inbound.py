@@ -1,0 +1,240 @@
+"""``main_internal``: where HBONE traffic lands after ``connect_terminate``, and its filter chains.
+
+Facts: shared/reference/istio-waypoint.md §2.2 and §4.  One chain per service port, named like its
+cluster (``inbound-vip|P|http|H`` / ``inbound-vip|P|tcp|H``), selected by a unified filter-chain
+matcher on destination IP (the service VIPs), then port, then (for ports whose protocol is not
+declared) the sniffed application protocol; plus ``direct-http``/``direct-tcp`` for traffic
+addressed to a bound workload's own IP.  HTTP chains carry Istio's waypoint filter order, with
+the authorization slot filled by the authorization issue.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2 as net_sfs_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2 as inputs
+from envoy.extensions.request_id.uuid.v3 import uuid_pb2
+from xds.core.v3 import cidr_pb2, extension_pb2
+from xds.type.matcher.v3 import ip_pb2, matcher_pb2
+
+from istiod_lite.translator import hbone, routes
+from istiod_lite.translator.protos import packed, string_value
+
+MAIN_INTERNAL = hbone.MAIN_INTERNAL
+DIRECT_HTTP = "direct-http"
+DIRECT_TCP = "direct-tcp"
+#: Application protocols the HTTP inspector reports for plaintext HTTP (Istio matches these keys).
+HTTP_APP_PROTOCOLS = ("'h2c'", "'http/1.1'")
+
+_HTTP = frozenset({"http", "http2", "grpc", "grpc-web", "http_proxy"})
+_TCP = frozenset({"tcp", "tls", "https", "mongo", "mysql", "redis"})
+_H2 = frozenset({"http2", "grpc", "grpc-web"})
+_APP_PROTOCOL_ALIASES = {"kubernetes.io/h2c": "http2", "kubernetes.io/ws": "http", "kubernetes.io/wss": "https"}
+
+
+def port_protocol(name: str, app_protocol: str, transport: str) -> str:
+    """Istio's protocol of a Service port: ``appProtocol``, else the port name's prefix
+    (``http-web`` -> http), else ``unsupported`` (sniffed); UDP ports are ``udp``."""
+    if transport == "UDP":
+        return "udp"
+    for candidate in (app_protocol, name.split("-", 1)[0]):
+        c = _APP_PROTOCOL_ALIASES.get(candidate.lower(), candidate.lower())
+        if c in _HTTP or c in _TCP:
+            return c
+    return "unsupported"
+
+
+def chain_kinds(protocol: str) -> tuple[str, ...]:
+    """Which chains a port gets: ``http``, ``tcp`` or both (sniffed)."""
+    if protocol in _HTTP:
+        return ("http",)
+    if protocol in _TCP:
+        return ("tcp",)
+    return ("http", "tcp") if protocol == "unsupported" else ()
+
+
+def is_h2(protocol: str) -> bool:
+    return protocol in _H2
+
+
+@dataclass(frozen=True)
+class PortChains:
+    """The chains of one service port and how the matcher reaches them."""
+
+    port: int
+    http_chain: listener_components_pb2.FilterChain | None
+    tcp_chain: listener_components_pb2.FilterChain | None
+
+
+@dataclass(frozen=True)
+class ServiceChains:
+    vips: tuple[str, ...]
+    ports: tuple[PortChains, ...]
+
+
+def http_filters(authz: Sequence[hcm_pb2.HttpFilter] = ()) -> list[hcm_pb2.HttpFilter]:
+    """Istio's waypoint HTTP filter order (upstream-Envoy subset): authorization, grpc_stats, fault,
+    cors, router.  Fault and CORS are empty here; routes configure them per route."""
+    gs = grpc_stats_pb2.FilterConfig(emit_filter_state=True)
+    gs.stats_for_all_methods.value = False
+    gs.stats_for_all_methods.SetInParent()
+    return [
+        *authz,
+        hcm_pb2.HttpFilter(name="envoy.filters.http.grpc_stats", typed_config=packed(gs)),
+        hcm_pb2.HttpFilter(name="envoy.filters.http.fault", typed_config=packed(fault_pb2.HTTPFault())),
+        hcm_pb2.HttpFilter(name="envoy.filters.http.cors", typed_config=packed(cors_pb2.Cors())),
+        hbone.router_filter(),
+    ]
+
+
+def _hcm_template() -> hcm_pb2.HttpConnectionManager:
+    hcm = hcm_pb2.HttpConnectionManager(
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        server_name="istio-envoy",
+        path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.KEEP_UNCHANGED,
+    )
+    hcm.use_remote_address.value = False
+    hcm.use_remote_address.SetInParent()
+    hcm.normalize_path.value = True  # Istio's default path normalisation: BASE
+    hcm.stream_idle_timeout.SetInParent()
+    hcm.upgrade_configs.add(upgrade_type="websocket")
+    hcm.request_id_extension.typed_config.CopyFrom(packed(uuid_pb2.UuidRequestIdConfig()))
+    return hcm
+
+
+_HCM_TEMPLATE = _hcm_template()
+_DEFAULT_FILTERS: list[hcm_pb2.HttpFilter] = []
+
+
+def http_connection_manager(
+    port: int, route_config: route_pb2.RouteConfiguration, h2: bool, authz: Sequence[hcm_pb2.HttpFilter] = ()
+) -> hcm_pb2.HttpConnectionManager:
+    hcm = hcm_pb2.HttpConnectionManager()
+    hcm.CopyFrom(_HCM_TEMPLATE)  # a C-level copy of the fixed part: far cheaper than rebuilding it
+    hcm.stat_prefix = f"inbound_0.0.0.0_{port};"
+    hcm.route_config.CopyFrom(route_config)
+    if not _DEFAULT_FILTERS:
+        _DEFAULT_FILTERS.extend(http_filters())
+    hcm.http_filters.extend(http_filters(authz) if authz else _DEFAULT_FILTERS)
+    if h2:
+        hcm.http2_protocol_options.SetInParent()
+    return hcm
+
+
+def http_chain(name: str, port: int, route_config: route_pb2.RouteConfiguration, h2: bool,
+               authz: Sequence[hcm_pb2.HttpFilter] = (), prefix: Sequence[listener_components_pb2.Filter] = ()
+               ) -> listener_components_pb2.FilterChain:
+    chain = listener_components_pb2.FilterChain(name=name)
+    chain.filters.extend(prefix)
+    chain.filters.add(name=hbone.HCM, typed_config=packed(http_connection_manager(port, route_config, h2, authz)))
+    return chain
+
+
+def tcp_chain(name: str, cluster: str, prefix: Sequence[listener_components_pb2.Filter] = ()
+              ) -> listener_components_pb2.FilterChain:
+    chain = listener_components_pb2.FilterChain(name=name)
+    chain.filters.extend(prefix)
+    chain.filters.add(name=hbone.TCP_PROXY,
+                      typed_config=packed(tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)))
+    return chain
+
+
+def _reexport_original_dst() -> listener_components_pb2.Filter:
+    """Direct chains forward to ``connect_originate``: pass the original destination on."""
+    v = value_pb2.FilterStateValue(object_key=hbone.LOCAL_IP_KEY,
+                                   shared_with_upstream=value_pb2.FilterStateValue.ONCE)
+    v.format_string.text_format_source.inline_string = f"%FILTER_STATE({hbone.LOCAL_IP_KEY}:PLAIN)%"
+    return listener_components_pb2.Filter(name="connect_authority",
+                                          typed_config=packed(net_sfs_pb2.Config(on_new_connection=[v])))
+
+
+def direct_chains(authz: Sequence[hcm_pb2.HttpFilter] = ()) -> tuple[listener_components_pb2.FilterChain, ...]:
+    rcfg = routes.route_configuration(hbone.ENCAP, "inbound|http|0",
+                                      [routes.default_route(hbone.ENCAP, "*", 0)])
+    return (
+        tcp_chain(DIRECT_TCP, hbone.ENCAP, prefix=[_reexport_original_dst()]),
+        http_chain(DIRECT_HTTP, 0, rcfg, h2=False, authz=authz, prefix=[_reexport_original_dst()]),
+    )
+
+
+def _action(chain: str) -> matcher_pb2.Matcher.OnMatch:
+    return matcher_pb2.Matcher.OnMatch(action=extension_pb2.TypedExtensionConfig(
+        name=chain, typed_config=packed(string_value(chain))))
+
+
+def _app_protocol_matcher(http: str, tcp: str) -> matcher_pb2.Matcher:
+    m = matcher_pb2.Matcher()
+    m.matcher_tree.input.name = "application-protocol"
+    m.matcher_tree.input.typed_config.CopyFrom(packed(inputs.ApplicationProtocolInput()))
+    for key in HTTP_APP_PROTOCOLS:
+        m.matcher_tree.exact_match_map.map[key].CopyFrom(_action(http))
+    m.on_no_match.CopyFrom(_action(tcp))
+    return m
+
+
+def _port_target(pc: PortChains) -> matcher_pb2.Matcher.OnMatch:
+    if pc.http_chain is not None and pc.tcp_chain is not None:
+        return matcher_pb2.Matcher.OnMatch(matcher=_app_protocol_matcher(pc.http_chain.name, pc.tcp_chain.name))
+    chain = pc.http_chain if pc.http_chain is not None else pc.tcp_chain
+    assert chain is not None
+    return _action(chain.name)
+
+
+def _cidr(ip: str) -> cidr_pb2.CidrRange:
+    addr = ipaddress.ip_address(ip)
+    r = cidr_pb2.CidrRange(address_prefix=str(addr))
+    r.prefix_len.value = addr.max_prefixlen
+    return r
+
+
+def main_internal_listener(
+    services: Sequence[ServiceChains], workload_ips: Sequence[str], authz: Sequence[hcm_pb2.HttpFilter] = ()
+) -> listener_pb2.Listener:
+    """The internal listener: services in the given order (Istio: by creation time)."""
+    lst = listener_pb2.Listener(name=MAIN_INTERNAL, traffic_direction=base_pb2.INBOUND)
+    lst.internal_listener.SetInParent()
+    lst.listener_filters.add(name=hbone.ORIGINAL_DST_KEY, typed_config=packed(original_dst_pb2.OriginalDst()))
+    # The HTTP inspector is needed only where protocol is sniffed: ports with both chains, and
+    # workload-addressed traffic.
+    if workload_ips or any(pc.http_chain and pc.tcp_chain for s in services for pc in s.ports):
+        lst.listener_filters.add(name="envoy.filters.listener.http_inspector",
+                                 typed_config=packed(http_inspector_pb2.HttpInspector()))
+    ipm = ip_pb2.IPMatcher()
+    for svc in services:
+        if not svc.vips or not svc.ports:
+            continue
+        rm = ipm.range_matchers.add()
+        rm.ranges.extend(_cidr(v) for v in svc.vips)
+        port_matcher = rm.on_match.matcher
+        port_matcher.matcher_tree.input.name = "port"
+        port_matcher.matcher_tree.input.typed_config.CopyFrom(packed(inputs.DestinationPortInput()))
+        for pc in svc.ports:
+            port_matcher.matcher_tree.exact_match_map.map[str(pc.port)].CopyFrom(_port_target(pc))
+            for chain in (pc.http_chain, pc.tcp_chain):
+                if chain is not None:
+                    lst.filter_chains.append(chain)
+    if workload_ips:
+        rm = ipm.range_matchers.add()
+        rm.ranges.extend(_cidr(ip) for ip in sorted(set(workload_ips)))
+        rm.on_match.matcher.CopyFrom(_app_protocol_matcher(DIRECT_HTTP, DIRECT_TCP))
+    lst.filter_chains.extend(direct_chains(authz))
+    tree = lst.filter_chain_matcher.matcher_tree
+    tree.input.name = "ip"
+    tree.input.typed_config.CopyFrom(packed(inputs.DestinationIPInput()))
+    tree.custom_match.name = "ip"
+    tree.custom_match.typed_config.CopyFrom(packed(ipm))
+    return lst
