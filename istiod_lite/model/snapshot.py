@@ -38,12 +38,27 @@ class ConfigSnapshot:
     revision: int = 0
 
     @classmethod
-    def build(cls, resources: Iterable[Resource], revision: int = 0) -> ConfigSnapshot:
+    def build(
+        cls, resources: Iterable[Resource], revision: int = 0, *,
+        previous: ConfigSnapshot | None = None, changed: Iterable[ResourceKey] | None = None,
+    ) -> ConfigSnapshot:
+        """Group ``resources`` by kind.  With ``previous`` and the ``changed`` keys, every kind
+        without a change keeps ``previous``'s mapping object: tables derived from one kind (pods
+        by label, bindings) are memoised on that identity and survive unrelated changes."""
+        reuse: set[str] = set()
+        if previous is not None and changed is not None:
+            touched = {k.kind for k in changed}
+            reuse = {k for k in previous.by_kind if k not in touched}
         grouped: dict[str, dict[tuple[str, str], Resource]] = {}
         for res in resources:
-            grouped.setdefault(res.kind, {})[(res.namespace, res.name)] = res
-        frozen = {k: MappingProxyType(dict(sorted(v.items()))) for k, v in sorted(grouped.items())}
-        return cls(by_kind=MappingProxyType(frozen), revision=revision)
+            if res.kind not in reuse:
+                grouped.setdefault(res.kind, {})[(res.namespace, res.name)] = res
+        frozen: dict[str, Mapping[tuple[str, str], Resource]] = {
+            k: MappingProxyType(dict(sorted(v.items()))) for k, v in grouped.items()}
+        if previous is not None:
+            for k in reuse:
+                frozen[k] = previous.by_kind[k]
+        return cls(by_kind=MappingProxyType(dict(sorted(frozen.items()))), revision=revision)
 
     def of_kind(self, cls: type[T]) -> list[T]:
         """Every resource of ``cls``'s kind, sorted by (namespace, name)."""

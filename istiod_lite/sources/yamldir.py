@@ -303,7 +303,12 @@ class DirectorySource:
             self._current = dataclasses.replace(prev, changed=frozenset())
             return self._current
         revision = prev.revision + 1 if prev is not None else 1
-        snapshot = ConfigSnapshot.build(resources.values(), revision) if changed or prev is None else prev.snapshot
+        if prev is None:
+            snapshot = ConfigSnapshot.build(resources.values(), revision)
+        elif changed:
+            snapshot = ConfigSnapshot.build(resources.values(), revision, previous=prev.snapshot, changed=changed)
+        else:
+            snapshot = prev.snapshot
         self._current = SourceUpdate(snapshot, frozenset(changed), errors, revision)
         log.info("config revision %d: %d resources, %d changed, %d errors", revision, len(snapshot),
                  len(changed), len(errors))

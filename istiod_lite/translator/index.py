@@ -74,8 +74,36 @@ def derived(snapshot: ConfigSnapshot, name: str, build: Callable[[ConfigSnapshot
     return value
 
 
+_EMPTY: Mapping[tuple[str, str], object] = {}
+_by_kinds_memo: dict[str, list[tuple[tuple[object, ...], Any]]] = {}
+_BY_KINDS_SLOTS = 4
+
+
+def derived_from_kinds(
+    snapshot: ConfigSnapshot, name: str, kinds: tuple[str, ...], build: Callable[[ConfigSnapshot], T]
+) -> T:
+    """``build(snapshot)`` where ``build`` reads only ``kinds``: memoised on the identity of those
+    kinds' mappings, which ``ConfigSnapshot.build(previous=...)`` keeps across unrelated changes
+    (a VirtualService edit does not rebuild pods-by-label)."""
+    maps = tuple(snapshot.by_kind.get(k, _EMPTY) for k in kinds)
+
+    def compute(snap: ConfigSnapshot) -> T:
+        with _lock:
+            slots = _by_kinds_memo.setdefault(name, [])
+            for held, value in slots:
+                if all(a is b for a, b in zip(held, maps, strict=True)):
+                    return value  # type: ignore[no-any-return]
+        value = build(snap)
+        with _lock:
+            slots.insert(0, (maps, value))
+            del slots[_BY_KINDS_SLOTS:]
+        return value
+
+    return derived(snapshot, name, compute)
+
+
 def index_of(snapshot: ConfigSnapshot) -> SnapshotIndex:
-    return derived(snapshot, "index", _build)
+    return derived_from_kinds(snapshot, "index", ("Pod", "VirtualService", "DestinationRule"), _build)
 
 
 def _build(snapshot: ConfigSnapshot) -> SnapshotIndex:

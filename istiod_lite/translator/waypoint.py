@@ -25,10 +25,12 @@ from istiod_lite.model.networking import DestinationRule, VirtualService
 from istiod_lite.translator import clusters, endpoints, hbone, inbound, names, routes
 from istiod_lite.translator.index import index_of, qualify, virtual_services_for
 from istiod_lite.translator.output import EnvoyResources
-from istiod_lite.translator.waypoints import WaypointRef, bindings_of
+from istiod_lite.translator.waypoints import Bindings, WaypointRef, bindings_of
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 _PASSTHROUGH = hbone.internal_upstream(passthrough=True)
+#: Kinds a waypoint's translation reads besides its bound services and workloads.
+_READ_KINDS = ("Pod", "Namespace", "VirtualService", "DestinationRule")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class WaypointTranslator:
         self._fragments: dict[str, tuple[_Inputs, _Fragment]] = {}
         self.last_rebuilt = 0
         self._main_internal: tuple[tuple[object, ...], listener_pb2.Listener] | None = None
+        self._last: tuple[tuple[object, ...], EnvoyResources] | None = None
         self._static = EnvoyResources()
         self._static.listeners[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_listener()
         self._static.clusters[hbone.MAIN_INTERNAL] = hbone.main_internal_cluster()
@@ -112,6 +115,20 @@ class WaypointTranslator:
     def translate(self, snapshot: ConfigSnapshot) -> EnvoyResources:
         ref = self.ref
         bindings = bindings_of(snapshot)
+        # Whole-waypoint shortcut: same bound objects and same maps of every other kind read
+        # below means the same output (a change elsewhere in the mesh costs a few comparisons).
+        key = (*bindings.services.get(ref, ()), None, *bindings.workloads.get(ref, ()), None,
+               *(snapshot.by_kind.get(k) for k in _READ_KINDS))
+        if self._last is not None and len(self._last[0]) == len(key) and all(
+                a is b for a, b in zip(self._last[0], key, strict=True)):
+            self.last_rebuilt = 0
+            return self._last[1]
+        out = self._translate(snapshot, bindings)
+        self._last = (key, out)
+        return out
+
+    def _translate(self, snapshot: ConfigSnapshot, bindings: Bindings) -> EnvoyResources:
+        ref = self.ref
         views = [_ServiceView(s, names.service_fqdn(s.name, s.namespace)) for s in bindings.services.get(ref, ())]
         owned = {v.host: v for v in views}
         out = EnvoyResources()

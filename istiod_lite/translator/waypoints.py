@@ -26,7 +26,7 @@ from typing import Any
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Namespace, Pod, Service
 from istiod_lite.model.gateway import Gateway, GatewayClass
-from istiod_lite.translator.index import derived
+from istiod_lite.translator.index import derived_from_kinds
 
 WAYPOINT_CLASS = "istio-waypoint"
 USE_WAYPOINT = "istio.io/use-waypoint"
@@ -238,6 +238,10 @@ def binding_problems(snapshot: ConfigSnapshot) -> list[str]:
     return list(bindings_of(snapshot).problems)
 
 
+#: Everything binding reads: a change to any other kind re-uses the previous bindings object.
+BINDING_KINDS = ("Service", "Pod", "Namespace", "Gateway", "GatewayClass")
+
+
 def bindings_of(snapshot: ConfigSnapshot) -> Bindings:
-    """``compute_bindings``, once per snapshot."""
-    return derived(snapshot, "bindings", compute_bindings)
+    """``compute_bindings``, once per distinct set of the kinds it reads."""
+    return derived_from_kinds(snapshot, "bindings", BINDING_KINDS, compute_bindings)
