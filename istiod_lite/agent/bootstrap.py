@@ -3,6 +3,12 @@
 Node id: ``waypoint~<IP>~<pod>.<ns>~<ns>.svc.cluster.local``; metadata carries NAMESPACE,
 SERVICE_ACCOUNT, CLUSTER_ID, INSTANCE_IPS and LABELS (with the Gateway name), which is how the
 server knows which waypoint connected (shared/reference/istio-waypoint.md §1.4).
+
+With ``sds_socket`` the bootstrap also has Istio's ``sds-grpc`` cluster (HTTP/2 over the agent's Unix
+socket), and with ``xds_tls`` the ``xds-grpc`` cluster speaks TLS to istiod: client certificate =
+SDS secret ``default``, trust = SDS secret ``ROOTCA``, and the server must present the DNS SAN
+``xds_tls.server_name`` (SNI is the same name), as a sidecar talking to istiod's 15012 directly.
+Without either, the bootstrap is the plaintext one it always was.
 """
 
 from __future__ import annotations
@@ -16,6 +22,24 @@ from istiod_lite.addresses import is_ip, split_host_port
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 DEFAULT_CLUSTER_ID = "Kubernetes"
 XDS_CLUSTER = "xds-grpc"
+SDS_CLUSTER = "sds-grpc"
+#: Istio's secret names (``pkg/security/security.go``): the workload certificate and its trust root.
+DEFAULT_SECRET = "default"
+ROOT_SECRET = "ROOTCA"
+#: The DNS SAN on istiod's serving certificate (also ``ca.servercert.DEFAULT_SERVER_SANS``): the TLS
+#: name verified when the CA or xDS server is addressed by IP.
+ISTIOD_SAN = "istiod.istio-system.svc"
+
+_HTTP2_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_TLS_SOCKET = "envoy.transport_sockets.tls"
+
+
+@dataclass(frozen=True)
+class XdsTls:
+    """TLS on the ``xds-grpc`` cluster, with certificates from SDS (needs ``sds_socket``)."""
+
+    #: SNI sent and the DNS SAN required of the xDS server's certificate.
+    server_name: str = ISTIOD_SAN
 
 
 @dataclass(frozen=True)
@@ -57,6 +81,73 @@ class WaypointIdentity:
         }
 
 
+def sds_config() -> dict[str, Any]:
+    """A ``ConfigSource`` for secrets from the agent (Istio's: gRPC to ``sds-grpc``, no initial
+    fetch timeout so a listener or cluster waits for its certificate instead of failing)."""
+    return {
+        "api_config_source": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "set_node_on_first_message_only": True,
+            "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}],
+        },
+        "resource_api_version": "V3",
+        "initial_fetch_timeout": "0s",
+    }
+
+
+def sds_secret_config(name: str) -> dict[str, Any]:
+    """An ``SdsSecretConfig`` naming one of the agent's secrets (``default`` or ``ROOTCA``)."""
+    return {"name": name, "sds_config": sds_config()}
+
+
+def _http2_options(keepalive: bool) -> dict[str, Any]:
+    http2: dict[str, Any] = {"connection_keepalive": {"interval": "30s", "timeout": "10s"}} if keepalive else {}
+    return {
+        _HTTP2_OPTIONS_KEY: {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": http2},
+        }
+    }
+
+
+def sds_cluster(socket_path: str) -> dict[str, Any]:
+    """Istio's ``sds-grpc`` cluster: HTTP/2 (gRPC) to the agent's Unix socket."""
+    return {
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket_path}}}}]}],
+        },
+        "typed_extension_protocol_options": _http2_options(keepalive=False),
+    }
+
+
+def xds_upstream_tls(tls: XdsTls) -> dict[str, Any]:
+    """The ``xds-grpc`` transport socket: mTLS with SDS certificates, istiod's DNS SAN verified."""
+    return {
+        "name": _TLS_SOCKET,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.server_name,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificate_sds_secret_configs": [sds_secret_config(DEFAULT_SECRET)],
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": tls.server_name}}
+                        ]
+                    },
+                    "validation_context_sds_secret_config": sds_secret_config(ROOT_SECRET),
+                },
+            },
+        },
+    }
+
+
 def waypoint_bootstrap(
     identity: WaypointIdentity,
     xds_address: str,
@@ -64,11 +155,16 @@ def waypoint_bootstrap(
     admin_port: int = 15000,
     admin_address: str = "127.0.0.1",
     delta: bool = True,
+    sds_socket: str | None = None,
+    xds_tls: XdsTls | None = None,
 ) -> dict[str, Any]:
     """A complete bootstrap (as a dict, Envoy's JSON form).
 
     Waypoints use Delta xDS by default, as Istio forces for them; ``delta=False`` selects SotW.
+    ``sds_socket`` adds the ``sds-grpc`` cluster; ``xds_tls`` (which needs it) secures ``xds-grpc``.
     """
+    if xds_tls is not None and sds_socket is None:
+        raise ValueError("xds_tls needs sds_socket: the client certificate and roots come from SDS")
     host, port = split_host_port(xds_address)
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
@@ -80,16 +176,14 @@ def waypoint_bootstrap(
                 {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}
             ],
         },
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {
-                    "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "10s"}}
-                },
-            }
-        },
+        "typed_extension_protocol_options": _http2_options(keepalive=True),
         "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 300}},
     }
+    if xds_tls is not None:
+        xds_cluster["transport_socket"] = xds_upstream_tls(xds_tls)
+    clusters = [xds_cluster]
+    if sds_socket is not None:
+        clusters.append(sds_cluster(sds_socket))
     return {
         "node": {
             "id": identity.node_id,
@@ -107,7 +201,7 @@ def waypoint_bootstrap(
             "cds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"},
             "lds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"},
         },
-        "static_resources": {"clusters": [xds_cluster]},
+        "static_resources": {"clusters": clusters},
         "bootstrap_extensions": [
             {
                 "name": "envoy.bootstrap.internal_listener",

@@ -61,7 +61,7 @@ class ParsedToken:
 def _json_segment(segment: str, what: str) -> Mapping[str, Any]:
     try:
         value = json.loads(b64url_decode(segment))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past the limit
         raise JwsError(f"{what} is not base64url JSON") from exc
     if not isinstance(value, dict):
         raise JwsError(f"{what} is not a JSON object")

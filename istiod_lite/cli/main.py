@@ -1,4 +1,4 @@
-"""``istiod-lite`` command line: serve, validate, translate, waypoint bootstrap, demo."""
+"""``istiod-lite`` command line: serve, validate, translate, token, waypoint (bootstrap, run), hbone, demo."""
 
 from __future__ import annotations
 
@@ -16,11 +16,28 @@ from istiod_lite.xds.server import XdsServerOptions
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from istiod_lite.ca.config import CaConfig, JwksSource
     from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 
+    ca = None
+    if args.ca_dir:
+        jwks = []
+        for spec in args.jwks:
+            issuer, sep, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+            jwks.append(JwksSource(Path(path), issuer) if sep and issuer else JwksSource(Path(path)))
+        ca = CaConfig(ca_dir=Path(args.ca_dir), trust_domain=args.trust_domain, jwks=tuple(jwks))
+    secure = args.secure_grpc_addr if ca is not None else ""
+    if secure.startswith(":"):
+        secure = "0.0.0.0" + secure
+    if ca is None:
+        logging.getLogger("istiod_lite").warning("no --ca-dir: the secure port (CA and authenticated xDS) is off")
     options = ControlPlaneOptions(
         config_dir=Path(args.config),
-        grpc_addr=args.grpc_addr,
+        grpc_addr="" if args.no_plaintext else args.grpc_addr,
+        secure_grpc_addr=secure,
+        ca=ca,
+        server_sans=tuple(args.server_san),
+        trust_domain=args.trust_domain,
         monitoring_addr=args.monitoring_addr,
         poll_interval=args.poll_interval,
         debounce=DebounceOptions(quiet=args.debounce_quiet, max_delay=args.debounce_max),
@@ -116,7 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, metavar="DIR")
     s.add_argument("--grpc-addr", default="0.0.0.0:15010", metavar="HOST:PORT", help="plaintext xDS")
     s.add_argument("--secure-grpc-addr", default=":15012", metavar="HOST:PORT",
-                   help="TLS xDS and CA (not served yet: comes with the CA)")
+                   help="TLS port: CA (CreateCertificate) and authenticated xDS; served when --ca-dir is given")
+    s.add_argument("--no-plaintext", action="store_true", help="do not serve plaintext xDS (--grpc-addr)")
+    s.add_argument("--ca-dir", metavar="DIR",
+                   help="CA key material (Istio plug-in files, or a root generated there once) and the local "
+                        "token issuer key")
+    s.add_argument("--jwks", action="append", default=[], metavar="[ISSUER=]FILE",
+                   help="trust tokens from this issuer, verified with the keys in FILE (JWKS or PEM); repeatable")
+    s.add_argument("--server-san", action="append", default=[], metavar="NAME",
+                   help="extra DNS name or IP in the secure port's certificate; repeatable")
+    s.add_argument("--trust-domain", default="cluster.local")
     s.add_argument("--monitoring-addr", default="0.0.0.0:15014", metavar="HOST:PORT")
     s.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS")
     s.add_argument("--debounce-max", type=float, default=10.0, metavar="SECONDS")
@@ -132,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="close xDS connections after this age (gRPC adds jitter) to rebalance replicas; 0 = never")
     s.set_defaults(func=_serve)
 
+    from istiod_lite.cli.hbone_cmd import add_hbone_parser
+    from istiod_lite.cli.token_cmd import add_token_parser
+
+    add_token_parser(sub)
+    add_hbone_parser(sub)
+
     v = sub.add_parser("validate", help="validate a config directory; exit 1 on any error")
     v.add_argument("--config", required=True, metavar="DIR")
     v.set_defaults(func=_validate)
@@ -144,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("waypoint", help="waypoint proxy helpers")
     wsub = w.add_subparsers(dest="waypoint_command", required=True)
+    from istiod_lite.cli.agent_cmd import add_run_parser
+
+    add_run_parser(wsub)
     b = wsub.add_parser("bootstrap", help="print an Envoy bootstrap for a waypoint")
     b.add_argument("--name", required=True)
     b.add_argument("--namespace", required=True)

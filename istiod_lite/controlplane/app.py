@@ -17,10 +17,13 @@ from pathlib import Path
 
 import grpc
 
+from istiod_lite.ca.config import CaConfig, build_authenticators
+from istiod_lite.ca.runtime import CaRuntime
 from istiod_lite.controlplane.affects import affected_types, push_reason
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
 from istiod_lite.controlplane.memtrim import MemoryTrimmer
 from istiod_lite.controlplane.nodes import PROXYLESS_GROUP, UNKNOWN_GROUP, group_of, parse_group
+from istiod_lite.controlplane.secure import XdsAuthenticator
 from istiod_lite.controlplane.snapshots import VersionedCache, to_resource_snapshot
 from istiod_lite.model import ConfigError, ConfigSnapshot
 from istiod_lite.monitoring.http import MonitoringServer
@@ -32,8 +35,9 @@ from istiod_lite.translator.waypoint import WaypointTranslator, connect_terminat
 from istiod_lite.translator.waypoints import WaypointRef, binding_problems
 from istiod_lite.xds import typeurls
 from istiod_lite.xds.cache import SnapshotCache
+from istiod_lite.xds.connection import Connection
 from istiod_lite.xds.resources import EMPTY, ResourceSnapshot, VersionedResource
-from istiod_lite.xds.server import AdsServer, XdsServerOptions
+from istiod_lite.xds.server import AdsServer, StreamRefused, XdsServerOptions
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,12 @@ class ControlPlaneOptions:
     trust_domain: str = "cluster.local"
     #: Seconds after which a client connection is closed (Istio's Helm default: 30 m); 0 = never.
     max_connection_age: float = 0.0
+    #: The secure port (CA + authenticated ADS over TLS); "" = not served.  Needs ``ca``.
+    secure_grpc_addr: str = ""
+    #: CA key material and token issuers; None = no CA (and no secure port).
+    ca: CaConfig | None = None
+    #: Extra DNS names/IPs for the secure port's certificate (``--server-san``).
+    server_sans: tuple[str, ...] = ()
 
 
 class ControlPlane:
@@ -59,13 +69,17 @@ class ControlPlane:
             options.config_dir, poll_interval=options.poll_interval, debounce=options.debounce.quiet
         )
         self.cache = SnapshotCache(group_of, on_demand=self._on_demand)
-        self.ads = AdsServer(self.cache, options.xds)
+        self.ca: CaRuntime | None = None
+        self._xds_auth: XdsAuthenticator | None = None
+        self.ads = AdsServer(self.cache, options.xds, stream_check=self._check_stream)
         self.config = ConfigSnapshot()
         self.errors: tuple[ConfigError, ...] = ()
         self._debouncer: Debouncer[SourceUpdate] = Debouncer(
             self._apply_update, _merge_updates, options.debounce
         )
         self._grpc: grpc.aio.Server | None = None
+        self._secure: grpc.aio.Server | None = None
+        self.secure_port = 0
         #: One per waypoint: re-uses the translation of every service whose inputs did not change.
         self._translators: dict[WaypointRef, WaypointTranslator] = {}
         #: Per waypoint: serialised resources, re-used for messages the translator re-used.
@@ -95,10 +109,24 @@ class ControlPlane:
                 ("grpc.max_connection_age_ms", int(self.options.max_connection_age * 1000)),
                 ("grpc.max_connection_age_grace_ms", 10_000),
             ]
-        self._grpc = grpc.aio.server(options=grpc_options)
-        self.ads.register(self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(self.options.grpc_addr)
-        await self._grpc.start()
+        if self.options.grpc_addr:
+            self._grpc = grpc.aio.server(options=grpc_options)
+            self.ads.register(self._grpc)
+            self.grpc_port = self._grpc.add_insecure_port(self.options.grpc_addr)
+            await self._grpc.start()
+        if self.options.ca is not None:
+            self.ca = CaRuntime.create(self.options.ca, registry=self.ads.metrics.registry)
+            await self.ca.start()
+            self._xds_auth = XdsAuthenticator(build_authenticators(self.options.ca, self.ca.material))
+        if self.options.secure_grpc_addr:
+            if self.ca is None:
+                raise ValueError("the secure port needs a CA (--ca-dir)")
+            self._secure = grpc.aio.server(options=grpc_options)
+            self.ca.add_to_server(self._secure)
+            self.ads.register(self._secure)
+            self.secure_port = self._secure.add_secure_port(
+                self.options.secure_grpc_addr, self.ca.server_credentials(self.options.server_sans))
+            await self._secure.start()
         await self._monitoring.start(self.options.monitoring_addr)
         self._tasks = [
             asyncio.create_task(self.source.run(self._on_source_update), name="source"),
@@ -106,8 +134,11 @@ class ControlPlane:
             asyncio.create_task(MemoryTrimmer(lambda: self.ads.metrics.bytes_sent).run(), name="memtrim"),
         ]
         log.info(
-            "serving xDS on %s (port %d), monitoring on %s; %d resources, %d errors, waypoints: %s",
-            self.options.grpc_addr, self.grpc_port, self.options.monitoring_addr, len(self.config),
+            "serving plaintext xDS on %s, secure xDS + CA on %s, monitoring on %s; %d resources, %d errors, "
+            "waypoints: %s",
+            f"{self.options.grpc_addr} (port {self.grpc_port})" if self._grpc else "-",
+            f"{self.options.secure_grpc_addr} (port {self.secure_port})" if self._secure else "-",
+            self.options.monitoring_addr, len(self.config),
             len(self.errors), ", ".join(str(w.ref) for w in find_waypoints(self.config)) or "none",
         )
 
@@ -117,9 +148,21 @@ class ControlPlane:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        if self._grpc is not None:
-            await self._grpc.stop(grace)
+        for server in (self._grpc, self._secure):
+            if server is not None:
+                await server.stop(grace)
+        if self.ca is not None:
+            await self.ca.close()
         await self._monitoring.stop()
+
+    async def _check_stream(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
+        """Streams on the TLS port must authenticate (see ``secure.py``); the plaintext port, when
+        enabled, is trusted like istiod's 15010."""
+        if context.auth_context().get("transport_security_type") != [b"ssl"]:
+            return
+        if self._xds_auth is None:
+            raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, "authentication failure")
+        await self._xds_auth(conn, context)
 
     @property
     def monitoring_port(self) -> int:

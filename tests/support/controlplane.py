@@ -13,21 +13,29 @@ from pathlib import Path
 
 import aiohttp
 
+from istiod_lite.ca.config import CaConfig
 from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 from istiod_lite.controlplane.debounce import DebounceOptions
 from tests.support.ports import free_port
 
 
 @contextlib.asynccontextmanager
-async def control_plane(config_dir: Path, *, quiet: float = 0.05) -> AsyncIterator[ControlPlane]:
-    """An in-process control plane on ephemeral loopback ports, polling the directory quickly."""
+async def control_plane(
+    config_dir: Path, *, quiet: float = 0.05, ca_dir: Path | None = None, plaintext: bool = True,
+) -> AsyncIterator[ControlPlane]:
+    """An in-process control plane on ephemeral loopback ports, polling the directory quickly.
+
+    With ``ca_dir``: the CA and the secure (TLS, authenticated) xDS port too (``cp.secure_port``).
+    """
     cp = ControlPlane(
         ControlPlaneOptions(
             config_dir=config_dir,
-            grpc_addr="127.0.0.1:0",
+            grpc_addr="127.0.0.1:0" if plaintext else "",
             monitoring_addr="127.0.0.1:0",
             poll_interval=0.05,
             debounce=DebounceOptions(quiet=quiet, max_delay=2.0),
+            ca=CaConfig(ca_dir=ca_dir) if ca_dir is not None else None,
+            secure_grpc_addr="127.0.0.1:0" if ca_dir is not None else "",
         )
     )
     await cp.start()

@@ -1,0 +1,130 @@
+"""SDS for the local Envoy: the workload certificate as Istio's secrets ``default`` and ``ROOTCA``.
+
+Served on a Unix domain socket in the agent's working directory (Istio:
+``./var/run/secrets/workload-spiffe-uds/socket``), as ``envoy.service.secret.v3.SecretDiscoveryService``
+with both ``StreamSecrets`` (SotW) and ``DeltaSecrets``.  The protocol is the project's xDS layer,
+unchanged: a ``SnapshotCache`` with one group holds the two secrets, and the ``AdsServer`` stream
+machinery (SotW and Delta state machines, nonces, ACK/NACK) serves them under the SDS service
+name -- the request and response messages of SDS are the ADS ones.  A rotation is just a new
+snapshot: every open stream is woken and sends the changed secrets, Envoy swaps them in without a
+restart or a dropped connection.
+
+The socket is the only access control (anyone who can connect gets the private key), so the
+working directory is created 0700 and the socket 0600, like Istio's agent-private volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from istiod_lite.agent.bootstrap import DEFAULT_SECRET, ROOT_SECRET
+from istiod_lite.agent.certs import IssuedCertificate
+from istiod_lite.xds import wire
+from istiod_lite.xds.cache import SnapshotCache
+from istiod_lite.xds.resources import ResourceSnapshot
+from istiod_lite.xds.server import AdsServer, XdsServerOptions
+from istiod_lite.xds.typeurls import SECRET
+
+log = logging.getLogger(__name__)
+
+SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
+#: Every Envoy on this socket is this agent's own: one group.
+_GROUP = "local"
+#: ``sun_path`` is 108 bytes on Linux, including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+def secrets(cert: IssuedCertificate) -> dict[str, secret_pb2.Secret]:
+    """The two secrets for one certificate, inline (Envoy never reads key files)."""
+    default = secret_pb2.Secret(
+        name=DEFAULT_SECRET,
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_bytes=cert.certificate_chain_pem),
+            private_key=base_pb2.DataSource(inline_bytes=cert.key_pem),
+        ),
+    )
+    root = secret_pb2.Secret(
+        name=ROOT_SECRET,
+        validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(inline_bytes=cert.root_pem)),
+    )
+    return {DEFAULT_SECRET: default, ROOT_SECRET: root}
+
+
+def secrets_snapshot(cert: IssuedCertificate) -> ResourceSnapshot:
+    return ResourceSnapshot.from_messages({SECRET: secrets(cert)})
+
+
+def check_socket_path(path: Path) -> None:
+    if len(os.fsencode(str(path))) > MAX_SOCKET_PATH:
+        raise ValueError(f"SDS socket path {path} is longer than {MAX_SOCKET_PATH} bytes (the Unix socket "
+                         "limit); choose a shorter --work-dir")
+
+
+class SdsServer:
+    """The SDS gRPC server on ``socket_path``; ``update(cert)`` publishes a certificate."""
+
+    def __init__(self, socket_path: Path) -> None:
+        check_socket_path(socket_path)
+        self.socket_path = socket_path
+        self.cache = SnapshotCache(lambda node: _GROUP)
+        # One local client: no admission rate limit; a stuck Envoy is still cut off after 30 s.
+        self.ads = AdsServer(self.cache, XdsServerOptions(max_new_streams_per_second=0))
+        self._server: grpc.aio.Server | None = None
+        self.current: IssuedCertificate | None = None
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add ``SecretDiscoveryService`` to ``server``, backed by the ADS stream handlers."""
+        handlers = {
+            "StreamSecrets": grpc.stream_stream_rpc_method_handler(
+                self.ads.StreamAggregatedResources,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=wire.serialize,
+            ),
+            "DeltaSecrets": grpc.stream_stream_rpc_method_handler(
+                self.ads.DeltaAggregatedResources,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=wire.serialize,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SDS_SERVICE, handlers),))
+
+    def update(self, cert: IssuedCertificate) -> None:
+        """Serve ``cert`` from now on; open streams push the new secrets right away."""
+        self.current = cert
+        self.cache.set_snapshot(_GROUP, secrets_snapshot(cert))
+        self.cache.mark_ready()  # streams are refused (UNAVAILABLE) until the first certificate
+
+    @property
+    def has_certificate(self) -> bool:
+        return self.current is not None
+
+    async def start(self) -> None:
+        self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.socket_path.parent, 0o700)
+        self.socket_path.unlink(missing_ok=True)  # a stale socket of a previous run
+        server = grpc.aio.server()
+        self.register(server)
+        # The 0700 directory keeps other users out between bind and chmod (no process-wide umask
+        # games: other threads may be creating files).
+        server.add_insecure_port(f"unix:{self.socket_path}")
+        await server.start()
+        os.chmod(self.socket_path, 0o600)
+        self._server = server
+        log.info("SDS serving on unix:%s", self.socket_path)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)
+        self.socket_path.unlink(missing_ok=True)
+
+    def status(self) -> list[dict[str, object]]:
+        return self.ads.status()

@@ -1,0 +1,52 @@
+"""The secure port (Istio's 15012): the CA and ADS on one TLS gRPC server.
+
+Every ADS stream on it must authenticate (bearer token, or a mesh client certificate where the
+TLS stack asked for one) before a single resource is sent, and the node's ``NAMESPACE`` and
+``SERVICE_ACCOUNT`` metadata must name the authenticated identity: a waypoint cannot read another
+namespace's config by claiming it in its bootstrap.  Verification runs off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from istiod_lite.ca.authn import Authenticators
+from istiod_lite.ca.errors import CaError
+from istiod_lite.ca.service import caller_credentials
+from istiod_lite.xds.connection import Connection
+from istiod_lite.xds.server import StreamRefused
+
+log = logging.getLogger(__name__)
+
+
+def _meta(conn: Connection, key: str) -> str:
+    v = conn.node.metadata.fields.get(key)
+    return str(v.string_value) if v is not None and v.HasField("string_value") else ""
+
+
+class XdsAuthenticator:
+    """``AdsServer`` stream check for the secure port."""
+
+    def __init__(self, authenticators: Authenticators) -> None:
+        self._authenticators = authenticators
+        self.refused = 0
+
+    async def __call__(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
+        try:
+            metadata, peer_der = caller_credentials(context, require_tls=True)
+            identity = await asyncio.to_thread(self._authenticators.authenticate, metadata, peer_der)
+        except CaError as exc:
+            self.refused += 1
+            log.warning("xDS stream from %s (%s) refused: %s", conn.peer, conn.node_id, exc.reason)
+            raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, "authentication failure") from None
+        namespace, sa = _meta(conn, "NAMESPACE"), _meta(conn, "SERVICE_ACCOUNT")
+        if namespace != identity.namespace or (sa and sa != identity.service_account) or not sa:
+            self.refused += 1
+            log.warning("xDS stream from %s refused: node %s claims %s/%s but authenticated as %s",
+                        conn.peer, conn.node_id, namespace or "-", sa or "-", identity.spiffe)
+            raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                "node metadata NAMESPACE/SERVICE_ACCOUNT do not match the caller's identity")
+        log.info("xDS stream %s authenticated as %s", conn.conn_id, identity.spiffe)
