@@ -21,9 +21,9 @@ from pathlib import Path
 
 from istiod_lite.addresses import split_host_port
 from istiod_lite.agent.bootstrap import WaypointIdentity
-from istiod_lite.agent.envoy_binary import EnvoyNotFound, envoy_binary
 from istiod_lite.agent.runner import DEFAULT_CERT_TTL, AgentConfig, EnvoySettings, WaypointAgent
 from istiod_lite.ca.identity import Identity
+from istiod_lite.envoy_binary import EnvoyNotFound, envoy_binary
 from istiod_lite.model.types import parse_duration
 
 EXIT_FAILED = 1

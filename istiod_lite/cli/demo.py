@@ -21,8 +21,8 @@ from pathlib import Path
 from aiohttp import ClientSession, ClientTimeout, web
 
 from istiod_lite.agent.bootstrap import WaypointIdentity, waypoint_bootstrap
-from istiod_lite.agent.envoy_binary import envoy_binary
 from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
+from istiod_lite.envoy_binary import envoy_binary
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod, Service
 from istiod_lite.translator import find_waypoints

@@ -33,7 +33,7 @@ from typing import Protocol
 
 import aiohttp
 
-from istiod_lite.agent.envoy_binary import envoy_binary
+from istiod_lite.envoy_binary import envoy_binary
 from istiod_lite.hbone.bootstrap import hbone_bootstrap, inbound_listener_name, outbound_listener_name
 from istiod_lite.hbone.caclient import CaClient
 from istiod_lite.hbone.config import Endpoint, HboneConfig

@@ -33,9 +33,9 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import any_pb2, json_format
 
 from istiod_lite.agent.bootstrap import WaypointIdentity, sds_secret_config
-from istiod_lite.agent.envoy_binary import envoy_binary
 from istiod_lite.agent.rotation import RotationPolicy
 from istiod_lite.agent.runner import AgentConfig, EnvoySettings, WaypointAgent
+from istiod_lite.envoy_binary import envoy_binary
 from istiod_lite.translator.listeners import http_connection_manager
 from istiod_lite.xds import typeurls
 from istiod_lite.xds.resources import ResourceSnapshot

@@ -45,8 +45,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from istiod_lite.agent.envoy_binary import EnvoyNotFound
-from istiod_lite.agent.envoy_binary import envoy_binary as _product_envoy_binary
+from istiod_lite.envoy_binary import EnvoyNotFound
+from istiod_lite.envoy_binary import envoy_binary as _product_envoy_binary
 from tests.support.wait import WaitTimeout, wait_until
 
 Bootstrap = dict[str, Any] | str
@@ -65,7 +65,7 @@ class EnvoyError(RuntimeError):
 
 
 def envoy_binary() -> str:
-    """The Envoy binary the product itself would run (see ``istiod_lite.agent.envoy_binary``)."""
+    """The Envoy binary the product itself would run (see ``istiod_lite.envoy_binary``)."""
     try:
         return _product_envoy_binary()
     except EnvoyNotFound as exc:
