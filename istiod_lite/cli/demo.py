@@ -1,8 +1,9 @@
 """``istiod-lite demo``: the whole product on a laptop in under a minute.
 
-Starts the control plane on a YAML directory, a real Envoy waypoint per waypoint Gateway (with
-the bootstrap ``istiod-lite waypoint bootstrap`` prints), a tiny HTTP "pod" for every Pod in the
-config, then sends requests to each service's VIP through the waypoint and prints which pods
+Starts the control plane on a YAML directory with its CA, a waypoint per waypoint Gateway (the
+agent gets a certificate from the CA and runs a real Envoy fed over secure xDS), a tiny HTTP "pod"
+for every Pod in the config (ambient pods behind a ztunnel stand-in on <podIP>:15008), then sends
+requests to each service's VIP through an HBONE client tunnel to its waypoint and prints which pods
 answered — e.g. the 80/20 canary of ``examples/bookinfo``.
 """
 
@@ -11,23 +12,32 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
+import datetime as dt
+import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from istiod_lite.agent.bootstrap import WaypointIdentity, waypoint_bootstrap
+from istiod_lite.agent.bootstrap import WaypointIdentity
+from istiod_lite.agent.runner import AgentConfig, EnvoySettings, WaypointAgent
+from istiod_lite.ca.config import CaConfig
+from istiod_lite.ca.keystore import ROOT_CERT
+from istiod_lite.ca.runtime import CaRuntime
+from istiod_lite.ca.tokens import create_token
 from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 from istiod_lite.envoy_binary import envoy_binary
+from istiod_lite.hbone import Endpoint, FileCredentials, HboneConfig, HboneProxy, InboundTerminator, OutboundTunnel
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod, Service
-from istiod_lite.translator import find_waypoints
+from istiod_lite.translator import Waypoint, find_waypoints
 from istiod_lite.translator.endpoints import service_pods, target_port
-from istiod_lite.translator.waypoints import bound_services
+from istiod_lite.translator.waypoints import bound_services, is_ambient
 
 
 def _free_port() -> int:
@@ -74,47 +84,92 @@ async def _wait_listening(ip: str, port: int, timeout: float = 20.0) -> None:
             await asyncio.sleep(0.1)
 
 
+def _pod_credentials(ca: CaRuntime, directory: Path, namespace: str, sa: str) -> FileCredentials:
+    """A CA-issued workload certificate as files (what a ztunnel holds for its pods)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    spiffe = f"spiffe://cluster.local/ns/{namespace}/sa/{sa}"
+    leaf = ca.authority.issue(key.public_key(), x509.UniformResourceIdentifier(spiffe), dt.timedelta(hours=4))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cert.pem").write_text(leaf + "".join(ca.authority.material.chain_tail_pem[:-1]))
+    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    (directory / "root.pem").write_text(ca.authority.material.root_pem)
+    return FileCredentials(directory / "cert.pem", directory / "key.pem", directory / "root.pem")
+
+
 async def run_demo(config_dir: Path, requests: int = 200, keep_running: bool = False) -> int:
-    cp = ControlPlane(ControlPlaneOptions(config_dir=config_dir, grpc_addr="127.0.0.1:0",
-                                          monitoring_addr="127.0.0.1:0"))
+    workdir = Path(tempfile.mkdtemp(prefix="istiod-lite-demo-"))
+    ca_dir = workdir / "ca"
+    cp = ControlPlane(ControlPlaneOptions(config_dir=config_dir, grpc_addr="", monitoring_addr="127.0.0.1:0",
+                                          secure_grpc_addr="127.0.0.1:0", ca=CaConfig(ca_dir=ca_dir)))
     await cp.start()
-    print(f"control plane: xDS on 127.0.0.1:{cp.grpc_port}; {len(cp.config)} resources loaded from {config_dir}")
+    assert cp.ca is not None
+    print(f"control plane: CA + secure xDS on 127.0.0.1:{cp.secure_port}; {len(cp.config)} resources loaded "
+          f"from {config_dir}")
     for err in cp.errors:
         print(f"  rejected: {err}")
     runners: list[web.AppRunner] = []
-    envoys: list[subprocess.Popen[bytes]] = []
-    workdir = Path(tempfile.mkdtemp(prefix="istiod-lite-demo-"))
+    stack = contextlib.AsyncExitStack()
     try:
-        for (ip, port), pod in sorted(_pod_targets(cp.config).items()):
+        targets = _pod_targets(cp.config)
+        for (ip, port), pod in sorted(targets.items()):
             runners.append(await _start_pod(pod, ip, port))
-        print(f"pods: {len(runners)} demo HTTP servers on loopback")
+        ambient = sorted({ip for (ip, _), pod in targets.items() if is_ambient(cp.config, pod)})
+        print(f"pods: {len(runners)} demo HTTP servers on loopback ({len(ambient)} ambient, behind a ztunnel "
+              "stand-in that terminates HBONE on <podIP>:15008)")
+        if ambient:
+            await stack.enter_async_context(HboneProxy(
+                HboneConfig(inbound=tuple(InboundTerminator(Endpoint(ip, 15008)) for ip in ambient)),
+                _pod_credentials(cp.ca, workdir / "pods", "default", "ztunnel"), concurrency=1))
         waypoints = find_waypoints(cp.config)
+        tunnels: list[tuple[Waypoint, Service, str, int]] = []
         for wp in waypoints:
             ip = wp.addresses[0] if wp.addresses else "127.0.1.1"
-            ident = WaypointIdentity(name=wp.ref.name, namespace=wp.ref.namespace, ip=ip)
-            boot = waypoint_bootstrap(ident, f"127.0.0.1:{cp.grpc_port}", admin_port=_free_port())
-            path = workdir / f"{wp.ref.namespace}-{wp.ref.name}.json"
-            path.write_text(json.dumps(boot))
-            log = open(workdir / f"{wp.ref.namespace}-{wp.ref.name}.log", "wb")  # noqa: SIM115
-            envoys.append(subprocess.Popen(
-                [envoy_binary(), "-c", str(path), "--use-dynamic-base-id", "--log-level", "warning"],
-                stdout=log, stderr=subprocess.STDOUT,
+            token = workdir / f"token-{wp.ref.namespace}-{wp.ref.name}"
+            token.write_text(create_token(ca_dir, wp.ref.namespace, wp.ref.name))
+            agent_dir = Path(tempfile.mkdtemp(prefix="wp-"))
+            agent = WaypointAgent(AgentConfig(
+                identity=WaypointIdentity(name=wp.ref.name, namespace=wp.ref.namespace, ip=ip),
+                token_file=token, xds_address=f"127.0.0.1:{cp.secure_port}", ca_address=f"127.0.0.1:{cp.secure_port}",
+                root_cert=ca_dir / ROOT_CERT, work_dir=agent_dir,
+                envoy=EnvoySettings(binary=envoy_binary(), admin_port=_free_port(), concurrency=1,
+                                    output_path=workdir / f"{wp.ref.namespace}-{wp.ref.name}.log"),
             ))
-            print(f"waypoint {wp.ref}: real Envoy started (node {ident.node_id}), log {log.name}")
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+
+            async def _stop(stop: asyncio.Event = stop, task: asyncio.Task[int] = task) -> None:
+                stop.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 15)
+
+            stack.push_async_callback(_stop)
+            print(f"waypoint {wp.ref}: the agent gets a CA certificate for spiffe://cluster.local/ns/"
+                  f"{wp.ref.namespace}/sa/{wp.ref.name} and runs a real Envoy on {ip}:15008")
+            for svc in bound_services(cp.config, wp.ref):
+                for vip in svc.vips[:1]:
+                    for p in svc.spec.ports:
+                        tunnels.append((wp, svc, vip, p.port))
+        if not tunnels:
+            print("no service is bound to a waypoint: nothing to send")
+            return 0
+        client = await stack.enter_async_context(HboneProxy(
+            HboneConfig(outbound=tuple(
+                OutboundTunnel(Endpoint("127.0.0.1", 0), Endpoint(vip, port),
+                               Endpoint(wp.addresses[0] if wp.addresses else "127.0.1.1", 15008))
+                for wp, _, vip, port in tunnels)),
+            _pod_credentials(cp.ca, workdir / "client", "default", "sleep"), concurrency=1))
+        print("client: a ztunnel stand-in tunnels each service VIP to its waypoint over HBONE (mTLS, HTTP/2 CONNECT)")
         async with ClientSession(timeout=ClientTimeout(total=10)) as http:
-            for wp in waypoints:
-                for svc in bound_services(cp.config, wp.ref):
-                    for vip in svc.vips[:1]:
-                        for p in svc.spec.ports:
-                            await _wait_listening(vip, p.port)
-                            counts: collections.Counter[str] = collections.Counter()
-                            for _ in range(requests):
-                                async with http.get(f"http://{vip}:{p.port}/") as resp:
-                                    counts[resp.headers.get("x-pod", f"HTTP {resp.status}")] += 1
-                            print(f"\n{svc.namespace}/{svc.name} ({vip}:{p.port}) via waypoint {wp.ref}, "
-                                  f"{requests} requests:")
-                            for name, n in sorted(counts.items()):
-                                print(f"  {name:<28} {n:>5}  {100 * n / requests:5.1f}%  {'#' * (50 * n // requests)}")
+            for (wp, svc, vip, port), local in zip(tunnels, client.outbound_addresses, strict=True):
+                counts: collections.Counter[str] = collections.Counter()
+                await _wait_serving(http, f"http://{local}/")
+                for _ in range(requests):
+                    async with http.get(f"http://{local}/") as resp:
+                        counts[resp.headers.get("x-pod", f"HTTP {resp.status}")] += 1
+                print(f"\n{svc.namespace}/{svc.name} ({vip}:{port}) via waypoint {wp.ref}, {requests} requests:")
+                for name, n in sorted(counts.items()):
+                    print(f"  {name:<28} {n:>5}  {100 * n / requests:5.1f}%  {'#' * (50 * n // requests)}")
         print(f"\nsee the Envoy config: istiod-lite translate --config {config_dir} --waypoint "
               f"{waypoints[0].ref if waypoints else 'NS/NAME'}")
         if keep_running:
@@ -122,12 +177,24 @@ async def run_demo(config_dir: Path, requests: int = 200, keep_running: bool = F
             await asyncio.Event().wait()
         return 0
     finally:
-        for e in envoys:
-            e.terminate()
-        for e in envoys:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                e.wait(5)
+        await stack.aclose()
         for r in runners:
             await r.cleanup()
         await cp.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
         sys.stdout.flush()
+
+
+async def _wait_serving(http: ClientSession, url: str, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            async with http.get(url) as resp:
+                if resp.status == 200 and "x-pod" in resp.headers:
+                    return
+        except (OSError, TimeoutError, ClientError):
+            pass
+        if loop.time() > deadline:
+            raise TimeoutError(f"no answer through the waypoint at {url} after {timeout}s")
+        await asyncio.sleep(0.2)

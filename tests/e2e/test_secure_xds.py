@@ -14,7 +14,7 @@ from envoy.service.discovery.v3 import discovery_pb2 as d
 from istiod_lite.ca.keystore import ROOT_CERT
 from istiod_lite.ca.tokens import create_token
 from istiod_lite.xds.typeurls import CLUSTER
-from tests.e2e.test_waypoint_skeleton import write_config
+from tests.e2e.test_waypoint_traffic import write
 from tests.support.controlplane import control_plane
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +44,7 @@ async def first_response(port: int, root: bytes, token: str | None, n: base_pb2.
 async def test_secure_port_authenticates_streams(tmp_path: Path) -> None:
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    write_config(cfg, "127.10.200.1", 8080, "127.0.2.201", "127.0.2.202", 50, 50)
+    write(cfg, wp="127.0.1.200", vip="127.10.200.1", port=8080, ip1="127.0.2.201", ip2="127.0.2.202")
     ca_dir = tmp_path / "ca"
     async with control_plane(cfg, ca_dir=ca_dir, plaintext=False) as cp:
         root = (ca_dir / ROOT_CERT).read_bytes()

@@ -12,10 +12,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_waypoint_skeleton import VS, cli_bootstrap, serving, write_config
+from tests.e2e.test_waypoint_traffic import VS, serving, write
 from tests.support.backends import BackendsFactory
-from tests.support.controlplane import control_plane
-from tests.support.envoy import EnvoyFactory
+from tests.support.mesh import ambient_mesh, exclusive_ip
 from tests.support.ports import alloc_vip
 from tests.support.wait import wait_until
 
@@ -48,19 +47,19 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_syncz_proxy_status_and_metrics(
-    tmp_path: Path, backends_factory: BackendsFactory, envoy_factory: EnvoyFactory
-) -> None:
+async def test_syncz_proxy_status_and_metrics(tmp_path: Path, backends_factory: BackendsFactory) -> None:
     pods = await backends_factory(2, names=["reviews-v1", "reviews-v2"])
-    vip = alloc_vip()
+    wp, vip = exclusive_ip(), alloc_vip()
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    write_config(cfg, vip, pods.port, pods.pods[0].address[0], pods.pods[1].address[0], 50, 50)
-    async with control_plane(cfg) as cp:
+    write(cfg, wp=wp, vip=vip, port=pods.port, ip1=pods.pods[0].address[0], ip2=pods.pods[1].address[0])
+    (cfg / "vs.yaml").write_text(VS.format(w1=50, w2=50))
+    async with ambient_mesh(tmp_path, cfg) as mesh, mesh.waypoint("shop", "waypoint", wp), \
+            mesh.client([(vip, 9080)], wp) as local:
+        cp = mesh.cp
         base = f"http://127.0.0.1:{cp.monitoring_port}"
         assert (await get_text(f"{base}/ready")).strip()
-        await envoy_factory(cli_bootstrap(cp.grpc_port))
-        await wait_until(lambda: serving(vip), timeout=20, message="waypoint serving")
+        await wait_until(lambda: serving(local[(vip, 9080)]), timeout=30, message="waypoint serving")
 
         async def all_synced() -> bool:
             status = await get_json(f"{base}/debug/syncz")
@@ -68,8 +67,8 @@ async def test_syncz_proxy_status_and_metrics(
 
         await wait_until(all_synced, timeout=10, message="every type SYNCED in /debug/syncz")
         (conn,) = await get_json(f"{base}/debug/syncz")
-        assert conn["group"] == "waypoint/shop/waypoint"
-        assert conn["node_id"].startswith("waypoint~127.0.1.1~waypoint-")
+        assert conn["group"] == f"waypoint/shop/waypoint/{wp}"
+        assert conn["node_id"].startswith(f"waypoint~{wp}~waypoint-")
         cds = conn["types"]["CDS"]
         assert cds["nonce_sent"] and cds["nonce_sent"] == cds["nonce_acked"]
 
@@ -82,7 +81,7 @@ async def test_syncz_proxy_status_and_metrics(
         assert proc.returncode == 0, err.decode()
         header, row = out.decode().strip().splitlines()
         assert header.split()[:3] == ["NAME", "GROUP", "XDS"]
-        assert row.startswith(conn["node_id"]) and "SYNCED" in row and "waypoint/shop/waypoint" in row
+        assert row.startswith(conn["node_id"]) and "SYNCED" in row and f"waypoint/shop/waypoint/{wp}" in row
 
         text = await get_text(f"{base}/metrics")
         # Istio's names: counters without prometheus-client's "_total"; still valid exposition.

@@ -1,0 +1,176 @@
+"""The whole ambient data path for a test, every part the product's own:
+
+* the control plane in-process, with its CA and secure port (``control_plane(..., ca_dir=...)``);
+* a waypoint: ``WaypointAgent`` (certificate from the CA over TLS with a token, SDS, Envoy);
+* the client's ztunnel: ``istiod-lite hbone`` outbound tunnels (plain TCP in, HBONE to the waypoint);
+* ambient pods' ztunnels: HBONE terminators on ``<podIP>:15008`` delivering to the app.
+
+``async with ambient_mesh(tmp_path, config_dir) as mesh:`` then ``mesh.waypoint(...)``,
+``mesh.client(...)``, ``mesh.pod_ztunnel(...)`` (each an async context manager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from istiod_lite.agent.bootstrap import WaypointIdentity
+from istiod_lite.agent.runner import AgentConfig, EnvoySettings, WaypointAgent
+from istiod_lite.ca.keystore import ROOT_CERT
+from istiod_lite.ca.tokens import create_token
+from istiod_lite.controlplane.app import ControlPlane
+from istiod_lite.envoy_binary import envoy_binary
+from istiod_lite.hbone import Endpoint, FileCredentials, HboneConfig, HboneProxy, InboundTerminator, OutboundTunnel
+from tests.support.controlplane import control_plane
+from tests.support.ports import alloc_pod_ip, free_port
+
+HBONE_PORT = 15008
+_IP_LOCKS = Path(tempfile.gettempdir()) / "istiod-lite-test-ip-locks"
+_held: list[object] = []
+
+
+def exclusive_ip() -> str:
+    """A loopback address whose port 15008 no other test (in any process) uses while we run.
+
+    Port 15008 is fixed for every waypoint and ztunnel stand-in, and separate pytest processes
+    hand out the same addresses: claim each with a lock file and probe it with a bind.
+    """
+    _IP_LOCKS.mkdir(exist_ok=True)
+    for _ in range(200):
+        ip = alloc_pod_ip()
+        lock = open(_IP_LOCKS / ip, "a")  # noqa: SIM115 (held for the process lifetime)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((ip, HBONE_PORT))
+            except OSError:
+                lock.close()
+                continue
+        _held.append(lock)
+        return ip
+    raise RuntimeError("no loopback address with a free port 15008")
+
+
+@contextlib.contextmanager
+def _short_dir(prefix: str) -> Iterator[Path]:
+    """Unix socket paths must fit in 107 bytes; pytest's tmp_path may not."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Mesh:
+    cp: ControlPlane
+    ca_dir: Path
+    tmp: Path
+    trust_domain: str = "cluster.local"
+
+    @property
+    def root(self) -> Path:
+        return self.ca_dir / ROOT_CERT
+
+    def token_file(self, namespace: str, sa: str) -> Path:
+        path = self.tmp / f"token-{namespace}-{sa}"
+        path.write_text(create_token(self.ca_dir, namespace, sa) + "\n")
+        return path
+
+    def credentials(self, namespace: str, sa: str) -> FileCredentials:
+        """A CA-issued certificate for ``spiffe://td/ns/<namespace>/sa/<sa>``, as files."""
+        assert self.cp.ca is not None
+        authority = self.cp.ca.authority
+        key = ec.generate_private_key(ec.SECP256R1())
+        spiffe = f"spiffe://{self.trust_domain}/ns/{namespace}/sa/{sa}"
+        leaf = authority.issue(key.public_key(), x509.UniformResourceIdentifier(spiffe), dt.timedelta(hours=2))
+        out = self.tmp / f"creds-{namespace}-{sa}-{free_port()}"
+        out.mkdir(parents=True)
+        (out / "cert.pem").write_text(leaf + "".join(authority.material.chain_tail_pem[:-1]))
+        (out / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+        (out / "root.pem").write_text(authority.material.root_pem)
+        return FileCredentials(out / "cert.pem", out / "key.pem", out / "root.pem")
+
+    @contextlib.asynccontextmanager
+    async def waypoint(self, namespace: str, name: str, ip: str, sa: str | None = None) -> AsyncIterator[WaypointAgent]:
+        """A waypoint proxy as ``istiod-lite waypoint run`` runs it, bound to ``ip``."""
+        with _short_dir("wp-") as work:
+            identity = WaypointIdentity(name=name, namespace=namespace, ip=ip, service_account=sa or name)
+            secure = self.cp.secure_port
+            config = AgentConfig(
+                identity=identity,
+                token_file=self.token_file(namespace, sa or name),
+                xds_address=f"127.0.0.1:{secure}",
+                xds_tls=True,
+                ca_address=f"127.0.0.1:{secure}",
+                root_cert=self.root,
+                envoy=EnvoySettings(binary=envoy_binary(), admin_port=free_port(), concurrency=1,
+                                    output_path=work / "envoy.out"),
+                work_dir=work,
+            )
+            agent = WaypointAgent(config)
+            import asyncio
+
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            try:
+                yield agent
+            except BaseException:
+                out = work / "envoy.out"
+                print(f"\n----- waypoint {namespace}/{name} Envoy -----\n"
+                      + (out.read_text()[-6000:] if out.exists() else "(none)"))
+                raise
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 20)
+
+    @contextlib.asynccontextmanager
+    async def client(self, targets: Sequence[tuple[str, int]], waypoint_ip: str, namespace: str = "client",
+                     sa: str = "client") -> AsyncIterator[dict[tuple[str, int], str]]:
+        """The client's ztunnel: one local ``127.0.0.1:port`` per (VIP, port), tunnelled to the waypoint.
+
+        Yields {(vip, port): "127.0.0.1:<local port>"}.
+        """
+        tunnels = tuple(OutboundTunnel(Endpoint("127.0.0.1", 0), Endpoint(vip, port), Endpoint(waypoint_ip, HBONE_PORT))
+                        for vip, port in targets)
+        proxy = HboneProxy(HboneConfig(outbound=tunnels), self.credentials(namespace, sa), concurrency=1)
+        await proxy.start()
+        try:
+            yield dict(zip(targets, (str(a) for a in proxy.outbound_addresses), strict=True))
+        finally:
+            await proxy.stop()
+
+    @contextlib.asynccontextmanager
+    async def pod_ztunnels(self, pod_ips: Sequence[str], namespace: str = "default",
+                           sa: str = "default") -> AsyncIterator[HboneProxy]:
+        """Destination ztunnels for ambient pods: HBONE on each ``<podIP>:15008``, to the pod's app."""
+        proxy = HboneProxy(HboneConfig(inbound=tuple(InboundTerminator(Endpoint(ip, HBONE_PORT)) for ip in pod_ips)),
+                           self.credentials(namespace, sa), concurrency=1)
+        await proxy.start()
+        try:
+            yield proxy
+        finally:
+            await proxy.stop()
+
+
+@contextlib.asynccontextmanager
+async def ambient_mesh(tmp_path: Path, config_dir: Path, *, quiet: float = 0.05) -> AsyncIterator[Mesh]:
+    ca_dir = tmp_path / "ca"
+    async with control_plane(config_dir, quiet=quiet, ca_dir=ca_dir) as cp:
+        yield Mesh(cp, ca_dir, tmp_path)
