@@ -71,6 +71,16 @@ def cpu_seconds(pids: list[int] | None = None) -> float:
     return total
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes on the machine have used (``/proc/stat``), to spot other load."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except OSError:
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))] if sorted_values else 0.0
 
@@ -194,6 +204,7 @@ class ClientResult:
     errors: int = 0
     elapsed: float = 0.0
     cpu: float = 0.0
+    cpu_total: float = 0.0  # including start-up (imports, CSRs, handshakes)
     latencies: list[float] = field(default_factory=list)
 
 
@@ -250,6 +261,7 @@ async def client_main(spec: ClientSpec) -> ClientResult:
     result.done = len(result.latencies)
     for c in callers:
         await c.channel.close()
+    result.cpu_total = cpu_seconds()
     return result
 
 
@@ -294,6 +306,9 @@ class ServerProc:
 
 @dataclass(frozen=True)
 class Phase:
+    seconds: float
+    machine_cpu_s: float  # every process on the machine, for the "other load" figure
+    client_total_cpu_s: float
     rate: float
     done: int
     errors: int
@@ -308,6 +323,7 @@ def run_clients(args: argparse.Namespace, ca_dir: Path, port: int, rate: float) 
     n = args.client_procs
     counts = [args.clients // n + (1 if i < args.clients % n else 0) for i in range(n)]
     start_at = time.time() + 3.0 + 0.03 * args.clients / n  # time for every process to connect
+    busy0, t0 = busy_cpu_seconds(), time.monotonic()
     procs, first = [], 0
     for count in counts:
         spec = ClientSpec(str(ca_dir), port, first, count, args.seconds, rate / n, start_at)
@@ -318,11 +334,22 @@ def run_clients(args: argparse.Namespace, ca_dir: Path, port: int, rate: float) 
     results: list[ClientResult] = [out.get(timeout=args.seconds + 180) for _ in procs]
     for proc in procs:
         proc.join()
+    busy, seconds = busy_cpu_seconds() - busy0, time.monotonic() - t0
     latencies = sorted(x for r in results for x in r.latencies)
     done = sum(r.done for r in results)
-    return Phase(rate=done / max(r.elapsed for r in results), done=done, errors=sum(r.errors for r in results),
+    return Phase(seconds=seconds, machine_cpu_s=busy, client_total_cpu_s=sum(r.cpu_total for r in results),
+                 rate=done / max(r.elapsed for r in results), done=done, errors=sum(r.errors for r in results),
                  client_cpu_us=1e6 * sum(r.cpu for r in results) / max(1, done),
                  p50_ms=1000 * percentile(latencies, 0.5), p99_ms=1000 * percentile(latencies, 0.99))
+
+
+def other_load(phase: Phase, server_cpu_s: float) -> float:
+    """Cores used by processes other than this benchmark's, averaged over the phase.
+
+    The phase window includes client start-up, so this is approximate; anything well above 0.1
+    means another workload shared the cores and the figures above are low."""
+    ours = server_cpu_s + phase.client_total_cpu_s
+    return max(0.0, phase.machine_cpu_s - ours) / phase.seconds
 
 
 def bench(args: argparse.Namespace, key_type: str, backend: str) -> None:
@@ -343,8 +370,8 @@ def bench(args: argparse.Namespace, key_type: str, backend: str) -> None:
             print(f"{label} closed loop, {args.clients} callers: {closed.rate:6.0f} CSR/s{verdict}; errors "
                   f"{closed.errors}; latency p50 {closed.p50_ms:.0f} ms p99 {closed.p99_ms:.0f} ms; CPU per CSR: "
                   f"server {per_csr(srv['cpu_main_s']):.0f} us + workers {per_csr(srv['cpu_workers_s']):.0f} us, "
-                  f"clients {closed.client_cpu_us:.0f} us",
-                  flush=True)
+                  f"clients {closed.client_cpu_us:.0f} us; other load ~"
+                  f"{other_load(closed, srv['cpu_main_s'] + srv['cpu_workers_s']):.2f} cores", flush=True)
             if args.paced_rate > 0:
                 server.command("reset")
                 paced = run_clients(args, ca_dir, server.port, args.paced_rate)
@@ -352,7 +379,8 @@ def bench(args: argparse.Namespace, key_type: str, backend: str) -> None:
                 verdict = f"[target <{LAG_TARGET_MS:.0f} ms: {'met' if lag['p99_ms'] < LAG_TARGET_MS else 'MISSED'}]"
                 print(f"{label} paced {args.paced_rate:.0f}/s: {paced.rate:.0f} CSR/s, errors {paced.errors}; "
                       f"loop lag p50 {lag['p50_ms']:.2f} ms p99 {lag['p99_ms']:.2f} ms {verdict} "
-                      f"max {lag['max_ms']:.1f} ms; latency p50 {paced.p50_ms:.1f} ms p99 {paced.p99_ms:.1f} ms",
+                      f"max {lag['max_ms']:.1f} ms; latency p50 {paced.p50_ms:.1f} ms p99 {paced.p99_ms:.1f} ms; "
+                      f"other load ~{other_load(paced, lag['cpu_main_s'] + lag['cpu_workers_s']):.2f} cores",
                       flush=True)
         finally:
             server.stop()

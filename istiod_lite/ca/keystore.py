@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from istiod_lite.ca.errors import CaMaterialError
-from istiod_lite.ca.jwk import PublicKey, jwks_document
+from istiod_lite.ca.jwk import jwks_document
 
 CA_CERT = "ca-cert.pem"
 CA_KEY = "ca-key.pem"
@@ -86,10 +86,6 @@ class CaMaterial:
     @property
     def not_after(self) -> dt.datetime:
         return self.signing_cert.not_valid_after_utc
-
-    @property
-    def issuer_public_key(self) -> PublicKey:
-        return self.issuer_key.public_key()
 
 
 def _pem(cert: x509.Certificate) -> str:

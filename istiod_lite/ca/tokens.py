@@ -25,7 +25,7 @@ from istiod_lite.ca import jws
 from istiod_lite.ca.authn import DEFAULT_AUDIENCE, TrustedIssuer
 from istiod_lite.ca.identity import valid_namespace, valid_service_account
 from istiod_lite.ca.jwk import VerificationKey, public_jwk
-from istiod_lite.ca.keystore import ISSUER_JWKS, load_or_create_issuer_key
+from istiod_lite.ca.keystore import load_or_create_issuer_key
 
 LOCAL_ISSUER = "istiod-lite"
 #: Kubernetes' default for projected tokens without ``expirationSeconds``.
@@ -79,6 +79,3 @@ def local_issuer(ca_dir: Path, issuer: str = LOCAL_ISSUER) -> TrustedIssuer:
     jwk = public_jwk(key.public_key())
     return TrustedIssuer(issuer=issuer, keys=(VerificationKey(key=key.public_key(), kid=jwk["kid"], alg="ES256"),))
 
-
-__all__ = ["DEFAULT_TOKEN_DURATION", "ISSUER_JWKS", "LOCAL_ISSUER", "create_token", "local_issuer",
-           "service_account_uid"]

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -37,6 +38,8 @@ def _serve(args: argparse.Namespace) -> int:
         secure_grpc_addr=secure,
         ca=ca,
         server_sans=tuple(args.server_san),
+        mtls_grpc_addr=args.mtls_grpc_addr if ca is not None else "",
+        ca_workers=args.ca_workers,
         trust_domain=args.trust_domain,
         monitoring_addr=args.monitoring_addr,
         poll_interval=args.poll_interval,
@@ -143,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--server-san", action="append", default=[], metavar="NAME",
                    help="extra DNS name or IP in the secure port's certificate; repeatable")
     s.add_argument("--trust-domain", default="cluster.local")
+    s.add_argument("--mtls-grpc-addr", default="", metavar="HOST:PORT",
+                   help="also serve the CA and xDS on an mTLS-only port (client certificate renewals); off by default")
+    s.add_argument("--ca-workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                   help="certificate-signing worker processes (0: one background thread)")
     s.add_argument("--monitoring-addr", default="0.0.0.0:15014", metavar="HOST:PORT")
     s.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS")
     s.add_argument("--debounce-max", type=float, default=10.0, metavar="SECONDS")

@@ -60,6 +60,12 @@ class ControlPlaneOptions:
     ca: CaConfig | None = None
     #: Extra DNS names/IPs for the secure port's certificate (``--server-san``).
     server_sans: tuple[str, ...] = ()
+    #: An mTLS-only port (client certificate required): certificate renewal and ADS authenticated
+    #: by the mesh certificate alone.  gRPC Python cannot ask for an *optional* client
+    #: certificate, so this cannot share the token port.  "" = not served.
+    mtls_grpc_addr: str = ""
+    #: Signing worker processes (0: one background thread); see docs/ca.md for the trade-off.
+    ca_workers: int = 0
 
 
 class ControlPlane:
@@ -80,6 +86,8 @@ class ControlPlane:
         self._grpc: grpc.aio.Server | None = None
         self._secure: grpc.aio.Server | None = None
         self.secure_port = 0
+        self._mtls: grpc.aio.Server | None = None
+        self.mtls_port = 0
         #: One per waypoint: re-uses the translation of every service whose inputs did not change.
         self._translators: dict[WaypointRef, WaypointTranslator] = {}
         #: Per waypoint: serialised resources, re-used for messages the translator re-used.
@@ -115,7 +123,8 @@ class ControlPlane:
             self.grpc_port = self._grpc.add_insecure_port(self.options.grpc_addr)
             await self._grpc.start()
         if self.options.ca is not None:
-            self.ca = CaRuntime.create(self.options.ca, registry=self.ads.metrics.registry)
+            self.ca = CaRuntime.create(self.options.ca, registry=self.ads.metrics.registry,
+                                       processes=self.options.ca_workers)
             await self.ca.start()
             self._xds_auth = XdsAuthenticator(build_authenticators(self.options.ca, self.ca.material))
         if self.options.secure_grpc_addr:
@@ -127,6 +136,16 @@ class ControlPlane:
             self.secure_port = self._secure.add_secure_port(
                 self.options.secure_grpc_addr, self.ca.server_credentials(self.options.server_sans))
             await self._secure.start()
+        if self.options.mtls_grpc_addr:
+            if self.ca is None:
+                raise ValueError("the mTLS port needs a CA (--ca-dir)")
+            self._mtls = grpc.aio.server(options=grpc_options)
+            self.ca.add_to_server(self._mtls)
+            self.ads.register(self._mtls)
+            self.mtls_port = self._mtls.add_secure_port(
+                self.options.mtls_grpc_addr,
+                self.ca.server_credentials(self.options.server_sans, require_client_auth=True))
+            await self._mtls.start()
         await self._monitoring.start(self.options.monitoring_addr)
         self._tasks = [
             asyncio.create_task(self.source.run(self._on_source_update), name="source"),
@@ -148,7 +167,7 @@ class ControlPlane:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        for server in (self._grpc, self._secure):
+        for server in (self._grpc, self._secure, self._mtls):
             if server is not None:
                 await server.stop(grace)
         if self.ca is not None:
