@@ -5,10 +5,14 @@ SERVICE_ACCOUNT, CLUSTER_ID, INSTANCE_IPS and LABELS (with the Gateway name), wh
 server knows which waypoint connected (shared/reference/istio-waypoint.md §1.4).
 
 With ``sds_socket`` the bootstrap also has Istio's ``sds-grpc`` cluster (HTTP/2 over the agent's Unix
-socket), and with ``xds_tls`` the ``xds-grpc`` cluster speaks TLS to istiod: client certificate =
-SDS secret ``default``, trust = SDS secret ``ROOTCA``, and the server must present the DNS SAN
-``xds_tls.server_name`` (SNI is the same name), as a sidecar talking to istiod's 15012 directly.
-Without either, the bootstrap is the plaintext one it always was.
+socket).  With ``xds_socket`` the ``xds-grpc`` cluster is, as in Istio, plaintext HTTP/2 to the
+agent's xDS proxy on a Unix socket; the agent forwards to istiod over TLS with the waypoint's bearer
+token (``xdsproxy.py``).  Envoy itself never dials istiod then, and needs no TLS settings for it.
+Given ``xds_address`` instead, ``xds-grpc`` is plaintext TCP to that address (tests, demos, 15010).
+
+The node metadata's ``NAMESPACE`` and ``SERVICE_ACCOUNT`` are the identity's namespace and
+(effective) service account, the same two names the agent's SPIFFE ID and token carry: istiod's
+secure port refuses a stream whose node claims anything else.
 """
 
 from __future__ import annotations
@@ -31,15 +35,6 @@ ROOT_SECRET = "ROOTCA"
 ISTIOD_SAN = "istiod.istio-system.svc"
 
 _HTTP2_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-_TLS_SOCKET = "envoy.transport_sockets.tls"
-
-
-@dataclass(frozen=True)
-class XdsTls:
-    """TLS on the ``xds-grpc`` cluster, with certificates from SDS (needs ``sds_socket``)."""
-
-    #: SNI sent and the DNS SAN required of the xDS server's certificate.
-    server_name: str = ISTIOD_SAN
 
 
 @dataclass(frozen=True)
@@ -111,62 +106,34 @@ def _http2_options(keepalive: bool) -> dict[str, Any]:
     }
 
 
-def sds_cluster(socket_path: str) -> dict[str, Any]:
-    """Istio's ``sds-grpc`` cluster: HTTP/2 (gRPC) to the agent's Unix socket."""
+def _pipe_cluster(name: str, socket_path: str) -> dict[str, Any]:
+    """HTTP/2 (gRPC) to one of the agent's Unix sockets: local, so no keepalive and no TLS."""
     return {
-        "name": SDS_CLUSTER,
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
-            "cluster_name": SDS_CLUSTER,
+            "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket_path}}}}]}],
         },
         "typed_extension_protocol_options": _http2_options(keepalive=False),
     }
 
 
-def xds_upstream_tls(tls: XdsTls) -> dict[str, Any]:
-    """The ``xds-grpc`` transport socket: mTLS with SDS certificates, istiod's DNS SAN verified."""
-    return {
-        "name": _TLS_SOCKET,
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": tls.server_name,
-            "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "tls_certificate_sds_secret_configs": [sds_secret_config(DEFAULT_SECRET)],
-                "combined_validation_context": {
-                    "default_validation_context": {
-                        "match_typed_subject_alt_names": [
-                            {"san_type": "DNS", "matcher": {"exact": tls.server_name}}
-                        ]
-                    },
-                    "validation_context_sds_secret_config": sds_secret_config(ROOT_SECRET),
-                },
-            },
-        },
-    }
+def sds_cluster(socket_path: str) -> dict[str, Any]:
+    """Istio's ``sds-grpc`` cluster: HTTP/2 (gRPC) to the agent's SDS socket."""
+    return _pipe_cluster(SDS_CLUSTER, socket_path)
 
 
-def waypoint_bootstrap(
-    identity: WaypointIdentity,
-    xds_address: str,
-    *,
-    admin_port: int = 15000,
-    admin_address: str = "127.0.0.1",
-    delta: bool = True,
-    sds_socket: str | None = None,
-    xds_tls: XdsTls | None = None,
-) -> dict[str, Any]:
-    """A complete bootstrap (as a dict, Envoy's JSON form).
+def xds_proxy_cluster(socket_path: str) -> dict[str, Any]:
+    """Istio's ``xds-grpc`` cluster under pilot-agent: HTTP/2 to the agent's xDS proxy socket."""
+    return _pipe_cluster(XDS_CLUSTER, socket_path)
 
-    Waypoints use Delta xDS by default, as Istio forces for them; ``delta=False`` selects SotW.
-    ``sds_socket`` adds the ``sds-grpc`` cluster; ``xds_tls`` (which needs it) secures ``xds-grpc``.
-    """
-    if xds_tls is not None and sds_socket is None:
-        raise ValueError("xds_tls needs sds_socket: the client certificate and roots come from SDS")
+
+def xds_tcp_cluster(xds_address: str) -> dict[str, Any]:
+    """``xds-grpc`` straight to a plaintext xDS server (no agent in between)."""
     host, port = split_host_port(xds_address)
-    xds_cluster: dict[str, Any] = {
+    return {
         "name": XDS_CLUSTER,
         "type": "STATIC" if is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
@@ -179,8 +146,31 @@ def waypoint_bootstrap(
         "typed_extension_protocol_options": _http2_options(keepalive=True),
         "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 300}},
     }
-    if xds_tls is not None:
-        xds_cluster["transport_socket"] = xds_upstream_tls(xds_tls)
+
+
+def waypoint_bootstrap(
+    identity: WaypointIdentity,
+    xds_address: str | None,
+    *,
+    admin_port: int = 15000,
+    admin_address: str = "127.0.0.1",
+    delta: bool = True,
+    sds_socket: str | None = None,
+    xds_socket: str | None = None,
+) -> dict[str, Any]:
+    """A complete bootstrap (as a dict, Envoy's JSON form).
+
+    Waypoints use Delta xDS by default, as Istio forces for them; ``delta=False`` selects SotW.
+    Exactly one of ``xds_address`` (plaintext TCP to an xDS server) and ``xds_socket`` (the agent's
+    xDS proxy) says where ``xds-grpc`` goes; ``sds_socket`` adds the ``sds-grpc`` cluster.
+    """
+    if (xds_address is None) == (xds_socket is None):
+        raise ValueError("give exactly one of xds_address and xds_socket")
+    if xds_socket is not None:
+        xds_cluster = xds_proxy_cluster(xds_socket)
+    else:
+        assert xds_address is not None
+        xds_cluster = xds_tcp_cluster(xds_address)
     clusters = [xds_cluster]
     if sds_socket is not None:
         clusters.append(sds_cluster(sds_socket))

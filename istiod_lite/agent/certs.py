@@ -169,7 +169,27 @@ def check_response(chain: list[str], key: PrivateKey, identity: str, now: dt.dat
     return IssuedCertificate(key_pem=key_pem(key), chain_pem=tuple(chain), leaf=leaf, received_at=now)
 
 
-# -- the CA client ----------------------------------------------------------------------------
+# -- credentials towards istiod (shared by the CA client and the xDS proxy) -------------------
+class TokenError(Exception):
+    """The token file cannot be used: missing, unreadable or empty."""
+
+
+def read_token(path: Path) -> str:
+    """The bearer token in ``path``.  Blocking: call it through ``asyncio.to_thread``.
+
+    Callers read it again for every request or stream, never caching it, because Kubernetes
+    rewrites projected tokens before they expire.
+    """
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenError(f"cannot read token file {path}: {exc}") from exc
+    token = text.strip()
+    if not token:
+        raise TokenError(f"token file {path} is empty")
+    return token
+
+
 def tls_server_name(address: str, override: str | None = None) -> str:
     """The name to verify on a server's certificate (and to send as SNI): ``override``, else the
     address's host if it is a DNS name, else istiod's DNS SAN (the CA's serving certificate names
@@ -180,6 +200,7 @@ def tls_server_name(address: str, override: str | None = None) -> str:
     return ISTIOD_SAN if is_ip(host) else host
 
 
+# -- the CA client ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CaClientConfig:
     address: str
@@ -207,13 +228,9 @@ class CaClient:
 
     async def _token(self) -> str:
         try:
-            text = await asyncio.to_thread(self.config.token_file.read_text, "utf-8")
-        except OSError as exc:
-            raise CertificateError(f"cannot read token file {self.config.token_file}: {exc}") from exc
-        token = text.strip()
-        if not token:
-            raise CertificateError(f"token file {self.config.token_file} is empty")
-        return token
+            return await asyncio.to_thread(read_token, self.config.token_file)
+        except TokenError as exc:
+            raise CertificateError(str(exc)) from exc
 
     async def create_certificate(self, csr_pem: str, ttl_seconds: int) -> list[str]:
         """The PEM chain for ``csr_pem``; raises ``CertificateError`` on any failure."""

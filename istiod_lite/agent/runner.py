@@ -2,15 +2,22 @@
 
 Order matters, and is Istio's:
 
-1. the SDS server listens on its Unix socket (it refuses streams until it has a certificate);
+1. the SDS server and the xDS proxy listen on their Unix sockets (SDS refuses streams until it has
+   a certificate; the proxy forwards Envoy's ADS streams to istiod with the token, ``xdsproxy.py``);
 2. the rotator gets the first certificate from the CA and publishes it to SDS;
 3. only then is the bootstrap written and Envoy started, so Envoy's first SDS request is answered
-   at once and its TLS contexts (the secure ``xds-grpc`` cluster first of all) never start empty;
+   at once and its TLS contexts never start empty;
 4. from then on the rotator renews in the background and the supervisor keeps Envoy up.
 
-Stopping (``stop`` event): Envoy first (it is the SDS client), then the rotator, the SDS server and
-the CA channel; a working directory the agent created itself is removed.  If the rotator or the
-supervisor fails for good, the agent stops everything and ``run`` returns 1.
+Envoy's ``xds-grpc`` cluster always points at the proxy's socket; only the proxy's upstream differs
+between the secure port (TLS + bearer token) and ``--plaintext-xds``.  The node metadata names the
+identity the token and the certificate carry: the first certificate is only accepted if the CA, which
+takes the identity from the token, issued exactly this SPIFFE ID (``certs.check_response``), so
+Envoy never starts with a node identity istiod would refuse.
+
+Stopping (``stop`` event): Envoy first (it is the SDS and xDS client), then the xDS proxy, the
+rotator, the SDS server and the CA channel; a working directory the agent created itself is removed.
+If the rotator or the supervisor fails for good, the agent stops everything and ``run`` returns 1.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from istiod_lite.agent.bootstrap import DEFAULT_CLUSTER_ID, WaypointIdentity, XdsTls, waypoint_bootstrap
+from istiod_lite.agent.bootstrap import DEFAULT_CLUSTER_ID, WaypointIdentity, waypoint_bootstrap
 from istiod_lite.agent.certs import (
     CaClient,
     CaClientConfig,
@@ -36,11 +43,12 @@ from istiod_lite.agent.certs import (
     KeyAlgorithm,
     fetch_certificate,
     spiffe_id,
-    tls_server_name,
 )
 from istiod_lite.agent.rotation import CertRotator, RotationPolicy
 from istiod_lite.agent.sds import SdsServer
 from istiod_lite.agent.supervisor import EXIT_FAILED, EXIT_OK, EnvoySupervisor, SupervisorOptions
+from istiod_lite.agent.uds import check_socket_path
+from istiod_lite.agent.xdsproxy import XdsProxy, XdsProxyConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +79,16 @@ class AgentConfig:
     trust_domain: str = "cluster.local"
     cert_ttl: int = DEFAULT_CERT_TTL
     key_algorithm: KeyAlgorithm = "ec-p256"
-    #: TLS to the xDS server with the SDS certificate (Istio's 15012); False = plaintext (15010).
+    #: The xDS proxy reaches istiod over TLS with the bearer token (Istio's 15012); False =
+    #: plaintext without token (15010).  Envoy talks to the proxy's Unix socket either way.
     xds_tls: bool = True
     #: Names to verify on the CA's / xDS server's certificate (``None``: see ``tls_server_name``).
     ca_server_name: str | None = None
     xds_server_name: str | None = None
     delta: bool = True
     cluster_id: str = DEFAULT_CLUSTER_ID
-    #: Where the bootstrap, the SDS socket and the PID file go (``None``: a private temp dir,
-    #: removed on exit).  Keep it short: the socket path must fit in 107 bytes.
+    #: Where the bootstrap, the SDS and xDS sockets and the PID file go (``None``: a private temp
+    #: dir, removed on exit).  Keep it short: a socket path must fit in 107 bytes.
     work_dir: Path | None = None
     rotation: RotationPolicy = field(default_factory=RotationPolicy)
 
@@ -111,6 +120,11 @@ class WaypointAgent:
         self.work_dir = config.work_dir or Path(tempfile.mkdtemp(prefix="istiod-lite-waypoint-"))
         self.bootstrap_path = self.work_dir / "bootstrap.json"
         self.sds = SdsServer(self.work_dir / "sds" / "socket")
+        # Istio's ./etc/istio/proxy/XDS.  The proxy itself is built by ``run``, once the root
+        # certificate it trusts has been read; the path is checked now, like the SDS one.
+        self.xds_socket_path = self.work_dir / "proxy" / "XDS"
+        check_socket_path(self.xds_socket_path, "xDS proxy socket")
+        self.xds_proxy: XdsProxy | None = None
         self.supervisor = EnvoySupervisor(SupervisorOptions(
             binary=config.envoy.binary,
             bootstrap_path=self.bootstrap_path,
@@ -128,11 +142,15 @@ class WaypointAgent:
     # -- pieces ------------------------------------------------------------------------------------
     def bootstrap(self) -> dict[str, object]:
         c = self.config
-        tls = None
-        if c.xds_tls:
-            tls = XdsTls(server_name=tls_server_name(c.xds_address, c.xds_server_name))
-        return waypoint_bootstrap(c.identity, c.xds_address, admin_port=c.envoy.admin_port, delta=c.delta,
-                                  sds_socket=str(self.sds.socket_path), xds_tls=tls)
+        return waypoint_bootstrap(c.identity, None, admin_port=c.envoy.admin_port, delta=c.delta,
+                                  sds_socket=str(self.sds.socket_path), xds_socket=str(self.xds_socket_path))
+
+    def _xds_proxy_config(self, root: bytes) -> XdsProxyConfig:
+        c = self.config
+        return XdsProxyConfig(socket_path=self.xds_socket_path, upstream=c.xds_address,
+                              root_cert=root if c.xds_tls else None,
+                              token_file=c.token_file if c.xds_tls else None,
+                              server_name=c.xds_server_name, cluster_id=c.cluster_id)
 
     def _on_certificate(self, cert: IssuedCertificate) -> None:
         self.sds.update(cert)
@@ -164,6 +182,13 @@ class WaypointAgent:
                 await self.sds.start()
             except (OSError, RuntimeError) as exc:  # grpc raises RuntimeError when it cannot bind
                 log.error("cannot serve SDS on %s: %s", self.sds.socket_path, exc)
+                return EXIT_FAILED
+            self.xds_proxy = XdsProxy(self._xds_proxy_config(root))
+            try:
+                await self.xds_proxy.start()
+            except (OSError, RuntimeError) as exc:
+                log.error("cannot serve the xDS proxy on %s: %s", self.xds_socket_path, exc)
+                self.xds_proxy = None
                 return EXIT_FAILED
             self.rotator.start()
             early_exit = await self._first_certificate(stop)
@@ -233,6 +258,8 @@ class WaypointAgent:
     async def _shutdown(self) -> None:
         """Stop what was started, each step on its own: one failing must not leave the rest running."""
         steps: list[Callable[[], Awaitable[None]]] = []
+        if self.xds_proxy is not None:
+            steps.append(self.xds_proxy.stop)
         if self.rotator is not None:
             steps.append(self.rotator.stop)
         steps.append(self.sds.stop)

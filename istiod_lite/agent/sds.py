@@ -9,14 +9,13 @@ name -- the request and response messages of SDS are the ADS ones.  A rotation i
 snapshot: every open stream is woken and sends the changed secrets, Envoy swaps them in without a
 restart or a dropped connection.
 
-The socket is the only access control (anyone who can connect gets the private key), so the
-working directory is created 0700 and the socket 0600, like Istio's agent-private volume.
+The socket is the only access control (anyone who can connect gets the private key), so its
+directory is created 0700 and the socket 0600, like Istio's agent-private volume (``uds.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import grpc
@@ -26,6 +25,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from istiod_lite.agent.bootstrap import DEFAULT_SECRET, ROOT_SECRET
 from istiod_lite.agent.certs import IssuedCertificate
+from istiod_lite.agent.uds import check_socket_path, start_on_socket
 from istiod_lite.xds import wire
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.resources import ResourceSnapshot
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 #: Every Envoy on this socket is this agent's own: one group.
 _GROUP = "local"
-#: ``sun_path`` is 108 bytes on Linux, including the terminating NUL.
-MAX_SOCKET_PATH = 107
 
 
 def secrets(cert: IssuedCertificate) -> dict[str, secret_pb2.Secret]:
@@ -62,17 +60,11 @@ def secrets_snapshot(cert: IssuedCertificate) -> ResourceSnapshot:
     return ResourceSnapshot.from_messages({SECRET: secrets(cert)})
 
 
-def check_socket_path(path: Path) -> None:
-    if len(os.fsencode(str(path))) > MAX_SOCKET_PATH:
-        raise ValueError(f"SDS socket path {path} is longer than {MAX_SOCKET_PATH} bytes (the Unix socket "
-                         "limit); choose a shorter --work-dir")
-
-
 class SdsServer:
     """The SDS gRPC server on ``socket_path``; ``update(cert)`` publishes a certificate."""
 
     def __init__(self, socket_path: Path) -> None:
-        check_socket_path(socket_path)
+        check_socket_path(socket_path, "SDS socket")
         self.socket_path = socket_path
         self.cache = SnapshotCache(lambda node: _GROUP)
         # One local client: no admission rate limit; a stuck Envoy is still cut off after 30 s.
@@ -107,16 +99,9 @@ class SdsServer:
         return self.current is not None
 
     async def start(self) -> None:
-        self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.socket_path.parent, 0o700)
-        self.socket_path.unlink(missing_ok=True)  # a stale socket of a previous run
         server = grpc.aio.server()
         self.register(server)
-        # The 0700 directory keeps other users out between bind and chmod (no process-wide umask
-        # games: other threads may be creating files).
-        server.add_insecure_port(f"unix:{self.socket_path}")
-        await server.start()
-        os.chmod(self.socket_path, 0o600)
+        await start_on_socket(server, self.socket_path)
         self._server = server
         log.info("SDS serving on unix:%s", self.socket_path)
 

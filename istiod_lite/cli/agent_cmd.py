@@ -1,9 +1,10 @@
 """``istiod-lite waypoint run``: the waypoint agent (Istio's pilot-agent for one waypoint Envoy).
 
 Gets the waypoint's SPIFFE certificate from the CA with a service-account token, serves it to
-Envoy over SDS (``default``/``ROOTCA``), writes the bootstrap, runs Envoy and keeps both fresh
-(docs/agent.md).  Wired into the main parser with ``add_run_parser(waypoint_subparsers)``; also
-runnable alone as ``python -m istiod_lite.cli.agent_cmd run ...``.
+Envoy over SDS (``default``/``ROOTCA``), proxies Envoy's xDS to istiod adding that token, writes
+the bootstrap, runs Envoy and keeps both fresh (docs/agent.md).  Wired into the main parser with
+``add_run_parser(waypoint_subparsers)``; also runnable alone as
+``python -m istiod_lite.cli.agent_cmd run ...``.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT (Envoy stopped too); 1 a fatal failure (unreadable root
 certificate, Envoy cannot be started or keeps crashing past ``--max-restarts``); 2 bad arguments.
@@ -137,9 +138,10 @@ def add_run_parser(waypoint_subparsers: argparse._SubParsersAction[argparse.Argu
                    help="certificate validity to request, e.g. 24h (Istio's SECRET_TTL); renewed at half")
     r.add_argument("--key-type", choices=["ec-p256", "rsa-2048"], default="ec-p256")
     r.add_argument("--plaintext-xds", action="store_true",
-                   help="plaintext xDS (istiod's 15010); default is TLS with the SDS certificate (15012)")
+                   help="the agent's xDS proxy reaches istiod in plaintext, without token (istiod's 15010); "
+                        "default is TLS with the bearer token from --token-file (15012)")
     r.add_argument("--xds-server-name", default="", metavar="NAME",
-                   help="SNI and DNS SAN required of the xDS server (default: its host, or "
+                   help="TLS name the xDS proxy verifies on istiod's certificate (default: its host, or "
                         "istiod.istio-system.svc for an IP)")
     r.add_argument("--ca-server-name", default="", metavar="NAME", help="the same for the CA")
     r.add_argument("--sotw", action="store_true", help="State-of-the-World ADS instead of Delta")

@@ -1,9 +1,12 @@
 """The waypoint agent with a real Envoy, a real CA and a real (in-process) istiod-like server.
 
 One gRPC server on 127.0.0.1 plays istiod: ``CreateCertificate`` and ADS on a TLS port (15012's
-role, certificate issued by the CA) and ADS on a plaintext port (15010's).  The ADS side serves the
-waypoint one listener that terminates mTLS with the SDS secrets ``default``/``ROOTCA`` from the
-agent's ``sds-grpc`` cluster, so a Python TLS client can check which certificate Envoy really uses.
+role, certificate issued by the CA, server authentication only) and ADS on a plaintext port
+(15010's).  Envoy reaches the TLS port through the agent's xDS proxy, which adds the bearer token;
+the control plane's real ``XdsAuthenticator`` checks every stream (token, and the node's
+NAMESPACE/SERVICE_ACCOUNT against it).  The ADS side serves the waypoint one listener that
+terminates mTLS with the SDS secrets ``default``/``ROOTCA`` from the agent's ``sds-grpc`` cluster, so
+a Python TLS client can check which certificate Envoy really uses.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from google.protobuf import any_pb2, json_format
 from istiod_lite.agent.bootstrap import WaypointIdentity, sds_secret_config
 from istiod_lite.agent.rotation import RotationPolicy
 from istiod_lite.agent.runner import AgentConfig, EnvoySettings, WaypointAgent
+from istiod_lite.controlplane.secure import XdsAuthenticator
 from istiod_lite.envoy_binary import envoy_binary
 from istiod_lite.translator.listeners import http_connection_manager
 from istiod_lite.xds import typeurls
@@ -47,6 +51,7 @@ from tests.unit.test_agent_fixtures import NAMESPACE, WAYPOINT, WAYPOINT_SPIFFE,
 @pytest.fixture
 async def istiod(tmp_path: Path) -> AsyncIterator[Istiod]:
     async with running_istiod(tmp_path) as harness:
+        harness.streams.check = XdsAuthenticator(harness.authenticators())  # istiod's secure-port rule
         yield harness
 
 
@@ -173,6 +178,16 @@ async def uptime_seconds(admin_port: int) -> int:
     return int(str(info["uptime_current_epoch"]).rstrip("s"))
 
 
+def assert_proxied_with_token(istiod: Istiod, token_file: Path) -> None:
+    """Every ADS stream istiod saw came over TLS, carrying the token file's token once."""
+    assert istiod.streams.seen
+    token = f"Bearer {token_file.read_text().strip()}"
+    for seen in istiod.streams.seen:
+        assert seen.tls and seen.values("authorization") == [token]
+        meta = seen.node.metadata.fields
+        assert (meta["NAMESPACE"].string_value, meta["SERVICE_ACCOUNT"].string_value) == (NAMESPACE, WAYPOINT)
+
+
 # -- running the agent in-process ---------------------------------------------------------------------
 @contextlib.contextmanager
 def short_dir() -> Iterator[Path]:
@@ -237,10 +252,13 @@ async def test_envoy_serves_mtls_with_the_ca_issued_certificate(istiod: Istiod, 
         assert int(leaf["serial_number"], 16) == issued.serial
         assert issued.leaf.issuer == istiod.ca.material.signing_cert.subject
 
-        # xDS itself came over TLS with that certificate, verified against istiod's DNS SAN.
+        # xDS came through the agent's proxy socket to the TLS port, authenticated by the token.
         await wait_until(lambda: len(istiod.ads.connections) == 1, timeout=10, message="ADS stream")
-        assert await stat(run.admin_port, "cluster.xds-grpc.ssl.handshake") >= 1
-        assert await stat(run.admin_port, "cluster.xds-grpc.ssl.fail_verify_san") == 0
+        assert_proxied_with_token(istiod, tmp_path / "istio-token")
+        assert istiod.streams.seen[0].node.id == run.agent.config.identity.node_id
+        assert run.agent.xds_proxy is not None and run.agent.xds_proxy.streams >= 1
+        assert await stat(run.admin_port, "control_plane.connected_state") == 1
+        assert await stat(run.admin_port, "cluster.xds-grpc.upstream_cx_total") >= 1  # the Unix socket
 
         # (b) mTLS with the SDS-delivered secrets: the server presents the waypoint's SPIFFE cert.
         client = istiod.client_cert(tmp_path)
@@ -299,8 +317,7 @@ async def test_cli_restarts_a_killed_envoy_and_stops_cleanly(istiod: Istiod, tmp
         cmd = [sys.executable, "-m", "istiod_lite.cli.agent_cmd", "run",
                "--name", WAYPOINT, "--namespace", NAMESPACE,
                "--token-file", str(istiod.token_file(tmp_path / "istio-token")),
-               "--xds-address", istiod.plain_address, "--plaintext-xds",
-               "--ca-address", istiod.tls_address, "--root-cert", str(istiod.root_path),
+               "--xds-address", istiod.tls_address, "--root-cert", str(istiod.root_path),
                "--admin-port", str(admin_port), "--work-dir", str(work), "--concurrency", "1",
                "--envoy-output", str(work / "envoy.out")]
         log = (tmp_path / "agent.log").open("wb")
@@ -311,6 +328,10 @@ async def test_cli_restarts_a_killed_envoy_and_stops_cleanly(istiod: Istiod, tmp
             assert first is not None
             assert await wait_until(lambda: admin_or_none(admin_port, "/ready"), timeout=15, message="/ready")
             assert await envoy_leaf(admin_port) is not None
+            await wait_until(lambda: len(istiod.ads.connections) == 1, timeout=15, message="ADS via the proxy")
+            assert_proxied_with_token(istiod, tmp_path / "istio-token")
+            assert (work / "proxy" / "XDS").is_socket()
+            streams_before = len(istiod.streams.seen)
 
             # (d) Envoy dies: the agent starts a new one (after ~1 s of backoff).
             os.kill(first, signal.SIGKILL)
@@ -319,6 +340,10 @@ async def test_cli_restarts_a_killed_envoy_and_stops_cleanly(istiod: Istiod, tmp
             assert await wait_until(lambda: admin_or_none(admin_port, "/ready"), timeout=15,
                                     message="/ready after restart")
             assert await envoy_leaf(admin_port) is not None  # SDS served the restarted Envoy too
+            # ... and the new Envoy's ADS stream went through the proxy again, with the token.
+            await wait_until(lambda: len(istiod.streams.seen) > streams_before and len(istiod.ads.connections) == 1,
+                             timeout=15, message="ADS stream of the restarted Envoy")
+            assert_proxied_with_token(istiod, tmp_path / "istio-token")
             assert agent.poll() is None
 
             # SIGTERM to the agent: Envoy is stopped, the agent exits 0.
@@ -327,6 +352,7 @@ async def test_cli_restarts_a_killed_envoy_and_stops_cleanly(istiod: Istiod, tmp
             assert isinstance(second, int) and not _alive(second)
             assert not pid_file.exists()
             assert not (work / "sds" / "socket").exists()
+            assert not (work / "proxy" / "XDS").exists()
         except BaseException:
             print("\n----- agent log -----\n" + (tmp_path / "agent.log").read_text(errors="replace")[-4000:])
             raise

@@ -1,4 +1,4 @@
-"""The bootstrap's SDS and secure-xDS additions; the plaintext bootstrap stays what it was."""
+"""The bootstrap's agent additions (SDS socket, xDS proxy socket); the plaintext bootstrap stays what it was."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2  # noqa: F401 (Any type)
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401 (Any type)
 from google.protobuf import json_format
 
@@ -15,12 +14,12 @@ from istiod_lite.agent.bootstrap import (
     SDS_CLUSTER,
     XDS_CLUSTER,
     WaypointIdentity,
-    XdsTls,
     sds_secret_config,
     waypoint_bootstrap,
 )
 
 IDENTITY = WaypointIdentity(name="waypoint", namespace="ns1")
+HTTP2 = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def clusters(boot: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -32,46 +31,69 @@ def as_proto(boot: dict[str, Any]) -> bootstrap_pb2.Bootstrap:
     return json_format.ParseDict(boot, bootstrap_pb2.Bootstrap())
 
 
+def pipe(cluster: dict[str, Any]) -> str:
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    return str(endpoint["address"]["pipe"]["path"])
+
+
+#: ``xds-grpc`` as the plaintext bootstrap (``istiod-lite waypoint bootstrap``, demos) always had it.
+PLAINTEXT_XDS = {
+    "name": XDS_CLUSTER,
+    "type": "STATIC",
+    "connect_timeout": "1s",
+    "load_assignment": {
+        "cluster_name": XDS_CLUSTER,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": 15010}}}}]}],
+    },
+    "typed_extension_protocol_options": {HTTP2: {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {"connection_keepalive": {"interval": "30s",
+                                                                                     "timeout": "10s"}}},
+    }},
+    "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 300}},
+}
+
+
 def test_plaintext_bootstrap_is_unchanged() -> None:
     boot = waypoint_bootstrap(IDENTITY, "127.0.0.1:15010", admin_port=0)
-    assert set(clusters(boot)) == {XDS_CLUSTER}
-    assert "transport_socket" not in clusters(boot)[XDS_CLUSTER]
+    assert boot["static_resources"]["clusters"] == [PLAINTEXT_XDS]
     assert boot["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
     as_proto(boot)
 
 
-def test_sds_cluster_over_the_unix_socket() -> None:
-    boot = waypoint_bootstrap(IDENTITY, "127.0.0.1:15010", sds_socket="/run/wp/sds/socket")
-    sds = clusters(boot)[SDS_CLUSTER]
-    endpoint = sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    assert endpoint["address"] == {"pipe": {"path": "/run/wp/sds/socket"}}
-    options = sds["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-    assert "http2_protocol_options" in options["explicit_http_config"]
-    assert "transport_socket" not in clusters(boot)[XDS_CLUSTER]
-    as_proto(boot)
-
-
-def test_secure_xds_uses_sds_certificates_and_checks_istiod_san() -> None:
-    boot = waypoint_bootstrap(IDENTITY, "127.0.0.1:15012", sds_socket="/run/wp/sds/socket", xds_tls=XdsTls())
+def test_agent_bootstrap_points_both_clusters_at_the_agents_sockets() -> None:
+    boot = waypoint_bootstrap(IDENTITY, None, sds_socket="/run/wp/sds/socket", xds_socket="/run/wp/proxy/XDS")
     proto = as_proto(boot)
-    xds = next(c for c in proto.static_resources.clusters if c.name == XDS_CLUSTER)
-    assert xds.transport_socket.name == "envoy.transport_sockets.tls"
-    tls = tls_pb2.UpstreamTlsContext()
-    assert xds.transport_socket.typed_config.Unpack(tls)
-    assert tls.sni == "istiod.istio-system.svc"
-    ctx = tls.common_tls_context
-    assert [s.name for s in ctx.tls_certificate_sds_secret_configs] == ["default"]
-    assert ctx.tls_certificate_sds_secret_configs[0].sds_config.api_config_source.grpc_services[0] \
-        .envoy_grpc.cluster_name == SDS_CLUSTER
-    combined = ctx.combined_validation_context
-    assert combined.validation_context_sds_secret_config.name == "ROOTCA"
-    san = combined.default_validation_context.match_typed_subject_alt_names[0]
-    assert san.san_type == san.DNS and san.matcher.exact == "istiod.istio-system.svc"
+    by_name = clusters(boot)
+    assert set(by_name) == {XDS_CLUSTER, SDS_CLUSTER}
+    assert pipe(by_name[SDS_CLUSTER]) == "/run/wp/sds/socket"
+    # Istio's xds-grpc under pilot-agent: plaintext HTTP/2 to the agent's proxy, no TLS in Envoy.
+    xds = by_name[XDS_CLUSTER]
+    assert pipe(xds) == "/run/wp/proxy/XDS"
+    assert xds["type"] == "STATIC"
+    assert "transport_socket" not in xds
+    assert "http2_protocol_options" in xds["typed_extension_protocol_options"][HTTP2]["explicit_http_config"]
+    for c in proto.static_resources.clusters:
+        assert not c.HasField("transport_socket")
+    ads = proto.dynamic_resources.ads_config
+    assert ads.grpc_services[0].envoy_grpc.cluster_name == XDS_CLUSTER
 
 
-def test_secure_xds_needs_sds() -> None:
-    with pytest.raises(ValueError, match="sds_socket"):
-        waypoint_bootstrap(IDENTITY, "127.0.0.1:15012", xds_tls=XdsTls())
+def test_node_metadata_names_the_tokens_identity() -> None:
+    """istiod's secure port compares these two with the token's namespace and service account."""
+    meta = waypoint_bootstrap(IDENTITY, None, xds_socket="/x")["node"]["metadata"]
+    assert meta["NAMESPACE"] == "ns1" and meta["SERVICE_ACCOUNT"] == "waypoint"  # the SA defaults to the name
+    other = WaypointIdentity(name="waypoint", namespace="ns1", service_account="sa1")
+    meta = waypoint_bootstrap(other, None, xds_socket="/x")["node"]["metadata"]
+    assert meta["NAMESPACE"] == "ns1" and meta["SERVICE_ACCOUNT"] == "sa1"
+
+
+@pytest.mark.parametrize("where", [{"xds_address": None}, {"xds_address": "127.0.0.1:15010", "xds_socket": "/x"}])
+def test_exactly_one_xds_destination(where: dict[str, Any]) -> None:
+    address = where.pop("xds_address")
+    with pytest.raises(ValueError, match="exactly one"):
+        waypoint_bootstrap(IDENTITY, address, **where)
 
 
 def test_sds_secret_config_is_istios() -> None:

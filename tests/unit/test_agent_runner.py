@@ -9,14 +9,28 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from cryptography import x509
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import json_format
 
 from istiod_lite.agent.bootstrap import WaypointIdentity
 from istiod_lite.agent.certs import IssuedCertificate
 from istiod_lite.agent.rotation import RotationPolicy
 from istiod_lite.agent.runner import AgentConfig, EnvoySettings, WaypointAgent
 from istiod_lite.agent.sds import SdsServer
-from tests.unit.test_agent_fixtures import NAMESPACE, WAYPOINT, WAYPOINT_SPIFFE, Istiod, running_istiod
+from istiod_lite.controlplane.secure import XdsAuthenticator
+from istiod_lite.xds import typeurls
+from tests.unit.test_agent_fixtures import (
+    EMPTY_CONFIG,
+    NAMESPACE,
+    WAYPOINT,
+    WAYPOINT_SPIFFE,
+    Istiod,
+    running_istiod,
+)
 from tests.unit.test_agent_supervisor import fake_envoy, wait_for
 
 
@@ -24,6 +38,10 @@ from tests.unit.test_agent_supervisor import fake_envoy, wait_for
 async def istiod(tmp_path: Path) -> AsyncIterator[Istiod]:
     async with running_istiod(tmp_path) as harness:
         yield harness
+
+
+def pipe(cluster: dict[str, Any]) -> str:
+    return str(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"])
 
 
 FAST = RotationPolicy(initial_backoff=0.05, max_backoff=0.1, max_sleep=0.5)
@@ -58,27 +76,65 @@ async def test_envoy_starts_only_after_the_first_certificate(istiod: Istiod, tmp
     assert agent.certificate is not None
     boot = json.loads(agent.bootstrap_path.read_text())
     clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
-    sds_endpoint = clusters["sds-grpc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    assert sds_endpoint["address"]["pipe"]["path"] == str(agent.sds.socket_path)
-    assert clusters["xds-grpc"]["transport_socket"]["typed_config"]["sni"] == "istiod.istio-system.svc"
-    assert boot["node"]["metadata"]["SERVICE_ACCOUNT"] == WAYPOINT
+    assert pipe(clusters["sds-grpc"]) == str(agent.sds.socket_path)
+    # Envoy's xDS goes to the agent's proxy socket, never straight to istiod, and without TLS.
+    assert pipe(clusters["xds-grpc"]) == str(agent.xds_socket_path) == str(agent.work_dir / "proxy" / "XDS")
+    assert "transport_socket" not in clusters["xds-grpc"]
+    assert agent.xds_socket_path.is_socket()
+    assert agent.xds_proxy is not None and agent.xds_proxy.config.root_cert is not None
+    assert agent.xds_proxy.config.upstream == istiod.tls_address
+    # The node claims the identity the CA issued from the token (istiod's secure port checks it).
+    meta = boot["node"]["metadata"]
+    cert = agent.certificate
+    assert cert is not None
+    assert f"spiffe://cluster.local/ns/{meta['NAMESPACE']}/sa/{meta['SERVICE_ACCOUNT']}" == WAYPOINT_SPIFFE
+    assert cert.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+        .get_values_for_type(x509.UniformResourceIdentifier) == [WAYPOINT_SPIFFE]
     work = agent.work_dir
     stop.set()
     assert await asyncio.wait_for(task, 5) == 0
     assert not work.exists()  # a work dir the agent made itself is removed
 
 
-async def test_plaintext_xds_bootstrap(istiod: Istiod, tmp_path: Path) -> None:
+async def test_envoys_xds_reaches_the_tls_port_authenticated(istiod: Istiod, tmp_path: Path) -> None:
+    """What the agent's Envoy would do: ADS on the proxy socket, with the bootstrap's node; the
+    control plane's real check (token + node identity) lets it through."""
+    istiod.token_file(tmp_path / "istio-token")
+    istiod.streams.check = XdsAuthenticator(istiod.authenticators())
+    istiod.serve(EMPTY_CONFIG)
+    agent = WaypointAgent(config(istiod, tmp_path))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await wait_for(lambda: agent.supervisor.pid is not None)
+    node = json_format.ParseDict(json.loads(agent.bootstrap_path.read_text())["node"], base_pb2.Node())
+    async with grpc.aio.insecure_channel(f"unix:{agent.xds_socket_path}") as channel:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=typeurls.CLUSTER,
+                                                             resource_names_subscribe=["*"]))
+        response = await asyncio.wait_for(call.read(), 5)
+        assert response.type_url == typeurls.CLUSTER
+        call.cancel()
+    [seen] = istiod.streams.seen
+    assert seen.tls and seen.values("authorization") == [f"Bearer {(tmp_path / 'istio-token').read_text().strip()}"]
+    stop.set()
+    assert await asyncio.wait_for(task, 5) == 0
+
+
+async def test_plaintext_xds_still_goes_through_the_proxy(istiod: Istiod, tmp_path: Path) -> None:
     istiod.token_file(tmp_path / "istio-token")
     agent = WaypointAgent(config(istiod, tmp_path, xds_tls=False, xds_address=istiod.plain_address))
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     await wait_for(lambda: agent.supervisor.pid is not None)
     clusters = {c["name"]: c for c in json.loads(agent.bootstrap_path.read_text())["static_resources"]["clusters"]}
-    assert "transport_socket" not in clusters["xds-grpc"]
+    assert pipe(clusters["xds-grpc"]) == str(agent.xds_socket_path)
     assert "sds-grpc" in clusters
+    proxy = agent.xds_proxy
+    assert proxy is not None and proxy.config.root_cert is None and proxy.config.token_file is None
+    assert proxy.config.upstream == istiod.plain_address
     stop.set()
     assert await asyncio.wait_for(task, 5) == 0
+    assert not agent.xds_socket_path.exists()
 
 
 async def test_stop_while_waiting_for_the_ca(istiod: Istiod, tmp_path: Path) -> None:
@@ -94,6 +150,7 @@ async def test_stop_while_waiting_for_the_ca(istiod: Istiod, tmp_path: Path) -> 
         assert agent.supervisor.starts == 0
         assert work.exists()  # a --work-dir given by the user is kept
         assert not (work / "sds" / "socket").exists()
+        assert not (work / "proxy" / "XDS").exists()
 
 
 async def test_unusable_root_cert_fails(istiod: Istiod, tmp_path: Path) -> None:

@@ -11,8 +11,10 @@ import pytest
 
 from istiod_lite.agent.supervisor import EXIT_FAILED, EXIT_OK, EnvoySupervisor, SupervisorOptions, describe_exit
 
-# Writes the admin address like Envoy, logs each start, then behaves as $1 of the heredoc says.
+# Sets the behaviour's SIGTERM trap first (a test may send SIGTERM as soon as the admin address
+# exists), writes the admin address like Envoy, logs each start, then behaves as BEHAVIOUR says.
 _PRELUDE = """#!/bin/sh
+{trap}
 while [ $# -gt 0 ]; do
   if [ "$1" = "--admin-address-path" ]; then echo "127.0.0.1:15000" > "$2"; fi
   shift
@@ -20,19 +22,21 @@ done
 echo $$ >> "{starts}"
 """
 BEHAVIOUR = {
-    "run": "trap 'exit 0' TERM\nwhile true; do sleep 0.02; done\n",
+    "run": "while true; do sleep 0.02; done\n",
     "crash": "exit 3\n",
-    "stubborn": "trap '' TERM\nwhile true; do sleep 0.02; done\n",
+    "stubborn": "while true; do sleep 0.02; done\n",
     # Crash on the first start only.
     "crash-once": "if [ $(wc -l < \"{starts}\") -le 1 ]; then exit 3; fi\n"
-                  "trap 'exit 0' TERM\nwhile true; do sleep 0.02; done\n",
+                  "while true; do sleep 0.02; done\n",
 }
+TRAP = {"run": "trap 'exit 0' TERM", "stubborn": "trap '' TERM", "crash-once": "trap 'exit 0' TERM"}
 
 
 def fake_envoy(tmp_path: Path, behaviour: str) -> tuple[Path, Path]:
     starts = tmp_path / "starts"
     script = tmp_path / f"envoy-{behaviour}"
-    script.write_text((_PRELUDE + BEHAVIOUR[behaviour]).replace("{starts}", str(starts)))
+    text = _PRELUDE.replace("{trap}", TRAP.get(behaviour, "")) + BEHAVIOUR[behaviour]
+    script.write_text(text.replace("{starts}", str(starts)))
     script.chmod(0o755)
     return script, starts
 
