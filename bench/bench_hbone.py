@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import multiprocessing
 import os
 import socket
@@ -159,7 +160,7 @@ def load_main(host: str, port: int, connections: int, seconds: float, warmup: fl
         dones = []
         for _ in range(connections):
             done: asyncio.Future[None] = loop.create_future()
-            await loop.create_connection(lambda d=done: _HttpClient(latencies, stop_at, d), host, port)
+            await loop.create_connection(functools.partial(_HttpClient, latencies, stop_at, done), host, port)
             dones.append(done)
         await asyncio.gather(*dones)
         # Drop the warm-up: connection set-up (TLS, first CONNECT) is not steady state.

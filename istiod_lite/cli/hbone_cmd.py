@@ -180,7 +180,11 @@ async def run_proxy(proxy: HboneProxy, ready_file: Path | None = None) -> int:
         await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if exited.done():
             stopping.cancel()
-            print(f"error: Envoy exited with code {exited.result()}\n{proxy.log_tail()}", file=sys.stderr)
+            try:
+                message = f"Envoy exited with code {exited.result()}\n{proxy.log_tail()}"
+            except HboneError as exc:
+                message = str(exc)
+            print(f"error: {message}", file=sys.stderr)
             await proxy.stop()
             return 1
         exited.cancel()

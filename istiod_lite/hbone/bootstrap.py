@@ -32,6 +32,7 @@ JsonDict = dict[str, Any]
 CERT_SECRET = "default"
 ROOT_SECRET = "ROOTCA"
 AUTHORITY_CLUSTER = "hbone_in_authority"
+MAX_DOWNSTREAM_CONNECTIONS = 100_000
 
 _TLS_SOCKET = "envoy.transport_sockets.tls"
 _TYPES = "type.googleapis.com/envoy.extensions"
@@ -88,9 +89,9 @@ def common_tls_context(config: HboneConfig, secrets: SecretFiles) -> JsonDict:
 
 
 def _http2_options(*, server: bool) -> JsonDict:
-    # Envoy's default flow-control windows (256 KiB per stream, 1 MiB per connection): 4/16 MiB
-    # windows made no measurable difference to bench/bench_hbone.py on loopback, and bound less
-    # memory per tunnel.
+    # Envoy's default flow-control windows (256 KiB per stream, 1 MiB per connection).  4/16 MiB
+    # windows gave no measurable gain in bench/bench_hbone.py on loopback, and made the terminator's
+    # reset-on-app-close (docs/hbone.md, Limits) truncate far smaller responses.
     options: JsonDict = {"allow_connect": True, "connection_keepalive": dict(_KEEPALIVE)}
     if server:
         options["max_concurrent_streams"] = 100  # Istio's value on connect_terminate
@@ -133,6 +134,7 @@ def outbound_listener(index: int, tunnel: OutboundTunnel) -> JsonDict:
     return {
         "name": name,
         "address": tunnel.listen.socket_address(),
+        "enable_reuse_port": False,  # see inbound_listener
         "filter_chains": [{
             "filters": [{
                 "name": "envoy.filters.network.tcp_proxy",
@@ -168,6 +170,10 @@ def inbound_listener(index: int, terminator: InboundTerminator, config: HboneCon
     return {
         "name": name,
         "address": terminator.listen.socket_address(),
+        # Envoy's default SO_REUSEPORT would let a second process bind the same <podIP>:15008 and
+        # silently take half of its connections (two "pods" with one address, each with its own
+        # certificates); without it the second bind fails loudly.
+        "enable_reuse_port": False,
         "filter_chains": [{
             "transport_socket": {
                 "name": _TLS_SOCKET,
@@ -226,8 +232,14 @@ def hbone_bootstrap(config: HboneConfig, secrets: SecretFiles) -> JsonDict:
         "node": {"id": "hbone~istiod-lite", "cluster": "hbone"},
         "admin": {"address": config.admin.socket_address()},
         "static_resources": {"listeners": listeners, "clusters": clusters},
-        # Without this Envoy warns that downstream connections are unlimited; say so explicitly.
-        "layered_runtime": {"layers": [{
-            "name": "static", "static_layer": {"overload.global_downstream_max_connections": 2147483647},
+        # Without a limit Envoy warns at start-up that downstream connections are unbounded; this
+        # one is far above what a test or a demo opens, and keeps a runaway client from exhausting
+        # file descriptors.
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": f"{_TYPES}.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+            },
         }]},
     }

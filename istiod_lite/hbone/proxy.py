@@ -29,7 +29,7 @@ import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -139,19 +139,19 @@ class HboneProxy:
 
     async def _renew_forever(self) -> None:
         retry = RENEW_RETRY_S[0]
+        delay = self.renewal_delay()
         while True:
-            await asyncio.sleep(self.renewal_delay())
+            await asyncio.sleep(delay)
             try:
                 creds = await self.renew()
             except Exception as exc:  # keep serving with the old certificate; try again
                 assert self.credentials is not None
                 log.warning("certificate renewal failed (retry in %.0fs; current one expires %s): %s",
                             retry, self.credentials.not_after.isoformat(), exc)
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, RENEW_RETRY_S[1])
+                delay, retry = retry, min(retry * 2, RENEW_RETRY_S[1])
                 continue
-            retry = RENEW_RETRY_S[0]
             log.info("certificate renewed for %s, valid until %s", creds.uri_sans, creds.not_after.isoformat())
+            delay, retry = self.renewal_delay(), RENEW_RETRY_S[0]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -217,15 +217,33 @@ class HboneProxy:
                 await asyncio.sleep(0.03)
 
     async def wait(self) -> int:
-        """Until Envoy exits; its exit code."""
-        assert self._proc is not None, "not started"
-        return await self._proc.wait()
+        """Until Envoy exits (returns its exit code) or renewal dies (a bug: raises ``HboneError``).
+
+        Renewal is watched here so that it is never a fire-and-forget task: a proxy whose
+        certificate silently stops being renewed would fail an hour or a day later, far from the cause.
+        """
+        proc, renewer = self._proc, self._renewer  # stop() clears _renewer while we wait
+        assert proc is not None, "not started"
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            watched: set[asyncio.Future[Any]] = {exited} | ({renewer} if renewer else set())
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not exited.done():
+                exited.cancel()
+        if exited.done() and not exited.cancelled():
+            return exited.result()
+        assert renewer is not None
+        if renewer.cancelled():  # stop() is under way: it ends Envoy next
+            return await proc.wait()
+        raise HboneError(f"certificate renewal stopped: {renewer.exception()!r}")
 
     async def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM Envoy, SIGKILL after ``grace`` seconds; remove a temporary working directory."""
         if self._renewer is not None:
             self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A renewer that died has been reported by wait(); stopping must not fail because of it.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._renewer
             self._renewer = None
         code: int | None = None

@@ -19,14 +19,16 @@ from istiod_lite.hbone import (
     CaClient,
     CaCredentials,
     Endpoint,
+    FileCredentials,
     HboneConfig,
+    HboneError,
     HboneProxy,
     InboundTerminator,
     OutboundTunnel,
 )
-from tests.e2e.test_hbone_fixtures import CLIENT_ID, SERVER_ID, Mesh, ca_server, hbone
+from tests.e2e.test_hbone_fixtures import CLIENT_ID, SERVER_ID, Mesh, ca_server, hbone, hbone_ip
 from tests.support.backends import BackendsFactory
-from tests.support.ports import alloc_pod_ip, alloc_vip
+from tests.support.ports import alloc_vip
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +51,7 @@ async def get_json(url: str, n: int = 1) -> list[dict[str, object]]:
 async def test_forwarder_to_terminator_reaches_backend(tmp_path: Path, backends_factory: BackendsFactory) -> None:
     mesh = Mesh(tmp_path)
     pod = (await backends_factory(1))[0]
-    waypoint, vip = Endpoint(alloc_pod_ip(), 15008), Endpoint(alloc_vip(), 9080)
+    waypoint, vip = Endpoint(hbone_ip(), 15008), Endpoint(alloc_vip(), 9080)
     # The terminator stands in for a waypoint's 15008: it accepts the VIP and sends it to the pod.
     terminator = HboneConfig(inbound=(InboundTerminator(waypoint, Endpoint(pod.host, pod.port)),))
     forwarder = HboneConfig(outbound=(OutboundTunnel(ANY, vip, waypoint),))
@@ -71,7 +73,7 @@ async def test_several_tunnels_and_terminators_in_one_envoy(tmp_path: Path,
                                                             backends_factory: BackendsFactory) -> None:
     """The CONNECT authority picks the pod when no --forward is given (destination ztunnel mode)."""
     mesh = Mesh(tmp_path)
-    pods = await backends_factory(2)
+    pods = await backends_factory(2, hosts=[hbone_ip(), hbone_ip()])
     pod_ips = [p.host for p in pods]
     terminators = tuple(InboundTerminator(Endpoint(ip, 15008)) for ip in pod_ips)
     # Straight to each pod's 15008, as a waypoint's connect_originate does.
@@ -87,7 +89,7 @@ async def test_terminator_without_forward_refuses_other_hosts(tmp_path: Path,
                                                               backends_factory: BackendsFactory) -> None:
     """A destination ztunnel delivers only to its own pod: CONNECT <other IP> is answered 404."""
     mesh = Mesh(tmp_path)
-    pods = await backends_factory(2)
+    pods = await backends_factory(2, hosts=[hbone_ip(), hbone_ip()])
     here, elsewhere = pods[0], pods[1]
     terminator = InboundTerminator(Endpoint(here.host, 15008))
     tunnel = OutboundTunnel(ANY, Endpoint(elsewhere.host, elsewhere.port), Endpoint(here.host, 15008))
@@ -101,27 +103,27 @@ async def test_terminator_without_forward_refuses_other_hosts(tmp_path: Path,
 
 
 async def test_ca_credentials_are_renewed_in_place(tmp_path: Path, backends_factory: BackendsFactory) -> None:
-    pod = (await backends_factory(1))[0]
+    """A 4-second certificate is renewed at half-life by the proxy itself; Envoy serves the new one
+    without a restart and tunnels keep working."""
+    pod = (await backends_factory(1, hosts=[hbone_ip()]))[0]
     async with ca_server(tmp_path) as ca:
-        client = CaClient(ca.address, ca.token_file(tmp_path, "default", "sleep"), ca.root_file.read_text(),
-                          ttl_s=3600)
+        client = CaClient(ca.address, ca.token_file(tmp_path, "default", "sleep"), ca.root_file.read_text(), ttl_s=4)
         config = HboneConfig(outbound=(OutboundTunnel(ANY, Endpoint(pod.host, pod.port), Endpoint(pod.host, 15008)),),
                              inbound=(InboundTerminator(Endpoint(pod.host, 15008)),))
         proxy = HboneProxy(config, CaCredentials(client, CLIENT_ID), identity=CLIENT_ID, concurrency=1)
         async with proxy:
             assert proxy.credentials is not None
             first = proxy.credentials.leaf.serial_number
-            assert 1700 < proxy.renewal_delay() <= 1800  # half of the remaining hour
+            assert 1.0 <= proxy.renewal_delay() <= 2.0
             await get_json(f"http://{proxy.outbound_addresses[0]}")
-            renewed = await proxy.renew()
-            assert renewed.leaf.serial_number != first
 
-            async def serving_new_certificate() -> bool:
+            async def serving_a_new_certificate() -> bool:
                 certs = json.loads(await admin_get(proxy, "/certs"))["certificates"]
                 serials = {c["serial_number"] for entry in certs for c in entry.get("cert_chain", [])}
-                return format(renewed.leaf.serial_number, "x") in serials and format(first, "x") not in serials
+                return format(first, "x") not in serials and bool(serials)
 
-            await wait_until(serving_new_certificate, timeout=5, message="Envoy serving the renewed certificate")
+            await wait_until(serving_a_new_certificate, timeout=8, message="Envoy serving a renewed certificate")
+            assert proxy.credentials.leaf.serial_number != first
             await get_json(f"http://{proxy.outbound_addresses[0]}")
     assert pod.count == 2
 
@@ -139,7 +141,7 @@ async def test_bytes_and_half_close_cross_the_tunnel_intact(tmp_path: Path) -> N
         await writer.drain()
         writer.close()
 
-    pod_ip = alloc_pod_ip()
+    pod_ip = hbone_ip()
     server = await asyncio.start_server(app, pod_ip, 0)
     port = server.sockets[0].getsockname()[1]
     config = HboneConfig(outbound=(OutboundTunnel(ANY, Endpoint(pod_ip, port), Endpoint(pod_ip, 15008)),),
@@ -156,6 +158,33 @@ async def test_bytes_and_half_close_cross_the_tunnel_intact(tmp_path: Path) -> N
         server.close()
         await server.wait_closed()
     assert answer == hashlib.sha256(payload).digest() + tail
+
+
+class _RenewableFiles(FileCredentials):
+    renewable = True
+
+
+async def test_wait_ends_with_envoy_or_with_a_dead_renewer(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path)
+    files = mesh.issue(CLIENT_ID)
+    config = HboneConfig(inbound=(InboundTerminator(Endpoint(hbone_ip(), 15008), Endpoint("127.0.0.1", 9)),))
+    proxy = HboneProxy(config, _RenewableFiles(files.cert, files.key, files.root), concurrency=1)
+
+    def broken(now: object = None) -> float:
+        raise RuntimeError("bug in the renewal schedule")
+
+    proxy.renewal_delay = broken  # type: ignore[method-assign]
+    async with proxy:
+        with pytest.raises(HboneError, match="bug in the renewal schedule"):
+            await asyncio.wait_for(proxy.wait(), 5)
+    # A stop() while someone waits is a normal end: wait() returns Envoy's exit code.
+    proxy = HboneProxy(config, _RenewableFiles(files.cert, files.key, files.root), concurrency=1)
+    proxy.renewal_delay = lambda now=None: 3600.0  # type: ignore[method-assign]
+    await proxy.start()
+    waiting = asyncio.create_task(proxy.wait())
+    await asyncio.sleep(0.1)
+    await proxy.stop()
+    assert await asyncio.wait_for(waiting, 5) == 0
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -188,7 +217,7 @@ async def cli(args: list[str], workdir: Path) -> AsyncIterator[dict[str, list[st
 
 async def test_cli_forward_with_ca_certificate_and_inbound_with_files(
         tmp_path: Path, backends_factory: BackendsFactory) -> None:
-    pod = (await backends_factory(1))[0]
+    pod = (await backends_factory(1, hosts=[hbone_ip()]))[0]
     async with ca_server(tmp_path) as ca:
         root = str(ca.root_file)
         # The destination "pod": its ztunnel's certificate comes from files, signed by the same CA.

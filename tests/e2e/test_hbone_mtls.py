@@ -8,10 +8,9 @@ import aiohttp
 import pytest
 
 from istiod_lite.hbone import Endpoint, HboneConfig, InboundTerminator, OutboundTunnel
-from tests.e2e.test_hbone_fixtures import CLIENT_ID, SERVER_ID, Mesh, h2_accepted, hbone
+from tests.e2e.test_hbone_fixtures import CLIENT_ID, SERVER_ID, Mesh, h2_accepted, hbone, hbone_ip
 from tests.e2e.test_hbone_forward import admin_stats
 from tests.support.backends import BackendsFactory
-from tests.support.ports import alloc_pod_ip
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +19,7 @@ async def test_inbound_requires_a_client_certificate_from_the_mesh(tmp_path: Pat
                                                                     backends_factory: BackendsFactory) -> None:
     mesh, other_root, other_domain = Mesh(tmp_path / "a"), Mesh(tmp_path / "b"), Mesh(tmp_path / "c", "evil.local")
     pod = (await backends_factory(1))[0]
-    listen = Endpoint(alloc_pod_ip(), 15008)
+    listen = Endpoint(hbone_ip(), 15008)
     config = HboneConfig(inbound=(InboundTerminator(listen, Endpoint(pod.host, pod.port)),))
     # The probe trusts all three roots, so only the server's judgement of *us* decides.
     trust_all = tmp_path / "all-roots.pem"
@@ -46,7 +45,7 @@ async def test_forwarder_with_foreign_certificate_is_refused(tmp_path: Path,
     """The whole client path: a forwarder holding another root's certificate gets nothing through."""
     mesh, other = Mesh(tmp_path / "a"), Mesh(tmp_path / "b")
     pod = (await backends_factory(1))[0]
-    waypoint = Endpoint(alloc_pod_ip(), 15008)
+    waypoint = Endpoint(hbone_ip(), 15008)
     terminator = HboneConfig(inbound=(InboundTerminator(waypoint, Endpoint(pod.host, pod.port)),))
     # The forwarder trusts the mesh root, so the failure is the terminator refusing it.
     client = other.issue(CLIENT_ID, extra_roots=mesh.root_pem)
@@ -65,7 +64,7 @@ async def test_forwarder_refuses_a_server_outside_the_mesh(tmp_path: Path, backe
                                                            server_problem: str) -> None:
     mesh = Mesh(tmp_path / "a")
     pod = (await backends_factory(1))[0]
-    waypoint = Endpoint(alloc_pod_ip(), 15008)
+    waypoint = Endpoint(hbone_ip(), 15008)
     if server_problem == "other_root":
         # The impostor trusts the mesh root too, so it would accept the forwarder: only the
         # forwarder's check of the server can stop the traffic.
