@@ -71,9 +71,13 @@ def _validate(args: argparse.Namespace) -> int:
     from istiod_lite.sources import DirectorySource
 
     logging.getLogger("istiod_lite.sources").setLevel(logging.ERROR)  # errors are printed below, once
+    from istiod_lite.translator.waypoints import binding_problems
+
     update = DirectorySource(Path(args.config)).load()
     for err in update.errors:
         print(err)
+    for problem in binding_problems(update.snapshot):
+        print(f"warning: binding: {problem}", file=sys.stderr)
     n = len(update.snapshot)
     print(f"{n} resource(s) valid, {len(update.errors)} error(s)", file=sys.stderr)
     return 1 if update.errors else 0

@@ -19,6 +19,7 @@ import pytest
 from istiod_lite.cli.render import render
 from istiod_lite.sources import DirectorySource
 from istiod_lite.translator import find_waypoints, translate_waypoint
+from istiod_lite.translator.waypoints import binding_problems
 from tests.support.envoy import envoy_validate
 
 HERE = Path(__file__).resolve().parent
@@ -29,8 +30,12 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 def _translate_case(case: str) -> dict[str, str]:
     update = DirectorySource(HERE / case / "input").load()
     assert not update.errors, [str(e) for e in update.errors]
-    return {f"{w.ref.namespace}.{w.ref.name}.json": render(translate_waypoint(update.snapshot, w.ref))
-            for w in find_waypoints(update.snapshot)}
+    out = {f"{w.ref.namespace}.{w.ref.name}.json": render(translate_waypoint(update.snapshot, w.ref))
+           for w in find_waypoints(update.snapshot)}
+    problems = binding_problems(update.snapshot)
+    if problems:  # bindings that do not fit are reported (validate, server log), never used
+        out["binding-problems.txt"] = "".join(f"{p}\n" for p in sorted(problems))
+    return out
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -39,11 +44,11 @@ def test_golden(case: str) -> None:
     expected_dir = HERE / case / "expected"
     if UPDATE:
         expected_dir.mkdir(exist_ok=True)
-        for stale in set(p.name for p in expected_dir.glob("*.json")) - set(got):
+        for stale in {p.name for p in expected_dir.iterdir() if p.suffix in (".json", ".txt")} - set(got):
             (expected_dir / stale).unlink()
         for name, text in got.items():
             (expected_dir / name).write_text(text)
-    want = {p.name: p.read_text() for p in sorted(expected_dir.glob("*.json"))}
+    want = {p.name: p.read_text() for p in sorted(expected_dir.iterdir()) if p.suffix in (".json", ".txt")}
     assert sorted(got) == sorted(want), "waypoints differ from the expected files (UPDATE_GOLDEN=1 to accept)"
     for name in want:
         assert got[name] == want[name], f"{case}/{name} differs (UPDATE_GOLDEN=1 to accept, then review the diff)"
