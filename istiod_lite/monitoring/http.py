@@ -5,6 +5,7 @@ Kept apart from the gRPC port so a probe never competes with xDS streams.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 
@@ -13,6 +14,13 @@ from prometheus_client import CollectorRegistry
 
 from istiod_lite.addresses import split_host_port
 from istiod_lite.monitoring.exposition import CONTENT_TYPE, render
+
+
+def _loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class MonitoringServer:
@@ -45,7 +53,11 @@ class MonitoringServer:
         ok = self._ready_fn()
         return web.Response(status=200 if ok else 503, text="ready\n" if ok else "not ready\n")
 
-    async def _syncz(self, _req: web.Request) -> web.Response:
+    async def _syncz(self, req: web.Request) -> web.Response:
+        # Debug endpoints name every connected proxy and its config versions: loopback callers only
+        # (``kubectl port-forward`` and ``istiod-lite proxy-status`` on the same host).
+        if not _loopback(req.remote):
+            return web.Response(status=403, text="debug endpoints are served to loopback clients only\n")
         status = self._syncz_fn()
         return web.Response(text=json.dumps(status, indent=2, sort_keys=True), content_type="application/json")
 
