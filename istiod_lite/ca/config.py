@@ -22,6 +22,7 @@ from istiod_lite.ca.authn import (
 from istiod_lite.ca.authority import CertificateAuthority, SigningOptions
 from istiod_lite.ca.jwk import load_verification_keys
 from istiod_lite.ca.keystore import CaMaterial, KeyType, load_or_create
+from istiod_lite.ca.tokenreview import TokenReviewAuthenticator, TokenReviewConfig
 from istiod_lite.ca.tokens import LOCAL_ISSUER, local_issuer
 
 #: The usual ``--service-account-issuer`` of a Kubernetes cluster, for ``--jwks`` files.
@@ -48,6 +49,9 @@ class CaConfig:
     #: Issuer name accepted for tokens signed by ``issuer-key.pem``; ``None`` turns local tokens off.
     local_issuer: str | None = LOCAL_ISSUER
     signing: SigningOptions = field(default_factory=SigningOptions)
+    #: Ask the Kubernetes API server about bearer tokens the JWT authenticator refused (TokenReview);
+    #: ``None`` (the default, and the YAML-directory mode) never contacts a cluster.
+    token_review: TokenReviewConfig | None = None
 
 
 def load_material(config: CaConfig) -> CaMaterial:
@@ -66,11 +70,18 @@ def trusted_issuers(config: CaConfig) -> list[TrustedIssuer]:
 
 
 def build_authenticators(config: CaConfig, material: CaMaterial) -> Authenticators:
-    """Istio's order: client certificate (renewal) first, then bearer JWTs."""
+    """Istio's order: client certificate (renewal) first, then bearer JWTs, then TokenReview.
+
+    TokenReview comes after the offline JWT check so that a token we can verify locally (our own
+    issuer, ``--jwks`` keys) never costs an API-server round trip.
+    """
     chain: list[Authenticator] = [ClientCertAuthenticator(material.signing_cert, config.trust_domain)]
     issuers = trusted_issuers(config)
     if issuers:
         chain.append(JwtAuthenticator(issuers, config.trust_domain, config.audiences, config.leeway))
+    if config.token_review is not None:
+        chain.append(TokenReviewAuthenticator.from_config(config.token_review, config.trust_domain,
+                                                          config.audiences))
     return Authenticators(chain)
 
 

@@ -1,4 +1,9 @@
-"""Clusters for the services a waypoint serves (Istio's inbound-vip shape and defaults)."""
+"""Clusters for the services a waypoint serves (Istio's inbound-vip/outbound shape and defaults).
+
+This module holds the prebuilt parts every service cluster is copied from; what a
+DestinationRule changes on top is ``cluster_policy``'s job.  Facts: shared/reference/
+istio-waypoint.md §3 (``buildCluster``, ``setUpstreamProtocol``, ``AddConfigInfoMetadata``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from google.protobuf import any_pb2, struct_pb2
 #: Istio's mesh default ``connectTimeout``.
 DEFAULT_CONNECT_TIMEOUT_S = 10
 _MAX = 4294967295
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+#: ``/apis/<group>/<version>/namespaces/<ns>/<kind>/<name>``: Istio's ``config`` metadata of a resource.
+DR_PATH = "/apis/networking.istio.io/v1/namespaces/{}/destination-rule/{}"
 
 
 def default_circuit_breakers() -> circuit_breaker_pb2.CircuitBreakers:
@@ -42,19 +50,33 @@ def _eds_template() -> cluster_pb2.Cluster:
     return c
 
 
-def _h2_options() -> any_pb2.Any:
+def h2_protocol_options() -> hpo_pb2.HttpProtocolOptions:
+    """``setH2Options``: HTTP/2 to the upstream (http2/grpc ports, or an h2 upgrade)."""
     opts = hpo_pb2.HttpProtocolOptions()
     opts.explicit_http_config.http2_protocol_options.SetInParent()
+    return opts
+
+
+def downstream_protocol_options() -> hpo_pb2.HttpProtocolOptions:
+    """``setUseDownstreamProtocol``: the upstream speaks what the client spoke (sniffed ports,
+    ``useClientProtocol``)."""
+    opts = hpo_pb2.HttpProtocolOptions()
+    opts.use_downstream_protocol_config.http_protocol_options.SetInParent()
+    opts.use_downstream_protocol_config.http2_protocol_options.SetInParent()
+    return opts
+
+
+def _packed(msg: hpo_pb2.HttpProtocolOptions) -> any_pb2.Any:
     a = any_pb2.Any()
-    a.Pack(opts)
+    a.Pack(msg)
     return a
 
 
 # Built once and copied (a C-level deep copy): building nested messages field by field in Python
 # is what translation time is made of.
 _EDS_TEMPLATE = _eds_template()
-_H2_OPTIONS = _h2_options()
-HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_H2_OPTIONS = _packed(h2_protocol_options())
+_DOWNSTREAM_OPTIONS = _packed(downstream_protocol_options())
 
 
 def service_metadata(services: list[dict[str, str]]) -> struct_pb2.Struct:
@@ -70,8 +92,14 @@ def service_metadata(services: list[dict[str, str]]) -> struct_pb2.Struct:
 
 def eds_cluster(
     name: str, metadata_services: list[dict[str, str]] | struct_pb2.Struct | None = None, *,
-    transport_socket: base_pb2.TransportSocket | None = None, h2: bool = False,
+    transport_socket: base_pb2.TransportSocket | None = None, h2: bool = False, auto: bool = False,
+    subset: str = "", config: str = "",
 ) -> cluster_pb2.Cluster:
+    """An EDS cluster with Istio's defaults.
+
+    ``h2``: an HTTP/2 port; ``auto``: a port whose protocol is sniffed (the upstream follows the
+    client).  ``subset``/``config``: Istio's ``istio.subset`` and ``istio.config`` metadata (the
+    DestinationRule's path, set only when a traffic policy applies)."""
     c = cluster_pb2.Cluster()
     c.CopyFrom(_EDS_TEMPLATE)
     c.name = name
@@ -80,8 +108,15 @@ def eds_cluster(
         c.transport_socket.CopyFrom(transport_socket)
     if h2:
         c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_H2_OPTIONS)
+    elif auto:
+        c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_DOWNSTREAM_OPTIONS)
     if metadata_services:
         meta = metadata_services if isinstance(metadata_services, struct_pb2.Struct) \
             else service_metadata(metadata_services)
-        c.metadata.filter_metadata["istio"].CopyFrom(meta)
+        istio = c.metadata.filter_metadata["istio"]
+        istio.CopyFrom(meta)
+        if config:
+            istio.fields["config"].string_value = config
+        if subset:
+            istio.fields["subset"].string_value = subset
     return c

@@ -1,34 +1,59 @@
 """HTTP routes of one service port on a waypoint: VirtualService routes, else Istio's default.
 
-Facts: shared/reference/istio-waypoint.md §4.  This module covers URI/header/method matches and
-weighted destinations; the traffic-management issue completes the VirtualService surface.
+Facts: shared/reference/istio-waypoint.md §4 (``waypointInboundRoute``, ``TranslateRoute``,
+``applyHTTPRouteDestination``).  The VirtualServices that apply to a service are concatenated in
+Istio's order; within them the first matching route wins, and a catch-all route (no match, or
+``prefix: /`` without header/parameter conditions) ends the list.  Matches with ``sourceLabels``
+are dropped (ambient cannot know the client's labels; ``config_warnings`` reports them).  If no
+route comes out, the service gets the default route.
+
+Destinations are resolved by a ``Targets`` object (``outbound.DestinationResolver``): an owned
+service becomes ``inbound-vip|P|http[/subset]|H``, any other ``outbound|P|subset|H``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
-from istiod_lite.model.networking import HTTPRoute, StringMatch, VirtualService
+from istiod_lite.model.networking import (
+    ConsistentHashLB,
+    Destination,
+    HTTPMatchRequest,
+    HTTPRoute,
+    VirtualService,
+)
+from istiod_lite.translator import route_actions as act
+from istiod_lite.translator.cluster_policy import set_duration
+from istiod_lite.translator.protos import packed
+from istiod_lite.translator.route_match import is_catch_all, path_pattern, route_match
 
-#: Istio's default retry policy for routes without ``retries`` (core/route/retry/retry.go).
-DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+DEFAULT_RETRY_ON = act.DEFAULT_RETRY_ON
 MAX_DIRECT_RESPONSE_BODY = 1024 * 1024
+VS_PATH = "/apis/networking.istio.io/v1/namespaces/{}/virtual-service/{}"
+default_retry_policy = act.default_retry_policy
 
-#: Resolves (destination host, port or None, subset) to a cluster name, or None if unknown.
-ClusterResolver = Callable[[str, int | None, str], str | None]
+
+class Targets(Protocol):
+    """Where a VirtualService destination goes (cluster name) and how it is hashed."""
+
+    def cluster(self, dest: Destination, namespace: str, listen_port: int) -> str: ...
+
+    def consistent_hash(self, dest: Destination, namespace: str) -> ConsistentHashLB | None: ...
 
 
-def default_retry_policy() -> rc.RetryPolicy:
-    rp = rc.RetryPolicy(retry_on=DEFAULT_RETRY_ON, host_selection_retry_max_attempts=5)
-    rp.num_retries.value = 2
-    pred = rp.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts")
-    pred.typed_config.Pack(previous_hosts_pb2.PreviousHostsPredicate())
-    return rp
+@dataclass(frozen=True)
+class RouteScope:
+    """The listener a route list is for: its port, the waypoint's namespace (``sourceNamespace``
+    matches compare against it, as for any proxy) and the destination resolver."""
+
+    listen_port: int
+    waypoint_namespace: str
+    targets: Targets
 
 
 def _route_action_defaults(action: rc.RouteAction) -> None:
@@ -36,80 +61,165 @@ def _route_action_defaults(action: rc.RouteAction) -> None:
     # Istio: gRPC's grpc-timeout header may shorten, never lengthen, the route timeout (0 = none).
     action.max_stream_duration.max_stream_duration.SetInParent()
     action.max_stream_duration.grpc_timeout_header_max.SetInParent()
-    action.retry_policy.CopyFrom(default_retry_policy())
 
 
-def default_route(cluster: str, host: str, port: int) -> rc.Route:
+def default_route(cluster: str, host: str, port: int, hash_policy: rc.RouteAction.HashPolicy | None = None
+                  ) -> rc.Route:
+    """Istio's outbound-style default route; with the service's consistent hash if its
+    DestinationRule has one (the retry policy keeps its previous-hosts predicate, as in
+    ``BuildDefaultHTTPOutboundRoute``)."""
     r = rc.Route(name="default", match=rc.RouteMatch(prefix="/"))
     r.decorator.operation = f"{host}:{port}/*"
     r.route.cluster = cluster
     _route_action_defaults(r.route)
+    r.route.retry_policy.CopyFrom(act.default_retry_policy())
+    if hash_policy is not None:
+        r.route.hash_policy.append(hash_policy)
     return r
 
 
-def _string_matcher(m: StringMatch, ignore_case: bool = False) -> string_pb2.StringMatcher:
-    sm = string_pb2.StringMatcher(ignore_case=ignore_case)
-    if m.exact is not None:
-        sm.exact = m.exact
-    elif m.prefix is not None:
-        sm.prefix = m.prefix
-    elif m.regex is not None:
-        sm.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=m.regex))
-    return sm
-
-
-def _route_matches(route: HTTPRoute) -> list[rc.RouteMatch]:
-    if not route.match:
-        return [rc.RouteMatch(prefix="/")]
-    out = []
-    for m in route.match:
-        rm = rc.RouteMatch()
-        if m.uri is None:
-            rm.prefix = "/"
-        elif m.uri.exact is not None:
-            rm.path = m.uri.exact
-        elif m.uri.prefix is not None:
-            rm.prefix = m.uri.prefix
-        elif m.uri.regex is not None:
-            rm.safe_regex.regex = m.uri.regex
-        if m.ignore_uri_case:
-            rm.case_sensitive.value = False
-        for name, value in sorted((m.headers or {}).items()):
-            if value.exact is None and value.prefix is None and value.regex is None:
-                rm.headers.add(name=name, present_match=True)  # Istio: an empty match means "present"
-            else:
-                rm.headers.add(name=name, string_match=_string_matcher(value))
-        if m.method is not None:
-            rm.headers.add(name=":method", string_match=_string_matcher(m.method))
-        out.append(rm)
-    return out
-
-
-def vs_routes(vs: VirtualService, port: int, resolve: ClusterResolver) -> list[rc.Route]:
-    """Envoy routes for one VirtualService on one service port (skipping port-mismatched matches)."""
+def http_routes(vss: Sequence[VirtualService], scope: RouteScope) -> list[rc.Route]:
+    """Routes of every applicable VirtualService, in order, up to the first catch-all."""
     out: list[rc.Route] = []
-    for i, http in enumerate(vs.spec.http):
-        if http.match and all(m.port is not None and m.port != port for m in http.match):
-            continue
-        dests = [(d, resolve(d.destination.host, d.destination.port.number if d.destination.port else None,
-                             d.destination.subset or "")) for d in http.route]
-        dests = [(d, c) for d, c in dests if c is not None and (d.weight is None or d.weight > 0)]
-        if not dests:
-            continue
-        for rm in _route_matches(http):
-            r = rc.Route(name=http.name or f"{vs.namespace}.{vs.name}.{i}", match=rm)
-            r.metadata.filter_metadata["istio"].fields["config"].string_value = (
-                f"/apis/networking.istio.io/v1/namespaces/{vs.namespace}/virtual-service/{vs.name}"
-            )
-            if len(dests) == 1:
-                r.route.cluster = dests[0][1] or ""
-            else:
-                for d, cluster in dests:
-                    wc = r.route.weighted_clusters.clusters.add(name=cluster)
-                    wc.weight.value = d.weight if d.weight is not None else 0
-            _route_action_defaults(r.route)
-            out.append(r)
+    for vs in vss:
+        if vs_routes(vs, scope, out):
+            break
     return out
+
+
+def vs_routes(vs: VirtualService, scope: RouteScope, out: list[rc.Route]) -> bool:
+    """Append ``vs``'s routes for the listener; True if a catch-all ended the list."""
+    for http in vs.spec.http:
+        if not http.match:
+            r = translate_route(vs, http, None, scope)
+            if r is not None:
+                out.append(r)
+            return True
+        for m in http.match:
+            if m.source_labels:
+                continue  # no source labels in ambient (istio/istio#51565)
+            r = translate_route(vs, http, m, scope)
+            if r is not None:
+                out.append(r)
+                if is_catch_all(r.match):
+                    return True
+    return False
+
+
+def _source_matches(m: HTTPMatchRequest, waypoint_namespace: str) -> bool:
+    """``sourceMatchHTTP``: ``gateways`` must name ``mesh``; otherwise ``sourceNamespace`` is the proxy's."""
+    if m.gateways:
+        return "mesh" in m.gateways
+    return not m.source_namespace or m.source_namespace == waypoint_namespace
+
+
+def translate_route(vs: VirtualService, http: HTTPRoute, m: HTTPMatchRequest | None, scope: RouteScope
+                    ) -> rc.Route | None:
+    """One Envoy route for one (route, match) pair; None when it does not apply to this listener."""
+    if m is not None:
+        if m.port is not None and m.port != scope.listen_port:
+            return None
+        if not _source_matches(m, scope.waypoint_namespace):
+            return None
+    if not http.route and http.redirect is None and http.direct_response is None:
+        return None  # a delegating route: delegation is not supported (config_warnings)
+    r = rc.Route(name=f"{http.name}.{m.name}" if m is not None and m.name else http.name)
+    r.match.CopyFrom(route_match(m))
+    r.metadata.filter_metadata["istio"].fields["config"].string_value = VS_PATH.format(vs.namespace, vs.name)
+    if m is not None and m.stat_prefix:
+        r.stat_prefix = m.stat_prefix
+    authority = ""
+    if http.headers is not None:
+        ops = act.header_operations(http.headers)
+        r.request_headers_to_add.extend(ops.request_add)
+        r.response_headers_to_add.extend(ops.response_add)
+        r.request_headers_to_remove.extend(ops.request_remove)
+        r.response_headers_to_remove.extend(ops.response_remove)
+        authority = ops.authority
+    if http.redirect is not None:
+        if not act.redirect(r, http.redirect, scope.listen_port):
+            return None
+    elif http.direct_response is not None:
+        act.direct_response(r, http.direct_response)
+    else:
+        _route_action(r, vs, http, scope, authority)
+    r.decorator.operation = _operation(r, vs.name, scope.listen_port)
+    if http.fault is not None and (f := act.fault(http.fault)) is not None:
+        r.typed_per_filter_config[act.FAULT_FILTER].CopyFrom(packed(f))
+    if http.cors_policy is not None:
+        r.typed_per_filter_config[act.CORS_FILTER].CopyFrom(packed(act.cors(http.cors_policy)))
+    return r
+
+
+def _route_action(r: rc.Route, vs: VirtualService, http: HTTPRoute, scope: RouteScope, authority: str) -> None:
+    """``applyHTTPRouteDestination``: timeout, rewrites, mirrors, destinations, hashing, retries."""
+    a = r.route
+    _route_action_defaults(a)
+    if http.timeout is not None:
+        set_duration(a.timeout, http.timeout)
+        set_duration(a.max_stream_duration.grpc_timeout_header_max, http.timeout)
+    ns, port, targets = vs.namespace, scope.listen_port, scope.targets
+    rw = http.rewrite
+    if rw is not None:
+        if rw.uri_regex_rewrite is not None:
+            a.regex_rewrite.pattern.regex = rw.uri_regex_rewrite.match
+            a.regex_rewrite.substitution = rw.uri_regex_rewrite.rewrite
+        elif rw.uri:
+            a.prefix_rewrite = rw.uri
+        authority = rw.authority or authority
+    if authority:
+        a.host_rewrite_literal = authority
+    if http.mirror is not None and (frac := act.mirror_fraction(http.mirror_percentage, http.mirror_percent)):
+        a.request_mirror_policies.append(act.mirror_policy(targets.cluster(http.mirror, ns, port), frac))
+    for mirror in http.mirrors:
+        if (frac := act.mirror_fraction(mirror.percentage)) is not None:
+            a.request_mirror_policies.append(act.mirror_policy(targets.cluster(mirror.destination, ns, port), frac))
+    consistent_hash = False
+    if len(http.route) == 1:
+        d = http.route[0]
+        a.cluster = targets.cluster(d.destination, ns, port)
+        if d.headers is not None:
+            ops = act.header_operations(d.headers)  # after the route's own: a destination ``set`` wins
+            r.request_headers_to_add.extend(ops.request_add)
+            r.request_headers_to_remove.extend(ops.request_remove)
+            r.response_headers_to_add.extend(ops.response_add)
+            r.response_headers_to_remove.extend(ops.response_remove)
+            if ops.authority and not a.HasField("host_rewrite_literal"):
+                a.host_rewrite_literal = ops.authority
+        ch = targets.consistent_hash(d.destination, ns)
+        if (hp := act.hash_policy(ch)) is not None:
+            a.hash_policy.append(hp)
+        consistent_hash = ch is not None
+    else:
+        a.weighted_clusters.SetInParent()
+        for d in http.route:
+            if not d.weight:
+                continue  # weight 0 (or unset among several) never receives traffic
+            cw = a.weighted_clusters.clusters.add(name=targets.cluster(d.destination, ns, port))
+            cw.weight.value = d.weight
+            if d.headers is not None:
+                ops = act.header_operations(d.headers)
+                cw.request_headers_to_add.extend(ops.request_add)
+                cw.request_headers_to_remove.extend(ops.request_remove)
+                cw.response_headers_to_add.extend(ops.response_add)
+                cw.response_headers_to_remove.extend(ops.response_remove)
+                if ops.authority:
+                    cw.host_rewrite_literal = ops.authority
+            if (hp := act.hash_policy(targets.consistent_hash(d.destination, ns))) is not None:
+                a.hash_policy.append(hp)
+    rp = act.retry_policy(http.retries, consistent_hash)
+    if rp is not None:
+        a.retry_policy.CopyFrom(rp)
+
+
+def _operation(r: rc.Route, vs_name: str, port: int) -> str:
+    """``GetRouteOperation``: ``host:port<path>`` for a single cluster, else ``vs:port<path>``."""
+    path = path_pattern(r.match)
+    cluster = r.route.cluster if r.HasField("route") else ""
+    parts = cluster.split("|")
+    if len(parts) == 4:
+        return f"{parts[3]}:{int(parts[1]) if parts[1].isdigit() else 0}{path}"
+    return f"{vs_name}:{port}{path}"
 
 
 def route_configuration(name: str, vhost_name: str, routes: Sequence[rc.Route]) -> route_pb2.RouteConfiguration:

@@ -14,7 +14,6 @@ pods through ``connect_originate``, other pods as plain addresses).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -22,13 +21,24 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Namespace, Service, ServicePort
 from istiod_lite.model.networking import DestinationRule, VirtualService
-from istiod_lite.translator import clusters, endpoints, hbone, inbound, names, routes
-from istiod_lite.translator.index import index_of, qualify, virtual_services_for
+from istiod_lite.translator import (
+    clusters,
+    endpoints,
+    hbone,
+    inbound,
+    names,
+    outbound,
+    route_actions,
+    routes,
+    service_clusters,
+    tcp_routes,
+    traffic_policy,
+)
+from istiod_lite.translator.index import derived, derived_from_kinds, index_of, virtual_services_for
 from istiod_lite.translator.output import EnvoyResources
 from istiod_lite.translator.waypoints import Bindings, WaypointRef, bindings_of
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
-_PASSTHROUGH = hbone.internal_upstream(passthrough=True)
 #: Kinds a waypoint's translation reads besides its bound services and workloads.
 _READ_KINDS = ("Pod", "Namespace", "VirtualService", "DestinationRule")
 
@@ -59,13 +69,6 @@ def _served_ports(svc: Service) -> list[tuple[ServicePort, str]]:
         if inbound.chain_kinds(proto):
             out.append((p, proto))
     return out
-
-
-def _bind(
-    resolve: Callable[[str, int | None, str, str], str | None], namespace: str, listen_port: int
-) -> routes.ClusterResolver:
-    """Resolve destinations relative to the VirtualService's namespace and listener port."""
-    return lambda host, port, subset: resolve(host, port or listen_port, subset, namespace)
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ class WaypointTranslator:
         # Whole-waypoint shortcut: same bound objects and same maps of every other kind read
         # below means the same output (a change elsewhere in the mesh costs a few comparisons).
         key = (*bindings.services.get(ref, ()), None, *bindings.workloads.get(ref, ()), None,
-               *(snapshot.by_kind.get(k) for k in _READ_KINDS))
+               *(snapshot.by_kind.get(k) for k in _READ_KINDS),
+               *_route_target_services(snapshot, ref))
         if self._last is not None and len(self._last[0]) == len(key) and all(
                 a is b for a, b in zip(self._last[0], key, strict=True)):
             self.last_rebuilt = 0
@@ -143,12 +147,13 @@ class WaypointTranslator:
             ns_objs = [snapshot.get(Namespace, "", ns) for ns in sorted(namespaces)]
             # VirtualServices may route to other services of this waypoint: whether those are
             # owned, and their ports, matter too.
-            inputs = _Inputs((sv.svc, dr, *vss, *pods, *ns_objs), _target_signature(vss, owned))
+            inputs = _Inputs((sv.svc, dr, *vss, *pods, *ns_objs, *_target_objects(snapshot, ref, vss, owned)),
+                             _target_signature(vss, owned))
             cached = self._fragments.get(sv.host)
             if cached is not None and cached[0].same_as(inputs):
                 frag = cached[1]
             else:
-                frag = _service_fragment(snapshot, sv, dr, vss, owned)
+                frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace)
                 rebuilt += 1
             fragments[sv.host] = (inputs, frag)
             out.merge(frag.resources)
@@ -169,61 +174,107 @@ class WaypointTranslator:
         return out.sorted()
 
 
+def _referenced(vss: list[VirtualService]) -> list[str]:
+    """Every host the VirtualServices route or mirror to, sorted."""
+    return sorted({h for vs in vss for h in outbound.referenced_hosts(vs)})
+
+
 def _target_signature(
     vss: list[VirtualService], owned: dict[str, _ServiceView]
 ) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """(host, served ports or () if not owned) of every destination the VirtualServices name."""
-    hosts = sorted({qualify(d.destination.host, vs.namespace) for vs in vss for http in vs.spec.http
-                    for d in http.route})
-    return tuple((h, tuple(p.port for p, _ in _served_ports(owned[h].svc)) if h in owned else ()) for h in hosts)
+    return tuple((h, tuple(p.port for p, _ in _served_ports(owned[h].svc)) if h in owned else ())
+                 for h in _referenced(vss))
+
+
+#: Separates one target's objects from the next in a fragment's inputs (never a config object).
+_TARGET_END = object()
+
+
+def _target_objects(
+    snapshot: ConfigSnapshot, ref: WaypointRef, vss: list[VirtualService], owned: dict[str, _ServiceView]
+) -> tuple[object, ...]:
+    """What a fragment reads about its route targets, for the memo: per target host, whether it is
+    owned, its Service and DestinationRule (ports, protocols, consistent hash); for a target this
+    waypoint does not own also its pods and their namespaces (its outbound endpoints)."""
+    out: list[object] = []
+    hosts = _referenced(vss)
+    drs = index_of(snapshot).destination_rules if hosts else {}
+    for host in hosts:
+        view = owned.get(host)
+        svc = view.svc if view is not None else outbound.service_for_host(snapshot, host)
+        out += (view is not None, svc, outbound.destination_rule_for_host(drs, ref.namespace, host))
+        if view is None and svc is not None:
+            pods = endpoints.service_pods(snapshot, svc)
+            out += pods
+            out += (snapshot.get(Namespace, "", ns) for ns in sorted({p.namespace for p in pods} | {svc.namespace}))
+        out.append(_TARGET_END)
+    return tuple(out)
+
+
+def _vs_hosts_by_namespace(snapshot: ConfigSnapshot) -> dict[str, tuple[str, ...]]:
+    """namespace -> every host its mesh VirtualServices route or mirror to (sorted)."""
+    hosts: dict[str, set[str]] = {}
+    for vs in snapshot.of_kind(VirtualService):
+        if vs.spec.applies_to_mesh:
+            hosts.setdefault(vs.namespace, set()).update(outbound.referenced_hosts(vs))
+    return {ns: tuple(sorted(hs)) for ns, hs in hosts.items()}
+
+
+def _vs_targets_by_namespace(snapshot: ConfigSnapshot) -> dict[str, tuple[Service | None, ...]]:
+    """namespace -> the Service (or None) of every host its mesh VirtualServices name."""
+    hosts = derived_from_kinds(snapshot, "vs-hosts", ("VirtualService",), _vs_hosts_by_namespace)
+    return {ns: tuple(outbound.service_for_host(snapshot, h) for h in hs) for ns, hs in hosts.items()}
+
+
+def _route_targets_by_waypoint(snapshot: ConfigSnapshot) -> dict[WaypointRef, tuple[object, ...]]:
+    """waypoint -> the route targets of every VirtualService that can apply to it (those in its
+    namespace or a bound service's), once per snapshot for all waypoints."""
+    targets = derived_from_kinds(snapshot, "vs-targets", ("VirtualService", "Service"), _vs_targets_by_namespace)
+    out: dict[WaypointRef, tuple[object, ...]] = {}
+    for ref, services in bindings_of(snapshot).services.items():
+        namespaces = sorted({ref.namespace, *(s.namespace for s in services)} & targets.keys())
+        out[ref] = tuple(x for ns in namespaces for x in (*targets[ns], _TARGET_END))
+    return out
+
+
+def _route_target_services(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object, ...]:
+    """For the whole-waypoint shortcut: route targets may be services this waypoint does not own;
+    a change to one of them must not be missed (changes to other Services do not matter)."""
+    return derived(snapshot, "wp-route-targets", _route_targets_by_waypoint).get(ref, ())
 
 
 def _service_fragment(
     snapshot: ConfigSnapshot, sv: _ServiceView, dr: DestinationRule | None, vss: list[VirtualService],
-    owned: dict[str, _ServiceView],
+    owned: dict[str, _ServiceView], waypoint_namespace: str,
 ) -> _Fragment:
-    def resolve(host: str, port: int | None, subset: str, ctx_ns: str) -> str | None:
-        target = owned.get(qualify(host, ctx_ns))
-        if target is None:
-            return None  # targets outside this waypoint: outbound clusters come with traffic management
-        ports = [p for p, _ in _served_ports(target.svc)]
-        if port is None:
-            if len(ports) != 1:
-                return None
-            port = ports[0].port
-        if not any(p.port == port for p in ports):
-            return None
-        return names.inbound_vip_cluster(port, target.host, "http", subset)
-
+    """One service's clusters, endpoints and chains: inbound-vip clusters per port (and DR
+    subset) with the DR's traffic policy, HTTP routes from its VirtualServices (else the default
+    route), the TCP chain's route, and the outbound clusters of route targets it does not own."""
+    resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned)
     out = EnvoyResources()
     meta = clusters.service_metadata([{"host": sv.host, "name": sv.svc.name, "namespace": sv.svc.namespace}])
-    transport = _PASSTHROUGH
     port_chains = []
     for port, proto in _served_ports(sv.svc):
         http_chain: listener_components_pb2.FilterChain | None = None
         tcp_chain: listener_components_pb2.FilterChain | None = None
         for kind in inbound.chain_kinds(proto):
-            h2 = kind == "http" and inbound.is_h2(proto)
             cluster = names.inbound_vip_cluster(port.port, sv.host, kind)
-            out.clusters[cluster] = clusters.eds_cluster(cluster, meta, transport_socket=transport, h2=h2)
-            out.endpoints[cluster] = endpoints.load_assignment(cluster, snapshot, sv.svc, port, hbone=True)
-            for subset in dr.spec.subsets if dr else ():
-                sub_cluster = names.inbound_vip_cluster(port.port, sv.host, kind, subset.name)
-                out.clusters[sub_cluster] = clusters.eds_cluster(sub_cluster, meta, transport_socket=transport, h2=h2)
-                out.endpoints[sub_cluster] = endpoints.load_assignment(
-                    sub_cluster, snapshot, sv.svc, port, subset.labels, hbone=True
-                )
+            service_clusters.add_inbound_vip(out, snapshot, sv.svc, sv.host, meta, port, proto, kind, dr)
             if kind == "http":
-                route_list = []
-                for vs in vss:
-                    route_list.extend(routes.vs_routes(vs, port.port, _bind(resolve, vs.namespace, port.port)))
+                scope = routes.RouteScope(port.port, waypoint_namespace, resolver)
+                route_list = routes.http_routes(vss, scope)
                 if not route_list:
-                    route_list = [routes.default_route(cluster, sv.host, port.port)]
+                    hash_policy = route_actions.hash_policy(traffic_policy.service_hash(dr, port.port))
+                    route_list = [routes.default_route(cluster, sv.host, port.port, hash_policy)]
                 rcfg = routes.route_configuration(cluster, f"inbound|http|{port.port}", route_list)
-                http_chain = inbound.http_chain(cluster, port.port, rcfg, h2)
+                http_chain = inbound.http_chain(cluster, port.port, rcfg, inbound.is_h2(proto))
             else:
-                tcp_chain = inbound.tcp_chain(cluster, cluster)
+                tcp_chain = tcp_routes.tcp_chain(cluster, vss, sv.host, port.port, resolver)
         port_chains.append(inbound.PortChains(port.port, http_chain, tcp_chain))
+    resolver.include(_referenced(vss))
+    if resolver.outbound:
+        out.merge(resolver.outbound_resources())
     return _Fragment(out, inbound.ServiceChains(sv.svc.vips, tuple(port_chains)))
 
 

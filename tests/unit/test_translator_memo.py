@@ -1,0 +1,153 @@
+"""The waypoint translator's memo with route targets: a fragment (and the whole-waypoint shortcut)
+must notice changes to what its routes point at, including services this waypoint does not own,
+and a memoised translation must equal a fresh one byte for byte."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from istiod_lite.model import ConfigSnapshot, ResourceKey, parse_object
+from istiod_lite.model.base import Resource
+from istiod_lite.translator.output import EnvoyResources
+from istiod_lite.translator.waypoint import WaypointTranslator
+from istiod_lite.translator.waypoints import WaypointRef
+
+MESH = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: app, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: backend, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: app}
+spec:
+  gatewayClassName: istio-waypoint
+  addresses: [{type: IPAddress, value: 127.0.1.1}]
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: app}
+spec: {clusterIP: 127.10.0.1, selector: {app: echo}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: side, namespace: app}
+spec: {clusterIP: 127.10.0.2, selector: {app: side}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: backend}
+spec: {clusterIP: 127.10.1.1, selector: {app: api}, ports: [{name: http, port: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-1, namespace: backend, labels: {app: api}}
+status: {podIP: 127.0.3.1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: app}
+spec:
+  hosts: [echo]
+  http:
+  - match: [{uri: {prefix: /api}}]
+    route: [{destination: {host: api.backend.svc.cluster.local}}]
+  - route: [{destination: {host: side}}]
+"""
+REF = WaypointRef("app", "waypoint")
+
+
+def _load(text: str) -> list[Resource]:
+    return [parse_object(d) for d in yaml.safe_load_all(text)]
+
+
+def _replace(previous: ConfigSnapshot, base: list[Resource], new: Resource, rev: int
+             ) -> tuple[ConfigSnapshot, list[Resource]]:
+    """As the sources do: every other object is kept, unchanged kinds keep their mappings."""
+    key = ResourceKey.of(new)
+    objs = [new if ResourceKey.of(r) == key else r for r in base]
+    if all(ResourceKey.of(r) != key for r in base):
+        objs.append(new)
+    return ConfigSnapshot.build(objs, rev, previous=previous, changed=[key]), objs
+
+
+def _same(a: EnvoyResources, b: EnvoyResources) -> bool:
+    kinds = ("listeners", "routes", "clusters", "endpoints")
+    return all({k: v.SerializeToString(deterministic=True) for k, v in getattr(a, kind).items()}
+               == {k: v.SerializeToString(deterministic=True) for k, v in getattr(b, kind).items()}
+               for kind in kinds)
+
+
+def _doc(kind: str, ns: str, name: str, spec: dict[str, Any], api: str = "v1", **extra: Any) -> Resource:
+    return parse_object({"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns, **extra},
+                         "spec": spec})
+
+
+def test_outbound_target_changes_reach_a_memoised_waypoint() -> None:
+    base = _load(MESH)
+    s1 = ConfigSnapshot.build(base, 1)
+    t = WaypointTranslator(REF)
+    out1 = t.translate(s1)
+    assert "outbound|8080||api.backend.svc.cluster.local" in out1.clusters
+    assert len(out1.endpoints["outbound|8080||api.backend.svc.cluster.local"].endpoints[0].lb_endpoints) == 1
+
+    # The target (bound to no waypoint of ours) changes its port: the shortcut must not hide it.
+    api2 = _doc("Service", "backend", "api", {"clusterIP": "127.10.1.1", "selector": {"app": "api"},
+                                              "ports": [{"name": "http", "port": 9090}]})
+    s2, base2 = _replace(s1, base, api2, 2)
+    out2 = t.translate(s2)
+    assert "outbound|9090||api.backend.svc.cluster.local" in out2.clusters
+    assert "outbound|8080||api.backend.svc.cluster.local" not in out2.clusters
+    assert t.last_rebuilt == 1  # only echo's fragment names api
+    assert _same(out2, WaypointTranslator(REF).translate(s2))
+
+    # A new pod of the target: its outbound endpoints follow.
+    pod = parse_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-2", "namespace": "backend",
+                        "labels": {"app": "api"}}, "status": {"podIP": "127.0.3.2"}})
+    s3, _ = _replace(s2, base2, pod, 3)
+    out3 = t.translate(s3)
+    assert len(out3.endpoints["outbound|9090||api.backend.svc.cluster.local"].endpoints[0].lb_endpoints) == 2
+    assert _same(out3, WaypointTranslator(REF).translate(s3))
+
+
+def test_owned_target_destination_rule_changes_the_route_hash() -> None:
+    base = _load(MESH)
+    s1 = ConfigSnapshot.build(base, 1)
+    t = WaypointTranslator(REF)
+    t.translate(s1)
+    dr = _doc("DestinationRule", "app", "side", {"host": "side", "trafficPolicy": {
+        "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}}}, api="networking.istio.io/v1")
+    s2, _ = _replace(s1, base, dr, 2)
+    out = t.translate(s2)
+    hcm_routes = [r for lst in out.listeners.values() for fc in lst.filter_chains
+                  if fc.name == "inbound-vip|80|http|echo.app.svc.cluster.local"
+                  for r in _routes(fc)]
+    to_side = [r for r in hcm_routes if r.route.cluster == "inbound-vip|80|http|side.app.svc.cluster.local"]
+    assert to_side and to_side[0].route.hash_policy[0].header.header_name == "x-user"
+    assert _same(out, WaypointTranslator(REF).translate(s2))
+
+
+def _routes(fc: Any) -> list[Any]:
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+    hcm = hcm_pb2.HttpConnectionManager()
+    fc.filters[-1].typed_config.Unpack(hcm)
+    return list(hcm.route_config.virtual_hosts[0].routes)
+
+
+def test_unrelated_service_change_keeps_the_whole_waypoint_shortcut() -> None:
+    base = _load(MESH)
+    other = _doc("Service", "backend", "unrelated", {"clusterIP": "127.10.1.9", "ports": [{"port": 1}]})
+    base.append(other)
+    s1 = ConfigSnapshot.build(base, 1)
+    t = WaypointTranslator(REF)
+    out1 = t.translate(s1)
+    changed = _doc("Service", "backend", "unrelated", {"clusterIP": "127.10.1.9", "ports": [{"port": 2}]})
+    s2, _ = _replace(s1, base, changed, 2)
+    assert t.translate(s2) is out1
