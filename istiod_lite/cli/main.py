@@ -18,6 +18,7 @@ from istiod_lite.xds.server import XdsServerOptions
 
 def _serve(args: argparse.Namespace) -> int:
     from istiod_lite.ca.config import CaConfig, JwksSource
+    from istiod_lite.ca.tokenreview import TokenReviewConfig
     from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 
     ca = None
@@ -26,7 +27,11 @@ def _serve(args: argparse.Namespace) -> int:
         for spec in args.jwks:
             issuer, sep, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
             jwks.append(JwksSource(Path(path), issuer) if sep and issuer else JwksSource(Path(path)))
-        ca = CaConfig(ca_dir=Path(args.ca_dir), trust_domain=args.trust_domain, jwks=tuple(jwks))
+        review = None
+        if args.kubeconfig or args.token_review_in_cluster:
+            review = TokenReviewConfig(kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+                                       context=args.kube_context)
+        ca = CaConfig(ca_dir=Path(args.ca_dir), trust_domain=args.trust_domain, jwks=tuple(jwks), token_review=review)
     secure = args.secure_grpc_addr if ca is not None else ""
     if secure.startswith(":"):
         secure = "0.0.0.0" + secure
@@ -71,6 +76,7 @@ def _validate(args: argparse.Namespace) -> int:
     from istiod_lite.sources import DirectorySource
 
     logging.getLogger("istiod_lite.sources").setLevel(logging.ERROR)  # errors are printed below, once
+    from istiod_lite.translator.config_warnings import route_warnings
     from istiod_lite.translator.waypoints import binding_problems
 
     update = DirectorySource(Path(args.config)).load()
@@ -78,6 +84,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(err)
     for problem in binding_problems(update.snapshot):
         print(f"warning: binding: {problem}", file=sys.stderr)
+    for ignored in route_warnings(update.snapshot):
+        print(f"warning: ignored: {ignored}", file=sys.stderr)
     n = len(update.snapshot)
     print(f"{n} resource(s) valid, {len(update.errors)} error(s)", file=sys.stderr)
     return 1 if update.errors else 0
@@ -152,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trust-domain", default="cluster.local")
     s.add_argument("--mtls-grpc-addr", default="", metavar="HOST:PORT",
                    help="also serve the CA and xDS on an mTLS-only port (client certificate renewals); off by default")
+    s.add_argument("--kubeconfig", metavar="FILE",
+                   help="authenticate CA and xDS callers' tokens with Kubernetes TokenReview via this kubeconfig")
+    s.add_argument("--kube-context", metavar="NAME", help="kubeconfig context for TokenReview (default: current)")
+    s.add_argument("--token-review-in-cluster", action="store_true",
+                   help="TokenReview with the in-cluster service-account configuration")
     s.add_argument("--ca-workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                    help="certificate-signing worker processes (0: one background thread)")
     s.add_argument("--monitoring-addr", default="0.0.0.0:15014", metavar="HOST:PORT")

@@ -29,6 +29,7 @@ from istiod_lite.model import ConfigError, ConfigSnapshot
 from istiod_lite.monitoring.http import MonitoringServer
 from istiod_lite.sources import DirectorySource, SourceUpdate
 from istiod_lite.translator import find_waypoints
+from istiod_lite.translator.config_warnings import route_warnings
 from istiod_lite.translator.hbone import CONNECT_TERMINATE
 from istiod_lite.translator.proxyless import translate_proxyless
 from istiod_lite.translator.waypoint import WaypointTranslator, connect_terminate_for
@@ -96,6 +97,7 @@ class ControlPlane:
         self._shared: dict[WaypointRef, dict[str, list[VersionedResource]]] = {}
         self._terminate: dict[str, VersionedResource] = {}
         self._binding_problems: set[str] = set()
+        self._route_warnings: set[str] = set()
         self._monitoring = MonitoringServer(lambda: self.cache.ready, self.ads.status, self.ads.metrics.registry)
         self._tasks: list[asyncio.Task[None]] = []
         self.grpc_port = 0
@@ -230,6 +232,10 @@ class ControlPlane:
         for p in sorted(problems - self._binding_problems):
             log.warning("binding: %s", p)
         self._binding_problems = problems
+        warnings = set(route_warnings(self.config))
+        for w in sorted(warnings - self._route_warnings):
+            log.warning("ignored: %s", w)
+        self._route_warnings = warnings
         self.cache.set_snapshot(UNKNOWN_GROUP, EMPTY)
         self.cache.set_snapshot(PROXYLESS_GROUP, to_resource_snapshot(translate_proxyless(self.config)), trigger_time)
         for group in self.cache.groups():
