@@ -1,0 +1,62 @@
+"""YAML builders for the config directories that real-traffic tests write.
+
+Every such test needs the same few objects (a namespace bound to a waypoint, the waypoint's
+Gateway, Services and Pods on loopback addresses); building them here keeps each test down to
+the objects its behaviour is about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import yaml
+
+
+def _doc(obj: Mapping[str, object]) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=None)
+
+
+def namespace(name: str, waypoint: str | None = "waypoint", *, ambient: bool = False,
+              labels: Mapping[str, str] | None = None) -> str:
+    lab = dict(labels or {})
+    if waypoint:
+        lab["istio.io/use-waypoint"] = waypoint
+    if ambient:
+        lab["istio.io/dataplane-mode"] = "ambient"
+    return _doc({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": lab}})
+
+
+def waypoint_gateway(namespace: str, ip: str, name: str = "waypoint", *, labels: Mapping[str, str] | None = None,
+                     allowed_from: str | None = None) -> str:
+    listener: dict[str, object] = {"name": "mesh", "port": 15008, "protocol": "HBONE"}
+    if allowed_from:
+        listener["allowedRoutes"] = {"namespaces": {"from": allowed_from}}
+    return _doc({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                 "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
+                 "spec": {"gatewayClassName": "istio-waypoint", "addresses": [{"type": "IPAddress", "value": ip}],
+                          "listeners": [listener]}})
+
+
+def service(namespace: str, name: str, vip: str, ports: Sequence[tuple[str, int, int]], *,
+            selector: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None) -> str:
+    """``ports``: (name, port, targetPort)."""
+    return _doc({"apiVersion": "v1", "kind": "Service",
+                 "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
+                 "spec": {"clusterIP": vip, "selector": dict(selector or {"app": name}),
+                          "ports": [{"name": n, "port": p, "targetPort": t} for n, p, t in ports]}})
+
+
+def pod(namespace: str, name: str, ip: str, labels: Mapping[str, str], *, ambient: bool = False,
+        ready: bool = True) -> str:
+    lab = dict(labels)
+    if ambient:
+        lab["istio.io/dataplane-mode"] = "ambient"
+    status: dict[str, object] = {"podIP": ip}
+    if not ready:
+        status["conditions"] = [{"type": "Ready", "status": "False"}]
+    return _doc({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": lab},
+                 "status": status})
+
+
+def documents(*docs: str) -> str:
+    return "---\n".join(docs)
