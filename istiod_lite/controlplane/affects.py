@@ -26,7 +26,9 @@ AFFECTS: Mapping[str, frozenset[str]] = {
     # Endpoints only.
     "Pod": frozenset({EDS}),
     "EndpointSlice": frozenset({EDS}),
-    "WorkloadEntry": frozenset({EDS}),
+    # Endpoints, but also the inline endpoints of DNS ServiceEntry clusters that select them (CDS)
+    # and, for entries bound to a workload waypoint, main_internal's workload addresses (LDS).
+    "WorkloadEntry": frozenset({LDS, CDS, EDS}),
     # Routing: routes are inline in listeners (Istio's waypoint shape); targets add clusters.
     "VirtualService": frozenset({LDS, RDS, CDS, EDS}),
     "HTTPRoute": frozenset({LDS, RDS, CDS, EDS}),

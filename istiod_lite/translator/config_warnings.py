@@ -1,30 +1,52 @@
 """Valid Istio configuration that a waypoint silently ignores or cannot honour, as messages.
 
-Istio drops these without a word (or only in a debug log); an operator deserves to know.  Pure and
-memoised per (VirtualService, DestinationRule) maps; the control plane logs new entries, as it
-does for binding problems.  Only mesh-bound VirtualServices are inspected (others never reach a
-waypoint).
+Istio drops these without a word (or only in a debug log, or a status condition nobody reads in a
+YAML directory); an operator deserves to know.  Pure and memoised per map of the kinds read; the
+control plane logs new entries, as it does for binding problems.  Only mesh-bound VirtualServices
+are inspected (others never reach a waypoint).
+
+Gateway API mesh routes are checked against what a waypoint will do with them: a parent that does
+not resolve (missing Service or ServiceEntry, a Gateway parent, an unknown kind), a parent service
+bound to no waypoint, a route from a namespace the service's waypoint does not take routes from,
+a parent port the service does not have, a backend Service that does not exist (its requests get
+500), a route Istio refuses to convert, and VirtualServices ignored because an HTTPRoute takes
+precedence.  Bound ServiceEntries that cannot be served (DYNAMIC_DNS, a host without address, a
+host already served) are reported too.
 """
 
 from __future__ import annotations
 
 from istiod_lite.model import ConfigSnapshot
+from istiod_lite.model import gateway as gw
+from istiod_lite.model.core import Service
 from istiod_lite.model.networking import (
     ClientTLSSettings,
     DestinationRule,
     L4MatchAttributes,
+    ServiceEntry,
     TLSMatchAttributes,
     TrafficPolicy,
     VirtualService,
 )
+from istiod_lite.translator import route_httproute, service_model
 from istiod_lite.translator.index import derived_from_kinds
+from istiod_lite.translator.route_httproute import CORE_GROUPS, ISTIO_GROUP, mesh_routes
+from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views
+from istiod_lite.translator.waypoints import BINDING_KINDS, WAYPOINT_CLASS, Bindings, WaypointRef, bindings_of
 
 _SUPPORTED_REDIRECT_CODES = frozenset({0, 301, 302, 303, 307, 308})
 
 
 def route_warnings(snapshot: ConfigSnapshot) -> list[str]:
     """One message per ignored piece of routing config, sorted."""
-    return list(derived_from_kinds(snapshot, "route-warnings", ("VirtualService", "DestinationRule"), _build))
+    out = list(derived_from_kinds(snapshot, "route-warnings", ("VirtualService", "DestinationRule"), _build))
+    if snapshot.by_kind.get("HTTPRoute") or snapshot.by_kind.get("ServiceEntry"):
+        out += derived_from_kinds(snapshot, "mesh-warnings", _MESH_KINDS, _build_mesh)
+    return sorted(out)
+
+
+#: What the mesh-route and ServiceEntry checks read.
+_MESH_KINDS = tuple(dict.fromkeys((*BINDING_KINDS, "HTTPRoute", "VirtualService")))
 
 
 def _build(snapshot: ConfigSnapshot) -> tuple[str, ...]:
@@ -82,4 +104,140 @@ def _dr_warnings(dr: DestinationRule) -> list[str]:
         lbs = [tp.load_balancer, *(p.load_balancer for p in tp.port_level_settings)]
         if any(lb is not None and lb.locality_lb_setting is not None for lb in lbs):
             out.append(f"{what}: {where} localityLbSetting is not applied by istiod-lite; ignored")
+    return out
+
+
+# --------------------------------------------------------------------------- mesh routes, ServiceEntries
+
+
+def _build_mesh(snapshot: ConfigSnapshot) -> tuple[str, ...]:
+    bindings = bindings_of(snapshot)
+    # service host -> the waypoints serving it
+    serving: dict[str, list[WaypointRef]] = {}
+    for ref in bindings.waypoints:
+        for view in bound_views(bindings, ref):
+            serving.setdefault(view.host, []).append(ref)
+    out = list(mesh_routes(snapshot).problems)
+    for route in snapshot.of_kind(gw.HTTPRoute):
+        out += _route_warnings(snapshot, route, serving)
+    out += _precedence_warnings(snapshot, bindings)
+    out += _service_entry_warnings(snapshot, bindings)
+    return tuple(sorted(set(out)))
+
+
+def _parent_target(snapshot: ConfigSnapshot, route: gw.HTTPRoute, p: gw.ParentReference
+                   ) -> tuple[str, Service | ServiceEntry | None]:
+    """(description, object) of a mesh parent; ("", None) for a parent that is not a mesh parent."""
+    ns = p.namespace or route.namespace
+    if route_httproute.is_service_parent(p):
+        return f"Service {ns}/{p.name}", snapshot.get(Service, ns, p.name)
+    if route_httproute.is_service_entry_parent(p):
+        return f"ServiceEntry {ns}/{p.name}", snapshot.get(ServiceEntry, ns, p.name)
+    return "", None
+
+
+def _route_warnings(snapshot: ConfigSnapshot, route: gw.HTTPRoute, serving: dict[str, list[WaypointRef]]
+                    ) -> list[str]:
+    what = f"HTTPRoute {route.namespace}/{route.name}"
+    out = []
+    for i, p in enumerate(route.spec.parent_refs):
+        where = f"{what}: parentRefs[{i}]"
+        desc, target = _parent_target(snapshot, route, p)
+        if not desc:
+            out.append(_non_mesh_parent(snapshot, route, p, where))
+            continue
+        if target is None:
+            out.append(f"{where} names {desc}, which does not exist; ignored")
+            continue
+        hosts = route_httproute.parent_hosts(snapshot, route, p)
+        if p.port is not None:
+            ports = [v.ports for h in hosts for v in _views(target, h)]
+            if ports and not any(pi.number == p.port for ps in ports for pi in ps):
+                out.append(f"{where}: port {p.port} is not a port of {desc}; the route never matches")
+        for host in hosts:
+            refs = serving.get(host, [])
+            if not refs:
+                out.append(f"{where}: {desc} ({host}) is not bound to a waypoint; the route has no effect there")
+            for ref in refs:
+                if route.namespace not in (ref.namespace, target.namespace):
+                    allowed = " and ".join(sorted({ref.namespace, target.namespace}))
+                    out.append(f"{where}: waypoint {ref} applies routes for {host} only from namespace {allowed}; "
+                               "ignored there")
+    for i, rule in enumerate(route.spec.rules):
+        for j, b in enumerate(rule.backend_refs):
+            if b.weight > 0 and _missing_service(snapshot, route, b.group, b.kind, b.name, b.namespace):
+                out.append(f"{what}: rules[{i}].backendRefs[{j}] names Service {b.namespace or route.namespace}/"
+                           f"{b.name}, which does not exist; its share of requests gets 500")
+        for k, f in enumerate(rule.filters):
+            m = f.request_mirror
+            if m is not None and _missing_service(snapshot, route, m.backend_ref.group, m.backend_ref.kind,
+                                                  m.backend_ref.name, m.backend_ref.namespace):
+                out.append(f"{what}: rules[{i}].filters[{k}] mirrors to Service "
+                           f"{m.backend_ref.namespace or route.namespace}/{m.backend_ref.name}, which does not exist; "
+                           "the mirror is dropped")
+    return out
+
+
+def _missing_service(snapshot: ConfigSnapshot, route: gw.HTTPRoute, group: str, kind: str, name: str,
+                     namespace: str | None) -> bool:
+    if kind != "Service" or group not in CORE_GROUPS or "." in name:
+        return False
+    return snapshot.get(Service, namespace or route.namespace, name) is None
+
+
+def _views(target: Service | ServiceEntry, host: str) -> list[service_model.ServiceInfo]:
+    if isinstance(target, Service):
+        return [service_model.of_service(target)]
+    return [v for v in service_model.of_service_entry(target) if v.host == host]
+
+
+def _non_mesh_parent(snapshot: ConfigSnapshot, route: gw.HTTPRoute, p: gw.ParentReference, where: str) -> str:
+    ns = p.namespace or route.namespace
+    if p.kind == "Gateway" and p.group == gw.GROUP:
+        g = snapshot.get(gw.Gateway, ns, p.name)
+        if g is not None and g.spec.gateway_class_name == WAYPOINT_CLASS:
+            return (f"{where} names waypoint Gateway {ns}/{p.name}; waypoints apply routes attached to Services "
+                    "and ServiceEntries only; ignored")
+        return f"{where} names Gateway {ns}/{p.name}, which istiod-lite does not serve; ignored"
+    group = p.group or "core"
+    if p.kind == "ServiceEntry" or group == ISTIO_GROUP:
+        return f"{where}: kind {group}/{p.kind} is not a mesh parent (use networking.istio.io/ServiceEntry); ignored"
+    return f"{where}: parent kind {group}/{p.kind} is not supported; ignored"
+
+
+def _precedence_warnings(snapshot: ConfigSnapshot, bindings: Bindings) -> list[str]:
+    """VirtualServices a waypoint ignores because HTTPRoutes attach to the same service."""
+    mesh = mesh_routes(snapshot)
+    if not mesh.routes_by_host:
+        return []
+    out = []
+    for ref in bindings.waypoints:
+        for view in bound_views(bindings, ref):
+            attached = mesh.routes((ref.namespace, view.namespace), view.host)
+            if not attached:
+                continue
+            names = ", ".join(f"{r.namespace}/{r.name}" for r in attached)
+            for vs in applicable_virtual_services(snapshot, ref, view):
+                out.append(f"VirtualService {vs.namespace}/{vs.name}: ignored for {view.host} on waypoint {ref}, "
+                           f"because HTTPRoute {names} attaches to it (Gateway API routes take precedence)")
+    return out
+
+
+def _service_entry_warnings(snapshot: ConfigSnapshot, bindings: Bindings) -> list[str]:
+    out = []
+    for ref, entries in bindings.service_entries.items():
+        served = {v.host: v for v in bound_views(bindings, ref)}
+        for se in entries:
+            what = f"ServiceEntry {se.namespace}/{se.name}"
+            if se.spec.resolution == service_model.DYNAMIC_DNS:
+                out.append(f"{what}: resolution DYNAMIC_DNS is not supported on waypoints; not served by {ref}")
+                continue
+            for view in service_model.of_service_entry(se):
+                owner = served.get(view.host)
+                if owner is not None and owner.source is not se:
+                    out.append(f"{what}: host {view.host} is already served by waypoint {ref} for "
+                               f"{type(owner.source).__name__} {owner.namespace}/{owner.source.name}; ignored")
+                elif not view.vips:
+                    out.append(f"{what}: host {view.host} has no address (spec.addresses, or one allocated in "
+                               f"status.addresses); waypoint {ref} matches traffic by address, so it is unreachable")
     return out

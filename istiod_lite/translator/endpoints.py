@@ -1,67 +1,218 @@
-"""Endpoints of a service port: ready pods selected by the Service (and a subset's labels)."""
+"""Endpoints of a service port: the workloads behind it, as Envoy ``LbEndpoint``s.
+
+Where they come from (Istio's service registries, reduced to what a waypoint needs):
+
+* a Kubernetes Service: the ready (and unready, marked UNHEALTHY) pods its selector matches, and
+  the WorkloadEntries of its namespace whose labels match the selector (Istio's cross-registry
+  selection); a WorkloadEntry's port is ``ports[<service port name>]``, else the numeric target
+  port (a named target port is looked up in ``ports``), else the service port;
+* a ServiceEntry host: its inline ``endpoints``, or the WorkloadEntries and pods of its namespace
+  matched by ``workloadSelector``; for ``DNS`` without either, the host name itself.  The port is
+  ``ports[<port name>]`` if set, else ``targetPort``, else the port (pods: the container port named
+  like the service port).
+
+How they are reached from a waypoint: an ambient workload (``istio.io/dataplane-mode=ambient`` on
+it or its namespace, or Istio's ``networking.istio.io/tunnel: http`` label) through
+``connect_originate`` (HBONE to its ztunnel), anything else at its plain address.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from envoy.config.core.v3 import address_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
 from istiod_lite.model import ConfigSnapshot
-from istiod_lite.model.core import Pod, Service, ServicePort
-from istiod_lite.translator.index import index_of
+from istiod_lite.model.core import Namespace, Pod, Service, ServicePort
+from istiod_lite.model.networking import ServiceEntry, WorkloadEntry
+from istiod_lite.model.networking_se import WorkloadEntrySpec
+from istiod_lite.translator.index import index_of, workload_entries_of, workload_entry_labels
 from istiod_lite.translator.names import CONNECT_ORIGINATE, ORIGINAL_DST_KEY
-from istiod_lite.translator.waypoints import is_ambient
+from istiod_lite.translator.service_model import DNS, DNS_ROUND_ROBIN, PortInfo, ServiceInfo
+from istiod_lite.translator.waypoints import DATAPLANE_MODE, is_ambient
+
+#: Istio's label for workloads that terminate HBONE themselves (``model.TunnelLabel``).
+TUNNEL_LABEL = "networking.istio.io/tunnel"
+_HEALTHY: int = health_check_pb2.HEALTHY
+_UNHEALTHY: int = health_check_pb2.UNHEALTHY
 
 
 def target_port(pod: Pod, port: ServicePort) -> int | None:
-    tp = port.target_port
-    if tp is None:
-        return port.port
-    if isinstance(tp, int):
-        return tp
-    if tp.isdigit():
-        return int(tp)
-    return pod.named_port(tp)
+    return _pod_port(pod, port.port, port.target_port)
+
+
+def _pod_port(pod: Pod, number: int, target: int | str | None) -> int | None:
+    if target is None:
+        return number
+    if isinstance(target, int):
+        return target
+    if target.isdigit():
+        return int(target)
+    return pod.named_port(target)
+
+
+def _selector_with(selector: Mapping[str, str] | None, subset_labels: Mapping[str, str] | None
+                   ) -> dict[str, str] | None:
+    """The selector narrowed by a subset's labels; None when they contradict (nothing matches)."""
+    out = dict(selector or {})
+    for k, v in (subset_labels or {}).items():
+        if out.setdefault(k, v) != v:
+            return None
+    return out
 
 
 def service_pods(snapshot: ConfigSnapshot, svc: Service, subset_labels: Mapping[str, str] | None = None) -> list[Pod]:
     """Pods with an IP selected by the Service's selector (and the subset's labels, if any)."""
-    selector = dict(svc.spec.selector or {})
-    if not selector:
+    if not svc.spec.selector:
         return []
-    for k, v in (subset_labels or {}).items():
-        if selector.setdefault(k, v) != v:
-            return []  # the subset contradicts the Service's own selector: nothing matches both
-    return index_of(snapshot).selected_pods(svc.namespace, selector)
+    selector = _selector_with(svc.spec.selector, subset_labels)
+    return index_of(snapshot).selected_pods(svc.namespace, selector) if selector else []
+
+
+def service_workload_entries(snapshot: ConfigSnapshot, svc: Service,
+                             subset_labels: Mapping[str, str] | None = None) -> list[WorkloadEntry]:
+    """WorkloadEntries of the Service's namespace selected like its pods."""
+    if not svc.spec.selector:
+        return []
+    selector = _selector_with(svc.spec.selector, subset_labels)
+    return workload_entries_of(snapshot).selected(svc.namespace, selector) if selector else []
+
+
+def _we_port(we: WorkloadEntrySpec, port: PortInfo, k8s: bool) -> int | None:
+    by_name = we.ports.get(port.name)
+    if by_name:
+        return by_name
+    t = port.target
+    if isinstance(t, str) and not t.isdigit():
+        return we.ports.get(t) if k8s else None
+    return int(t) if t else port.number
+
+
+def _k8s_endpoints(snapshot: ConfigSnapshot, svc: Service, port: PortInfo, subset_labels: Mapping[str, str] | None,
+                   hbone: bool) -> list[endpoint_components_pb2.LbEndpoint]:
+    out = []
+    for pod in service_pods(snapshot, svc, subset_labels):
+        tp = _pod_port(pod, port.number, port.target)
+        if tp is not None:
+            out.append(_pod_endpoint(snapshot, pod, tp, hbone))
+    for we in service_workload_entries(snapshot, svc, subset_labels):
+        wp = _we_port(we.spec, port, k8s=True)
+        if wp is not None:
+            out.append(_workload_entry_endpoint(snapshot, we, wp, hbone))
+    return out
+
+
+def _pod_endpoint(snapshot: ConfigSnapshot, pod: Pod, port: int, hbone: bool) -> endpoint_components_pb2.LbEndpoint:
+    health = _HEALTHY if pod.ready else _UNHEALTHY
+    ep = _tunnel_endpoint(pod.ips[0], port, health) if hbone and is_ambient(snapshot, pod) \
+        else _plain_endpoint(pod.ips[0], port, health)
+    _workload_metadata(ep, pod.name, pod.namespace, pod.metadata.labels)
+    ep.load_balancing_weight.value = 1
+    return ep
+
+
+def _we_ambient(snapshot: ConfigSnapshot, we: WorkloadEntry) -> bool:
+    """Like a pod: the entry's own dataplane-mode label, else its namespace's; or Istio's tunnel label."""
+    labels = workload_entry_labels(we)
+    if labels.get(TUNNEL_LABEL) == "http":
+        return True
+    mode = labels.get(DATAPLANE_MODE)
+    if mode is not None:
+        return mode == "ambient"
+    ns = snapshot.get(Namespace, "", we.namespace)
+    return ns is not None and ns.metadata.labels.get(DATAPLANE_MODE) == "ambient"
+
+
+def _we_health(we: WorkloadEntry) -> int:
+    """Istio's health check controller writes ``status.conditions[type=Healthy]``; absent means healthy."""
+    for c in (we.status or {}).get("conditions") or ():
+        if isinstance(c, Mapping) and c.get("type") == "Healthy":
+            return _HEALTHY if c.get("status") == "True" else _UNHEALTHY
+    return _HEALTHY
+
+
+def _workload_entry_endpoint(snapshot: ConfigSnapshot, we: WorkloadEntry, port: int, hbone: bool
+                             ) -> endpoint_components_pb2.LbEndpoint:
+    health = _we_health(we)
+    address = we.spec.address
+    ep = _tunnel_endpoint(address, port, health) if hbone and _we_ambient(snapshot, we) \
+        else _plain_endpoint(address, port, health)
+    _workload_metadata(ep, we.name, we.namespace, workload_entry_labels(we))
+    ep.load_balancing_weight.value = we.spec.weight or 1
+    return ep
 
 
 def load_assignment(
     cluster_name: str, snapshot: ConfigSnapshot, svc: Service, port: ServicePort,
     subset_labels: Mapping[str, str] | None = None, hbone: bool = False,
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    """Plain socket-address endpoints, sorted by address; unready pods are kept as UNHEALTHY
+    """Endpoints of a Kubernetes Service port, sorted by address; unready pods are kept as UNHEALTHY
     (Istio sends unhealthy endpoints with their status and lets Envoy's panic threshold decide)."""
-    lb_endpoints = []
-    for pod in service_pods(snapshot, svc, subset_labels):
-        tp = target_port(pod, port)
-        if tp is None:
-            continue
-        health = health_check_pb2.HEALTHY if pod.ready else health_check_pb2.UNHEALTHY
-        if hbone and is_ambient(snapshot, pod):
-            ep = _tunnel_endpoint(pod.ips[0], tp, health)
-        else:
-            ep = endpoint_components_pb2.LbEndpoint(
-                endpoint=endpoint_components_pb2.Endpoint(
-                    address=address_pb2.Address(
-                        socket_address=address_pb2.SocketAddress(address=pod.ips[0], port_value=tp)
-                    )
-                ),
-                health_status=health,
-            )
-        _workload_metadata(ep, pod)
-        ep.load_balancing_weight.value = 1
-        lb_endpoints.append(ep)
+    info = PortInfo(port.port, port.name, "", port.target_port)
+    return _assignment(cluster_name, _k8s_endpoints(snapshot, svc, info, subset_labels, hbone))
+
+
+def service_load_assignment(
+    cluster_name: str, snapshot: ConfigSnapshot, svc: ServiceInfo, port: PortInfo,
+    subset_labels: Mapping[str, str] | None = None, hbone: bool = True,
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """Endpoints of any service port (Service or ServiceEntry host), sorted by address."""
+    src = svc.source
+    if isinstance(src, ServiceEntry):
+        eps = _service_entry_endpoints(snapshot, src, svc, port, subset_labels, hbone)
+    else:
+        eps = _k8s_endpoints(snapshot, src, port, subset_labels, hbone)
+    return _assignment(cluster_name, eps)
+
+
+def _labels_match(labels: Mapping[str, str], wanted: Mapping[str, str] | None) -> bool:
+    return all(labels.get(k) == v for k, v in (wanted or {}).items())
+
+
+def _service_entry_endpoints(snapshot: ConfigSnapshot, se: ServiceEntry, svc: ServiceInfo, port: PortInfo,
+                             subset_labels: Mapping[str, str] | None, hbone: bool
+                             ) -> list[endpoint_components_pb2.LbEndpoint]:
+    spec = se.spec
+    dns = svc.resolution in (DNS, DNS_ROUND_ROBIN)
+    out = []
+    if spec.workload_selector is not None:
+        selector = _selector_with(spec.workload_selector.labels, subset_labels)
+        if not selector:
+            return []
+        for pod in index_of(snapshot).selected_pods(se.namespace, selector):
+            pp = pod.named_port(port.name) or _se_target(port)
+            out.append(_pod_endpoint(snapshot, pod, pp, hbone))
+        for we in workload_entries_of(snapshot).selected(se.namespace, selector):
+            wp = _we_port(we.spec, port, k8s=False)
+            if wp is not None and (dns or not we.spec.is_unix):
+                out.append(_workload_entry_endpoint(snapshot, we, wp, hbone))
+        return out
+    if not spec.endpoints:
+        if dns and not subset_labels:  # Istio: a DNS entry without endpoints resolves its host
+            ep = _plain_endpoint(svc.host, _se_target(port), _HEALTHY)
+            _workload_metadata(ep, se.name, se.namespace, {})
+            ep.load_balancing_weight.value = 1
+            out.append(ep)
+        return out
+    for i, e in enumerate(spec.endpoints):
+        if e.is_unix or not e.address or not _labels_match(e.labels, subset_labels):
+            continue  # a unix socket is only reachable on the endpoint's own host
+        ep_port = e.ports.get(port.name) or _se_target(port)
+        tunnel = hbone and e.labels.get(TUNNEL_LABEL) == "http"
+        ep = _tunnel_endpoint(e.address, ep_port, _HEALTHY) if tunnel else _plain_endpoint(e.address, ep_port, _HEALTHY)
+        _workload_metadata(ep, f"{se.name}-{i}", se.namespace, e.labels)
+        ep.load_balancing_weight.value = e.weight or 1
+        out.append(ep)
+    return out
+
+
+def _se_target(port: PortInfo) -> int:
+    return port.target if isinstance(port.target, int) and port.target > 0 else port.number
+
+
+def _assignment(cluster_name: str, lb_endpoints: list[endpoint_components_pb2.LbEndpoint]
+                ) -> endpoint_pb2.ClusterLoadAssignment:
     lb_endpoints.sort(key=_sort_key)
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
     if lb_endpoints:
@@ -69,15 +220,42 @@ def load_assignment(
     return cla
 
 
+def endpoint_inputs(snapshot: ConfigSnapshot, svc: ServiceInfo) -> tuple[object, ...]:
+    """Every object a service's endpoints are computed from, for the translator's memo: selected
+    pods and WorkloadEntries (any subset selects among these) and their namespaces (ambient or
+    not).  A ServiceEntry's inline endpoints are part of the entry itself."""
+    src = svc.source
+    pods: Sequence[Pod]
+    wes: Sequence[WorkloadEntry]
+    if isinstance(src, ServiceEntry):
+        sel = src.spec.workload_selector
+        if sel is None or not sel.labels:
+            return ()
+        pods = index_of(snapshot).selected_pods(src.namespace, sel.labels)
+        wes = workload_entries_of(snapshot).selected(src.namespace, sel.labels)
+    else:
+        pods = service_pods(snapshot, src)
+        wes = service_workload_entries(snapshot, src)
+    namespaces = sorted({o.namespace for o in (*pods, *wes)} | {svc.namespace})
+    return (*pods, *wes, *(snapshot.get(Namespace, "", ns) for ns in namespaces))
+
+
 def _sort_key(e: endpoint_components_pb2.LbEndpoint) -> tuple[str, str, int]:
     a = e.endpoint.address
     return (a.envoy_internal_address.endpoint_id, a.socket_address.address, a.socket_address.port_value)
 
 
+def _plain_endpoint(address: str, port: int, health: int) -> endpoint_components_pb2.LbEndpoint:
+    return endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))),
+        health_status=health)
+
+
 def _tunnel_endpoint(ip: str, port: int, health: int) -> endpoint_components_pb2.LbEndpoint:
-    """An ambient pod: reached through ``connect_originate`` (HBONE to ``ip:15008``), with the
-    pod's ``ip:port`` as the tunnel target (original_dst metadata, passed through by the cluster's
-    internal_upstream transport)."""
+    """An ambient workload: reached through ``connect_originate`` (HBONE to ``ip:15008``), with the
+    workload's ``ip:port`` as the tunnel target (original_dst metadata, passed through by the
+    cluster's internal_upstream transport)."""
     target = f"{ip}:{port}"
     ep = endpoint_components_pb2.LbEndpoint(health_status=health)
     internal = ep.endpoint.address.envoy_internal_address
@@ -87,13 +265,24 @@ def _tunnel_endpoint(ip: str, port: int, health: int) -> endpoint_components_pb2
     return ep
 
 
-def _workload_metadata(ep: endpoint_components_pb2.LbEndpoint, pod: Pod) -> None:
+def _workload_metadata(ep: endpoint_components_pb2.LbEndpoint, name: str, namespace: str,
+                       labels: Mapping[str, str]) -> None:
     """Istio's ``istio.workload`` endpoint metadata: ``name;namespace;canonical name;revision;cluster``."""
-    labels = pod.metadata.labels
     canonical = labels.get("service.istio.io/canonical-name") or labels.get("app.kubernetes.io/name") \
-        or labels.get("app") or pod.name
+        or labels.get("app") or name
     revision = labels.get("service.istio.io/canonical-revision") or labels.get("app.kubernetes.io/version") \
         or labels.get("version") or ""
     revision = "" if revision == "latest" else revision
     ep.metadata.filter_metadata["istio"].fields["workload"].string_value = \
-        f"{pod.name};{pod.namespace};{canonical};{revision};Kubernetes"
+        f"{name};{namespace};{canonical};{revision};Kubernetes"
+
+
+def dedupe(objs: Iterable[object]) -> tuple[object, ...]:
+    """Objects in order, each once (by identity)."""
+    seen: set[int] = set()
+    out = []
+    for o in objs:
+        if id(o) not in seen:
+            seen.add(id(o))
+            out.append(o)
+    return tuple(out)

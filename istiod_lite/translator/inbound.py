@@ -195,6 +195,12 @@ def _port_target(pc: PortChains) -> matcher_pb2.Matcher.OnMatch:
 
 
 def _cidr(ip: str) -> cidr_pb2.CidrRange:
+    """A VIP (``/32`` or ``/128``), or a ServiceEntry's CIDR address as given."""
+    if "/" in ip:
+        net = ipaddress.ip_network(ip, strict=False)
+        r = cidr_pb2.CidrRange(address_prefix=str(net.network_address))
+        r.prefix_len.value = net.prefixlen
+        return r
     addr = ipaddress.ip_address(ip)
     r = cidr_pb2.CidrRange(address_prefix=str(addr))
     r.prefix_len.value = addr.max_prefixlen

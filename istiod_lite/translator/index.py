@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod
-from istiod_lite.model.networking import DestinationRule, VirtualService
+from istiod_lite.model.networking import DestinationRule, ServiceEntry, VirtualService, WorkloadEntry
 from istiod_lite.translator import names
 
 
@@ -159,3 +159,56 @@ def virtual_services_for(index: SnapshotIndex, namespaces: tuple[str, ...], host
             if any(host_matches(qualify(h, vs.namespace), host) for h in vs.spec.hosts):
                 found[(vs.namespace, vs.name)] = vs
     return sorted(found.values(), key=lambda v: (v.metadata.creation_timestamp, v.namespace, v.name))
+
+
+def workload_entry_labels(we: WorkloadEntry) -> Mapping[str, str]:
+    """Istio merges a WorkloadEntry's ``spec.labels`` with its metadata labels (metadata wins)."""
+    if not we.spec.labels:
+        return we.metadata.labels
+    return {**we.spec.labels, **we.metadata.labels}
+
+
+@dataclass(frozen=True)
+class WorkloadEntryIndex:
+    """WorkloadEntries with an address, by (namespace, label key, label value), sorted by name.
+
+    Separate from ``SnapshotIndex`` on purpose: it is memoised on the WorkloadEntry map alone, so a
+    pod or VirtualService change does not rebuild it (nor a WorkloadEntry change the pod table)."""
+
+    by_label: Mapping[tuple[str, str, str], tuple[WorkloadEntry, ...]]
+
+    def selected(self, namespace: str, selector: Mapping[str, str]) -> list[WorkloadEntry]:
+        """WorkloadEntries in ``namespace`` whose (merged) labels include every ``selector`` entry."""
+        if not selector or not self.by_label:
+            return []
+        items = sorted(selector.items())
+        candidates = min((self.by_label.get((namespace, k, v), ()) for k, v in items), key=len)
+        return [we for we in candidates if all(workload_entry_labels(we).get(k) == v for k, v in items)]
+
+
+def workload_entries_of(snapshot: ConfigSnapshot) -> WorkloadEntryIndex:
+    return derived_from_kinds(snapshot, "workload-entries", ("WorkloadEntry",), _build_workload_entries)
+
+
+def _build_workload_entries(snapshot: ConfigSnapshot) -> WorkloadEntryIndex:
+    by_label: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
+    for we in snapshot.of_kind(WorkloadEntry):
+        if not we.spec.address:
+            continue  # network-only entries are reached through a gateway: not supported here
+        for k, v in workload_entry_labels(we).items():
+            by_label.setdefault((we.namespace, k, v), []).append(we)
+    return WorkloadEntryIndex({k: tuple(v) for k, v in by_label.items()})
+
+
+def service_entries_by_host(snapshot: ConfigSnapshot) -> Mapping[str, tuple[ServiceEntry, ...]]:
+    """host -> the ServiceEntries declaring it, oldest first (Istio's choice when several do)."""
+    return derived_from_kinds(snapshot, "se-by-host", ("ServiceEntry",), _build_se_hosts)
+
+
+def _build_se_hosts(snapshot: ConfigSnapshot) -> Mapping[str, tuple[ServiceEntry, ...]]:
+    out: dict[str, list[ServiceEntry]] = {}
+    for se in sorted(snapshot.of_kind(ServiceEntry),
+                     key=lambda s: (s.metadata.creation_timestamp, s.namespace, s.name)):
+        for h in se.spec.hosts:
+            out.setdefault(h, []).append(se)
+    return {k: tuple(v) for k, v in out.items()}

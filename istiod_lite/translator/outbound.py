@@ -8,7 +8,11 @@ Facts: shared/reference/istio-waypoint.md §1.5 and §4 (``getWaypointDestinatio
   ``kind`` is ``http`` for HTTP and sniffed ports (and unknown ports), ``tcp`` otherwise;
 * a known service owned by no one or another waypoint -> ``outbound|P|<subset>|H``; the waypoint
   then gets that service's outbound clusters (every non-UDP port, every DestinationRule subset),
-  with endpoints straight to its pods (a waypoint never sends to the target's own waypoint).
+  with endpoints straight to its workloads (a waypoint never sends to the target's own waypoint);
+* "known" covers Kubernetes Services (by FQDN) and ServiceEntry hosts (the oldest entry declaring
+  the host wins, as Istio's ``ServiceForHostname``);
+* an empty host (a Gateway API backend of a kind Istio cannot route to) -> ``UnknownService``, a
+  cluster that never exists (the route answers 500 under gateway semantics).
 
 One ``DestinationResolver`` per service fragment: it records the outbound targets its routes
 name (and, as Istio, every other non-owned service its VirtualServices reference), so the
@@ -18,20 +22,22 @@ fragment carries their clusters.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Protocol
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Service
 from istiod_lite.model.networking import ConsistentHashLB, Destination, DestinationRule, VirtualService
-from istiod_lite.translator import inbound, names, service_clusters
-from istiod_lite.translator.index import index_of, qualify
+from istiod_lite.translator import names, service_clusters, service_model
+from istiod_lite.translator.index import index_of, qualify, service_entries_by_host
 from istiod_lite.translator.output import EnvoyResources
+from istiod_lite.translator.service_model import ServiceInfo
 from istiod_lite.translator.traffic_policy import destination_hash
 
 _SUFFIX = ".svc." + names.DEFAULT_DOMAIN
+#: Istio's cluster name for a destination it cannot resolve (``getWaypointDestinationCluster``).
+UNKNOWN_SERVICE = "UnknownService"
 
 
-def service_for_host(snapshot: ConfigSnapshot, host: str) -> Service | None:
+def kube_service_for_host(snapshot: ConfigSnapshot, host: str) -> Service | None:
     """The Kubernetes Service named by ``<name>.<namespace>.svc.cluster.local``, if it exists."""
     if not host.endswith(_SUFFIX):
         return None
@@ -39,6 +45,27 @@ def service_for_host(snapshot: ConfigSnapshot, host: str) -> Service | None:
     if not name or not ns or "." in ns:
         return None
     return snapshot.get(Service, ns, name)
+
+
+def service_for_host(snapshot: ConfigSnapshot, host: str) -> ServiceInfo | None:
+    """The service (Kubernetes Service, else the oldest ServiceEntry declaring ``host``), if any."""
+    svc = kube_service_for_host(snapshot, host)
+    if svc is not None:
+        return service_model.of_service(svc)
+    for se in service_entries_by_host(snapshot).get(host, ()):
+        for info in service_model.of_service_entry(se):
+            if info.host == host:
+                return info
+    return None
+
+
+def source_for_host(snapshot: ConfigSnapshot, host: str) -> object:
+    """The config object ``service_for_host`` reads (for memo keys; None if there is none)."""
+    svc = kube_service_for_host(snapshot, host)
+    if svc is not None:
+        return svc
+    entries = service_entries_by_host(snapshot).get(host, ())
+    return entries[0] if entries else None
 
 
 def host_namespace(host: str) -> str:
@@ -61,11 +88,13 @@ def referenced_hosts(vs: VirtualService) -> Iterator[str]:
     ns = vs.namespace
     for http in vs.spec.http:
         for d in http.route:
-            yield qualify(d.destination.host, ns)
+            if d.destination.host:  # empty: an unroutable Gateway API backend
+                yield qualify(d.destination.host, ns)
         if http.mirror is not None:
             yield qualify(http.mirror.host, ns)
         for m in http.mirrors:
-            yield qualify(m.destination.host, ns)
+            if m.destination.host:
+                yield qualify(m.destination.host, ns)
     for tcp in vs.spec.tcp:
         for rd in tcp.route:
             yield qualify(rd.destination.host, ns)
@@ -74,46 +103,40 @@ def referenced_hosts(vs: VirtualService) -> Iterator[str]:
             yield qualify(rd.destination.host, ns)
 
 
-def _port_kind(svc: Service | None, port: int) -> str:
+def _port_kind(svc: ServiceInfo | None, port: int) -> str:
     """``portToSubset``'s protocol part."""
-    for p in svc.spec.ports if svc is not None else ():
-        if p.port == port:
-            return "http" if "http" in inbound.chain_kinds(inbound.port_protocol(p.name, p.app_protocol, p.protocol)) \
-                else "tcp"
-    return "http"
-
-
-class OwnedService(Protocol):
-    """A service this waypoint serves (the translator's view of it)."""
-
-    @property
-    def svc(self) -> Service: ...
+    p = svc.port(port) if svc is not None else None
+    if p is None:
+        return "http"
+    return "http" if "http" in p.chain_kinds else "tcp"
 
 
 class DestinationResolver:
     """Resolves destinations for one service's routes (``routes.Targets``) and collects the
     outbound services they need."""
 
-    def __init__(self, snapshot: ConfigSnapshot, waypoint_namespace: str, owned: Mapping[str, OwnedService]) -> None:
+    def __init__(self, snapshot: ConfigSnapshot, waypoint_namespace: str, owned: Mapping[str, ServiceInfo]) -> None:
         self.snapshot = snapshot
         self.waypoint_namespace = waypoint_namespace
-        #: FQDN -> the services this waypoint owns (shared by every fragment of one translation).
+        #: host -> the services this waypoint owns (shared by every fragment of one translation).
         self.owned = owned
-        #: FQDN -> Service of every non-owned service a route named (sorted when built).
-        self.outbound: dict[str, Service] = {}
+        #: host -> every non-owned service a route named (sorted when built).
+        self.outbound: dict[str, ServiceInfo] = {}
         self._drs = index_of(snapshot).destination_rules
 
-    def service(self, host: str) -> Service | None:
+    def service(self, host: str) -> ServiceInfo | None:
         view = self.owned.get(host)
-        return view.svc if view is not None else service_for_host(self.snapshot, host)
+        return view if view is not None else service_for_host(self.snapshot, host)
 
     def cluster(self, dest: Destination, namespace: str, listen_port: int) -> str:
+        if not dest.host:
+            return UNKNOWN_SERVICE
         host = qualify(dest.host, namespace)
         svc = self.service(host)
         if dest.port is not None:
             port = dest.port.number
-        elif svc is not None and len(svc.spec.ports) == 1:
-            port = svc.spec.ports[0].port
+        elif svc is not None and len(svc.ports) == 1:
+            port = svc.ports[0].number
         else:
             port = listen_port
         subset = dest.subset or ""
@@ -121,6 +144,9 @@ class DestinationResolver:
             self.outbound[host] = svc
             return names.outbound_cluster(port, host, subset)
         return names.inbound_vip_cluster(port, host, _port_kind(svc, port), subset)
+
+    def exists(self, dest: Destination, namespace: str) -> bool:
+        return bool(dest.host) and self.service(qualify(dest.host, namespace)) is not None
 
     def include(self, hosts: Iterable[str]) -> None:
         """Also build outbound clusters for these hosts (Istio builds them for every non-owned
@@ -142,5 +168,5 @@ class DestinationResolver:
         """Clusters and endpoints of every outbound target named so far (sorted by host)."""
         out = EnvoyResources()
         for host in sorted(self.outbound):
-            service_clusters.add_outbound(out, self.snapshot, self.outbound[host], host, self.destination_rule(host))
+            service_clusters.add_outbound(out, self.snapshot, self.outbound[host], self.destination_rule(host))
         return out

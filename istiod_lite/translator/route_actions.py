@@ -250,15 +250,23 @@ def cors(c: CorsPolicy) -> cors_pb2.CorsPolicy:
     return out
 
 
-def redirect(r: rc.Route, red: HTTPRedirect, listen_port: int) -> bool:
+#: Gateway API prefix-replacing redirects arrive as ``%PREFIX()%<replacement>`` (Istio's marker).
+PREFIX_MARKER = "%PREFIX()%"
+
+
+def redirect(r: rc.Route, red: HTTPRedirect, listen_port: int, gateway: bool = False) -> bool:
     """``ApplyRedirect``; False for a redirect code Envoy cannot express (the route is dropped:
-    Istio would emit a route without action, which Envoy rejects)."""
+    Istio would emit a route without action, which Envoy rejects).  With gateway semantics a
+    ``%PREFIX()%`` URI replaces the matched prefix (``prefix_rewrite``) instead of the whole path."""
     code = _REDIRECT_CODES.get(red.redirect_code)
     if code is None:
         return False
     ra = r.redirect
     ra.host_redirect = red.authority
-    ra.path_redirect = red.uri
+    if gateway and red.uri.startswith(PREFIX_MARKER):
+        ra.prefix_rewrite = red.uri[len(PREFIX_MARKER):]
+    else:
+        ra.path_redirect = red.uri
     ra.response_code = code
     if red.scheme:
         ra.scheme_redirect = red.scheme

@@ -6,6 +6,10 @@ they change behaviour: an empty StringMatch (and ``regex: "*"``) means "header/p
 match; header matchers are sorted by name, then ``:method``, ``:authority`` and ``:scheme`` are
 appended; ``case_sensitive`` is always set (``!ignoreUriCase``).  Query parameters are sorted by
 name (Istio iterates a Go map; sorting makes the output deterministic).
+
+Gateway semantics (routes converted from Gateway API HTTPRoutes): a prefix other than ``/`` becomes
+``path_separated_prefix`` without its trailing ``/`` (``/api`` matches ``/api`` and ``/api/x``, not
+``/apix``), as the Gateway API requires.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ def header_matcher(name: str, m: StringMatch) -> rc.HeaderMatcher:
     return rc.HeaderMatcher(name=name, string_match=string_matcher(m))
 
 
-def route_match(m: HTTPMatchRequest | None) -> rc.RouteMatch:
-    """The Envoy match of one Istio match (None: the catch-all ``prefix: /``)."""
+def route_match(m: HTTPMatchRequest | None, gateway: bool = False) -> rc.RouteMatch:
+    """The Envoy match of one Istio match (None: the catch-all ``prefix: /``); ``gateway``: the
+    route has Gateway API semantics."""
     if m is None:
         return rc.RouteMatch(prefix="/")
     out = rc.RouteMatch()
@@ -61,7 +66,10 @@ def route_match(m: HTTPMatchRequest | None) -> rc.RouteMatch:
     elif uri.exact is not None:
         out.path = uri.exact
     elif uri.prefix is not None:
-        out.prefix = uri.prefix
+        if gateway and uri.prefix != "/":
+            out.path_separated_prefix = uri.prefix.removesuffix("/")
+        else:
+            out.prefix = uri.prefix
     else:
         out.safe_regex.regex = uri.regex or ""
     out.case_sensitive.value = not m.ignore_uri_case

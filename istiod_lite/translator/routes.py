@@ -9,6 +9,12 @@ route comes out, the service gets the default route.
 
 Destinations are resolved by a ``Targets`` object (``outbound.DestinationResolver``): an owned
 service becomes ``inbound-vip|P|http[/subset]|H``, any other ``outbound|P|subset|H``.
+
+Gateway semantics: Gateway API HTTPRoutes arrive here as VirtualServices annotated
+``internal.istio.io/route-semantics: gateway`` (``route_httproute``), as in Istio.  For them a prefix
+match is path-separated, a missing backend answers 500 (``cluster_not_found_response_code``), a
+``ReplacePrefixMatch`` of ``/`` strips the matched prefix with a regex, and a ``%PREFIX()%``
+redirect replaces only the prefix (``model.UseGatewaySemantics`` in Istio's ``route.go``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,23 @@ from istiod_lite.translator.route_match import is_catch_all, path_pattern, route
 DEFAULT_RETRY_ON = act.DEFAULT_RETRY_ON
 MAX_DIRECT_RESPONSE_BODY = 1024 * 1024
 VS_PATH = "/apis/networking.istio.io/v1/namespaces/{}/virtual-service/{}"
+#: Istio's annotation on VirtualServices converted from Gateway API routes (``constants.InternalRouteSemantics``).
+ROUTE_SEMANTICS = "internal.istio.io/route-semantics"
+GATEWAY_SEMANTICS = "gateway"
 default_retry_policy = act.default_retry_policy
+
+
+_GO_REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+
+
+def quote_meta(text: str) -> str:
+    """Go's ``regexp.QuoteMeta`` (Python's ``re.escape`` escapes more, e.g. ``-``)."""
+    return "".join("\\" + c if c in _GO_REGEX_SPECIAL else c for c in text)
+
+
+def gateway_semantics(vs: VirtualService) -> bool:
+    """``model.UseGatewaySemantics``: the VirtualService stands for a Gateway API route."""
+    return vs.metadata.annotations.get(ROUTE_SEMANTICS) == GATEWAY_SEMANTICS
 
 
 class Targets(Protocol):
@@ -44,6 +66,10 @@ class Targets(Protocol):
     def cluster(self, dest: Destination, namespace: str, listen_port: int) -> str: ...
 
     def consistent_hash(self, dest: Destination, namespace: str) -> ConsistentHashLB | None: ...
+
+    def exists(self, dest: Destination, namespace: str) -> bool:
+        """Whether the destination's service exists (Gateway API mirrors to a missing one are dropped)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -58,9 +84,10 @@ class RouteScope:
 
 def _route_action_defaults(action: rc.RouteAction) -> None:
     action.timeout.SetInParent()  # 0s: no timeout unless the VirtualService sets one
-    # Istio: gRPC's grpc-timeout header may shorten, never lengthen, the route timeout (0 = none).
-    action.max_stream_duration.max_stream_duration.SetInParent()
-    action.max_stream_duration.grpc_timeout_header_max.SetInParent()
+    # Istio (``setTimeout``): gRPC's grpc-timeout header may shorten, never lengthen, the route
+    # timeout (0 = none), through the deprecated ``max_grpc_timeout``.  Not ``max_stream_duration``:
+    # its mere presence switches Envoy's router to "new timeouts", which ignore ``timeout``.
+    action.max_grpc_timeout.SetInParent()
 
 
 def default_route(cluster: str, host: str, port: int, hash_policy: rc.RouteAction.HashPolicy | None = None
@@ -123,8 +150,9 @@ def translate_route(vs: VirtualService, http: HTTPRoute, m: HTTPMatchRequest | N
             return None
     if not http.route and http.redirect is None and http.direct_response is None:
         return None  # a delegating route: delegation is not supported (config_warnings)
+    gateway = gateway_semantics(vs)
     r = rc.Route(name=f"{http.name}.{m.name}" if m is not None and m.name else http.name)
-    r.match.CopyFrom(route_match(m))
+    r.match.CopyFrom(route_match(m, gateway))
     r.metadata.filter_metadata["istio"].fields["config"].string_value = VS_PATH.format(vs.namespace, vs.name)
     if m is not None and m.stat_prefix:
         r.stat_prefix = m.stat_prefix
@@ -137,12 +165,12 @@ def translate_route(vs: VirtualService, http: HTTPRoute, m: HTTPMatchRequest | N
         r.response_headers_to_remove.extend(ops.response_remove)
         authority = ops.authority
     if http.redirect is not None:
-        if not act.redirect(r, http.redirect, scope.listen_port):
+        if not act.redirect(r, http.redirect, scope.listen_port, gateway):
             return None
     elif http.direct_response is not None:
         act.direct_response(r, http.direct_response)
     else:
-        _route_action(r, vs, http, scope, authority)
+        _route_action(r, vs, http, scope, authority, gateway)
     r.decorator.operation = _operation(r, vs.name, scope.listen_port)
     if http.fault is not None and (f := act.fault(http.fault)) is not None:
         r.typed_per_filter_config[act.FAULT_FILTER].CopyFrom(packed(f))
@@ -151,19 +179,27 @@ def translate_route(vs: VirtualService, http: HTTPRoute, m: HTTPMatchRequest | N
     return r
 
 
-def _route_action(r: rc.Route, vs: VirtualService, http: HTTPRoute, scope: RouteScope, authority: str) -> None:
+def _route_action(r: rc.Route, vs: VirtualService, http: HTTPRoute, scope: RouteScope, authority: str,
+                  gateway: bool = False) -> None:
     """``applyHTTPRouteDestination``: timeout, rewrites, mirrors, destinations, hashing, retries."""
     a = r.route
     _route_action_defaults(a)
     if http.timeout is not None:
         set_duration(a.timeout, http.timeout)
-        set_duration(a.max_stream_duration.grpc_timeout_header_max, http.timeout)
+        set_duration(a.max_grpc_timeout, http.timeout)
+    if gateway:
+        # Gateway API: a backend that does not exist answers 500, not 503.
+        a.cluster_not_found_response_code = rc.RouteAction.INTERNAL_SERVER_ERROR
     ns, port, targets = vs.namespace, scope.listen_port, scope.targets
     rw = http.rewrite
     if rw is not None:
         if rw.uri_regex_rewrite is not None:
             a.regex_rewrite.pattern.regex = rw.uri_regex_rewrite.match
             a.regex_rewrite.substitution = rw.uri_regex_rewrite.rewrite
+        elif rw.uri == "/" and gateway:
+            # ReplacePrefixMatch "/": drop the matched prefix, keeping a "/" if nothing is left.
+            a.regex_rewrite.pattern.regex = f"^{quote_meta(r.match.path_separated_prefix)}(/?)(.*)"
+            a.regex_rewrite.substitution = r"/\2"
         elif rw.uri:
             a.prefix_rewrite = rw.uri
         authority = rw.authority or authority
@@ -172,6 +208,8 @@ def _route_action(r: rc.Route, vs: VirtualService, http: HTTPRoute, scope: Route
     if http.mirror is not None and (frac := act.mirror_fraction(http.mirror_percentage, http.mirror_percent)):
         a.request_mirror_policies.append(act.mirror_policy(targets.cluster(http.mirror, ns, port), frac))
     for mirror in http.mirrors:
+        if gateway and not targets.exists(mirror.destination, ns):
+            continue  # Istio's createMirrorFilter drops a mirror whose backend is not found
         if (frac := act.mirror_fraction(mirror.percentage)) is not None:
             a.request_mirror_policies.append(act.mirror_policy(targets.cluster(mirror.destination, ns, port), frac))
     consistent_hash = False

@@ -2,11 +2,22 @@
 waypoint owns, ``outbound`` for a route target it does not own.
 
 Facts: shared/reference/istio-waypoint.md §3 (``buildWaypointInboundVIP``, ``applyDestinationRule``,
-``buildSubsetCluster``).  Both directions share the builder (``cluster_policy.service_cluster``) and
-the data path: endpoints of ambient pods go through ``connect_originate`` (HBONE), other pods are
-plain addresses, and the cluster's ``internal_upstream`` transport passes the pod address on.
+``buildSubsetCluster``, ``buildCluster``).  Both directions share the builder
+(``cluster_policy.service_cluster``) and the data path: endpoints of ambient workloads go through
+``connect_originate`` (HBONE), others are plain addresses, and the cluster's ``internal_upstream``
+transport passes the workload address on.
 
-Differences Istio makes between the two, kept here:
+The discovery type follows the service's resolution (``convertResolution``):
+
+* EDS for Services and ``STATIC`` ServiceEntries (endpoints in EDS);
+* ``STRICT_DNS`` (``DNS``) or ``LOGICAL_DNS`` (``DNS_ROUND_ROBIN``) with the endpoints inline in
+  ``load_assignment``, ``dns_lookup_family: V4_ONLY`` (the waypoint's addresses are IPv4),
+  ``dns_refresh_rate`` = the mesh default (60s) and ``respect_dns_ttl``; a DNS cluster without
+  endpoints is not generated (Istio's ``buildCluster`` returns nil for it);
+* ``ORIGINAL_DST`` + ``CLUSTER_PROVIDED`` for ``NONE`` (passthrough to the address the client
+  dialled, restored by ``main_internal``'s original_dst filter).
+
+Differences Istio makes between the two directions, kept here:
 
 * names: ``inbound-vip|P|http[/subset]|H`` (a cluster per chain kind) vs ``outbound|P|subset|H``;
 * ``istio.subset`` metadata: ``http``/``tcp``/``http/v1`` on every inbound-vip cluster, the bare
@@ -23,57 +34,85 @@ wraps the inner transport).
 
 from __future__ import annotations
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import struct_pb2
 
 from istiod_lite.model import ConfigSnapshot
-from istiod_lite.model.core import Service, ServicePort
 from istiod_lite.model.networking import DestinationRule
 from istiod_lite.translator import clusters, endpoints, hbone, inbound, names
 from istiod_lite.translator.cluster_policy import service_cluster
 from istiod_lite.translator.output import EnvoyResources
+from istiod_lite.translator.service_model import DNS, DNS_ROUND_ROBIN, NONE, PortInfo, ServiceInfo
 from istiod_lite.translator.traffic_policy import cluster_policy
 
 PASSTHROUGH: base_pb2.TransportSocket = hbone.internal_upstream(passthrough=True)
+#: Istio's mesh default ``dnsRefreshRate``.
+DNS_REFRESH_RATE_S = 60
+_C = cluster_pb2.Cluster
+_DNS_TYPES = {DNS: _C.STRICT_DNS, DNS_ROUND_ROBIN: _C.LOGICAL_DNS}
 
 
 def dr_path(dr: DestinationRule) -> str:
     return clusters.DR_PATH.format(dr.namespace, dr.name)
 
 
-def _add(out: EnvoyResources, snapshot: ConfigSnapshot, svc: Service, port: ServicePort, name: str,
-         meta: struct_pb2.Struct, proto: str, dr: DestinationRule | None, subset: str, subset_meta: str,
-         outbound: bool) -> None:
-    policy = cluster_policy(dr, port.port, subset)
+def _add(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, port: PortInfo, name: str,
+         meta: struct_pb2.Struct, dr: DestinationRule | None, subset: str, subset_meta: str, outbound: bool) -> None:
+    policy = cluster_policy(dr, port.number, subset)
     config = dr_path(dr) if dr is not None and (outbound or policy is not None) else ""
-    c = service_cluster(name, meta, policy, h2=inbound.is_h2(proto), auto=proto == "unsupported",
-                        plain_transport=PASSTHROUGH, subset=subset_meta, config=config, alpn_override=outbound)
+    c = service_cluster(name, meta, policy, h2=inbound.is_h2(port.protocol),
+                        auto=port.protocol == "unsupported", plain_transport=PASSTHROUGH, subset=subset_meta,
+                        config=config, alpn_override=outbound)
+    labels = dr.spec.subset(subset).labels if dr is not None and subset else None  # type: ignore[union-attr]
+    if svc.resolution == NONE and c.type == _C.EDS:
+        _passthrough(c)
+    elif svc.resolution in _DNS_TYPES and c.type == _C.EDS:
+        cla = endpoints.service_load_assignment(name, snapshot, svc, port, labels, hbone=False)
+        if not cla.endpoints:
+            return  # Istio does not build a DNS cluster without endpoints
+        _dns(c, _DNS_TYPES[svc.resolution], cla)
     out.clusters[name] = c
-    if c.HasField("eds_cluster_config"):  # an ORIGINAL_DST (PASSTHROUGH) cluster has no endpoints
-        labels = dr.spec.subset(subset).labels if dr is not None and subset else None  # type: ignore[union-attr]
-        out.endpoints[name] = endpoints.load_assignment(name, snapshot, svc, port, labels, hbone=True)
+    if c.HasField("eds_cluster_config"):  # ORIGINAL_DST and DNS clusters have no EDS endpoints
+        out.endpoints[name] = endpoints.service_load_assignment(name, snapshot, svc, port, labels, hbone=True)
 
 
-def add_inbound_vip(out: EnvoyResources, snapshot: ConfigSnapshot, svc: Service, host: str, meta: struct_pb2.Struct,
-                    port: ServicePort, proto: str, kind: str, dr: DestinationRule | None) -> None:
+def _passthrough(c: cluster_pb2.Cluster) -> None:
+    """``NONE`` resolution: connect to the original destination (``ORIGINAL_DST`` + ``CLUSTER_PROVIDED``)."""
+    c.type = _C.ORIGINAL_DST
+    c.lb_policy = _C.CLUSTER_PROVIDED
+    c.ClearField("eds_cluster_config")
+
+
+def _dns(c: cluster_pb2.Cluster, kind: int, cla: endpoint_pb2.ClusterLoadAssignment) -> None:
+    """``DNS``/``DNS_ROUND_ROBIN``: Envoy resolves the (inline) endpoint names itself."""
+    c.type = kind
+    c.ClearField("eds_cluster_config")
+    c.dns_lookup_family = _C.V4_ONLY
+    c.dns_refresh_rate.seconds = DNS_REFRESH_RATE_S
+    c.respect_dns_ttl = True
+    c.load_assignment.CopyFrom(cla)
+
+
+def add_inbound_vip(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, meta: struct_pb2.Struct,
+                    port: PortInfo, kind: str, dr: DestinationRule | None) -> None:
     """``inbound-vip|P|<kind>|H`` and one cluster per DestinationRule subset (``<kind>/<subset>``)."""
-    _add(out, snapshot, svc, port, names.inbound_vip_cluster(port.port, host, kind), meta, proto, dr, "", kind,
+    _add(out, snapshot, svc, port, names.inbound_vip_cluster(port.number, svc.host, kind), meta, dr, "", kind,
          outbound=False)
     for ss in dr.spec.subsets if dr is not None else ():
-        _add(out, snapshot, svc, port, names.inbound_vip_cluster(port.port, host, kind, ss.name), meta, proto, dr,
+        _add(out, snapshot, svc, port, names.inbound_vip_cluster(port.number, svc.host, kind, ss.name), meta, dr,
              ss.name, f"{kind}/{ss.name}", outbound=False)
 
 
-def add_outbound(out: EnvoyResources, snapshot: ConfigSnapshot, svc: Service, host: str,
-                 dr: DestinationRule | None) -> None:
+def add_outbound(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, dr: DestinationRule | None) -> None:
     """``outbound|P||H`` for every non-UDP port of a route target, plus its subsets."""
-    meta = clusters.service_metadata([{"host": host, "name": svc.name, "namespace": svc.namespace}])
-    for port in svc.spec.ports:
-        proto = inbound.port_protocol(port.name, port.app_protocol, port.protocol)
-        if proto == "udp":
+    meta = clusters.service_metadata(svc.metadata())
+    for port in svc.ports:
+        if port.protocol == "udp":
             continue
-        _add(out, snapshot, svc, port, names.outbound_cluster(port.port, host), meta, proto, dr, "", "",
+        _add(out, snapshot, svc, port, names.outbound_cluster(port.number, svc.host), meta, dr, "", "",
              outbound=True)
         for ss in dr.spec.subsets if dr is not None else ():
-            _add(out, snapshot, svc, port, names.outbound_cluster(port.port, host, ss.name), meta, proto, dr,
+            _add(out, snapshot, svc, port, names.outbound_cluster(port.number, svc.host, ss.name), meta, dr,
                  ss.name, ss.name, outbound=True)

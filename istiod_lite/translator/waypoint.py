@@ -9,7 +9,17 @@ Shape: listeners ``connect_terminate`` (per proxy: it binds the proxy's own addr
 ``connect_terminate_for``), ``main_internal`` and ``connect_originate``; clusters
 ``main_internal``, ``encap``, ``connect_originate`` and ``inbound-vip|P|http[/subset]|H`` /
 ``inbound-vip|P|tcp[/subset]|H`` per bound service port; endpoints of those clusters (ambient
-pods through ``connect_originate``, other pods as plain addresses).
+workloads through ``connect_originate``, others as plain addresses).
+
+Bound services are Kubernetes Services and ServiceEntry hosts alike (``service_model``), ordered
+by creation time as Istio orders them.  Their routes come from Gateway API HTTPRoutes attached to
+the service when there are any (``route_httproute``), else from VirtualServices.
+
+Precedence (a choice; Istio leaves it undefined): when an HTTPRoute in the
+waypoint's or the service's namespace attaches to a service, that service's VirtualServices are
+ignored on the waypoint and reported (``config_warnings``).  Istio itself calls mixing the two
+"not supported ... undefined behavior" (ambient L7 docs) and, in code, concatenates whatever its
+sidecar scope lists; the Gateway API route is the one the waypoint docs prescribe, so it wins.
 """
 
 from __future__ import annotations
@@ -19,7 +29,6 @@ from dataclasses import dataclass
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from istiod_lite.model import ConfigSnapshot
-from istiod_lite.model.core import Namespace, Service, ServicePort
 from istiod_lite.model.networking import DestinationRule, VirtualService
 from istiod_lite.translator import (
     clusters,
@@ -31,43 +40,61 @@ from istiod_lite.translator import (
     route_actions,
     routes,
     service_clusters,
+    service_model,
     tcp_routes,
     traffic_policy,
 )
 from istiod_lite.translator.index import derived, derived_from_kinds, index_of, virtual_services_for
 from istiod_lite.translator.output import EnvoyResources
+from istiod_lite.translator.route_httproute import ROUTE_KINDS, mesh_routes
+from istiod_lite.translator.service_model import ServiceInfo
 from istiod_lite.translator.waypoints import Bindings, WaypointRef, bindings_of
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 #: Kinds a waypoint's translation reads besides its bound services and workloads.
-_READ_KINDS = ("Pod", "Namespace", "VirtualService", "DestinationRule")
+_READ_KINDS = ("Pod", "Namespace", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry",
+               "HTTPRoute")
 
 
-@dataclass(frozen=True)
-class _ServiceView:
-    svc: Service
-    host: str
-
-
-def applicable_virtual_services(snapshot: ConfigSnapshot, ref: WaypointRef, sv: _ServiceView) -> list[VirtualService]:
+def applicable_virtual_services(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo) -> list[VirtualService]:
     """VirtualServices from the waypoint's or the service's namespace, bound to ``mesh``, whose
     hosts match the service; ordered by creation time then name, as Istio merges them."""
-    return virtual_services_for(index_of(snapshot), (ref.namespace, sv.svc.namespace), sv.host)
+    return virtual_services_for(index_of(snapshot), (ref.namespace, sv.namespace), sv.host)
 
 
-def destination_rule(snapshot: ConfigSnapshot, ref: WaypointRef, sv: _ServiceView) -> DestinationRule | None:
+def service_routes(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo
+                   ) -> tuple[list[VirtualService], tuple[object, ...]]:
+    """The VirtualServices that route ``sv`` on this waypoint and the config objects they come
+    from (for the memo): the HTTPRoutes attached to it from the waypoint's or the service's
+    namespace, converted, if there are any (they take precedence); else its VirtualServices."""
+    namespaces = (ref.namespace, sv.namespace)
+    mesh = mesh_routes(snapshot)
+    attached = mesh.routes(namespaces, sv.host)
+    if attached:
+        return mesh.virtual_services(namespaces, sv.host), attached
+    vss = applicable_virtual_services(snapshot, ref, sv)
+    return vss, tuple(vss)
+
+
+def destination_rule(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo) -> DestinationRule | None:
     """The DestinationRule for the service: the service's namespace wins over the waypoint's."""
     drs = index_of(snapshot).destination_rules
-    return drs.get((sv.svc.namespace, sv.host)) or drs.get((ref.namespace, sv.host))
+    return drs.get((sv.namespace, sv.host)) or drs.get((ref.namespace, sv.host))
 
 
-def _served_ports(svc: Service) -> list[tuple[ServicePort, str]]:
-    """(port, protocol) for every port a waypoint handles (UDP is not)."""
+def bound_views(bindings: Bindings, ref: WaypointRef) -> list[ServiceInfo]:
+    """Every service the waypoint serves - Services and ServiceEntry hosts - in Istio's order
+    (creation time, then name); a host already served keeps its first (oldest) definition."""
+    views = [service_model.of_service(s) for s in bindings.services.get(ref, ())]
+    views += [v for se in bindings.service_entries.get(ref, ()) for v in service_model.of_service_entry(se)]
+    if len(views) > 1 and bindings.service_entries.get(ref):
+        views.sort(key=service_model.sort_key)
+    seen: set[str] = set()
     out = []
-    for p in svc.spec.ports:
-        proto = inbound.port_protocol(p.name, p.app_protocol, p.protocol)
-        if inbound.chain_kinds(proto):
-            out.append((p, proto))
+    for v in views:
+        if v.host not in seen:
+            seen.add(v.host)
+            out.append(v)
     return out
 
 
@@ -121,6 +148,7 @@ class WaypointTranslator:
         # Whole-waypoint shortcut: same bound objects and same maps of every other kind read
         # below means the same output (a change elsewhere in the mesh costs a few comparisons).
         key = (*bindings.services.get(ref, ()), None, *bindings.workloads.get(ref, ()), None,
+               *bindings.service_entries.get(ref, ()), None, *bindings.workload_entries.get(ref, ()), None,
                *(snapshot.by_kind.get(k) for k in _READ_KINDS),
                *_route_target_services(snapshot, ref))
         if self._last is not None and len(self._last[0]) == len(key) and all(
@@ -133,7 +161,7 @@ class WaypointTranslator:
 
     def _translate(self, snapshot: ConfigSnapshot, bindings: Bindings) -> EnvoyResources:
         ref = self.ref
-        views = [_ServiceView(s, names.service_fqdn(s.name, s.namespace)) for s in bindings.services.get(ref, ())]
+        views = bound_views(bindings, ref)
         owned = {v.host: v for v in views}
         out = EnvoyResources()
         fragments: dict[str, tuple[_Inputs, _Fragment]] = {}
@@ -141,13 +169,12 @@ class WaypointTranslator:
         rebuilt = 0
         for sv in views:
             dr = destination_rule(snapshot, ref, sv)
-            vss = applicable_virtual_services(snapshot, ref, sv)
-            pods = endpoints.service_pods(snapshot, sv.svc)
-            namespaces = {p.namespace for p in pods} | {sv.svc.namespace}
-            ns_objs = [snapshot.get(Namespace, "", ns) for ns in sorted(namespaces)]
-            # VirtualServices may route to other services of this waypoint: whether those are
-            # owned, and their ports, matter too.
-            inputs = _Inputs((sv.svc, dr, *vss, *pods, *ns_objs, *_target_objects(snapshot, ref, vss, owned)),
+            vss, route_inputs = service_routes(snapshot, ref, sv)
+            # Routes may name other services of this waypoint: whether those are owned, and their
+            # ports, matter too.  Converted HTTPRoutes are new objects per snapshot: the
+            # HTTPRoutes themselves stand for them.
+            inputs = _Inputs((sv.source, dr, *route_inputs, _TARGET_END, *endpoints.endpoint_inputs(snapshot, sv),
+                              *_target_objects(snapshot, ref, vss, owned)),
                              _target_signature(vss, owned))
             cached = self._fragments.get(sv.host)
             if cached is not None and cached[0].same_as(inputs):
@@ -160,7 +187,7 @@ class WaypointTranslator:
             chains.append(frag.chains)
         self._fragments = fragments
         self.last_rebuilt = rebuilt
-        workload_ips = sorted({ip for pod in bindings.workloads.get(ref, ()) for ip in pod.ips})
+        workload_ips = bindings.workload_ips(ref)
         # main_internal holds every chain: rebuild it only if a chain (object) or the workloads changed.
         key = (*chains, *workload_ips)
         if self._main_internal is not None and len(self._main_internal[0]) == len(key) and all(
@@ -180,10 +207,10 @@ def _referenced(vss: list[VirtualService]) -> list[str]:
 
 
 def _target_signature(
-    vss: list[VirtualService], owned: dict[str, _ServiceView]
+    vss: list[VirtualService], owned: dict[str, ServiceInfo]
 ) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """(host, served ports or () if not owned) of every destination the VirtualServices name."""
-    return tuple((h, tuple(p.port for p, _ in _served_ports(owned[h].svc)) if h in owned else ())
+    return tuple((h, tuple(p.number for p in owned[h].served_ports()) if h in owned else ())
                  for h in _referenced(vss))
 
 
@@ -192,48 +219,55 @@ _TARGET_END = object()
 
 
 def _target_objects(
-    snapshot: ConfigSnapshot, ref: WaypointRef, vss: list[VirtualService], owned: dict[str, _ServiceView]
+    snapshot: ConfigSnapshot, ref: WaypointRef, vss: list[VirtualService], owned: dict[str, ServiceInfo]
 ) -> tuple[object, ...]:
     """What a fragment reads about its route targets, for the memo: per target host, whether it is
-    owned, its Service and DestinationRule (ports, protocols, consistent hash); for a target this
-    waypoint does not own also its pods and their namespaces (its outbound endpoints)."""
+    owned, its Service or ServiceEntry and DestinationRule (ports, protocols, consistent hash);
+    for a target this waypoint does not own also what its endpoints come from (its outbound
+    endpoints)."""
     out: list[object] = []
     hosts = _referenced(vss)
     drs = index_of(snapshot).destination_rules if hosts else {}
     for host in hosts:
         view = owned.get(host)
-        svc = view.svc if view is not None else outbound.service_for_host(snapshot, host)
-        out += (view is not None, svc, outbound.destination_rule_for_host(drs, ref.namespace, host))
-        if view is None and svc is not None:
-            pods = endpoints.service_pods(snapshot, svc)
-            out += pods
-            out += (snapshot.get(Namespace, "", ns) for ns in sorted({p.namespace for p in pods} | {svc.namespace}))
+        out += (view is not None, view.source if view is not None else outbound.source_for_host(snapshot, host),
+                outbound.destination_rule_for_host(drs, ref.namespace, host))
+        target = outbound.service_for_host(snapshot, host) if view is None else None
+        if target is not None:
+            out += endpoints.endpoint_inputs(snapshot, target)
         out.append(_TARGET_END)
     return tuple(out)
 
 
 def _vs_hosts_by_namespace(snapshot: ConfigSnapshot) -> dict[str, tuple[str, ...]]:
-    """namespace -> every host its mesh VirtualServices route or mirror to (sorted)."""
+    """namespace -> every host its mesh VirtualServices and mesh HTTPRoutes route or mirror to (sorted)."""
     hosts: dict[str, set[str]] = {}
     for vs in snapshot.of_kind(VirtualService):
         if vs.spec.applies_to_mesh:
             hosts.setdefault(vs.namespace, set()).update(outbound.referenced_hosts(vs))
+    for converted in mesh_routes(snapshot).vs_by_host.values():
+        for vs in converted:
+            hosts.setdefault(vs.namespace, set()).update(outbound.referenced_hosts(vs))
     return {ns: tuple(sorted(hs)) for ns, hs in hosts.items()}
 
 
-def _vs_targets_by_namespace(snapshot: ConfigSnapshot) -> dict[str, tuple[Service | None, ...]]:
-    """namespace -> the Service (or None) of every host its mesh VirtualServices name."""
-    hosts = derived_from_kinds(snapshot, "vs-hosts", ("VirtualService",), _vs_hosts_by_namespace)
-    return {ns: tuple(outbound.service_for_host(snapshot, h) for h in hs) for ns, hs in hosts.items()}
+def _vs_targets_by_namespace(snapshot: ConfigSnapshot) -> dict[str, tuple[object, ...]]:
+    """namespace -> the Service or ServiceEntry (or None) of every host its routes name."""
+    hosts = derived_from_kinds(snapshot, "vs-hosts", ("VirtualService", *ROUTE_KINDS), _vs_hosts_by_namespace)
+    return {ns: tuple(outbound.source_for_host(snapshot, h) for h in hs) for ns, hs in hosts.items()}
 
 
 def _route_targets_by_waypoint(snapshot: ConfigSnapshot) -> dict[WaypointRef, tuple[object, ...]]:
-    """waypoint -> the route targets of every VirtualService that can apply to it (those in its
-    namespace or a bound service's), once per snapshot for all waypoints."""
-    targets = derived_from_kinds(snapshot, "vs-targets", ("VirtualService", "Service"), _vs_targets_by_namespace)
+    """waypoint -> the route targets of every route that can apply to it (those in its namespace
+    or a bound service's), once per snapshot for all waypoints."""
+    targets = derived_from_kinds(snapshot, "vs-targets", ("VirtualService", "Service", *ROUTE_KINDS),
+                                 _vs_targets_by_namespace)
     out: dict[WaypointRef, tuple[object, ...]] = {}
-    for ref, services in bindings_of(snapshot).services.items():
-        namespaces = sorted({ref.namespace, *(s.namespace for s in services)} & targets.keys())
+    b = bindings_of(snapshot)
+    for ref, services in b.services.items():
+        owner_ns = {ref.namespace, *(s.namespace for s in services),
+                    *(se.namespace for se in b.service_entries.get(ref, ()))}
+        namespaces = sorted(owner_ns & targets.keys())
         out[ref] = tuple(x for ns in namespaces for x in (*targets[ns], _TARGET_END))
     return out
 
@@ -245,37 +279,37 @@ def _route_target_services(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[
 
 
 def _service_fragment(
-    snapshot: ConfigSnapshot, sv: _ServiceView, dr: DestinationRule | None, vss: list[VirtualService],
-    owned: dict[str, _ServiceView], waypoint_namespace: str,
+    snapshot: ConfigSnapshot, sv: ServiceInfo, dr: DestinationRule | None, vss: list[VirtualService],
+    owned: dict[str, ServiceInfo], waypoint_namespace: str,
 ) -> _Fragment:
     """One service's clusters, endpoints and chains: inbound-vip clusters per port (and DR
-    subset) with the DR's traffic policy, HTTP routes from its VirtualServices (else the default
-    route), the TCP chain's route, and the outbound clusters of route targets it does not own."""
+    subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
+    the TCP chain's route, and the outbound clusters of route targets it does not own."""
     resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned)
     out = EnvoyResources()
-    meta = clusters.service_metadata([{"host": sv.host, "name": sv.svc.name, "namespace": sv.svc.namespace}])
+    meta = clusters.service_metadata(sv.metadata())
     port_chains = []
-    for port, proto in _served_ports(sv.svc):
+    for port in sv.served_ports():
         http_chain: listener_components_pb2.FilterChain | None = None
         tcp_chain: listener_components_pb2.FilterChain | None = None
-        for kind in inbound.chain_kinds(proto):
-            cluster = names.inbound_vip_cluster(port.port, sv.host, kind)
-            service_clusters.add_inbound_vip(out, snapshot, sv.svc, sv.host, meta, port, proto, kind, dr)
+        for kind in port.chain_kinds:
+            cluster = names.inbound_vip_cluster(port.number, sv.host, kind)
+            service_clusters.add_inbound_vip(out, snapshot, sv, meta, port, kind, dr)
             if kind == "http":
-                scope = routes.RouteScope(port.port, waypoint_namespace, resolver)
+                scope = routes.RouteScope(port.number, waypoint_namespace, resolver)
                 route_list = routes.http_routes(vss, scope)
                 if not route_list:
-                    hash_policy = route_actions.hash_policy(traffic_policy.service_hash(dr, port.port))
-                    route_list = [routes.default_route(cluster, sv.host, port.port, hash_policy)]
-                rcfg = routes.route_configuration(cluster, f"inbound|http|{port.port}", route_list)
-                http_chain = inbound.http_chain(cluster, port.port, rcfg, inbound.is_h2(proto))
+                    hash_policy = route_actions.hash_policy(traffic_policy.service_hash(dr, port.number))
+                    route_list = [routes.default_route(cluster, sv.host, port.number, hash_policy)]
+                rcfg = routes.route_configuration(cluster, f"inbound|http|{port.number}", route_list)
+                http_chain = inbound.http_chain(cluster, port.number, rcfg, inbound.is_h2(port.protocol))
             else:
-                tcp_chain = tcp_routes.tcp_chain(cluster, vss, sv.host, port.port, resolver)
-        port_chains.append(inbound.PortChains(port.port, http_chain, tcp_chain))
+                tcp_chain = tcp_routes.tcp_chain(cluster, vss, sv.host, port.number, resolver)
+        port_chains.append(inbound.PortChains(port.number, http_chain, tcp_chain))
     resolver.include(_referenced(vss))
     if resolver.outbound:
         out.merge(resolver.outbound_resources())
-    return _Fragment(out, inbound.ServiceChains(sv.svc.vips, tuple(port_chains)))
+    return _Fragment(out, inbound.ServiceChains(sv.vips, tuple(port_chains)))
 
 
 def connect_terminate_for(bind_ip: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> listener_pb2.Listener:

@@ -6,11 +6,13 @@ Facts: shared/reference/istio-waypoint.md §1.2-1.3.
   controller wrote one, else ``spec.addresses`` (YAML-directory mode).
 * Traffic type: label ``istio.io/waypoint-for`` on the GatewayClass, then on the Gateway (the
   Gateway wins); default ``service``; values ``service``, ``workload``, ``all``, ``none``.
-* Binding: label ``istio.io/use-waypoint`` on the object (Service, Pod), else on its Namespace;
+* Binding: label ``istio.io/use-waypoint`` on the object (Service, ServiceEntry, Pod,
+  WorkloadEntry), else on its Namespace;
   ``istio.io/use-waypoint-namespace`` names the waypoint's namespace (default: the object's own);
   the value ``none`` opts the object out even when its namespace sets a waypoint.
-* A service binds only to a waypoint for ``service``/``all``; a workload only to ``workload``/``all``
-  (a namespace-inherited mismatch for a workload is silently not a binding, as in Istio).
+* A service (Service or ServiceEntry) binds only to a waypoint for ``service``/``all``; a workload
+  (Pod or WorkloadEntry with an IP address) only to ``workload``/``all`` (a namespace-inherited
+  mismatch for a workload is silently not a binding, as in Istio).
 * Cross-namespace binding needs the waypoint's HBONE listener to allow it
   (``allowedRoutes.namespaces.from``: ``Same`` by default, ``All``, or ``Selector``).
 
@@ -26,6 +28,8 @@ from typing import Any
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Namespace, Pod, Service
 from istiod_lite.model.gateway import Gateway, GatewayClass
+from istiod_lite.model.networking import ServiceEntry, WorkloadEntry
+from istiod_lite.model.networking_common import is_ip
 from istiod_lite.translator.index import derived_from_kinds
 
 WAYPOINT_CLASS = "istio-waypoint"
@@ -118,7 +122,16 @@ class Bindings:
     waypoints: dict[WaypointRef, Waypoint] = field(default_factory=dict)
     services: dict[WaypointRef, list[Service]] = field(default_factory=dict)
     workloads: dict[WaypointRef, list[Pod]] = field(default_factory=dict)
+    #: ServiceEntries bound like Services (oldest first), and WorkloadEntries bound like pods.
+    service_entries: dict[WaypointRef, list[ServiceEntry]] = field(default_factory=dict)
+    workload_entries: dict[WaypointRef, list[WorkloadEntry]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+
+    def workload_ips(self, ref: WaypointRef) -> list[str]:
+        """Addresses of the workloads (pods and WorkloadEntries) bound to ``ref``, sorted, unique."""
+        ips = {ip for pod in self.workloads.get(ref, ()) for ip in pod.ips}
+        ips.update(we.spec.address for we in self.workload_entries.get(ref, ()))
+        return sorted(ips)
 
 
 def _requested(labels: Mapping[str, str], namespace: str) -> WaypointRef | str | None:
@@ -137,6 +150,8 @@ def compute_bindings(snapshot: ConfigSnapshot) -> Bindings:
         out.waypoints[wp.ref] = wp
         out.services[wp.ref] = []
         out.workloads[wp.ref] = []
+        out.service_entries[wp.ref] = []
+        out.workload_entries[wp.ref] = []
     namespaces = {ns.name: ns for ns in snapshot.of_kind(Namespace)}
 
     def ns_labels(ns: str) -> Mapping[str, str]:
@@ -201,8 +216,27 @@ def compute_bindings(snapshot: ConfigSnapshot) -> Bindings:
         if isinstance(req, WaypointRef) and pod.ips and admit(req, pod.namespace, f"Pod {pod.namespace}/{pod.name}",
                                                               "workload", inherited):
             out.workloads[req].append(pod)
+    for se in snapshot.of_kind(ServiceEntry):
+        req = _requested(se.metadata.labels, se.namespace)
+        inherited = req is None
+        if req is None:
+            req = _requested(ns_labels(se.namespace), se.namespace)
+        if isinstance(req, WaypointRef) and admit(req, se.namespace, f"ServiceEntry {se.namespace}/{se.name}",
+                                                  "service", inherited):
+            out.service_entries[req].append(se)
+    for we in snapshot.of_kind(WorkloadEntry):
+        labels = we.metadata.labels
+        req = _requested(labels, we.namespace) if USE_WAYPOINT in labels else None
+        inherited = req is None
+        if req is None:
+            req = _requested(ns_labels(we.namespace), we.namespace)
+        if isinstance(req, WaypointRef) and is_ip(we.spec.address) and admit(
+                req, we.namespace, f"WorkloadEntry {we.namespace}/{we.name}", "workload", inherited):
+            out.workload_entries[req].append(we)
     for lst in out.services.values():
         lst.sort(key=lambda s: (s.metadata.creation_timestamp, s.namespace, s.name))
+    for entries in out.service_entries.values():
+        entries.sort(key=lambda s: (s.metadata.creation_timestamp, s.namespace, s.name))
     return out
 
 
@@ -239,7 +273,7 @@ def binding_problems(snapshot: ConfigSnapshot) -> list[str]:
 
 
 #: Everything binding reads: a change to any other kind re-uses the previous bindings object.
-BINDING_KINDS = ("Service", "Pod", "Namespace", "Gateway", "GatewayClass")
+BINDING_KINDS = ("Service", "Pod", "Namespace", "Gateway", "GatewayClass", "ServiceEntry", "WorkloadEntry")
 
 
 def bindings_of(snapshot: ConfigSnapshot) -> Bindings:

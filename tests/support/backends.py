@@ -13,17 +13,27 @@ Every request, whatever the method or path, is answered with JSON::
 
 and the response header ``x-pod: <name>``. Behaviour knobs (per pod, changeable with ``configure``):
 ``status`` (default 200), ``delay`` (seconds, before answering), ``fail_first`` + ``fail_status``
-(the first K requests get ``fail_status``: a flaky backend for retry tests), ``response_headers``
-and ``respond`` (an async hook that may return its own response). Per request, the client may also
-send ``x-echo-status: <code>`` and/or ``x-echo-delay-ms: <ms>`` to override status/delay.
+(the first K requests get ``fail_status``: a flaky backend for retry tests), ``fail_every`` (every
+Nth request, counted since the last ``reset``, gets ``fail_status``), ``response_headers`` and
+``respond`` (an async hook that may return its own response). ``script(Step(...), ...)`` queues
+one-off behaviours consumed one per request before the knobs apply (e.g. "first request slow, then
+fast"). Per request, the client may also send ``x-echo-status: <code>`` and/or
+``x-echo-delay-ms: <ms>`` to override status/delay.
+
+Precedence for one request: ``x-echo-*`` headers > the next scripted ``Step`` > ``fail_first`` >
+``fail_every`` > ``status``/``delay``.
 
 Every received request is appended to ``pod.requests`` (before any delay, so timed-out requests are
-logged too).
+logged too); ``await pod.wait_for_count(n)`` waits for asynchronous arrivals (e.g. mirrored copies).
+``restore()`` returns a pod to its construction-time behaviour and forgets its requests (for
+fixtures that share pods between tests). The backend never adds CORS headers of its own: any
+``access-control-*`` header a client sees came from the proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import socket
@@ -38,6 +48,15 @@ from tests.support.ports import alloc_pod_ip, check_loopback
 
 Headers = dict[str, str | list[str]]
 RespondHook = Callable[["RequestRecord"], Awaitable[web.StreamResponse | None]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One scripted response: ``None`` fields fall back to the pod's knobs."""
+
+    status: int | None = None
+    delay: float | None = None
+    headers: dict[str, str] | None = None
 
 
 @dataclass
@@ -90,6 +109,20 @@ def _headers(req: web.BaseRequest) -> Headers:
     return out
 
 
+@dataclass(frozen=True)
+class _Knobs:
+    """A pod's construction-time behaviour (what ``restore`` returns to)."""
+
+    status: int
+    delay: float
+    fail_first: int
+    fail_status: int
+    fail_every: int
+    response_headers: dict[str, str]
+    respond: RespondHook | None
+    keep_body: bool
+
+
 class BackendPod:
     """One HTTP/1.1 server on ``host:port``. ``port=0`` picks a free one (see ``.port`` after start)."""
 
@@ -103,6 +136,7 @@ class BackendPod:
         delay: float = 0.0,
         fail_first: int = 0,
         fail_status: int = 503,
+        fail_every: int = 0,
         response_headers: dict[str, str] | None = None,
         respond: RespondHook | None = None,
         keep_body: bool = False,
@@ -117,8 +151,13 @@ class BackendPod:
         self.response_headers = dict(response_headers or {})
         self.respond = respond
         self.keep_body = keep_body
+        self.fail_every = fail_every
         self.requests: list[RequestRecord] = []
         self._failures_left = fail_first
+        self._served = 0  # requests handled since the last reset (for ``fail_every``)
+        self._script: collections.deque[Step] = collections.deque()
+        self._initial = _Knobs(status, delay, fail_first, fail_status, fail_every, dict(response_headers or {}),
+                               respond, keep_body)
         self._runner: web.ServerRunner | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -169,6 +208,8 @@ class BackendPod:
         fail_status: int | None = None,
         response_headers: dict[str, str] | None = None,
         respond: RespondHook | None = None,
+        fail_every: int | None = None,
+        keep_body: bool | None = None,
     ) -> None:
         """Change behaviour at runtime (``fail_first`` restarts the failure countdown)."""
         if status is not None:
@@ -183,15 +224,44 @@ class BackendPod:
             self.response_headers = dict(response_headers)
         if respond is not None:
             self.respond = respond
+        if fail_every is not None:
+            self.fail_every = fail_every
+        if keep_body is not None:
+            self.keep_body = keep_body
+
+    def script(self, *steps: Step) -> None:
+        """Queue one-off behaviours, consumed one per request in order (before the other knobs)."""
+        self._script.extend(steps)
 
     @property
     def count(self) -> int:
         return len(self.requests)
 
     def reset(self) -> None:
-        """Forget received requests and restart the ``fail_first`` countdown."""
+        """Forget received requests and restart the ``fail_first``/``fail_every`` counts."""
         self.requests.clear()
         self._failures_left = self.fail_first
+        self._served = 0
+
+    def restore(self) -> None:
+        """Back to the construction-time behaviour, with no scripted steps and no requests."""
+        init = self._initial
+        self.status, self.delay = init.status, init.delay
+        self.fail_first, self.fail_status, self.fail_every = init.fail_first, init.fail_status, init.fail_every
+        self.response_headers = dict(init.response_headers)
+        self.respond, self.keep_body = init.respond, init.keep_body
+        self._script.clear()
+        self.reset()
+
+    async def wait_for_count(self, n: int, timeout: float = 5.0) -> int:
+        """Wait until at least ``n`` requests arrived; return the count (raises TimeoutError)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.count < n:
+            if loop.time() >= deadline:
+                raise TimeoutError(f"{self.name}: {self.count} requests after {timeout}s, wanted {n}")
+            await asyncio.sleep(0.01)
+        return self.count
 
     async def _handle(self, req: web.BaseRequest) -> web.StreamResponse:
         body = await req.read()
@@ -203,11 +273,19 @@ class BackendPod:
         )
         self.requests.append(rec)
 
-        status = self.status
-        if self._failures_left > 0:
+        self._served += 1
+        status, delay = self.status, self.delay
+        extra: dict[str, str] = {}
+        step = self._script.popleft() if self._script else None
+        if step is not None:
+            status = step.status if step.status is not None else status
+            delay = step.delay if step.delay is not None else delay
+            extra = dict(step.headers or {})
+        elif self._failures_left > 0:
             self._failures_left -= 1
             status = self.fail_status
-        delay = self.delay
+        elif self.fail_every > 0 and self._served % self.fail_every == 0:
+            status = self.fail_status
         with contextlib.suppress(ValueError, TypeError):
             status = int(rec.header("x-echo-status") or status)
         with contextlib.suppress(ValueError, TypeError):
@@ -225,7 +303,7 @@ class BackendPod:
             status=status,
             body=json.dumps(rec.to_json()).encode(),
             content_type="application/json",
-            headers={"x-pod": self.name, **self.response_headers},
+            headers={"x-pod": self.name, **self.response_headers, **extra},
         )
 
 
@@ -271,6 +349,11 @@ class BackendGroup:
         for p in self.pods:
             p.reset()
 
+    def restore(self) -> None:
+        """Every pod back to its construction-time behaviour, with no requests."""
+        for p in self.pods:
+            p.restore()
+
     def configure(self, **kwargs: Any) -> None:
         for p in self.pods:
             p.configure(**kwargs)
@@ -300,7 +383,7 @@ async def start_backends(
 
     Ports: ``port`` if given, else (``same_port=True``, like a Kubernetes ``targetPort``) one port
     free on every pod address, else an independent free port per pod. ``behaviour`` kwargs go to
-    :class:`BackendPod` (``status``, ``delay``, ``fail_first``, ``fail_status``, ...).
+    :class:`BackendPod` (``status``, ``delay``, ``fail_first``, ``fail_status``, ``fail_every``, ...).
     """
     names = names or [f"{prefix}-{i + 1}" for i in range(n)]
     if len(names) != n:

@@ -1,0 +1,243 @@
+"""The seed guide's user journey ("L7 Networking & Services with Waypoint", shared/seed/), as one test
+over a copy of ``examples/bookinfo`` -- the embedded default -- with every hop real: control plane
+with its CA, the waypoint agent and Envoy, a client ztunnel (HBONE to the waypoint), and the
+bookinfo pods (ambient, each behind its ztunnel's HBONE terminator).
+
+The guide's sections, in its order:
+
+1. *Deploying an Application*: namespace ``bookinfo`` in ambient mode, services ``reviews``
+   (v1, v2) and ``ratings``, no waypoint: the config has none, and a waypoint proxy started now
+   gets nothing to serve (in this project traffic is only ever observed through a waypoint).
+2. *Configuring Waypoint proxy*: the ``waypoint`` Gateway (``istioctl waypoint apply``), then the
+   namespace label ``istio.io/use-waypoint`` (``--enroll-namespace``): traffic flows, both
+   reviews versions answer.
+3. Canary (*traffic management*): ``reviews`` 90/10 between v1 and v2, then 50/50.
+4. *L7 Fault Injection*: Istio's bookinfo task -- for ``end-user: jason`` ``ratings`` is delayed,
+   then aborted with 500; every other user is untouched.
+5. *Remove Waypoint proxy layer*: the label goes, the services leave the waypoint's config and
+   its traffic stops; then the Gateway goes too.
+
+Addresses are the example's, remapped to this run's loopback addresses (the example's fixed ones
+may be in use by a parallel test or a running demo).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from istiod_lite.translator import find_waypoints
+from tests.support.backends import BackendsFactory
+from tests.support.mesh import ambient_mesh, exclusive_ip
+from tests.support.ports import alloc_vip
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bookinfo"
+REVIEWS_V1, REVIEWS_V2 = "reviews-v1-5d8f9c7b6-abcde", "reviews-v2-7c9d6b5f4-fghij"
+RATINGS_V1 = "ratings-v1-6b7c8d9e0-klmno"
+
+RATINGS_RULES = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ratings, namespace: bookinfo}}
+spec:
+  host: ratings
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings, namespace: bookinfo}}
+spec:
+  hosts: [ratings]
+  http:
+  - match:
+    - headers:
+        end-user: {{exact: jason}}
+    fault:
+      {fault}
+    route:
+    - destination: {{host: ratings, subset: v1}}
+  - route:
+    - destination: {{host: ratings, subset: v1}}
+"""
+DELAY = "delay: {percentage: {value: 100.0}, fixedDelay: 1s}"
+ABORT = "abort: {percentage: {value: 100.0}, httpStatus: 500}"
+
+
+def remap(text: str, addresses: dict[str, str], port: int) -> str:
+    """The example's addresses -> this run's; the pods' targetPort -> the backends' port."""
+    text = re.sub(r"\b(127\.\d+\.\d+\.\d+)\b", lambda m: addresses.get(m.group(1), m.group(1)), text)
+    return text.replace("targetPort: 9080", f"targetPort: {port}")
+
+
+def without_waypoint_label(namespace_yaml: str) -> str:
+    out = re.sub(r"^\s*istio\.io/use-waypoint: waypoint\n", "", namespace_yaml, flags=re.MULTILINE)
+    assert "use-waypoint" not in out.split("\n---")[0].split("kind: Namespace", 1)[1]
+    return out
+
+
+async def admin(admin_port: int, path: str, **params: str) -> str | None:
+    """The waypoint Envoy's admin page (None while Envoy is not up)."""
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{admin_port}{path}", params=params) as r:
+            return await r.text() if r.status == 200 else None
+    except (aiohttp.ClientError, OSError):
+        return None
+
+
+async def admin_clusters(admin_port: int) -> str:
+    return await admin(admin_port, "/clusters") or ""
+
+
+async def test_seed_guide_journey(tmp_path: Path, backends_factory: BackendsFactory) -> None:
+    started = time.monotonic()
+    pod_ips = [exclusive_ip() for _ in range(3)]  # ambient pods: their ztunnels listen on <podIP>:15008
+    pods = await backends_factory(3, names=[REVIEWS_V1, REVIEWS_V2, RATINGS_V1], hosts=pod_ips)
+    wp, vip_reviews, vip_ratings = exclusive_ip(), alloc_vip(), alloc_vip()
+    addresses = {"127.0.1.1": wp, "127.10.0.1": vip_reviews, "127.10.0.2": vip_ratings,
+                 "127.0.2.1": pod_ips[0], "127.0.2.2": pod_ips[1], "127.0.2.3": pod_ips[2]}
+    example = {p.name: remap(p.read_text(), addresses, pods.port) for p in sorted(EXAMPLE.glob("*.yaml"))}
+    assert set(example) == {"00-namespace.yaml", "10-waypoint.yaml", "20-reviews.yaml", "21-ratings.yaml",
+                            "30-reviews-canary.yaml"}, "examples/bookinfo changed: update this journey"
+    cfg = tmp_path / "bookinfo"
+    cfg.mkdir()
+
+    def apply(name: str, text: str | None = None) -> None:
+        (cfg / name).write_text(example[name] if text is None else text)
+
+    # 1. Deploying an Application: ambient namespace, services and pods; no waypoint yet.
+    apply("00-namespace.yaml", without_waypoint_label(example["00-namespace.yaml"]))
+    apply("20-reviews.yaml")
+    apply("21-ratings.yaml")
+    async with ambient_mesh(tmp_path, cfg) as mesh, \
+            mesh.pod_ztunnels(pod_ips[:2], "bookinfo", "bookinfo-reviews"), \
+            mesh.pod_ztunnels(pod_ips[2:], "bookinfo", "bookinfo-ratings"), \
+            mesh.waypoint("bookinfo", "waypoint", wp) as agent, \
+            mesh.client([(vip_reviews, 9080), (vip_ratings, 9080)], wp) as local, \
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
+                                  connector=aiohttp.TCPConnector(force_close=True)) as http:
+        # A connection per request: the waypoint's routes are inline in its listener (as Istio's),
+        # so a kept-alive connection would go on with the old routes until Envoy drains it.
+        reviews, ratings = local[(vip_reviews, 9080)], local[(vip_ratings, 9080)]
+        admin_port = agent.config.envoy.admin_port
+
+        async def call(addr: str, user: str | None = None) -> tuple[int, str]:
+            try:
+                async with http.get(f"http://{addr}/", headers={"end-user": user} if user else None) as r:
+                    await r.read()
+                    return r.status, r.headers.get("x-pod", "")
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                return 0, ""
+
+        async def split(addr: str, n: int) -> collections.Counter[str]:
+            counts: collections.Counter[str] = collections.Counter()
+            for _ in range(n):
+                status, pod = await call(addr)
+                counts[pod if status == 200 else f"status {status}"] += 1
+            return counts
+
+        assert find_waypoints(mesh.cp.config) == []
+        assert mesh.cp.errors == ()
+        # The waypoint proxy runs (certificate, xDS) but its Gateway is not in the config: it gets an
+        # empty config -- no listener on 15008, no cluster -- and nothing passes.
+        await wait_until(lambda: admin(admin_port, "/ready"), timeout=20, message="the waypoint Envoy live")
+        assert "reviews.bookinfo" not in await admin_clusters(admin_port)
+        assert "15008" not in (await admin(admin_port, "/listeners") or "")
+        assert (await call(reviews))[0] != 200
+        t1 = time.monotonic()
+
+        # 2. Configuring Waypoint proxy: the Gateway, then the namespace label.
+        apply("10-waypoint.yaml")
+        await wait_until(lambda: [str(w.ref) for w in find_waypoints(mesh.cp.config)] == ["bookinfo/waypoint"],
+                         timeout=10, message="the waypoint Gateway in the config")
+        assert (await call(reviews))[0] != 200  # not enrolled yet: the waypoint has no route to reviews
+        apply("00-namespace.yaml")
+
+        async def enrolled() -> bool:
+            return (await call(reviews))[0] == 200 and (await call(ratings))[0] == 200
+
+        await wait_until(enrolled, timeout=20, message="traffic through the waypoint after enrolling")
+        before = await split(reviews, 60)
+        assert set(before) == {REVIEWS_V1, REVIEWS_V2}, before  # no VirtualService: both versions
+        assert await split(ratings, 10) == {RATINGS_V1: 10}
+        t2 = time.monotonic()
+
+        # 3. Canary: 90/10, then 50/50 (the example's canary file with the guide's next weights).
+        canary = example["30-reviews-canary.yaml"]
+        assert "weight: 80" in canary and "weight: 20" in canary
+        for w1, w2, n in ((90, 10, 500), (50, 50, 400)):
+            apply("30-reviews-canary.yaml", canary.replace("weight: 80", f"weight: {w1}")
+                  .replace("weight: 20", f"weight: {w2}"))
+
+            async def applied(w1: int = w1) -> bool:
+                # The route is inline in the waypoint's listener: wait for the new one to be active.
+                dump = json.loads(await admin(admin_port, "/config_dump", resource="dynamic_listeners") or "{}")
+                listeners = dump.get("configs", [])
+                return not any("warming_state" in lis for lis in listeners) and any(
+                    f'"weight": {w1}' in json.dumps(lis.get("active_state", {}), indent=1) for lis in listeners)
+
+            await wait_until(applied, timeout=15, message=f"the {w1}/{w2} canary in the waypoint")
+            counts = await split(reviews, n)
+            # v2 ~ Binomial(n, w2/100); +-5 sd: a false failure below one in a million.
+            p = w2 / 100
+            sd = math.sqrt(n * p * (1 - p))
+            print(f"\ncanary {w1}/{w2}: {n} requests -> {dict(counts)} (v2 expected {n * p:.0f} +-{5 * sd:.0f})")
+            assert set(counts) == {REVIEWS_V1, REVIEWS_V2}, counts
+            assert abs(counts[REVIEWS_V2] - n * p) <= 5 * sd, counts
+        t3 = time.monotonic()
+
+        # 4. L7 Fault Injection on ratings for end-user jason: a delay, then an abort.
+        apply("40-ratings-fault.yaml", RATINGS_RULES.format(fault=DELAY))
+
+        async def delayed() -> float:
+            t = time.monotonic()
+            status, _ = await call(ratings, "jason")
+            took = time.monotonic() - t
+            return took if status == 200 and took >= 1.0 else 0.0
+
+        took = await wait_until(delayed, timeout=15, message="ratings delayed for jason")
+        t = time.monotonic()
+        assert await call(ratings, "alice") == (200, RATINGS_V1)
+        fast = time.monotonic() - t
+        print(f"fault delay 1s: jason {took:.2f}s, alice {fast * 1000:.0f}ms")
+        assert fast < 0.5
+
+        apply("40-ratings-fault.yaml", RATINGS_RULES.format(fault=ABORT))
+
+        async def aborted() -> bool:
+            return (await call(ratings, "jason"))[0] == 500
+
+        await wait_until(aborted, timeout=15, message="ratings aborted for jason")
+        pods.reset()
+        jason = collections.Counter([(await call(ratings, "jason"))[0] for _ in range(20)])
+        others = collections.Counter([(await call(ratings, "alice"))[0] for _ in range(20)])
+        print(f"fault abort 500: jason {dict(jason)}, alice {dict(others)}, ratings pod got {pods[2].count}")
+        assert jason == {500: 20} and others == {200: 20}, (jason, others)
+        assert pods[2].count == 20  # the aborted requests never reached the pod
+        assert (await split(reviews, 20)).keys() <= {REVIEWS_V1, REVIEWS_V2}  # reviews untouched
+        t4 = time.monotonic()
+
+        # 5. Remove Waypoint proxy layer: unlabel the namespace, then delete the Gateway.
+        apply("00-namespace.yaml", without_waypoint_label(example["00-namespace.yaml"]))
+
+        async def unbound() -> bool:
+            clusters = await admin_clusters(admin_port)
+            return "reviews.bookinfo" not in clusters and "ratings.bookinfo" not in clusters
+
+        await wait_until(unbound, timeout=15, message="the services leaving the waypoint's config")
+        assert (await call(reviews))[0] != 200 and (await call(ratings))[0] != 200
+        (cfg / "10-waypoint.yaml").unlink()
+        await wait_until(lambda: find_waypoints(mesh.cp.config) == [], timeout=10, message="the Gateway deleted")
+        assert mesh.cp.errors == ()
+        print(f"journey: deploy {t1 - started:.1f}s, waypoint {t2 - t1:.1f}s, canary {t3 - t2:.1f}s, "
+              f"faults {t4 - t3:.1f}s, removal {time.monotonic() - t4:.1f}s")
