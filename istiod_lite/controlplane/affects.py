@@ -38,6 +38,8 @@ AFFECTS: Mapping[str, frozenset[str]] = {
     "AuthorizationPolicy": frozenset({LDS}),
     "RequestAuthentication": frozenset({LDS}),
     "PeerAuthentication": frozenset({LDS, CDS}),
+    # Access logs are inline in the listeners' HCM and TCP proxy filters.
+    "Telemetry": frozenset({LDS}),
     # Identities come from the CA, not from config: nothing to push.
     "ServiceAccount": frozenset(),
 }

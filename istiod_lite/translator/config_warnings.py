@@ -164,6 +164,9 @@ def _route_warnings(snapshot: ConfigSnapshot, route: gw.HTTPRoute, serving: dict
                     out.append(f"{where}: waypoint {ref} applies routes for {host} only from namespace {allowed}; "
                                "ignored there")
     for i, rule in enumerate(route.spec.rules):
+        if rule.session_persistence is not None:
+            out.append(f"{what}: rules[{i}].sessionPersistence is not supported (Istio does not convert it); "
+                       "ignored")
         for j, b in enumerate(rule.backend_refs):
             if b.weight > 0 and _missing_service(snapshot, route, b.group, b.kind, b.name, b.namespace):
                 out.append(f"{what}: rules[{i}].backendRefs[{j}] names Service {b.namespace or route.namespace}/"

@@ -7,18 +7,22 @@ Where they come from (Istio's service registries, reduced to what a waypoint nee
   selection); a WorkloadEntry's port is ``ports[<service port name>]``, else the numeric target
   port (a named target port is looked up in ``ports``), else the service port;
 * a ServiceEntry host: its inline ``endpoints``, or the WorkloadEntries and pods of its namespace
-  matched by ``workloadSelector``; for ``DNS`` without either, the host name itself.  The port is
+  matched by ``workloadSelector``; for ``DNS`` without either, the host name itself.  A
+  WorkloadEntry whose address is a host name only serves DNS entries (Istio's
+  ``DNSServiceEntryOnly``): EDS endpoints must be IPs.  The port is
   ``ports[<port name>]`` if set, else ``targetPort``, else the port (pods: the container port named
   like the service port).
 
-How they are reached from a waypoint: an ambient workload (``istio.io/dataplane-mode=ambient`` on
-it or its namespace, or Istio's ``networking.istio.io/tunnel: http`` label) through
-``connect_originate`` (HBONE to its ztunnel), anything else at its plain address.
+How they are reached from a waypoint: an ambient pod or WorkloadEntry
+(``istio.io/dataplane-mode=ambient`` on it or its namespace, or Istio's
+``networking.istio.io/tunnel: http`` label) through ``connect_originate`` (HBONE to its ztunnel),
+anything else at its plain address.  A ServiceEntry's inline endpoint is HBONE only with the tunnel
+label: such endpoints are usually outside the mesh, whatever the entry's namespace says.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from envoy.config.core.v3 import address_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -26,6 +30,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Namespace, Pod, Service, ServicePort
 from istiod_lite.model.networking import ServiceEntry, WorkloadEntry
+from istiod_lite.model.networking_common import is_ip
 from istiod_lite.model.networking_se import WorkloadEntrySpec
 from istiod_lite.translator.index import index_of, workload_entries_of, workload_entry_labels
 from istiod_lite.translator.names import CONNECT_ORIGINATE, ORIGINAL_DST_KEY
@@ -98,7 +103,7 @@ def _k8s_endpoints(snapshot: ConfigSnapshot, svc: Service, port: PortInfo, subse
             out.append(_pod_endpoint(snapshot, pod, tp, hbone))
     for we in service_workload_entries(snapshot, svc, subset_labels):
         wp = _we_port(we.spec, port, k8s=True)
-        if wp is not None:
+        if wp is not None and is_ip(we.spec.address):  # Istio: a host-name entry serves DNS entries only
             out.append(_workload_entry_endpoint(snapshot, we, wp, hbone))
     return out
 
@@ -185,7 +190,7 @@ def _service_entry_endpoints(snapshot: ConfigSnapshot, se: ServiceEntry, svc: Se
             out.append(_pod_endpoint(snapshot, pod, pp, hbone))
         for we in workload_entries_of(snapshot).selected(se.namespace, selector):
             wp = _we_port(we.spec, port, k8s=False)
-            if wp is not None and (dns or not we.spec.is_unix):
+            if wp is not None and ((dns and not we.spec.is_unix) or is_ip(we.spec.address)):
                 out.append(_workload_entry_endpoint(snapshot, we, wp, hbone))
         return out
     if not spec.endpoints:
@@ -276,13 +281,3 @@ def _workload_metadata(ep: endpoint_components_pb2.LbEndpoint, name: str, namesp
     ep.metadata.filter_metadata["istio"].fields["workload"].string_value = \
         f"{name};{namespace};{canonical};{revision};Kubernetes"
 
-
-def dedupe(objs: Iterable[object]) -> tuple[object, ...]:
-    """Objects in order, each once (by identity)."""
-    seen: set[int] = set()
-    out = []
-    for o in objs:
-        if id(o) not in seen:
-            seen.add(id(o))
-            out.append(o)
-    return tuple(out)

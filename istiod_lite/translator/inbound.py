@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -121,8 +122,10 @@ _DEFAULT_FILTERS: list[hcm_pb2.HttpFilter] = []
 
 
 def http_connection_manager(
-    port: int, route_config: route_pb2.RouteConfiguration, h2: bool, authz: Sequence[hcm_pb2.HttpFilter] = ()
+    port: int, route_config: route_pb2.RouteConfiguration, h2: bool, authz: Sequence[hcm_pb2.HttpFilter] = (),
+    access_logs: Sequence[accesslog_pb2.AccessLog] = (),
 ) -> hcm_pb2.HttpConnectionManager:
+    """The chain's HCM; ``access_logs`` (from ``telemetry.access_logs_for``) are added as given."""
     hcm = hcm_pb2.HttpConnectionManager()
     hcm.CopyFrom(_HCM_TEMPLATE)  # a C-level copy of the fixed part: far cheaper than rebuilding it
     hcm.stat_prefix = f"inbound_0.0.0.0_{port};"
@@ -132,24 +135,30 @@ def http_connection_manager(
     hcm.http_filters.extend(http_filters(authz) if authz else _DEFAULT_FILTERS)
     if h2:
         hcm.http2_protocol_options.SetInParent()
+    if access_logs:
+        hcm.access_log.extend(access_logs)
     return hcm
 
 
 def http_chain(name: str, port: int, route_config: route_pb2.RouteConfiguration, h2: bool,
-               authz: Sequence[hcm_pb2.HttpFilter] = (), prefix: Sequence[listener_components_pb2.Filter] = ()
+               authz: Sequence[hcm_pb2.HttpFilter] = (), prefix: Sequence[listener_components_pb2.Filter] = (),
+               access_logs: Sequence[accesslog_pb2.AccessLog] = ()
                ) -> listener_components_pb2.FilterChain:
     chain = listener_components_pb2.FilterChain(name=name)
     chain.filters.extend(prefix)
-    chain.filters.add(name=hbone.HCM, typed_config=packed(http_connection_manager(port, route_config, h2, authz)))
+    chain.filters.add(name=hbone.HCM, typed_config=packed(
+        http_connection_manager(port, route_config, h2, authz, access_logs)))
     return chain
 
 
-def tcp_chain(name: str, cluster: str, prefix: Sequence[listener_components_pb2.Filter] = ()
+def tcp_chain(name: str, cluster: str, prefix: Sequence[listener_components_pb2.Filter] = (),
+              access_logs: Sequence[accesslog_pb2.AccessLog] = ()
               ) -> listener_components_pb2.FilterChain:
     chain = listener_components_pb2.FilterChain(name=name)
     chain.filters.extend(prefix)
-    chain.filters.add(name=hbone.TCP_PROXY,
-                      typed_config=packed(tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)))
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+    proxy.access_log.extend(access_logs)
+    chain.filters.add(name=hbone.TCP_PROXY, typed_config=packed(proxy))
     return chain
 
 

@@ -74,6 +74,30 @@ def derived(snapshot: ConfigSnapshot, name: str, build: Callable[[ConfigSnapshot
     return value
 
 
+_per_object_memo: dict[tuple[str, int], tuple[weakref.ref[Any], Any]] = {}
+
+
+def _forget_object(key: tuple[str, int]) -> None:
+    with _lock:
+        _per_object_memo.pop(key, None)
+
+
+def per_object(obj: Any, name: str, build: Callable[[Any], T]) -> T:
+    """``build(obj)`` once per config object (by identity, held weakly): sources keep the same
+    object for an unchanged resource, so a table rebuilt after an unrelated change re-uses the
+    pieces derived from the objects that did not change."""
+    key = (name, id(obj))
+    with _lock:
+        hit = _per_object_memo.get(key)
+        if hit is not None and hit[0]() is obj:
+            return hit[1]  # type: ignore[no-any-return]
+    value = build(obj)
+    ref = weakref.ref(obj, lambda _r, k=key: _forget_object(k))  # type: ignore[misc]
+    with _lock:
+        _per_object_memo[key] = (ref, value)
+    return value
+
+
 _EMPTY: Mapping[tuple[str, str], object] = {}
 _by_kinds_memo: dict[str, list[tuple[tuple[object, ...], Any]]] = {}
 _BY_KINDS_SLOTS = 4

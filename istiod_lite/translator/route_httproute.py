@@ -65,7 +65,7 @@ from istiod_lite.model.networking import (
 )
 from istiod_lite.model.types import Duration
 from istiod_lite.translator import names
-from istiod_lite.translator.index import derived_from_kinds
+from istiod_lite.translator.index import derived_from_kinds, per_object
 from istiod_lite.translator.route_actions import PREFIX_MARKER
 from istiod_lite.translator.routes import GATEWAY_SEMANTICS, ROUTE_SEMANTICS
 
@@ -308,6 +308,13 @@ def convert(route: gw.HTTPRoute, problems: list[str]) -> tuple[HTTPRoute, ...] |
     return tuple(out)
 
 
+def _converted(route: gw.HTTPRoute) -> tuple[tuple[HTTPRoute, ...] | None, tuple[str, ...]]:
+    """``convert`` with its problems, once per HTTPRoute object: a change to one route does not
+    convert the others again (conversion is a pure function of the route)."""
+    problems: list[str] = []
+    return convert(route, problems), tuple(problems)
+
+
 # --------------------------------------------------------------------------- precedence and merging
 
 
@@ -387,7 +394,8 @@ def _build(snapshot: ConfigSnapshot) -> MeshRoutes:
         parents = [(p, h) for p in route.spec.parent_refs for h in parent_hosts(snapshot, route, p)]
         if not parents:
             continue
-        converted = convert(route, problems)
+        converted, found = per_object(route, "mesh-route", _converted)
+        problems += found
         if converted is None:
             continue
         seen: set[tuple[str, int | None, str]] = set()

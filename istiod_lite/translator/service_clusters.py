@@ -15,7 +15,7 @@ The discovery type follows the service's resolution (``convertResolution``):
   ``dns_refresh_rate`` = the mesh default (60s) and ``respect_dns_ttl``; a DNS cluster without
   endpoints is not generated (Istio's ``buildCluster`` returns nil for it);
 * ``ORIGINAL_DST`` + ``CLUSTER_PROVIDED`` for ``NONE`` (passthrough to the address the client
-  dialled, restored by ``main_internal``'s original_dst filter).
+  dialled, restored by ``main_internal``'s original_dst filter; a ``targetPort`` overrides the port).
 
 Differences Istio makes between the two directions, kept here:
 
@@ -67,7 +67,7 @@ def _add(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, port: 
                         config=config, alpn_override=outbound)
     labels = dr.spec.subset(subset).labels if dr is not None and subset else None  # type: ignore[union-attr]
     if svc.resolution == NONE and c.type == _C.EDS:
-        _passthrough(c)
+        _passthrough(c, port)
     elif svc.resolution in _DNS_TYPES and c.type == _C.EDS:
         cla = endpoints.service_load_assignment(name, snapshot, svc, port, labels, hbone=False)
         if not cla.endpoints:
@@ -78,11 +78,14 @@ def _add(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, port: 
         out.endpoints[name] = endpoints.service_load_assignment(name, snapshot, svc, port, labels, hbone=True)
 
 
-def _passthrough(c: cluster_pb2.Cluster) -> None:
-    """``NONE`` resolution: connect to the original destination (``ORIGINAL_DST`` + ``CLUSTER_PROVIDED``)."""
+def _passthrough(c: cluster_pb2.Cluster, port: PortInfo) -> None:
+    """``NONE`` resolution: connect to the original destination (``ORIGINAL_DST`` + ``CLUSTER_PROVIDED``),
+    on the port's ``targetPort`` if it has one (Istio's ``ENABLE_RESOLUTION_NONE_TARGET_PORT``, on by default)."""
     c.type = _C.ORIGINAL_DST
     c.lb_policy = _C.CLUSTER_PROVIDED
     c.ClearField("eds_cluster_config")
+    if isinstance(port.target, int) and port.target > 0:
+        c.original_dst_lb_config.upstream_port_override.value = port.target
 
 
 def _dns(c: cluster_pb2.Cluster, kind: int, cla: endpoint_pb2.ClusterLoadAssignment) -> None:

@@ -15,11 +15,12 @@ Bound services are Kubernetes Services and ServiceEntry hosts alike (``service_m
 by creation time as Istio orders them.  Their routes come from Gateway API HTTPRoutes attached to
 the service when there are any (``route_httproute``), else from VirtualServices.
 
-Precedence (a choice; Istio leaves it undefined): when an HTTPRoute in the
-waypoint's or the service's namespace attaches to a service, that service's VirtualServices are
-ignored on the waypoint and reported (``config_warnings``).  Istio itself calls mixing the two
-"not supported ... undefined behavior" (ambient L7 docs) and, in code, concatenates whatever its
-sidecar scope lists; the Gateway API route is the one the waypoint docs prescribe, so it wins.
+Precedence (a choice; Istio leaves it undefined): when an HTTPRoute in the waypoint's or the
+service's namespace attaches to a service, that service's VirtualServices are ignored on the
+waypoint and reported (``config_warnings``).  Istio's ambient docs call mixing the two "not
+supported, and will lead to undefined behavior", and its code concatenates whatever the sidecar
+scope lists (ordered by creation time); the Gateway API route is the one the waypoint docs
+prescribe, so it wins, deterministically.
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ from istiod_lite.translator.service_model import ServiceInfo
 from istiod_lite.translator.waypoints import Bindings, WaypointRef, bindings_of
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
-#: Kinds a waypoint's translation reads besides its bound services and workloads.
-_READ_KINDS = ("Pod", "Namespace", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry",
-               "HTTPRoute")
+#: Kinds a waypoint's translation reads besides its bound services and workloads (HTTPRoutes are
+#: narrower: only those attached to its services count, see ``_attached_routes``).
+_READ_KINDS = ("Pod", "Namespace", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry")
 
 
 def applicable_virtual_services(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo) -> list[VirtualService]:
@@ -150,7 +151,7 @@ class WaypointTranslator:
         key = (*bindings.services.get(ref, ()), None, *bindings.workloads.get(ref, ()), None,
                *bindings.service_entries.get(ref, ()), None, *bindings.workload_entries.get(ref, ()), None,
                *(snapshot.by_kind.get(k) for k in _READ_KINDS),
-               *_route_target_services(snapshot, ref))
+               *_route_target_services(snapshot, ref), None, *_attached_routes(snapshot, ref))
         if self._last is not None and len(self._last[0]) == len(key) and all(
                 a is b for a, b in zip(self._last[0], key, strict=True)):
             self.last_rebuilt = 0
@@ -276,6 +277,33 @@ def _route_target_services(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[
     """For the whole-waypoint shortcut: route targets may be services this waypoint does not own;
     a change to one of them must not be missed (changes to other Services do not matter)."""
     return derived(snapshot, "wp-route-targets", _route_targets_by_waypoint).get(ref, ())
+
+
+def _attached_routes_by_waypoint(snapshot: ConfigSnapshot) -> dict[WaypointRef, tuple[object, ...]]:
+    """waypoint -> the HTTPRoutes attached to each of its services (a separator after each
+    service), once per snapshot: an HTTPRoute change reaches only the waypoints it attaches to."""
+    mesh = mesh_routes(snapshot)
+    if not mesh.routes_by_host:
+        return {}
+    b = bindings_of(snapshot)
+    out: dict[WaypointRef, tuple[object, ...]] = {}
+    for ref in b.waypoints:
+        items: list[object] = []
+        for svc in b.services.get(ref, ()):
+            items += mesh.routes((ref.namespace, svc.namespace), names.service_fqdn(svc.name, svc.namespace))
+            items.append(_TARGET_END)
+        for se in b.service_entries.get(ref, ()):
+            for host in se.spec.hosts:
+                items += mesh.routes((ref.namespace, se.namespace), host)
+                items.append(_TARGET_END)
+        out[ref] = tuple(items)
+    return out
+
+
+def _attached_routes(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object, ...]:
+    """For the whole-waypoint shortcut: the mesh routes its services read (their targets are in
+    ``_route_target_services``; the ServiceEntries that ServiceEntry parents name are read whole)."""
+    return derived(snapshot, "wp-mesh-routes", _attached_routes_by_waypoint).get(ref, ())
 
 
 def _service_fragment(

@@ -168,7 +168,9 @@ async def test_httproute_header_match_picks_a_backend(tmp_path: Path, backends_f
             mesh.client([(vip, 9080)], wp) as local:
         addr = local[(vip, 9080)]
         await wait_until(lambda: serving(addr), timeout=15, message="traffic through the waypoint")
+        pods.reset()
         assert await send(addr, 30, {"x-user": "jason"}) == {"reviews-v2": 30}
+        assert pods.by_name["reviews-v2"].count == 30 and pods.by_name["reviews-v1"].count == 0
         # Without the header the split applies: both backends answer (P(one side only) = 2 * 0.5**30).
         assert set(await send(addr, 30)) == {"reviews-v1", "reviews-v2"}
         # Removing the HTTPRoute puts the Service's own pods back (the default route).

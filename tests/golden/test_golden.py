@@ -4,7 +4,8 @@ expected file is accepted by the real Envoy (``envoy --mode validate``).
     UPDATE_GOLDEN=1 python -m pytest tests/golden     # rewrite expected files, delete stale ones
 
 Layout: ``tests/golden/<case>/input/*.yaml`` and ``tests/golden/<case>/expected/<ns>.<name>.json``
-(one file per waypoint of the case).
+(one file per waypoint of the case); an optional ``tests/golden/<case>/mesh.yaml`` is the case's mesh
+config (Istio's MeshConfig: access-log defaults and extension providers).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from typing import Any
 import pytest
 
 from istiod_lite.cli.render import render
+from istiod_lite.model.meshconfig import MeshConfig, load_mesh_config
 from istiod_lite.sources import DirectorySource
 from istiod_lite.translator import find_waypoints, translate_waypoint
 from istiod_lite.translator.config_warnings import route_warnings
+from istiod_lite.translator.telemetry import apply_access_logs
 from istiod_lite.translator.waypoints import binding_problems
 from tests.support.envoy import envoy_validate
 
@@ -31,7 +34,10 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 def _translate_case(case: str) -> dict[str, str]:
     update = DirectorySource(HERE / case / "input").load()
     assert not update.errors, [str(e) for e in update.errors]
-    out = {f"{w.ref.namespace}.{w.ref.name}.json": render(translate_waypoint(update.snapshot, w.ref))
+    mesh_file = HERE / case / "mesh.yaml"
+    mesh: MeshConfig | None = load_mesh_config(mesh_file) if mesh_file.exists() else None
+    out = {f"{w.ref.namespace}.{w.ref.name}.json": render(
+        apply_access_logs(translate_waypoint(update.snapshot, w.ref), update.snapshot, mesh, w.ref))
            for w in find_waypoints(update.snapshot)}
     problems = binding_problems(update.snapshot)
     if problems:  # bindings that do not fit are reported (validate, server log), never used

@@ -249,3 +249,41 @@ def test_routes_of_one_namespace_merge_oldest_first_and_a_parent_port_restricts_
     assert pvs.name == "app~8080~side.app.svc.cluster.local"
     assert [m.port for r in pvs.spec.http for m in r.match] == [8080]
     assert mesh.virtual_services(["other"], "echo.app.svc.cluster.local") == []  # a consumer namespace
+
+
+OTHER = """\
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: other, labels: {istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: other}
+spec:
+  gatewayClassName: istio-waypoint
+  addresses: [{type: IPAddress, value: 127.0.1.2}]
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: other}
+spec: {clusterIP: 127.10.1.1, selector: {app: web}, ports: [{name: http, port: 80}]}
+"""
+
+
+def test_a_route_edit_reaches_only_its_waypoint_and_moving_a_route_is_noticed() -> None:
+    base = _load(MESH + OTHER)
+    s1 = ConfigSnapshot.build(base, 1)
+    mine, theirs = WaypointTranslator(REF), WaypointTranslator(WaypointRef("other", "waypoint"))
+    mine.translate(s1)
+    before = theirs.translate(s1)
+    moved = _route({"parentRefs": [{"group": "", "kind": "Service", "name": "side"}],
+                    "rules": [{"backendRefs": [{"name": "side", "port": 80}]}]}, name="echo")
+    s2, base = _replace(s1, base, moved, 2)
+    assert theirs.translate(s2) is before  # the whole-waypoint shortcut: no HTTPRoute of its services changed
+    out = mine.translate(s2)
+    # The route left echo (default route again) and attaches to side (whose VirtualService, to echo, is ignored).
+    assert _clusters_of_chain(out, ECHO) == [ECHO]
+    assert _clusters_of_chain(out, SIDE) == [SIDE]
+    assert _same(out, WaypointTranslator(REF).translate(s2))

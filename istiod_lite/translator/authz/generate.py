@@ -1,0 +1,261 @@
+"""The authorization filters of one waypoint chain, assembled in Istio's order and memoised.
+
+Order on an HTTP chain (shared/reference/istio-waypoint.md §2.2): CUSTOM (per provider an RBAC
+filter with shadow rules, then ext_authz), ``jwt_authn`` when a RequestAuthentication applies, then
+RBAC AUDIT, DENY, ALLOW.  On a TCP chain: CUSTOM (gRPC providers), then network RBAC AUDIT, DENY,
+ALLOW; these go before ``tcp_proxy``.
+
+Why the memo: the result for a chain is a function of the policies attached to it (and, for
+CUSTOM, of the mesh config and the providers' services).  Policies are compiled once per object
+(``rbac.compile_policy``), the attachment index once per AuthorizationPolicy/RequestAuthentication
+map, and each chain's filters are rebuilt only when the identity of one of its inputs changes -
+so editing one policy rebuilds the chains it attaches to and nothing else.  An unchanged chain
+returns the same ``AuthzFilters`` object, which a caller can use in its own memo keys.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from istiod_lite.model import ConfigSnapshot
+from istiod_lite.model.core import Service
+from istiod_lite.model.gateway import Gateway
+from istiod_lite.model.networking import ServiceEntry
+from istiod_lite.model.security import AuthorizationPolicy, RequestAuthentication
+from istiod_lite.translator.authz import attach, extauthz, jwt, rbac
+from istiod_lite.translator.authz.attach import DEFAULT_ROOT_NAMESPACE, WAYPOINT_CLASS, target_kind
+from istiod_lite.translator.authz.extauthz import ClusterRequest, Providers
+from istiod_lite.translator.authz.matchers import DEFAULT_LIMITS, Limits
+from istiod_lite.translator.authz.rbac import HttpFilter, NetworkFilter
+from istiod_lite.translator.waypoints import WaypointRef
+
+_MAX_CHAINS: Final = 100_000
+
+
+@dataclass(frozen=True, eq=False)
+class AuthzFilters:
+    """A chain's authorization filters (shared protos: treat as read-only).
+
+    ``http`` goes into the HCM before the other HTTP filters (``inbound.http_chain(authz=...)``),
+    ``tcp`` in front of ``tcp_proxy``; ``clusters`` must exist for them to work (ext_authz
+    services, remote JWKS); ``problems`` says what failed closed or was ignored, and why."""
+
+    http: tuple[HttpFilter, ...] = ()
+    tcp: tuple[NetworkFilter, ...] = ()
+    clusters: tuple[ClusterRequest, ...] = ()
+    problems: tuple[str, ...] = ()
+    #: The config objects this result was computed from (identity compared by the memo).
+    inputs: tuple[object, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.http or self.tcp)
+
+
+EMPTY: Final = AuthzFilters()
+
+
+class AuthzTranslator:
+    """Authorization for waypoint chains under one set of settings, with a per-chain memo.
+
+    ``mesh_config`` is the parsed MeshConfig mapping (only ``extensionProviders`` is read);
+    ``limits`` says what the proxies accept (regex program size); ``multiple_custom_providers`` is
+    Istio's ``PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS``.  Thread-safe."""
+
+    def __init__(self, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE, mesh_config: Mapping[str, Any] | None = None,
+                 limits: Limits = DEFAULT_LIMITS, multiple_custom_providers: bool = False) -> None:
+        self.root_namespace = root_namespace
+        self.mesh_config = mesh_config
+        self.limits = limits
+        self.multiple_custom_providers = multiple_custom_providers
+        self._lock = threading.Lock()
+        self._chains: OrderedDict[tuple[str, str, str, WaypointRef], AuthzFilters] = OrderedDict()
+        self._providers: tuple[tuple[object, ...], Providers] | None = None
+
+    # --- public ------------------------------------------------------------------------------------
+
+    def for_service(self, snapshot: ConfigSnapshot, waypoint: WaypointRef, namespace: str, name: str,
+                    kind: str = "Service") -> AuthzFilters:
+        """Filters for the chains of one service (``kind`` ``Service`` or ``ServiceEntry``)."""
+        root = self.root_namespace
+        aps = attach.for_service(attach.ap_index(snapshot), kind, namespace, name, waypoint.namespace,
+                                 waypoint.name, root)
+        ras = attach.for_service(attach.ra_index(snapshot), kind, namespace, name, waypoint.namespace,
+                                 waypoint.name, root)
+        return self._chain(snapshot, (kind, namespace, name, waypoint), aps, ras)
+
+    def for_direct(self, snapshot: ConfigSnapshot, waypoint: WaypointRef) -> AuthzFilters:
+        """Filters for ``direct-http``/``direct-tcp`` (Gateway/GatewayClass-targeted policies only)."""
+        aps = attach.for_waypoint(attach.ap_index(snapshot), waypoint.namespace, waypoint.name, self.root_namespace)
+        ras = attach.for_waypoint(attach.ra_index(snapshot), waypoint.namespace, waypoint.name, self.root_namespace)
+        return self._chain(snapshot, ("", "", "", waypoint), aps, ras)
+
+    def problems(self, snapshot: ConfigSnapshot) -> list[str]:
+        """Everything about authorization config a waypoint will not enforce as written (sorted)."""
+        out: list[str] = []
+        for kind, index in (("AuthorizationPolicy", attach.ap_index(snapshot)),
+                            ("RequestAuthentication", attach.ra_index(snapshot))):
+            for pol in index.untargeted:
+                what = f"{kind} {pol.namespace}/{pol.name}"
+                if pol.spec.selector is not None:
+                    out.append(f"{what}: selects workloads (spec.selector), which waypoints do not enforce "
+                               "(ztunnel enforces its L4 part); use spec.targetRefs to apply it on a waypoint")
+                else:
+                    out.append(f"{what}: has no spec.targetRefs (namespace-wide), which waypoints do not enforce "
+                               "(ztunnel enforces its L4 part); use spec.targetRefs to apply it on a waypoint")
+        targeted_aps: dict[tuple[str, str], AuthorizationPolicy] = {}
+        targeted_ras: dict[tuple[str, str], RequestAuthentication] = {}
+        for pol in snapshot.of_kind(AuthorizationPolicy):
+            if pol.spec.targets:
+                targeted_aps[(pol.namespace, pol.name)] = pol
+                out += self._target_problems(snapshot, "AuthorizationPolicy", pol)
+        for ra in snapshot.of_kind(RequestAuthentication):
+            if ra.spec.targets:
+                targeted_ras[(ra.namespace, ra.name)] = ra
+                out += self._target_problems(snapshot, "RequestAuthentication", ra)
+        compiled = [rbac.compile_policy(ap, self.limits) for ap in targeted_aps.values()]
+        for cp in compiled:
+            out += cp.problems
+        customs = [cp for cp in compiled if cp.action == "CUSTOM"]
+        if customs:
+            providers = self._providers_for(snapshot)
+            for cp in customs:
+                if cp.provider not in providers.by_name:
+                    reason = providers.errors.get(cp.provider, f"extension provider {cp.provider!r} is not defined "
+                                                               "in the mesh config")
+                    out.append(f"AuthorizationPolicy {cp.source.namespace}/{cp.source.name}: spec.provider.name: "
+                               f"{reason}; enforced as DENY")
+        out += jwt.jwt_filter(list(targeted_ras.values())).problems
+        return sorted(dict.fromkeys(out))
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _target_problems(self, snapshot: ConfigSnapshot, kind: str,
+                         pol: AuthorizationPolicy | RequestAuthentication) -> list[str]:
+        out = []
+        what = f"{kind} {pol.namespace}/{pol.name}"
+        for i, ref in enumerate(pol.spec.targets):
+            loc = f"spec.targetRefs[{i}]" if pol.spec.target_refs else "spec.targetRef"
+            tk = target_kind(ref)
+            if tk == "GatewayClass":
+                if ref.name != WAYPOINT_CLASS:
+                    out.append(f"{what}: {loc}: GatewayClass {ref.name!r} is not {WAYPOINT_CLASS!r}; ignored")
+                elif pol.namespace != self.root_namespace:
+                    out.append(f"{what}: {loc}: GatewayClass targets apply only from the root namespace "
+                               f"{self.root_namespace!r}; ignored")
+            elif tk == "Gateway":
+                gw = snapshot.get(Gateway, pol.namespace, ref.name)
+                if gw is None or gw.spec.gateway_class_name != WAYPOINT_CLASS:
+                    out.append(f"{what}: {loc}: Gateway {pol.namespace}/{ref.name} is not a waypoint; "
+                               "nothing enforces this policy")
+            elif tk == "Service" and snapshot.get(Service, pol.namespace, ref.name) is None:
+                out.append(f"{what}: {loc}: Service {pol.namespace}/{ref.name} does not exist")
+            elif tk == "ServiceEntry" and snapshot.get(ServiceEntry, pol.namespace, ref.name) is None:
+                out.append(f"{what}: {loc}: ServiceEntry {pol.namespace}/{ref.name} does not exist")
+        return out
+
+    def _providers_for(self, snapshot: ConfigSnapshot) -> Providers:
+        """The mesh config's providers against this snapshot's services (re-resolved only when the
+        mesh config object or the Service/ServiceEntry maps change)."""
+        key = (self.mesh_config, snapshot.by_kind.get("Service"), snapshot.by_kind.get("ServiceEntry"))
+        with self._lock:
+            held = self._providers
+        if held is not None and all(a is b for a, b in zip(held[0], key, strict=True)):
+            return held[1]
+        providers = extauthz.parse_providers(snapshot, self.mesh_config)
+        with self._lock:
+            self._providers = (key, providers)
+        return providers
+
+    def _chain(self, snapshot: ConfigSnapshot, key: tuple[str, str, str, WaypointRef],
+               aps: tuple[AuthorizationPolicy, ...], ras: tuple[RequestAuthentication, ...]) -> AuthzFilters:
+        if not aps and not ras:
+            return EMPTY
+        providers = (self._providers_for(snapshot)
+                     if any(ap.spec.action == "CUSTOM" for ap in aps) else None)
+        inputs: tuple[object, ...] = (*aps, None, *ras, None, providers)
+        with self._lock:
+            held = self._chains.get(key)
+        if held is not None and len(held.inputs) == len(inputs) and all(
+                a is b for a, b in zip(held.inputs, inputs, strict=True)):
+            return held
+        out = self._build(aps, ras, providers, inputs)
+        with self._lock:
+            self._chains[key] = out
+            self._chains.move_to_end(key)
+            while len(self._chains) > _MAX_CHAINS:
+                self._chains.popitem(last=False)
+        return out
+
+    def _build(self, aps: tuple[AuthorizationPolicy, ...], ras: tuple[RequestAuthentication, ...],
+               providers: Providers | None, inputs: tuple[object, ...]) -> AuthzFilters:
+        compiled = [rbac.compile_policy(ap, self.limits) for ap in aps]
+        http: list[HttpFilter] = []
+        tcp: list[NetworkFilter] = []
+        clusters: list[ClusterRequest] = []
+        problems = [p for cp in compiled for p in cp.problems]
+        problems += [f"TCP chains: {n}" for cp in compiled for n in cp.tcp_notes]
+        customs = [cp for cp in compiled if cp.action == "CUSTOM"]
+        if customs:
+            assert providers is not None
+            custom = extauthz.custom_filters(customs, providers, multiple_providers=self.multiple_custom_providers)
+            http += custom.http
+            tcp += custom.tcp
+            clusters += custom.clusters
+            problems += custom.problems
+        auth = jwt.jwt_filter(ras)
+        if auth.filter is not None:
+            http.append(auth.filter)
+            clusters += auth.clusters
+            problems += auth.problems
+        enforcing_http, enforcing_tcp = rbac.enforcing_filters(compiled)
+        http += enforcing_http
+        tcp += enforcing_tcp
+        return AuthzFilters(http=tuple(http), tcp=tuple(tcp), clusters=tuple(dict.fromkeys(clusters)),
+                            problems=tuple(dict.fromkeys(problems)), inputs=inputs)
+
+
+_translators: dict[tuple[object, ...], AuthzTranslator] = {}
+_translators_lock = threading.Lock()
+
+
+def translator_for(*, root_namespace: str = DEFAULT_ROOT_NAMESPACE, mesh_config: Mapping[str, Any] | None = None,
+                   limits: Limits = DEFAULT_LIMITS, multiple_custom_providers: bool = False) -> AuthzTranslator:
+    """A shared translator per settings (the mesh config compared by identity)."""
+    key = (root_namespace, id(mesh_config), limits, multiple_custom_providers)
+    with _translators_lock:
+        t = _translators.get(key)
+        if t is None or t.mesh_config is not mesh_config:
+            if len(_translators) >= 64:  # callers passing a fresh mesh config each time: do not grow
+                _translators.clear()
+            t = _translators[key] = AuthzTranslator(root_namespace=root_namespace, mesh_config=mesh_config,
+                                                    limits=limits, multiple_custom_providers=multiple_custom_providers)
+        return t
+
+
+def authz_for_service(snapshot: ConfigSnapshot, waypoint: WaypointRef, service_namespace: str, service_name: str, *,
+                      root_namespace: str = DEFAULT_ROOT_NAMESPACE, kind: str = "Service",
+                      mesh_config: Mapping[str, Any] | None = None, limits: Limits = DEFAULT_LIMITS,
+                      multiple_custom_providers: bool = False) -> AuthzFilters:
+    """Authorization filters for a per-service chain (``inbound-vip|P|http|H`` / ``...|tcp|H``)."""
+    return translator_for(root_namespace=root_namespace, mesh_config=mesh_config, limits=limits,
+                          multiple_custom_providers=multiple_custom_providers
+                          ).for_service(snapshot, waypoint, service_namespace, service_name, kind)
+
+
+def authz_for_direct(snapshot: ConfigSnapshot, waypoint: WaypointRef, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+                     mesh_config: Mapping[str, Any] | None = None, limits: Limits = DEFAULT_LIMITS,
+                     multiple_custom_providers: bool = False) -> AuthzFilters:
+    """Authorization filters for ``direct-http``/``direct-tcp``."""
+    return translator_for(root_namespace=root_namespace, mesh_config=mesh_config, limits=limits,
+                          multiple_custom_providers=multiple_custom_providers).for_direct(snapshot, waypoint)
+
+
+def authz_problems(snapshot: ConfigSnapshot, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+                   mesh_config: Mapping[str, Any] | None = None, limits: Limits = DEFAULT_LIMITS) -> list[str]:
+    """Authorization config that waypoints do not enforce as written (for ``validate`` and logs)."""
+    return translator_for(root_namespace=root_namespace, mesh_config=mesh_config, limits=limits).problems(snapshot)
