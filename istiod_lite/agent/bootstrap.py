@@ -148,6 +148,41 @@ def xds_tcp_cluster(xds_address: str) -> dict[str, Any]:
     }
 
 
+#: Envoy stat tags for the waypoint's own names (``stats_config.stats_tags``).  Envoy matches every
+#: regex against the *whole* stat name; each regex's first group is cut from the name and its inner
+#: group is the tag's value.  Envoy's default tags are off: its ``cluster_name`` tag would cut the
+#: name at the first dot, inside the service host.  Stats of ``inbound-vip|P|http[/subset]|HOST``
+#: clusters get ``destination_port``, ``subset`` and ``destination_service`` (Istio's label names),
+#: so ``/stats/prometheus`` reads e.g. ``envoy_cluster_inbound_vip_http_upstream_rq{response_code="200",
+#: destination_port="9080",destination_service="reviews.shop.svc.cluster.local"}``.  The host ends
+#: where the remainder is one of Envoy's cluster stat names (anchored at ``$``), since hosts have dots.
+_CLUSTER_STAT = (r"(?:[a-z0-9_]+|circuit_breakers\.[a-z_]+\.[a-z0-9_]+|outlier_detection\.[a-z0-9_]+"
+                 r"|(?:internal|external|canary)\.[a-z0-9_]+|http[123]\.[a-z0-9_]+|health_check\.[a-z0-9_]+"
+                 r"|zone\.[^.]+\.[^.]+\.[a-z0-9_]+|default\.total_match_count|ssl\..+|tls\..+|lb_subsets_[a-z_]+)$")
+_INBOUND_VIP = r"^cluster\.inbound-vip"
+WAYPOINT_STATS_TAGS: tuple[tuple[str, str], ...] = (
+    ("destination_port", _INBOUND_VIP + r"(\|(\d+))\|"),
+    ("subset", _INBOUND_VIP + r"\|\d+\|(?:http|tcp)(/([^|]+))\|"),
+    ("destination_service", _INBOUND_VIP + r"\|\d+\|(?:http|tcp)(?:/[^|]+)?\|((.+?)\.)" + _CLUSTER_STAT),
+    # Every other cluster (connect_originate, outbound clusters, xds-grpc): its whole name.
+    ("cluster_name", r"^cluster\.((?!inbound-vip\|)(.+?)\.)" + _CLUSTER_STAT),
+    # The HCM of a waypoint chain (stat prefix ``inbound_0.0.0.0_<port>;``), also under its listener.
+    ("destination_port", r"^http\.inbound_0\.0\.0\.0(_(\d+));\."),
+    ("destination_port", r"^listener\..*?\.http\.inbound_0\.0\.0\.0(_(\d+));\."),
+    ("response_code", r"_rq(_(\d{3}))$"),
+    ("response_code_class", r"_rq(_(\dxx))$"),
+)
+
+
+def waypoint_stats_config() -> dict[str, Any]:
+    """``stats_config`` turning the waypoint's cluster and HCM stat names into Istio-like labels
+    (see ``docs/observability.md``)."""
+    return {
+        "use_all_default_tags": False,
+        "stats_tags": [{"tag_name": name, "regex": regex} for name, regex in WAYPOINT_STATS_TAGS],
+    }
+
+
 def waypoint_bootstrap(
     identity: WaypointIdentity,
     xds_address: str | None,
@@ -201,6 +236,7 @@ def waypoint_bootstrap(
                 },
             }
         ],
+        "stats_config": waypoint_stats_config(),
         "layered_runtime": {
             "layers": [
                 {"name": "global config", "static_layer": {"overload.global_downstream_max_connections": 2147483647}}

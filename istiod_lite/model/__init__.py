@@ -8,6 +8,7 @@ from istiod_lite.model import (
     gateway,  # noqa: F401
     networking,  # noqa: F401
     security,  # noqa: F401
+    telemetry,  # noqa: F401
 )
 from istiod_lite.model.base import Resource
 from istiod_lite.model.errors import ConfigError

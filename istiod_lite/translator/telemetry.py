@@ -323,12 +323,42 @@ def apply_access_logs(resources: EnvoyResources, snapshot: ConfigSnapshot, mesh:
     return out
 
 
+class AccessLogMemo:
+    """``apply_access_logs`` for a server that translates one waypoint again and again: when the
+    translated ``main_internal`` listener, the Telemetries, the bound services and the mesh config
+    are the very same objects as last time, the previous listener object is re-used, so the xDS
+    layer (which caches serialisations by message identity) does not serialise it again.
+    One instance per waypoint; the output equals ``apply_access_logs``'s."""
+
+    def __init__(self, ref: WaypointRef) -> None:
+        self.ref = ref
+        self._last: tuple[tuple[object, ...], EnvoyResources, EnvoyResources] | None = None
+
+    def apply(self, resources: EnvoyResources, snapshot: ConfigSnapshot, mesh: MeshConfig | None) -> EnvoyResources:
+        b = bindings_of(snapshot)
+        key = (resources.listeners.get(hbone.MAIN_INTERNAL), mesh, None, *telemetry_inputs(snapshot), None,
+               *b.services.get(self.ref, ()), None, *b.service_entries.get(self.ref, ()))
+        last = self._last
+        if last is not None and len(last[0]) == len(key) and all(
+                a is b_ for a, b_ in zip(last[0], key, strict=True)):
+            if last[1] is resources:
+                return last[2]
+            out = EnvoyResources(dict(resources.listeners), dict(resources.routes), dict(resources.clusters),
+                                 dict(resources.endpoints), dict(resources.secrets))
+            out.listeners[hbone.MAIN_INTERNAL] = last[2].listeners[hbone.MAIN_INTERNAL]
+            return out
+        out = apply_access_logs(resources, snapshot, mesh, self.ref)
+        self._last = (key, resources, out)
+        return out
+
+
 __all__ = [
     "CEL_FILTER",
     "FILE_LOGGER",
     "ISTIO_JSON_FORMAT",
     "ISTIO_TEXT_FORMAT",
     "AccessLog",
+    "AccessLogMemo",
     "ProviderSetting",
     "access_log",
     "access_logs_for",

@@ -255,3 +255,21 @@ def test_stat_tags() -> None:
         "cluster.upstream_rq_total", {"cluster_name": "outbound|80||api.example.com"})
     assert _envoy_tags("http.inbound_0.0.0.0_9080;.downstream_rq_5xx") == (
         "http.inbound_0.0.0.0;.downstream_rq", {"destination_port": "9080", "response_code_class": "5xx"})
+
+
+def test_memo_reuses_the_listener_and_equals_a_fresh_application() -> None:
+    m = mesh("accessLogFile: /dev/stdout")
+    snap = snapshot()
+    out = translate_waypoint(snap, REF)
+    memo = telemetry.AccessLogMemo(REF)
+    first = memo.apply(out, snap, m)
+    assert first.listeners == telemetry.apply_access_logs(out, snap, m, REF).listeners
+    assert memo.apply(out, snap, m) is first
+    # Same listener, new resources object (e.g. endpoints changed): the logged listener is re-used.
+    again = translate_waypoint(snap, REF)
+    again.listeners["main_internal"] = out.listeners["main_internal"]
+    second = memo.apply(again, snap, m)
+    assert second.listeners["main_internal"] is first.listeners["main_internal"]
+    # A Telemetry change is noticed.
+    off = snapshot(telemetry_doc("quiet", "app", "{accessLogging: [{disabled: true}]}"))
+    assert memo.apply(out, off, m).listeners == out.listeners

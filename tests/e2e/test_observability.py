@@ -1,0 +1,77 @@
+"""Waypoint metrics through real traffic: the client's ztunnel (hbone forward) -> waypoint Envoy
+(agent, CA, secure xDS) -> pods; the waypoint's ``/stats/prometheus`` carries per-service request
+counts labelled by the bootstrap's stat tags (``destination_service``, ``destination_port``,
+``subset``, ``response_code``) that match the requests sent.
+
+Access-log lines through the same path need the mesh config passed from the control plane to the
+translator (see docs/observability.md, "Wiring"); they are covered by golden files until then.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.e2e.test_waypoint_traffic import VS, send, serving, write
+from tests.support.backends import BackendsFactory
+from tests.support.mesh import ambient_mesh, exclusive_ip
+from tests.support.ports import alloc_vip
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
+
+HOST = "reviews.shop.svc.cluster.local"
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def samples(text: str, metric: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of ``metric`` in Prometheus text format, as (labels, value)."""
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m is not None and m["name"] == metric:
+            out.append((dict(_LABEL.findall(m["labels"])), float(m["value"])))
+    return out
+
+
+async def prometheus(admin_port: int) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin_port}/stats/prometheus") as r:
+        return await r.text()
+
+
+async def test_per_service_request_counts(tmp_path: Path, backends_factory: BackendsFactory) -> None:
+    pods = await backends_factory(2, names=["reviews-v1", "reviews-v2"])
+    wp, vip = exclusive_ip(), alloc_vip()
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    write(cfg, wp=wp, vip=vip, port=pods.port, ip1=pods.pods[0].address[0], ip2=pods.pods[1].address[0])
+    (cfg / "vs.yaml").write_text(VS.format(w1=50, w2=50))
+    async with ambient_mesh(tmp_path, cfg) as mesh, mesh.waypoint("shop", "waypoint", wp) as agent, \
+            mesh.client([(vip, 9080)], wp) as local:
+        addr = local[(vip, 9080)]
+        await wait_until(lambda: serving(addr), timeout=30, message="traffic through the waypoint")
+        admin = agent.config.envoy.admin_port
+        before = samples(await prometheus(admin), "envoy_cluster_inbound_vip_http_upstream_rq_total")
+        counts = await send(addr, 40)
+        assert sum(counts.values()) == 40 and set(counts) == {"reviews-v1", "reviews-v2"}, counts
+
+        text = await prometheus(admin)
+        totals = samples(text, "envoy_cluster_inbound_vip_http_upstream_rq_total")
+        # The VirtualService splits between the subsets' clusters; the service's own cluster (no
+        # subset label) carries nothing new.
+        by_subset = {s.get("subset", ""): v for s, v in totals
+                     if s.get("destination_service") == HOST and s.get("destination_port") == "9080"}
+        sent_before = {s.get("subset", ""): v for s, v in before if s.get("destination_service") == HOST}
+        assert {k: v - sent_before.get(k, 0) for k, v in by_subset.items()} == {
+            "": 0, "v1": counts["reviews-v1"], "v2": counts["reviews-v2"]}, totals
+        ok = {s.get("subset", ""): v for s, v in samples(text, "envoy_cluster_inbound_vip_http_upstream_rq")
+              if s.get("response_code") == "200" and s.get("destination_service") == HOST}
+        assert sum(ok.values()) >= 40
+        # The port's HCM: every request, by response class.
+        rq = [v for s, v in samples(text, "envoy_http_inbound_0_0_0_0__downstream_rq")
+              if s.get("destination_port") == "9080" and s.get("response_code_class") == "2xx"]
+        assert rq and rq[0] >= 40
