@@ -13,7 +13,18 @@ from pathlib import Path
 
 from istiod_lite.agent.bootstrap import WaypointIdentity, waypoint_bootstrap
 from istiod_lite.controlplane.debounce import DebounceOptions
+from istiod_lite.model.meshconfig import MeshConfig, MeshConfigInvalid, load_mesh_config
 from istiod_lite.xds.server import XdsServerOptions
+
+
+def _mesh(path: str | None) -> MeshConfig | None:
+    """The ``--mesh-config`` file, or None; an invalid file is a start-up error with its field path."""
+    if not path:
+        return None
+    try:
+        return load_mesh_config(path)
+    except (MeshConfigInvalid, OSError) as exc:
+        raise SystemExit(f"error: --mesh-config {path}: {exc}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -28,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
             issuer, sep, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
             jwks.append(JwksSource(Path(path), issuer) if sep and issuer else JwksSource(Path(path)))
         review = None
-        if args.kubeconfig or args.token_review_in_cluster:
+        if args.kubeconfig or args.token_review_in_cluster or args.in_cluster:
             review = TokenReviewConfig(kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
                                        context=args.kube_context)
         ca = CaConfig(ca_dir=Path(args.ca_dir), trust_domain=args.trust_domain, jwks=tuple(jwks), token_review=review)
@@ -37,8 +48,17 @@ def _serve(args: argparse.Namespace) -> int:
         secure = "0.0.0.0" + secure
     if ca is None:
         logging.getLogger("istiod_lite").warning("no --ca-dir: the secure port (CA and authenticated xDS) is off")
+    kube = None
+    if (args.kubeconfig or args.in_cluster) and not args.no_cluster_config:
+        from istiod_lite.sources import KubeSourceOptions
+
+        kube = KubeSourceOptions(kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+                                 context=args.kube_context)
+    if kube is None and not args.config:
+        raise SystemExit("error: serve needs --config DIR, a cluster (--kubeconfig FILE or --in-cluster), or both")
     options = ControlPlaneOptions(
-        config_dir=Path(args.config),
+        config_dir=Path(args.config) if args.config else None,
+        kube=kube,
         grpc_addr="" if args.no_plaintext else args.grpc_addr,
         secure_grpc_addr=secure,
         ca=ca,
@@ -46,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         mtls_grpc_addr=args.mtls_grpc_addr if ca is not None else "",
         ca_workers=args.ca_workers,
         trust_domain=args.trust_domain,
+        mesh=_mesh(args.mesh_config),
         monitoring_addr=args.monitoring_addr,
         poll_interval=args.poll_interval,
         debounce=DebounceOptions(quiet=args.debounce_quiet, max_delay=args.debounce_max),
@@ -108,7 +129,7 @@ def _translate(args: argparse.Namespace) -> int:
     if ref not in {w.ref for w in find_waypoints(update.snapshot)}:
         print(f"error: no waypoint Gateway {ref} (class istio-waypoint) in {args.config}", file=sys.stderr)
         return 1
-    sys.stdout.write(render(translate_waypoint(update.snapshot, ref), args.output))
+    sys.stdout.write(render(translate_waypoint(update.snapshot, ref, mesh=_mesh(args.mesh_config)), args.output))
     return 0
 
 
@@ -144,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="serve xDS for waypoints from a YAML config directory")
-    s.add_argument("--config", required=True, metavar="DIR")
+    s = sub.add_parser("serve", help="serve xDS for waypoints from a YAML config directory and/or a cluster")
+    s.add_argument("--config", metavar="DIR",
+                   help="YAML config directory; optional when a cluster is watched (with both, a resource defined "
+                        "in both is taken from the directory and reported as a conflict)")
     s.add_argument("--grpc-addr", default="0.0.0.0:15010", metavar="HOST:PORT", help="plaintext xDS")
     s.add_argument("--secure-grpc-addr", default=":15012", metavar="HOST:PORT",
                    help="TLS port: CA (CreateCertificate) and authenticated xDS; served when --ca-dir is given")
@@ -158,13 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--server-san", action="append", default=[], metavar="NAME",
                    help="extra DNS name or IP in the secure port's certificate; repeatable")
     s.add_argument("--trust-domain", default="cluster.local")
+    s.add_argument("--mesh-config", metavar="FILE",
+                   help="Istio MeshConfig YAML (accessLogFile, accessLogEncoding, defaultProviders, "
+                        "extensionProviders, "
+                        "rootNamespace)")
     s.add_argument("--mtls-grpc-addr", default="", metavar="HOST:PORT",
                    help="also serve the CA and xDS on an mTLS-only port (client certificate renewals); off by default")
     s.add_argument("--kubeconfig", metavar="FILE",
-                   help="authenticate CA and xDS callers' tokens with Kubernetes TokenReview via this kubeconfig")
-    s.add_argument("--kube-context", metavar="NAME", help="kubeconfig context for TokenReview (default: current)")
+                   help="watch this cluster's Services, Pods, Gateways, Istio config, ... as a config source, and "
+                        "(with --ca-dir) authenticate callers' tokens with its TokenReview")
+    s.add_argument("--kube-context", metavar="NAME", help="kubeconfig context (default: current)")
+    s.add_argument("--in-cluster", action="store_true",
+                   help="like --kubeconfig, with the pod's in-cluster service-account configuration")
+    s.add_argument("--no-cluster-config", action="store_true",
+                   help="use the cluster only for TokenReview, not as a config source")
     s.add_argument("--token-review-in-cluster", action="store_true",
-                   help="TokenReview with the in-cluster service-account configuration")
+                   help="TokenReview with the in-cluster service-account configuration (implied by --in-cluster)")
     s.add_argument("--ca-workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                    help="certificate-signing worker processes (0: one background thread)")
     s.add_argument("--monitoring-addr", default="0.0.0.0:15014", metavar="HOST:PORT")
@@ -196,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, metavar="DIR")
     t.add_argument("--waypoint", required=True, metavar="NS/NAME")
     t.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
+    t.add_argument("--mesh-config", metavar="FILE", help="Istio MeshConfig YAML (access logging)")
     t.set_defaults(func=_translate)
 
     w = sub.add_parser("waypoint", help="waypoint proxy helpers")

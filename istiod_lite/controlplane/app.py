@@ -26,12 +26,14 @@ from istiod_lite.controlplane.nodes import PROXYLESS_GROUP, UNKNOWN_GROUP, group
 from istiod_lite.controlplane.secure import XdsAuthenticator
 from istiod_lite.controlplane.snapshots import VersionedCache, to_resource_snapshot
 from istiod_lite.model import ConfigError, ConfigSnapshot
+from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.monitoring.http import MonitoringServer
-from istiod_lite.sources import DirectorySource, SourceUpdate
+from istiod_lite.sources import DirectorySource, KubeSource, KubeSourceOptions, MergedSource, Source, SourceUpdate
 from istiod_lite.translator import find_waypoints
 from istiod_lite.translator.config_warnings import route_warnings
 from istiod_lite.translator.hbone import CONNECT_TERMINATE
 from istiod_lite.translator.proxyless import translate_proxyless
+from istiod_lite.translator.telemetry import AccessLogMemo
 from istiod_lite.translator.waypoint import WaypointTranslator, connect_terminate_for
 from istiod_lite.translator.waypoints import WaypointRef, binding_problems
 from istiod_lite.xds import typeurls
@@ -45,7 +47,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ControlPlaneOptions:
-    config_dir: Path
+    #: A YAML config directory; None = none (then ``kube`` must be given).
+    config_dir: Path | None
     grpc_addr: str = "0.0.0.0:15010"
     monitoring_addr: str = "0.0.0.0:15014"
     poll_interval: float = 0.5
@@ -67,14 +70,34 @@ class ControlPlaneOptions:
     mtls_grpc_addr: str = ""
     #: Signing worker processes (0: one background thread); see docs/ca.md for the trade-off.
     ca_workers: int = 0
+    #: Also (or only) watch a Kubernetes cluster; with ``config_dir`` too, the two are merged and
+    #: the directory wins a key both define (docs/kubernetes.md).
+    kube: KubeSourceOptions | None = None
+    #: Istio MeshConfig (``--mesh-config``): access logging defaults, providers, root namespace.
+    mesh: MeshConfig | None = None
+
+
+def build_source(options: ControlPlaneOptions) -> Source:
+    """The configured source: the YAML directory, the cluster, or both merged (directory first)."""
+    sources: list[Source] = []
+    names: list[str] = []
+    if options.config_dir is not None:
+        sources.append(DirectorySource(options.config_dir, poll_interval=options.poll_interval,
+                                       debounce=options.debounce.quiet))
+        names.append(f"directory {options.config_dir}")
+    if options.kube is not None:
+        sources.append(KubeSource(options.kube))
+        names.append("cluster")
+    if not sources:
+        raise ValueError("no config source: give a config directory, a cluster, or both")
+    return sources[0] if len(sources) == 1 else MergedSource(sources, names)
 
 
 class ControlPlane:
-    def __init__(self, options: ControlPlaneOptions) -> None:
+    def __init__(self, options: ControlPlaneOptions, *, source: Source | None = None) -> None:
+        """``source`` overrides the one ``options`` describes (tests inject a prepared source)."""
         self.options = options
-        self.source = DirectorySource(
-            options.config_dir, poll_interval=options.poll_interval, debounce=options.debounce.quiet
-        )
+        self.source: Source = source if source is not None else build_source(options)
         self.cache = SnapshotCache(group_of, on_demand=self._on_demand)
         self.ca: CaRuntime | None = None
         self._xds_auth: XdsAuthenticator | None = None
@@ -98,6 +121,8 @@ class ControlPlane:
         self._terminate: dict[str, VersionedResource] = {}
         self._binding_problems: set[str] = set()
         self._route_warnings: set[str] = set()
+        #: Per waypoint: access loggers from Telemetry and the mesh config, applied after translation.
+        self._access_logs: dict[WaypointRef, AccessLogMemo] = {}
         self._monitoring = MonitoringServer(lambda: self.cache.ready, self.ads.status, self.ads.metrics.registry)
         self._tasks: list[asyncio.Task[None]] = []
         self.grpc_port = 0
@@ -223,7 +248,9 @@ class ControlPlane:
             if translator is None:
                 translator = self._translators[ref] = WaypointTranslator(ref, self.options.trust_domain)
                 self._versioned[ref] = VersionedCache()
-            shared[ref] = self._versioned[ref].versioned(translator.translate(self.config))
+            logs = self._access_logs.setdefault(ref, AccessLogMemo(ref))
+            shared[ref] = self._versioned[ref].versioned(
+                logs.apply(translator.translate(self.config), self.config, self.options.mesh))
         for ref in set(self._translators) - waypoints:
             del self._translators[ref]
             del self._versioned[ref]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from istiod_lite.model import ConfigSnapshot
+from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.model.networking import DestinationRule, VirtualService
 from istiod_lite.translator import (
     clusters,
@@ -43,6 +44,7 @@ from istiod_lite.translator import (
     service_clusters,
     service_model,
     tcp_routes,
+    telemetry,
     traffic_policy,
 )
 from istiod_lite.translator.index import derived, derived_from_kinds, index_of, virtual_services_for
@@ -347,14 +349,14 @@ def connect_terminate_for(bind_ip: str, trust_domain: str = DEFAULT_TRUST_DOMAIN
 
 def translate_waypoint(
     snapshot: ConfigSnapshot, ref: WaypointRef, bind_ip: str | None = None,
-    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
 ) -> EnvoyResources:
     """One-shot translation of everything one waypoint proxy receives (offline commands, tests).
 
     ``bind_ip``: where ``connect_terminate`` listens; default the waypoint's address, else 0.0.0.0.
     The server keeps a ``WaypointTranslator`` per waypoint and adds ``connect_terminate`` per proxy.
     """
-    out = WaypointTranslator(ref, trust_domain).translate(snapshot)
+    out = telemetry.apply_access_logs(WaypointTranslator(ref, trust_domain).translate(snapshot), snapshot, mesh, ref)
     if bind_ip is None:
         wp = bindings_of(snapshot).waypoints.get(ref)
         bind_ip = wp.addresses[0] if wp is not None and wp.addresses else "0.0.0.0"

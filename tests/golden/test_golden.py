@@ -22,7 +22,6 @@ from istiod_lite.model.meshconfig import MeshConfig, load_mesh_config
 from istiod_lite.sources import DirectorySource
 from istiod_lite.translator import find_waypoints, translate_waypoint
 from istiod_lite.translator.config_warnings import route_warnings
-from istiod_lite.translator.telemetry import apply_access_logs
 from istiod_lite.translator.waypoints import binding_problems
 from tests.support.envoy import envoy_validate
 
@@ -37,7 +36,7 @@ def _translate_case(case: str) -> dict[str, str]:
     mesh_file = HERE / case / "mesh.yaml"
     mesh: MeshConfig | None = load_mesh_config(mesh_file) if mesh_file.exists() else None
     out = {f"{w.ref.namespace}.{w.ref.name}.json": render(
-        apply_access_logs(translate_waypoint(update.snapshot, w.ref), update.snapshot, mesh, w.ref))
+        translate_waypoint(update.snapshot, w.ref, mesh=mesh))
            for w in find_waypoints(update.snapshot)}
     problems = binding_problems(update.snapshot)
     if problems:  # bindings that do not fit are reported (validate, server log), never used
