@@ -75,3 +75,65 @@ async def test_per_service_request_counts(tmp_path: Path, backends_factory: Back
         rq = [v for s, v in samples(text, "envoy_http_inbound_0_0_0_0__downstream_rq")
               if s.get("destination_port") == "9080" and s.get("response_code_class") == "2xx"]
         assert rq and rq[0] >= 40
+
+
+TELEMETRY_OFF = """apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: quiet, namespace: shop}
+spec:
+  accessLogging:
+  - disabled: true
+"""
+
+
+async def test_json_access_log_lines_and_disabling_them(tmp_path: Path, backends_factory: BackendsFactory) -> None:
+    import json
+
+    from istiod_lite.model.meshconfig import load_mesh_config
+
+    pods = await backends_factory(2, names=["reviews-v1", "reviews-v2"])
+    wp, vip = exclusive_ip(), alloc_vip()
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    write(cfg, wp=wp, vip=vip, port=pods.port, ip1=pods.pods[0].address[0], ip2=pods.pods[1].address[0])
+    log = tmp_path / "access.log"
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(f"accessLogFile: {log}\naccessLogEncoding: JSON\n")
+    async with ambient_mesh(tmp_path, cfg, mesh=load_mesh_config(mesh_file)) as mesh, \
+            mesh.waypoint("shop", "waypoint", wp) as agent, mesh.client([(vip, 9080)], wp) as local:
+        addr = local[(vip, 9080)]
+        await wait_until(lambda: serving(addr), timeout=30, message="traffic through the waypoint")
+        await send(addr, 10, path="/logged?q=1")
+
+        def lines() -> list[dict[str, object]]:
+            if not log.exists():
+                return []
+            return [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+
+        async def logged() -> bool:
+            return sum(1 for e in lines() if str(e.get("path", "")).startswith("/logged")) >= 10
+
+        await wait_until(logged, timeout=10, message="10 access-log lines")  # Envoy flushes every second
+        entry = next(e for e in lines() if str(e.get("path", "")).startswith("/logged"))
+        assert entry["response_code"] == 200 and entry["method"] == "GET"
+        assert str(entry["upstream_cluster"]).startswith(f"inbound-vip|9080|http|{HOST}")
+        assert entry["path"] == "/logged?q=1"
+        pid = agent.envoy_pid if hasattr(agent, "envoy_pid") else None
+
+        # Telemetry disabled: no new lines, and Envoy keeps running (no restart).
+        (cfg / "telemetry.yaml").write_text(TELEMETRY_OFF)
+        await wait_until(lambda: _no_access_log(mesh), timeout=10, message="access logging off in the config")
+        import asyncio
+
+        await asyncio.sleep(1.5)  # let in-flight config and buffered lines settle
+        before = len(lines())
+        await send(addr, 10, path="/quiet")
+        await asyncio.sleep(1.5)
+        assert len(lines()) == before
+        if pid is not None:
+            assert agent.envoy_pid == pid
+
+
+async def _no_access_log(mesh: object) -> bool:
+    shared = mesh.cp._shared  # type: ignore[attr-defined]
+    return "access_log" not in str(shared) and "file_access_log" not in str(shared)

@@ -16,12 +16,14 @@ import aiohttp
 from istiod_lite.ca.config import CaConfig
 from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 from istiod_lite.controlplane.debounce import DebounceOptions
+from istiod_lite.model.meshconfig import MeshConfig
 from tests.support.ports import free_port
 
 
 @contextlib.asynccontextmanager
 async def control_plane(
     config_dir: Path, *, quiet: float = 0.05, ca_dir: Path | None = None, plaintext: bool = True,
+    mesh: MeshConfig | None = None,
 ) -> AsyncIterator[ControlPlane]:
     """An in-process control plane on ephemeral loopback ports, polling the directory quickly.
 
@@ -36,6 +38,7 @@ async def control_plane(
             debounce=DebounceOptions(quiet=quiet, max_delay=2.0),
             ca=CaConfig(ca_dir=ca_dir) if ca_dir is not None else None,
             secure_grpc_addr="127.0.0.1:0" if ca_dir is not None else "",
+            mesh=mesh,
         )
     )
     await cp.start()

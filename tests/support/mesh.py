@@ -31,6 +31,7 @@ from istiod_lite.ca.keystore import ROOT_CERT
 from istiod_lite.ca.tokens import create_token
 from istiod_lite.controlplane.app import ControlPlane
 from istiod_lite.envoy_binary import envoy_binary
+from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.hbone import Endpoint, FileCredentials, HboneConfig, HboneProxy, InboundTerminator, OutboundTunnel
 from tests.support.controlplane import control_plane
 from tests.support.ports import alloc_pod_ip, free_port
@@ -170,7 +171,8 @@ class Mesh:
 
 
 @contextlib.asynccontextmanager
-async def ambient_mesh(tmp_path: Path, config_dir: Path, *, quiet: float = 0.05) -> AsyncIterator[Mesh]:
+async def ambient_mesh(tmp_path: Path, config_dir: Path, *, quiet: float = 0.05,
+                       mesh: MeshConfig | None = None) -> AsyncIterator[Mesh]:
     ca_dir = tmp_path / "ca"
-    async with control_plane(config_dir, quiet=quiet, ca_dir=ca_dir) as cp:
+    async with control_plane(config_dir, quiet=quiet, ca_dir=ca_dir, mesh=mesh) as cp:
         yield Mesh(cp, ca_dir, tmp_path)

@@ -20,7 +20,7 @@ Per-service chains get Service/ServiceEntry- plus Gateway/GatewayClass-targeted 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
 from istiod_lite.model import ConfigSnapshot
@@ -30,7 +30,6 @@ from istiod_lite.translator.index import derived_from_kinds
 WAYPOINT_CLASS: Final = "istio-waypoint"
 DEFAULT_ROOT_NAMESPACE: Final = "istio-system"
 P = TypeVar("P", AuthorizationPolicy, RequestAuthentication)
-_Key = tuple[str, str]
 _TARGET_KINDS: Final = {("core", "Service"): "Service", ("networking.istio.io", "ServiceEntry"): "ServiceEntry",
                         ("gateway.networking.k8s.io", "Gateway"): "Gateway",
                         ("gateway.networking.k8s.io", "GatewayClass"): "GatewayClass"}
@@ -43,9 +42,30 @@ class AttachIndex(Generic[P]):
 
     targeted: Mapping[tuple[str, str, str], tuple[P, ...]]
     untargeted: tuple[P, ...]
+    #: (waypoint namespace, name, root namespace) -> ``for_waypoint`` (filled lazily: every chain of
+    #: a waypoint asks the same question).
+    _per_waypoint: dict[tuple[str, str, str], tuple[P, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def get(self, kind: str, namespace: str, name: str) -> tuple[P, ...]:
         return self.targeted.get((kind, namespace, name), ())
+
+
+def changed_targets(old: AttachIndex[P], new: AttachIndex[P]) -> frozenset[tuple[str, str, str]]:
+    """The targets whose attached policies differ (by identity) between two indexes: a chain none of
+    whose targets is in here attaches exactly the same policies as before."""
+    out = set()
+    for k in old.targeted.keys() | new.targeted.keys():
+        a, b = old.targeted.get(k, ()), new.targeted.get(k, ())
+        if len(a) != len(b) or any(x is not y for x, y in zip(a, b, strict=True)):
+            out.add(k)
+    return frozenset(out)
+
+
+def chain_targets(kind: str, namespace: str, name: str, waypoint_namespace: str, waypoint_name: str,
+                  root_namespace: str) -> tuple[tuple[str, str, str], ...]:
+    """Every target key a chain's attachments are read from (``kind == ""``: a direct chain)."""
+    own = ((kind, namespace, name),) if kind else ()
+    return (*own, ("Gateway", waypoint_namespace, waypoint_name), ("GatewayClass", root_namespace, WAYPOINT_CLASS))
 
 
 def target_kind(ref: PolicyTargetReference) -> str:
@@ -77,19 +97,25 @@ def ra_index(snapshot: ConfigSnapshot) -> AttachIndex[RequestAuthentication]:
                               lambda s: _build(s.of_kind(RequestAuthentication)))
 
 
-def _ordered(*groups: tuple[P, ...]) -> tuple[P, ...]:
-    seen: dict[_Key, P] = {}
-    for group in groups:
-        for pol in group:
-            seen.setdefault((pol.namespace, pol.name), pol)
-    return tuple(seen[k] for k in sorted(seen))
+def _ordered(a: tuple[P, ...], b: tuple[P, ...]) -> tuple[P, ...]:
+    """``a`` then what ``b`` adds (a policy may target both the service and the waypoint).  Each
+    group is in (namespace, name) order, so the result is deterministic; callers sort keys."""
+    if not a:
+        return b
+    if not b:
+        return a
+    return a + tuple(p for p in b if not any(p is q for q in a))
 
 
 def for_waypoint(index: AttachIndex[P], waypoint_namespace: str, waypoint_name: str,
                  root_namespace: str) -> tuple[P, ...]:
     """Gateway- and GatewayClass-targeted policies: what the ``direct-*`` chains get."""
-    return _ordered(index.get("Gateway", waypoint_namespace, waypoint_name),
-                    index.get("GatewayClass", root_namespace, WAYPOINT_CLASS))
+    key = (waypoint_namespace, waypoint_name, root_namespace)
+    hit = index._per_waypoint.get(key)
+    if hit is None:
+        hit = index._per_waypoint[key] = _ordered(index.get("Gateway", waypoint_namespace, waypoint_name),
+                                                  index.get("GatewayClass", root_namespace, WAYPOINT_CLASS))
+    return hit
 
 
 def for_service(index: AttachIndex[P], kind: str, namespace: str, name: str, waypoint_namespace: str,

@@ -73,26 +73,42 @@ class AuthzTranslator:
         self.limits = limits
         self.multiple_custom_providers = multiple_custom_providers
         self._lock = threading.Lock()
-        self._chains: OrderedDict[tuple[str, str, str, WaypointRef], AuthzFilters] = OrderedDict()
+        #: chain key -> (the indexes it was checked against, its target keys, its filters)
+        self._chains: OrderedDict[tuple[str, str, str, WaypointRef],
+                                  tuple[tuple[object, ...], tuple[tuple[str, str, str], ...], AuthzFilters]] = (
+            OrderedDict())
+        self._last_diff: tuple[object, object, frozenset[tuple[str, str, str]]] | None = None
         self._providers: tuple[tuple[object, ...], Providers] | None = None
+        self._diffs: OrderedDict[tuple[int, int], tuple[object, object, frozenset[tuple[str, str, str]]]] = (
+            OrderedDict())
+        self._indexes: tuple[ConfigSnapshot, attach.AttachIndex[AuthorizationPolicy],
+                             attach.AttachIndex[RequestAuthentication]] | None = None
 
     # --- public ------------------------------------------------------------------------------------
 
     def for_service(self, snapshot: ConfigSnapshot, waypoint: WaypointRef, namespace: str, name: str,
                     kind: str = "Service") -> AuthzFilters:
         """Filters for the chains of one service (``kind`` ``Service`` or ``ServiceEntry``)."""
+        key = (kind, namespace, name, waypoint)
+        ap_idx, ra_idx = self._indexes_of(snapshot)
+        fast = self._unchanged(snapshot, key, ap_idx, ra_idx)
+        if fast is not None:
+            return fast
         root = self.root_namespace
-        aps = attach.for_service(attach.ap_index(snapshot), kind, namespace, name, waypoint.namespace,
-                                 waypoint.name, root)
-        ras = attach.for_service(attach.ra_index(snapshot), kind, namespace, name, waypoint.namespace,
-                                 waypoint.name, root)
-        return self._chain(snapshot, (kind, namespace, name, waypoint), aps, ras)
+        aps = attach.for_service(ap_idx, kind, namespace, name, waypoint.namespace, waypoint.name, root)
+        ras = attach.for_service(ra_idx, kind, namespace, name, waypoint.namespace, waypoint.name, root)
+        return self._chain(snapshot, key, (ap_idx, ra_idx), aps, ras)
 
     def for_direct(self, snapshot: ConfigSnapshot, waypoint: WaypointRef) -> AuthzFilters:
         """Filters for ``direct-http``/``direct-tcp`` (Gateway/GatewayClass-targeted policies only)."""
-        aps = attach.for_waypoint(attach.ap_index(snapshot), waypoint.namespace, waypoint.name, self.root_namespace)
-        ras = attach.for_waypoint(attach.ra_index(snapshot), waypoint.namespace, waypoint.name, self.root_namespace)
-        return self._chain(snapshot, ("", "", "", waypoint), aps, ras)
+        key = ("", "", "", waypoint)
+        ap_idx, ra_idx = self._indexes_of(snapshot)
+        fast = self._unchanged(snapshot, key, ap_idx, ra_idx)
+        if fast is not None:
+            return fast
+        aps = attach.for_waypoint(ap_idx, waypoint.namespace, waypoint.name, self.root_namespace)
+        ras = attach.for_waypoint(ra_idx, waypoint.namespace, waypoint.name, self.root_namespace)
+        return self._chain(snapshot, key, (ap_idx, ra_idx), aps, ras)
 
     def problems(self, snapshot: ConfigSnapshot) -> list[str]:
         """Everything about authorization config a waypoint will not enforce as written (sorted)."""
@@ -158,6 +174,58 @@ class AuthzTranslator:
                 out.append(f"{what}: {loc}: ServiceEntry {pol.namespace}/{ref.name} does not exist")
         return out
 
+    def _indexes_of(self, snapshot: ConfigSnapshot) -> tuple[attach.AttachIndex[AuthorizationPolicy],
+                                                             attach.AttachIndex[RequestAuthentication]]:
+        """The attachment indexes, looked up once per snapshot object (every chain asks)."""
+        held = self._indexes
+        if held is not None and held[0] is snapshot:
+            return held[1], held[2]
+        ap_idx, ra_idx = attach.ap_index(snapshot), attach.ra_index(snapshot)
+        self._indexes = (snapshot, ap_idx, ra_idx)
+        return ap_idx, ra_idx
+
+    def _unchanged(self, snapshot: ConfigSnapshot, key: tuple[str, str, str, WaypointRef],
+                   ap_idx: object, ra_idx: object) -> AuthzFilters | None:
+        """The held result if neither index changed (nor, for CUSTOM chains, the providers): the
+        common case, where re-deriving the attachments would only find the same policies."""
+        with self._lock:
+            held = self._chains.get(key)
+        if held is None:
+            return None
+        (old_ap, old_ra), targets, out = held
+        if old_ap is not ap_idx or old_ra is not ra_idx:
+            # An index changed: the chain is unchanged unless one of its targets is among those
+            # whose policies differ (one edit touches one or two targets of the whole mesh).
+            for old, new in ((old_ap, ap_idx), (old_ra, ra_idx)):
+                if old is not new and not self._diff(old, new).isdisjoint(targets):
+                    return None
+        providers = out.inputs[-1] if out.inputs else None
+        if providers is not None and self._providers_for(snapshot) is not providers:
+            return None
+        if old_ap is not ap_idx or old_ra is not ra_idx:
+            with self._lock:
+                self._chains[key] = ((ap_idx, ra_idx), targets, out)
+        return out
+
+    def _diff(self, old: Any, new: Any) -> frozenset[tuple[str, str, str]]:
+        """``attach.changed_targets`` once per pair of index objects (all chains ask for the same pair)."""
+        last = self._last_diff
+        if last is not None and last[0] is old and last[1] is new:
+            return last[2]
+        k = (id(old), id(new))
+        with self._lock:
+            hit = self._diffs.get(k)
+        if hit is not None and hit[0] is old and hit[1] is new:
+            self._last_diff = hit
+            return hit[2]
+        diff = attach.changed_targets(old, new)
+        self._last_diff = (old, new, diff)
+        with self._lock:
+            self._diffs[k] = (old, new, diff)
+            while len(self._diffs) > 8:
+                self._diffs.popitem(last=False)
+        return diff
+
     def _providers_for(self, snapshot: ConfigSnapshot) -> Providers:
         """The mesh config's providers against this snapshot's services (re-resolved only when the
         mesh config object or the Service/ServiceEntry maps change)."""
@@ -171,21 +239,23 @@ class AuthzTranslator:
             self._providers = (key, providers)
         return providers
 
-    def _chain(self, snapshot: ConfigSnapshot, key: tuple[str, str, str, WaypointRef],
+    def _chain(self, snapshot: ConfigSnapshot, key: tuple[str, str, str, WaypointRef], indexes: tuple[object, ...],
                aps: tuple[AuthorizationPolicy, ...], ras: tuple[RequestAuthentication, ...]) -> AuthzFilters:
-        if not aps and not ras:
-            return EMPTY
         providers = (self._providers_for(snapshot)
                      if any(ap.spec.action == "CUSTOM" for ap in aps) else None)
         inputs: tuple[object, ...] = (*aps, None, *ras, None, providers)
         with self._lock:
             held = self._chains.get(key)
-        if held is not None and len(held.inputs) == len(inputs) and all(
-                a is b for a, b in zip(held.inputs, inputs, strict=True)):
-            return held
-        out = self._build(aps, ras, providers, inputs)
+        if held is not None and len(held[2].inputs) == len(inputs) and all(
+                a is b for a, b in zip(held[2].inputs, inputs, strict=True)):
+            out = held[2]
+        elif not aps and not ras:
+            out = EMPTY
+        else:
+            out = self._build(aps, ras, providers, inputs)
+        targets = attach.chain_targets(*key[:3], key[3].namespace, key[3].name, self.root_namespace)
         with self._lock:
-            self._chains[key] = out
+            self._chains[key] = (indexes, targets, out)
             self._chains.move_to_end(key)
             while len(self._chains) > _MAX_CHAINS:
                 self._chains.popitem(last=False)
