@@ -1,12 +1,15 @@
 """Config sources: where the control plane's resources come from.
 
-A source turns some outside store (today: a directory of YAML files) into a sequence of
+A source turns some outside store (a directory of YAML files, a Kubernetes cluster, or both merged) into a sequence of
 ``SourceUpdate``s: a complete immutable ``ConfigSnapshot``, the exact set of keys that changed,
 and every current error.  Validation is always ``istiod_lite.model.parse_object``, so every source
 accepts and rejects exactly the same documents.
 """
 
+from istiod_lite.sources.kube import KubeSource, KubeSourceOptions
+from istiod_lite.sources.merge import MergedSource, Source
 from istiod_lite.sources.yamldir import DirectorySource, SourceUpdate
 from istiod_lite.sources.yamlfile import ParsedFile, parse_file
 
-__all__ = ["DirectorySource", "ParsedFile", "SourceUpdate", "parse_file"]
+__all__ = ["DirectorySource", "KubeSource", "KubeSourceOptions", "MergedSource", "ParsedFile", "Source",
+           "SourceUpdate", "parse_file"]

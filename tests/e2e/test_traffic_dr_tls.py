@@ -199,8 +199,10 @@ async def test_simple_tls_origination_with_file_ca(tmp_path: Path, session: aioh
             # A CA file that does not exist: not served, the new cluster warms, the old one serves on.
             (cfg / "dr.yaml").write_text(DR.format(ca=later, sni=SNI))
             await wait_until(lambda: warming(admin, session), timeout=15, message="the new cluster warming")
-            assert "No such file" in agent.sds.files.watched()[f"file-root:{later}"]
-            assert (await get(session, addr))[0] == 200
+            await wait_until(lambda: "No such file" in agent.sds.files.watched().get(f"file-root:{later}", ""),
+                             timeout=10, message="Envoy asking for the missing CA file")
+            status, body = await get(session, addr)
+            assert status == 200, body
 
             # The file appears, with the wrong CA: the cluster warms with it and the handshake fails.
             later.write_bytes(other.pem)
@@ -250,8 +252,8 @@ async def test_ca_file_missing_at_startup_holds_the_waypoint_until_it_appears(
 
             # Envoy asked for the secret, the agent could not serve it: Envoy's initialisation
             # waits for the warming cluster (as in Istio: initial_fetch_timeout 0s), so no listener.
-            await wait_until(lambda: name in agent.sds.files.watched(), timeout=20, message="Envoy asking")
-            assert "No such file" in agent.sds.files.watched()[name]
+            await wait_until(lambda: "No such file" in agent.sds.files.watched().get(name, ""), timeout=20,
+                             message="Envoy asking for the missing CA file")
             await wait_until(lambda: admin_get("/ready"), timeout=10, message="the admin port")
             await asyncio.sleep(1)
             assert "PRE_INITIALIZING" in await admin_get("/ready")

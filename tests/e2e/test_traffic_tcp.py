@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import math
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.support.mesh import ambient_mesh, exclusive_ip
@@ -113,6 +115,17 @@ async def exchange(addr: str, text: str) -> str:
         writer.close()
 
 
+async def tcp_proxy_updated(admin_port: int) -> bool:
+    """The active listener routes to v2 only (``weight: 100``) and no listener is warming."""
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{admin_port}/config_dump", params={"resource": "dynamic_listeners"}) as r:
+        listeners = (await r.json(content_type=None)).get("configs", [])
+    if any("warming_state" in lis for lis in listeners):
+        return False
+    active = json.dumps([lis.get("active_state", {}) for lis in listeners])
+    return '"weight": 100' in active and "tcp/v1|echo" not in active
+
+
 async def test_tcp_weighted_split_between_subsets(tmp_path: Path) -> None:
     ip1, ip2 = alloc_pod_ip(), alloc_pod_ip()
     port = port_free_on_all([ip1, ip2])
@@ -122,7 +135,7 @@ async def test_tcp_weighted_split_between_subsets(tmp_path: Path) -> None:
     (cfg / "mesh.yaml").write_text(CONFIG.format(wp=wp, vip=vip, port=port, ip1=ip1, ip2=ip2))
     (cfg / "vs.yaml").write_text(VS.format(w1=50, w2=50))
     async with TcpPod("echo-v1", ip1, port) as v1, TcpPod("echo-v2", ip2, port) as v2, \
-            ambient_mesh(tmp_path, cfg) as mesh, mesh.waypoint("shop", "waypoint", wp), \
+            ambient_mesh(tmp_path, cfg) as mesh, mesh.waypoint("shop", "waypoint", wp) as agent, \
             mesh.client([(vip, 9000)], wp) as local:
         addr = local[(vip, 9000)]
 
@@ -148,13 +161,10 @@ async def test_tcp_weighted_split_between_subsets(tmp_path: Path) -> None:
         assert abs(counts["echo-v2"] - n / 2) <= 5 * sd, counts
         assert (v1.connections, v2.connections) == (counts["echo-v1"], counts["echo-v2"])
 
-        # Edit: every new connection to v2.
+        # Edit: every new connection to v2 (once the waypoint's listener has the new tcp_proxy).
         (cfg / "vs.yaml").write_text(VS.format(w1=0, w2=100))
-
-        async def moved() -> bool:
-            return {(await exchange(addr, "x")).split(" ")[0] for _ in range(5)} == {"echo-v2"}
-
-        await wait_until(moved, timeout=15, message="connections moved to v2 after the edit")
+        await wait_until(lambda: tcp_proxy_updated(agent.config.envoy.admin_port), timeout=15,
+                         message="the 0/100 route in the waypoint's active listener")
         after = collections.Counter([(await exchange(addr, "y")).split(" ")[0] for _ in range(50)])
         print(f"tcp 0/100: 50 connections -> {dict(after)}")
         assert after == {"echo-v2": 50}

@@ -18,7 +18,19 @@ request is recorded (``requests``), before any injected delay, so a test can ass
 even when the client gave up.  Faults: ``fail_status`` answers every request with that HTTP status
 (a ``Status`` object, as the API server does) and ``delay`` holds every answer that many seconds.
 
-To extend (GET/LIST of core resources for the Kubernetes source, say), register a handler with
+Resources (for the Kubernetes config source): every kind in ``RESOURCES`` is served at its real
+REST path (``/api/v1/pods``, ``/apis/networking.istio.io/v1/virtualservices``, namespaced
+``.../namespaces/NS/...`` too): LIST answers with the store's current ``resourceVersion``; WATCH
+(``?watch=1&resourceVersion=RV&allowWatchBookmarks=true&timeoutSeconds=N``) streams chunked JSON
+lines, replaying events newer than RV from the history, then live ones.  Test helpers:
+``apply``/``delete`` (bump the version, emit events), ``bookmark`` (BOOKMARK to every open watch),
+``drop_watches`` (cut every open stream mid-body, as a dying load balancer does), ``compact``
+(versions before now become too old: new watches from them, and optionally the open ones, get an
+``ERROR`` event with a 410 ``Status``; ``gone_as_http=True`` answers HTTP 410 instead), and
+``missing`` (plural.group names answered 404, a CRD that is not installed).  ``requests`` records
+everything; ``resource_requests()`` gives (verb, resource) pairs for RBAC checks.
+
+To extend further, register a handler with
 ``add_route(method, path_regex, handler)``: the handler gets the ``RecordedRequest`` and returns
 ``(status, json_body)``.  Routes are matched against the path without the query string, in
 registration order, before the built-in TokenReview route.
@@ -28,6 +40,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import queue
 import re
 import threading
 import time
@@ -36,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from tests.support.ports import check_loopback
 
@@ -48,6 +61,76 @@ API_SERVER_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 DEFAULT_CLIENT_TOKEN = "fake-kube-client-token"
 
 Handler = Callable[["RecordedRequest"], tuple[int, Any]]
+
+
+@dataclass(frozen=True)
+class FakeResource:
+    """One API resource the fake serves (its own table, independent of the code under test)."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def name(self) -> str:
+        """``plural.group`` as RBAC and ``kubectl api-resources`` name it (core: just the plural)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+RESOURCES: tuple[FakeResource, ...] = (
+    FakeResource("", "v1", "namespaces", "Namespace", namespaced=False),
+    FakeResource("", "v1", "services", "Service"),
+    FakeResource("", "v1", "pods", "Pod"),
+    FakeResource("", "v1", "serviceaccounts", "ServiceAccount"),
+    FakeResource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
+    FakeResource("gateway.networking.k8s.io", "v1", "gatewayclasses", "GatewayClass", namespaced=False),
+    FakeResource("gateway.networking.k8s.io", "v1", "gateways", "Gateway"),
+    FakeResource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
+    FakeResource("networking.istio.io", "v1", "virtualservices", "VirtualService"),
+    FakeResource("networking.istio.io", "v1", "destinationrules", "DestinationRule"),
+    FakeResource("networking.istio.io", "v1", "serviceentries", "ServiceEntry"),
+    FakeResource("networking.istio.io", "v1", "workloadentries", "WorkloadEntry"),
+    FakeResource("security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy"),
+    FakeResource("security.istio.io", "v1", "peerauthentications", "PeerAuthentication"),
+    FakeResource("security.istio.io", "v1", "requestauthentications", "RequestAuthentication"),
+    FakeResource("telemetry.istio.io", "v1", "telemetries", "Telemetry"),
+)
+
+_RESOURCE_PATH = re.compile(
+    r"/(?:api/(?P<cv>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)")
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    #: A watching client opens one connection per kind at once; the default backlog of 5 drops SYNs
+    #: and turns each burst into 1 s TCP retransmits.
+    request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client hanging up (a closed watch) is normal here, not a traceback on stderr."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _Stream:
+    """A watch answer: the handler streams what ``events`` yields, in chunks, until it ends."""
+
+    def __init__(self, initial: list[dict[str, Any] | str], deadline: float) -> None:
+        self.events: queue.Queue[dict[str, Any] | str] = queue.Queue()
+        for ev in initial:
+            self.events.put(ev)
+        self.deadline = deadline
+
+
+_DROP = "drop"  # sentinel: cut the connection without finishing the chunked body
+_END = "end"  # sentinel: finish the body cleanly (server-side watch timeout)
 
 
 @dataclass(frozen=True)
@@ -102,8 +185,18 @@ class FakeKubeApiServer:
         self.fail_status: int | None = None
         self.delay = 0.0
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self.resources = {(r.group, r.version, r.plural): r for r in RESOURCES}
+        #: ``plural.group`` names answered 404 (CRDs not installed).
+        self.missing: set[str] = set()
+        #: Answer too-old watches with HTTP 410 instead of a 200 stream holding an ERROR event.
+        self.gone_as_http = False
+        self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (resource name, ns, name)
+        self._rv = 1000
+        self._oldest_rv = 0  # watches from a version below this are too old (410)
+        self._history: list[tuple[int, str, dict[str, Any]]] = []  # (rv, resource name, event)
+        self._watches: list[tuple[str, str | None, _Stream]] = []  # (resource name, namespace, stream)
         self._lock = threading.Lock()
-        self._httpd = http.server.ThreadingHTTPServer((check_loopback(host), 0), self._handler_class())
+        self._httpd = _Server((check_loopback(host), 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -160,6 +253,158 @@ class FakeKubeApiServer:
         path.write_text(json.dumps(config, indent=2))  # JSON is YAML; no PyYAML dependency here
         return path
 
+    # -- resources ---------------------------------------------------------------------------------
+    def _resource_of(self, obj: dict[str, Any]) -> FakeResource:
+        for r in self.resources.values():
+            if r.api_version == obj["apiVersion"] and r.kind == obj["kind"]:
+                return r
+        raise KeyError(f"fake API server does not serve {obj['apiVersion']}/{obj['kind']}")
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace ``obj`` (a new resourceVersion, an ADDED or MODIFIED event); returns it."""
+        res = self._resource_of(obj)
+        meta = dict(obj.get("metadata") or {})
+        if res.namespaced:
+            meta.setdefault("namespace", "default")
+        with self._lock:
+            self._rv += 1
+            meta["resourceVersion"] = str(self._rv)
+            stored = {**obj, "metadata": meta}
+            key = (res.name, meta.get("namespace", ""), meta["name"])
+            etype = "MODIFIED" if key in self._objects else "ADDED"
+            self._objects[key] = stored
+            self._emit(res.name, {"type": etype, "object": stored}, meta.get("namespace", ""))
+        return stored
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """Delete an object (a DELETED event carrying its last state at a new version)."""
+        res = self._resource_of({"apiVersion": api_version, "kind": kind})
+        with self._lock:
+            old = self._objects.pop((res.name, namespace if res.namespaced else "", name))
+            self._rv += 1
+            gone = {**old, "metadata": {**old["metadata"], "resourceVersion": str(self._rv)}}
+            self._emit(res.name, {"type": "DELETED", "object": gone}, namespace)
+
+    def delete_silently(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """Remove an object without any watch event (what a client misses while its watch is away);
+        the history no longer covers the gap, so resuming from an older version is 410 Gone."""
+        res = self._resource_of({"apiVersion": api_version, "kind": kind})
+        with self._lock:
+            del self._objects[(res.name, namespace if res.namespaced else "", name)]
+            self._rv += 1
+            self._oldest_rv = self._rv
+            self._history.clear()
+
+    def _emit(self, resource: str, event: dict[str, Any], namespace: str) -> None:
+        self._history.append((self._rv, resource, event))
+        for name, ns, stream in self._watches:
+            if name == resource and ns in (None, namespace):
+                stream.events.put(event)
+
+    @property
+    def resource_version(self) -> str:
+        with self._lock:
+            return str(self._rv)
+
+    def bookmark(self) -> str:
+        """Send a BOOKMARK at a new current version to every open watch; returns that version."""
+        with self._lock:
+            self._rv += 1
+            rv = str(self._rv)
+            for name, _ns, stream in self._watches:
+                r = next(x for x in self.resources.values() if x.name == name)
+                stream.events.put({"type": "BOOKMARK", "object": {
+                    "apiVersion": r.api_version, "kind": r.kind, "metadata": {"resourceVersion": rv}}})
+        return rv
+
+    def drop_watches(self) -> int:
+        """Cut every open watch mid-stream (no final chunk); returns how many were cut."""
+        with self._lock:
+            watches, self._watches = self._watches, []
+        for _, _, stream in watches:
+            stream.events.put(_DROP)
+        return len(watches)
+
+    def end_watches(self) -> int:
+        """End every open watch cleanly, as the server-side ``timeoutSeconds`` does."""
+        with self._lock:
+            watches, self._watches = self._watches, []
+        for _, _, stream in watches:
+            stream.events.put(_END)
+        return len(watches)
+
+    def compact(self, *, expire_open: bool = False) -> None:
+        """Forget the history: watches from any older version get 410 Gone.  ``expire_open`` also sends
+        the 410 ERROR event to the watches open now (the watch cache dropping them)."""
+        with self._lock:
+            self._oldest_rv = self._rv  # a fresh list's version is still watchable, as in a real server
+            self._history.clear()
+            watches = list(self._watches) if expire_open else []
+            if expire_open:
+                self._watches = []
+        for _, _, stream in watches:
+            stream.events.put(self._gone_event())
+            stream.events.put(_END)
+
+    def open_watches(self) -> int:
+        with self._lock:
+            return len(self._watches)
+
+    @staticmethod
+    def _gone_event() -> dict[str, Any]:
+        return {"type": "ERROR", "object": _status_object(410, "Expired", "too old resource version")}
+
+    def _serve_resource(self, request: RecordedRequest) -> tuple[int, Any] | None:
+        m = _RESOURCE_PATH.fullmatch(request.path)
+        if m is None or request.method != "GET":
+            return None
+        group, version = ("", "v1") if m["cv"] else (m["group"], m["version"])
+        res = self.resources.get((group, version, m["plural"]))
+        if res is None or res.name in self.missing:
+            return 404, _status_object(404, "NotFound", f"the server could not find the requested resource "
+                                                        f"({request.path})")
+        ns = m["ns"]
+        query = {k: v[-1] for k, v in parse_qs(request.query).items()}
+        with self._lock:
+            if query.get("watch") in ("1", "true"):
+                rv = int(query.get("resourceVersion") or self._rv)
+                if rv < self._oldest_rv:
+                    if self.gone_as_http:
+                        return 410, _status_object(410, "Expired", "too old resource version")
+                    return 200, _Stream([self._gone_event(), _END], time.monotonic() + 60)
+                initial: list[dict[str, Any] | str] = [
+                    ev for erv, name, ev in self._history if name == res.name and erv > rv
+                    and ns in (None, ev["object"]["metadata"].get("namespace", ""))]
+                timeout = float(query.get("timeoutSeconds") or 1800)
+                stream = _Stream(initial, time.monotonic() + timeout)
+                self._watches.append((res.name, ns, stream))
+                return 200, stream
+            items = [obj for (name, ons, _), obj in sorted(self._objects.items())
+                     if name == res.name and ns in (None, ons)]
+            body = {"kind": f"{res.kind}List", "apiVersion": res.api_version,
+                    "metadata": {"resourceVersion": str(self._rv)},
+                    # a real API server omits apiVersion/kind on the items of a list
+                    "items": [{k: v for k, v in o.items() if k not in ("apiVersion", "kind")} for o in items]}
+            return 200, body
+
+    def resource_requests(self) -> set[tuple[str, str]]:
+        """(verb, ``plural.group``) of every request: list, watch, create (TokenReview), for RBAC checks."""
+        out: set[tuple[str, str]] = set()
+        with self._lock:
+            requests = list(self.requests)
+        for r in requests:
+            if r.method == "POST" and r.path == TOKEN_REVIEW_PATH:
+                out.add(("create", "tokenreviews.authentication.k8s.io"))
+                continue
+            m = _RESOURCE_PATH.fullmatch(r.path)
+            if m is None:
+                continue
+            group = "" if m["cv"] else m["group"]
+            name = f"{m['plural']}.{group}" if group else m["plural"]
+            watch = parse_qs(r.query).get("watch", [""])[-1] in ("1", "true")
+            out.add(("watch" if watch else "list", name))
+        return out
+
     # -- inspection --------------------------------------------------------------------------------
     def token_reviews(self) -> list[Any]:
         """Bodies of the TokenReview requests received so far."""
@@ -183,6 +428,9 @@ class FakeKubeApiServer:
                 return handler(request)
         if request.method == "POST" and request.path == TOKEN_REVIEW_PATH:
             return self._token_review(request.body)
+        served = self._serve_resource(request)
+        if served is not None:
+            return served
         return 404, _status_object(404, "NotFound", f"the server could not find {request.path}")
 
     def _token_review(self, body: Any) -> tuple[int, Any]:
@@ -236,6 +484,9 @@ class FakeKubeApiServer:
                 request = RecordedRequest(self.command, target.path, target.query,
                                           {k.lower(): v for k, v in self.headers.items()}, body)
                 status, answer = server._dispatch(request)
+                if isinstance(answer, _Stream):
+                    self._stream(answer)
+                    return
                 data = json.dumps(answer).encode()
                 try:
                     self.send_response(status)
@@ -245,6 +496,39 @@ class FakeKubeApiServer:
                     self.wfile.write(data)
                 except ConnectionError:  # the client gave up (timeout tests): nothing to answer
                     self.close_connection = True
+
+            def _stream(self, stream: _Stream) -> None:
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.flush()
+                    while True:
+                        left = stream.deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        try:
+                            event = stream.events.get(timeout=min(left, 0.05))
+                        except queue.Empty:
+                            if server._thread is None:  # server stopping
+                                break
+                            continue
+                        if event == _DROP:
+                            self.close_connection = True
+                            return  # no final chunk: the client sees a broken body
+                        if event == _END:
+                            break
+                        line = json.dumps(event).encode() + b"\n"
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (ConnectionError, OSError):
+                    self.close_connection = True
+                finally:
+                    with server._lock:
+                        server._watches = [w for w in server._watches if w[2] is not stream]
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

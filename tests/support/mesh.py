@@ -31,8 +31,8 @@ from istiod_lite.ca.keystore import ROOT_CERT
 from istiod_lite.ca.tokens import create_token
 from istiod_lite.controlplane.app import ControlPlane
 from istiod_lite.envoy_binary import envoy_binary
-from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.hbone import Endpoint, FileCredentials, HboneConfig, HboneProxy, InboundTerminator, OutboundTunnel
+from istiod_lite.model.meshconfig import MeshConfig
 from tests.support.controlplane import control_plane
 from tests.support.ports import alloc_pod_ip, free_port
 
