@@ -171,11 +171,26 @@ def _reexport_original_dst() -> listener_components_pb2.Filter:
                                           typed_config=packed(net_sfs_pb2.Config(on_new_connection=[v])))
 
 
-def direct_chains(authz: Sequence[hcm_pb2.HttpFilter] = ()) -> tuple[listener_components_pb2.FilterChain, ...]:
+def with_network_filters(chain: listener_components_pb2.FilterChain,
+                         filters: Sequence[listener_components_pb2.Filter]) -> listener_components_pb2.FilterChain:
+    """``chain`` with ``filters`` (network RBAC) placed before its terminal filter (tcp_proxy)."""
+    if not filters:
+        return chain
+    out = listener_components_pb2.FilterChain()
+    out.CopyFrom(chain)
+    existing = list(chain.filters)
+    del out.filters[:]
+    out.filters.extend([*existing[:-1], *filters, existing[-1]])
+    return out
+
+
+def direct_chains(
+    authz: Sequence[hcm_pb2.HttpFilter] = (), tcp_authz: Sequence[listener_components_pb2.Filter] = ()
+) -> tuple[listener_components_pb2.FilterChain, ...]:
     rcfg = routes.route_configuration(hbone.ENCAP, "inbound|http|0",
                                       [routes.default_route(hbone.ENCAP, "*", 0)])
     return (
-        tcp_chain(DIRECT_TCP, hbone.ENCAP, prefix=[_reexport_original_dst()]),
+        with_network_filters(tcp_chain(DIRECT_TCP, hbone.ENCAP, prefix=[_reexport_original_dst()]), tcp_authz),
         http_chain(DIRECT_HTTP, 0, rcfg, h2=False, authz=authz, prefix=[_reexport_original_dst()]),
     )
 
@@ -217,7 +232,8 @@ def _cidr(ip: str) -> cidr_pb2.CidrRange:
 
 
 def main_internal_listener(
-    services: Sequence[ServiceChains], workload_ips: Sequence[str], authz: Sequence[hcm_pb2.HttpFilter] = ()
+    services: Sequence[ServiceChains], workload_ips: Sequence[str], authz: Sequence[hcm_pb2.HttpFilter] = (),
+    tcp_authz: Sequence[listener_components_pb2.Filter] = (),
 ) -> listener_pb2.Listener:
     """The internal listener: services in the given order (Istio: by creation time)."""
     lst = listener_pb2.Listener(name=MAIN_INTERNAL, traffic_direction=base_pb2.INBOUND)
@@ -246,7 +262,7 @@ def main_internal_listener(
         rm = ipm.range_matchers.add()
         rm.ranges.extend(_cidr(ip) for ip in sorted(set(workload_ips)))
         rm.on_match.matcher.CopyFrom(_app_protocol_matcher(DIRECT_HTTP, DIRECT_TCP))
-    lst.filter_chains.extend(direct_chains(authz))
+    lst.filter_chains.extend(direct_chains(authz, tcp_authz))
     tree = lst.filter_chain_matcher.matcher_tree
     tree.input.name = "ip"
     tree.input.typed_config.CopyFrom(packed(inputs.DestinationIPInput()))

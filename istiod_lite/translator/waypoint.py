@@ -47,6 +47,7 @@ from istiod_lite.translator import (
     telemetry,
     traffic_policy,
 )
+from istiod_lite.translator.authz import AuthzFilters, authz_for_direct, authz_for_service
 from istiod_lite.translator.index import derived, derived_from_kinds, index_of, virtual_services_for
 from istiod_lite.translator.output import EnvoyResources
 from istiod_lite.translator.route_httproute import ROUTE_KINDS, mesh_routes
@@ -56,7 +57,8 @@ from istiod_lite.translator.waypoints import Bindings, WaypointRef, bindings_of
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 #: Kinds a waypoint's translation reads besides its bound services and workloads (HTTPRoutes are
 #: narrower: only those attached to its services count, see ``_attached_routes``).
-_READ_KINDS = ("Pod", "Namespace", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry")
+_READ_KINDS = ("Pod", "Namespace", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry",
+               "AuthorizationPolicy", "RequestAuthentication")
 
 
 def applicable_virtual_services(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo) -> list[VirtualService]:
@@ -176,14 +178,16 @@ class WaypointTranslator:
             # Routes may name other services of this waypoint: whether those are owned, and their
             # ports, matter too.  Converted HTTPRoutes are new objects per snapshot: the
             # HTTPRoutes themselves stand for them.
-            inputs = _Inputs((sv.source, dr, *route_inputs, _TARGET_END, *endpoints.endpoint_inputs(snapshot, sv),
-                              *_target_objects(snapshot, ref, vss, owned)),
+            az = authz_for_service(snapshot, ref, sv.source.namespace, sv.source.name,
+                                   kind="ServiceEntry" if sv.is_service_entry else "Service")
+            inputs = _Inputs((sv.source, dr, az, *route_inputs, _TARGET_END,
+                              *endpoints.endpoint_inputs(snapshot, sv), *_target_objects(snapshot, ref, vss, owned)),
                              _target_signature(vss, owned))
             cached = self._fragments.get(sv.host)
             if cached is not None and cached[0].same_as(inputs):
                 frag = cached[1]
             else:
-                frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace)
+                frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az)
                 rebuilt += 1
             fragments[sv.host] = (inputs, frag)
             out.merge(frag.resources)
@@ -191,13 +195,15 @@ class WaypointTranslator:
         self._fragments = fragments
         self.last_rebuilt = rebuilt
         workload_ips = bindings.workload_ips(ref)
-        # main_internal holds every chain: rebuild it only if a chain (object) or the workloads changed.
-        key = (*chains, *workload_ips)
+        direct = authz_for_direct(snapshot, ref)
+        # main_internal holds every chain: rebuild it only if a chain (object), the workloads or the
+        # direct chains' authorization changed.
+        key = (*chains, *workload_ips, direct)
         if self._main_internal is not None and len(self._main_internal[0]) == len(key) and all(
                 a is b or a == b for a, b in zip(self._main_internal[0], key, strict=True)):
             main = self._main_internal[1]
         else:
-            main = inbound.main_internal_listener(chains, workload_ips)
+            main = inbound.main_internal_listener(chains, workload_ips, authz=direct.http, tcp_authz=direct.tcp)
             self._main_internal = (key, main)
         out.listeners[hbone.MAIN_INTERNAL] = main
         out.merge(self._static)
@@ -310,7 +316,7 @@ def _attached_routes(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object
 
 def _service_fragment(
     snapshot: ConfigSnapshot, sv: ServiceInfo, dr: DestinationRule | None, vss: list[VirtualService],
-    owned: dict[str, ServiceInfo], waypoint_namespace: str,
+    owned: dict[str, ServiceInfo], waypoint_namespace: str, az: AuthzFilters | None = None,
 ) -> _Fragment:
     """One service's clusters, endpoints and chains: inbound-vip clusters per port (and DR
     subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
@@ -332,11 +338,15 @@ def _service_fragment(
                     hash_policy = route_actions.hash_policy(traffic_policy.service_hash(dr, port.number))
                     route_list = [routes.default_route(cluster, sv.host, port.number, hash_policy)]
                 rcfg = routes.route_configuration(cluster, f"inbound|http|{port.number}", route_list)
-                http_chain = inbound.http_chain(cluster, port.number, rcfg, inbound.is_h2(port.protocol))
+                http_chain = inbound.http_chain(cluster, port.number, rcfg, inbound.is_h2(port.protocol),
+                                                authz=az.http if az else ())
             else:
-                tcp_chain = tcp_routes.tcp_chain(cluster, vss, sv.host, port.number, resolver)
+                tcp_chain = inbound.with_network_filters(
+                    tcp_routes.tcp_chain(cluster, vss, sv.host, port.number, resolver), az.tcp if az else ())
         port_chains.append(inbound.PortChains(port.number, http_chain, tcp_chain))
     resolver.include(_referenced(vss))
+    # Services the authorization filters call (ext_authz, remote JWKS) need outbound clusters too.
+    resolver.include(sorted({c.host for c in (az.clusters if az else ())}))
     if resolver.outbound:
         out.merge(resolver.outbound_resources())
     return _Fragment(out, inbound.ServiceChains(sv.vips, tuple(port_chains)))
