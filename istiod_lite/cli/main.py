@@ -97,6 +97,7 @@ def _validate(args: argparse.Namespace) -> int:
     from istiod_lite.sources import DirectorySource
 
     logging.getLogger("istiod_lite.sources").setLevel(logging.ERROR)  # errors are printed below, once
+    from istiod_lite.translator.authz import authz_problems
     from istiod_lite.translator.config_warnings import route_warnings
     from istiod_lite.translator.waypoints import binding_problems
 
@@ -107,6 +108,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"warning: binding: {problem}", file=sys.stderr)
     for ignored in route_warnings(update.snapshot):
         print(f"warning: ignored: {ignored}", file=sys.stderr)
+    for problem in authz_problems(update.snapshot):
+        print(f"warning: authorization: {problem}", file=sys.stderr)
     n = len(update.snapshot)
     print(f"{n} resource(s) valid, {len(update.errors)} error(s)", file=sys.stderr)
     return 1 if update.errors else 0

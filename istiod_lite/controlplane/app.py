@@ -30,6 +30,7 @@ from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.monitoring.http import MonitoringServer
 from istiod_lite.sources import DirectorySource, KubeSource, KubeSourceOptions, MergedSource, Source, SourceUpdate
 from istiod_lite.translator import find_waypoints
+from istiod_lite.translator.authz import authz_problems
 from istiod_lite.translator.config_warnings import route_warnings
 from istiod_lite.translator.hbone import CONNECT_TERMINATE
 from istiod_lite.translator.proxyless import translate_proxyless
@@ -259,7 +260,7 @@ class ControlPlane:
         for p in sorted(problems - self._binding_problems):
             log.warning("binding: %s", p)
         self._binding_problems = problems
-        warnings = set(route_warnings(self.config))
+        warnings = set(route_warnings(self.config)) | set(authz_problems(self.config))
         for w in sorted(warnings - self._route_warnings):
             log.warning("ignored: %s", w)
         self._route_warnings = warnings
