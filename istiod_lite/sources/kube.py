@@ -243,6 +243,8 @@ class KubeSource:
         wanted = {k.kind for k in self.options.kinds}
         with self._lock:
             while not wanted <= self._synced:
+                if self._stop.is_set():
+                    raise RuntimeError("Kubernetes source closed before the initial sync completed")
                 timeout = 1.0 if deadline is None else deadline - time.monotonic()
                 if timeout <= 0:
                     missing = ", ".join(sorted(wanted - self._synced))
@@ -312,8 +314,10 @@ class KubeSource:
                 rv = None
             except _NotFound:
                 if kind.kind not in self._missing_logged:
-                    log.warning("%s (%s) is not served by the cluster (CRD not installed?); treating it as "
-                                "empty and retrying every %gs", kind.kind, kind.path, self.options.missing_retry)
+                    # a missing CRD is normal (no Gateway API yet); a missing built-in kind is not
+                    log.log(logging.WARNING if kind.optional else logging.ERROR,
+                            "%s (%s) is not served by the cluster (CRD not installed?); treating it as "
+                            "empty and retrying every %gs", kind.kind, kind.path, self.options.missing_retry)
                     self._missing_logged.add(kind.kind)
                 self._post(_Relist(kind, (), missing=True))  # a deleted CRD deletes its objects too
                 rv = None

@@ -1,0 +1,91 @@
+"""deploy/: every manifest parses, and the ClusterRole grants exactly what istiod-lite sends.
+
+"Exactly" is checked against the requests the fake API server recorded while a real KubeSource
+synced and a real TokenReview authenticator reviewed a token: a new watched kind without its RBAC
+rule (a pod that never becomes ready in a real cluster) fails here, and so does a rule nothing uses.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from istiod_lite.ca.tokenreview import TokenReviewAuthenticator, TokenReviewConfig, api_client_from_config
+from istiod_lite.sources import KubeSource, KubeSourceOptions
+from tests.support.fakekube import FakeKubeApiServer, FakeTokenUser
+from tests.unit.test_ca_tokenreview import TD, bearer, fake_jwt
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def manifests() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d is not None)
+    return docs
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    (doc,) = [d for d in manifests() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def test_every_manifest_parses_and_lives_in_istio_system() -> None:
+    docs = manifests()
+    kinds = {d["kind"] for d in docs}
+    assert kinds == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
+                     "PodDisruptionBudget"}
+    for d in docs:
+        assert d["apiVersion"] and d["metadata"]["name"]
+        if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            assert d["metadata"]["namespace"] == "istio-system"
+
+
+def test_deployment_serves_in_cluster_with_readiness_on_15014() -> None:
+    deploy = find("Deployment", "istiod-lite")
+    pod = deploy["spec"]["template"]
+    assert pod["spec"]["serviceAccountName"] == "istiod-lite"
+    (container,) = pod["spec"]["containers"]
+    assert container["args"][:2] == ["serve", "--in-cluster"]
+    assert {p["containerPort"] for p in container["ports"]} == {15010, 15012, 15014}
+    probe = container["readinessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/ready", 15014)
+    service = find("Service", "istiod-lite")
+    assert {p["port"] for p in service["spec"]["ports"]} == {15010, 15012, 15014}
+    assert service["spec"]["selector"] == pod["metadata"]["labels"]
+    pdb = find("PodDisruptionBudget", "istiod-lite")
+    assert pdb["spec"]["selector"]["matchLabels"] == pod["metadata"]["labels"]
+    binding = find("ClusterRoleBinding", "istiod-lite")
+    assert binding["roleRef"]["name"] == "istiod-lite"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "istiod-lite", "namespace": "istio-system"}]
+
+
+def test_cluster_role_covers_exactly_the_requests_sent(tmp_path: Path) -> None:
+    granted: set[tuple[str, str]] = set()
+    for rule in find("ClusterRole", "istiod-lite")["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    granted.add((verb, f"{resource}.{group}" if group else resource))
+    with FakeKubeApiServer() as kube:
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        source = KubeSource(KubeSourceOptions(kubeconfig=kubeconfig, sync_timeout=10.0))
+        try:
+            source.load()
+            deadline = time.monotonic() + 5  # the watches follow the lists: wait until all are open
+            while kube.open_watches() < len(source.options.kinds) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            source.close()
+        token = fake_jwt()
+        kube.add_token(token, FakeTokenUser.service_account("default", "sleep"))
+        auth = TokenReviewAuthenticator(api_client_from_config(TokenReviewConfig(kubeconfig=kubeconfig)), TD)
+        try:
+            assert auth.authenticate(bearer(token), None) is not None
+        finally:
+            auth.close()
+        used = kube.resource_requests()
+    assert used == granted
