@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import istiod_lite  # noqa: F401  (first: sets GRPC_ENABLE_FORK_SUPPORT before grpc is imported)
+
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any

@@ -227,7 +227,9 @@ async def test_outlier_detection_ejects_the_failing_pod(tmp_path: Path, backends
         counters = await stats(admin, rf"^cluster\.{re.escape(CLUSTER)}\.outlier_detection\.ejections_")
         print(f"outlier, maxEjectionPercent 100: 100 requests -> statuses {dict(statuses)}; bad pod got {bad}, "
               f"good pod {good}; ejections enforced {counters[ejected]}")
-        assert 2 <= bad <= 3, (bad, good)  # round robin: the 2nd 500 in a row ejects it
+        # Round robin: the bad pod's 2nd 500 in a row ejects it (Envoy's worker reports it to the
+        # main thread, which ejects; a busy machine may let a few more through in between).
+        assert 2 <= bad <= 10, (bad, good)
         assert statuses[500] == bad and statuses[200] == good == 100 - bad, statuses
         assert counters[ejected] == 1, counters
         last = [r.pod for r in pods.requests()[-80:]]

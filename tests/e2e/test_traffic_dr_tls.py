@@ -1,12 +1,14 @@
-"""DestinationRule ``tls: SIMPLE`` through a real waypoint: the waypoint originates TLS to a TLS pod,
-trusting the CA file the DestinationRule names, which its agent serves over SDS as ``file-root:<path>``.
+"""DestinationRule ``tls: SIMPLE`` (and ``MUTUAL``) through a real waypoint: the waypoint originates
+TLS to a TLS pod, trusting the CA file the DestinationRule names, which its agent serves over SDS as
+``file-root:<path>``.
 
 The pod is a Python ``ssl`` server whose certificate comes from a throwaway CA made here.  Steps:
 right CA -> 200 and the pod saw TLS with the configured SNI; a CA file that does not exist yet ->
 Envoy keeps the new cluster warming and the old one serves; the file appears with the wrong CA ->
 503 (certificate verify failed); the same file rewritten with the right CA -> 200 again (the agent
-re-read it).  And a CA file missing when the waypoint starts holds Envoy's initialisation (no
-listener at all) until it appears."""
+re-read it).  A CA file missing when the waypoint starts holds Envoy's initialisation (no
+listener at all) until it appears.  ``MUTUAL`` presents the client certificate and key files
+(``file-cert:<cert>~<key>``), and a rotation of those files on disk reaches new handshakes."""
 
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ class Ca:
     def pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, dns: str, out: Path) -> tuple[Path, Path]:
+    def issue(self, dns: str, out: Path, stem: str = "server") -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns)]))
@@ -65,7 +67,7 @@ class Ca:
                 .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
                 .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
                 .sign(self.key, hashes.SHA256()))
-        cert_path, key_path = out / "server.pem", out / "server-key.pem"
+        cert_path, key_path = out / f"{stem}.pem", out / f"{stem}-key.pem"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
@@ -73,24 +75,35 @@ class Ca:
 
 
 class TlsPod:
-    """An HTTPS pod: answers ``x-pod`` and records the SNI of every handshake and every request's TLS version."""
+    """An HTTPS pod: answers ``x-pod`` and closes the connection (so every request is a new
+    handshake); records each handshake's SNI, each request's TLS version and client certificate
+    CN.  With ``client_ca`` it requires a client certificate from that CA (mutual TLS)."""
 
-    def __init__(self, name: str, cert: Path, key: Path) -> None:
+    def __init__(self, name: str, cert: Path, key: Path, client_ca: Path | None = None) -> None:
         self.name = name
         self.host = alloc_pod_ip()
         self.port = free_port(self.host)
         self.snis: list[str | None] = []
         self.requests: list[str] = []  # the TLS version each request arrived over
+        self.clients: list[str] = []  # the client certificate's CN, per request ("" if none)
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert, key)
         self.ctx.sni_callback = lambda _sock, name, _ctx: self.snis.append(name)
+        if client_ca is not None:
+            self.ctx.verify_mode = ssl.CERT_REQUIRED
+            self.ctx.load_verify_locations(client_ca)
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, req: web.Request) -> web.Response:
         ssl_obj = req.transport.get_extra_info("ssl_object") if req.transport else None
         version = ssl_obj.version() if ssl_obj is not None else "plaintext"
+        peer = ssl_obj.getpeercert() if ssl_obj is not None else None
+        cn = next((v for rdn in (peer or {}).get("subject", ()) for k, v in rdn if k == "commonName"), "")
         self.requests.append(version)
-        return web.Response(text=json.dumps({"tls": version}), headers={"x-pod": self.name})
+        self.clients.append(cn)
+        resp = web.Response(text=json.dumps({"tls": version, "client": cn}), headers={"x-pod": self.name})
+        resp.force_close()
+        return resp
 
     async def __aenter__(self) -> TlsPod:
         app = web.Application()
@@ -138,6 +151,14 @@ spec:
   host: reviews
   trafficPolicy:
     tls: {{mode: SIMPLE, caCertificates: {ca}, sni: {sni}}}
+"""
+MUTUAL_DR = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: {{mode: MUTUAL, caCertificates: {ca}, clientCertificate: {cert}, privateKey: {key}, sni: {sni}}}
 """
 
 
@@ -269,3 +290,46 @@ async def test_ca_file_missing_at_startup_holds_the_waypoint_until_it_appears(
 
             await wait_until(ok, timeout=15, message="traffic once the CA file exists")
             assert "LIVE" in await admin_get("/ready") and pod.snis
+
+
+@pytest.mark.usefixtures("fast_file_polls")
+async def test_mutual_tls_with_file_client_certificate_and_its_rotation(
+        tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    server_ca, client_ca = Ca("reviews-ca"), Ca("clients-ca")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.pem").write_bytes(server_ca.pem)
+    (certs / "client-ca.pem").write_bytes(client_ca.pem)
+    cert, key = server_ca.issue(SNI, certs)
+    client_cert, client_key = client_ca.issue("waypoint-client-1", certs, stem="client")
+    wp, vip = exclusive_ip(), alloc_vip()
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    async with TlsPod("reviews-mtls", cert, key, client_ca=certs / "client-ca.pem") as pod:
+        (cfg / "mesh.yaml").write_text(CONFIG.format(wp=wp, vip=vip, port=pod.port, ip=pod.host))
+        (cfg / "dr.yaml").write_text(MUTUAL_DR.format(ca=certs / "ca.pem", cert=client_cert, key=client_key, sni=SNI))
+        async with ambient_mesh(tmp_path, cfg) as mesh, mesh.waypoint("shop", "waypoint", wp) as agent, \
+                mesh.client([(vip, 9080)], wp) as local:
+            addr = local[(vip, 9080)]
+
+            async def client_cn() -> str:
+                try:
+                    status, body = await get(session, addr)
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    return ""
+                return str(json.loads(body)["client"]) if status == 200 else ""
+
+            assert await wait_until(client_cn, timeout=30, message="mutual TLS to the pod") == "waypoint-client-1"
+            assert {await client_cn() for _ in range(5)} == {"waypoint-client-1"}
+            cert_name = f"file-cert:{client_cert}~{client_key}"
+            assert agent.sds.files.watched() == {f"file-root:{certs / 'ca.pem'}": "", cert_name: ""}
+
+            # Rotated on disk (a new key and certificate): the agent re-reads both and pushes them;
+            # the pod closes every connection, so the next handshakes show the new certificate.
+            client_ca.issue("waypoint-client-2", certs, stem="client")
+            async def rotated() -> bool:
+                return await client_cn() == "waypoint-client-2"
+
+            await wait_until(rotated, timeout=15, message="the rotated client certificate in use")
+            assert {await client_cn() for _ in range(5)} == {"waypoint-client-2"}
+            assert pod.clients.count("") == 0  # never without a client certificate
