@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import istiod_lite  # noqa: F401  (first: sets GRPC_ENABLE_FORK_SUPPORT before grpc is imported)
-
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import istiod_lite  # noqa: F401  (first: sets GRPC_ENABLE_FORK_SUPPORT before grpc is imported)
 from tests.support.backends import BackendsFactory
 from tests.support.envoy import EnvoyFactory
 
