@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import fcntl
-import socket
 import ssl
 import tempfile
 from collections.abc import AsyncIterator
@@ -30,8 +28,8 @@ from istiod_lite.ca.config import CaConfig
 from istiod_lite.ca.keystore import load_or_create
 from istiod_lite.ca.runtime import CaRuntime
 from istiod_lite.ca.tokens import create_token
-from istiod_lite.hbone import HBONE_PORT, Credentials, Endpoint, FileCredentials, HboneConfig, HboneProxy
-from tests.support.ports import alloc_pod_ip
+from istiod_lite.hbone import Credentials, Endpoint, FileCredentials, HboneConfig, HboneProxy
+from tests.support.mesh import exclusive_ip
 
 pytestmark = pytest.mark.e2e
 
@@ -48,32 +46,8 @@ _held: list[TextIO] = []  # locks held until this process exits
 
 
 def hbone_ip() -> str:
-    """A fresh pod address whose HBONE port 15008 nobody else uses while this process runs.
-
-    ``alloc_pod_ip`` is unique only within one test process, and two pytest runs on one machine
-    hand out the same addresses in the same order.  Kernel-chosen ports never clash, but 15008 is
-    fixed: so each address is claimed with an exclusive lock file (held until exit; other runs skip
-    it), and probed with a plain bind (which also fails against an SO_REUSEPORT listener, such as
-    a waypoint's ``connect_terminate`` started by a test that takes no lock).
-    """
-    _IP_LOCKS.mkdir(exist_ok=True)
-    for _ in range(200):
-        ip = alloc_pod_ip()
-        lock = open(_IP_LOCKS / ip, "a")  # noqa: SIM115 (held for the process lifetime)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.close()
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind((ip, HBONE_PORT))
-            except OSError:
-                lock.close()
-                continue
-        _held.append(lock)
-        return ip
-    raise RuntimeError("no pod address with a free port 15008")
+    """A fresh pod address whose HBONE port 15008 nobody else uses (see ``mesh.exclusive_ip``)."""
+    return exclusive_ip()
 
 
 @dataclass(frozen=True)

@@ -60,3 +60,8 @@ def pod(namespace: str, name: str, ip: str, labels: Mapping[str, str], *, ambien
 
 def documents(*docs: str) -> str:
     return "---\n".join(docs)
+
+
+#: Namespace ``app`` bound to waypoint ``app/waypoint`` at 127.0.1.1 (for translator unit tests that
+#: only look at config), followed by a document separator.
+APP_WAYPOINT = documents(namespace("app"), waypoint_gateway("app", "127.0.1.1")) + "---\n"

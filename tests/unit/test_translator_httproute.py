@@ -16,20 +16,9 @@ from istiod_lite.translator.config_warnings import route_warnings
 from istiod_lite.translator.output import EnvoyResources
 from istiod_lite.translator.waypoint import WaypointTranslator
 from istiod_lite.translator.waypoints import WaypointRef
+from tests.support.meshyaml import APP_WAYPOINT
 
-MESH = """\
-apiVersion: v1
-kind: Namespace
-metadata: {name: app, labels: {istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: app}
-spec:
-  gatewayClassName: istio-waypoint
-  addresses: [{type: IPAddress, value: 127.0.1.1}]
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
+MESH = APP_WAYPOINT + """\
 apiVersion: v1
 kind: Service
 metadata: {name: echo, namespace: app}

@@ -20,21 +20,10 @@ from istiod_lite.model.meshconfig import MeshConfig, parse_mesh_config
 from istiod_lite.translator import inbound, routes, telemetry, translate_waypoint
 from istiod_lite.translator.service_model import ServiceInfo, of_service
 from istiod_lite.translator.waypoints import WaypointRef
+from tests.support.meshyaml import APP_WAYPOINT
 
 REF = WaypointRef("app", "waypoint")
-BASE = """\
-apiVersion: v1
-kind: Namespace
-metadata: {name: app, labels: {istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: app}
-spec:
-  gatewayClassName: istio-waypoint
-  addresses: [{type: IPAddress, value: 127.0.1.1}]
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
+BASE = APP_WAYPOINT + """\
 apiVersion: v1
 kind: Service
 metadata: {name: echo, namespace: app}
