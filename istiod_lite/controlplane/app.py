@@ -45,6 +45,9 @@ from istiod_lite.xds.server import AdsServer, StreamRefused, XdsServerOptions
 
 log = logging.getLogger(__name__)
 
+#: How long the YAML directory must be quiet before it is read (not the push debounce).
+FILE_SETTLE_SECONDS = 0.02
+
 
 @dataclass(frozen=True)
 class ControlPlaneOptions:
@@ -83,8 +86,10 @@ def build_source(options: ControlPlaneOptions) -> Source:
     sources: list[Source] = []
     names: list[str] = []
     if options.config_dir is not None:
+        # The control plane debounces (quiet period, max delay) once for every source; the
+        # directory only waits for files to settle (an editor's multi-step save), briefly.
         sources.append(DirectorySource(options.config_dir, poll_interval=options.poll_interval,
-                                       debounce=options.debounce.quiet))
+                                       debounce=min(options.debounce.quiet, FILE_SETTLE_SECONDS)))
         names.append(f"directory {options.config_dir}")
     if options.kube is not None:
         sources.append(KubeSource(options.kube))
