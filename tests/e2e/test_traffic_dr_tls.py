@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from istiod_lite.agent import sds
 from tests.support.mesh import ambient_mesh, exclusive_ip
+from tests.support.meshyaml import SHOP_WAYPOINT
 from tests.support.ports import alloc_pod_ip, alloc_vip, free_port
 from tests.support.wait import wait_until
 
@@ -118,19 +119,7 @@ class TlsPod:
             await self._runner.cleanup()
 
 
-CONFIG = """apiVersion: v1
-kind: Namespace
-metadata: {{name: shop, labels: {{istio.io/use-waypoint: waypoint}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: waypoint, namespace: shop}}
-spec:
-  gatewayClassName: istio-waypoint
-  addresses: [{{type: IPAddress, value: {wp}}}]
-  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
----
-apiVersion: v1
+CONFIG = SHOP_WAYPOINT + """apiVersion: v1
 kind: Service
 metadata: {{name: reviews, namespace: shop}}
 spec:

@@ -37,24 +37,13 @@ from multidict import CIMultiDictProxy
 from istiod_lite.agent.runner import WaypointAgent
 from tests.support.backends import BackendGroup, BackendPod, Step, start_backends
 from tests.support.mesh import Mesh, ambient_mesh, exclusive_ip
+from tests.support.meshyaml import SHOP_WAYPOINT
 from tests.support.ports import alloc_vip
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
-BASE = """apiVersion: v1
-kind: Namespace
-metadata: {{name: shop, labels: {{istio.io/use-waypoint: waypoint}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: waypoint, namespace: shop}}
-spec:
-  gatewayClassName: istio-waypoint
-  addresses: [{{type: IPAddress, value: {wp}}}]
-  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
----
-apiVersion: v1
+BASE = SHOP_WAYPOINT + """apiVersion: v1
 kind: Service
 metadata: {{name: reviews, namespace: shop}}
 spec:

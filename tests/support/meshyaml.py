@@ -65,3 +65,19 @@ def documents(*docs: str) -> str:
 #: Namespace ``app`` bound to waypoint ``app/waypoint`` at 127.0.1.1 (for translator unit tests that
 #: only look at config), followed by a document separator.
 APP_WAYPOINT = documents(namespace("app"), waypoint_gateway("app", "127.0.1.1")) + "---\n"
+
+#: A ``str.format`` template: namespace ``shop`` bound to waypoint ``shop/waypoint`` at ``{wp}``,
+#: followed by a document separator (real-traffic tests prepend it to their own templates).
+SHOP_WAYPOINT = """apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{istio.io/use-waypoint: waypoint}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: waypoint, namespace: shop}}
+spec:
+  gatewayClassName: istio-waypoint
+  addresses: [{{type: IPAddress, value: {wp}}}]
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+"""
