@@ -30,6 +30,12 @@ lines, replaying events newer than RV from the history, then live ones.  Test he
 ``missing`` (plural.group names answered 404, a CRD that is not installed).  ``requests`` records
 everything; ``resource_requests()`` gives (verb, resource) pairs for RBAC checks.
 
+Server-side apply (for the waypoint controller): ``PATCH`` with ``application/apply-patch+yaml``
+and a ``fieldManager`` on ``.../namespaces/NS/PLURAL/NAME`` or ``.../NAME/status`` stores the object
+(see ``_server_side_apply``; one field manager, no managedFields); ``get``/``objects`` read the
+store.  ``resource_requests()`` reports such a request as ``patch`` (``plural/status`` for the
+subresource) plus ``create`` when the apply created the object, as RBAC authorises it.
+
 To extend further, register a handler with
 ``add_route(method, path_regex, handler)``: the handler gets the ``RecordedRequest`` and returns
 ``(status, json_body)``.  Routes are matched against the path without the query string, in
@@ -100,10 +106,21 @@ RESOURCES: tuple[FakeResource, ...] = (
     FakeResource("security.istio.io", "v1", "peerauthentications", "PeerAuthentication"),
     FakeResource("security.istio.io", "v1", "requestauthentications", "RequestAuthentication"),
     FakeResource("telemetry.istio.io", "v1", "telemetries", "Telemetry"),
+    # written by the waypoint controller (server-side apply)
+    FakeResource("", "v1", "configmaps", "ConfigMap"),
+    FakeResource("apps", "v1", "deployments", "Deployment"),
 )
+
+#: Resources whose ``status`` is a subresource: an apply to the object ignores ``status`` and an
+#: apply to ``.../status`` changes only ``status`` (as on a real API server).
+STATUS_SUBRESOURCE = frozenset({"gateways.gateway.networking.k8s.io", "deployments.apps", "services"})
+APPLY_PATCH = "application/apply-patch+yaml"
 
 _RESOURCE_PATH = re.compile(
     r"/(?:api/(?P<cv>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)")
+_OBJECT_PATH = re.compile(
+    r"/(?:api/(?P<cv>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
+    r"/(?P<name>[^/]+)(?:/(?P<sub>status))?")
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -195,6 +212,10 @@ class FakeKubeApiServer:
         self._oldest_rv = 0  # watches from a version below this are too old (410)
         self._history: list[tuple[int, str, dict[str, Any]]] = []  # (rv, resource name, event)
         self._watches: list[tuple[str, str | None, _Stream]] = []  # (resource name, namespace, stream)
+        #: (verb, ``plural.group``) authorised by server-side applies beyond ``patch``: an apply that
+        #: creates the object is also authorised as ``create``, as a kube-apiserver does.
+        self._apply_creates: set[tuple[str, str]] = set()
+        self._next_cluster_ip = 1
         self._lock = threading.Lock()
         self._httpd = _Server((check_loopback(host), 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -396,6 +417,12 @@ class FakeKubeApiServer:
             if r.method == "POST" and r.path == TOKEN_REVIEW_PATH:
                 out.add(("create", "tokenreviews.authentication.k8s.io"))
                 continue
+            o = _OBJECT_PATH.fullmatch(r.path)
+            if r.method == "PATCH" and o is not None:
+                group = "" if o["cv"] else o["group"]
+                plural = f"{o['plural']}/status" if o["sub"] else o["plural"]
+                out.add(("patch", f"{plural}.{group}" if group else plural))
+                continue
             m = _RESOURCE_PATH.fullmatch(r.path)
             if m is None:
                 continue
@@ -403,7 +430,96 @@ class FakeKubeApiServer:
             name = f"{m['plural']}.{group}" if group else m["plural"]
             watch = parse_qs(r.query).get("watch", [""])[-1] in ("1", "true")
             out.add(("watch" if watch else "list", name))
+        with self._lock:
+            out |= self._apply_creates
         return out
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The stored object (None if absent)."""
+        res = self._resource_of({"apiVersion": api_version, "kind": kind})
+        with self._lock:
+            obj = self._objects.get((res.name, namespace if res.namespaced else "", name))
+        return json.loads(json.dumps(obj)) if obj is not None else None
+
+    def objects(self, api_version: str, kind: str) -> list[dict[str, Any]]:
+        """Every stored object of a kind, sorted by (namespace, name)."""
+        res = self._resource_of({"apiVersion": api_version, "kind": kind})
+        with self._lock:
+            return [json.loads(json.dumps(o)) for (n, _, _), o in sorted(self._objects.items()) if n == res.name]
+
+    def _server_side_apply(self, request: RecordedRequest) -> tuple[int, Any] | None:
+        """``PATCH`` with ``application/apply-patch+yaml`` on an object or its ``status``.
+
+        Simplified to one field manager: the applied fields replace the stored ones (``metadata``
+        merged, server-set fields kept: uid, creationTimestamp, a Service's clusterIP, ``status`` or,
+        for ``/status``, everything but ``status``).  Creates the object when absent (201) and
+        assigns a clusterIP to a new Service.  An apply that changes nothing keeps the
+        resourceVersion and emits no event, as a real server does.
+        """
+        m = _OBJECT_PATH.fullmatch(request.path)
+        if m is None or request.method != "PATCH":
+            return None
+        group, version = ("", "v1") if m["cv"] else (m["group"], m["version"])
+        res = self.resources.get((group, version, m["plural"]))
+        if res is None or res.name in self.missing:
+            return 404, _status_object(404, "NotFound", f"the server could not find the requested resource "
+                                                        f"({request.path})")
+        if request.headers.get("content-type", "").split(";")[0].strip() != APPLY_PATCH:
+            return 415, _status_object(415, "UnsupportedMediaType",
+                                       f"only {APPLY_PATCH} is served here, not {request.headers.get('content-type')}")
+        query = {k: v[-1] for k, v in parse_qs(request.query).items()}
+        if not query.get("fieldManager"):
+            return 400, _status_object(400, "BadRequest", "fieldManager is required for apply requests")
+        body = request.body
+        if isinstance(body, str):  # YAML text rather than JSON
+            import yaml
+
+            body = yaml.safe_load(body)
+        if not isinstance(body, dict):
+            return 400, _status_object(400, "BadRequest", "the apply body must be an object")
+        meta = body.get("metadata") or {}
+        if (body.get("apiVersion"), body.get("kind")) != (res.api_version, res.kind) or meta.get("name") != m["name"] \
+                or meta.get("namespace", m["ns"]) != m["ns"]:
+            return 400, _status_object(400, "BadRequest", "apiVersion/kind/name/namespace do not match the path")
+        key = (res.name, m["ns"], m["name"])
+        with self._lock:
+            old = self._objects.get(key)
+            if old is None and m["sub"]:
+                return 404, _status_object(404, "NotFound", f'{res.plural} "{m["name"]}" not found')
+            if m["sub"]:
+                assert old is not None
+                new = {**old, "status": body.get("status") or {}}
+            else:
+                old_meta = (old or {}).get("metadata") or {}
+                new_meta = {**{k: v for k, v in old_meta.items() if k in ("uid", "creationTimestamp", "generation")},
+                            **meta, "namespace": m["ns"]}
+                new_meta.setdefault("uid", f"uid-{res.plural}-{m['ns']}-{m['name']}")
+                new_meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+                new = {k: v for k, v in body.items() if not (k == "status" and res.name in STATUS_SUBRESOURCE)}
+                new["metadata"] = new_meta
+                if old is not None and "status" in old and res.name in STATUS_SUBRESOURCE:
+                    new["status"] = old["status"]
+                if res.kind == "Service":
+                    spec = dict(new.get("spec") or {})
+                    old_ip = ((old or {}).get("spec") or {}).get("clusterIP")
+                    if old_ip is None:
+                        old_ip = spec.get("clusterIP") or f"10.96.0.{self._next_cluster_ip}"
+                        self._next_cluster_ip += 1
+                    spec["clusterIP"] = old_ip
+                    spec["clusterIPs"] = [old_ip]
+                    new["spec"] = spec
+            comparable = {**new, "metadata": {k: v for k, v in new["metadata"].items() if k != "resourceVersion"}}
+            if old is not None:
+                old_cmp = {**old, "metadata": {k: v for k, v in old["metadata"].items() if k != "resourceVersion"}}
+                if old_cmp == comparable:
+                    return 200, old
+            if old is None:
+                self._apply_creates.add(("create", res.name))
+            self._rv += 1
+            new["metadata"] = {**comparable["metadata"], "resourceVersion": str(self._rv)}
+            self._objects[key] = new
+            self._emit(res.name, {"type": "ADDED" if old is None else "MODIFIED", "object": new}, m["ns"])
+            return (201 if old is None else 200), new
 
     # -- inspection --------------------------------------------------------------------------------
     def token_reviews(self) -> list[Any]:
@@ -431,6 +547,9 @@ class FakeKubeApiServer:
         served = self._serve_resource(request)
         if served is not None:
             return served
+        applied = self._server_side_apply(request)
+        if applied is not None:
+            return applied
         return 404, _status_object(404, "NotFound", f"the server could not find {request.path}")
 
     def _token_review(self, body: Any) -> tuple[int, Any]:

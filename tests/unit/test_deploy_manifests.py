@@ -1,7 +1,8 @@
 """deploy/: every manifest parses, and the ClusterRole grants exactly what istiod-lite sends.
 
 "Exactly" is checked against the requests the fake API server recorded while a real KubeSource
-synced and a real TokenReview authenticator reviewed a token: a new watched kind without its RBAC
+synced, a real TokenReview authenticator reviewed a token and the waypoint controller deployed a
+waypoint Gateway: a new watched kind without its RBAC
 rule (a pod that never becomes ready in a real cluster) fails here, and so does a rule nothing uses.
 """
 
@@ -14,7 +15,10 @@ from typing import Any
 import yaml
 
 from istiod_lite.ca.tokenreview import TokenReviewAuthenticator, TokenReviewConfig, api_client_from_config
+from istiod_lite.controlplane.waypoint_controller import WaypointController, WaypointControllerOptions
+from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.sources import KubeSource, KubeSourceOptions
+from istiod_lite.sources.kube import api_client_for
 from tests.support.fakekube import FakeKubeApiServer, FakeTokenUser
 from tests.unit.test_ca_tokenreview import TD, bearer, fake_jwt
 
@@ -87,5 +91,15 @@ def test_cluster_role_covers_exactly_the_requests_sent(tmp_path: Path) -> None:
             assert auth.authenticate(bearer(token), None) is not None
         finally:
             auth.close()
+        gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+              "metadata": {"name": "waypoint", "namespace": "default", "uid": "u1", "generation": 1},
+              "spec": {"gatewayClassName": "istio-waypoint",
+                       "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+        kube.apply(gw)
+        controller = WaypointController(
+            api_client_for(KubeSourceOptions(kubeconfig=kubeconfig)),
+            WaypointControllerOptions(image="istiod-lite:latest", istiod_address="istiod-lite.istio-system.svc",
+                                      root_cert_pem="-----BEGIN CERTIFICATE-----\n"))
+        assert controller.reconcile(ConfigSnapshot.build([parse_object(gw)])).errors == []
         used = kube.resource_requests()
     assert used == granted

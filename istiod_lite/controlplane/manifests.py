@@ -1,0 +1,197 @@
+"""What istiod-lite creates for a waypoint Gateway: a pure renderer from the model to API objects.
+
+For every Gateway of class ``istio-waypoint`` istiod renders a ServiceAccount, a Deployment and a
+Service (shared/reference/istio-waypoint.md §1.1, Istio's ``files/waypoint.yaml``).  Here the pod
+runs ``istiod-lite waypoint run`` (our pilot-agent) instead of ``pilot-agent proxy waypoint``.
+
+Everything is built as dicts: user strings (names, labels, namespaces) are values in the tree and
+are never pasted into YAML or JSON text, so a hostile name cannot inject fields.  The objects are
+complete "apply configurations" for server-side apply (``waypoint_controller``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from istiod_lite.model.gateway import Gateway
+
+WAYPOINT_CLASS = "istio-waypoint"
+GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+GATEWAY_CLASS_LABEL = "gateway.networking.k8s.io/gateway-class-name"
+MANAGED_LABEL = "gateway.istio.io/managed"
+MANAGED_VALUE = "istio.io-mesh-controller"
+DATAPLANE_MODE_LABEL = "istio.io/dataplane-mode"
+
+ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
+ROOT_CERT_KEY = "root-cert.pem"
+TOKEN_AUDIENCE = "istio-ca"
+TOKEN_EXPIRATION_SECONDS = 43200
+TOKEN_DIR = "/var/run/secrets/tokens"
+TOKEN_PATH = f"{TOKEN_DIR}/istio-token"
+ROOT_CERT_DIR = "/var/run/secrets/istio"
+ROOT_CERT_PATH = f"{ROOT_CERT_DIR}/{ROOT_CERT_KEY}"
+#: istiod's secure gRPC port: xDS over TLS with a bearer token, and the CA.
+ISTIOD_SECURE_PORT = 15012
+HBONE_PORT = 15008
+STATUS_PORT = 15021
+ENVOY_ADMIN_PORT = 15000
+
+#: The agent serves no status port (Istio's pilot-agent serves ``/healthz/ready`` on 15021), and
+#: Envoy's admin listens on 127.0.0.1 only, which the kubelet's httpGet cannot reach (it probes the
+#: pod IP).  So readiness is an exec probe, run inside the container, asking Envoy's admin
+#: ``/ready`` (200 once Envoy is initialised: listeners and clusters from xDS are warmed).
+READINESS_COMMAND: tuple[str, ...] = (
+    "python3", "-c",
+    "import sys, urllib.request; "
+    f"sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{ENVOY_ADMIN_PORT}/ready', timeout=2).status == 200 "
+    "else 1)",
+)
+
+
+def is_waypoint(gateway: Gateway) -> bool:
+    """Whether the Gateway is one istiod-lite deploys (class ``istio-waypoint``)."""
+    return gateway.spec.gateway_class_name == WAYPOINT_CLASS
+
+
+def owner_reference(gateway: Gateway) -> dict[str, Any]:
+    """The Gateway as controller owner: its objects are garbage-collected with it."""
+    return {"apiVersion": GATEWAY_API_VERSION, "kind": "Gateway", "name": gateway.name,
+            "uid": gateway.metadata.uid, "controller": True}
+
+
+def _labels(gateway: Gateway) -> dict[str, str]:
+    return {GATEWAY_NAME_LABEL: gateway.name, GATEWAY_CLASS_LABEL: WAYPOINT_CLASS, MANAGED_LABEL: MANAGED_VALUE}
+
+
+def _metadata(gateway: Gateway, labels: dict[str, str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": gateway.name, "namespace": gateway.namespace, "labels": dict(labels)}
+    if gateway.metadata.uid:  # a Gateway from a YAML directory has none: no owner to point at
+        meta["ownerReferences"] = [owner_reference(gateway)]
+    return meta
+
+
+def waypoint_args(gateway: Gateway, *, istiod_address: str, trust_domain: str) -> list[str]:
+    """The agent's command line (``istiod-lite waypoint run ...``); one argv element per value."""
+    istiod = f"{istiod_address}:{ISTIOD_SECURE_PORT}"
+    return ["waypoint", "run",
+            "--name", gateway.name, "--namespace", gateway.namespace, "--service-account", gateway.name,
+            "--token-file", TOKEN_PATH, "--xds-address", istiod, "--ca-address", istiod,
+            "--root-cert", ROOT_CERT_PATH, "--ip", "$(INSTANCE_IP)", "--trust-domain", trust_domain,
+            "--admin-port", str(ENVOY_ADMIN_PORT)]
+
+
+def render_service_account(gateway: Gateway) -> dict[str, Any]:
+    """The waypoint's identity (``spiffe://<td>/ns/<ns>/sa/<gateway name>``)."""
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(gateway, _labels(gateway))}
+
+
+def render_deployment(gateway: Gateway, *, image: str, istiod_address: str, trust_domain: str) -> dict[str, Any]:
+    """One ``istio-proxy`` container running the waypoint agent with a projected ``istio-ca`` token."""
+    labels = _labels(gateway)
+    pod_labels = {**labels, DATAPLANE_MODE_LABEL: "none", "sidecar.istio.io/inject": "false",
+                  "service.istio.io/canonical-name": gateway.name,
+                  "service.istio.io/canonical-revision": "latest"}
+    container: dict[str, Any] = {
+        "name": "istio-proxy",
+        "image": image,
+        "args": waypoint_args(gateway, istiod_address=istiod_address, trust_domain=trust_domain),
+        "env": [
+            {"name": "INSTANCE_IP", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE",
+             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
+        ],
+        "ports": [{"name": "mesh", "containerPort": HBONE_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"exec": {"command": list(READINESS_COMMAND)},
+                           "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 4},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True, "runAsUser": 1337, "runAsGroup": 1337,
+                            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [
+            {"name": "istio-token", "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": "istiod-ca-cert", "mountPath": ROOT_CERT_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(gateway, labels),
+        "spec": {
+            "selector": {"matchLabels": {GATEWAY_NAME_LABEL: gateway.name}},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "serviceAccountName": gateway.name,
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
+                            "audience": TOKEN_AUDIENCE, "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+                            "path": "istio-token"}}]}},
+                        {"name": "istiod-ca-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def render_service(gateway: Gateway) -> dict[str, Any]:
+    """ClusterIP Service: ``mesh`` 15008 (HBONE) and ``status-port`` 15021, selecting the pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(gateway, _labels(gateway)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {GATEWAY_NAME_LABEL: gateway.name},
+            "ports": [
+                {"name": "status-port", "port": STATUS_PORT, "targetPort": STATUS_PORT, "protocol": "TCP",
+                 "appProtocol": "tcp"},
+                {"name": "mesh", "port": HBONE_PORT, "targetPort": HBONE_PORT, "protocol": "TCP",
+                 "appProtocol": "all"},
+            ],
+        },
+    }
+
+
+def render_waypoint(gateway: Gateway, *, image: str, istiod_address: str, trust_domain: str) -> list[dict[str, Any]]:
+    """ServiceAccount, Deployment and Service for a waypoint Gateway (empty for any other class)."""
+    if not is_waypoint(gateway):
+        return []
+    return [render_service_account(gateway),
+            render_deployment(gateway, image=image, istiod_address=istiod_address, trust_domain=trust_domain),
+            render_service(gateway)]
+
+
+def render_root_cert_configmap(namespace: str, root_cert_pem: str) -> dict[str, Any]:
+    """ConfigMap ``istio-ca-root-cert`` (key ``root-cert.pem``), as istiod publishes in every namespace."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": ROOT_CERT_CONFIGMAP, "namespace": namespace,
+                         "labels": {"istio.io/config": "true"}},
+            "data": {ROOT_CERT_KEY: root_cert_pem}}
+
+
+def render_gateway_status(gateway: Gateway, cluster_ip: str, *, transition_time: str) -> dict[str, Any]:
+    """The status apply configuration: ``addresses`` = the Service's clusterIP once it has one;
+    Accepted is True, Programmed is True once the address is known."""
+    generation = gateway.metadata.generation
+    programmed = bool(cluster_ip)
+    conditions = [
+        {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "Resource accepted",
+         "observedGeneration": generation, "lastTransitionTime": transition_time},
+        {"type": "Programmed", "status": "True" if programmed else "False",
+         "reason": "Programmed" if programmed else "Pending",
+         "message": "Resource programmed, assigned to service(s)" if programmed
+         else "Waiting for the waypoint Service to get an address",
+         "observedGeneration": generation, "lastTransitionTime": transition_time},
+    ]
+    status: dict[str, Any] = {"conditions": conditions}
+    if programmed:
+        status["addresses"] = [{"type": "IPAddress", "value": cluster_ip}]
+    return {"apiVersion": GATEWAY_API_VERSION, "kind": "Gateway",
+            "metadata": {"name": gateway.name, "namespace": gateway.namespace},
+            "status": status}

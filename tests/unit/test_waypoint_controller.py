@@ -1,0 +1,250 @@
+"""The waypoint controller: the pure renderer, and server-side apply through the real ``kubernetes``
+client against the fake API server (tests/support/fakekube.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from istiod_lite.controlplane.manifests import (
+    GATEWAY_NAME_LABEL,
+    MANAGED_LABEL,
+    READINESS_COMMAND,
+    render_waypoint,
+)
+from istiod_lite.controlplane.waypoint_controller import (
+    FIELD_MANAGER,
+    WaypointController,
+    WaypointControllerOptions,
+)
+from istiod_lite.model import ConfigSnapshot, parse_object
+from istiod_lite.model.gateway import Gateway
+from istiod_lite.sources import KubeSourceOptions
+from istiod_lite.sources.kube import api_client_for
+from tests.support.fakekube import FakeKubeApiServer
+
+IMAGE = "istiod-lite:test"
+ISTIOD = "istiod-lite.istio-system.svc"
+ROOT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def gateway_obj(name: str = "waypoint", namespace: str = "default", *, cls: str = "istio-waypoint",
+                uid: str = "gw-uid-1", generation: int = 1) -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "generation": generation},
+            "spec": {"gatewayClassName": cls,
+                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+
+
+def gateway(**kw: Any) -> Gateway:
+    gw = parse_object(gateway_obj(**kw))
+    assert isinstance(gw, Gateway)
+    return gw
+
+
+def snapshot(*objs: dict[str, Any]) -> ConfigSnapshot:
+    return ConfigSnapshot.build([parse_object(o) for o in objs])
+
+
+def ns_obj(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+
+
+def by_kind(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["kind"]: o for o in objs}
+
+
+# -- renderer ----------------------------------------------------------------------------------------
+def test_render_only_waypoint_class() -> None:
+    assert render_waypoint(gateway(cls="istio"), image=IMAGE, istiod_address=ISTIOD, trust_domain="td") == []
+    objs = render_waypoint(gateway(), image=IMAGE, istiod_address=ISTIOD, trust_domain="td")
+    assert [o["kind"] for o in objs] == ["ServiceAccount", "Deployment", "Service"]
+    for o in objs:
+        assert o["metadata"]["name"] == "waypoint" and o["metadata"]["namespace"] == "default"
+        assert o["metadata"]["ownerReferences"] == [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                                                     "name": "waypoint", "uid": "gw-uid-1", "controller": True}]
+        assert o["metadata"]["labels"][GATEWAY_NAME_LABEL] == "waypoint"
+        assert o["metadata"]["labels"][MANAGED_LABEL] == "istio.io-mesh-controller"
+
+
+def test_render_deployment_fields() -> None:
+    dep = by_kind(render_waypoint(gateway(name="wp", namespace="shop"), image=IMAGE, istiod_address=ISTIOD,
+                                  trust_domain="example.org"))["Deployment"]
+    assert dep["apiVersion"] == "apps/v1"
+    pod = dep["spec"]["template"]
+    assert dep["spec"]["selector"]["matchLabels"] == {GATEWAY_NAME_LABEL: "wp"}
+    assert pod["metadata"]["labels"][GATEWAY_NAME_LABEL] == "wp"
+    assert pod["metadata"]["labels"]["istio.io/dataplane-mode"] == "none"
+    assert pod["metadata"]["labels"][MANAGED_LABEL] == "istio.io-mesh-controller"
+    assert pod["spec"]["serviceAccountName"] == "wp"
+    (c,) = pod["spec"]["containers"]
+    assert c["name"] == "istio-proxy" and c["image"] == IMAGE
+    assert c["args"][:2] == ["waypoint", "run"]
+    args = dict(zip(c["args"][2::2], c["args"][3::2], strict=True))
+    assert args == {"--name": "wp", "--namespace": "shop", "--service-account": "wp",
+                    "--token-file": "/var/run/secrets/tokens/istio-token",
+                    "--xds-address": f"{ISTIOD}:15012", "--ca-address": f"{ISTIOD}:15012",
+                    "--root-cert": "/var/run/secrets/istio/root-cert.pem", "--ip": "$(INSTANCE_IP)",
+                    "--trust-domain": "example.org", "--admin-port": "15000"}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["INSTANCE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert c["readinessProbe"]["exec"]["command"] == list(READINESS_COMMAND)
+    assert "http://127.0.0.1:15000/ready" in READINESS_COMMAND[-1]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    (token,) = volumes["istio-token"]["projected"]["sources"]
+    assert token["serviceAccountToken"] == {"audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}
+    assert mounts["istio-token"] == "/var/run/secrets/tokens"
+    assert volumes["istiod-ca-cert"]["configMap"] == {"name": "istio-ca-root-cert"}
+    assert mounts["istiod-ca-cert"] == "/var/run/secrets/istio"
+
+
+def test_render_service_fields() -> None:
+    svc = by_kind(render_waypoint(gateway(), image=IMAGE, istiod_address=ISTIOD, trust_domain="td"))["Service"]
+    assert svc["spec"]["selector"] == {GATEWAY_NAME_LABEL: "waypoint"}
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"mesh": 15008, "status-port": 15021}
+
+
+def test_hostile_names_stay_values() -> None:
+    """A label value full of YAML syntax is a value in the tree, never text that could add fields."""
+    obj = gateway_obj()
+    obj["metadata"]["labels"] = {"x": "a\nkind: Secret\n: {"}
+    gw = parse_object(obj)
+    assert isinstance(gw, Gateway)
+    objs = render_waypoint(gw, image="img\n  evil: 1", istiod_address=ISTIOD, trust_domain="td")
+    dep = by_kind(objs)["Deployment"]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "img\n  evil: 1"
+    assert [o["kind"] for o in objs] == ["ServiceAccount", "Deployment", "Service"]
+
+
+def test_gateway_without_uid_has_no_owner_reference() -> None:
+    objs = render_waypoint(gateway(uid=""), image=IMAGE, istiod_address=ISTIOD, trust_domain="td")
+    assert all("ownerReferences" not in o["metadata"] for o in objs)
+
+
+# -- applier against the fake API server -----------------------------------------------------------
+@pytest.fixture
+def kube() -> Iterator[FakeKubeApiServer]:
+    with FakeKubeApiServer() as server:
+        yield server
+
+
+def controller(kube: FakeKubeApiServer, tmp_path: Path, *, root: str | None = ROOT) -> WaypointController:
+    api = api_client_for(KubeSourceOptions(kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig")))
+    return WaypointController(api, WaypointControllerOptions(image=IMAGE, istiod_address=ISTIOD,
+                                                             trust_domain="cluster.local", root_cert_pem=root),
+                              clock=lambda: "2026-01-01T00:00:00Z")
+
+
+def test_apply_creates_objects_and_writes_status(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    kube.apply(gateway_obj())
+    kube.apply(gateway_obj(name="not-a-waypoint", cls="istio", uid="u2"))
+    ctl = controller(kube, tmp_path)
+    result = ctl.reconcile(snapshot(ns_obj("default"), ns_obj("other"), gateway_obj(),
+                                    gateway_obj(name="not-a-waypoint", cls="istio", uid="u2")))
+    assert result.errors == []
+    sa = kube.get("v1", "ServiceAccount", "default", "waypoint")
+    dep = kube.get("apps/v1", "Deployment", "default", "waypoint")
+    svc = kube.get("v1", "Service", "default", "waypoint")
+    assert sa is not None and dep is not None and svc is not None
+    assert dep["spec"]["template"]["spec"]["containers"][0]["name"] == "istio-proxy"
+    assert dep["metadata"]["ownerReferences"][0]["uid"] == "gw-uid-1"
+    assert svc["spec"]["selector"] == {GATEWAY_NAME_LABEL: "waypoint"}
+    assert kube.get("apps/v1", "Deployment", "default", "not-a-waypoint") is None
+    # every apply is a server-side apply by our field manager, forced
+    patches = [r for r in kube.requests if r.method == "PATCH"]
+    assert patches and all(r.headers["content-type"] == "application/apply-patch+yaml" for r in patches)
+    assert all(f"fieldManager={FIELD_MANAGER}" in r.query and "force=true" in r.query for r in patches)
+    # root cert published in every namespace seen
+    for ns in ("default", "other"):
+        cm = kube.get("v1", "ConfigMap", ns, "istio-ca-root-cert")
+        assert cm is not None and cm["data"] == {"root-cert.pem": ROOT}
+    # status on the subresource: the Service's clusterIP, Accepted + Programmed
+    gw = kube.get("gateway.networking.k8s.io/v1", "Gateway", "default", "waypoint")
+    assert gw is not None
+    assert gw["spec"]["gatewayClassName"] == "istio-waypoint"  # status apply left the spec alone
+    assert gw["status"]["addresses"] == [{"type": "IPAddress", "value": svc["spec"]["clusterIP"]}]
+    conds = {c["type"]: c for c in gw["status"]["conditions"]}
+    assert conds["Accepted"]["status"] == "True" and conds["Programmed"]["status"] == "True"
+    assert conds["Programmed"]["observedGeneration"] == 1
+    assert any(r.path.endswith("/gateways/waypoint/status") for r in patches)
+    # the status round-trips through the model (what the waypoint index reads)
+    parsed = parse_object({k: v for k, v in gw.items()})
+    assert isinstance(parsed, Gateway) and parsed.status is not None
+    assert parsed.status.addresses[0].value == svc["spec"]["clusterIP"]
+
+
+def test_reapply_is_idempotent(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    kube.apply(gateway_obj())
+    snap = snapshot(ns_obj("default"), gateway_obj())
+    ctl = controller(kube, tmp_path)
+    ctl.reconcile(snap)
+    versions = {o["kind"]: o["metadata"]["resourceVersion"] for o in
+                kube.objects("apps/v1", "Deployment") + kube.objects("v1", "Service")
+                + kube.objects("v1", "ServiceAccount") + kube.objects("v1", "ConfigMap")}
+    ip = kube.objects("v1", "Service")[0]["spec"]["clusterIP"]
+    # same controller: nothing is sent
+    before = len(kube.requests)
+    again = ctl.reconcile(snap)
+    assert again.applied == [] and again.errors == [] and len(kube.requests) == before
+    # a fresh controller (a restart) re-applies everything; the server sees no change
+    fresh = controller(kube, tmp_path)
+    result = fresh.reconcile(snap)
+    assert result.errors == [] and result.applied
+    after = {o["kind"]: o["metadata"]["resourceVersion"] for o in
+             kube.objects("apps/v1", "Deployment") + kube.objects("v1", "Service")
+             + kube.objects("v1", "ServiceAccount") + kube.objects("v1", "ConfigMap")}
+    assert after == versions
+    assert kube.objects("v1", "Service")[0]["spec"]["clusterIP"] == ip
+    assert len(kube.objects("apps/v1", "Deployment")) == 1
+
+
+def test_invalidate_repairs_deleted_objects(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    kube.apply(gateway_obj())
+    snap = snapshot(gateway_obj())
+    ctl = controller(kube, tmp_path)
+    ctl.reconcile(snap)
+    kube.delete("apps/v1", "Deployment", "default", "waypoint")
+    ctl.reconcile(snap)
+    assert kube.get("apps/v1", "Deployment", "default", "waypoint") is None  # cached: nothing sent
+    ctl.invalidate()
+    ctl.reconcile(snap)
+    assert kube.get("apps/v1", "Deployment", "default", "waypoint") is not None
+
+
+def test_changed_gateway_generation_rewrites_status(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    kube.apply(gateway_obj())
+    ctl = controller(kube, tmp_path, root=None)
+    ctl.reconcile(snapshot(gateway_obj()))
+    assert kube.objects("v1", "ConfigMap") == []  # no root cert: nothing published
+    ctl.reconcile(snapshot(gateway_obj(generation=2)))
+    gw = kube.get("gateway.networking.k8s.io/v1", "Gateway", "default", "waypoint")
+    assert gw is not None
+    assert {c["observedGeneration"] for c in gw["status"]["conditions"]} == {2}
+
+
+def test_apply_failure_is_reported_and_retried(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    kube.apply(gateway_obj())
+    ctl = controller(kube, tmp_path)
+    kube.fail_status = 500
+    failed = ctl.reconcile(snapshot(gateway_obj()))
+    assert failed.errors and failed.applied == []
+    kube.fail_status = None
+    ok = ctl.reconcile(snapshot(gateway_obj()))
+    assert ok.errors == []
+    assert kube.get("apps/v1", "Deployment", "default", "waypoint") is not None
+    gw = kube.get("gateway.networking.k8s.io/v1", "Gateway", "default", "waypoint")
+    assert gw is not None and gw["status"]["addresses"]
+
+
+def test_recorded_verbs(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    """The verbs RBAC must grant (deploy/rbac.yaml; checked there by test_deploy_manifests)."""
+    kube.apply(gateway_obj())
+    controller(kube, tmp_path).reconcile(snapshot(ns_obj("default"), gateway_obj()))
+    assert kube.resource_requests() == {
+        (verb, res) for verb in ("create", "patch")
+        for res in ("serviceaccounts", "services", "configmaps", "deployments.apps")
+    } | {("patch", "gateways/status.gateway.networking.k8s.io")}
