@@ -252,7 +252,9 @@ class ControlPlane:
         for ref in sorted(waypoints):
             translator = self._translators.get(ref)
             if translator is None:
-                translator = self._translators[ref] = WaypointTranslator(ref, self.options.trust_domain)
+                translator = self._translators[ref] = WaypointTranslator(
+                    ref, self.options.trust_domain,
+                    self.options.mesh.path_normalization if self.options.mesh is not None else None)
                 self._versioned[ref] = VersionedCache()
             logs = self._access_logs.setdefault(ref, AccessLogMemo(ref))
             shared[ref] = self._versioned[ref].versioned(

@@ -89,8 +89,19 @@ class DefaultProviders(IstioModel):
     metrics: tuple[str, ...] = ()
 
 
+#: ``MeshConfig.ProxyPathNormalization.NormalizationType``.  ``DEFAULT`` is ``BASE``.
+PathNormalizationType = Literal["DEFAULT", "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"]
+
+
+class ProxyPathNormalization(IstioModel):
+    """``MeshConfig.ProxyPathNormalization``: how proxies normalise the path before authorization
+    and routing (Envoy HCM ``normalize_path``/``merge_slashes``/``path_with_escaped_slashes_action``)."""
+
+    normalization: PathNormalizationType = "DEFAULT"
+
+
 class MeshConfig(IstioModel):
-    """The telemetry part of Istio's MeshConfig, with Istio's defaults."""
+    """The telemetry part of Istio's MeshConfig (plus ``pathNormalization``), with Istio's defaults."""
 
     access_log_file: str = ""
     access_log_encoding: Literal["TEXT", "JSON"] = "TEXT"
@@ -99,6 +110,7 @@ class MeshConfig(IstioModel):
     default_providers: DefaultProviders = Field(default_factory=DefaultProviders)
     extension_providers: tuple[ExtensionProvider, ...] = ()
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    path_normalization: ProxyPathNormalization = Field(default_factory=ProxyPathNormalization)
 
     @field_validator("root_namespace")
     @classmethod
@@ -162,6 +174,8 @@ __all__ = [
     "ExtensionProvider",
     "MeshConfig",
     "MeshConfigInvalid",
+    "PathNormalizationType",
+    "ProxyPathNormalization",
     "load_mesh_config",
     "parse_mesh_config",
 ]

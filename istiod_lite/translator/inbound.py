@@ -32,6 +32,7 @@ from envoy.extensions.request_id.uuid.v3 import uuid_pb2
 from xds.core.v3 import cidr_pb2, extension_pb2
 from xds.type.matcher.v3 import ip_pb2, matcher_pb2
 
+from istiod_lite.model.meshconfig import PathNormalizationType
 from istiod_lite.translator import hbone, routes
 from istiod_lite.translator.protos import packed, string_value
 
@@ -102,7 +103,7 @@ def http_filters(authz: Sequence[hcm_pb2.HttpFilter] = ()) -> list[hcm_pb2.HttpF
     ]
 
 
-def _hcm_template() -> hcm_pb2.HttpConnectionManager:
+def _hcm_template(path_normalization: PathNormalizationType = "BASE") -> hcm_pb2.HttpConnectionManager:
     hcm = hcm_pb2.HttpConnectionManager(
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         server_name="istio-envoy",
@@ -110,24 +111,41 @@ def _hcm_template() -> hcm_pb2.HttpConnectionManager:
     )
     hcm.use_remote_address.value = False
     hcm.use_remote_address.SetInParent()
-    hcm.normalize_path.value = True  # Istio's default path normalisation: BASE
+    # Istio's mapping of MeshConfig.pathNormalization (listener_builder.go): BASE (the default) is
+    # normalize_path; MERGE_SLASHES adds merge_slashes; DECODE_AND_MERGE_SLASHES also unescapes
+    # %2F/%5C; NONE turns normalize_path off.
+    hcm.normalize_path.value = path_normalization != "NONE"
+    hcm.normalize_path.SetInParent()
+    if path_normalization in ("MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"):
+        hcm.merge_slashes = True
+    if path_normalization == "DECODE_AND_MERGE_SLASHES":
+        hcm.path_with_escaped_slashes_action = hcm_pb2.HttpConnectionManager.UNESCAPE_AND_FORWARD
     hcm.stream_idle_timeout.SetInParent()
     hcm.upgrade_configs.add(upgrade_type="websocket")
     hcm.request_id_extension.typed_config.CopyFrom(packed(uuid_pb2.UuidRequestIdConfig()))
     return hcm
 
 
-_HCM_TEMPLATE = _hcm_template()
+_HCM_TEMPLATES: dict[str, hcm_pb2.HttpConnectionManager] = {"BASE": _hcm_template()}
 _DEFAULT_FILTERS: list[hcm_pb2.HttpFilter] = []
+
+
+def _template(path_normalization: PathNormalizationType) -> hcm_pb2.HttpConnectionManager:
+    mode = "BASE" if path_normalization == "DEFAULT" else path_normalization
+    tpl = _HCM_TEMPLATES.get(mode)
+    if tpl is None:
+        tpl = _HCM_TEMPLATES[mode] = _hcm_template(path_normalization)
+    return tpl
 
 
 def http_connection_manager(
     port: int, route_config: route_pb2.RouteConfiguration, h2: bool, authz: Sequence[hcm_pb2.HttpFilter] = (),
-    access_logs: Sequence[accesslog_pb2.AccessLog] = (),
+    access_logs: Sequence[accesslog_pb2.AccessLog] = (), path_normalization: PathNormalizationType = "BASE",
 ) -> hcm_pb2.HttpConnectionManager:
-    """The chain's HCM; ``access_logs`` (from ``telemetry.access_logs_for``) are added as given."""
+    """The chain's HCM; ``access_logs`` (from ``telemetry.access_logs_for``) are added as given.
+    ``path_normalization``: MeshConfig ``pathNormalization.normalization`` (default BASE)."""
     hcm = hcm_pb2.HttpConnectionManager()
-    hcm.CopyFrom(_HCM_TEMPLATE)  # a C-level copy of the fixed part: far cheaper than rebuilding it
+    hcm.CopyFrom(_template(path_normalization))  # a C-level copy of the fixed part: far cheaper than rebuilding it
     hcm.stat_prefix = f"inbound_0.0.0.0_{port};"
     hcm.route_config.CopyFrom(route_config)
     if not _DEFAULT_FILTERS:
@@ -142,12 +160,13 @@ def http_connection_manager(
 
 def http_chain(name: str, port: int, route_config: route_pb2.RouteConfiguration, h2: bool,
                authz: Sequence[hcm_pb2.HttpFilter] = (), prefix: Sequence[listener_components_pb2.Filter] = (),
-               access_logs: Sequence[accesslog_pb2.AccessLog] = ()
+               access_logs: Sequence[accesslog_pb2.AccessLog] = (),
+               path_normalization: PathNormalizationType = "BASE",
                ) -> listener_components_pb2.FilterChain:
     chain = listener_components_pb2.FilterChain(name=name)
     chain.filters.extend(prefix)
     chain.filters.add(name=hbone.HCM, typed_config=packed(
-        http_connection_manager(port, route_config, h2, authz, access_logs)))
+        http_connection_manager(port, route_config, h2, authz, access_logs, path_normalization)))
     return chain
 
 
@@ -185,13 +204,15 @@ def with_network_filters(chain: listener_components_pb2.FilterChain,
 
 
 def direct_chains(
-    authz: Sequence[hcm_pb2.HttpFilter] = (), tcp_authz: Sequence[listener_components_pb2.Filter] = ()
+    authz: Sequence[hcm_pb2.HttpFilter] = (), tcp_authz: Sequence[listener_components_pb2.Filter] = (),
+    path_normalization: PathNormalizationType = "BASE",
 ) -> tuple[listener_components_pb2.FilterChain, ...]:
     rcfg = routes.route_configuration(hbone.ENCAP, "inbound|http|0",
                                       [routes.default_route(hbone.ENCAP, "*", 0)])
     return (
         with_network_filters(tcp_chain(DIRECT_TCP, hbone.ENCAP, prefix=[_reexport_original_dst()]), tcp_authz),
-        http_chain(DIRECT_HTTP, 0, rcfg, h2=False, authz=authz, prefix=[_reexport_original_dst()]),
+        http_chain(DIRECT_HTTP, 0, rcfg, h2=False, authz=authz, prefix=[_reexport_original_dst()],
+                   path_normalization=path_normalization),
     )
 
 
@@ -233,7 +254,7 @@ def _cidr(ip: str) -> cidr_pb2.CidrRange:
 
 def main_internal_listener(
     services: Sequence[ServiceChains], workload_ips: Sequence[str], authz: Sequence[hcm_pb2.HttpFilter] = (),
-    tcp_authz: Sequence[listener_components_pb2.Filter] = (),
+    tcp_authz: Sequence[listener_components_pb2.Filter] = (), path_normalization: PathNormalizationType = "BASE",
 ) -> listener_pb2.Listener:
     """The internal listener: services in the given order (Istio: by creation time)."""
     lst = listener_pb2.Listener(name=MAIN_INTERNAL, traffic_direction=base_pb2.INBOUND)
@@ -262,7 +283,7 @@ def main_internal_listener(
         rm = ipm.range_matchers.add()
         rm.ranges.extend(_cidr(ip) for ip in sorted(set(workload_ips)))
         rm.on_match.matcher.CopyFrom(_app_protocol_matcher(DIRECT_HTTP, DIRECT_TCP))
-    lst.filter_chains.extend(direct_chains(authz, tcp_authz))
+    lst.filter_chains.extend(direct_chains(authz, tcp_authz, path_normalization))
     tree = lst.filter_chain_matcher.matcher_tree
     tree.input.name = "ip"
     tree.input.typed_config.CopyFrom(packed(inputs.DestinationIPInput()))

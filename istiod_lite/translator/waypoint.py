@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from istiod_lite.model import ConfigSnapshot
-from istiod_lite.model.meshconfig import MeshConfig
+from istiod_lite.model.meshconfig import MeshConfig, PathNormalizationType, ProxyPathNormalization
 from istiod_lite.model.networking import DestinationRule, VirtualService
 from istiod_lite.translator import (
     clusters,
@@ -129,14 +129,18 @@ class _Fragment:
 class WaypointTranslator:
     """Translates one waypoint, re-using the fragment of every service whose inputs did not change.
 
-    Pure in the sense that matters: the output is a function of (snapshot, ref, trust domain)
-    only; the memo just skips recomputing fragments that would come out identical.  One
-    instance per waypoint.  ``connect_terminate`` is not included (see ``connect_terminate_for``).
+    Pure in the sense that matters: the output is a function of (snapshot, ref, trust domain,
+    path normalization) only; the memo just skips recomputing fragments that would come out
+    identical.  One instance per waypoint.  ``connect_terminate`` is not included (see ``connect_terminate_for``).
     """
 
-    def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
+    def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                 path_normalization: ProxyPathNormalization | None = None) -> None:
         self.ref = ref
         self.trust_domain = trust_domain
+        # Fixed for the instance, so the memos (all per instance) stay correct.
+        self.path_normalization: PathNormalizationType = (
+            path_normalization.normalization if path_normalization is not None else "BASE")
         self._fragments: dict[str, tuple[_Inputs, _Fragment]] = {}
         self.last_rebuilt = 0
         self._main_internal: tuple[tuple[object, ...], listener_pb2.Listener] | None = None
@@ -187,7 +191,7 @@ class WaypointTranslator:
             if cached is not None and cached[0].same_as(inputs):
                 frag = cached[1]
             else:
-                frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az)
+                frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization)
                 rebuilt += 1
             fragments[sv.host] = (inputs, frag)
             out.merge(frag.resources)
@@ -203,7 +207,8 @@ class WaypointTranslator:
                 a is b or a == b for a, b in zip(self._main_internal[0], key, strict=True)):
             main = self._main_internal[1]
         else:
-            main = inbound.main_internal_listener(chains, workload_ips, authz=direct.http, tcp_authz=direct.tcp)
+            main = inbound.main_internal_listener(chains, workload_ips, authz=direct.http, tcp_authz=direct.tcp,
+                                                  path_normalization=self.path_normalization)
             self._main_internal = (key, main)
         out.listeners[hbone.MAIN_INTERNAL] = main
         out.merge(self._static)
@@ -317,6 +322,7 @@ def _attached_routes(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object
 def _service_fragment(
     snapshot: ConfigSnapshot, sv: ServiceInfo, dr: DestinationRule | None, vss: list[VirtualService],
     owned: dict[str, ServiceInfo], waypoint_namespace: str, az: AuthzFilters | None = None,
+    path_normalization: PathNormalizationType = "BASE",
 ) -> _Fragment:
     """One service's clusters, endpoints and chains: inbound-vip clusters per port (and DR
     subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
@@ -339,7 +345,7 @@ def _service_fragment(
                     route_list = [routes.default_route(cluster, sv.host, port.number, hash_policy)]
                 rcfg = routes.route_configuration(cluster, f"inbound|http|{port.number}", route_list)
                 http_chain = inbound.http_chain(cluster, port.number, rcfg, inbound.is_h2(port.protocol),
-                                                authz=az.http if az else ())
+                                                authz=az.http if az else (), path_normalization=path_normalization)
             else:
                 tcp_chain = inbound.with_network_filters(
                     tcp_routes.tcp_chain(cluster, vss, sv.host, port.number, resolver), az.tcp if az else ())
@@ -360,13 +366,18 @@ def connect_terminate_for(bind_ip: str, trust_domain: str = DEFAULT_TRUST_DOMAIN
 def translate_waypoint(
     snapshot: ConfigSnapshot, ref: WaypointRef, bind_ip: str | None = None,
     trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
+    path_normalization: ProxyPathNormalization | None = None,
 ) -> EnvoyResources:
     """One-shot translation of everything one waypoint proxy receives (offline commands, tests).
 
     ``bind_ip``: where ``connect_terminate`` listens; default the waypoint's address, else 0.0.0.0.
     The server keeps a ``WaypointTranslator`` per waypoint and adds ``connect_terminate`` per proxy.
+    ``path_normalization``: default ``mesh.pathNormalization`` when ``mesh`` is given, else BASE.
     """
-    out = telemetry.apply_access_logs(WaypointTranslator(ref, trust_domain).translate(snapshot), snapshot, mesh, ref)
+    if path_normalization is None and mesh is not None:
+        path_normalization = mesh.path_normalization
+    translator = WaypointTranslator(ref, trust_domain, path_normalization)
+    out = telemetry.apply_access_logs(translator.translate(snapshot), snapshot, mesh, ref)
     if bind_ip is None:
         wp = bindings_of(snapshot).waypoints.get(ref)
         bind_ip = wp.addresses[0] if wp is not None and wp.addresses else "0.0.0.0"
