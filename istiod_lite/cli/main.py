@@ -31,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     from istiod_lite.ca.config import CaConfig, JwksSource
     from istiod_lite.ca.tokenreview import TokenReviewConfig
     from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
+    from istiod_lite.controlplane.waypoint_controller import WaypointControllerOptions
 
     ca = None
     if args.ca_dir:
@@ -59,6 +60,9 @@ def _serve(args: argparse.Namespace) -> int:
     options = ControlPlaneOptions(
         config_dir=Path(args.config) if args.config else None,
         kube=kube,
+        waypoint_controller=WaypointControllerOptions(image=args.waypoint_image, istiod_address=args.istiod_address,
+                                                      trust_domain=args.trust_domain)
+        if kube is not None and args.waypoint_image else None,
         grpc_addr="" if args.no_plaintext else args.grpc_addr,
         secure_grpc_addr=secure,
         ca=ca,
@@ -196,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kube-context", metavar="NAME", help="kubeconfig context (default: current)")
     s.add_argument("--in-cluster", action="store_true",
                    help="like --kubeconfig, with the pod's in-cluster service-account configuration")
+    s.add_argument("--waypoint-image", metavar="IMAGE",
+                   help="with a cluster: deploy each istio-waypoint Gateway (ServiceAccount, Deployment running "
+                        "'istiod-lite waypoint run' in IMAGE, Service) and write its status")
+    s.add_argument("--istiod-address", default="istiod-lite.istio-system.svc", metavar="HOST",
+                   help="how deployed waypoints reach this server (port 15012 is appended)")
     s.add_argument("--no-cluster-config", action="store_true",
                    help="use the cluster only for TokenReview, not as a config source")
     s.add_argument("--token-review-in-cluster", action="store_true",

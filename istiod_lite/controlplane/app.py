@@ -25,10 +25,12 @@ from istiod_lite.controlplane.memtrim import MemoryTrimmer
 from istiod_lite.controlplane.nodes import PROXYLESS_GROUP, UNKNOWN_GROUP, group_of, parse_group
 from istiod_lite.controlplane.secure import XdsAuthenticator
 from istiod_lite.controlplane.snapshots import VersionedCache, to_resource_snapshot
+from istiod_lite.controlplane.waypoint_controller import WaypointController, WaypointControllerOptions
 from istiod_lite.model import ConfigError, ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.monitoring.http import MonitoringServer
 from istiod_lite.sources import DirectorySource, KubeSource, KubeSourceOptions, MergedSource, Source, SourceUpdate
+from istiod_lite.sources.kube import api_client_for
 from istiod_lite.translator import find_waypoints
 from istiod_lite.translator.authz import authz_problems
 from istiod_lite.translator.config_warnings import route_warnings
@@ -77,6 +79,9 @@ class ControlPlaneOptions:
     #: Also (or only) watch a Kubernetes cluster; with ``config_dir`` too, the two are merged and
     #: the directory wins a key both define (docs/kubernetes.md).
     kube: KubeSourceOptions | None = None
+    #: With ``kube``: run the waypoint controller (render and apply each istio-waypoint Gateway's
+    #: ServiceAccount/Deployment/Service, Gateway status, root-cert ConfigMaps); None = off.
+    waypoint_controller: WaypointControllerOptions | None = None
     #: Istio MeshConfig (``--mesh-config``): access logging defaults, providers, root namespace.
     mesh: MeshConfig | None = None
 
@@ -127,6 +132,9 @@ class ControlPlane:
         self._terminate: dict[str, VersionedResource] = {}
         self._binding_problems: set[str] = set()
         self._route_warnings: set[str] = set()
+        self._controller: WaypointController | None = None
+        self._pending_reconcile: ConfigSnapshot | None = None
+        self._reconcile_task: asyncio.Task[None] | None = None
         #: Per waypoint: access loggers from Telemetry and the mesh config, applied after translation.
         self._access_logs: dict[WaypointRef, AccessLogMemo] = {}
         self._monitoring = MonitoringServer(lambda: self.cache.ready, self.ads.status, self.ads.metrics.registry)
@@ -134,6 +142,15 @@ class ControlPlane:
         self.grpc_port = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def _start_controller(self) -> None:
+        opts = self.options.waypoint_controller
+        if opts is None or self.options.kube is None:
+            return
+        root = self.ca.material.root_pem if self.ca is not None else None
+        if opts.root_cert_pem is None and root is not None:
+            opts = dataclasses.replace(opts, root_cert_pem=root)
+        self._controller = WaypointController(api_client_for(self.options.kube), opts)
+
     async def start(self) -> None:
         update = await asyncio.to_thread(self.source.load)
         self._install(update)
@@ -180,6 +197,8 @@ class ControlPlane:
                 self.ca.server_credentials(self.options.server_sans, require_client_auth=True))
             await self._mtls.start()
         await self._monitoring.start(self.options.monitoring_addr)
+        self._start_controller()
+        self._reconcile_soon(self.config)
         self._tasks = [
             asyncio.create_task(self.source.run(self._on_source_update), name="source"),
             asyncio.create_task(self._debouncer.run(), name="debounce"),
@@ -195,6 +214,10 @@ class ControlPlane:
         )
 
     async def stop(self, grace: float = 1.0) -> None:
+        self._pending_reconcile = None
+        if self._reconcile_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reconcile_task, 10)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -206,6 +229,27 @@ class ControlPlane:
         if self.ca is not None:
             await self.ca.close()
         await self._monitoring.stop()
+
+    def _reconcile_soon(self, snapshot: ConfigSnapshot) -> None:
+        """Hand the snapshot to the waypoint controller (cluster mode): it applies off the loop,
+        one reconcile at a time, always with the newest snapshot."""
+        if self._controller is None:
+            return
+        self._pending_reconcile = snapshot
+        if self._reconcile_task is None or self._reconcile_task.done():
+            self._reconcile_task = asyncio.get_running_loop().create_task(self._reconcile_loop())
+
+    async def _reconcile_loop(self) -> None:
+        assert self._controller is not None
+        while self._pending_reconcile is not None:
+            snapshot, self._pending_reconcile = self._pending_reconcile, None
+            try:
+                result = await asyncio.to_thread(self._controller.reconcile, snapshot)
+            except Exception:  # the cluster's problem must never stop serving config
+                log.exception("waypoint controller failed; retrying with the next change")
+                continue
+            for err in result.errors:
+                log.warning("waypoint controller: %s", err)
 
     async def _check_stream(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
         """Streams on the TLS port must authenticate (see ``secure.py``); the plaintext port, when
@@ -238,6 +282,7 @@ class ControlPlane:
             log.exception("rebuild failed; keeping the previous config")
 
     def _install(self, update: SourceUpdate, trigger_time: float | None = None) -> None:
+        self._reconcile_soon(update.snapshot)
         self.config = update.snapshot
         self.errors = update.errors  # each error was logged once, by the source that found it
         self._translate_all(trigger_time)

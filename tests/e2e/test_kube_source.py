@@ -78,3 +78,33 @@ async def test_cluster_config_reaches_the_waypoint(tmp_path: Path) -> None:
             while WAYPOINT in cp._shared:
                 assert time.monotonic() < deadline, "deleting the Gateway never removed the waypoint"
                 await asyncio.sleep(0.02)
+
+
+async def test_waypoint_controller_deploys_the_waypoint(tmp_path: Path) -> None:
+    from istiod_lite.controlplane.waypoint_controller import WaypointControllerOptions
+
+    with FakeKubeApiServer() as kube:
+        for doc in bookinfo_docs():
+            kube.apply(doc)
+        opts = KubeSourceOptions(kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig"), sync_timeout=10.0,
+                                 backoff_initial=0.05, backoff_max=0.2)
+        cp = ControlPlane(ControlPlaneOptions(
+            config_dir=None, kube=opts, grpc_addr="127.0.0.1:0", monitoring_addr="127.0.0.1:0",
+            debounce=DebounceOptions(quiet=0.02, max_delay=1.0),
+            waypoint_controller=WaypointControllerOptions(image="istiod-lite:test",
+                                                          istiod_address="istiod-lite.istio-system.svc")))
+        await cp.start()
+        try:
+            deadline = time.monotonic() + 10
+            while kube.get("apps/v1", "Deployment", "bookinfo", "waypoint") is None:
+                assert time.monotonic() < deadline, "the waypoint Deployment was never applied"
+                await asyncio.sleep(0.05)
+            dep = kube.get("apps/v1", "Deployment", "bookinfo", "waypoint")
+            assert dep is not None
+            container = dep["spec"]["template"]["spec"]["containers"][0]
+            assert container["image"] == "istiod-lite:test"
+            assert "--xds-address" in container["args"]
+            assert kube.get("v1", "Service", "bookinfo", "waypoint") is not None
+            assert kube.get("v1", "ServiceAccount", "bookinfo", "waypoint") is not None
+        finally:
+            await cp.stop(grace=0)
