@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import re2
 
 from istiod_lite.translator.authz import AuthzFilters, authz_for_service
 from tests.unit.test_authz_helpers import (
@@ -85,6 +86,103 @@ def test_ports_and_not_ports_are_destination_ports() -> None:
     assert perm("rules: [{to: [{operation: {ports: ['80', '8080'], notPorts: ['9090']}}]}]") == [
         {"or_rules": {"rules": [{"destination_port": 80}, {"destination_port": 8080}]}},
         {"not_rule": {"or_rules": {"rules": [{"destination_port": 9090}]}}}]
+
+
+# --- DENY/AUDIT widening: hosts and paths also match other spellings (never ALLOW) -----------
+
+_DENY_HOST_RE = r"(?i)^(.*,)?\s*secret\.example\.com(:[0-9]+)?\s*(,.*)?$"
+
+
+def _re2_full(pattern: str, text: str) -> bool:
+    return re2.fullmatch(pattern, text) is not None
+
+
+@pytest.mark.parametrize("action", ["DENY", "AUDIT"])
+def test_deny_hosts_also_match_any_item_of_a_comma_joined_authority(action: str) -> None:
+    rules = perm(f"{{action: {action}, rules: [{{to: [{{operation: {{hosts: [secret.example.com]}}}}]}}]}}")
+    assert rules == [{"or_rules": {"rules": [
+        hdr(":authority", exact="secret.example.com", ignore_case=True),
+        hdr(":authority", prefix="secret.example.com:", ignore_case=True),
+        {"header": {"name": ":authority", "safe_regex_match": {"regex": _DENY_HOST_RE}}}]}}]
+    for hit in ("secret.example.com", "other,secret.example.com", "Secret.Example.COM:80, other",
+                "a, secret.example.com ,b"):
+        assert _re2_full(_DENY_HOST_RE, hit), hit
+    for miss in ("other.example.com", "secretxexample.com", "notsecret.example.com", "secret.example.com.evil"):
+        assert not _re2_full(_DENY_HOST_RE, miss), miss
+
+
+def test_deny_host_wildcards_are_list_items_too() -> None:
+    rules = perm("{action: DENY, rules: [{to: [{operation: {hosts: ['*.example.com', 'api.*', '*']}}]}]}")
+    regexes = [r["header"]["safe_regex_match"]["regex"] for r in rules[0]["or_rules"]["rules"]
+               if "safe_regex_match" in r.get("header", {})]
+    assert regexes == [r"(?i)^(.*,)?\s*[^,]*\.example\.com(:[0-9]+)?\s*(,.*)?$",
+                       r"(?i)^(.*,)?\s*api\.[^,]*(:[0-9]+)?\s*(,.*)?$"]
+    assert _re2_full(regexes[0], "x,A.example.com:8080") and not _re2_full(regexes[0], "example.com,x")
+
+
+def test_allow_and_negated_hosts_and_paths_are_not_widened() -> None:
+    spec = "rules: [{to: [{operation: {hosts: [h], paths: [/a, '/b/*']}}]}]"
+    assert perm(spec) == [
+        {"or_rules": {"rules": [hdr(":authority", exact="h", ignore_case=True),
+                                hdr(":authority", prefix="h:", ignore_case=True)]}},
+        {"or_rules": {"rules": [{"url_path": {"path": {"exact": "/a"}}}, {"url_path": {"path": {"prefix": "/b/"}}}]}}]
+    # DENY with notHosts/notPaths: widening the negated set would narrow the DENY.
+    assert perm("{action: DENY, rules: [{to: [{operation: {notHosts: [h], notPaths: [/a]}}]}]}") == [
+        {"not_rule": {"or_rules": {"rules": [hdr(":authority", exact="h", ignore_case=True),
+                                             hdr(":authority", prefix="h:", ignore_case=True)]}}},
+        {"not_rule": {"or_rules": {"rules": [{"url_path": {"path": {"exact": "/a"}}}]}}}]
+
+
+def _deny_path_rules(paths: str) -> list[dict[str, Any]]:
+    rules = perm(f"{{action: DENY, rules: [{{to: [{{operation: {{paths: {paths}}}}}]}}]}}")
+    out: list[dict[str, Any]] = rules[0]["or_rules"]["rules"]
+    return out
+
+
+def test_deny_paths_also_match_slash_encoding_and_dot_segment_spellings() -> None:
+    exact, exact_re, prefix, prefix_re = _deny_path_rules("[/admin, '/admin/*']")
+    assert exact == {"url_path": {"path": {"exact": "/admin"}}}
+    assert prefix == {"url_path": {"path": {"prefix": "/admin/"}}}
+    one, sub = exact_re["url_path"]["path"]["safe_regex"]["regex"], prefix_re["url_path"]["path"]["safe_regex"]["regex"]
+    for hit in ("/admin", "//admin", "/%2Fadmin", "/%2fadmin", "/%5Cadmin", "/%5cadmin", "/\\admin",
+                "/./admin", "/a/../admin", "/.//a/..//admin"):
+        assert _re2_full(one, hit), hit
+    for miss in ("/public", "/adminx", "/x/admin", "/admin/", "/ADMIN"):
+        assert not _re2_full(one, miss), miss
+    for hit in ("/admin/", "//admin//x", "/%2Fadmin%2fx", "/./admin/x", "/admin%5Cx"):
+        assert _re2_full(sub, hit), hit
+    for miss in ("/admin", "/adminx", "/public/admin/x"):
+        assert not _re2_full(sub, miss), miss
+
+
+def test_deny_paths_keep_suffix_presence_and_templates_as_they_are() -> None:
+    assert _deny_path_rules("['*.js', '*', '/api/{*}']") == [
+        {"url_path": {"path": {"suffix": ".js"}}}, {"url_path": {"path": {"safe_regex": {"regex": ".+"}}}},
+        {"uri_template": {"name": "uri-template", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+            "path_template": "/api/*"}}}]
+
+
+def test_deny_widening_over_the_program_size_limit_falls_back_and_is_reported() -> None:
+    long_host = "h" * 80 + ".example.com"
+    deep = "/a/b/c/d"
+    very_deep = "/" + "/".join("abcdefghijklmnopqrstu")
+    f = gen(ap("p", f"{{action: DENY, rules: [{{to: [{{operation: {{hosts: [{long_host}], "
+                    f"paths: ['{deep}', '{very_deep}']}}}}]}}]}}"))
+    hosts, paths = first_permission_rules(only_policy(f))
+    assert hosts == {"or_rules": {"rules": [hdr(":authority", exact=long_host, ignore_case=True),
+                                            hdr(":authority", prefix=long_host + ":", ignore_case=True)]}}
+    deep_exact, deep_re, very_exact = paths["or_rules"]["rules"]
+    assert deep_exact == {"url_path": {"path": {"exact": deep}}}
+    assert _re2_full(deep_re["url_path"]["path"]["safe_regex"]["regex"], "//a/%2Fb/c%5Cd")
+    assert very_exact == {"url_path": {"path": {"exact": very_deep}}}
+    loc = "AuthorizationPolicy shop/p: spec.rules[0].to[0].operation"
+    widening = [p for p in f.problems if p.startswith(loc)]
+    assert [p.split(":")[0] + ":" + p.split(":")[1] for p in widening] == [
+        f"{loc}.hosts[0]", f"{loc}.paths[0]", f"{loc}.paths[1]"]
+    assert all("the value matches only as written" in p and "program size" in p for p in widening)
+    assert "repeated Host headers" in widening[0] and "dot segments" in widening[1]
+    assert "alternative spellings" in widening[2]
 
 
 def test_operation_field_order_is_hosts_methods_paths_ports() -> None:

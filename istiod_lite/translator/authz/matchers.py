@@ -198,6 +198,65 @@ def host_headers(value: str, limits: Limits) -> list[HeaderMatcher]:
     return out
 
 
+#: One ``/`` as a lenient backend may read it: ``/``, ``\\``, or percent-encoded ``/``/``\\``.
+_SEP: Final = r"(?:[/\\]|%(?:2[fF]|5[cC]))"
+#: A ``/`` followed by what resolves back to it: more separators, ``./`` and ``x/../`` segments.
+_SEP_DOTS: Final = _SEP + r"(?:(?:\.|[^/]*" + _SEP + r"\.\.)?" + _SEP + r")*"
+
+
+def deny_host_headers(value: str, limits: Limits) -> tuple[list[HeaderMatcher], str | None]:
+    """``host_headers`` widened for DENY/AUDIT rules: also the value as any item of a comma-joined
+    list (Envoy joins repeated ``Host`` headers as ``a,b``), case-insensitive, with or without
+    ``:port``.  Returns (matchers, problem): when the regex is over the limits, only the
+    ``host_headers`` matchers and the reason (the repeated-Host spelling is then not covered)."""
+    out = host_headers(value, limits)
+    if value == "*":
+        return out, None
+    if value.startswith("*"):
+        item = "[^,]*" + re2_escape(value[1:])
+    elif value.endswith("*"):
+        item = re2_escape(value[:-1]) + "[^,]*"
+    else:
+        item = re2_escape(value)
+    try:
+        pattern = check_regex(rf"(?i)^(.*,)?\s*{item}(:[0-9]+)?\s*(,.*)?$", limits)
+    except Unsupported as exc:
+        return out, f"{exc}: repeated Host headers (a comma-joined authority) are not matched"
+    out.append(HeaderMatcher(name=":authority", safe_regex_match=regex_pb2.RegexMatcher(regex=pattern)))
+    return out, None
+
+
+def deny_path_regex(value: str, limits: Limits) -> tuple[StringMatcher | None, str | None]:
+    """For a DENY/AUDIT exact or prefix (``x*``) path: one regex for the spellings a lenient
+    backend resolves to the same path - repeated slashes, ``%2F``/``%5C``/``\\`` for ``/``, and
+    ``/./``, ``/x/../`` segments (left in the path by normalisation ``NONE``).  Returns
+    (matcher, problem): ``(None, None)`` for values this does not apply to (``*``, suffix, no
+    ``/``).  Over the regex limits, dot segments are dropped; if still over, no regex is made;
+    either way the reason is returned."""
+    check_value(value, limits)
+    if value == "*" or value.startswith("*") or "/" not in value:
+        return None, None
+    prefix = value.endswith("*")
+    body = value[:-1] if prefix else value
+    parts = body.split("/")
+    tail = ".*" if prefix else ""
+    if prefix and parts[-1] == "":  # "/a/*": anything after the last separator
+        parts.pop()
+        last = _SEP + tail
+    else:
+        last = tail
+    problems = []
+    for sep, what in ((_SEP_DOTS, ""), (_SEP + "+", "dot segments (/./, /x/../) are not matched")):
+        try:
+            pattern = check_regex(sep.join(re2_escape(p) for p in parts) + last, limits)
+        except Unsupported as exc:
+            problems.append(str(exc))
+            continue
+        return StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern)), (
+            f"{problems[0]}: {what}" if problems else None)
+    return None, f"{problems[-1]}: alternative spellings (//, %2F, %5C, \\, dot segments) are not matched"
+
+
 def inline_header(name: str, value: str, limits: Limits) -> HeaderMatcher:
     """Istio's ``HeaderMatcherWithRegex``: the value as one element of a comma-joined header."""
     check_header_name(name)

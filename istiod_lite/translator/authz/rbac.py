@@ -93,6 +93,9 @@ def _compile(ap: AuthorizationPolicy, limits: Limits) -> CompiledPolicy:
                 outcome = "matches nothing" if action == "ALLOW" else "matches every request"
                 for loc in dict.fromkeys(f"{loc}: {reason}" for loc, reason in res.failures):
                     problems.append(f"{_what(ap)}: {loc}; spec.rules[{i}] fails closed ({outcome})")
+                if res.policy is not None:
+                    for loc in dict.fromkeys(f"{loc}: {reason}" for loc, reason in res.narrow):
+                        problems.append(f"{_what(ap)}: {loc}; the value matches only as written")
             elif res.http_only:
                 attrs = ", ".join(res.http_only)
                 if action == "ALLOW":

@@ -12,6 +12,11 @@ Facts: shared/reference/istio-waypoint.md §5.3 and Istio's ``model.go``/``gener
 * Waypoint semantics (``useFilterState``): peer identities are matched on the filter-state object
   ``io.istio.peer_principal`` (set from the HBONE client certificate), not on the TLS connection.
 
+DENY/AUDIT ``hosts`` and ``paths`` values (never ALLOW, CUSTOM or the ``not*`` fields) also
+match the spellings a lenient backend reads as the same host or path: ``matchers.deny_host_headers``
+and ``matchers.deny_path_regex``.  When such a regex is over the limits the value keeps its usual
+matchers and this is reported (``RuleResult.narrow``); the rule does not fail closed.
+
 What happens to a value that cannot be used (why: an RBAC rule that silently narrows is a
 bypass, one that NACKs breaks the whole waypoint):
 
@@ -100,10 +105,16 @@ def _jwt_claim(path: list[str], value: m.ValueMatcher) -> Principal:
 
 PermGen = Callable[[str, Limits], list[Permission]]
 PrinGen = Callable[[str, Limits], list[Principal]]
+WidenGen = Callable[[str, Limits], tuple[list[Permission], str | None]]
 
 
 def _hosts(v: str, lim: Limits) -> list[Permission]:
     return [Permission(header=h) for h in m.host_headers(v, lim)]
+
+
+def _deny_hosts(v: str, lim: Limits) -> tuple[list[Permission], str | None]:
+    headers, problem = m.deny_host_headers(v, lim)
+    return [Permission(header=h) for h in headers], problem
 
 
 def _methods(v: str, lim: Limits) -> list[Permission]:
@@ -121,6 +132,16 @@ def _paths(v: str, lim: Limits) -> list[Permission]:
         ext = extension_pb2.TypedExtensionConfig(name=URI_TEMPLATE_NAME, typed_config=packed(cfg))
         return [Permission(uri_template=ext)]
     return [Permission(url_path=path_pb2.PathMatcher(path=m.string_matcher(v, lim)))]
+
+
+def _deny_paths(v: str, lim: Limits) -> tuple[list[Permission], str | None]:
+    out = _paths(v, lim)
+    if is_path_template(v):
+        return out, None
+    sm, problem = m.deny_path_regex(v, lim)
+    if sm is not None:
+        out.append(Permission(url_path=path_pb2.PathMatcher(path=sm)))
+    return out, problem
 
 
 def _ports(v: str, lim: Limits) -> list[Permission]:
@@ -288,18 +309,24 @@ class Field:
     http_only: bool
     gen: PermGen | PrinGen | None = None
     extended: Callable[[tuple[str, ...], Limits], Permission | Principal] | None = None
+    #: DENY/AUDIT only, for ``values`` (never ``not_values``: widening a negated set narrows the
+    #: rule): ``gen`` widened to other spellings of the value, and a problem when it could not be.
+    widen: WidenGen | None = None
 
 
 _HTTP_ONLY_WHEN = ("request.auth.", "request.headers", "request.experimental.inline.headers")
 
 
-def _operation_fields(op: Operation, loc: str) -> list[Field]:
-    spec = (("hosts", "notHosts", op.hosts, op.not_hosts, _hosts, True),
-            ("methods", "notMethods", op.methods, op.not_methods, _methods, True),
-            ("paths", "notPaths", op.paths, op.not_paths, _paths, True),
-            ("ports", "notPorts", op.ports, op.not_ports, _ports, False))
-    return [Field(k, vs, nvs, f"{loc}.{k}", f"{loc}.{nk}", http, gen=g)
-            for k, nk, vs, nvs, g, http in spec if vs or nvs]
+def _operation_fields(op: Operation, loc: str, widen: bool) -> list[Field]:
+    """``widen`` (DENY/AUDIT): hosts and paths also match the spellings that reach a lenient
+    backend as the same host or path (repeated Host headers, ``//``, ``%2F``, dot segments...)."""
+    spec: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], PermGen, WidenGen | None, bool], ...] = (
+        ("hosts", "notHosts", op.hosts, op.not_hosts, _hosts, _deny_hosts, True),
+        ("methods", "notMethods", op.methods, op.not_methods, _methods, None, True),
+        ("paths", "notPaths", op.paths, op.not_paths, _paths, _deny_paths, True),
+        ("ports", "notPorts", op.ports, op.not_ports, _ports, None, False))
+    return [Field(k, vs, nvs, f"{loc}.{k}", f"{loc}.{nk}", http, gen=g, widen=w if widen else None)
+            for k, nk, vs, nvs, g, w, http in spec if vs or nvs]
 
 
 def _source_fields(src: Source, loc: str, policy_ns: str) -> list[Field]:
@@ -371,11 +398,15 @@ class RuleResult:
     policy: Policy | None
     #: (field path, reason) of every value that made the rule fail closed.
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: (field path, reason) of every DENY/AUDIT value that could not be widened (it still
+    #: matches as written; the rule does not fail closed).
+    narrow: list[tuple[str, str]] = field(default_factory=list)
     #: HTTP-only fields ignored (DENY/AUDIT/CUSTOM) or that dropped the rule (ALLOW) on a TCP chain.
     http_only: list[str] = field(default_factory=list)
 
 
-def _generate(fld: Field, lim: Limits, fails: list[tuple[str, str]], is_perm: bool) -> list[Permission | Principal]:
+def _generate(fld: Field, lim: Limits, fails: list[tuple[str, str]], is_perm: bool,
+              narrow: list[tuple[str, str]]) -> list[Permission | Principal]:
     """The AND members one field contributes: ``or(values)`` and ``not(or(notValues))``."""
     out: list[Permission | Principal] = []
     for values, loc, negate in ((fld.values, fld.loc, False), (fld.not_values, fld.not_loc, True)):
@@ -396,7 +427,13 @@ def _generate(fld: Field, lim: Limits, fails: list[tuple[str, str]], is_perm: bo
         items: list[Permission | Principal] = []
         for i, v in enumerate(values):
             try:
-                items.extend(fld.gen(v, lim))
+                if fld.widen is not None and not negate:
+                    widened, problem = fld.widen(v, lim)
+                    items.extend(widened)
+                    if problem is not None:
+                        narrow.append((f"{loc}[{i}]", problem))
+                else:
+                    items.extend(fld.gen(v, lim))
             except Unsupported as exc:
                 fails.append((f"{loc}[{i}]", str(exc)))
         if not items:
@@ -418,7 +455,8 @@ def compile_rule(rule: Rule, index: int, policy_ns: str, action: Action, for_tcp
     for k, cond in enumerate(rule.when):
         side, fld = _when_field(cond, f"{loc}.when[{k}]", policy_ns)
         (perm_when if side == "permission" else prin_when).append(fld)
-    perm_sets = [_operation_fields(op, f"{loc}.to[{j}].operation") + perm_when
+    widen = action in ("DENY", "AUDIT")
+    perm_sets = [_operation_fields(op, f"{loc}.to[{j}].operation", widen) + perm_when
                  for j, op in enumerate(rule.operations)] or [list(perm_when)]
     prin_sets = [_source_fields(src, f"{loc}.from[{j}].source", policy_ns) + prin_when
                  for j, src in enumerate(rule.sources)] or [list(prin_when)]
@@ -433,7 +471,7 @@ def compile_rule(rule: Rule, index: int, policy_ns: str, action: Action, for_tcp
                 if for_tcp and fld.http_only:
                     result.http_only.append(fld.key)
                     continue
-                members.extend(_generate(fld, lim, result.failures, is_perm))
+                members.extend(_generate(fld, lim, result.failures, is_perm, result.narrow))
             if is_perm:
                 policy.permissions.append(permission_and(members or [permission_any()]))
             else:
