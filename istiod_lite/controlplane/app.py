@@ -47,9 +47,6 @@ from istiod_lite.xds.server import AdsServer, StreamRefused, XdsServerOptions
 
 log = logging.getLogger(__name__)
 
-#: How long the YAML directory must be quiet before it is read (not the push debounce).
-FILE_SETTLE_SECONDS = 0.02
-
 
 @dataclass(frozen=True)
 class ControlPlaneOptions:
@@ -91,10 +88,12 @@ def build_source(options: ControlPlaneOptions) -> Source:
     sources: list[Source] = []
     names: list[str] = []
     if options.config_dir is not None:
-        # The control plane debounces (quiet period, max delay) once for every source; the
-        # directory only waits for files to settle (an editor's multi-step save), briefly.
+        # The directory waits until files have been quiet for the debounce period before it reads
+        # them: a non-atomic save (truncate, then write) must never be read half-way, or a
+        # resource would be removed and its last good version lost (a 20 ms settle was tried
+        # and lost a VirtualService under load).
         sources.append(DirectorySource(options.config_dir, poll_interval=options.poll_interval,
-                                       debounce=min(options.debounce.quiet, FILE_SETTLE_SECONDS)))
+                                       debounce=options.debounce.quiet))
         names.append(f"directory {options.config_dir}")
     if options.kube is not None:
         sources.append(KubeSource(options.kube))
