@@ -8,31 +8,14 @@ a 0700 directory and never exists half-written.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from istiod_lite.ca.keystore import write_atomic
 from istiod_lite.hbone.bootstrap import CERT_SECRET, ROOT_SECRET, SecretFiles
 from istiod_lite.hbone.credentials import Credentials
 
 _SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _document(secret: dict[str, object]) -> bytes:
@@ -52,8 +35,8 @@ def write_secrets(directory: Path, credentials: Credentials) -> SecretFiles:
     })
     roots = _document({"name": ROOT_SECRET, "validation_context": {"trusted_ca": {
         "inline_string": credentials.roots_pem}}})
-    _write_atomic(files.certificate, certificate, 0o600)
+    write_atomic(files.certificate, certificate, 0o600)
     # Rewriting unchanged roots would make Envoy rebuild every TLS context for nothing.
     if not files.roots.exists() or files.roots.read_bytes() != roots:
-        _write_atomic(files.roots, roots, 0o644)
+        write_atomic(files.roots, roots, 0o644)
     return files

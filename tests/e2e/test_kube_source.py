@@ -96,8 +96,10 @@ async def test_waypoint_controller_deploys_the_waypoint(tmp_path: Path) -> None:
         await cp.start()
         try:
             deadline = time.monotonic() + 10
-            while kube.get("apps/v1", "Deployment", "bookinfo", "waypoint") is None:
-                assert time.monotonic() < deadline, "the waypoint Deployment was never applied"
+            # The controller applies ServiceAccount, Deployment, then Service: wait for all three.
+            while any(kube.get(v, k, "bookinfo", "waypoint") is None
+                      for v, k in (("v1", "ServiceAccount"), ("apps/v1", "Deployment"), ("v1", "Service"))):
+                assert time.monotonic() < deadline, "the waypoint's objects were never applied"
                 await asyncio.sleep(0.05)
             dep = kube.get("apps/v1", "Deployment", "bookinfo", "waypoint")
             assert dep is not None
