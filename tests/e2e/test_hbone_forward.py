@@ -119,8 +119,9 @@ async def test_ca_credentials_are_renewed_in_place(tmp_path: Path, backends_fact
 
             async def serving_a_new_certificate() -> bool:
                 certs = json.loads(await admin_get(proxy, "/certs"))["certificates"]
-                serials = {c["serial_number"] for entry in certs for c in entry.get("cert_chain", [])}
-                return format(first, "x") not in serials and bool(serials)
+                # Envoy prints the serial as hex of its bytes (a leading zero nibble kept): compare numbers.
+                serials = {int(c["serial_number"], 16) for entry in certs for c in entry.get("cert_chain", [])}
+                return first not in serials and bool(serials)
 
             await wait_until(serving_a_new_certificate, timeout=8, message="Envoy serving a renewed certificate")
             assert proxy.credentials.leaf.serial_number != first
