@@ -157,14 +157,17 @@ def _vs_tables(snapshot: ConfigSnapshot) -> tuple[Mapping[tuple[str, str], tuple
     for vs in snapshot.of_kind(VirtualService):
         if vs.spec.gateways and "mesh" not in vs.spec.gateways:
             continue  # bound to ingress gateways only
-        hosts = {qualify(h, vs.namespace) for h in vs.spec.hosts}
-        for h in sorted(hosts):
+        for h in per_object(vs, "vs-qualified-hosts", _qualified_hosts):
             if h.startswith("*"):
                 if not wild.get(vs.namespace) or wild[vs.namespace][-1] is not vs:
                     wild.setdefault(vs.namespace, []).append(vs)
             else:
                 by_host.setdefault((vs.namespace, h), []).append(vs)
     return {k: tuple(v) for k, v in by_host.items()}, {k: tuple(v) for k, v in wild.items()}
+
+
+def _qualified_hosts(vs: VirtualService) -> tuple[str, ...]:
+    return tuple(sorted({qualify(h, vs.namespace) for h in vs.spec.hosts}))
 
 
 def _dr_table(snapshot: ConfigSnapshot) -> Mapping[tuple[str, str], DestinationRule]:

@@ -48,7 +48,7 @@ from istiod_lite.translator import (
     traffic_policy,
 )
 from istiod_lite.translator.authz import AuthzFilters, authz_for_direct, authz_for_service
-from istiod_lite.translator.index import derived, derived_from_kinds, index_of, virtual_services_for
+from istiod_lite.translator.index import derived, derived_from_kinds, index_of, per_object, virtual_services_for
 from istiod_lite.translator.output import EnvoyResources
 from istiod_lite.translator.route_httproute import ROUTE_KINDS, mesh_routes
 from istiod_lite.translator.service_model import ServiceInfo
@@ -57,7 +57,10 @@ from istiod_lite.translator.waypoints import Bindings, WaypointRef, bindings_of
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 #: Kinds a waypoint's translation reads besides its bound services and workloads (HTTPRoutes are
 #: narrower: only those attached to its services count, see ``_attached_routes``).
-_READ_KINDS = ("Pod", "Namespace", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry",
+#: VirtualServices are narrower still: only those in the waypoint's namespace or a bound
+#: service's namespace can apply (``_relevant_virtual_services``), so an edit in one namespace
+#: does not make every other waypoint walk its services again.
+_READ_KINDS = ("Pod", "Namespace", "DestinationRule", "ServiceEntry", "WorkloadEntry",
                "AuthorizationPolicy", "RequestAuthentication")
 
 
@@ -158,8 +161,8 @@ class WaypointTranslator:
         # below means the same output (a change elsewhere in the mesh costs a few comparisons).
         key = (*bindings.services.get(ref, ()), None, *bindings.workloads.get(ref, ()), None,
                *bindings.service_entries.get(ref, ()), None, *bindings.workload_entries.get(ref, ()), None,
-               *(snapshot.by_kind.get(k) for k in _READ_KINDS),
-               *_route_target_services(snapshot, ref), None, *_attached_routes(snapshot, ref))
+               *(snapshot.by_kind.get(k) for k in _READ_KINDS), None, *_relevant_virtual_services(snapshot, ref),
+               None, *_route_target_services(snapshot, ref), None, *_attached_routes(snapshot, ref))
         if self._last is not None and len(self._last[0]) == len(key) and all(
                 a is b for a, b in zip(self._last[0], key, strict=True)):
             self.last_rebuilt = 0
@@ -253,12 +256,17 @@ def _target_objects(
     return tuple(out)
 
 
+def _referenced_one(vs: VirtualService) -> tuple[str, ...]:
+    return tuple(outbound.referenced_hosts(vs))
+
+
 def _vs_hosts_by_namespace(snapshot: ConfigSnapshot) -> dict[str, tuple[str, ...]]:
     """namespace -> every host its mesh VirtualServices and mesh HTTPRoutes route or mirror to (sorted)."""
     hosts: dict[str, set[str]] = {}
     for vs in snapshot.of_kind(VirtualService):
         if vs.spec.applies_to_mesh:
-            hosts.setdefault(vs.namespace, set()).update(outbound.referenced_hosts(vs))
+            # Per object: after one VirtualService edit only that one is walked again.
+            hosts.setdefault(vs.namespace, set()).update(per_object(vs, "vs-referenced-hosts", _referenced_one))
     for converted in mesh_routes(snapshot).vs_by_host.values():
         for vs in converted:
             hosts.setdefault(vs.namespace, set()).update(outbound.referenced_hosts(vs))
@@ -290,6 +298,33 @@ def _route_target_services(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[
     """For the whole-waypoint shortcut: route targets may be services this waypoint does not own;
     a change to one of them must not be missed (changes to other Services do not matter)."""
     return derived(snapshot, "wp-route-targets", _route_targets_by_waypoint).get(ref, ())
+
+
+def _mesh_vs_by_namespace(snapshot: ConfigSnapshot) -> dict[str, tuple[VirtualService, ...]]:
+    """namespace -> its VirtualServices (all of them: which apply is decided per service later)."""
+    out: dict[str, list[VirtualService]] = {}
+    for vs in snapshot.of_kind(VirtualService):
+        out.setdefault(vs.namespace, []).append(vs)
+    return {ns: tuple(v) for ns, v in out.items()}
+
+
+def _relevant_vs_by_waypoint(snapshot: ConfigSnapshot) -> dict[WaypointRef, tuple[object, ...]]:
+    """waypoint -> every VirtualService that may route one of its services: those in its own
+    namespace and in its bound services' namespaces (``applicable_virtual_services`` reads no
+    others), once per snapshot for all waypoints."""
+    by_ns = derived_from_kinds(snapshot, "vs-by-namespace", ("VirtualService",), _mesh_vs_by_namespace)
+    b = bindings_of(snapshot)
+    out: dict[WaypointRef, tuple[object, ...]] = {}
+    for ref in b.waypoints:
+        owner_ns = {ref.namespace, *(s.namespace for s in b.services.get(ref, ())),
+                    *(se.namespace for se in b.service_entries.get(ref, ()))}
+        out[ref] = tuple(x for ns in sorted(owner_ns & by_ns.keys()) for x in (*by_ns[ns], _TARGET_END))
+    return out
+
+
+def _relevant_virtual_services(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object, ...]:
+    """For the whole-waypoint shortcut: the VirtualServices this waypoint's services can read."""
+    return derived(snapshot, "wp-relevant-vs", _relevant_vs_by_waypoint).get(ref, ())
 
 
 def _attached_routes_by_waypoint(snapshot: ConfigSnapshot) -> dict[WaypointRef, tuple[object, ...]]:

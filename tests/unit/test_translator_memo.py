@@ -151,3 +151,28 @@ def test_unrelated_service_change_keeps_the_whole_waypoint_shortcut() -> None:
     changed = _doc("Service", "backend", "unrelated", {"clusterIP": "127.10.1.9", "ports": [{"port": 2}]})
     s2, _ = _replace(s1, base, changed, 2)
     assert t.translate(s2) is out1
+
+
+def test_virtual_service_edit_elsewhere_keeps_the_shortcut_but_one_here_is_seen() -> None:
+    """A VirtualService in a namespace that is neither the waypoint's nor a bound service's cannot
+    route this waypoint's services: editing it keeps the shortcut.  One in the waypoint's
+    namespace (here: naming ``side``) is translated."""
+    base = _load(MESH)
+    far = _doc("VirtualService", "backend", "far", {"hosts": ["api"], "http": [{"route": [
+        {"destination": {"host": "api"}}]}]}, api="networking.istio.io/v1")
+    base.append(far)
+    s1 = ConfigSnapshot.build(base, 1)
+    t = WaypointTranslator(REF)
+    out1 = t.translate(s1)
+    edited_far = _doc("VirtualService", "backend", "far", {"hosts": ["api"], "http": [{"timeout": "3s", "route": [
+        {"destination": {"host": "api"}}]}]}, api="networking.istio.io/v1")
+    s2, base2 = _replace(s1, base, edited_far, 2)
+    assert t.translate(s2) is out1
+    near = _doc("VirtualService", "app", "side", {"hosts": ["side"], "http": [{"timeout": "3s", "route": [
+        {"destination": {"host": "side"}}]}]}, api="networking.istio.io/v1")
+    s3, _ = _replace(s2, base2, near, 3)
+    out3 = t.translate(s3)
+    assert out3 is not out1 and t.last_rebuilt == 1
+    assert _same(out3, WaypointTranslator(REF).translate(s3))
+    assert (out3.listeners["main_internal"].SerializeToString(deterministic=True)
+            != out1.listeners["main_internal"].SerializeToString(deterministic=True))
