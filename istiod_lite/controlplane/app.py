@@ -316,7 +316,13 @@ class ControlPlane:
             log.warning("ignored: %s", w)
         self._route_warnings = warnings
         self.cache.set_snapshot(UNKNOWN_GROUP, EMPTY)
-        self.cache.set_snapshot(PROXYLESS_GROUP, to_resource_snapshot(translate_proxyless(self.config)), trigger_time)
+        if PROXYLESS_GROUP in self.cache.watched_groups():
+            self.cache.set_snapshot(PROXYLESS_GROUP, to_resource_snapshot(translate_proxyless(self.config)),
+                                    trigger_time)
+        else:
+            # Translated when a proxyless client connects (``_on_demand``): most meshes have none,
+            # and translating every Service for nobody cost ~100 ms per push at 1000 services.
+            self.cache.clear_snapshot(PROXYLESS_GROUP)
         for group in self.cache.groups():
             if parse_group(group) is not None:
                 self._set_waypoint_group(group, trigger_time)
@@ -340,6 +346,9 @@ class ControlPlane:
         self.cache.set_snapshot(group, ResourceSnapshot.build(by_type), trigger_time)
 
     def _on_demand(self, group: str) -> None:
+        if group == PROXYLESS_GROUP:
+            self.cache.set_snapshot(group, to_resource_snapshot(translate_proxyless(self.config)))
+            return
         parsed = parse_group(group)
         if parsed is None:
             self.cache.set_snapshot(group, EMPTY)

@@ -93,7 +93,7 @@ def destination_rule(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo
 def bound_views(bindings: Bindings, ref: WaypointRef) -> list[ServiceInfo]:
     """Every service the waypoint serves - Services and ServiceEntry hosts - in Istio's order
     (creation time, then name); a host already served keeps its first (oldest) definition."""
-    views = [service_model.of_service(s) for s in bindings.services.get(ref, ())]
+    views = [per_object(s, "service-view", service_model.of_service) for s in bindings.services.get(ref, ())]
     views += [v for se in bindings.service_entries.get(ref, ()) for v in service_model.of_service_entry(se)]
     if len(views) > 1 and bindings.service_entries.get(ref):
         views.sort(key=service_model.sort_key)

@@ -197,16 +197,17 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             snap = self.cache.get(conn.group)
             if snap is None:
                 continue  # owner computes it on demand; we are woken when it is set
+            trigger = self.cache.trigger_time(conn.group)  # of ``snap``: no await in between
             for sub in conn.ordered_subs():
-                if not await self._send_pending(variant, conn, sub, snap, context):
+                if not await self._send_pending(variant, conn, sub, snap, context, trigger):
                     return
-            trigger = self.cache.trigger_time(conn.group)
             if trigger is not None and trigger > conn.converged_trigger:
                 conn.converged_trigger = trigger
                 self.metrics.convergence.observe(max(0.0, time.monotonic() - trigger))
 
     async def _send_pending(
-        self, variant: str, conn: Connection, sub: Any, snap: Any, context: grpc.aio.ServicerContext
+        self, variant: str, conn: Connection, sub: Any, snap: Any, context: grpc.aio.ServicerContext,
+        trigger: float | None = None,
     ) -> bool:
         """Send what ``sub`` needs now; False if the stream is done.
 
@@ -214,10 +215,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         as they are written, instead of living in the write loop's frame until the next wake.
         """
         async with self._push_slots:
-            return await self._build_and_write(variant, conn, sub, snap, context)
+            return await self._build_and_write(variant, conn, sub, snap, context, trigger)
 
     async def _build_and_write(
-        self, variant: str, conn: Connection, sub: Any, snap: Any, context: grpc.aio.ServicerContext
+        self, variant: str, conn: Connection, sub: Any, snap: Any, context: grpc.aio.ServicerContext,
+        trigger: float | None = None,
     ) -> bool:
         started = time.perf_counter()
         if variant == "sotw":
@@ -225,6 +227,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             responses: list[Any] = [resp] if resp is not None else []
         else:
             responses = delta.build_responses(conn, sub, snap)
+        if responses:
+            # Before the write: the client's ACK can be read before ``write`` returns.
+            sub.sent_trigger = trigger or 0.0
         while responses:
             resp = responses.pop(0)
             try:

@@ -56,6 +56,11 @@ class Subscription:
     last_send_time: float = 0.0
     last_ack_time: float = 0.0
     responses: int = 0
+    #: Monotonic time of the config change behind the newest response (0: none known), and how
+    #: long after that change the client ACKed it: config change -> proxy confirmed, per proxy
+    #: (``/debug/syncz``; ``bench/bench_xds_push.py`` reads it).
+    sent_trigger: float = 0.0
+    ack_convergence: float | None = None
 
     # -- SotW ------------------------------------------------------------------------------------
     def apply_sotw_names(self, names: Iterable[str]) -> bool:
@@ -138,6 +143,8 @@ class Subscription:
         self.version_acked = version
         self.last_error = ""
         self.last_ack_time = time.time()
+        if nonce == self.nonce_sent and self.sent_trigger:
+            self.ack_convergence = time.monotonic() - self.sent_trigger
 
     def record_nack(self, nonce: str, message: str) -> None:
         self.nonce_nacked = nonce
@@ -166,4 +173,5 @@ class Subscription:
             "wildcard": self.wildcard,
             "names": len(self.names),
             "responses": self.responses,
+            "ack_convergence_ms": None if self.ack_convergence is None else round(self.ack_convergence * 1000, 1),
         }

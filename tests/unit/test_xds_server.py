@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -24,7 +25,8 @@ class Harness:
     def __init__(self) -> None:
         self.cache = SnapshotCache(lambda node: "g")
         self.server = grpc.aio.server()
-        AdsServer(self.cache).register(self.server)
+        self.ads = AdsServer(self.cache)
+        self.ads.register(self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
@@ -106,6 +108,32 @@ async def test_delta_reconnect_and_removal(h: Harness) -> None:
     r2 = await read(again)
     assert [r.name for r in r2.resources] == [] and list(r2.removed_resources) == ["b"]  # type: ignore[attr-defined]
     again.cancel()
+
+
+async def test_ack_convergence_is_measured_from_the_config_change(h: Harness) -> None:
+    """syncz reports, per type, how long after the config change the proxy ACKed the response
+    that carried it (the server's monotonic clock at both ends)."""
+    h.cache.mark_ready()
+    h.cache.set_snapshot("g", snap({"a": 1}), trigger_time=time.monotonic() - 0.5)
+    call = h.stub.DeltaAggregatedResources()
+    await call.write(d.DeltaDiscoveryRequest(node=NODE, type_url=CLUSTER))
+    r1 = await read(call)
+
+    def cds_status() -> dict[str, object]:
+        [conn] = h.ads.status()
+        types = conn["types"]
+        assert isinstance(types, dict)
+        return types["CDS"]  # type: ignore[no-any-return]
+
+    assert cds_status()["ack_convergence_ms"] is None  # sent, not yet ACKed
+    await call.write(d.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=r1.nonce))  # type: ignore[attr-defined]
+    for _ in range(100):
+        if cds_status()["ack_convergence_ms"] is not None:
+            break
+        await asyncio.sleep(0.02)
+    ms = cds_status()["ack_convergence_ms"]
+    assert isinstance(ms, float) and 500 <= ms < 60_000
+    call.cancel()
 
 
 async def test_garbage_bytes_do_not_break_server(h: Harness) -> None:
