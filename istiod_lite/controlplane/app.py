@@ -265,7 +265,7 @@ class ControlPlane:
 
     # -- config flow -----------------------------------------------------------------------------
     async def _on_source_update(self, update: SourceUpdate) -> None:
-        self._debouncer.add(update)
+        self._debouncer.add(update, settled=update.settled)
 
     async def _apply_update(self, update: SourceUpdate, first_at: float) -> None:
         metrics = self.ads.metrics

@@ -42,15 +42,21 @@ class Debouncer(Generic[T]):
         self._pending: T | None = None
         self._first_at = 0.0
         self._last_at = 0.0
+        self._settled = False
         self._event = asyncio.Event()
 
-    def add(self, item: T) -> None:
+    def add(self, item: T, *, settled: bool = False) -> None:
+        """``settled``: the producer already waited for a quiet period (the YAML directory
+        does, so that it never reads a file half-written); the batch is due at once unless
+        something unsettled is pending with it."""
         now = self._clock()
         if self._pending is None:
             self._pending = item
             self._first_at = now
+            self._settled = settled
         else:
             self._pending = self._merge(self._pending, item)
+            self._settled = self._settled and settled
         self._last_at = now
         self._event.set()
 
@@ -58,6 +64,8 @@ class Debouncer(Generic[T]):
         """Seconds until the pending batch must flush (0 = now), or None if nothing pending."""
         if self._pending is None:
             return None
+        if self._settled:
+            return 0.0
         quiet_left = self._last_at + self.options.quiet - now
         max_left = self._first_at + self.options.max_delay - now
         return max(0.0, min(quiet_left, max_left))

@@ -54,6 +54,9 @@ class SourceUpdate:
     changed: frozenset[ResourceKey]
     errors: tuple[ConfigError, ...]
     revision: int
+    #: The source already waited for its input to be quiet (the directory's settle period), so
+    #: the control plane need not wait for another quiet period before pushing it.
+    settled: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,14 +186,18 @@ class DirectorySource:
     # -- watching ----------------------------------------------------------------------------------
     async def _poll(self) -> SourceUpdate | None:
         scan = await asyncio.to_thread(_scan_tree, self.root)
-        if scan == self._scan:
-            if not any(st.racy for st in self._files.values()):
-                return None
-        else:
+        settled = scan != self._scan
+        if settled:
             await self._settle(scan)
+        elif not any(st.racy for st in self._files.values()):
+            return None
         before = self._current
         update = await asyncio.to_thread(self._rebuild, force=False)
-        return None if before is not None and update.revision == before.revision else update
+        if before is not None and update.revision == before.revision:
+            return None
+        # After a settle the directory has been quiet for ``debounce``: that is this change's
+        # debounce, the control plane adds none.  A racy re-read (same scan) was not settled.
+        return dataclasses.replace(update, settled=True) if settled else update
 
     async def _settle(self, scan: _Scan) -> None:
         """Wait until the directory has been quiet for ``debounce`` (at most ``10 * debounce``)."""

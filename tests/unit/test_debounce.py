@@ -53,3 +53,17 @@ async def test_burst_becomes_one_merged_flush() -> None:
         assert flushed == [set("abcde")]
     finally:
         task.cancel()
+
+
+def test_a_settled_batch_is_due_at_once_unless_an_unsettled_one_is_pending_with_it() -> None:
+    """The YAML directory already waited for quiet files: no second quiet period for its update;
+    merged with a pending unsettled event (e.g. a watch event), the quiet period applies."""
+    clock = FakeClock()
+    d: Debouncer[set[str]] = Debouncer(_noop, lambda a, b: a | b, DebounceOptions(quiet=0.1, max_delay=1.0), clock)
+    d.add({"dir"}, settled=True)
+    assert d.due_in(clock.now) == 0.0
+    d2: Debouncer[set[str]] = Debouncer(_noop, lambda a, b: a | b, DebounceOptions(quiet=0.1, max_delay=1.0), clock)
+    d2.add({"watch"})
+    clock.now += 0.05
+    d2.add({"dir"}, settled=True)
+    assert d2.due_in(clock.now) == pytest.approx(0.1)

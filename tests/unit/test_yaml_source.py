@@ -282,7 +282,7 @@ async def test_run_without_load_reports_initial(tmp_path: Path) -> None:
     rec = Recorder()
     task = asyncio.create_task(DirectorySource(tmp_path, poll_interval=0.02, debounce=0.05).run(rec))
     up = await rec.next()
-    assert up.revision == 1 and up.changed == {key("a")}
+    assert up.revision == 1 and up.changed == {key("a")} and not up.settled
     await stop(task)
 
 
@@ -297,6 +297,7 @@ async def test_run_debounces_quick_writes(tmp_path: Path) -> None:
     await stop(task)
     assert len(rec.updates) == 1
     assert port_of(up, "a") == 85 and up.changed == {key("a")} and up.revision == 2
+    assert up.settled  # it waited for the quiet period: the control plane adds no second one
 
 
 async def test_run_no_update_on_noop_change(tmp_path: Path) -> None:
