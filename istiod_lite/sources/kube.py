@@ -21,6 +21,9 @@ Semantics (see docs/kubernetes.md):
 * **Per-resource last-known-good**: an object that fails validation is reported as a
   ``ConfigError`` (``cluster: Kind ns/name: field.path: message``) and its last valid version keeps
   being served, as the YAML source does; deleting it removes both.
+* **Rejections reported on the cluster**: an invalid Istio object gets a condition and a validation
+  message in its own ``status`` saying why (``kube_status.StatusReporter``: one writer thread, off
+  the hot path, one write per distinct generation and error, cleared when fixed).
 * **Ready**: ``load()`` returns only after every kind's initial list has been applied.
 * **Exact change sets**: ``changed`` holds only keys whose validated resource differs; an event
   that does not change the validated model (a status update, say) produces no update at all, and
@@ -38,12 +41,13 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from istiod_lite.model import ConfigError, ConfigSnapshot, Resource, ResourceInvalid, ResourceKey, parse_object
 from istiod_lite.model.registry import kind_class
+from istiod_lite.sources.kube_status import ISTIO_GROUPS, Observation, StatusReporter, StatusReporterOptions
 from istiod_lite.sources.yamldir import SourceUpdate
 from istiod_lite.sources.yamlfile import key_of
 
@@ -73,6 +77,12 @@ class KubeKind:
         if self.group:
             return f"/apis/{self.group}/{self.version}/{self.plural}"
         return f"/api/{self.version}/{self.plural}"
+
+    def object_path(self, namespace: str, name: str) -> str:
+        """One object's path, e.g. ``/apis/networking.istio.io/v1/namespaces/NS/virtualservices/NAME``."""
+        prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        where = f"/namespaces/{namespace}" if self.namespaced else ""
+        return f"{prefix}{where}/{self.plural}/{name}"
 
     @property
     def optional(self) -> bool:
@@ -123,6 +133,9 @@ class KubeSourceOptions:
     connect_timeout: float = 10.0
     #: ``load()`` gives up (TimeoutError) after this long; None = wait for the cluster forever.
     sync_timeout: float | None = None
+    #: Write why an Istio object was rejected into its ``status`` (needs ``patch`` on ``*/status``).
+    report_status: bool = True
+    status_reporter: StatusReporterOptions = field(default_factory=StatusReporterOptions)
 
 
 class _Gone(Exception):
@@ -209,6 +222,9 @@ class KubeSource:
         self._synced: set[str] = set()
         self._dirty: set[ResourceKey] = set()
         self._current: SourceUpdate | None = None
+        #: Writes rejections into Istio objects' status (None when ``report_status`` is off).
+        self.status_reporter: StatusReporter | None = (
+            StatusReporter(self._api, options.status_reporter) if options.report_status else None)
 
     @property
     def current(self) -> SourceUpdate | None:
@@ -219,6 +235,8 @@ class KubeSource:
         """Start one list/watch thread per kind (idempotent)."""
         if self._threads:
             return
+        if self.status_reporter is not None:
+            self.status_reporter.start()
         for kind in self.options.kinds:
             t = threading.Thread(target=self._run_kind, args=(kind,), name=f"kube-watch-{kind.plural}", daemon=True)
             self._threads.append(t)
@@ -235,6 +253,8 @@ class KubeSource:
         deadline = time.monotonic() + 2.0
         for t in self._threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self.status_reporter is not None:
+            self.status_reporter.close(timeout=max(0.0, deadline - time.monotonic()))
 
     def load(self) -> SourceUpdate:
         """Start the watchers if needed and block until every kind's initial list is applied."""
@@ -442,10 +462,12 @@ class KubeSource:
         self._errors.pop(key, None)
         self._raw_rv.pop(key, None)
         self._dirty.add(key)
+        if self.status_reporter is not None:
+            self.status_reporter.forget(key)
 
-    def _upsert(self, kind: KubeKind, obj: dict[str, Any]) -> ResourceKey | None:
-        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-        obj = _normalise(kind, obj)
+    def _upsert(self, kind: KubeKind, raw: dict[str, Any]) -> ResourceKey | None:
+        rv = str((raw.get("metadata") or {}).get("resourceVersion") or "")
+        obj = _normalise(kind, raw)
         key = _key(kind, obj)
         if key is None:
             log.warning("%s without a name ignored", kind.kind)
@@ -464,7 +486,20 @@ class KubeSource:
         else:
             self._served[key] = res
             self._errors.pop(key, None)
+        if self.status_reporter is not None and kind.group in ISTIO_GROUPS:
+            self._report(kind, key, raw, rv)
         return key
+
+    def _report(self, kind: KubeKind, key: ResourceKey, raw: dict[str, Any], rv: str) -> None:
+        """Hand this version's verdict to the status reporter (a dict insert; the writing is elsewhere)."""
+        assert self.status_reporter is not None
+        meta = raw.get("metadata") or {}
+        generation = meta.get("generation")
+        self.status_reporter.observe(Observation(
+            key=key, api_version=kind.api_version, path=kind.object_path(key.namespace, key.name),
+            uid=str(meta.get("uid") or ""), resource_version=rv,
+            generation=generation if isinstance(generation, int) else None, status=raw.get("status"),
+            errors=self._errors.get(key, ()), served=key in self._served))
 
     def _publish(self) -> SourceUpdate:
         prev = self._current

@@ -30,11 +30,17 @@ lines, replaying events newer than RV from the history, then live ones.  Test he
 ``missing`` (plural.group names answered 404, a CRD that is not installed).  ``requests`` records
 everything; ``resource_requests()`` gives (verb, resource) pairs for RBAC checks.
 
-Server-side apply (for the waypoint controller): ``PATCH`` with ``application/apply-patch+yaml``
-and a ``fieldManager`` on ``.../namespaces/NS/PLURAL/NAME`` or ``.../NAME/status`` stores the object
-(see ``_server_side_apply``; one field manager, no managedFields); ``get``/``objects`` read the
-store.  ``resource_requests()`` reports such a request as ``patch`` (``plural/status`` for the
-subresource) plus ``create`` when the apply created the object, as RBAC authorises it.
+Server-side apply (for the waypoint controller and the status reporter): ``PATCH`` with
+``application/apply-patch+yaml`` and a ``fieldManager`` on ``.../namespaces/NS/PLURAL/NAME`` or
+``.../NAME/status`` stores the object (see ``_server_side_apply``; no managedFields; on ``status``,
+ownership is tracked per field manager at the granularity of status's top-level keys: a key a
+manager applied before and leaves out now is removed unless another manager applied it).  An
+apply carrying ``metadata.resourceVersion`` that is not the stored one is 409 Conflict (optimistic
+concurrency, as a real server).  ``get``/``objects`` read the store.  ``resource_requests()``
+reports such a request as ``patch`` (``plural/status`` for the subresource) plus ``create`` when the
+apply created the object, as RBAC authorises it.  Istio kinds, Gateways, Services and Deployments
+have a status subresource (``STATUS_SUBRESOURCE``); ``apply`` keeps their stored status when the
+applied object has none, and keeps ``metadata.generation`` as a real server does.
 
 To extend further, register a handler with
 ``add_route(method, path_regex, handler)``: the handler gets the ``RecordedRequest`` and returns
@@ -113,7 +119,8 @@ RESOURCES: tuple[FakeResource, ...] = (
 
 #: Resources whose ``status`` is a subresource: an apply to the object ignores ``status`` and an
 #: apply to ``.../status`` changes only ``status`` (as on a real API server).
-STATUS_SUBRESOURCE = frozenset({"gateways.gateway.networking.k8s.io", "deployments.apps", "services"})
+STATUS_SUBRESOURCE = frozenset({"gateways.gateway.networking.k8s.io", "deployments.apps", "services"} | {
+    r.name for r in RESOURCES if r.group.endswith(".istio.io")})
 APPLY_PATCH = "application/apply-patch+yaml"
 
 _RESOURCE_PATH = re.compile(
@@ -216,6 +223,9 @@ class FakeKubeApiServer:
         #: creates the object is also authorised as ``create``, as a kube-apiserver does.
         self._apply_creates: set[tuple[str, str]] = set()
         self._next_cluster_ip = 1
+        self._next_uid = 0
+        #: (resource name, ns, name) -> field manager -> top-level ``status`` keys it applied.
+        self._status_owners: dict[tuple[str, str, str], dict[str, set[str]]] = {}
         self._lock = threading.Lock()
         self._httpd = _Server((check_loopback(host), 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -282,17 +292,36 @@ class FakeKubeApiServer:
         raise KeyError(f"fake API server does not serve {obj['apiVersion']}/{obj['kind']}")
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create or replace ``obj`` (a new resourceVersion, an ADDED or MODIFIED event); returns it."""
+        """Create or replace ``obj`` (a new resourceVersion, an ADDED or MODIFIED event); returns it.
+
+        As ``kubectl apply`` of a user's manifest: ``metadata.uid`` and ``metadata.generation`` (unless
+        ``obj`` sets them) are the server's: the uid is kept across updates; the generation
+        is 1 on create and goes up when anything but metadata and status changes; for a resource with
+        a status subresource, an ``obj`` without ``status`` keeps the stored status (one with a
+        ``status`` stands for "as some controller left it" and replaces it)."""
         res = self._resource_of(obj)
         meta = dict(obj.get("metadata") or {})
         if res.namespaced:
             meta.setdefault("namespace", "default")
         with self._lock:
+            key = (res.name, meta.get("namespace", ""), meta["name"])
+            old = self._objects.get(key)
+            if "uid" not in meta:  # the server's: kept across updates, new for a re-created object
+                old_uid = ((old or {}).get("metadata") or {}).get("uid")
+                if old_uid is None:
+                    self._next_uid += 1
+                meta["uid"] = old_uid or f"{self._next_uid:08d}-fake-uid-{res.plural}"
+            if "generation" not in meta:
+                old_gen = int(((old or {}).get("metadata") or {}).get("generation") or 0)
+                def body(o: dict[str, Any]) -> dict[str, Any]:
+                    return {k: v for k, v in o.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+                meta["generation"] = old_gen if old is not None and body(old) == body(obj) else old_gen + 1
             self._rv += 1
             meta["resourceVersion"] = str(self._rv)
             stored = {**obj, "metadata": meta}
-            key = (res.name, meta.get("namespace", ""), meta["name"])
-            etype = "MODIFIED" if key in self._objects else "ADDED"
+            if old is not None and "status" not in obj and "status" in old and res.name in STATUS_SUBRESOURCE:
+                stored["status"] = old["status"]
+            etype = "MODIFIED" if old is not None else "ADDED"
             self._objects[key] = stored
             self._emit(res.name, {"type": etype, "object": stored}, meta.get("namespace", ""))
         return stored
@@ -302,6 +331,7 @@ class FakeKubeApiServer:
         res = self._resource_of({"apiVersion": api_version, "kind": kind})
         with self._lock:
             old = self._objects.pop((res.name, namespace if res.namespaced else "", name))
+            self._status_owners.pop((res.name, namespace if res.namespaced else "", name), None)
             self._rv += 1
             gone = {**old, "metadata": {**old["metadata"], "resourceVersion": str(self._rv)}}
             self._emit(res.name, {"type": "DELETED", "object": gone}, namespace)
@@ -312,6 +342,7 @@ class FakeKubeApiServer:
         res = self._resource_of({"apiVersion": api_version, "kind": kind})
         with self._lock:
             del self._objects[(res.name, namespace if res.namespaced else "", name)]
+            self._status_owners.pop((res.name, namespace if res.namespaced else "", name), None)
             self._rv += 1
             self._oldest_rv = self._rv
             self._history.clear()
@@ -482,13 +513,30 @@ class FakeKubeApiServer:
                 or meta.get("namespace", m["ns"]) != m["ns"]:
             return 400, _status_object(400, "BadRequest", "apiVersion/kind/name/namespace do not match the path")
         key = (res.name, m["ns"], m["name"])
+        manager = query["fieldManager"]
         with self._lock:
             old = self._objects.get(key)
             if old is None and m["sub"]:
                 return 404, _status_object(404, "NotFound", f'{res.plural} "{m["name"]}" not found')
+            want_rv = meta.get("resourceVersion")
+            if want_rv and (old is None or old["metadata"].get("resourceVersion") != want_rv):
+                return 409, _status_object(409, "Conflict", f'Operation cannot be fulfilled on {res.name} '
+                                           f'"{m["name"]}": the object has been modified; please apply your '
+                                           f'changes to the latest version and try again')
+            meta = {k: v for k, v in meta.items() if k != "resourceVersion"}
             if m["sub"]:
                 assert old is not None
-                new = {**old, "status": body.get("status") or {}}
+                applied = body.get("status") or {}
+                if not isinstance(applied, dict):
+                    return 400, _status_object(400, "BadRequest", "status must be an object")
+                owners = self._status_owners.setdefault(key, {})
+                status = dict(old.get("status") or {})
+                for k in owners.get(manager, set()) - set(applied):  # no longer applied: removed
+                    if not any(k in keys for mgr, keys in owners.items() if mgr != manager):
+                        status.pop(k, None)
+                status.update(applied)
+                owners[manager] = set(applied)
+                new = {**old, "status": status}
             else:
                 old_meta = (old or {}).get("metadata") or {}
                 new_meta = {**{k: v for k, v in old_meta.items() if k in ("uid", "creationTimestamp", "generation")},

@@ -1,9 +1,10 @@
 """deploy/: every manifest parses, and the ClusterRole grants exactly what istiod-lite sends.
 
 "Exactly" is checked against the requests the fake API server recorded while a real KubeSource
-synced, a real TokenReview authenticator reviewed a token and the waypoint controller deployed a
-waypoint Gateway: a new watched kind without its RBAC
-rule (a pod that never becomes ready in a real cluster) fails here, and so does a rule nothing uses.
+synced (writing why an invalid object of every Istio kind was rejected into its status), a real
+TokenReview authenticator reviewed a token and the waypoint controller deployed a waypoint Gateway:
+a new watched kind without its RBAC rule (a pod that never becomes ready in a real cluster) fails
+here, and so does a rule nothing uses.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from istiod_lite.ca.tokenreview import TokenReviewAuthenticator, TokenReviewConf
 from istiod_lite.controlplane.waypoint_controller import WaypointController, WaypointControllerOptions
 from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.sources import KubeSource, KubeSourceOptions
-from istiod_lite.sources.kube import api_client_for
+from istiod_lite.sources.kube import KINDS, api_client_for
+from istiod_lite.sources.kube_status import ISTIO_GROUPS
 from tests.support.fakekube import FakeKubeApiServer, FakeTokenUser
 from tests.unit.test_ca_tokenreview import TD, bearer, fake_jwt
 
@@ -41,11 +43,34 @@ def test_every_manifest_parses_and_lives_in_istio_system() -> None:
     docs = manifests()
     kinds = {d["kind"] for d in docs}
     assert kinds == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
-                     "PodDisruptionBudget"}
+                     "PodDisruptionBudget", "CustomResourceDefinition"}
     for d in docs:
         assert d["apiVersion"] and d["metadata"]["name"]
-        if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
             assert d["metadata"]["namespace"] == "istio-system"
+
+
+def test_crds_define_exactly_the_watched_custom_kinds() -> None:
+    """One CRD per Istio and Gateway API kind the source watches, at the path it watches, with a
+    status subresource (the status reporter's writes and the Gateway status go there) and a
+    structural schema (what apiextensions.k8s.io/v1 requires)."""
+    crds = {d["metadata"]["name"]: d for d in manifests() if d["kind"] == "CustomResourceDefinition"}
+    custom = [k for k in KINDS if k.optional]
+    assert set(crds) == {f"{k.plural}.{k.group}" for k in custom}
+    for k in custom:
+        spec = crds[f"{k.plural}.{k.group}"]["spec"]
+        assert (spec["group"], spec["names"]["kind"], spec["names"]["plural"]) == (k.group, k.kind, k.plural)
+        assert spec["names"]["listKind"] == f"{k.kind}List"
+        assert spec["scope"] == ("Namespaced" if k.namespaced else "Cluster")
+        versions = {v["name"]: v for v in spec["versions"]}
+        assert versions[k.version]["served"] and versions[k.version]["storage"]
+        assert [v["name"] for v in spec["versions"] if v["storage"]] == [k.version]
+        for v in spec["versions"]:
+            assert v["subresources"] == {"status": {}}
+            schema = v["schema"]["openAPIV3Schema"]
+            assert schema["type"] == "object"
+            for part in ("spec", "status"):
+                assert schema["properties"][part] == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
 def test_deployment_serves_in_cluster_with_readiness_on_15014() -> None:
@@ -76,12 +101,22 @@ def test_cluster_role_covers_exactly_the_requests_sent(tmp_path: Path) -> None:
                     granted.add((verb, f"{resource}.{group}" if group else resource))
     with FakeKubeApiServer() as kube:
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        # one rejected object of every Istio kind: the source writes why into each one's status
+        istio_kinds = [k for k in KINDS if k.group in ISTIO_GROUPS]
+        for k in istio_kinds:
+            kube.apply({"apiVersion": k.api_version, "kind": k.kind,
+                        "metadata": {"name": "bad", "namespace": "default"}, "spec": {"noSuchField": 1}})
         source = KubeSource(KubeSourceOptions(kubeconfig=kubeconfig, sync_timeout=10.0))
         try:
-            source.load()
-            deadline = time.monotonic() + 5  # the watches follow the lists: wait until all are open
-            while kube.open_watches() < len(source.options.kinds) and time.monotonic() < deadline:
+            update = source.load()
+            assert {e.kind for e in update.errors} == {k.kind for k in istio_kinds}
+            reporter = source.status_reporter
+            assert reporter is not None
+            deadline = time.monotonic() + 10  # the watches follow the lists: wait until all are open
+            while (kube.open_watches() < len(source.options.kinds) or reporter.stats.written < len(istio_kinds)) \
+                    and time.monotonic() < deadline:
                 time.sleep(0.01)
+            assert reporter.stats.written == len(istio_kinds)
         finally:
             source.close()
         token = fake_jwt()

@@ -369,3 +369,61 @@ def test_api_server_errors_are_retried_with_backoff_until_synced(
     assert set(update.snapshot.keys()) == {key("Service", "reviews")}
     failed = [r for r in kube.requests if r.path == "/api/v1/services"]
     assert 2 <= len(failed) <= 12  # retried, but backing off (0.05 s doubling to 0.2 s), not hammering
+
+
+def test_not_ready_until_every_kind_is_listed(kube: FakeKubeApiServer, make_source: Callable[..., KubeSource]) -> None:
+    """One kind whose list keeps failing holds ``load()`` (and so /ready) back, however many others synced."""
+    import threading
+
+    kube.apply(svc("reviews"))
+    release = threading.Event()
+
+    def pods(req: Any) -> tuple[int, Any]:
+        if release.is_set():
+            served = kube._serve_resource(req)
+            assert served is not None
+            return served
+        return 500, {"kind": "Status", "code": 500}
+
+    kube.add_route("GET", r"/api/v1/pods", pods)
+    src = make_source()
+    result: list[SourceUpdate] = []
+    loader = threading.Thread(target=lambda: result.append(src.load()))
+    loader.start()
+    deadline = time.monotonic() + 10
+    while sum(1 for r in kube.requests if r.path == "/api/v1/pods" and "watch" not in r.query) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # every other kind has been listed by now; load() still has not returned
+    assert {n for v, n in kube.resource_requests() if v == "list"} == {k.plural if not k.group else
+                                                                      f"{k.plural}.{k.group}" for k in KINDS}
+    assert result == []
+    release.set()
+    loader.join(10)
+    assert len(result) == 1 and set(result[0].snapshot.keys()) == {key("Service", "reviews")}
+
+
+async def test_unreachable_api_server_after_sync_keeps_the_model(
+        kube: FakeKubeApiServer, make_source: Callable[..., KubeSource]) -> None:
+    kube.apply(svc("reviews"))
+    kube.apply(vs("reviews"))
+    src = make_source()
+    got = Collector()
+    task = asyncio.create_task(src.run(got))
+    try:
+        first = await got.wait_for(lambda u: u.revision == 1)
+        await wait_until(lambda: kube.open_watches() == N)
+        kube.fail_status = 503  # every reconnect fails ...
+        before = len(kube.requests)
+        kube.drop_watches()  # ... after every watch dropped
+        await wait_until(lambda: len(kube.requests) >= before + 2 * N)  # each kind retried at least twice
+        assert src.current is not None and src.current.snapshot is first.snapshot  # nothing removed
+        assert len(got.updates) == 1
+        kube.fail_status = None
+        kube.apply(svc("ratings"))
+        u = await got.wait_for(lambda u: key("Service", "ratings") in u.changed)
+        assert u.snapshot.get_key(key("VirtualService", "reviews")) is not None
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -248,3 +248,43 @@ def test_recorded_verbs(kube: FakeKubeApiServer, tmp_path: Path) -> None:
         (verb, res) for verb in ("create", "patch")
         for res in ("serviceaccounts", "services", "configmaps", "deployments.apps")
     } | {("patch", "gateways/status.gateway.networking.k8s.io")}
+
+
+def test_gateway_status_is_pending_until_the_service_has_an_address() -> None:
+    from istiod_lite.controlplane.manifests import render_gateway_status
+
+    pending = render_gateway_status(gateway(generation=3), "", transition_time="t")["status"]
+    assert "addresses" not in pending
+    conds = {c["type"]: c for c in pending["conditions"]}
+    assert (conds["Accepted"]["status"], conds["Programmed"]["status"], conds["Programmed"]["reason"]) == (
+        "True", "False", "Pending")
+    assert {c["observedGeneration"] for c in conds.values()} == {3}
+    ready = render_gateway_status(gateway(generation=3), "10.96.0.9", transition_time="t")["status"]
+    assert ready["addresses"] == [{"type": "IPAddress", "value": "10.96.0.9"}]
+    assert {c["type"]: c["status"] for c in ready["conditions"]} == {"Accepted": "True", "Programmed": "True"}
+
+
+def test_headless_service_leaves_the_gateway_pending(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    """A Service answered with clusterIP None (no address yet): Programmed=False, no addresses."""
+    kube.apply(gateway_obj())
+    kube.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "waypoint", "namespace": "default"},
+                "spec": {"clusterIP": "None"}})
+    controller(kube, tmp_path).reconcile(snapshot(gateway_obj()))
+    gw = kube.get("gateway.networking.k8s.io/v1", "Gateway", "default", "waypoint")
+    assert gw is not None and "addresses" not in gw["status"]
+    assert {c["type"]: c["status"] for c in gw["status"]["conditions"]} == {"Accepted": "True", "Programmed": "False"}
+
+
+def test_hostile_strings_reach_the_api_server_as_values(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    """What goes over the wire is JSON of the rendered dicts: a value full of YAML/JSON syntax arrives as
+    exactly that string, and adds no field anywhere."""
+    evil = 'img"\n  privileged: true\nkind: Secret\n{"a": 1}'
+    kube.apply(gateway_obj())
+    api = api_client_for(KubeSourceOptions(kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig")))
+    WaypointController(api, WaypointControllerOptions(image=evil, istiod_address=ISTIOD, trust_domain="td\n: x"),
+                       clock=lambda: "t").reconcile(snapshot(gateway_obj()))
+    (sent,) = [r.body for r in kube.requests if r.method == "PATCH" and r.path.endswith("/deployments/waypoint")]
+    assert sent == render_waypoint(gateway(), image=evil, istiod_address=ISTIOD, trust_domain="td\n: x")[1]
+    (c,) = sent["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == evil and "privileged" not in c and sent["kind"] == "Deployment"
+    assert c["args"][c["args"].index("--trust-domain") + 1] == "td\n: x"
