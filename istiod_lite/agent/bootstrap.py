@@ -183,6 +183,47 @@ def waypoint_stats_config() -> dict[str, Any]:
     }
 
 
+#: Istio's readiness path on the status port (pilot-agent's ``/healthz/ready``).
+READY_PATH = "/healthz/ready"
+STATUS_LISTENER = "status"
+ADMIN_CLUSTER = "envoy-admin"
+
+
+def status_resources(address: str, port: int, admin_address: str, admin_port: int
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Istio's status port (15021) served by Envoy itself: ``GET /healthz/ready`` is answered by
+    Envoy's admin ``/ready`` (200 once the xDS config is initialised), so the kubelet can probe
+    the pod IP while the admin interface stays on loopback.  Only that exact path and GET are
+    routed (after path normalisation); everything else is a 404 from the listener."""
+    route = {"match": {"path": READY_PATH, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+             "route": {"cluster": ADMIN_CLUSTER, "prefix_rewrite": "/ready", "timeout": "5s"}}
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                 "HttpConnectionManager",
+        "stat_prefix": STATUS_LISTENER,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "route_config": {"name": STATUS_LISTENER, "virtual_hosts": [
+            {"name": STATUS_LISTENER, "domains": ["*"], "routes": [route]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    listener = {
+        "name": STATUS_LISTENER,
+        "address": {"socket_address": {"address": address, "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]}],
+    }
+    cluster = {
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": ADMIN_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": admin_address, "port_value": admin_port}}}}]}]},
+    }
+    return listener, cluster
+
+
 def waypoint_bootstrap(
     identity: WaypointIdentity,
     xds_address: str | None,
@@ -192,15 +233,21 @@ def waypoint_bootstrap(
     delta: bool = True,
     sds_socket: str | None = None,
     xds_socket: str | None = None,
+    status_port: int = 0,
+    status_address: str | None = None,
 ) -> dict[str, Any]:
     """A complete bootstrap (as a dict, Envoy's JSON form).
 
     Waypoints use Delta xDS by default, as Istio forces for them; ``delta=False`` selects SotW.
     Exactly one of ``xds_address`` (plaintext TCP to an xDS server) and ``xds_socket`` (the agent's
     xDS proxy) says where ``xds-grpc`` goes; ``sds_socket`` adds the ``sds-grpc`` cluster.
+    ``status_port`` (Istio: 15021; 0: none) adds the readiness listener on ``status_address``
+    (default: the proxy's own IP, which is what the kubelet probes).
     """
     if (xds_address is None) == (xds_socket is None):
         raise ValueError("give exactly one of xds_address and xds_socket")
+    if status_port and not admin_port:
+        raise ValueError("the status port needs a fixed admin port")
     if xds_socket is not None:
         xds_cluster = xds_proxy_cluster(xds_socket)
     else:
@@ -209,6 +256,11 @@ def waypoint_bootstrap(
     clusters = [xds_cluster]
     if sds_socket is not None:
         clusters.append(sds_cluster(sds_socket))
+    static: dict[str, Any] = {"clusters": clusters}
+    if status_port:
+        listener, admin = status_resources(status_address or identity.ip, status_port, admin_address, admin_port)
+        clusters.append(admin)
+        static["listeners"] = [listener]
     return {
         "node": {
             "id": identity.node_id,
@@ -226,7 +278,7 @@ def waypoint_bootstrap(
             "cds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"},
             "lds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"},
         },
-        "static_resources": {"clusters": clusters},
+        "static_resources": static,
         "bootstrap_extensions": [
             {
                 "name": "envoy.bootstrap.internal_listener",

@@ -66,6 +66,8 @@ class EnvoySettings:
     max_restarts: int = 0
     #: Envoy's stdout/stderr file (``None``: the agent's own).
     output_path: Path | None = None
+    #: Istio's status port (15021: ``/healthz/ready``) on the proxy's IP; 0: none.
+    status_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,8 @@ class WaypointAgent:
     def bootstrap(self) -> dict[str, object]:
         c = self.config
         return waypoint_bootstrap(c.identity, None, admin_port=c.envoy.admin_port, delta=c.delta,
-                                  sds_socket=str(self.sds.socket_path), xds_socket=str(self.xds_socket_path))
+                                  sds_socket=str(self.sds.socket_path), xds_socket=str(self.xds_socket_path),
+                                  status_port=c.envoy.status_port)
 
     def _xds_proxy_config(self, root: bytes) -> XdsProxyConfig:
         c = self.config

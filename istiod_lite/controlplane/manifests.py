@@ -37,16 +37,10 @@ HBONE_PORT = 15008
 STATUS_PORT = 15021
 ENVOY_ADMIN_PORT = 15000
 
-#: The agent serves no status port (Istio's pilot-agent serves ``/healthz/ready`` on 15021), and
-#: Envoy's admin listens on 127.0.0.1 only, which the kubelet's httpGet cannot reach (it probes the
-#: pod IP).  So readiness is an exec probe, run inside the container, asking Envoy's admin
-#: ``/ready`` (200 once Envoy is initialised: listeners and clusters from xDS are warmed).
-READINESS_COMMAND: tuple[str, ...] = (
-    "python3", "-c",
-    "import sys, urllib.request; "
-    f"sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{ENVOY_ADMIN_PORT}/ready', timeout=2).status == 200 "
-    "else 1)",
-)
+#: Readiness as Istio's: ``GET /healthz/ready`` on the status port of the pod IP, served by the
+#: waypoint's Envoy (``waypoint run --status-port``), answered by its admin ``/ready`` (200 once
+#: the config from istiod-lite is initialised).
+READY_PATH = "/healthz/ready"
 
 
 def is_waypoint(gateway: Gateway) -> bool:
@@ -78,7 +72,7 @@ def waypoint_args(gateway: Gateway, *, istiod_address: str, trust_domain: str) -
             "--name", gateway.name, "--namespace", gateway.namespace, "--service-account", gateway.name,
             "--token-file", TOKEN_PATH, "--xds-address", istiod, "--ca-address", istiod,
             "--root-cert", ROOT_CERT_PATH, "--ip", "$(INSTANCE_IP)", "--trust-domain", trust_domain,
-            "--admin-port", str(ENVOY_ADMIN_PORT)]
+            "--admin-port", str(ENVOY_ADMIN_PORT), "--status-port", str(STATUS_PORT)]
 
 
 def render_service_account(gateway: Gateway) -> dict[str, Any]:
@@ -102,8 +96,9 @@ def render_deployment(gateway: Gateway, *, image: str, istiod_address: str, trus
             {"name": "POD_NAMESPACE",
              "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
         ],
-        "ports": [{"name": "mesh", "containerPort": HBONE_PORT, "protocol": "TCP"}],
-        "readinessProbe": {"exec": {"command": list(READINESS_COMMAND)},
+        "ports": [{"name": "mesh", "containerPort": HBONE_PORT, "protocol": "TCP"},
+                  {"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": READY_PATH, "port": STATUS_PORT},
                            "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 4},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "runAsUser": 1337, "runAsGroup": 1337,

@@ -212,7 +212,8 @@ class RunningAgent:
 
 
 @contextlib.asynccontextmanager
-async def running_agent(istiod: Istiod, tmp_path: Path, *, cert_ttl: int = 3600) -> AsyncIterator[RunningAgent]:
+async def running_agent(istiod: Istiod, tmp_path: Path, *, cert_ttl: int = 3600,
+                        status_port: int = 0) -> AsyncIterator[RunningAgent]:
     with short_dir() as work:
         admin_port = free_port()
         config = AgentConfig(
@@ -222,7 +223,7 @@ async def running_agent(istiod: Istiod, tmp_path: Path, *, cert_ttl: int = 3600)
             ca_address=istiod.tls_address,
             root_cert=istiod.root_path,
             envoy=EnvoySettings(binary=envoy_binary(), admin_port=admin_port, log_level="info", concurrency=1,
-                                output_path=work / "envoy.out"),
+                                output_path=work / "envoy.out", status_port=status_port),
             cert_ttl=cert_ttl,
             work_dir=work,
             rotation=RotationPolicy(max_sleep=1.0),
@@ -365,3 +366,41 @@ async def test_cli_restarts_a_killed_envoy_and_stops_cleanly(istiod: Istiod, tmp
             if leftover is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(leftover, signal.SIGKILL)
+
+
+async def _status_of(host: str, port: int, request: bytes) -> int | None:
+    """The HTTP status line's code for a raw request (None: nothing listening yet)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+    except OSError:
+        return None
+    try:
+        writer.write(request)
+        line = await asyncio.wait_for(reader.readline(), 5)
+        return int(line.split()[1]) if line.startswith(b"HTTP/1.1 ") else None
+    finally:
+        writer.close()
+
+
+async def test_status_port_answers_readiness_like_istio(istiod: Istiod, tmp_path: Path) -> None:
+    """``GET /healthz/ready`` on the proxy IP's status port is Envoy's readiness: not ready until
+    the config arrived, 200 after; nothing else of the admin interface is reachable through it."""
+    status = free_port()
+    ip = WaypointIdentity(name=WAYPOINT, namespace=NAMESPACE).ip
+    ready = b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    async with running_agent(istiod, tmp_path, status_port=status) as run:
+        await wait_until(lambda: admin_or_none(run.admin_port, "/server_info"), timeout=15, message="Envoy up")
+        assert await _status_of(ip, status, ready) != 200  # no config served yet: not ready
+        assert "INITIALIZING" in (await admin_get(run.admin_port, "/server_info"))
+        istiod.serve(waypoint_config(free_port()))
+
+        async def is_ready() -> bool:
+            return await _status_of(ip, status, ready) == 200
+
+        await wait_until(is_ready, timeout=15, message="/healthz/ready 200 once the config is in")
+        for request in (b"POST /healthz/ready HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                        b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n",
+                        b"GET /healthz/ready/../../quitquitquit HTTP/1.1\r\nHost: x\r\n\r\n",
+                        b"GET /healthz/readyz HTTP/1.1\r\nHost: x\r\n\r\n"):
+            assert await _status_of(ip, status, request) == 404, request
+        assert await stat(run.admin_port, "server.state") == 0  # still LIVE

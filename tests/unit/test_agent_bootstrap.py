@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2  # noqa: F401 (Any type)
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401 (Any type)
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401 (Any type)
 from google.protobuf import json_format
 
@@ -78,6 +80,24 @@ def test_agent_bootstrap_points_both_clusters_at_the_agents_sockets() -> None:
         assert not c.HasField("transport_socket")
     ads = proto.dynamic_resources.ads_config
     assert ads.grpc_services[0].envoy_grpc.cluster_name == XDS_CLUSTER
+
+
+def test_status_port_listener_routes_only_readiness_to_the_admin() -> None:
+    boot = waypoint_bootstrap(IDENTITY, None, xds_socket="/x", admin_port=15000, status_port=15021)
+    proto = as_proto(boot)
+    [listener] = proto.static_resources.listeners
+    assert listener.address.socket_address.address == IDENTITY.ip
+    assert listener.address.socket_address.port_value == 15021
+    admin = clusters(boot)["envoy-admin"]
+    assert admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "socket_address": {"address": "127.0.0.1", "port_value": 15000}}
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    [route] = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert route["match"]["path"] == "/healthz/ready" and route["route"]["prefix_rewrite"] == "/ready"
+    assert hcm["normalize_path"] is True
+    assert "listeners" not in waypoint_bootstrap(IDENTITY, None, xds_socket="/x")["static_resources"]
+    with pytest.raises(ValueError, match="fixed admin port"):
+        waypoint_bootstrap(IDENTITY, None, xds_socket="/x", admin_port=0, status_port=15021)
 
 
 def test_node_metadata_names_the_tokens_identity() -> None:

@@ -12,7 +12,6 @@ import pytest
 from istiod_lite.controlplane.manifests import (
     GATEWAY_NAME_LABEL,
     MANAGED_LABEL,
-    READINESS_COMMAND,
     render_waypoint,
 )
 from istiod_lite.controlplane.waypoint_controller import (
@@ -88,11 +87,11 @@ def test_render_deployment_fields() -> None:
                     "--token-file": "/var/run/secrets/tokens/istio-token",
                     "--xds-address": f"{ISTIOD}:15012", "--ca-address": f"{ISTIOD}:15012",
                     "--root-cert": "/var/run/secrets/istio/root-cert.pem", "--ip": "$(INSTANCE_IP)",
-                    "--trust-domain": "example.org", "--admin-port": "15000"}
+                    "--trust-domain": "example.org", "--admin-port": "15000", "--status-port": "15021"}
     env = {e["name"]: e for e in c["env"]}
     assert env["INSTANCE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    assert c["readinessProbe"]["exec"]["command"] == list(READINESS_COMMAND)
-    assert "http://127.0.0.1:15000/ready" in READINESS_COMMAND[-1]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    assert {"name": "status-port", "containerPort": 15021, "protocol": "TCP"} in c["ports"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     (token,) = volumes["istio-token"]["projected"]["sources"]
