@@ -19,6 +19,7 @@ only the streams of its waypoint, and the figures are theirs.
 
     python bench/bench_xds_push.py --clients 100 --variant delta
     python bench/bench_xds_push.py --clients 100 --mesh reference
+    python bench/bench_xds_push.py --clients 100 --edit endpoint    # bytes of a one-endpoint change
     python bench/bench_xds_push.py --clients 1000 --variant sotw
 """
 
@@ -166,6 +167,15 @@ def write_reference_vs(root: Path, weight: int) -> None:
     (root / "20-vs.yaml").write_text(_reference_vs("ns-0", "svc-0", weight))
 
 
+def write_endpoint(root: Path, n: int) -> None:
+    """A second pod of svc-0 (single mesh) whose IP moves with ``n``: an endpoint-only change."""
+    (root / "30-pod.yaml").write_text(f"""apiVersion: v1
+kind: Pod
+metadata: {{name: svc-0-extra, namespace: mesh, labels: {{app: svc-0}}}}
+status: {{podIP: 127.0.9.{n % 250 + 1}}}
+""")
+
+
 def write_vs(root: Path, weight: int) -> None:
     (root / "20-vs.yaml").write_text(
         f"""apiVersion: networking.istio.io/v1
@@ -276,16 +286,16 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def syncz_convergence(mon_port: int, group_part: str = "") -> list[float]:
+def syncz_convergence(mon_port: int, group_part: str = "", type_name: str = "LDS") -> list[float]:
     """Per connection (of a group containing ``group_part``): seconds from the config change to
-    its ACK of the LDS response that carried it (the server's own monotonic clock on both ends)."""
+    its ACK of the response of ``type_name`` that carried it (the server's own monotonic clock on both ends)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{mon_port}/debug/syncz", timeout=10) as r:
         status = json.loads(r.read())
     out = []
     for conn in status:
         if group_part not in str(conn.get("group", "")):
             continue
-        ms = conn.get("types", {}).get("LDS", {}).get("ack_convergence_ms")
+        ms = conn.get("types", {}).get(type_name, {}).get("ack_convergence_ms")
         if ms is not None:
             out.append(ms / 1000)
     return out
@@ -309,6 +319,11 @@ async def main_async(args: argparse.Namespace) -> None:
     reference = args.mesh == "reference"
     (write_reference_config if reference else write_config)(tmp, args.services)
     edit = write_reference_vs if reference else write_vs
+    if args.edit == "endpoint":
+        if reference:
+            raise SystemExit("--edit endpoint is for the single mesh")
+        write_endpoint(tmp, 99)
+        edit = write_endpoint
     namespaces = REFERENCE_NAMESPACES if reference else 0
     grpc_port, mon_port = free_port(), free_port()
     server = subprocess.Popen(
@@ -354,7 +369,8 @@ async def main_async(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.3)  # let any trailing responses (e.g. a second type) arrive
             done = [c.last_ack - t0 for c in clients if c.last_ack != marks[c.idx]]
             lat.extend(done)
-            conv = await asyncio.to_thread(syncz_convergence, mon_port, "/ns-0/" if reference else "")
+            conv = await asyncio.to_thread(syncz_convergence, mon_port, "/ns-0/" if reference else "",
+                                           "EDS" if args.edit == "endpoint" else "LDS")
             server_lat.extend(conv)
             sent = [c.bytes_received - before[c.idx] for c in affected]
             print(f"  change {rnd + 1}: {len(done)}/{args.clients} updated; file write -> ACK p50 "
@@ -394,6 +410,8 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--variant", choices=["delta", "sotw"], default="delta")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--edit", choices=["vs", "endpoint"], default="vs",
+                    help="what each round changes: svc-0's VirtualService, or the IP of one of its pods")
     ap.add_argument("--mesh", choices=["single", "reference"], default="single",
                     help="single: one waypoint serving --services; reference: the 50-waypoint reference mesh")
     asyncio.run(main_async(ap.parse_args()))
