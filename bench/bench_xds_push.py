@@ -340,7 +340,7 @@ async def main_async(args: argparse.Namespace) -> None:
         base_rss = rss_kb(server.pid)
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}",
                                               options=[("grpc.max_receive_message_length", 64 << 20)])
-                    for _ in range(max(1, args.clients // 100))]
+                    for _ in range(max(1, args.clients // args.streams_per_channel))]
         stubs = [ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch) for ch in channels]
         clients = [Client(i, args.variant, namespaces) for i in range(args.clients)]
         stop = asyncio.Event()
@@ -410,6 +410,8 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--variant", choices=["delta", "sotw"], default="delta")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--streams-per-channel", type=int, default=100,
+                    help="fake proxies sharing one HTTP/2 connection (a real Envoy has its own)")
     ap.add_argument("--edit", choices=["vs", "endpoint"], default="vs",
                     help="what each round changes: svc-0's VirtualService, or the IP of one of its pods")
     ap.add_argument("--mesh", choices=["single", "reference"], default="single",

@@ -186,32 +186,63 @@ class DirectorySource:
     # -- watching ----------------------------------------------------------------------------------
     async def _poll(self) -> SourceUpdate | None:
         scan = await asyncio.to_thread(_scan_tree, self.root)
-        settled = scan != self._scan
-        if settled:
-            await self._settle(scan)
-        elif not any(st.racy for st in self._files.values()):
-            return None
+        if scan == self._scan:
+            if not any(st.racy for st in self._files.values()):
+                return None
+            # A file written within the timestamp granularity can change under an unchanged stat
+            # signature: compare its content.  Unchanged: nothing to do.  Changed: settle like
+            # any other change (the bytes read may be a save caught half-way).
+            digests = await asyncio.to_thread(self._racy_digests)
+            if all(self._files[rel].digest == d for rel, d in digests.items() if rel in self._files):
+                self._unracy()
+                return None
+        await self._settle(scan)
         before = self._current
         update = await asyncio.to_thread(self._rebuild, force=False)
         if before is not None and update.revision == before.revision:
             return None
-        # After a settle the directory has been quiet for ``debounce``: that is this change's
-        # debounce, the control plane adds none.  A racy re-read (same scan) was not settled.
-        return dataclasses.replace(update, settled=True) if settled else update
+        # The directory has been quiet for ``debounce``: that is this change's debounce, the
+        # control plane adds none.
+        return dataclasses.replace(update, settled=True)
+
+    def _racy_digests(self) -> dict[str, bytes | None]:
+        """Content digests of the files whose stat signature cannot be trusted yet."""
+        scan = self._scan
+        out: dict[str, bytes | None] = {}
+        for rel, st in list(self._files.items()):
+            entry = scan.files.get(rel) if scan is not None else None
+            if st.racy and entry is not None:
+                try:
+                    out[rel] = digest_of(read_source(entry.path, max_bytes=self.max_file_bytes))
+                except SourceReadError:
+                    out[rel] = None
+        return out
+
+    def _unracy(self) -> None:
+        """Files whose timestamps are now old enough to be trusted stop being re-read."""
+        now = time.time_ns()
+        with self._lock:
+            for rel, st in list(self._files.items()):
+                if st.racy and st.sig is not None and not 0 <= now - st.sig[0] < _RACY_NS:
+                    self._files[rel] = dataclasses.replace(st, racy=False)
+
+    def _fingerprint(self) -> tuple[_Scan, dict[str, bytes | None]]:
+        return _scan_tree(self.root), self._racy_digests()
 
     async def _settle(self, scan: _Scan) -> None:
-        """Wait until the directory has been quiet for ``debounce`` (at most ``10 * debounce``)."""
+        """Wait until the directory has been quiet for ``debounce`` (at most ``10 * debounce``):
+        no stat change and no content change of a file too recent for its stat to be trusted."""
         loop = asyncio.get_running_loop()
         start = quiet_since = loop.time()
         step = max(0.005, min(self.poll_interval, self.debounce / 4))
-        last = scan
+        last = (scan, await asyncio.to_thread(self._racy_digests))
         while True:
             now = loop.time()
             remaining = self.debounce - (now - quiet_since)
             if remaining <= 0 or now - start >= 10 * self.debounce:
                 return
             await asyncio.sleep(min(step, remaining))
-            current = await asyncio.to_thread(_scan_tree, self.root)
+            current = await asyncio.to_thread(self._fingerprint)
             if current != last:
                 last, quiet_since = current, loop.time()
 

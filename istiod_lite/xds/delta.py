@@ -77,7 +77,7 @@ def build_responses(
         sub.sent.pop(n, None)
     responses = [
         delta_response(sub.type_url, system_version, new_nonce(), (r.delta_bytes for r in batch),
-                       removed if i == len(batches) - 1 else ())
+                       removed if i == len(batches) - 1 else (), key=tuple((r.name, r.version) for r in batch))
         for i, batch in enumerate(batches)
     ]
     sub.record_send(responses[-1].nonce, system_version)

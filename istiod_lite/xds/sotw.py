@@ -7,7 +7,7 @@ Rule numbers refer to shared/reference/xds-protocol.md §1.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -73,13 +73,14 @@ def build_response(
         return None
     nonce = new_nonce()
     if sub.wildcard or sub.must_respond or sub.synced_map is None:
-        send: Iterable[VersionedResource] = visible.values()
+        send: list[VersionedResource] = list(visible.values())
     else:
         # Named types (RDS, EDS): a response may carry only what changed; absence is not
         # deletion (R28).  The client held ``synced_map``'s view, so diff the views (once).
         changed, _removed = diff_maps(sub.synced_map, visible)
         send = [visible[n] for n in changed]
-    resp = sotw_response(sub.type_url, version, nonce, (r.any_bytes for r in send))
+    resp = sotw_response(sub.type_url, version, nonce, (r.any_bytes for r in send),
+                         key=tuple((r.name, r.version) for r in send))
     sub.record_send(nonce, version)
     sub.sent = dict(_versions_of(visible))
     sub.synced_map = None if sub.wildcard else visible

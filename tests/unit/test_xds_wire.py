@@ -51,3 +51,23 @@ def test_varint_boundaries() -> None:
         assert wire.field(1, text.encode()) == discovery_pb2.DiscoveryResponse(version_info=text).SerializeToString()
     assert wire._varint(300) == b"\xac\x02"
     assert wire._varint(2**28 + 5) == bytes([0x85, 0x80, 0x80, 0x80, 0x01])
+
+
+def test_a_large_body_is_encoded_once_and_each_stream_keeps_its_own_nonce_and_removals() -> None:
+    """Many streams getting one change share the encoded body; the bytes stay exactly protobuf's."""
+    big = [VersionedResource.from_message("big", CDS, cluster_pb2.Cluster(name="b" * 100_000))]
+    key = tuple((r.name, r.version) for r in big)
+    one = wire.delta_response(CDS, "sys", "n-1", (r.delta_bytes for r in big), (), key=key)
+    two = wire.delta_response(CDS, "sys", "n-2", iter(()), ["gone"], key=key)  # body from the cache
+    for enc, nonce, removed in ((one, "n-1", []), (two, "n-2", ["gone"])):
+        want = discovery_pb2.DeltaDiscoveryResponse(system_version_info="sys", type_url=CDS, nonce=nonce,
+                                                    removed_resources=removed)
+        want.resources.add(name="big", version=big[0].version, resource=big[0].any)
+        assert enc.SerializeToString() == want.SerializeToString()
+    s1 = wire.sotw_response(CDS, "v", "a", (r.any_bytes for r in big), key=key)
+    s2 = wire.sotw_response(CDS, "v", "b", iter(()), key=key)
+    want_s = discovery_pb2.DiscoveryResponse(version_info="v", type_url=CDS, nonce="b", resources=[big[0].any])
+    assert s2.SerializeToString() == want_s.SerializeToString() and s1.data != s2.data
+    # A different version is a different body, never a stale one.
+    other = wire.sotw_response(CDS, "v2", "c", (r.any_bytes for r in big), key=key)
+    assert other.decode().version_info == "v2"

@@ -358,3 +358,30 @@ async def test_run_survives_handler_errors(tmp_path: Path) -> None:
         await asyncio.sleep(0.02)
     await stop(task)
     assert calls == [2, 3]
+
+
+async def test_a_save_caught_half_way_is_never_published(tmp_path: Path) -> None:
+    """Editors and ``write_text`` truncate, then write.  A poll that reads the file in between
+    (here: 3 ms between the two, a poll every 5 ms) must not publish the empty file: the
+    resource would vanish for a moment and, if the finished save is invalid, its last good
+    version would be lost.  Every update published while saving 12 times keeps the Service."""
+    path = tmp_path / "a.yaml"
+    write(path, svc("a", 80))
+    src = DirectorySource(tmp_path, poll_interval=0.005, debounce=0.05)
+    src.load()
+    rec = Recorder()
+    task = asyncio.create_task(src.run(rec))
+    try:
+        for i in range(12):
+            with path.open("w") as f:  # truncate ...
+                f.flush()
+                await asyncio.sleep(0.003)
+                f.write(svc("a", 81 + i))  # ... then write
+            await asyncio.sleep(0.12)
+        await asyncio.sleep(0.2)
+    finally:
+        await stop(task)
+    assert rec.updates, "no update at all"
+    for up in rec.updates:
+        assert up.snapshot.get_key(key("a")) is not None, f"revision {up.revision} lost the Service"
+    assert port_of(rec.updates[-1], "a") == 92
