@@ -112,7 +112,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"warning: binding: {problem}", file=sys.stderr)
     for ignored in route_warnings(update.snapshot):
         print(f"warning: ignored: {ignored}", file=sys.stderr)
-    for problem in authz_problems(update.snapshot):
+    for problem in authz_problems(update.snapshot, mesh_config=_mesh(getattr(args, "mesh_config", None))):
         print(f"warning: authorization: {problem}", file=sys.stderr)
     n = len(update.snapshot)
     print(f"{n} resource(s) valid, {len(update.errors)} error(s)", file=sys.stderr)
@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="validate a config directory; exit 1 on any error")
     v.add_argument("--config", required=True, metavar="DIR")
+    v.add_argument("--mesh-config", metavar="FILE",
+                   help="Istio MeshConfig YAML (root namespace and ext_authz providers for authorization checks)")
     v.set_defaults(func=_validate)
 
     t = sub.add_parser("translate", help="print a waypoint's Envoy resources")

@@ -36,7 +36,7 @@ from istiod_lite.translator.authz import authz_problems
 from istiod_lite.translator.config_warnings import route_warnings
 from istiod_lite.translator.hbone import CONNECT_TERMINATE
 from istiod_lite.translator.proxyless import translate_proxyless
-from istiod_lite.translator.telemetry import AccessLogMemo
+from istiod_lite.translator.telemetry import AccessLogMemo, telemetry_warnings
 from istiod_lite.translator.waypoint import WaypointTranslator, connect_terminate_for
 from istiod_lite.translator.waypoints import WaypointRef, binding_problems
 from istiod_lite.xds import typeurls
@@ -298,7 +298,8 @@ class ControlPlane:
             if translator is None:
                 translator = self._translators[ref] = WaypointTranslator(
                     ref, self.options.trust_domain,
-                    self.options.mesh.path_normalization if self.options.mesh is not None else None)
+                    self.options.mesh.path_normalization if self.options.mesh is not None else None,
+                    self.options.mesh)
                 self._versioned[ref] = VersionedCache()
             logs = self._access_logs.setdefault(ref, AccessLogMemo(ref))
             shared[ref] = self._versioned[ref].versioned(
@@ -311,7 +312,8 @@ class ControlPlane:
         for p in sorted(problems - self._binding_problems):
             log.warning("binding: %s", p)
         self._binding_problems = problems
-        warnings = set(route_warnings(self.config)) | set(authz_problems(self.config))
+        warnings = set(route_warnings(self.config)) | set(authz_problems(self.config, mesh_config=self.options.mesh))
+        warnings |= set(telemetry_warnings(self.config, self.options.mesh))
         for w in sorted(warnings - self._route_warnings):
             log.warning("ignored: %s", w)
         self._route_warnings = warnings

@@ -1,4 +1,5 @@
-"""Istio's ``MeshConfig`` (mesh/v1alpha1/config.proto): the telemetry subset istiod-lite reads.
+"""Istio's ``MeshConfig`` (mesh/v1alpha1/config.proto): the subset istiod-lite reads (telemetry,
+root namespace, path normalisation, ext_authz providers for CUSTOM authorization).
 
 Not a registered kind: in Istio it is the ``mesh`` key of the ``istio`` ConfigMap (or a file given
 to istiod with ``--meshConfig``), one per mesh, not a Kubernetes object the sources watch.  Strict
@@ -18,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from istiod_lite.model.base import IstioModel
 from istiod_lite.model.errors import ConfigError, errors_from_validation
+from istiod_lite.model.types import DurationField
 
 DEFAULT_ROOT_NAMESPACE: Final = "istio-system"
 #: Istio's built-in provider name for ``accessLogFile`` (``defaultEnvoyAccessLogProvider``).
@@ -43,26 +45,132 @@ class EnvoyFileAccessLog(IstioModel):
 
 
 class Zipkin(IstioModel):
+    """``ZipkinTracingProvider``: spans as Zipkin v2 JSON to ``http://<service>:<port><path>``.
+
+    ``service`` is ``<hostname>`` or ``<namespace>/<hostname>``; ``path`` defaults to
+    ``/api/v2/spans``; 128-bit trace ids unless ``enable64bitTraceId``."""
+
     service: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     max_tag_length: int = Field(default=0, ge=0)
+    path: str = ""
+    enable_64bit_trace_id: bool = Field(default=False, alias="enable64bitTraceId")
+    trace_context_option: Literal["USE_B3", "USE_B3_WITH_W3C_PROPAGATION"] = "USE_B3"
+
+
+class HttpHeader(IstioModel):
+    """``ExtensionProvider.HttpHeader``: a header (or gRPC metadata entry) with a literal ``value``.
+    Istio's ``envName`` (a value read from istiod's environment) is not supported: the translator
+    reads no environment, so it is rejected rather than sent empty."""
+
+    name: str = Field(min_length=1)
+    value: str
 
 
 class OtelHttp(IstioModel):
+    """``OpenTelemetryTracingProvider.HttpService``: OTLP/HTTP (protobuf) export."""
+
     path: str = ""
-    timeout: str = ""
-    headers: tuple[dict[str, Any], ...] = ()
+    timeout: DurationField | None = None
+    headers: tuple[HttpHeader, ...] = ()
+
+
+class OtelGrpc(IstioModel):
+    """``OpenTelemetryTracingProvider.GrpcService``: OTLP/gRPC export settings."""
+
+    timeout: DurationField | None = None
+    initial_metadata: tuple[HttpHeader, ...] = ()
 
 
 class OpenTelemetry(IstioModel):
+    """``OpenTelemetryTracingProvider``: OTLP over gRPC (default) or HTTP (``http`` set)."""
+
     service: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     max_tag_length: int = Field(default=0, ge=0)
     http: OtelHttp | None = None
+    grpc: OtelGrpc | None = None
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> OpenTelemetry:
+        if self.http is not None and self.grpc is not None:
+            raise ValueError("only one of http or grpc may be set")
+        return self
 
 
 class Prometheus(IstioModel):
-    pass
+    """``PrometheusMetricsProvider``: no fields (the waypoint's Envoy stats on ``/stats/prometheus``)."""
+
+
+# --- ext_authz providers (CUSTOM AuthorizationPolicy; translator/authz/extauthz.py) -----------------
+
+
+class ExtAuthzBufferSettings(IstioModel):
+    """``MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationRequestBody``."""
+
+    max_request_bytes: int = Field(default=0, ge=0, le=2**32 - 1)
+    allow_partial_message: bool = False
+    pack_as_bytes: bool = False
+
+
+def _ext_authz_service(v: str) -> str:
+    """Istio's ``validateExtensionProviderService``: ``[<namespace>/]<hostname>``, both non-empty."""
+    ns, slash, host = v.rpartition("/")
+    if not host or (slash and not ns):
+        raise ValueError(f"service must be [<namespace>/]<hostname>, found {v!r}")
+    return v
+
+
+class EnvoyExtAuthzGrpc(IstioModel):
+    """``EnvoyExternalAuthorizationGrpcProvider`` (Envoy ext_authz over gRPC).  ``port`` may be a
+    string of digits (proto3 JSON, as Istio's docs write it); ``timeout`` defaults to 600s in the
+    translator, as in Istio."""
+
+    service: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    timeout: DurationField | None = None
+    fail_open: bool = False
+    clear_route_cache: bool = False
+    status_on_error: str = ""
+    include_request_body_in_check: ExtAuthzBufferSettings | None = None
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, v: str) -> str:
+        return _ext_authz_service(v)
+
+
+class EnvoyExtAuthzHttp(IstioModel):
+    """``EnvoyExternalAuthorizationHttpProvider`` (Envoy ext_authz over HTTP).  Header lists take
+    Istio's ``x*`` prefix / ``*x`` suffix forms; ``includeHeadersInCheck`` is the deprecated
+    spelling of ``includeRequestHeadersInCheck`` (used only when the latter is empty)."""
+
+    service: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    timeout: DurationField | None = None
+    path_prefix: str = ""
+    fail_open: bool = False
+    clear_route_cache: bool = False
+    status_on_error: str = ""
+    include_request_headers_in_check: tuple[str, ...] = ()
+    include_headers_in_check: tuple[str, ...] = ()
+    include_additional_headers_in_check: dict[str, str] = Field(default_factory=dict)
+    include_request_body_in_check: ExtAuthzBufferSettings | None = None
+    headers_to_upstream_on_allow: tuple[str, ...] = ()
+    headers_to_downstream_on_deny: tuple[str, ...] = ()
+    headers_to_downstream_on_allow: tuple[str, ...] = ()
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, v: str) -> str:
+        return _ext_authz_service(v)
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _path_prefix(cls, v: str) -> str:
+        if v and not v.startswith("/"):
+            raise ValueError(f"pathPrefix should begin with `/` but found {v!r}")
+        return v
 
 
 class ExtensionProvider(IstioModel):
@@ -73,13 +181,16 @@ class ExtensionProvider(IstioModel):
     zipkin: Zipkin | None = None
     opentelemetry: OpenTelemetry | None = None
     prometheus: Prometheus | None = None
+    envoy_ext_authz_http: EnvoyExtAuthzHttp | None = None
+    envoy_ext_authz_grpc: EnvoyExtAuthzGrpc | None = None
 
     @model_validator(mode="after")
     def _one(self) -> ExtensionProvider:
-        kinds = (self.envoy_file_access_log, self.zipkin, self.opentelemetry, self.prometheus)
+        kinds = (self.envoy_file_access_log, self.zipkin, self.opentelemetry, self.prometheus,
+                 self.envoy_ext_authz_http, self.envoy_ext_authz_grpc)
         if sum(k is not None for k in kinds) != 1:
             raise ValueError("extension provider must set exactly one of envoyFileAccessLog, zipkin, "
-                             "opentelemetry or prometheus")
+                             "opentelemetry, prometheus, envoyExtAuthzHttp or envoyExtAuthzGrpc")
         return self
 
 
@@ -171,11 +282,20 @@ __all__ = [
     "DEFAULT_ROOT_NAMESPACE",
     "ENVOY_PROVIDER",
     "DefaultProviders",
+    "EnvoyExtAuthzGrpc",
+    "EnvoyExtAuthzHttp",
+    "ExtAuthzBufferSettings",
     "ExtensionProvider",
+    "HttpHeader",
     "MeshConfig",
     "MeshConfigInvalid",
+    "OpenTelemetry",
+    "OtelGrpc",
+    "OtelHttp",
     "PathNormalizationType",
+    "Prometheus",
     "ProxyPathNormalization",
+    "Zipkin",
     "load_mesh_config",
     "parse_mesh_config",
 ]

@@ -25,6 +25,11 @@ Filters become Envoy's CEL access-log filter (``envoy.access_loggers.extension_f
 available in upstream Envoy), so every expression Istio accepts (``response.code >= 400``,
 ``request.headers['x'] == 'y'`` ...) is passed through unchanged.
 
+Tracing (``Telemetry.tracing``, ``enableTracing``, ``defaultProviders.tracing``) is built by
+``tracing.py`` on the same attachment levels and applied with the access logs by
+``apply_telemetry`` / ``AccessLogMemo``.  ``Telemetry.metrics`` cannot be honoured on upstream Envoy
+(no ``istio.stats`` filter): ``telemetry_warnings`` reports what is ignored.
+
 Pure: the output depends only on the snapshot, the mesh config and the arguments.
 """
 
@@ -36,7 +41,7 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -45,8 +50,8 @@ from google.protobuf import struct_pb2
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import ENVOY_PROVIDER, ExtensionProvider, MeshConfig
-from istiod_lite.model.telemetry import AccessLogging, Telemetry
-from istiod_lite.translator import hbone, service_model
+from istiod_lite.model.telemetry import AccessLogging, Metrics, Telemetry
+from istiod_lite.translator import hbone, service_model, tracing
 from istiod_lite.translator.output import EnvoyResources
 from istiod_lite.translator.protos import packed
 from istiod_lite.translator.service_model import ServiceInfo
@@ -288,51 +293,101 @@ def _views_by_host(snapshot: ConfigSnapshot, ref: WaypointRef) -> dict[str, Serv
     return out
 
 
-def apply_access_logs(resources: EnvoyResources, snapshot: ConfigSnapshot, mesh: MeshConfig | None,
-                      ref: WaypointRef) -> EnvoyResources:
-    """``resources`` with each service chain of ``main_internal`` (``inbound-vip|P|KIND|HOST``)
-    given the access loggers of its service: the whole-waypoint form of ``access_logs_for``, so the
-    translator needs one call after translating.  Returns ``resources`` itself (no copy, no cost)
-    when the mesh config names no default provider and there is no Telemetry: output is then
-    byte-identical to a translation that never heard of telemetry."""
-    if not telemetry_inputs(snapshot) and (mesh is None or not default_providers(mesh)):
-        return resources
+def _wants_telemetry(snapshot: ConfigSnapshot, mesh: MeshConfig | None) -> bool:
+    if telemetry_inputs(snapshot):
+        return True
+    return mesh is not None and bool(default_providers(mesh) or mesh.enable_tracing
+                                     or mesh.default_providers.tracing)
+
+
+def _telemetry_listener(resources: EnvoyResources, snapshot: ConfigSnapshot, mesh: MeshConfig | None,
+                        ref: WaypointRef) -> tuple[listener_pb2.Listener | None, tuple[tracing.Collector, ...]]:
+    """``main_internal`` with each service chain's access loggers and (HTTP chains) tracing, and the
+    tracing collectors it names; ``(None, ())`` when nothing changes."""
     main = resources.listeners.get(hbone.MAIN_INTERNAL)
-    if main is None:
-        return resources
+    if main is None or not _wants_telemetry(snapshot, mesh):
+        return None, ()
+    m = mesh if mesh is not None else MeshConfig()
     views = _views_by_host(snapshot, ref)
-    logs_by_host: dict[str, list[AccessLog]] = {}
-    listener = type(main)()
+    per_host: dict[str, tuple[list[AccessLog], tracing.ChainTracing]] = {}
+    listener = listener_pb2.Listener()
     listener.CopyFrom(main)
     changed = False
+    collectors: set[tracing.Collector] = set()
     for i, chain in enumerate(listener.filter_chains):
         parts = chain.name.split("|")
         if len(parts) != 4 or parts[0] != "inbound-vip" or parts[3] not in views:
             continue  # direct-http / direct-tcp: workload-addressed, no service to attach to
         host = parts[3]
-        if host not in logs_by_host:
-            logs_by_host[host] = access_logs_for(snapshot, mesh, ref, views[host])
-        if logs_by_host[host]:
-            listener.filter_chains[i].CopyFrom(with_access_logs(chain, logs_by_host[host]))
+        if host not in per_host:
+            telemetries = applicable_telemetries(snapshot, m, ref, views[host])
+            per_host[host] = (access_logs_for(snapshot, mesh, ref, views[host]),
+                              tracing.chain_tracing(telemetries, m, ref))
+        logs, traced = per_host[host]
+        new = with_access_logs(chain, logs)
+        if traced.tracing is not None and new.filters and new.filters[-1].name == hbone.HCM:
+            if new is chain:
+                new = listener_components_pb2.FilterChain()
+                new.CopyFrom(chain)
+            hcm = hcm_pb2.HttpConnectionManager()
+            new.filters[-1].typed_config.Unpack(hcm)
+            tracing.with_tracing(hcm, traced)
+            new.filters[-1].typed_config.CopyFrom(packed(hcm))
+            if traced.collector is not None:
+                collectors.add(traced.collector)
+        if new is not chain:
+            listener.filter_chains[i].CopyFrom(new)
             changed = True
     if not changed:
+        return None, ()
+    return listener, tuple(sorted(collectors, key=lambda c: (c.host, c.port)))
+
+
+def _with(resources: EnvoyResources, listener: listener_pb2.Listener | None, collectors: EnvoyResources | None
+          ) -> EnvoyResources:
+    if listener is None:
         return resources
     out = EnvoyResources(dict(resources.listeners), dict(resources.routes), dict(resources.clusters),
                          dict(resources.endpoints), dict(resources.secrets))
     out.listeners[hbone.MAIN_INTERNAL] = listener
+    if collectors is not None:
+        for name, c in collectors.clusters.items():
+            out.clusters.setdefault(name, c)  # a route's own outbound cluster of the same name stays
+        for name, e in collectors.endpoints.items():
+            out.endpoints.setdefault(name, e)
     return out
 
 
+def apply_telemetry(resources: EnvoyResources, snapshot: ConfigSnapshot, mesh: MeshConfig | None,
+                    ref: WaypointRef) -> EnvoyResources:
+    """``resources`` with each service chain of ``main_internal`` (``inbound-vip|P|KIND|HOST``)
+    given the access loggers of its service and, for HTTP chains, its tracing (``tracing.py``), plus
+    the tracing collectors' clusters: the whole-waypoint form of ``access_logs_for`` and
+    ``tracing.chain_tracing``, so the translator needs one call after translating.  Returns
+    ``resources`` itself (no copy, no cost) when the mesh config turns on no default provider and
+    no legacy tracing and there is no Telemetry: output is then byte-identical to a translation that
+    never heard of telemetry."""
+    listener, collectors = _telemetry_listener(resources, snapshot, mesh, ref)
+    extra = tracing.collector_resources(snapshot, ref, collectors) if collectors else None
+    return _with(resources, listener, extra)
+
+
+#: The original name (access logs came first); it applies tracing too.
+apply_access_logs = apply_telemetry
+
+
 class AccessLogMemo:
-    """``apply_access_logs`` for a server that translates one waypoint again and again: when the
-    translated ``main_internal`` listener, the Telemetries, the bound services and the mesh config
-    are the very same objects as last time, the previous listener object is re-used, so the xDS
-    layer (which caches serialisations by message identity) does not serialise it again.
-    One instance per waypoint; the output equals ``apply_access_logs``'s."""
+    """``apply_telemetry`` (access logs and tracing) for a server that translates one waypoint again
+    and again: when the translated ``main_internal`` listener, the Telemetries, the bound services
+    and the mesh config are the very same objects as last time, the previous listener object is
+    re-used, so the xDS layer (which caches serialisations by message identity) does not serialise it
+    again.  The tracing collectors' clusters are rebuilt from each new snapshot (their endpoints
+    follow the collector's pods).  One instance per waypoint; the output equals ``apply_telemetry``'s."""
 
     def __init__(self, ref: WaypointRef) -> None:
         self.ref = ref
-        self._last: tuple[tuple[object, ...], EnvoyResources, EnvoyResources] | None = None
+        self._last: tuple[tuple[object, ...], EnvoyResources, ConfigSnapshot, EnvoyResources,
+                          listener_pb2.Listener | None, tuple[tracing.Collector, ...]] | None = None
 
     def apply(self, resources: EnvoyResources, snapshot: ConfigSnapshot, mesh: MeshConfig | None) -> EnvoyResources:
         b = bindings_of(snapshot)
@@ -341,15 +396,79 @@ class AccessLogMemo:
         last = self._last
         if last is not None and len(last[0]) == len(key) and all(
                 a is b_ for a, b_ in zip(last[0], key, strict=True)):
-            if last[1] is resources:
-                return last[2]
-            out = EnvoyResources(dict(resources.listeners), dict(resources.routes), dict(resources.clusters),
-                                 dict(resources.endpoints), dict(resources.secrets))
-            out.listeners[hbone.MAIN_INTERNAL] = last[2].listeners[hbone.MAIN_INTERNAL]
-            return out
-        out = apply_access_logs(resources, snapshot, mesh, self.ref)
-        self._last = (key, resources, out)
+            if last[1] is resources and (last[2] is snapshot or not last[5]):
+                return last[3]
+            listener, collectors = last[4], last[5]
+        else:
+            listener, collectors = _telemetry_listener(resources, snapshot, mesh, self.ref)
+        extra = tracing.collector_resources(snapshot, self.ref, collectors) if collectors else None
+        out = _with(resources, listener, extra)
+        self._last = (key, resources, snapshot, out, listener, collectors)
         return out
+
+
+def _metrics_warnings(where: str, metrics: Sequence[Metrics], mesh: MeshConfig) -> list[str]:
+    out = []
+    for entry in metrics:
+        for p in entry.providers:
+            provider = mesh.provider(p.name)
+            if provider is None:
+                out.append(f"{where}: metrics provider {p.name!r} is not in the mesh config's extensionProviders")
+            elif provider.prometheus is None:
+                out.append(f"{where}: metrics provider {p.name!r} is not a prometheus provider; the waypoint "
+                           "only exports Envoy's stats on /stats/prometheus")
+        for o in entry.overrides:
+            what = (o.match.custom_metric or o.match.metric or "ALL_METRICS") if o.match else "ALL_METRICS"
+            mode = f" ({o.match.mode})" if o.match and o.match.mode != "CLIENT_AND_SERVER" else ""
+            if o.disabled is not None:
+                out.append(f"{where}: metrics override {what}{mode} disabled: {str(o.disabled).lower()} ignored: "
+                           f"{_NO_ISTIO_STATS}")
+            if o.tag_overrides:
+                out.append(f"{where}: metrics override {what}{mode} tagOverrides "
+                           f"{', '.join(sorted(o.tag_overrides))} ignored: {_NO_ISTIO_STATS}")
+        if entry.reporting_interval:
+            out.append(f"{where}: metrics reportingInterval ignored: Prometheus scrapes the waypoint's Envoy stats")
+    return out
+
+
+_NO_ISTIO_STATS: Final = ("upstream Envoy has no istio.stats filter; the waypoint's Envoy stats on "
+                          "/stats/prometheus are always on and keep their labels")
+
+
+def telemetry_warnings(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None) -> list[str]:
+    """Telemetry (and mesh telemetry) settings a waypoint ignores or cannot honour, one message each,
+    sorted: Telemetry ``metrics`` overrides (upstream Envoy has no ``istio.stats`` filter, so
+    ``disabled`` and ``tagOverrides`` cannot be applied), ``reportingInterval``, metrics providers
+    other than ``prometheus``, tracing providers that do not exist or do not trace, more than one
+    tracing provider (Istio uses the first), access-log providers the waypoint cannot log with, and
+    ``selector`` Telemetries (they never apply to a waypoint)."""
+    m = mesh if mesh is not None else MeshConfig()
+    out: list[str] = []
+    for t in sorted(snapshot.of_kind(Telemetry), key=_order):
+        where = f"Telemetry {t.namespace}/{t.name}"
+        spec = t.spec
+        if spec.selector is not None:
+            if spec.metrics or spec.tracing or spec.access_logging:
+                out.append(f"{where}: a selector Telemetry does not apply to waypoints (use targetRefs)")
+            continue
+        out += _metrics_warnings(where, spec.metrics, m)
+        for tr in spec.tracing:
+            if len(tr.providers) > 1:
+                out.append(f"{where}: only the first tracing provider ({tr.providers[0].name}) is used")
+            if tr.providers:
+                out += tracing.provider_problems(m, [tr.providers[0].name], where)
+        for al in spec.access_logging:
+            for p in al.providers:
+                provider = m.provider(p.name)
+                if provider is None:
+                    out.append(f"{where}: access-log provider {p.name!r} is not in the mesh config's "
+                               "extensionProviders (left out)")
+                elif provider.envoy_file_access_log is None:
+                    out.append(f"{where}: access-log provider {p.name!r} is not an envoyFileAccessLog provider; "
+                               "the waypoint only logs to files (left out)")
+    if m.default_providers.tracing:
+        out += tracing.provider_problems(m, m.default_providers.tracing[:1], "mesh defaultProviders.tracing")
+    return sorted(set(out))
 
 
 __all__ = [
@@ -364,7 +483,9 @@ __all__ = [
     "access_logs_for",
     "applicable_telemetries",
     "apply_access_logs",
+    "apply_telemetry",
     "effective_providers",
     "telemetry_inputs",
+    "telemetry_warnings",
     "with_access_logs",
 ]

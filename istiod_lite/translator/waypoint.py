@@ -47,7 +47,7 @@ from istiod_lite.translator import (
     telemetry,
     traffic_policy,
 )
-from istiod_lite.translator.authz import AuthzFilters, authz_for_direct, authz_for_service
+from istiod_lite.translator.authz import AuthzFilters, authz_for_direct, authz_for_service, request_cluster
 from istiod_lite.translator.index import derived, derived_from_kinds, index_of, per_object, virtual_services_for
 from istiod_lite.translator.output import EnvoyResources
 from istiod_lite.translator.route_httproute import ROUTE_KINDS, mesh_routes
@@ -138,8 +138,13 @@ class WaypointTranslator:
     """
 
     def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN,
-                 path_normalization: ProxyPathNormalization | None = None) -> None:
+                 path_normalization: ProxyPathNormalization | None = None, mesh: MeshConfig | None = None) -> None:
         self.ref = ref
+        #: Authorization reads the mesh config (root namespace, ext_authz providers).  It may be
+        #: replaced between translations: it is part of every memo key (path normalization is not).
+        self.mesh = mesh
+        #: Hosts the last translation's authorization filters call (their services are memo inputs).
+        self._authz_hosts: tuple[str, ...] = ()
         self.trust_domain = trust_domain
         # Fixed for the instance, so the memos (all per instance) stay correct.
         self.path_normalization: PathNormalizationType = (
@@ -162,14 +167,23 @@ class WaypointTranslator:
         key = (*bindings.services.get(ref, ()), None, *bindings.workloads.get(ref, ()), None,
                *bindings.service_entries.get(ref, ()), None, *bindings.workload_entries.get(ref, ()), None,
                *(snapshot.by_kind.get(k) for k in _READ_KINDS), None, *_relevant_virtual_services(snapshot, ref),
-               None, *_route_target_services(snapshot, ref), None, *_attached_routes(snapshot, ref))
+               None, *_route_target_services(snapshot, ref), None, *_attached_routes(snapshot, ref),
+               None, self.mesh, *self._authz_key(snapshot))
         if self._last is not None and len(self._last[0]) == len(key) and all(
                 a is b for a, b in zip(self._last[0], key, strict=True)):
             self.last_rebuilt = 0
             return self._last[1]
+        hosts = self._authz_hosts
         out = self._translate(snapshot, bindings)
+        if self._authz_hosts != hosts:  # the services authorization calls are only known now
+            key = (*key[:len(key) - len(hosts)], *self._authz_key(snapshot))
         self._last = (key, out)
         return out
+
+    def _authz_key(self, snapshot: ConfigSnapshot) -> tuple[object, ...]:
+        """The Services/ServiceEntries of the hosts authorization calls (ext_authz, remote JWKS):
+        not among the kinds the shortcut compares whole, and not bound to this waypoint."""
+        return tuple(outbound.source_for_host(snapshot, h) for h in self._authz_hosts)
 
     def _translate(self, snapshot: ConfigSnapshot, bindings: Bindings) -> EnvoyResources:
         ref = self.ref
@@ -179,6 +193,7 @@ class WaypointTranslator:
         fragments: dict[str, tuple[_Inputs, _Fragment]] = {}
         chains: list[inbound.ServiceChains] = []
         rebuilt = 0
+        authz_hosts: set[str] = set()
         for sv in views:
             dr = destination_rule(snapshot, ref, sv)
             vss, route_inputs = service_routes(snapshot, ref, sv)
@@ -186,8 +201,10 @@ class WaypointTranslator:
             # ports, matter too.  Converted HTTPRoutes are new objects per snapshot: the
             # HTTPRoutes themselves stand for them.
             az = authz_for_service(snapshot, ref, sv.source.namespace, sv.source.name,
-                                   kind="ServiceEntry" if sv.is_service_entry else "Service")
-            inputs = _Inputs((sv.source, dr, az, *route_inputs, _TARGET_END,
+                                   kind="ServiceEntry" if sv.is_service_entry else "Service", mesh_config=self.mesh)
+            authz_hosts.update(c.host for c in az.clusters)
+            inputs = _Inputs((sv.source, dr, az, self.mesh, *_authz_objects(snapshot, ref.namespace, az),
+                              *route_inputs, _TARGET_END,
                               *endpoints.endpoint_inputs(snapshot, sv), *_target_objects(snapshot, ref, vss, owned)),
                              _target_signature(vss, owned))
             cached = self._fragments.get(sv.host)
@@ -202,7 +219,11 @@ class WaypointTranslator:
         self._fragments = fragments
         self.last_rebuilt = rebuilt
         workload_ips = bindings.workload_ips(ref)
-        direct = authz_for_direct(snapshot, ref)
+        direct = authz_for_direct(snapshot, ref, mesh_config=self.mesh)
+        if direct.clusters:  # usually already there: Gateway-wide policies apply to every service too
+            out.merge(_authz_resources(snapshot, ref.namespace, direct))
+            authz_hosts.update(c.host for c in direct.clusters)
+        self._authz_hosts = tuple(sorted(authz_hosts))
         # main_internal holds every chain: rebuild it only if a chain (object), the workloads or the
         # direct chains' authorization changed.
         key = (*chains, *workload_ips, direct)
@@ -216,6 +237,7 @@ class WaypointTranslator:
         out.listeners[hbone.MAIN_INTERNAL] = main
         out.merge(self._static)
         return out.sorted()
+
 
 
 def _referenced(vss: list[VirtualService]) -> list[str]:
@@ -386,11 +408,46 @@ def _service_fragment(
                     tcp_routes.tcp_chain(cluster, vss, sv.host, port.number, resolver), az.tcp if az else ())
         port_chains.append(inbound.PortChains(port.number, http_chain, tcp_chain))
     resolver.include(_referenced(vss))
-    # Services the authorization filters call (ext_authz, remote JWKS) need outbound clusters too.
-    resolver.include(sorted({c.host for c in (az.clusters if az else ())}))
     if resolver.outbound:
         out.merge(resolver.outbound_resources())
+    if az is not None and az.clusters:
+        out.merge(_authz_resources(snapshot, waypoint_namespace, az))
     return _Fragment(out, inbound.ServiceChains(sv.vips, tuple(port_chains)))
+
+
+def _authz_objects(snapshot: ConfigSnapshot, waypoint_namespace: str, az: AuthzFilters) -> tuple[object, ...]:
+    """What ``_authz_resources`` reads, for the memo: per called host its Service/ServiceEntry,
+    DestinationRule and endpoint sources."""
+    if not az.clusters:
+        return ()
+    out: list[object] = []
+    drs = index_of(snapshot).destination_rules
+    for host in sorted({c.host for c in az.clusters}):
+        svc = outbound.service_for_host(snapshot, host)
+        out += (outbound.source_for_host(snapshot, host), outbound.destination_rule_for_host(drs, waypoint_namespace,
+                                                                                             host))
+        if svc is not None:
+            out += endpoints.endpoint_inputs(snapshot, svc)
+        out.append(_TARGET_END)
+    return tuple(out)
+
+
+def _authz_resources(snapshot: ConfigSnapshot, waypoint_namespace: str, az: AuthzFilters) -> EnvoyResources:
+    """The clusters the authorization filters call (ext_authz services, remote JWKS hosts): a known
+    service's outbound clusters (even one this waypoint serves), else a cluster straight to the
+    host (``authz.request_cluster``; docs/authz.md)."""
+    out = EnvoyResources()
+    drs = index_of(snapshot).destination_rules
+    for req in sorted(az.clusters, key=lambda c: c.name):
+        if req.name in out.clusters:
+            continue
+        svc = outbound.service_for_host(snapshot, req.host)
+        if svc is not None:
+            service_clusters.add_outbound(out, snapshot, svc,
+                                          outbound.destination_rule_for_host(drs, waypoint_namespace, req.host))
+        if req.name not in out.clusters:  # not a service, not one of its ports, or a DNS one without endpoints
+            out.clusters[req.name] = request_cluster(req)
+    return out
 
 
 def connect_terminate_for(bind_ip: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> listener_pb2.Listener:
@@ -411,7 +468,7 @@ def translate_waypoint(
     """
     if path_normalization is None and mesh is not None:
         path_normalization = mesh.path_normalization
-    translator = WaypointTranslator(ref, trust_domain, path_normalization)
+    translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh)
     out = telemetry.apply_access_logs(translator.translate(snapshot), snapshot, mesh, ref)
     if bind_ip is None:
         wp = bindings_of(snapshot).waypoints.get(ref)

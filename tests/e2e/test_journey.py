@@ -14,7 +14,11 @@ The guide's sections, in its order:
 3. Canary (*traffic management*): ``reviews`` 90/10 between v1 and v2, then 50/50.
 4. *L7 Fault Injection*: Istio's bookinfo task -- for ``end-user: jason`` ``ratings`` is delayed,
    then aborted with 500; every other user is untouched.
-5. *Remove Waypoint proxy layer*: the label goes, the services leave the waypoint's config and
+5. *Monitoring the Waypoint Proxy & L7 Networking* (before the removal): the waypoint's
+   ``/stats/prometheus`` counts the requests just sent per service and response code (latency
+   histograms too), its JSON access log has a line per request (the aborted ones flagged ``FI``),
+   and a test Zipkin collector receives the waypoint's spans, joined to the callers' b3 traces.
+6. *Remove Waypoint proxy layer*: the label goes, the services leave the waypoint's config and
    its traffic stops; then the Gateway goes too.
 
 Addresses are the example's, remapped to this run's loopback addresses (the example's fixed ones
@@ -27,14 +31,18 @@ import collections
 import json
 import math
 import re
+import secrets
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from istiod_lite.model.meshconfig import MeshConfig, parse_mesh_config
 from istiod_lite.translator import find_waypoints
+from tests.e2e.test_observability import samples
 from tests.support.backends import BackendsFactory
+from tests.support.collectors import ZipkinCollector
 from tests.support.mesh import ambient_mesh, exclusive_ip
 from tests.support.ports import alloc_vip
 from tests.support.wait import wait_until
@@ -68,6 +76,15 @@ spec:
     - destination: {{host: ratings, subset: v1}}
   - route:
     - destination: {{host: ratings, subset: v1}}
+"""
+# Mesh-wide tracing to Zipkin; new traces are not sampled, a caller's sampled b3 trace is joined.
+TRACING = """apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - providers: [{name: zipkin}]
+    randomSamplingPercentage: 0
 """
 DELAY = "delay: {percentage: {value: 100.0}, fixedDelay: 1s}"
 ABORT = "abort: {percentage: {value: 100.0}, httpStatus: 500}"
@@ -119,7 +136,15 @@ async def test_seed_guide_journey(tmp_path: Path, backends_factory: BackendsFact
     apply("00-namespace.yaml", without_waypoint_label(example["00-namespace.yaml"]))
     apply("20-reviews.yaml")
     apply("21-ratings.yaml")
-    async with ambient_mesh(tmp_path, cfg) as mesh, \
+    apply("05-telemetry.yaml", TRACING)
+    access_log = tmp_path / "waypoint-access.log"
+
+    def mesh_config(zipkin_port: int) -> MeshConfig:  # the Zipkin collector is out of the registry: STRICT_DNS
+        return parse_mesh_config({
+            "accessLogFile": str(access_log), "accessLogEncoding": "JSON",
+            "extensionProviders": [{"name": "zipkin", "zipkin": {"service": "127.0.0.1", "port": zipkin_port}}]})
+
+    async with ZipkinCollector() as zipkin, ambient_mesh(tmp_path, cfg, mesh=mesh_config(zipkin.port)) as mesh, \
             mesh.pod_ztunnels(pod_ips[:2], "bookinfo", "bookinfo-reviews"), \
             mesh.pod_ztunnels(pod_ips[2:], "bookinfo", "bookinfo-ratings"), \
             mesh.waypoint("bookinfo", "waypoint", wp) as agent, \
@@ -227,7 +252,79 @@ async def test_seed_guide_journey(tmp_path: Path, backends_factory: BackendsFact
         assert (await split(reviews, 20)).keys() <= {REVIEWS_V1, REVIEWS_V2}  # reviews untouched
         t4 = time.monotonic()
 
-        # 5. Remove Waypoint proxy layer: unlabel the namespace, then delete the Gateway.
+        # 5. Monitoring the Waypoint Proxy & L7 Networking: metrics, access logs and traces of the
+        # requests sent now (10 to reviews, 5 from jason to ratings -- aborted -- and 5 from alice).
+        reviews_host, ratings_host = "reviews.bookinfo.svc.cluster.local", "ratings.bookinfo.svc.cluster.local"
+
+        def total(text: str, metric: str, **labels: str) -> float:
+            return sum(v for lab, v in samples(text, metric) if all(lab.get(k) == x for k, x in labels.items()))
+
+        rq, rq_total = "envoy_cluster_inbound_vip_http_upstream_rq", "envoy_cluster_inbound_vip_http_upstream_rq_total"
+
+        def counters(text: str) -> dict[str, float]:
+            return {
+                "reviews": total(text, rq_total, destination_service=reviews_host),
+                "ratings 200": total(text, rq, response_code="200", destination_service=ratings_host),
+                "ratings": total(text, rq_total, destination_service=ratings_host),
+                "9080 5xx": total(text, "envoy_http_inbound_0_0_0_0__downstream_rq", response_code_class="5xx",
+                                  destination_port="9080"),
+                "9080 2xx": total(text, "envoy_http_inbound_0_0_0_0__downstream_rq", response_code_class="2xx",
+                                  destination_port="9080"),
+            }
+
+        def latency_count(text: str) -> float:
+            return total(text, rq + "_time_count", destination_service=reviews_host)
+
+        before_text = await admin(admin_port, "/stats/prometheus") or ""
+        before, latency_before = counters(before_text), latency_count(before_text)
+        traced: dict[str, str] = {}  # trace id -> the caller's span id
+        statuses: collections.Counter[tuple[str, int]] = collections.Counter()
+        for i in range(20):
+            addr, user, name = ((reviews, None, "reviews") if i < 10 else
+                                (ratings, "jason" if i < 15 else "alice", "ratings"))
+            trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+            traced[trace_id] = span_id
+            headers = {"x-b3-traceid": trace_id, "x-b3-spanid": span_id, "x-b3-sampled": "1"}
+            if user:
+                headers["end-user"] = user
+            async with http.get(f"http://{addr}/monitoring/{i}", headers=headers) as r:
+                await r.read()
+                statuses[(name, r.status)] += 1
+        assert statuses == {("reviews", 200): 10, ("ratings", 500): 5, ("ratings", 200): 5}, statuses
+        after_text = await admin(admin_port, "/stats/prometheus") or ""
+        after = counters(after_text)
+        assert {k: after[k] - before[k] for k in after} == {
+            "reviews": 10, "ratings 200": 5, "ratings": 5, "9080 5xx": 5, "9080 2xx": 15}, (before, after)
+
+        async def latencies() -> bool:  # histograms reach /stats/prometheus at Envoy's stats flush
+            return latency_count(await admin(admin_port, "/stats/prometheus") or "") - latency_before >= 10
+
+        await wait_until(latencies, timeout=15, message="reviews latency histogram counts")
+
+        def logged() -> list[dict[str, object]]:
+            lines = access_log.read_text().splitlines() if access_log.exists() else []
+            entries = [json.loads(x) for x in lines if x.strip()]
+            return [e for e in entries if str(e.get("path", "")).startswith("/monitoring/")]
+
+        entries = await wait_until(lambda: len(logged()) >= 20 and logged(), timeout=30,
+                                   message="20 access-log lines (Envoy flushes its log files every 10 s)")
+        by_path = {str(e["path"]): e for e in entries}
+        assert len(entries) == 20 and set(by_path) == {f"/monitoring/{i}" for i in range(20)}
+        assert all(by_path[f"/monitoring/{i}"]["response_code"] == 500 and
+                   by_path[f"/monitoring/{i}"]["response_flags"] == "FI" for i in range(10, 15))
+        assert str(by_path["/monitoring/0"]["upstream_cluster"]).startswith("inbound-vip|9080|http")
+        assert str(by_path["/monitoring/0"]["upstream_cluster"]).endswith(f"|{reviews_host}")
+
+        spans = await zipkin.wait_for(lambda s: s.trace_id in traced, count=20)
+        assert {s.trace_id for s in zipkin.spans} == set(traced)  # only the callers' sampled traces
+        assert all(s.parent_id == traced[s.trace_id] and s.service == "waypoint.bookinfo" for s in spans)
+        # Istio's operation names: the canary's weighted route is named by its VirtualService.
+        assert {s.name for s in spans} == {"reviews:9080/*", f"{ratings_host}:9080/*"}
+        assert sorted(s.tags["http.status_code"] for s in spans) == ["200"] * 15 + ["500"] * 5
+        print(f"monitoring: {dict(statuses)}; {len(entries)} access-log lines, {len(spans)} spans")
+        t5 = time.monotonic()
+
+        # 6. Remove Waypoint proxy layer: unlabel the namespace, then delete the Gateway.
         apply("00-namespace.yaml", without_waypoint_label(example["00-namespace.yaml"]))
 
         async def unbound() -> bool:
@@ -240,4 +337,4 @@ async def test_seed_guide_journey(tmp_path: Path, backends_factory: BackendsFact
         await wait_until(lambda: find_waypoints(mesh.cp.config) == [], timeout=10, message="the Gateway deleted")
         assert mesh.cp.errors == ()
         print(f"journey: deploy {t1 - started:.1f}s, waypoint {t2 - t1:.1f}s, canary {t3 - t2:.1f}s, "
-              f"faults {t4 - t3:.1f}s, removal {time.monotonic() - t4:.1f}s")
+              f"faults {t4 - t3:.1f}s, monitoring {t5 - t4:.1f}s, removal {time.monotonic() - t5:.1f}s")

@@ -23,6 +23,7 @@ from istiod_lite.sources import DirectorySource
 from istiod_lite.translator import find_waypoints, translate_waypoint
 from istiod_lite.translator.authz import authz_problems
 from istiod_lite.translator.config_warnings import route_warnings
+from istiod_lite.translator.telemetry import telemetry_warnings
 from istiod_lite.translator.waypoints import binding_problems
 from tests.support.envoy import envoy_validate
 
@@ -42,12 +43,15 @@ def _translate_case(case: str) -> dict[str, str]:
     problems = binding_problems(update.snapshot)
     if problems:  # bindings that do not fit are reported (validate, server log), never used
         out["binding-problems.txt"] = "".join(f"{p}\n" for p in sorted(problems))
-    authz = authz_problems(update.snapshot)
+    authz = authz_problems(update.snapshot, mesh_config=mesh)
     if authz:  # policies that do not attach, or parts that fail closed, are reported
         out["authz-problems.txt"] = "".join(f"{p}\n" for p in sorted(authz))
     warnings = route_warnings(update.snapshot)
     if warnings:  # config the waypoint ignores (e.g. sourceLabels) is reported, never silently dropped
         out["ignored.txt"] = "".join(f"{w}\n" for w in warnings)
+    telemetry = telemetry_warnings(update.snapshot, mesh)
+    if telemetry:  # Telemetry settings upstream Envoy cannot honour (metrics overrides ...) are reported
+        out["telemetry-ignored.txt"] = "".join(f"{w}\n" for w in telemetry)
     return out
 
 

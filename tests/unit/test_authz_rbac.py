@@ -294,9 +294,11 @@ rules: [{when: [{key: 'request.auth.claims[groups][admin]', values: ['yes']},
         {"list_match": {"one_of": {"string_match": {"exact": "yes"}}}}, {"string_match": {"exact": "yes"}}]}}
     assert ids[0] == {"metadata": {"filter": "envoy.filters.http.jwt_authn", "path": [
         {"key": "payload"}, {"key": "groups"}, {"key": "admin"}], "value": claim_value}}
+    # ``aud`` may be a string or a list (RFC 7519): both forms match.
+    either = {"or_match": {"value_matchers": [{"string_match": {"exact": "a"}}, {"string_match": {"exact": "b"}}]}}
     assert ids[1] == {"metadata": {"filter": "envoy.filters.http.jwt_authn", "path": [
         {"key": "payload"}, {"key": "aud"}], "value": {"or_match": {"value_matchers": [
-            {"string_match": {"exact": "a"}}, {"string_match": {"exact": "b"}}]}}}}
+            {"list_match": {"one_of": either}}, either]}}}}
     assert ids[2]["metadata"]["path"][1] == {"key": "azp"}
     assert ids[3] == {"and_ids": {"ids": [_jwt("iss", exact="iss"), _jwt("sub", exact="sub")]}}
 

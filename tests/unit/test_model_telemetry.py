@@ -134,6 +134,25 @@ def test_mesh_config_file(tmp_path: Path) -> None:
     assert file.envoy_file_access_log.log_format.labels == {"code": "%RESPONSE_CODE%"}
     otel = mesh.provider("otel")
     assert otel is not None and otel.opentelemetry is not None and otel.opentelemetry.http is not None
+    assert otel.opentelemetry.http.timeout is not None and otel.opentelemetry.http.timeout.nanos == 5 * 10**9
+    assert [(h.name, h.value) for h in otel.opentelemetry.http.headers] == [("x-token", "abc")]
+
+
+def test_tracing_provider_fields() -> None:
+    mesh = parse_mesh_config({"extensionProviders": [
+        {"name": "z", "zipkin": {"service": "ns/zipkin", "port": 9411, "path": "/spans", "enable64bitTraceId": True,
+                                 "traceContextOption": "USE_B3_WITH_W3C_PROPAGATION"}},
+        {"name": "g", "opentelemetry": {"service": "otel", "port": 4317, "grpc": {
+            "timeout": "250ms", "initialMetadata": [{"name": "x-tenant", "value": "shop"}]}}},
+    ]})
+    z = mesh.provider("z")
+    assert z is not None and z.zipkin is not None
+    assert (z.zipkin.path, z.zipkin.enable_64bit_trace_id, z.zipkin.trace_context_option) == (
+        "/spans", True, "USE_B3_WITH_W3C_PROPAGATION")
+    g = mesh.provider("g")
+    assert g is not None and g.opentelemetry is not None and g.opentelemetry.grpc is not None
+    assert g.opentelemetry.grpc.timeout is not None and g.opentelemetry.grpc.timeout.nanos == 250_000_000
+    assert g.opentelemetry.grpc.initial_metadata[0].value == "shop"
 
 
 @pytest.mark.parametrize(("doc", "message"), [
@@ -146,6 +165,15 @@ def test_mesh_config_file(tmp_path: Path) -> None:
      "extensionProviders[0].zipkin.port"),
     ({"extensionProviders": [{"name": "f", "envoyFileAccessLog": {"logFormat": {"text": "a", "labels": {}}}}]},
      "only one of text or labels"),
+    ({"extensionProviders": [{"name": "o", "opentelemetry": {"service": "o", "port": 4317, "http": {},
+                                                             "grpc": {}}}]}, "only one of http or grpc"),
+    ({"extensionProviders": [{"name": "o", "opentelemetry": {"service": "o", "port": 4318, "http": {
+        "headers": [{"name": "x-token", "envName": "TOKEN"}]}}}]}, "envName"),
+    ({"extensionProviders": [{"name": "o", "opentelemetry": {"service": "o", "port": 4318, "http": {
+        "timeout": "soon"}}}]}, "timeout"),
+    ({"extensionProviders": [{"name": "z", "zipkin": {"service": "z", "port": 9411,
+                                                      "traceContextOption": "W3C"}}]}, "traceContextOption"),
+    ({"defaultConfig": {"tracing": {"sampling": 100}}}, "defaultConfig"),
 ])
 def test_mesh_config_rejected(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(MeshConfigInvalid) as info:

@@ -21,6 +21,7 @@ from istiod_lite.translator.authz.generate import (
     translator_for,
 )
 from istiod_lite.translator.authz.matchers import DEFAULT_LIMITS, Limits
+from istiod_lite.translator.authz.upstream import request_cluster
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -33,5 +34,6 @@ __all__ = [
     "authz_for_service",
     "authz_problems",
     "parse_providers",
+    "request_cluster",
     "translator_for",
 ]

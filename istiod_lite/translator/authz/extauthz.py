@@ -6,10 +6,11 @@ Facts: shared/reference/istio-waypoint.md §5.2 and Istio's builder:
   ``istio_ext_authz_``) hold the provider's policies, keyed ``istio-ext-authz-<provider>-ns[..]..``;
   then the ext_authz filter, enabled only when that RBAC filter's shadow result names one of them
   (``filter_enabled_metadata`` on ``istio_ext_authz_shadow_effective_policy_id``);
-* the provider comes from MeshConfig ``extensionProviders`` (``envoyExtAuthzHttp`` or
-  ``envoyExtAuthzGrpc``); its service must exist (a Kubernetes Service or ServiceEntry host), and
-  the check goes to cluster ``outbound|<port>||<host>``, which the caller must add (returned as a
-  ``ClusterRequest``: a waypoint has no outbound clusters of its own);
+* the provider comes from MeshConfig ``extensionProviders`` (typed ``EnvoyExtAuthzHttp`` /
+  ``EnvoyExtAuthzGrpc`` in ``model/meshconfig.py``); its service must exist (a Kubernetes Service
+  or ServiceEntry host) and declare the port, and the check goes to cluster
+  ``outbound|<port>||<host>``, which the caller must add (returned as a ``ClusterRequest``; the
+  waypoint translator turns it into the service's outbound clusters);
 * an unknown or invalid provider, or several providers without the multiple-providers switch
   (Istio's ``PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS``), turns the CUSTOM policies into a
   DENY RBAC filter with keys suffixed ``-deny-due-to-bad-CUSTOM-action`` (fail closed).
@@ -36,10 +37,17 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
-from pydantic_core import PydanticCustomError
+from pydantic import ValidationError
 
 from istiod_lite.model import ConfigSnapshot
-from istiod_lite.model.types import parse_duration
+from istiod_lite.model.meshconfig import (
+    EnvoyExtAuthzGrpc,
+    EnvoyExtAuthzHttp,
+    ExtAuthzBufferSettings,
+    ExtensionProvider,
+    MeshConfig,
+)
+from istiod_lite.model.types import Duration
 from istiod_lite.translator import names, outbound
 from istiod_lite.translator.authz import rbac
 from istiod_lite.translator.authz.rbac import CompiledPolicy, HttpFilter, NetworkFilter
@@ -51,16 +59,6 @@ NETWORK_EXT_AUTHZ: Final = "envoy.filters.network.ext_authz"
 EXT_AUTHZ_STAT_PREFIX: Final = "istio_ext_authz_"
 SHADOW_POLICY_ID: Final = "shadow_effective_policy_id"
 DEFAULT_TIMEOUT_S: Final = 600
-_HTTP_KEYS: Final = frozenset({
-    "service", "port", "timeout", "pathPrefix", "failOpen", "clearRouteCache", "statusOnError",
-    "includeRequestHeadersInCheck", "includeHeadersInCheck", "includeAdditionalHeadersInCheck",
-    "includeRequestBodyInCheck", "headersToUpstreamOnAllow", "headersToDownstreamOnDeny",
-    "headersToDownstreamOnAllow"})
-_GRPC_KEYS: Final = frozenset({"service", "port", "timeout", "failOpen", "clearRouteCache", "statusOnError",
-                               "includeRequestBodyInCheck"})
-_BODY_KEYS: Final = frozenset({"maxRequestBytes", "allowPartialMessage", "packAsBytes"})
-
-
 @dataclass(frozen=True)
 class ClusterRequest:
     """A cluster the generated filters name and the caller must provide (``outbound|P||H``)."""
@@ -70,6 +68,8 @@ class ClusterRequest:
     port: int
     #: The upstream speaks TLS (an ``https`` JWKS URI).
     tls: bool = False
+    #: The upstream needs HTTP/2 (a gRPC ext_authz service).
+    h2: bool = False
     #: What needs it, for logs ("ext_authz provider x", "JWKS of issuer y").
     purpose: str = ""
 
@@ -95,24 +95,20 @@ class Providers:
     inputs: tuple[object, ...] = ()
 
 
-def _duration(value: Any, where: str) -> duration_pb2.Duration:
-    try:
-        d = parse_duration(value)
-    except PydanticCustomError as exc:
-        raise ValueError(f"{where}: {exc}") from None
-    return duration_pb2.Duration(seconds=d.seconds, nanos=d.subsecond_nanos)
+def _duration(value: Duration | None) -> duration_pb2.Duration:
+    if value is None:
+        return duration_pb2.Duration(seconds=DEFAULT_TIMEOUT_S)
+    return duration_pb2.Duration(seconds=value.seconds, nanos=value.subsecond_nanos)
 
 
-def _headers(values: Any, where: str) -> string_pb2.ListStringMatcher | None:
+def _headers(values: Sequence[str], where: str) -> string_pb2.ListStringMatcher | None:
     """Istio's ``generateHeaders``: ``x*`` prefix, ``*x`` suffix, else exact; case-insensitive."""
-    if values is None:
-        return None
-    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
-        raise ValueError(f"{where} must be a list of header names")
     if not values:
         return None
     out = string_pb2.ListStringMatcher()
     for v in values:
+        if not v:
+            raise ValueError(f"{where}: a header name must not be empty")
         if v == "*":
             raise ValueError(f'{where}: a single wildcard ("*") is not supported, use a prefix or suffix match')
         if v.startswith("*"):
@@ -131,116 +127,114 @@ def _filter_enabled(rbac_filter: str, provider: str) -> metadata_pb2.MetadataMat
     return m
 
 
-def _resolve_service(snapshot: ConfigSnapshot, service: Any) -> tuple[str, object]:
-    """``[<namespace>/]<hostname>`` -> (hostname, the Service/ServiceEntry it names)."""
-    if not isinstance(service, str) or not service:
-        raise ValueError("service must not be empty")
+def _resolve_service(snapshot: ConfigSnapshot, service: str, port: int) -> tuple[str, object]:
+    """``[<namespace>/]<hostname>`` -> (hostname, the Service/ServiceEntry it names).
+
+    The port must be one the service declares (a choice: Istio does not check, and an
+    ``envoy_grpc`` naming a cluster that does not exist makes Envoy reject the whole listener)."""
     ns, slash, host = service.rpartition("/")
     if slash and "." not in host:
         host = names.service_fqdn(host, ns)
     info = outbound.service_for_host(snapshot, host)
     if info is None or (slash and info.namespace != ns):
         raise ValueError(f"could not find service {service} in the service registry")
+    if info.port(port) is None:
+        raise ValueError(f"service {service} has no port {port}")
     return host, outbound.source_for_host(snapshot, host)
 
 
-def _status(value: Any) -> http_status_pb2.HttpStatus | None:
-    if value in (None, ""):
+def _status(value: str) -> http_status_pb2.HttpStatus | None:
+    """Istio's ``parseStatusOnError``: empty -> Envoy's default (403), else a known HTTP status."""
+    if not value:
         return None
     try:
-        code = int(str(value))
+        code = int(value)
         http_status_pb2.StatusCode.Name(code)
     except ValueError:
         raise ValueError(f"unsupported statusOnError {value!r}") from None
     return http_status_pb2.HttpStatus(code=code)
 
 
-def _body(value: Any) -> http_ext_authz_pb2.BufferSettings | None:
+def _body(value: ExtAuthzBufferSettings | None) -> http_ext_authz_pb2.BufferSettings | None:
     if value is None:
         return None
-    if not isinstance(value, Mapping) or set(value) - _BODY_KEYS:
-        raise ValueError(f"includeRequestBodyInCheck accepts only {sorted(_BODY_KEYS)}")
-    return http_ext_authz_pb2.BufferSettings(max_request_bytes=int(value.get("maxRequestBytes", 0)),
-                                             allow_partial_message=bool(value.get("allowPartialMessage", False)),
-                                             pack_as_bytes=bool(value.get("packAsBytes", False)))
+    return http_ext_authz_pb2.BufferSettings(max_request_bytes=value.max_request_bytes,
+                                             allow_partial_message=value.allow_partial_message,
+                                             pack_as_bytes=value.pack_as_bytes)
 
 
-def _port(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"port must be in the range [1, 65535], found: {value!r}")
-    return value
-
-
-def _build(snapshot: ConfigSnapshot, name: str, kind: Literal["http", "grpc"], cfg: Mapping[str, Any]
+def _build(snapshot: ConfigSnapshot, name: str, cfg: EnvoyExtAuthzHttp | EnvoyExtAuthzGrpc
            ) -> tuple[ExtAuthzProvider, object]:
-    unknown = set(cfg) - (_HTTP_KEYS if kind == "http" else _GRPC_KEYS)
-    if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)}")
-    port = _port(cfg.get("port"))
-    host, source = _resolve_service(snapshot, cfg.get("service"))
+    """One typed MeshConfig ext_authz provider -> its filters (Istio's ``buildExtAuthzHTTP``/``GRPC``)."""
+    port = cfg.port
+    host, source = _resolve_service(snapshot, cfg.service, port)
     cluster = names.outbound_cluster(port, host)
-    timeout = _duration(cfg["timeout"], "timeout") if "timeout" in cfg else duration_pb2.Duration(
-        seconds=DEFAULT_TIMEOUT_S)
-    status = _status(cfg.get("statusOnError"))
-    body = _body(cfg.get("includeRequestBodyInCheck"))
-    fail_open = bool(cfg.get("failOpen", False))
-    ea = http_ext_authz_pb2.ExtAuthz(failure_mode_allow=fail_open, transport_api_version=config_source_pb2.V3,
-                                     clear_route_cache=bool(cfg.get("clearRouteCache", False)),
+    timeout = _duration(cfg.timeout)
+    status = _status(cfg.status_on_error)
+    body = _body(cfg.include_request_body_in_check)
+    ea = http_ext_authz_pb2.ExtAuthz(failure_mode_allow=cfg.fail_open, transport_api_version=config_source_pb2.V3,
+                                     clear_route_cache=cfg.clear_route_cache,
                                      filter_enabled_metadata=_filter_enabled(rbac.HTTP_RBAC, name))
     if status is not None:
         ea.status_on_error.CopyFrom(status)
     if body is not None:
         ea.with_request_body.CopyFrom(body)
     tcp: NetworkFilter | None = None
-    if kind == "http":
-        prefix = cfg.get("pathPrefix", "")
-        if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")):
-            raise ValueError(f"pathPrefix must begin with `/`, found: {prefix!r}")
+    kind: Literal["http", "grpc"]
+    if isinstance(cfg, EnvoyExtAuthzHttp):
+        kind = "http"
         svc = ea.http_service
-        svc.path_prefix = prefix
+        svc.path_prefix = cfg.path_prefix
         svc.server_uri.CopyFrom(http_uri_pb2.HttpUri(uri=f"http://{host}", cluster=cluster, timeout=timeout))
-        allowed = _headers(cfg.get("includeRequestHeadersInCheck"), "includeRequestHeadersInCheck") or _headers(
-            cfg.get("includeHeadersInCheck"), "includeHeadersInCheck")
+        allowed = _headers(cfg.include_request_headers_in_check, "includeRequestHeadersInCheck") or _headers(
+            cfg.include_headers_in_check, "includeHeadersInCheck")
         if allowed is not None:
             ea.allowed_headers.CopyFrom(allowed)
-        extra = cfg.get("includeAdditionalHeadersInCheck") or {}
-        if not isinstance(extra, Mapping):
-            raise ValueError("includeAdditionalHeadersInCheck must be a map of header name to value")
+        extra = cfg.include_additional_headers_in_check
         for k in sorted(extra):
-            svc.authorization_request.headers_to_add.add(key=str(k), value=str(extra[k]))
-        response = {"allowed_upstream_headers": "headersToUpstreamOnAllow",
-                    "allowed_client_headers": "headersToDownstreamOnDeny",
-                    "allowed_client_headers_on_success": "headersToDownstreamOnAllow"}
-        for attr, key in response.items():
-            lst = _headers(cfg.get(key), key)
+            svc.authorization_request.headers_to_add.add(key=k, value=extra[k])
+        response = {"allowed_upstream_headers": ("headersToUpstreamOnAllow", cfg.headers_to_upstream_on_allow),
+                    "allowed_client_headers": ("headersToDownstreamOnDeny", cfg.headers_to_downstream_on_deny),
+                    "allowed_client_headers_on_success": ("headersToDownstreamOnAllow",
+                                                          cfg.headers_to_downstream_on_allow)}
+        for attr, (key, values) in response.items():
+            lst = _headers(values, key)
             if lst is not None:
                 getattr(svc.authorization_response, attr).CopyFrom(lst)
     else:
+        kind = "grpc"
         grpc = grpc_service_pb2.GrpcService(timeout=timeout)
         grpc.envoy_grpc.cluster_name = cluster
         # ``|`` is invalid in a gRPC authority: Istio's substitute.
         grpc.envoy_grpc.authority = cluster.replace("|", "_.")
         ea.grpc_service.CopyFrom(grpc)
-        net = net_ext_authz_pb2.ExtAuthz(stat_prefix=rbac.TCP_STAT_PREFIX, failure_mode_allow=fail_open,
+        net = net_ext_authz_pb2.ExtAuthz(stat_prefix=rbac.TCP_STAT_PREFIX, failure_mode_allow=cfg.fail_open,
                                          transport_api_version=config_source_pb2.V3, grpc_service=grpc,
                                          filter_enabled_metadata=_filter_enabled(rbac.NETWORK_RBAC, name))
         tcp = NetworkFilter(name=NETWORK_EXT_AUTHZ, typed_config=packed(net))
+    request = ClusterRequest(cluster, host, port, h2=kind == "grpc", purpose=f"ext_authz provider {name}")
     return ExtAuthzProvider(name=name, kind=kind, http=HttpFilter(name=HTTP_EXT_AUTHZ, typed_config=packed(ea)),
-                            tcp=tcp, cluster=ClusterRequest(cluster, host, port, purpose=f"ext_authz provider {name}")
-                            ), source
+                            tcp=tcp, cluster=request), source
 
 
-def parse_providers(snapshot: ConfigSnapshot, mesh_config: Mapping[str, Any] | None) -> Providers:
-    """MeshConfig ``extensionProviders`` (camelCase, as in Istio's mesh config YAML) -> providers.
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" if e["loc"] else str(e["msg"])
+                     for e in exc.errors())
 
-    Only the ext_authz kinds are built; a provider of another kind (tracing, logging ...) is
-    recorded as unusable for CUSTOM.  Names must be unique: every duplicate is unusable."""
-    out: dict[str, ExtAuthzProvider] = {}
-    errors: dict[str, str] = {}
-    inputs: list[object] = [mesh_config]
-    entries = (mesh_config or {}).get("extensionProviders") or []
+
+def _typed_entries(mesh_config: MeshConfig | Mapping[str, Any] | None, errors: dict[str, str]
+                   ) -> list[ExtensionProvider]:
+    """The mesh config's providers, typed.  A raw mapping (Istio's camelCase YAML) is validated
+    entry by entry, so one bad provider makes only itself unusable (its policies deny)."""
+    if mesh_config is None:
+        return []
+    if isinstance(mesh_config, MeshConfig):
+        return list(mesh_config.extension_providers)  # validated, names unique
+    entries = mesh_config.get("extensionProviders") or []
     if not isinstance(entries, list):
-        return Providers(errors={"": "extensionProviders must be a list"}, inputs=tuple(inputs))
+        errors[""] = "extensionProviders must be a list"
+        return []
+    out: dict[str, ExtensionProvider] = {}
     seen: set[str] = set()
     for i, entry in enumerate(entries):
         name = entry.get("name") if isinstance(entry, Mapping) else None
@@ -252,23 +246,38 @@ def parse_providers(snapshot: ConfigSnapshot, mesh_config: Mapping[str, Any] | N
             out.pop(name, None)
             continue
         seen.add(name)
-        assert isinstance(entry, Mapping)
-        kinds = [k for k in entry if k != "name"]
-        if kinds == ["envoyExtAuthzHttp"] or kinds == ["envoyExtAuthzGrpc"]:
-            kind: Literal["http", "grpc"] = "http" if kinds[0] == "envoyExtAuthzHttp" else "grpc"
-            cfg = entry[kinds[0]]
-            try:
-                if not isinstance(cfg, Mapping):
-                    raise ValueError(f"{kinds[0]} must be a mapping")
-                provider, source = _build(snapshot, name, kind, cfg)
-            except (ValueError, TypeError) as exc:
-                errors[name] = f"failed to parse extension provider {name}: {exc}"
-                inputs.append(None)
-                continue
-            out[name] = provider
-            inputs.append(source)
-        else:
+        try:
+            out[name] = ExtensionProvider.model_validate(entry)
+        except ValidationError as exc:
+            errors[name] = f"failed to parse extension provider {name}: {_validation_message(exc)}"
+    return list(out.values())
+
+
+def parse_providers(snapshot: ConfigSnapshot, mesh_config: MeshConfig | Mapping[str, Any] | None) -> Providers:
+    """MeshConfig ``extensionProviders`` -> the usable ext_authz providers.
+
+    ``mesh_config`` is the typed ``MeshConfig`` (what ``--mesh-config`` loads), or a raw mapping
+    in Istio's YAML spelling.  Only the ext_authz kinds are built; a provider of another kind
+    (tracing, logging ...) is recorded as unusable for CUSTOM, as is one whose service does not
+    exist or whose settings Envoy cannot take (``statusOnError``, header patterns)."""
+    out: dict[str, ExtAuthzProvider] = {}
+    errors: dict[str, str] = {}
+    inputs: list[object] = [mesh_config]
+    for provider in _typed_entries(mesh_config, errors):
+        name = provider.name
+        cfg = provider.envoy_ext_authz_http or provider.envoy_ext_authz_grpc
+        if cfg is None:
+            kinds = [k for k in provider.model_dump(by_alias=True, exclude_none=True) if k != "name"]
             errors[name] = f"extension provider {name} is not an ext_authz provider ({', '.join(kinds) or 'empty'})"
+            continue
+        try:
+            built, source = _build(snapshot, name, cfg)
+        except ValueError as exc:
+            errors[name] = f"failed to parse extension provider {name}: {exc}"
+            inputs.append(None)
+            continue
+        out[name] = built
+        inputs.append(source)
     return Providers(by_name=out, errors=errors, inputs=tuple(inputs))
 
 

@@ -24,6 +24,7 @@ from typing import Any, Final
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Service
 from istiod_lite.model.gateway import Gateway
+from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.model.networking import ServiceEntry
 from istiod_lite.model.security import AuthorizationPolicy, RequestAuthentication
 from istiod_lite.translator.authz import attach, extauthz, jwt, rbac
@@ -34,6 +35,8 @@ from istiod_lite.translator.authz.rbac import HttpFilter, NetworkFilter
 from istiod_lite.translator.waypoints import WaypointRef
 
 _MAX_CHAINS: Final = 100_000
+#: The mesh config as the translator takes it: typed, or Istio's raw YAML mapping.
+MeshConfigLike = MeshConfig | Mapping[str, Any]
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,11 +65,12 @@ EMPTY: Final = AuthzFilters()
 class AuthzTranslator:
     """Authorization for waypoint chains under one set of settings, with a per-chain memo.
 
-    ``mesh_config`` is the parsed MeshConfig mapping (only ``extensionProviders`` is read);
+    ``mesh_config`` is the typed ``MeshConfig`` (or a raw mapping in Istio's YAML spelling; only
+    ``extensionProviders`` is read: the root namespace is its own argument);
     ``limits`` says what the proxies accept (regex program size); ``multiple_custom_providers`` is
     Istio's ``PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS``.  Thread-safe."""
 
-    def __init__(self, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE, mesh_config: Mapping[str, Any] | None = None,
+    def __init__(self, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE, mesh_config: MeshConfigLike | None = None,
                  limits: Limits = DEFAULT_LIMITS, multiple_custom_providers: bool = False) -> None:
         self.root_namespace = root_namespace
         self.mesh_config = mesh_config
@@ -136,15 +140,26 @@ class AuthzTranslator:
         compiled = [rbac.compile_policy(ap, self.limits) for ap in targeted_aps.values()]
         for cp in compiled:
             out += cp.problems
+            # An ALLOW rule dropped, or a DENY/AUDIT rule widened, wherever the policy reaches a TCP chain.
+            out += [f"TCP chains: {n}" for n in cp.tcp_notes]
         customs = [cp for cp in compiled if cp.action == "CUSTOM"]
         if customs:
             providers = self._providers_for(snapshot)
             for cp in customs:
-                if cp.provider not in providers.by_name:
+                what = f"AuthorizationPolicy {cp.source.namespace}/{cp.source.name}: spec.provider.name"
+                provider = providers.by_name.get(cp.provider)
+                if provider is None:
                     reason = providers.errors.get(cp.provider, f"extension provider {cp.provider!r} is not defined "
                                                                "in the mesh config")
-                    out.append(f"AuthorizationPolicy {cp.source.namespace}/{cp.source.name}: spec.provider.name: "
-                               f"{reason}; enforced as DENY")
+                    out.append(f"{what}: {reason}; enforced as DENY")
+                elif provider.tcp is None:
+                    out.append(f"TCP chains: {what}: HTTP provider {cp.provider!r} cannot check TCP traffic; "
+                               "TCP connections the policy selects are denied")
+            named = sorted({cp.provider for cp in customs})
+            if len(named) > 1 and not self.multiple_custom_providers:
+                out.append(f"CUSTOM AuthorizationPolicies name several providers ({', '.join(named)}): on a chain "
+                           "where more than one applies, every CUSTOM policy is enforced as DENY (Istio's "
+                           "PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS is off)")
         out += jwt.jwt_filter(list(targeted_ras.values())).problems
         return sorted(dict.fromkeys(out))
 
@@ -293,9 +308,12 @@ _translators: dict[tuple[object, ...], AuthzTranslator] = {}
 _translators_lock = threading.Lock()
 
 
-def translator_for(*, root_namespace: str = DEFAULT_ROOT_NAMESPACE, mesh_config: Mapping[str, Any] | None = None,
+def translator_for(*, root_namespace: str | None = None, mesh_config: MeshConfigLike | None = None,
                    limits: Limits = DEFAULT_LIMITS, multiple_custom_providers: bool = False) -> AuthzTranslator:
-    """A shared translator per settings (the mesh config compared by identity)."""
+    """A shared translator per settings (the mesh config compared by identity).  ``root_namespace``
+    None: the typed mesh config's ``rootNamespace``, else ``istio-system``."""
+    if root_namespace is None:
+        root_namespace = mesh_config.root_namespace if isinstance(mesh_config, MeshConfig) else DEFAULT_ROOT_NAMESPACE
     key = (root_namespace, id(mesh_config), limits, multiple_custom_providers)
     with _translators_lock:
         t = _translators.get(key)
@@ -308,8 +326,8 @@ def translator_for(*, root_namespace: str = DEFAULT_ROOT_NAMESPACE, mesh_config:
 
 
 def authz_for_service(snapshot: ConfigSnapshot, waypoint: WaypointRef, service_namespace: str, service_name: str, *,
-                      root_namespace: str = DEFAULT_ROOT_NAMESPACE, kind: str = "Service",
-                      mesh_config: Mapping[str, Any] | None = None, limits: Limits = DEFAULT_LIMITS,
+                      root_namespace: str | None = None, kind: str = "Service",
+                      mesh_config: MeshConfigLike | None = None, limits: Limits = DEFAULT_LIMITS,
                       multiple_custom_providers: bool = False) -> AuthzFilters:
     """Authorization filters for a per-service chain (``inbound-vip|P|http|H`` / ``...|tcp|H``)."""
     return translator_for(root_namespace=root_namespace, mesh_config=mesh_config, limits=limits,
@@ -317,15 +335,15 @@ def authz_for_service(snapshot: ConfigSnapshot, waypoint: WaypointRef, service_n
                           ).for_service(snapshot, waypoint, service_namespace, service_name, kind)
 
 
-def authz_for_direct(snapshot: ConfigSnapshot, waypoint: WaypointRef, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE,
-                     mesh_config: Mapping[str, Any] | None = None, limits: Limits = DEFAULT_LIMITS,
+def authz_for_direct(snapshot: ConfigSnapshot, waypoint: WaypointRef, *, root_namespace: str | None = None,
+                     mesh_config: MeshConfigLike | None = None, limits: Limits = DEFAULT_LIMITS,
                      multiple_custom_providers: bool = False) -> AuthzFilters:
     """Authorization filters for ``direct-http``/``direct-tcp``."""
     return translator_for(root_namespace=root_namespace, mesh_config=mesh_config, limits=limits,
                           multiple_custom_providers=multiple_custom_providers).for_direct(snapshot, waypoint)
 
 
-def authz_problems(snapshot: ConfigSnapshot, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE,
-                   mesh_config: Mapping[str, Any] | None = None, limits: Limits = DEFAULT_LIMITS) -> list[str]:
+def authz_problems(snapshot: ConfigSnapshot, *, root_namespace: str | None = None,
+                   mesh_config: MeshConfigLike | None = None, limits: Limits = DEFAULT_LIMITS) -> list[str]:
     """Authorization config that waypoints do not enforce as written (for ``validate`` and logs)."""
     return translator_for(root_namespace=root_namespace, mesh_config=mesh_config, limits=limits).problems(snapshot)

@@ -240,7 +240,9 @@ def _request_principals(values: tuple[str, ...], lim: Limits) -> Principal:
 
 
 def _audiences(values: tuple[str, ...], lim: Limits) -> Principal:
-    return _jwt_claim(["aud"], m.string_or_values(values, lim))
+    # RFC 7519: ``aud`` is a string or an array of strings; jwt_authn keeps it as the token has it.
+    # A string-only matcher would let a DENY on audiences be bypassed with a one-element array.
+    return _jwt_claim(["aud"], m.list_or_value(m.string_or_values(values, lim)))
 
 
 def _presenter(values: tuple[str, ...], lim: Limits) -> Principal:
