@@ -373,6 +373,9 @@ class Source(IstioModel):
     not_remote_ip_blocks: tuple[IPBlock, ...] = ()
     service_accounts: ServiceAccounts = ()
     not_service_accounts: ServiceAccounts = ()
+    #: The peer's SPIFFE trust domain (``spiffe://<td>/...``); ``*`` wildcards as elsewhere.
+    trust_domains: tuple[MatchValue, ...] = ()
+    not_trust_domains: tuple[MatchValue, ...] = ()
 
     @property
     def is_empty(self) -> bool:
@@ -512,6 +515,7 @@ _CUSTOM_UNSUPPORTED_SOURCE = (
     ("service_accounts", "ServiceAccounts"), ("not_service_accounts", "NotServiceAccounts"),
     ("principals", "Principals"), ("not_principals", "NotPrincipals"),
     ("request_principals", "RequestPrincipals"), ("not_request_principals", "NotRequestPrincipals"),
+    ("trust_domains", "TrustDomains"), ("not_trust_domains", "NotTrustDomains"),
 )
 _CUSTOM_UNSUPPORTED_KEYS = frozenset({"source.namespace", "source.serviceAccount", "source.principal"})
 

@@ -61,7 +61,7 @@ apiVersion kind metadata spec status
 selector matchLabels targetRef targetRefs group name namespace
 rules action provider from to when source operation key values notValues
 principals notPrincipals requestPrincipals notRequestPrincipals namespaces notNamespaces ipBlocks notIpBlocks
-remoteIpBlocks notRemoteIpBlocks serviceAccounts notServiceAccounts
+remoteIpBlocks notRemoteIpBlocks serviceAccounts notServiceAccounts trustDomains notTrustDomains
 hosts notHosts ports notPorts methods notMethods paths notPaths
 jwtRules issuer audiences jwksUri jwks fromHeaders prefix fromParams fromCookies outputPayloadToHeader
 forwardOriginalToken outputClaimToHeaders header claim timeout spaceDelimitedClaims

@@ -177,6 +177,18 @@ def _service_accounts(default_ns: str) -> PrinGen:
     return gen
 
 
+def _trust_domains(v: str, lim: Limits) -> list[Principal]:
+    """The peer's trust domain: ``spiffe://<td>/`` as a prefix; ``*`` any SPIFFE identity; a
+    partial wildcard matches within the trust-domain segment only (never across ``/``)."""
+    m.check_value(v, lim)
+    if v == "*":
+        return [_peer(m.StringMatcher(prefix=m.SPIFFE_PREFIX))]
+    if "*" not in v:
+        return [_peer(m.StringMatcher(prefix=f"{m.SPIFFE_PREFIX}{v}/"))]
+    td = "[^/]*".join(m.re2_escape(part) for part in v.split("*"))
+    return [_peer(m.regex(f"{m.re2_escape(m.SPIFFE_PREFIX)}{td}/.*", lim))]
+
+
 def _direct_ip(v: str, lim: Limits) -> list[Principal]:
     return [Principal(direct_remote_ip=m.cidr(v))]
 
@@ -343,6 +355,7 @@ def _source_fields(src: Source, loc: str, policy_ns: str) -> list[Field]:
     rest: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], PrinGen], ...] = (
             ("serviceAccounts", "notServiceAccounts", src.service_accounts, src.not_service_accounts,
              _service_accounts(policy_ns)),
+            ("trustDomains", "notTrustDomains", src.trust_domains, src.not_trust_domains, _trust_domains),
             ("namespaces", "notNamespaces", src.namespaces, src.not_namespaces, _namespaces),
             ("remoteIpBlocks", "notRemoteIpBlocks", src.remote_ip_blocks, src.not_remote_ip_blocks, _remote_ip),
             ("ipBlocks", "notIpBlocks", src.ip_blocks, src.not_ip_blocks, _direct_ip))
