@@ -103,6 +103,7 @@ def _validate(args: argparse.Namespace) -> int:
     logging.getLogger("istiod_lite.sources").setLevel(logging.ERROR)  # errors are printed below, once
     from istiod_lite.translator.authz import authz_problems
     from istiod_lite.translator.config_warnings import route_warnings
+    from istiod_lite.translator.telemetry import telemetry_warnings
     from istiod_lite.translator.waypoints import binding_problems
 
     update = DirectorySource(Path(args.config)).load()
@@ -112,8 +113,11 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"warning: binding: {problem}", file=sys.stderr)
     for ignored in route_warnings(update.snapshot):
         print(f"warning: ignored: {ignored}", file=sys.stderr)
-    for problem in authz_problems(update.snapshot, mesh_config=_mesh(getattr(args, "mesh_config", None))):
+    mesh = _mesh(getattr(args, "mesh_config", None))
+    for problem in authz_problems(update.snapshot, mesh_config=mesh):
         print(f"warning: authorization: {problem}", file=sys.stderr)
+    for ignored in telemetry_warnings(update.snapshot, mesh):
+        print(f"warning: telemetry: {ignored}", file=sys.stderr)
     n = len(update.snapshot)
     print(f"{n} resource(s) valid, {len(update.errors)} error(s)", file=sys.stderr)
     return 1 if update.errors else 0
@@ -235,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate a config directory; exit 1 on any error")
     v.add_argument("--config", required=True, metavar="DIR")
     v.add_argument("--mesh-config", metavar="FILE",
-                   help="Istio MeshConfig YAML (root namespace and ext_authz providers for authorization checks)")
+                   help="Istio MeshConfig YAML (root namespace, ext_authz and telemetry providers for the checks)")
     v.set_defaults(func=_validate)
 
     t = sub.add_parser("translate", help="print a waypoint's Envoy resources")

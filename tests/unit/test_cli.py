@@ -67,6 +67,28 @@ def test_validate_clean_directory_exits_zero() -> None:
     assert out.stdout == ""
 
 
+def test_validate_warns_about_telemetry_the_waypoint_cannot_honour(tmp_path: Path) -> None:
+    """Valid config that upstream Envoy cannot apply is a warning (exit 0), with the resource."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "t.yaml").write_text("""\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides: [{match: {metric: REQUEST_COUNT}, disabled: true}]
+""")
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("extensionProviders: [{name: prometheus, prometheus: {}}]\n")
+    out = cli("validate", "--config", str(tmp_path / "cfg"), "--mesh-config", str(mesh))
+    assert out.returncode == 0, out.stdout + out.stderr
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning: telemetry: ")]
+    assert warnings and all("Telemetry istio-system/mesh-default" in w for w in warnings), out.stderr
+    assert any("REQUEST_COUNT" in w for w in warnings), warnings
+    assert not any("not in the mesh config" in w for w in warnings), warnings  # the provider is declared
+
+
 def test_translate_is_deterministic_envoy_json(tmp_path: Path) -> None:
     first = cli("translate", "--config", str(EXAMPLE), "--waypoint", "bookinfo/waypoint")
     assert first.returncode == 0, first.stderr
