@@ -13,13 +13,15 @@ grpc.aio streams that behave like Envoy: wildcard CDS and LDS, EDS by name, ACK 
 3. reconnect storm: every stream drops and reconnects at once; time until all are synced.
 
 With ``--mesh reference`` the config is instead the reference mesh of the traffic-management issue
-(1000 services, 2000 pods, 1000 VirtualServices, 1000 DestinationRules, 50 namespaces with a
-waypoint each) and the clients are spread over the 50 waypoints: one VirtualService edit reaches
-only the streams of its waypoint, and the figures are theirs.
+(1000 services, 2000 pods, 1000 VirtualServices, 1000 DestinationRules, 1000
+AuthorizationPolicies, 50 namespaces with a waypoint each) and the clients are spread over the 50
+waypoints: one edit (VirtualService or, with ``--edit policy``, AuthorizationPolicy) reaches only
+the streams of its waypoint, and the figures are theirs.
 
     python bench/bench_xds_push.py --clients 100 --variant delta
     python bench/bench_xds_push.py --clients 100 --mesh reference
     python bench/bench_xds_push.py --clients 100 --edit endpoint    # bytes of a one-endpoint change
+    python bench/bench_xds_push.py --clients 100 --mesh reference --edit policy
     python bench/bench_xds_push.py --clients 1000 --variant sotw
 """
 
@@ -137,8 +139,30 @@ status: {{podIP: 127.{2 + v}.{i // 250}.{i % 250 + 1}}}
 """)
         if i:
             chunks.append(_reference_vs(ns, name, 90))
+            chunks.append(_reference_policy(ns, name, 0))
     (root / "10-services.yaml").write_text("".join(chunks))
     write_reference_vs(root, 90)
+    write_reference_policy(root, 0)
+
+
+def _reference_policy(ns: str, name: str, n: int) -> str:
+    """An ALLOW policy on the service: its own namespace and one other, GET/POST under /api."""
+    return f"""apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: {name}}}]
+  action: ALLOW
+  rules:
+  - from: [{{source: {{namespaces: [{ns}, ns-{(n + 1) % REFERENCE_NAMESPACES}]}}}}]
+    to: [{{operation: {{methods: [GET, POST], paths: ["/api/*"]}}}}]
+---
+"""
+
+
+def write_reference_policy(root: Path, n: int) -> None:
+    """svc-0's AuthorizationPolicy (namespace ns-0), in a file of its own; ``n`` moves it."""
+    (root / "21-policy.yaml").write_text(_reference_policy("ns-0", "svc-0", n))
 
 
 def _reference_vs(ns: str, name: str, weight: int) -> str:
@@ -319,6 +343,10 @@ async def main_async(args: argparse.Namespace) -> None:
     reference = args.mesh == "reference"
     (write_reference_config if reference else write_config)(tmp, args.services)
     edit = write_reference_vs if reference else write_vs
+    if args.edit == "policy":
+        if not reference:
+            raise SystemExit("--edit policy is for the reference mesh")
+        edit = write_reference_policy
     if args.edit == "endpoint":
         if reference:
             raise SystemExit("--edit endpoint is for the single mesh")
@@ -412,8 +440,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--streams-per-channel", type=int, default=100,
                     help="fake proxies sharing one HTTP/2 connection (a real Envoy has its own)")
-    ap.add_argument("--edit", choices=["vs", "endpoint"], default="vs",
-                    help="what each round changes: svc-0's VirtualService, or the IP of one of its pods")
+    ap.add_argument("--edit", choices=["vs", "endpoint", "policy"], default="vs",
+                    help="what each round changes: svc-0's VirtualService, the IP of one of its pods, or "
+                         "(reference mesh) its AuthorizationPolicy")
     ap.add_argument("--mesh", choices=["single", "reference"], default="single",
                     help="single: one waypoint serving --services; reference: the 50-waypoint reference mesh")
     asyncio.run(main_async(ap.parse_args()))
