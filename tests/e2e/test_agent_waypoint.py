@@ -213,7 +213,7 @@ class RunningAgent:
 
 @contextlib.asynccontextmanager
 async def running_agent(istiod: Istiod, tmp_path: Path, *, cert_ttl: int = 3600,
-                        status_port: int = 0) -> AsyncIterator[RunningAgent]:
+                        status_port: int = 0, prometheus_port: int = 0) -> AsyncIterator[RunningAgent]:
     with short_dir() as work:
         admin_port = free_port()
         config = AgentConfig(
@@ -223,7 +223,8 @@ async def running_agent(istiod: Istiod, tmp_path: Path, *, cert_ttl: int = 3600,
             ca_address=istiod.tls_address,
             root_cert=istiod.root_path,
             envoy=EnvoySettings(binary=envoy_binary(), admin_port=admin_port, log_level="info", concurrency=1,
-                                output_path=work / "envoy.out", status_port=status_port),
+                                output_path=work / "envoy.out", status_port=status_port,
+                                prometheus_port=prometheus_port),
             cert_ttl=cert_ttl,
             work_dir=work,
             rotation=RotationPolicy(max_sleep=1.0),
@@ -382,13 +383,13 @@ async def _status_of(host: str, port: int, request: bytes) -> int | None:
         writer.close()
 
 
-async def test_status_port_answers_readiness_like_istio(istiod: Istiod, tmp_path: Path) -> None:
+async def test_status_and_prometheus_ports_like_istio(istiod: Istiod, tmp_path: Path) -> None:
     """``GET /healthz/ready`` on the proxy IP's status port is Envoy's readiness: not ready until
     the config arrived, 200 after; nothing else of the admin interface is reachable through it."""
-    status = free_port()
+    status, prom = free_port(), free_port()
     ip = WaypointIdentity(name=WAYPOINT, namespace=NAMESPACE).ip
     ready = b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    async with running_agent(istiod, tmp_path, status_port=status) as run:
+    async with running_agent(istiod, tmp_path, status_port=status, prometheus_port=prom) as run:
         await wait_until(lambda: admin_or_none(run.admin_port, "/server_info"), timeout=15, message="Envoy up")
         assert await _status_of(ip, status, ready) != 200  # no config served yet: not ready
         assert "INITIALIZING" in (await admin_get(run.admin_port, "/server_info"))
@@ -404,3 +405,10 @@ async def test_status_port_answers_readiness_like_istio(istiod: Istiod, tmp_path
                         b"GET /healthz/readyz HTTP/1.1\r\nHost: x\r\n\r\n"):
             assert await _status_of(ip, status, request) == 404, request
         assert await stat(run.admin_port, "server.state") == 0  # still LIVE
+        # The Prometheus port (Istio's 15090) serves Envoy's stats for scraping, and nothing else.
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://{ip}:{prom}/stats/prometheus") as resp:
+            assert resp.status == 200
+            assert "envoy_server_live" in await resp.text()
+        assert await _status_of(ip, prom, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n") == 404
+        assert await _status_of(ip, prom, ready) == 404

@@ -87,11 +87,14 @@ def test_render_deployment_fields() -> None:
                     "--token-file": "/var/run/secrets/tokens/istio-token",
                     "--xds-address": f"{ISTIOD}:15012", "--ca-address": f"{ISTIOD}:15012",
                     "--root-cert": "/var/run/secrets/istio/root-cert.pem", "--ip": "$(INSTANCE_IP)",
-                    "--trust-domain": "example.org", "--admin-port": "15000", "--status-port": "15021"}
+                    "--trust-domain": "example.org", "--admin-port": "15000", "--status-port": "15021",
+                    "--prometheus-port": "15090"}
     env = {e["name"]: e for e in c["env"]}
     assert env["INSTANCE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
     assert {"name": "status-port", "containerPort": 15021, "protocol": "TCP"} in c["ports"]
+    assert {"name": "http-envoy-prom", "containerPort": 15090, "protocol": "TCP"} in c["ports"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "15090"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     (token,) = volumes["istio-token"]["projected"]["sources"]
