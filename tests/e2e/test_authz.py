@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.backends import BackendsFactory
 from tests.support.mesh import ambient_mesh, exclusive_ip
-from tests.support.meshyaml import documents, namespace, pod, service, waypoint_gateway
+from tests.support.meshyaml import one_service_mesh
 from tests.support.ports import alloc_vip
 from tests.support.wait import wait_until
 
@@ -54,10 +54,7 @@ async def test_allow_by_principal_method_and_deny_path(tmp_path: Path, backends_
     wp, vip = exclusive_ip(), alloc_vip()
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    (cfg / "mesh.yaml").write_text(documents(
-        namespace("shop"), waypoint_gateway("shop", wp),
-        service("shop", "cart", vip, [("http", 8080, pods.port)]),
-        pod("shop", "cart-1", pods.pods[0].address[0], {"app": "cart"})))
+    (cfg / "mesh.yaml").write_text(one_service_mesh("shop", "cart", wp, vip, 8080, pods.port, pods.pods[0].address[0]))
     (cfg / "policy.yaml").write_text(ALLOW.format(principals="cluster.local/ns/web/sa/frontend"))
     async with ambient_mesh(tmp_path, cfg) as mesh, mesh.waypoint("shop", "waypoint", wp) as agent, \
             mesh.client([(vip, 8080)], wp, namespace="web", sa="frontend") as frontend, \
@@ -129,10 +126,7 @@ async def test_allow_and_deny_by_namespace_service_account_trust_domain_port_and
     wp, vip = exclusive_ip(), alloc_vip()
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    (cfg / "mesh.yaml").write_text(documents(
-        namespace("shop"), waypoint_gateway("shop", wp),
-        service("shop", "cart", vip, [("http", 8080, pods.port)]),
-        pod("shop", "cart-1", pods.pods[0].address[0], {"app": "cart"})))
+    (cfg / "mesh.yaml").write_text(one_service_mesh("shop", "cart", wp, vip, 8080, pods.port, pods.pods[0].address[0]))
     steps = [  # (action, rule, frontend's status, intruder's status)
         ("ALLOW", "from: [{source: {namespaces: [web]}}]", 200, 403),
         ("ALLOW", "from: [{source: {serviceAccounts: [other/intruder]}}]", 403, 200),

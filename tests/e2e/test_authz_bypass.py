@@ -27,7 +27,7 @@ import pytest
 from istiod_lite.model.meshconfig import MeshConfig, PathNormalizationType, ProxyPathNormalization
 from tests.support.backends import BackendsFactory
 from tests.support.mesh import ambient_mesh, exclusive_ip
-from tests.support.meshyaml import documents, namespace, pod, service, waypoint_gateway
+from tests.support.meshyaml import one_service_mesh
 from tests.support.ports import alloc_vip
 from tests.support.wait import wait_until
 
@@ -166,10 +166,7 @@ async def test_path_and_host_bypass_matrix(mode: PathNormalizationType, tmp_path
     wp, vip = exclusive_ip(), alloc_vip()
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    (cfg / "mesh.yaml").write_text(documents(
-        namespace("shop"), waypoint_gateway("shop", wp),
-        service("shop", "secret", vip, [("http", 80, pods.port)]),
-        pod("shop", "secret-1", pods.pods[0].address[0], {"app": "secret"})))
+    (cfg / "mesh.yaml").write_text(one_service_mesh("shop", "secret", wp, vip, 80, pods.port, pods.pods[0].address[0]))
     (cfg / "policy.yaml").write_text(POLICIES)
     mesh_config = MeshConfig(path_normalization=ProxyPathNormalization(normalization=mode))
     async with ambient_mesh(tmp_path, cfg, mesh=mesh_config) as mesh, mesh.waypoint("shop", "waypoint", wp), \

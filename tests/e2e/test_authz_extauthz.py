@@ -26,7 +26,7 @@ from tests.support.backends import BackendsFactory
 from tests.support.envoy import parse_stats
 from tests.support.extauthz import RESULT_HEADER, USER_HEADER, GrpcExtAuthz, HttpExtAuthz
 from tests.support.mesh import ambient_mesh, exclusive_ip
-from tests.support.meshyaml import documents, namespace, pod, service, waypoint_gateway
+from tests.support.meshyaml import documents, namespace, one_service_mesh, pod, service, waypoint_gateway
 from tests.support.ports import alloc_vip
 from tests.support.wait import wait_until
 
@@ -171,10 +171,7 @@ async def test_dry_run_is_not_enforced_but_counted(tmp_path: Path, backends_fact
     wp, vip = exclusive_ip(), alloc_vip()
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    (cfg / "mesh.yaml").write_text(documents(
-        namespace("shop"), waypoint_gateway("shop", wp),
-        service("shop", "cart", vip, [("http", 8080, pods.port)]),
-        pod("shop", "cart-1", pods.pods[0].address[0], {"app": "cart"})))
+    (cfg / "mesh.yaml").write_text(one_service_mesh("shop", "cart", wp, vip, 8080, pods.port, pods.pods[0].address[0]))
     # DENY /admin and ALLOW only /ok, both dry-run: nothing is enforced.
     (cfg / "policy.yaml").write_text(documents(DRY_RUN.format(name="deny-admin", action="DENY", path="/admin"),
                                                DRY_RUN.format(name="allow-ok", action="ALLOW", path="/ok")))

@@ -30,7 +30,7 @@ import pytest
 from tests.support.backends import BackendsFactory
 from tests.support.jwtissuer import JwtIssuer, b64url_decode
 from tests.support.mesh import ambient_mesh, exclusive_ip
-from tests.support.meshyaml import documents, namespace, pod, service, waypoint_gateway
+from tests.support.meshyaml import one_service_mesh
 from tests.support.ports import alloc_vip
 from tests.support.wait import wait_until
 
@@ -89,10 +89,8 @@ async def test_jwt_claims_decide_and_bad_tokens_are_rejected(tmp_path: Path,
     cfg = tmp_path / "cfg"
     cfg.mkdir()
     async with JwtIssuer(ISSUER) as issuer:
-        (cfg / "mesh.yaml").write_text(documents(
-            namespace("shop"), waypoint_gateway("shop", wp),
-            service("shop", "cart", vip, [("http", 8080, pods.port)]),
-            pod("shop", "cart-1", pods.pods[0].address[0], {"app": "cart"})))
+        (cfg / "mesh.yaml").write_text(
+            one_service_mesh("shop", "cart", wp, vip, 8080, pods.port, pods.pods[0].address[0]))
         (cfg / "policy.yaml").write_text(POLICIES.format(issuer=ISSUER, jwks_uri=issuer.jwks_uri))
         admin = issuer.token("alice", claims={"group": "admins"})
         async with ambient_mesh(tmp_path, cfg) as mesh, mesh.waypoint("shop", "waypoint", wp), \

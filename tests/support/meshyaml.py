@@ -81,3 +81,10 @@ spec:
   listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
 ---
 """
+
+
+def one_service_mesh(ns: str, svc: str, wp: str, vip: str, port: int, target_port: int, pod_ip: str) -> str:
+    """A namespace bound to its waypoint at ``wp``, with one HTTP Service ``svc`` on ``vip:port``
+    and its one pod ``<svc>-1`` (label ``app: <svc>``) at ``pod_ip:target_port``."""
+    return documents(namespace(ns), waypoint_gateway(ns, wp), service(ns, svc, vip, [("http", port, target_port)]),
+                     pod(ns, f"{svc}-1", pod_ip, {"app": svc}))
