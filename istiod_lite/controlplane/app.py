@@ -20,6 +20,7 @@ import grpc
 from istiod_lite.ca.config import CaConfig, build_authenticators
 from istiod_lite.ca.runtime import CaRuntime
 from istiod_lite.controlplane.affects import affected_types, push_reason
+from istiod_lite.controlplane.config_metrics import ConfigMetrics
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
 from istiod_lite.controlplane.memtrim import MemoryTrimmer
 from istiod_lite.controlplane.nodes import PROXYLESS_GROUP, UNKNOWN_GROUP, group_of, parse_group
@@ -137,6 +138,7 @@ class ControlPlane:
         #: Per waypoint: access loggers from Telemetry and the mesh config, applied after translation.
         self._access_logs: dict[WaypointRef, AccessLogMemo] = {}
         self._monitoring = MonitoringServer(lambda: self.cache.ready, self.ads.status, self.ads.metrics.registry)
+        self.config_metrics = ConfigMetrics(self.ads.metrics.registry)
         self._tasks: list[asyncio.Task[None]] = []
         self.grpc_port = 0
 
@@ -273,6 +275,7 @@ class ControlPlane:
         if update.changed and not affected_types(update.changed):
             self.config = update.snapshot  # e.g. only ServiceAccounts changed: no resource can differ
             self.errors = update.errors
+            self.config_metrics.set_errors(self.errors)
             return
         metrics.push_triggers.labels(type=push_reason(update.changed)).inc()
         try:
@@ -284,6 +287,7 @@ class ControlPlane:
         self._reconcile_soon(update.snapshot)
         self.config = update.snapshot
         self.errors = update.errors  # each error was logged once, by the source that found it
+        self.config_metrics.set_errors(self.errors)
         self._translate_all(trigger_time)
         # The config and its translation are long-lived and acyclic: move them out of the cyclic
         # collector's generations so later collections do not rescan them (refcounting frees
@@ -312,8 +316,11 @@ class ControlPlane:
         for p in sorted(problems - self._binding_problems):
             log.warning("binding: %s", p)
         self._binding_problems = problems
-        warnings = set(route_warnings(self.config)) | set(authz_problems(self.config, mesh_config=self.options.mesh))
-        warnings |= set(telemetry_warnings(self.config, self.options.mesh))
+        route = set(route_warnings(self.config))
+        authz = set(authz_problems(self.config, mesh_config=self.options.mesh))
+        telemetry = set(telemetry_warnings(self.config, self.options.mesh))
+        self.config_metrics.set_warnings(binding=problems, route=route, authorization=authz, telemetry=telemetry)
+        warnings = route | authz | telemetry
         for w in sorted(warnings - self._route_warnings):
             log.warning("ignored: %s", w)
         self._route_warnings = warnings
