@@ -43,9 +43,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, grpc_service_pb2, http_service_pb2, http_uri_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.core.v3 import base_pb2, grpc_service_pb2, http_service_pb2, http_uri_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.request_id.uuid.v3 import uuid_pb2
@@ -56,7 +54,8 @@ from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import ExtensionProvider, HttpHeader, MeshConfig
 from istiod_lite.model.telemetry import CustomTag, Telemetry, Tracing
 from istiod_lite.model.types import Duration
-from istiod_lite.translator import clusters, names, outbound
+from istiod_lite.translator import names, outbound
+from istiod_lite.translator.host_clusters import host_cluster
 from istiod_lite.translator.output import EnvoyResources
 from istiod_lite.translator.protos import packed
 from istiod_lite.translator.waypoints import WaypointRef
@@ -333,22 +332,6 @@ def with_tracing(hcm: hcm_pb2.HttpConnectionManager, ct: ChainTracing) -> bool:
     return True
 
 
-def _dns_cluster(c: Collector) -> cluster_pb2.Cluster:
-    """A collector outside the service registry: ``STRICT_DNS`` to ``host:port``, plaintext."""
-    cl = cluster_pb2.Cluster(name=c.cluster, type=cluster_pb2.Cluster.STRICT_DNS,
-                             dns_lookup_family=cluster_pb2.Cluster.V4_ONLY)
-    cl.connect_timeout.seconds = clusters.DEFAULT_CONNECT_TIMEOUT_S
-    cl.circuit_breakers.CopyFrom(clusters.default_circuit_breakers())
-    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=c.cluster)
-    sa = address_pb2.SocketAddress(address=c.host, port_value=c.port)
-    cla.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.CopyFrom(sa)
-    cl.load_assignment.CopyFrom(cla)
-    if c.h2:
-        cl.typed_extension_protocol_options[clusters.HTTP_PROTOCOL_OPTIONS].CopyFrom(
-            packed(clusters.h2_protocol_options()))
-    return cl
-
-
 def collector_resources(snapshot: ConfigSnapshot, ref: WaypointRef, collectors: Iterable[Collector]
                         ) -> EnvoyResources:
     """The clusters (and EDS endpoints) of ``collectors``: a known service's outbound cluster for
@@ -365,7 +348,7 @@ def collector_resources(snapshot: ConfigSnapshot, ref: WaypointRef, collectors: 
                 if c.cluster in built.endpoints:
                     out.endpoints[c.cluster] = built.endpoints[c.cluster]
                 continue
-        out.clusters[c.cluster] = _dns_cluster(c)
+        out.clusters[c.cluster] = host_cluster(c.cluster, c.host, c.port, h2=c.h2)
     return out
 
 
