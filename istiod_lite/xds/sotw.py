@@ -81,7 +81,7 @@ def build_response(
         send = [visible[n] for n in changed]
     resp = sotw_response(sub.type_url, version, nonce, (r.any_bytes for r in send),
                          key=tuple((r.name, r.version) for r in send))
-    sub.record_send(nonce, version)
+    sub.record_send(resp.nonce, version)  # a shared response keeps the nonce it was built with
     sub.sent = dict(_versions_of(visible))
     sub.synced_map = None if sub.wildcard else visible
     if sub.type_url == CLUSTER:

@@ -11,7 +11,7 @@ for the same fields in field-number order (tested against the real messages).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -77,48 +77,61 @@ class EncodedResponse:
         return getattr(self.decode(), name)
 
 
-#: Response bodies (every field but the nonce and Delta's removed names) of large responses, by
-#: content key: when a change reaches many streams, each stream's response is this shared body
-#: plus its own nonce, one copy instead of re-encoding megabytes per stream.  Bounded, newest kept.
-_BODIES: dict[Hashable, bytes] = {}
-_BODIES_MAX = 16
-_CACHE_MIN_BYTES = 64 * 1024
+#: Large responses, by content key: when one change reaches many streams, every stream that gets
+#: byte-identical content is sent the same response object, nonce included (the nonce of the first
+#: stream it was built for).  Encoding megabytes per stream cost more in fresh memory (page faults)
+#: than in copying.  A shared nonce is still unique to that content and this server run, so it
+#: identifies the response a client ACKs; the nonce Envoy has leaked into a new stream's first
+#: request (R7) arrives before that stream was sent anything, so it is stale whatever its value.
+#: Bounded, newest kept.
+_SHARED: dict[Hashable, EncodedResponse] = {}
+_SHARED_MAX = 16
+_SHARE_MIN_BYTES = 64 * 1024
 
 
-def _body(key: Hashable | None, first: bytes, resource_field: int, payloads: Iterable[bytes], type_url: str) -> bytes:
+def _shared(key: Hashable | None, build: Callable[[], EncodedResponse]) -> EncodedResponse:
     if key is not None:
-        hit = _BODIES.get(key)
+        hit = _SHARED.get(key)
         if hit is not None:
             return hit
-    parts = [first]
-    parts.extend(field(resource_field, b) for b in payloads)
-    parts.append(_str_field(_DELTA_TYPE_URL, type_url))  # field 4 in both messages
-    body = b"".join(parts)
-    if key is not None and len(body) >= _CACHE_MIN_BYTES:
-        if len(_BODIES) >= _BODIES_MAX:
-            del _BODIES[next(iter(_BODIES))]
-        _BODIES[key] = body
-    return body
+    resp = build()
+    if key is not None and len(resp.data) >= _SHARE_MIN_BYTES:
+        if len(_SHARED) >= _SHARED_MAX:
+            del _SHARED[next(iter(_SHARED))]
+        _SHARED[key] = resp
+    return resp
 
 
 def sotw_response(type_url: str, version: str, nonce: str, any_bytes: Iterable[bytes],
                   key: Hashable | None = None) -> EncodedResponse:
-    """``key``: identifies the resources (e.g. their names and versions) so that a large body is
-    encoded once for every stream that gets it; None: always encode."""
-    body = _body(None if key is None else ("sotw", type_url, version, key), _str_field(_SOTW_VERSION_INFO, version),
-                 _SOTW_RESOURCES, any_bytes, type_url)
-    data = b"".join((body, _str_field(_SOTW_NONCE, nonce)))
-    return EncodedResponse(discovery_pb2.DiscoveryResponse, data, type_url, nonce, version)
+    """``key``: identifies the resources (e.g. their names and versions) so that a large response
+    is built once for every stream that gets it (use the returned ``nonce``); None: always build."""
+
+    def build() -> EncodedResponse:
+        parts = [_str_field(_SOTW_VERSION_INFO, version)]
+        parts.extend(field(_SOTW_RESOURCES, b) for b in any_bytes)
+        parts.append(_str_field(_SOTW_TYPE_URL, type_url))
+        parts.append(_str_field(_SOTW_NONCE, nonce))
+        return EncodedResponse(discovery_pb2.DiscoveryResponse, b"".join(parts), type_url, nonce, version)
+
+    return _shared(None if key is None else ("sotw", type_url, version, key), build)
 
 
 def delta_response(type_url: str, system_version: str, nonce: str, resource_bytes: Iterable[bytes],
                    removed: Iterable[str], key: Hashable | None = None) -> EncodedResponse:
-    """As ``sotw_response``; ``removed`` names are per stream and never part of the shared body."""
-    body = _body(None if key is None else ("delta", type_url, system_version, key),
-                 _str_field(_DELTA_SYSTEM_VERSION, system_version), _DELTA_RESOURCES, resource_bytes, type_url)
-    parts = [body, _str_field(_DELTA_NONCE, nonce)]
-    parts.extend(field(_DELTA_REMOVED, n.encode()) for n in removed)
-    return EncodedResponse(discovery_pb2.DeltaDiscoveryResponse, b"".join(parts), type_url, nonce, system_version)
+    """As ``sotw_response``; a response that removes names is per stream and never shared."""
+    gone = list(removed)
+
+    def build() -> EncodedResponse:
+        parts = [_str_field(_DELTA_SYSTEM_VERSION, system_version)]
+        parts.extend(field(_DELTA_RESOURCES, b) for b in resource_bytes)
+        parts.append(_str_field(_DELTA_TYPE_URL, type_url))
+        parts.append(_str_field(_DELTA_NONCE, nonce))
+        parts.extend(field(_DELTA_REMOVED, n.encode()) for n in gone)
+        return EncodedResponse(discovery_pb2.DeltaDiscoveryResponse, b"".join(parts), type_url, nonce,
+                               system_version)
+
+    return _shared(None if key is None or gone else ("delta", type_url, system_version, key), build)
 
 
 def serialize(message: Any) -> bytes:

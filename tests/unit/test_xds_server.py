@@ -136,6 +136,44 @@ async def test_ack_convergence_is_measured_from_the_config_change(h: Harness) ->
     call.cancel()
 
 
+async def test_streams_getting_the_same_large_change_share_one_response_and_each_acks_it(h: Harness) -> None:
+    """One large change to many replicas: every stream is sent the same response (nonce included)
+    and each stream's ACK of it is recognised as an ACK, so every replica shows SYNCED."""
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    from istiod_lite.xds.resources import ResourceSnapshot
+
+    def big(marker: str) -> ResourceSnapshot:
+        cluster = cluster_pb2.Cluster(name="a", alt_stat_name=marker * 100_000)
+        return ResourceSnapshot.from_messages({CLUSTER: {"a": cluster}})
+
+    h.cache.mark_ready()
+    h.cache.set_snapshot("g", big("x"))
+    calls = [h.stub.DeltaAggregatedResources() for _ in range(3)]
+    for call in calls:
+        await call.write(d.DeltaDiscoveryRequest(node=NODE, type_url=CLUSTER))
+    for call in calls:
+        first = await read(call)
+        await call.write(d.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=first.nonce))  # type: ignore[attr-defined]
+    h.cache.set_snapshot("g", big("y"))
+    got = [await read(call) for call in calls]
+    assert len({r.nonce for r in got}) == 1  # type: ignore[attr-defined]
+    assert all(r.resources[0].resource.value.endswith(b"y" * 1000) for r in got)  # type: ignore[attr-defined]
+    for call, r in zip(calls, got, strict=True):
+        await call.write(d.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=r.nonce))  # type: ignore[attr-defined]
+
+    def states() -> list[object]:
+        return [c["types"]["CDS"]["state"] for c in h.ads.status()]  # type: ignore[index]
+
+    for _ in range(100):
+        if states() == ["SYNCED"] * 3:
+            break
+        await asyncio.sleep(0.02)
+    assert states() == ["SYNCED"] * 3
+    for call in calls:
+        call.cancel()
+
+
 async def test_garbage_bytes_do_not_break_server(h: Harness) -> None:
     h.cache.mark_ready()
     h.cache.set_snapshot("g", snap({"a": 1}))

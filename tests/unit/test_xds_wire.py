@@ -53,21 +53,27 @@ def test_varint_boundaries() -> None:
     assert wire._varint(2**28 + 5) == bytes([0x85, 0x80, 0x80, 0x80, 0x01])
 
 
-def test_a_large_body_is_encoded_once_and_each_stream_keeps_its_own_nonce_and_removals() -> None:
-    """Many streams getting one change share the encoded body; the bytes stay exactly protobuf's."""
+def test_a_large_response_is_built_once_and_shared_by_every_stream_that_gets_it() -> None:
+    """Streams getting byte-identical content get the same response object, nonce included; a
+    response that also removes names is per stream; the bytes stay exactly protobuf's."""
     big = [VersionedResource.from_message("big", CDS, cluster_pb2.Cluster(name="b" * 100_000))]
     key = tuple((r.name, r.version) for r in big)
     one = wire.delta_response(CDS, "sys", "n-1", (r.delta_bytes for r in big), (), key=key)
-    two = wire.delta_response(CDS, "sys", "n-2", iter(()), ["gone"], key=key)  # body from the cache
-    for enc, nonce, removed in ((one, "n-1", []), (two, "n-2", ["gone"])):
-        want = discovery_pb2.DeltaDiscoveryResponse(system_version_info="sys", type_url=CDS, nonce=nonce,
-                                                    removed_resources=removed)
-        want.resources.add(name="big", version=big[0].version, resource=big[0].any)
-        assert enc.SerializeToString() == want.SerializeToString()
+    two = wire.delta_response(CDS, "sys", "n-2", iter(()), (), key=key)  # from the cache
+    assert two is one and two.nonce == "n-1"
+    want = discovery_pb2.DeltaDiscoveryResponse(system_version_info="sys", type_url=CDS, nonce="n-1")
+    want.resources.add(name="big", version=big[0].version, resource=big[0].any)
+    assert one.SerializeToString() == want.SerializeToString()
+    gone = wire.delta_response(CDS, "sys", "n-3", (r.delta_bytes for r in big), ["old"], key=key)
+    assert gone is not one and gone.nonce == "n-3" and list(gone.decode().removed_resources) == ["old"]
     s1 = wire.sotw_response(CDS, "v", "a", (r.any_bytes for r in big), key=key)
     s2 = wire.sotw_response(CDS, "v", "b", iter(()), key=key)
-    want_s = discovery_pb2.DiscoveryResponse(version_info="v", type_url=CDS, nonce="b", resources=[big[0].any])
-    assert s2.SerializeToString() == want_s.SerializeToString() and s1.data != s2.data
-    # A different version is a different body, never a stale one.
+    want_s = discovery_pb2.DiscoveryResponse(version_info="v", type_url=CDS, nonce="a", resources=[big[0].any])
+    assert s2 is s1 and s1.SerializeToString() == want_s.SerializeToString()
+    # A different version is a different response, never a stale one; small ones are never shared.
     other = wire.sotw_response(CDS, "v2", "c", (r.any_bytes for r in big), key=key)
-    assert other.decode().version_info == "v2"
+    assert other.decode().version_info == "v2" and other.nonce == "c"
+    small = resources(1)
+    k = tuple((r.name, r.version) for r in small)
+    first = wire.delta_response(CDS, "s", "x", (r.delta_bytes for r in small), (), key=k)
+    assert wire.delta_response(CDS, "s", "y", (r.delta_bytes for r in small), (), key=k) is not first
