@@ -82,7 +82,9 @@ def build_response(
     resp = sotw_response(sub.type_url, version, nonce, (r.any_bytes for r in send),
                          key=tuple((r.name, r.version) for r in send))
     sub.record_send(resp.nonce, version)  # a shared response keeps the nonce it was built with
-    sub.sent = dict(_versions_of(visible))
+    # Shared, not copied: SotW never changes ``sent`` in place (only Delta does), and a thousand
+    # streams of one waypoint hold the same view.
+    sub.sent = _versions_of(visible)
     sub.synced_map = None if sub.wildcard else visible
     if sub.type_url == CLUSTER:
         # Changed clusters warm until their endpoints arrive: resend EDS now and answer the
@@ -118,7 +120,7 @@ def _named_view(
 
 
 def _versions_of(visible: Mapping[str, VersionedResource]) -> dict[str, str]:
-    """name -> version of a view (shared by the streams sent the same view; copied by callers)."""
+    """name -> version of a view, shared by the streams sent the same view (never mutate it)."""
     hit = _version_maps.get(id(visible))
     if hit is not None and hit[0] is visible:
         return hit[1]

@@ -155,3 +155,19 @@ def test_named_type_update_carries_only_changed_resources() -> None:
     sotw.on_request(c, req(CLUSTER, nonce=r4.nonce, version=r4.version_info))
     r5 = sotw.build_response(c, c.subs[CLUSTER], snap({"x": 1, "y": 2}))
     assert r5 is not None and len(r5.resources) == 2
+
+
+def test_streams_sent_the_same_view_share_its_version_map() -> None:
+    """Memory per stream: the name -> version map of a view is one object for every stream sent it
+    (SotW never changes it in place), and a later snapshot gives a new one."""
+    s = snap({"a": 1, "b": 2})
+    one, two = conn(), conn()
+    for c in (one, two):
+        sotw.on_request(c, req(CLUSTER))
+        assert sotw.build_response(c, c.subs[CLUSTER], s) is not None
+    assert one.subs[CLUSTER].sent is two.subs[CLUSTER].sent
+    assert set(one.subs[CLUSTER].sent) == {"a", "b"}
+    s2 = snap({"a": 1, "b": 3})
+    assert sotw.build_response(one, one.subs[CLUSTER], s2) is not None
+    assert one.subs[CLUSTER].sent is not two.subs[CLUSTER].sent
+    assert two.subs[CLUSTER].sent["b"] != one.subs[CLUSTER].sent["b"]
