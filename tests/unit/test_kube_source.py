@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,19 @@ class Collector:
         raise AssertionError(f"no matching update; got {got}")
 
 
+@contextlib.asynccontextmanager
+async def running(src: KubeSource) -> AsyncIterator[Collector]:
+    """``src.run`` as a task for the block, collecting its updates; cancelled (and awaited) after."""
+    got = Collector()
+    task = asyncio.create_task(src.run(got))
+    try:
+        yield got
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 async def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -109,9 +123,7 @@ async def test_create_update_delete_propagate_with_exact_changed_keys(
         kube: FakeKubeApiServer, make_source: Callable[..., KubeSource]) -> None:
     kube.apply(svc("reviews"))
     src = make_source()
-    got = Collector()
-    task = asyncio.create_task(src.run(got))
-    try:
+    async with running(src) as got:
         first = await got.wait_for(lambda u: u.revision == 1)
         reviews = first.snapshot.get_key(key("Service", "reviews"))
         await wait_until(lambda: kube.open_watches() == N)
@@ -127,10 +139,6 @@ async def test_create_update_delete_propagate_with_exact_changed_keys(
         u = await got.wait_for(lambda u: u.revision == 4)
         assert u.changed == {key("VirtualService", "reviews")}
         assert u.snapshot.get_key(key("VirtualService", "reviews")) is None
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_invalid_object_rejected_with_field_path_and_last_good_kept(
@@ -138,9 +146,7 @@ async def test_invalid_object_rejected_with_field_path_and_last_good_kept(
     kube.apply(vs("good"))
     kube.apply(vs("bad", weight=-1))
     src = make_source()
-    got = Collector()
-    task = asyncio.create_task(src.run(got))
-    try:
+    async with running(src) as got:
         first = await got.wait_for(lambda u: u.revision == 1)
         assert first.snapshot.get_key(key("VirtualService", "good")) is not None
         assert first.snapshot.get_key(key("VirtualService", "bad")) is None
@@ -157,19 +163,13 @@ async def test_invalid_object_rejected_with_field_path_and_last_good_kept(
         u = await got.wait_for(lambda u: u.revision > 1 and key("VirtualService", "good") in u.changed)
         assert u.snapshot.get_key(key("VirtualService", "good")) is None
         assert len(u.errors) == 1
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_dropped_watch_reconnects_without_emptying(
         kube: FakeKubeApiServer, make_source: Callable[..., KubeSource]) -> None:
     kube.apply(svc("reviews"))
     src = make_source()
-    got = Collector()
-    task = asyncio.create_task(src.run(got))
-    try:
+    async with running(src) as got:
         await got.wait_for(lambda u: u.revision == 1)
         await wait_until(lambda: kube.open_watches() == N)
         lists_before = sum(1 for r in kube.requests if "watch" not in r.query)
@@ -183,10 +183,6 @@ async def test_dropped_watch_reconnects_without_emptying(
         assert sum(1 for r in kube.requests if "watch" not in r.query) == lists_before  # resumed, no relist
         kube.end_watches()  # the server-side timeout: resumes too
         await wait_until(lambda: kube.open_watches() == N)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 @pytest.mark.parametrize("as_http", [False, True])
@@ -196,9 +192,7 @@ async def test_gone_relists_and_removes_objects_deleted_while_away(
     kube.apply(svc("reviews"))
     kube.apply(svc("ratings"))
     src = make_source()
-    got = Collector()
-    task = asyncio.create_task(src.run(got))
-    try:
+    async with running(src) as got:
         await got.wait_for(lambda u: u.revision == 1)
         await wait_until(lambda: kube.open_watches() == N)
         kube.drop_watches()
@@ -207,19 +201,13 @@ async def test_gone_relists_and_removes_objects_deleted_while_away(
         assert u.changed == {key("Service", "ratings")}
         assert u.snapshot.get_key(key("Service", "ratings")) is None
         assert u.snapshot.get_key(key("Service", "reviews")) is not None
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_gone_error_event_on_open_watch_relists(
         kube: FakeKubeApiServer, make_source: Callable[..., KubeSource]) -> None:
     kube.apply(svc("reviews"))
     src = make_source()
-    got = Collector()
-    task = asyncio.create_task(src.run(got))
-    try:
+    async with running(src) as got:
         await got.wait_for(lambda u: u.revision == 1)
         await wait_until(lambda: kube.open_watches() == N)
         lists_before = sum(1 for r in kube.requests if "watch" not in r.query)
@@ -229,18 +217,12 @@ async def test_gone_error_event_on_open_watch_relists(
         kube.apply(svc("ratings"))
         u = await got.wait_for(lambda u: u.revision > 1 and key("Service", "ratings") in u.changed)
         assert u.snapshot.get_key(key("Service", "reviews")) is not None
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_bookmarks_advance_the_resource_version(
         kube: FakeKubeApiServer, make_source: Callable[..., KubeSource]) -> None:
     src = make_source()
-    got = Collector()
-    task = asyncio.create_task(src.run(got))
-    try:
+    async with running(src) as got:
         await got.wait_for(lambda u: u.revision == 1)
         await wait_until(lambda: kube.open_watches() == N)
         rv = kube.bookmark()
@@ -251,10 +233,6 @@ async def test_bookmarks_advance_the_resource_version(
         assert f"resourceVersion={rv}" in pod_watches[-1].query
         assert "allowWatchBookmarks=true" in pod_watches[-1].query
         assert len(got.updates) == 1  # a bookmark is not a config change
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_missing_crd_is_tolerated_and_picked_up_later(
@@ -263,19 +241,13 @@ async def test_missing_crd_is_tolerated_and_picked_up_later(
     kube.apply(svc("reviews"))
     kube.apply(vs("reviews"))
     src = make_source()
-    got = Collector()
-    task = asyncio.create_task(src.run(got))
-    try:
+    async with running(src) as got:
         first = await got.wait_for(lambda u: u.revision == 1)
         assert set(first.snapshot.keys()) == {key("Service", "reviews")}
         assert first.errors == ()
         kube.missing = set()  # the CRD gets installed: the slow retry lists it
         u = await got.wait_for(lambda u: u.revision > 1 and key("VirtualService", "reviews") in u.changed)
         assert u.snapshot.get_key(key("VirtualService", "reviews")) is not None
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 def test_load_times_out_when_the_cluster_is_unreachable(tmp_path: Path) -> None:
@@ -408,9 +380,7 @@ async def test_unreachable_api_server_after_sync_keeps_the_model(
     kube.apply(svc("reviews"))
     kube.apply(vs("reviews"))
     src = make_source()
-    got = Collector()
-    task = asyncio.create_task(src.run(got))
-    try:
+    async with running(src) as got:
         first = await got.wait_for(lambda u: u.revision == 1)
         await wait_until(lambda: kube.open_watches() == N)
         kube.fail_status = 503  # every reconnect fails ...
@@ -423,7 +393,3 @@ async def test_unreachable_api_server_after_sync_keeps_the_model(
         kube.apply(svc("ratings"))
         u = await got.wait_for(lambda u: key("Service", "ratings") in u.changed)
         assert u.snapshot.get_key(key("VirtualService", "reviews")) is not None
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
-from istiod_lite.model import ConfigSnapshot, ResourceKey, parse_object
+from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.model import gateway as gw
-from istiod_lite.model.base import Resource
 from istiod_lite.translator import route_httproute as rh
 from istiod_lite.translator.config_warnings import route_warnings
 from istiod_lite.translator.output import EnvoyResources
 from istiod_lite.translator.waypoint import WaypointTranslator
 from istiod_lite.translator.waypoints import WaypointRef
 from tests.support.meshyaml import APP_WAYPOINT
+from tests.support.snapshots import load_resources as _load
+from tests.support.snapshots import replaced as _replace
+from tests.support.snapshots import same_output as _same
 
 MESH = APP_WAYPOINT + """\
 apiVersion: v1
@@ -138,26 +138,6 @@ def test_precedence_exact_prefix_regex_then_length_method_headers_queries() -> N
         {"matches": []}]})
     ordered = sorted(routes, key=rh.precedence_key)
     assert [r.name for r in ordered] == [f"app.r.{i}" for i in (5, 4, 3, 2, 1, 0, 6)]
-
-
-def _load(text: str) -> list[Resource]:
-    return [parse_object(d) for d in yaml.safe_load_all(text)]
-
-
-def _replace(previous: ConfigSnapshot, base: list[Resource], new: Resource, rev: int,
-             delete: bool = False) -> tuple[ConfigSnapshot, list[Resource]]:
-    key = ResourceKey.of(new)
-    objs = [r for r in base if ResourceKey.of(r) != key]
-    if not delete:
-        objs.append(new)
-    return ConfigSnapshot.build(objs, rev, previous=previous, changed=[key]), objs
-
-
-def _same(a: EnvoyResources, b: EnvoyResources) -> bool:
-    kinds = ("listeners", "routes", "clusters", "endpoints")
-    return all({k: v.SerializeToString(deterministic=True) for k, v in getattr(a, kind).items()}
-               == {k: v.SerializeToString(deterministic=True) for k, v in getattr(b, kind).items()}
-               for kind in kinds)
 
 
 def _clusters_of_chain(out: EnvoyResources, chain: str) -> list[str]:

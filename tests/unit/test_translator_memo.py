@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
-from istiod_lite.model import ConfigSnapshot, ResourceKey, parse_object
+from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.model.base import Resource
-from istiod_lite.translator.output import EnvoyResources
 from istiod_lite.translator.waypoint import WaypointTranslator
 from istiod_lite.translator.waypoints import WaypointRef
+from tests.support.snapshots import load_resources as _load
+from tests.support.snapshots import replaced as _replace
+from tests.support.snapshots import same_output as _same
 
 MESH = """\
 apiVersion: v1
@@ -62,27 +62,6 @@ spec:
   - route: [{destination: {host: side}}]
 """
 REF = WaypointRef("app", "waypoint")
-
-
-def _load(text: str) -> list[Resource]:
-    return [parse_object(d) for d in yaml.safe_load_all(text)]
-
-
-def _replace(previous: ConfigSnapshot, base: list[Resource], new: Resource, rev: int
-             ) -> tuple[ConfigSnapshot, list[Resource]]:
-    """As the sources do: every other object is kept, unchanged kinds keep their mappings."""
-    key = ResourceKey.of(new)
-    objs = [new if ResourceKey.of(r) == key else r for r in base]
-    if all(ResourceKey.of(r) != key for r in base):
-        objs.append(new)
-    return ConfigSnapshot.build(objs, rev, previous=previous, changed=[key]), objs
-
-
-def _same(a: EnvoyResources, b: EnvoyResources) -> bool:
-    kinds = ("listeners", "routes", "clusters", "endpoints")
-    return all({k: v.SerializeToString(deterministic=True) for k, v in getattr(a, kind).items()}
-               == {k: v.SerializeToString(deterministic=True) for k, v in getattr(b, kind).items()}
-               for kind in kinds)
 
 
 def _doc(kind: str, ns: str, name: str, spec: dict[str, Any], api: str = "v1", **extra: Any) -> Resource:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
-from istiod_lite.model import ConfigSnapshot, ResourceKey, parse_object
+from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.model.base import Resource
 from istiod_lite.translator.output import EnvoyResources
 from istiod_lite.translator.waypoint import WaypointTranslator
 from istiod_lite.translator.waypoints import WaypointRef
 from tests.support.meshyaml import APP_WAYPOINT
+from tests.support.snapshots import load_resources as _load
+from tests.support.snapshots import replaced as _replace
+from tests.support.snapshots import same_output as _same
 
 MESH = APP_WAYPOINT + """\
 apiVersion: networking.istio.io/v1
@@ -63,29 +64,6 @@ spec:
 """
 REF = WaypointRef("app", "waypoint")
 LEGACY = "inbound-vip|80|http|legacy.internal"
-
-
-def _load(text: str) -> list[Resource]:
-    return [parse_object(d) for d in yaml.safe_load_all(text)]
-
-
-def _replace(previous: ConfigSnapshot, base: list[Resource], new: Resource, rev: int,
-             delete: bool = False) -> tuple[ConfigSnapshot, list[Resource]]:
-    """As the sources do: every other object is kept, unchanged kinds keep their mappings."""
-    key = ResourceKey.of(new)
-    objs = [r for r in base if ResourceKey.of(r) != key]
-    if not delete:
-        objs = [new if ResourceKey.of(r) == key else r for r in base]
-        if all(ResourceKey.of(r) != key for r in base):
-            objs.append(new)
-    return ConfigSnapshot.build(objs, rev, previous=previous, changed=[key]), objs
-
-
-def _same(a: EnvoyResources, b: EnvoyResources) -> bool:
-    kinds = ("listeners", "routes", "clusters", "endpoints")
-    return all({k: v.SerializeToString(deterministic=True) for k, v in getattr(a, kind).items()}
-               == {k: v.SerializeToString(deterministic=True) for k, v in getattr(b, kind).items()}
-               for kind in kinds)
 
 
 def _we(name: str, address: str, labels: dict[str, str], **meta: Any) -> Resource:
