@@ -17,23 +17,11 @@ import pytest
 
 from tests.support.backends import BackendGroup, BackendsFactory
 from tests.support.mesh import ambient_mesh, exclusive_ip
+from tests.support.meshyaml import SHOP_WAYPOINT
 from tests.support.ports import alloc_vip, alloc_vips
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
-
-BASE = """apiVersion: v1
-kind: Namespace
-metadata: {{name: shop, labels: {{istio.io/use-waypoint: waypoint}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: waypoint, namespace: shop}}
-spec:
-  gatewayClassName: istio-waypoint
-  addresses: [{{type: IPAddress, value: {wp}}}]
-  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
-"""
 
 EXTERNAL = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -122,7 +110,7 @@ async def test_service_entry_to_a_loopback_external_host(tmp_path: Path, backend
     ip, port = external.pods[0].address
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    (cfg / "mesh.yaml").write_text(BASE.format(wp=wp) + "---\n" + EXTERNAL.format(vip=vip, ip=ip, port=port))
+    (cfg / "mesh.yaml").write_text(SHOP_WAYPOINT.format(wp=wp) + EXTERNAL.format(vip=vip, ip=ip, port=port))
     async with ambient_mesh(tmp_path, cfg) as mesh, mesh.waypoint("shop", "waypoint", wp), \
             mesh.client([(vip, 80)], wp) as local:
         addr = local[(vip, 80)]
@@ -139,7 +127,7 @@ async def _split_mesh(tmp_path: Path, backends_factory: BackendsFactory) -> tupl
     vip, vip1, vip2 = alloc_vips(3)
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    (cfg / "mesh.yaml").write_text(BASE.format(wp=wp) + "---\n" + SERVICES.format(
+    (cfg / "mesh.yaml").write_text(SHOP_WAYPOINT.format(wp=wp) + SERVICES.format(
         vip=vip, vip1=vip1, vip2=vip2, port=pods.port, ip1=pods.pods[0].address[0], ip2=pods.pods[1].address[0]))
     (cfg / "route.yaml").write_text(SPLIT)
     return cfg, wp, pods, vip
