@@ -28,7 +28,7 @@ from typing import Any
 from istiod_lite.model import ConfigSnapshot, ResourceKey, parse_object
 from istiod_lite.model.base import Resource
 from istiod_lite.translator.authz import AuthzFilters, AuthzTranslator, rbac
-from istiod_lite.translator.waypoints import bindings_of
+from istiod_lite.translator.binding.waypoints import bindings_of
 
 JWKS = json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "kid": "k", "e": "AQAB", "n": "sXch" * 64}]})
 

@@ -22,8 +22,8 @@ import time
 
 from istiod_lite.model import ConfigSnapshot, ResourceKey, parse_object
 from istiod_lite.model.base import Resource
+from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.waypoint import WaypointTranslator
-from istiod_lite.translator.waypoints import WaypointRef
 
 
 def mesh(services: int, namespaces: int, change: int = 0, vs_every: int = 10, weight: int = 90) -> list[Resource]:

@@ -36,8 +36,8 @@ from istiod_lite.hbone import Endpoint, FileCredentials, HboneConfig, HboneProxy
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod, Service
 from istiod_lite.translator import Waypoint, find_waypoints
-from istiod_lite.translator.endpoints import service_pods, target_port
-from istiod_lite.translator.waypoints import bound_services, is_ambient
+from istiod_lite.translator.binding.waypoints import bound_services, is_ambient
+from istiod_lite.translator.clusters.endpoints import service_pods, target_port
 
 
 def _free_port() -> int:

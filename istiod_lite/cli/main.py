@@ -102,9 +102,9 @@ def _validate(args: argparse.Namespace) -> int:
 
     logging.getLogger("istiod_lite.sources").setLevel(logging.ERROR)  # errors are printed below, once
     from istiod_lite.translator.authz import authz_problems
+    from istiod_lite.translator.binding.waypoints import binding_problems
     from istiod_lite.translator.config_warnings import route_warnings
     from istiod_lite.translator.telemetry import telemetry_warnings
-    from istiod_lite.translator.waypoints import binding_problems
 
     update = DirectorySource(Path(args.config)).load()
     for err in update.errors:

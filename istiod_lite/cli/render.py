@@ -9,7 +9,7 @@ import yaml
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 
-from istiod_lite.translator.output import EnvoyResources
+from istiod_lite.translator.core.output import EnvoyResources
 
 
 def message_json(msg: Message) -> dict[str, Any]:

@@ -34,12 +34,12 @@ from istiod_lite.sources import DirectorySource, KubeSource, KubeSourceOptions, 
 from istiod_lite.sources.kube import api_client_for
 from istiod_lite.translator import find_waypoints
 from istiod_lite.translator.authz import authz_problems
+from istiod_lite.translator.binding.waypoints import WaypointRef, binding_problems
 from istiod_lite.translator.config_warnings import route_warnings
-from istiod_lite.translator.hbone import CONNECT_TERMINATE
 from istiod_lite.translator.proxyless import translate_proxyless
+from istiod_lite.translator.shape.hbone import CONNECT_TERMINATE
 from istiod_lite.translator.telemetry import AccessLogMemo, telemetry_warnings
 from istiod_lite.translator.waypoint import WaypointTranslator, connect_terminate_for
-from istiod_lite.translator.waypoints import WaypointRef, binding_problems
 from istiod_lite.xds import typeurls
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.connection import Connection

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from google.protobuf.message import Message
 
-from istiod_lite.translator.output import EnvoyResources
+from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.xds import typeurls
 from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource
 

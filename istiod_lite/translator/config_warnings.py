@@ -28,11 +28,12 @@ from istiod_lite.model.networking import (
     TrafficPolicy,
     VirtualService,
 )
-from istiod_lite.translator import route_httproute, service_model
-from istiod_lite.translator.index import derived_from_kinds
-from istiod_lite.translator.route_httproute import CORE_GROUPS, ISTIO_GROUP, mesh_routes
+from istiod_lite.translator.binding import service_model
+from istiod_lite.translator.binding.waypoints import BINDING_KINDS, WAYPOINT_CLASS, Bindings, WaypointRef, bindings_of
+from istiod_lite.translator.core.index import derived_from_kinds
+from istiod_lite.translator.routing import httproute
+from istiod_lite.translator.routing.httproute import CORE_GROUPS, ISTIO_GROUP, mesh_routes
 from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views
-from istiod_lite.translator.waypoints import BINDING_KINDS, WAYPOINT_CLASS, Bindings, WaypointRef, bindings_of
 
 _SUPPORTED_REDIRECT_CODES = frozenset({0, 301, 302, 303, 307, 308})
 
@@ -129,9 +130,9 @@ def _parent_target(snapshot: ConfigSnapshot, route: gw.HTTPRoute, p: gw.ParentRe
                    ) -> tuple[str, Service | ServiceEntry | None]:
     """(description, object) of a mesh parent; ("", None) for a parent that is not a mesh parent."""
     ns = p.namespace or route.namespace
-    if route_httproute.is_service_parent(p):
+    if httproute.is_service_parent(p):
         return f"Service {ns}/{p.name}", snapshot.get(Service, ns, p.name)
-    if route_httproute.is_service_entry_parent(p):
+    if httproute.is_service_entry_parent(p):
         return f"ServiceEntry {ns}/{p.name}", snapshot.get(ServiceEntry, ns, p.name)
     return "", None
 
@@ -149,7 +150,7 @@ def _route_warnings(snapshot: ConfigSnapshot, route: gw.HTTPRoute, serving: dict
         if target is None:
             out.append(f"{where} names {desc}, which does not exist; ignored")
             continue
-        hosts = route_httproute.parent_hosts(snapshot, route, p)
+        hosts = httproute.parent_hosts(snapshot, route, p)
         if p.port is not None:
             ports = [v.ports for h in hosts for v in _views(target, h)]
             if ports and not any(pi.number == p.port for ps in ports for pi in ps):

@@ -19,9 +19,9 @@ from google.protobuf import any_pb2
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Service
-from istiod_lite.translator import names
-from istiod_lite.translator.endpoints import load_assignment
-from istiod_lite.translator.output import EnvoyResources
+from istiod_lite.translator.clusters.endpoints import load_assignment
+from istiod_lite.translator.core import names
+from istiod_lite.translator.core.output import EnvoyResources
 
 
 def _ads() -> config_source_pb2.ConfigSource:

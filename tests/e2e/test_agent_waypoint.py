@@ -40,9 +40,9 @@ from istiod_lite.agent.rotation import RotationPolicy
 from istiod_lite.agent.runner import AgentConfig, EnvoySettings, WaypointAgent
 from istiod_lite.controlplane.secure import XdsAuthenticator
 from istiod_lite.envoy_binary import envoy_binary
-from istiod_lite.translator.listeners import http_connection_manager
 from istiod_lite.xds import typeurls
 from istiod_lite.xds.resources import ResourceSnapshot
+from tests.support.plain_listener import http_connection_manager
 from tests.support.ports import free_port
 from tests.support.wait import wait_until
 from tests.unit.test_agent_fixtures import NAMESPACE, WAYPOINT, WAYPOINT_SPIFFE, Istiod, running_istiod

@@ -19,12 +19,12 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import any_pb2, empty_pb2
 
-from istiod_lite.translator.listeners import http_connection_manager
 from istiod_lite.xds import typeurls
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.resources import ResourceSnapshot
 from istiod_lite.xds.server import AdsServer
 from tests.support.envoy import EnvoyFactory, EnvoyProcess
+from tests.support.plain_listener import http_connection_manager
 from tests.support.ports import free_port
 from tests.support.wait import wait_until
 

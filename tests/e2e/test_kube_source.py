@@ -22,7 +22,7 @@ import yaml
 from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 from istiod_lite.controlplane.debounce import DebounceOptions
 from istiod_lite.sources import KubeSourceOptions
-from istiod_lite.translator.waypoints import WaypointRef
+from istiod_lite.translator.binding.waypoints import WaypointRef
 from tests.support.fakekube import FakeKubeApiServer
 
 pytestmark = pytest.mark.e2e

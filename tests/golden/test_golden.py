@@ -22,9 +22,9 @@ from istiod_lite.model.meshconfig import MeshConfig, load_mesh_config
 from istiod_lite.sources import DirectorySource
 from istiod_lite.translator import find_waypoints, translate_waypoint
 from istiod_lite.translator.authz import authz_problems
+from istiod_lite.translator.binding.waypoints import binding_problems
 from istiod_lite.translator.config_warnings import route_warnings
 from istiod_lite.translator.telemetry import telemetry_warnings
-from istiod_lite.translator.waypoints import binding_problems
 from tests.support.envoy import envoy_validate
 
 HERE = Path(__file__).resolve().parent

@@ -7,7 +7,7 @@ import yaml
 
 from istiod_lite.model import ConfigSnapshot, ResourceKey, parse_object
 from istiod_lite.model.base import Resource
-from istiod_lite.translator.output import EnvoyResources
+from istiod_lite.translator.core.output import EnvoyResources
 
 
 def load_resources(text: str) -> list[Resource]:

@@ -8,7 +8,7 @@ import yaml
 
 from istiod_lite.model import ConfigSnapshot, ResourceKey, parse_object
 from istiod_lite.translator.authz import EMPTY, AuthzTranslator, authz_for_direct, authz_for_service, authz_problems
-from istiod_lite.translator.waypoints import WaypointRef
+from istiod_lite.translator.binding.waypoints import WaypointRef
 from tests.unit.test_authz_helpers import WP, ap, rbac_configs, snapshot
 
 SE = """\

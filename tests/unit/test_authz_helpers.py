@@ -12,9 +12,10 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from istiod_lite.model import ConfigSnapshot, parse_object
-from istiod_lite.translator import inbound, routes
 from istiod_lite.translator.authz import AuthzFilters, ClusterRequest
-from istiod_lite.translator.waypoints import WaypointRef
+from istiod_lite.translator.binding.waypoints import WaypointRef
+from istiod_lite.translator.listeners import inbound
+from istiod_lite.translator.routing import routes
 
 WP = WaypointRef("shop", "waypoint")
 BASE = """\

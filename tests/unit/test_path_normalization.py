@@ -19,8 +19,9 @@ from istiod_lite.model.meshconfig import (
     ProxyPathNormalization,
     parse_mesh_config,
 )
-from istiod_lite.translator import hbone, inbound
-from istiod_lite.translator.output import EnvoyResources
+from istiod_lite.translator.core.output import EnvoyResources
+from istiod_lite.translator.listeners import inbound
+from istiod_lite.translator.shape import hbone
 from istiod_lite.translator.waypoint import WaypointTranslator, translate_waypoint
 from tests.unit.test_translator_memo import MESH, REF
 

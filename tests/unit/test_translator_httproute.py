@@ -8,11 +8,11 @@ from typing import Any
 
 from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.model import gateway as gw
-from istiod_lite.translator import route_httproute as rh
+from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.config_warnings import route_warnings
-from istiod_lite.translator.output import EnvoyResources
+from istiod_lite.translator.core.output import EnvoyResources
+from istiod_lite.translator.routing import httproute as rh
 from istiod_lite.translator.waypoint import WaypointTranslator
-from istiod_lite.translator.waypoints import WaypointRef
 from tests.support.meshyaml import APP_WAYPOINT
 from tests.support.snapshots import load_resources as _load
 from tests.support.snapshots import replaced as _replace

@@ -8,8 +8,8 @@ from typing import Any
 
 from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.model.base import Resource
+from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.waypoint import WaypointTranslator
-from istiod_lite.translator.waypoints import WaypointRef
 from tests.support.snapshots import load_resources as _load
 from tests.support.snapshots import replaced as _replace
 from tests.support.snapshots import same_output as _same

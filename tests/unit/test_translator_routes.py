@@ -20,9 +20,9 @@ from istiod_lite.model.networking import (
     Percent,
     VirtualService,
 )
-from istiod_lite.translator import route_actions as act
-from istiod_lite.translator.route_match import is_catch_all, route_match
-from istiod_lite.translator.routes import RouteScope, http_routes, translate_route
+from istiod_lite.translator.routing import route_actions as act
+from istiod_lite.translator.routing.route_match import is_catch_all, route_match
+from istiod_lite.translator.routing.routes import RouteScope, http_routes, translate_route
 
 
 def _vs(http: list[dict[str, Any]], name: str = "vs", created: str = "") -> VirtualService:

@@ -11,8 +11,9 @@ from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.model.base import Resource
 from istiod_lite.model.core import Service
 from istiod_lite.model.networking import ServiceEntry
-from istiod_lite.translator import endpoints, service_model
-from istiod_lite.translator.waypoints import WaypointRef, bindings_of
+from istiod_lite.translator.binding import service_model
+from istiod_lite.translator.binding.waypoints import WaypointRef, bindings_of
+from istiod_lite.translator.clusters import endpoints
 
 NS = """\
 apiVersion: v1

@@ -17,9 +17,11 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from istiod_lite.agent.bootstrap import WAYPOINT_STATS_TAGS, waypoint_stats_config
 from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.model.meshconfig import MeshConfig, parse_mesh_config
-from istiod_lite.translator import inbound, routes, telemetry, translate_waypoint
-from istiod_lite.translator.service_model import ServiceInfo, of_service
-from istiod_lite.translator.waypoints import WaypointRef
+from istiod_lite.translator import telemetry, translate_waypoint
+from istiod_lite.translator.binding.service_model import ServiceInfo, of_service
+from istiod_lite.translator.binding.waypoints import WaypointRef
+from istiod_lite.translator.listeners import inbound
+from istiod_lite.translator.routing import routes
 from tests.support.meshyaml import APP_WAYPOINT
 
 REF = WaypointRef("app", "waypoint")

@@ -10,8 +10,9 @@ from envoy.extensions.request_id.uuid.v3 import uuid_pb2
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig
-from istiod_lite.translator import telemetry, tracing, translate_waypoint
-from istiod_lite.translator.output import EnvoyResources
+from istiod_lite.translator import telemetry, translate_waypoint
+from istiod_lite.translator.core.output import EnvoyResources
+from istiod_lite.translator.telemetry import tracing
 from tests.unit.test_translator_telemetry import REF, mesh, service, snapshot, telemetry_doc
 
 PROVIDERS = """

@@ -8,15 +8,15 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 
 from istiod_lite.model.networking import DestinationRule
-from istiod_lite.translator.cluster_policy import service_cluster
-from istiod_lite.translator.clusters import service_metadata
-from istiod_lite.translator.service_clusters import PASSTHROUGH
-from istiod_lite.translator.traffic_policy import (
+from istiod_lite.translator.clusters.for_service import PASSTHROUGH
+from istiod_lite.translator.clusters.policy_apply import service_cluster
+from istiod_lite.translator.clusters.policy_select import (
     cluster_policy,
     destination_hash,
     service_hash,
     tcp_source_ip_hash,
 )
+from istiod_lite.translator.shape.cluster_templates import service_metadata
 
 
 def _dr(spec: dict[str, Any]) -> DestinationRule:

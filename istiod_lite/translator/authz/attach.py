@@ -25,7 +25,7 @@ from typing import Final, Generic, TypeVar
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.security import AuthorizationPolicy, PolicyTargetReference, RequestAuthentication
-from istiod_lite.translator.index import derived_from_kinds
+from istiod_lite.translator.core.index import derived_from_kinds
 
 WAYPOINT_CLASS: Final = "istio-waypoint"
 DEFAULT_ROOT_NAMESPACE: Final = "istio-system"

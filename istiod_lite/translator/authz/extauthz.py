@@ -48,11 +48,12 @@ from istiod_lite.model.meshconfig import (
     MeshConfig,
 )
 from istiod_lite.model.types import Duration
-from istiod_lite.translator import names, outbound
 from istiod_lite.translator.authz import rbac
 from istiod_lite.translator.authz.rbac import CompiledPolicy, HttpFilter, NetworkFilter
 from istiod_lite.translator.authz.rules import Policy
-from istiod_lite.translator.protos import packed
+from istiod_lite.translator.clusters import outbound
+from istiod_lite.translator.core import names
+from istiod_lite.translator.core.protos import packed
 
 HTTP_EXT_AUTHZ: Final = "envoy.filters.http.ext_authz"
 NETWORK_EXT_AUTHZ: Final = "envoy.filters.network.ext_authz"

@@ -32,7 +32,7 @@ from istiod_lite.translator.authz.attach import DEFAULT_ROOT_NAMESPACE, WAYPOINT
 from istiod_lite.translator.authz.extauthz import ClusterRequest, Providers
 from istiod_lite.translator.authz.matchers import DEFAULT_LIMITS, Limits
 from istiod_lite.translator.authz.rbac import HttpFilter, NetworkFilter
-from istiod_lite.translator.waypoints import WaypointRef
+from istiod_lite.translator.binding.waypoints import WaypointRef
 
 _MAX_CHAINS: Final = 100_000
 #: The mesh config as the translator takes it: typed, or Istio's raw YAML mapping.

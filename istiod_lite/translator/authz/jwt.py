@@ -36,11 +36,11 @@ from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from google.protobuf import duration_pb2
 
 from istiod_lite.model.security import JWTRule, RequestAuthentication
-from istiod_lite.translator import names
 from istiod_lite.translator.authz.extauthz import ClusterRequest
 from istiod_lite.translator.authz.rbac import HttpFilter
 from istiod_lite.translator.authz.rules import JWT_FILTER, JWT_PAYLOAD
-from istiod_lite.translator.protos import packed
+from istiod_lite.translator.core import names
+from istiod_lite.translator.core.protos import packed
 
 DEFAULT_JWKS_TIMEOUT_S: Final = 5
 JWKS_CACHE_DURATION_S: Final = 300

@@ -34,7 +34,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2
 from istiod_lite.model.security import AuthorizationPolicy
 from istiod_lite.translator.authz.matchers import Limits
 from istiod_lite.translator.authz.rules import Action, Policy, compile_rule, match_never
-from istiod_lite.translator.protos import packed
+from istiod_lite.translator.core.protos import packed
 
 HttpFilter: TypeAlias = hcm_pb2.HttpFilter
 NetworkFilter: TypeAlias = listener_components_pb2.Filter

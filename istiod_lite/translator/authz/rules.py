@@ -42,7 +42,7 @@ from envoy.type.matcher.v3 import filter_state_pb2, path_pb2
 from istiod_lite.model.security import Condition, Operation, Rule, Source, is_path_template
 from istiod_lite.translator.authz import matchers as m
 from istiod_lite.translator.authz.matchers import Limits, Unsupported
-from istiod_lite.translator.protos import packed
+from istiod_lite.translator.core.protos import packed
 
 Permission: TypeAlias = rbac_pb2.Permission
 Principal: TypeAlias = rbac_pb2.Principal

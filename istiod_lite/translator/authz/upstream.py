@@ -18,7 +18,7 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 
 from istiod_lite.translator.authz.extauthz import ClusterRequest
-from istiod_lite.translator.host_clusters import host_cluster
+from istiod_lite.translator.clusters.for_host import host_cluster
 
 
 def request_cluster(req: ClusterRequest) -> cluster_pb2.Cluster:

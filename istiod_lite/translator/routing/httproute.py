@@ -64,10 +64,10 @@ from istiod_lite.model.networking import (
     VirtualServiceSpec,
 )
 from istiod_lite.model.types import Duration
-from istiod_lite.translator import names
-from istiod_lite.translator.index import derived_from_kinds, per_object
-from istiod_lite.translator.route_actions import PREFIX_MARKER
-from istiod_lite.translator.routes import GATEWAY_SEMANTICS, ROUTE_SEMANTICS
+from istiod_lite.translator.core import names
+from istiod_lite.translator.core.index import derived_from_kinds, per_object
+from istiod_lite.translator.routing.route_actions import PREFIX_MARKER
+from istiod_lite.translator.routing.routes import GATEWAY_SEMANTICS, ROUTE_SEMANTICS
 
 ISTIO_GROUP = "networking.istio.io"
 CORE_GROUPS = ("", "core")

@@ -23,12 +23,12 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from istiod_lite.model.networking import L4MatchAttributes, RouteDestination, TLSMatchAttributes, VirtualService
-from istiod_lite.translator import hbone
-from istiod_lite.translator.cluster_policy import set_duration
-from istiod_lite.translator.index import qualify
-from istiod_lite.translator.outbound import DestinationResolver
-from istiod_lite.translator.protos import packed
-from istiod_lite.translator.traffic_policy import tcp_source_ip_hash
+from istiod_lite.translator.clusters.outbound import DestinationResolver
+from istiod_lite.translator.clusters.policy_apply import set_duration
+from istiod_lite.translator.clusters.policy_select import tcp_source_ip_hash
+from istiod_lite.translator.core.index import qualify
+from istiod_lite.translator.core.protos import packed
+from istiod_lite.translator.shape import hbone
 
 
 def _l4_applies(m: L4MatchAttributes | TLSMatchAttributes, port: int) -> bool:

@@ -32,10 +32,10 @@ from istiod_lite.model.core import Namespace, Pod, Service, ServicePort
 from istiod_lite.model.networking import ServiceEntry, WorkloadEntry
 from istiod_lite.model.networking_common import is_ip
 from istiod_lite.model.networking_se import WorkloadEntrySpec
-from istiod_lite.translator.index import index_of, workload_entries_of, workload_entry_labels
-from istiod_lite.translator.names import CONNECT_ORIGINATE, ORIGINAL_DST_KEY
-from istiod_lite.translator.service_model import DNS, DNS_ROUND_ROBIN, PortInfo, ServiceInfo
-from istiod_lite.translator.waypoints import DATAPLANE_MODE, is_ambient
+from istiod_lite.translator.binding.service_model import DNS, DNS_ROUND_ROBIN, PortInfo, ServiceInfo
+from istiod_lite.translator.binding.waypoints import DATAPLANE_MODE, is_ambient
+from istiod_lite.translator.core.index import index_of, workload_entries_of, workload_entry_labels
+from istiod_lite.translator.core.names import CONNECT_ORIGINATE, ORIGINAL_DST_KEY
 
 #: Istio's label for workloads that terminate HBONE themselves (``model.TunnelLabel``).
 TUNNEL_LABEL = "networking.istio.io/tunnel"

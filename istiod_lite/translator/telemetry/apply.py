@@ -51,11 +51,13 @@ from google.protobuf import struct_pb2
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import ENVOY_PROVIDER, ExtensionProvider, MeshConfig
 from istiod_lite.model.telemetry import AccessLogging, Metrics, Telemetry
-from istiod_lite.translator import hbone, service_model, tracing
-from istiod_lite.translator.output import EnvoyResources
-from istiod_lite.translator.protos import packed
-from istiod_lite.translator.service_model import ServiceInfo
-from istiod_lite.translator.waypoints import WaypointRef, bindings_of
+from istiod_lite.translator.binding import service_model
+from istiod_lite.translator.binding.service_model import ServiceInfo
+from istiod_lite.translator.binding.waypoints import WaypointRef, bindings_of
+from istiod_lite.translator.core.output import EnvoyResources
+from istiod_lite.translator.core.protos import packed
+from istiod_lite.translator.shape import hbone
+from istiod_lite.translator.telemetry import tracing
 
 #: An Envoy ``config.accesslog.v3.AccessLog`` (what HCM and tcp_proxy ``access_log`` hold).
 AccessLog: TypeAlias = accesslog_pb2.AccessLog

@@ -19,7 +19,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3 import string_pb2
 
 from istiod_lite.model.networking import ClientTLSSettings
-from istiod_lite.translator.hbone import sds_config
+from istiod_lite.translator.shape.hbone import sds_config
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
 CREDENTIAL_PREFIX = "kubernetes://"

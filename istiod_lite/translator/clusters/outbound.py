@@ -26,11 +26,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Service
 from istiod_lite.model.networking import ConsistentHashLB, Destination, DestinationRule, VirtualService
-from istiod_lite.translator import names, service_clusters, service_model
-from istiod_lite.translator.index import index_of, qualify, service_entries_by_host
-from istiod_lite.translator.output import EnvoyResources
-from istiod_lite.translator.service_model import ServiceInfo
-from istiod_lite.translator.traffic_policy import destination_hash
+from istiod_lite.translator.binding import service_model
+from istiod_lite.translator.binding.service_model import ServiceInfo
+from istiod_lite.translator.clusters import for_service
+from istiod_lite.translator.clusters.policy_select import destination_hash
+from istiod_lite.translator.core import names
+from istiod_lite.translator.core.index import index_of, qualify, service_entries_by_host
+from istiod_lite.translator.core.output import EnvoyResources
 
 _SUFFIX = ".svc." + names.DEFAULT_DOMAIN
 #: Istio's cluster name for a destination it cannot resolve (``getWaypointDestinationCluster``).
@@ -168,5 +170,5 @@ class DestinationResolver:
         """Clusters and endpoints of every outbound target named so far (sorted by host)."""
         out = EnvoyResources()
         for host in sorted(self.outbound):
-            service_clusters.add_outbound(out, self.snapshot, self.outbound[host], self.destination_rule(host))
+            for_service.add_outbound(out, self.snapshot, self.outbound[host], self.destination_rule(host))
         return out

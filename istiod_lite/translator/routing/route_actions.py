@@ -31,9 +31,9 @@ from istiod_lite.model.networking import (
     HTTPRetry,
     Percent,
 )
-from istiod_lite.translator.cluster_policy import set_duration
-from istiod_lite.translator.protos import packed
-from istiod_lite.translator.route_match import string_matcher
+from istiod_lite.translator.clusters.policy_apply import set_duration
+from istiod_lite.translator.core.protos import packed
+from istiod_lite.translator.routing.route_match import string_matcher
 
 #: Istio's default retry policy for routes without ``retries`` (core/route/retry/retry.go).
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod
 from istiod_lite.model.networking import DestinationRule, ServiceEntry, VirtualService, WorkloadEntry
-from istiod_lite.translator import names
+from istiod_lite.translator.core import names
 
 
 def qualify(host: str, namespace: str) -> str:

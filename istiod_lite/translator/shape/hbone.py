@@ -29,8 +29,8 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
 from envoy.type.matcher.v3 import string_pb2
 
-from istiod_lite.translator.clusters import DEFAULT_CONNECT_TIMEOUT_S, default_circuit_breakers
-from istiod_lite.translator.protos import packed
+from istiod_lite.translator.core.protos import packed
+from istiod_lite.translator.shape.cluster_templates import DEFAULT_CONNECT_TIMEOUT_S, default_circuit_breakers
 
 CONNECT_TERMINATE = "connect_terminate"
 CONNECT_ORIGINATE = "connect_originate"

@@ -33,10 +33,10 @@ from istiod_lite.model.networking import (
     HTTPRoute,
     VirtualService,
 )
-from istiod_lite.translator import route_actions as act
-from istiod_lite.translator.cluster_policy import set_duration
-from istiod_lite.translator.protos import packed
-from istiod_lite.translator.route_match import is_catch_all, path_pattern, route_match
+from istiod_lite.translator.clusters.policy_apply import set_duration
+from istiod_lite.translator.core.protos import packed
+from istiod_lite.translator.routing import route_actions as act
+from istiod_lite.translator.routing.route_match import is_catch_all, path_pattern, route_match
 
 DEFAULT_RETRY_ON = act.DEFAULT_RETRY_ON
 MAX_DIRECT_RESPONSE_BODY = 1024 * 1024

@@ -1,9 +1,7 @@
-"""Listeners of a waypoint.
+"""A plain-HTTP listener for xDS tests that need Envoy to accept some listener.
 
-Walking-skeleton shape: one plain-HTTP listener per service VIP and port, standing in for the
-HBONE ``connect_terminate`` -> ``main_internal`` pair that the waypoint data-path issue builds.
-The HTTP connection manager inside already has Istio's waypoint settings, so only the way
-traffic arrives changes later, not the chain.
+Not the waypoint shape (that is ``translator/listeners`` and ``translator/shape``): the xDS and
+agent end-to-end tests only need a listener Envoy accepts and a route they can change.
 """
 
 from __future__ import annotations

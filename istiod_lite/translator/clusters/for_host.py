@@ -18,9 +18,9 @@ from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
 from istiod_lite.model.networking import ClientTLSSettings
-from istiod_lite.translator import clusters
-from istiod_lite.translator.protos import packed
-from istiod_lite.translator.upstream_tls import TLS_SOCKET, upstream_tls_context
+from istiod_lite.translator.clusters.upstream_tls import TLS_SOCKET, upstream_tls_context
+from istiod_lite.translator.core.protos import packed
+from istiod_lite.translator.shape import cluster_templates
 
 _C = cluster_pb2.Cluster
 
@@ -42,8 +42,8 @@ def host_cluster(name: str, host: str, port: int, *, h2: bool = False, tls: bool
     """The cluster ``name`` to ``host:port`` with Istio's connect timeout and circuit breakers."""
     ip = _is_ip(host)
     c = cluster_pb2.Cluster(name=name, type=_C.STATIC if ip else _C.STRICT_DNS, lb_policy=_C.ROUND_ROBIN,
-                            circuit_breakers=clusters.default_circuit_breakers())
-    c.connect_timeout.seconds = clusters.DEFAULT_CONNECT_TIMEOUT_S
+                            circuit_breakers=cluster_templates.default_circuit_breakers())
+    c.connect_timeout.seconds = cluster_templates.DEFAULT_CONNECT_TIMEOUT_S
     if not ip:
         c.dns_lookup_family = _C.V4_ONLY
     endpoint = endpoint_components_pb2.LbEndpoint()
@@ -51,8 +51,8 @@ def host_cluster(name: str, host: str, port: int, *, h2: bool = False, tls: bool
     c.load_assignment.CopyFrom(endpoint_pb2.ClusterLoadAssignment(
         cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])]))
     if h2:
-        c.typed_extension_protocol_options[clusters.HTTP_PROTOCOL_OPTIONS].CopyFrom(
-            packed(clusters.h2_protocol_options()))
+        c.typed_extension_protocol_options[cluster_templates.HTTP_PROTOCOL_OPTIONS].CopyFrom(
+            packed(cluster_templates.h2_protocol_options()))
     if tls:
         c.transport_socket.CopyFrom(_tls(host, ip))
     return c

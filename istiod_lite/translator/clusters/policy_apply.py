@@ -22,10 +22,11 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from istiod_lite.model.networking import ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection
 from istiod_lite.model.types import Duration
-from istiod_lite.translator import clusters, upstream_tls
-from istiod_lite.translator.names import ORIGINAL_DST_KEY
-from istiod_lite.translator.protos import packed
-from istiod_lite.translator.traffic_policy import Policy
+from istiod_lite.translator.clusters import upstream_tls
+from istiod_lite.translator.clusters.policy_select import Policy
+from istiod_lite.translator.core.names import ORIGINAL_DST_KEY
+from istiod_lite.translator.core.protos import packed
+from istiod_lite.translator.shape import cluster_templates
 
 _PROXY_PROTOCOL = "envoy.transport_sockets.upstream_proxy_protocol"
 _RAW_BUFFER = base_pb2.TransportSocket(name="raw_buffer", typed_config=packed(raw_buffer_pb2.RawBuffer()))
@@ -59,14 +60,14 @@ def service_cluster(
     the caller, so the common case is a copy).  ``alpn_override``: outbound clusters get Istio's
     ``istio.alpn_override: "false"`` metadata when they originate TLS."""
     if policy is None:
-        return clusters.eds_cluster(name, services, transport_socket=plain_transport, h2=h2, auto=auto,
+        return cluster_templates.eds_cluster(name, services, transport_socket=plain_transport, h2=h2, auto=auto,
                                     subset=subset, config=config)
-    c = clusters.eds_cluster(name, services, subset=subset, config=config)
+    c = cluster_templates.eds_cluster(name, services, subset=subset, config=config)
     opts: hpo_pb2.HttpProtocolOptions | None = None
     if h2:
-        opts = clusters.h2_protocol_options()
+        opts = cluster_templates.h2_protocol_options()
     elif auto:
-        opts = clusters.downstream_protocol_options()
+        opts = cluster_templates.downstream_protocol_options()
     cp = policy.connection_pool
     opts = _apply_connection_pool(c, cp, policy, opts)
     http = cp.http if cp is not None else None
@@ -101,7 +102,7 @@ def service_cluster(
         if opts.WhichOneof("upstream_protocol_options") is None:
             # Envoy requires an upstream protocol; Istio's clusterWrapper.build() adds HTTP/1.
             opts.explicit_http_config.http_protocol_options.SetInParent()
-        c.typed_extension_protocol_options[clusters.HTTP_PROTOCOL_OPTIONS].CopyFrom(packed(opts))
+        c.typed_extension_protocol_options[cluster_templates.HTTP_PROTOCOL_OPTIONS].CopyFrom(packed(opts))
     if c.type == _LB.ORIGINAL_DST:
         c.lb_policy = _LB.CLUSTER_PROVIDED
         c.ClearField("eds_cluster_config")  # only EDS clusters get the EDS config (maybeApplyEdsConfig)

@@ -26,7 +26,8 @@ from typing import Any
 
 from istiod_lite.model.core import Service
 from istiod_lite.model.networking import ServiceEntry
-from istiod_lite.translator import inbound, names
+from istiod_lite.translator.binding import protocols
+from istiod_lite.translator.core import names
 
 #: ServiceEntry resolutions and what Istio builds for them.
 STATIC, DNS, DNS_ROUND_ROBIN, NONE, DYNAMIC_DNS = "STATIC", "DNS", "DNS_ROUND_ROBIN", "NONE", "DYNAMIC_DNS"
@@ -34,7 +35,7 @@ STATIC, DNS, DNS_ROUND_ROBIN, NONE, DYNAMIC_DNS = "STATIC", "DNS", "DNS_ROUND_RO
 
 @dataclass(frozen=True)
 class PortInfo:
-    """One service port: number, name, Istio protocol class (``inbound.port_protocol`` vocabulary)
+    """One service port: number, name, Istio protocol class (``protocols.port_protocol`` vocabulary)
     and the target port (a Kubernetes int or name, a ServiceEntry ``targetPort``, or None)."""
 
     number: int
@@ -44,7 +45,7 @@ class PortInfo:
 
     @property
     def chain_kinds(self) -> tuple[str, ...]:
-        return inbound.chain_kinds(self.protocol)
+        return protocols.chain_kinds(self.protocol)
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,7 +79,7 @@ class ServiceInfo:
 
 def of_service(svc: Service) -> ServiceInfo:
     """A Kubernetes Service: its FQDN, ClusterIPs and ports (protocol from appProtocol or name)."""
-    ports = tuple(PortInfo(p.port, p.name, inbound.port_protocol(p.name, p.app_protocol, p.protocol), p.target_port)
+    ports = tuple(PortInfo(p.port, p.name, protocols.port_protocol(p.name, p.app_protocol, p.protocol), p.target_port)
                   for p in svc.spec.ports)
     return ServiceInfo(host=names.service_fqdn(svc.name, svc.namespace), name=svc.name, namespace=svc.namespace,
                        vips=svc.vips, ports=ports, resolution=STATIC, source=svc,
@@ -88,7 +89,7 @@ def of_service(svc: Service) -> ServiceInfo:
 def se_protocol(protocol: str) -> str:
     """``protocol.Parse`` of a ServiceEntry port (case-insensitive; empty or unknown: sniffed)."""
     transport = "UDP" if protocol.upper() == "UDP" else "TCP"
-    return inbound.port_protocol("", protocol, transport)
+    return protocols.port_protocol("", protocol, transport)
 
 
 def _vip(address: str) -> str:

@@ -41,11 +41,14 @@ from google.protobuf import struct_pb2
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.networking import DestinationRule
-from istiod_lite.translator import clusters, endpoints, hbone, inbound, names
-from istiod_lite.translator.cluster_policy import service_cluster
-from istiod_lite.translator.output import EnvoyResources
-from istiod_lite.translator.service_model import DNS, DNS_ROUND_ROBIN, NONE, PortInfo, ServiceInfo
-from istiod_lite.translator.traffic_policy import cluster_policy
+from istiod_lite.translator.binding import protocols
+from istiod_lite.translator.binding.service_model import DNS, DNS_ROUND_ROBIN, NONE, PortInfo, ServiceInfo
+from istiod_lite.translator.clusters import endpoints
+from istiod_lite.translator.clusters.policy_apply import service_cluster
+from istiod_lite.translator.clusters.policy_select import cluster_policy
+from istiod_lite.translator.core import names
+from istiod_lite.translator.core.output import EnvoyResources
+from istiod_lite.translator.shape import cluster_templates, hbone
 
 PASSTHROUGH: base_pb2.TransportSocket = hbone.internal_upstream(passthrough=True)
 #: Istio's mesh default ``dnsRefreshRate``.
@@ -55,14 +58,14 @@ _DNS_TYPES = {DNS: _C.STRICT_DNS, DNS_ROUND_ROBIN: _C.LOGICAL_DNS}
 
 
 def dr_path(dr: DestinationRule) -> str:
-    return clusters.DR_PATH.format(dr.namespace, dr.name)
+    return cluster_templates.DR_PATH.format(dr.namespace, dr.name)
 
 
 def _add(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, port: PortInfo, name: str,
          meta: struct_pb2.Struct, dr: DestinationRule | None, subset: str, subset_meta: str, outbound: bool) -> None:
     policy = cluster_policy(dr, port.number, subset)
     config = dr_path(dr) if dr is not None and (outbound or policy is not None) else ""
-    c = service_cluster(name, meta, policy, h2=inbound.is_h2(port.protocol),
+    c = service_cluster(name, meta, policy, h2=protocols.is_h2(port.protocol),
                         auto=port.protocol == "unsupported", plain_transport=PASSTHROUGH, subset=subset_meta,
                         config=config, alpn_override=outbound)
     labels = dr.spec.subset(subset).labels if dr is not None and subset else None  # type: ignore[union-attr]
@@ -110,7 +113,7 @@ def add_inbound_vip(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceI
 
 def add_outbound(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, dr: DestinationRule | None) -> None:
     """``outbound|P||H`` for every non-UDP port of a route target, plus its subsets."""
-    meta = clusters.service_metadata(svc.metadata())
+    meta = cluster_templates.service_metadata(svc.metadata())
     for port in svc.ports:
         if port.protocol == "udp":
             continue

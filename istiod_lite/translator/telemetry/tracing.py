@@ -54,11 +54,12 @@ from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import ExtensionProvider, HttpHeader, MeshConfig
 from istiod_lite.model.telemetry import CustomTag, Telemetry, Tracing
 from istiod_lite.model.types import Duration
-from istiod_lite.translator import names, outbound
-from istiod_lite.translator.host_clusters import host_cluster
-from istiod_lite.translator.output import EnvoyResources
-from istiod_lite.translator.protos import packed
-from istiod_lite.translator.waypoints import WaypointRef
+from istiod_lite.translator.binding.waypoints import WaypointRef
+from istiod_lite.translator.clusters import outbound
+from istiod_lite.translator.clusters.for_host import host_cluster
+from istiod_lite.translator.core import names
+from istiod_lite.translator.core.output import EnvoyResources
+from istiod_lite.translator.core.protos import packed
 
 ZIPKIN: Final = "envoy.tracers.zipkin"
 OPENTELEMETRY: Final = "envoy.tracers.opentelemetry"

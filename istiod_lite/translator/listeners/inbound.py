@@ -33,45 +33,15 @@ from xds.core.v3 import cidr_pb2, extension_pb2
 from xds.type.matcher.v3 import ip_pb2, matcher_pb2
 
 from istiod_lite.model.meshconfig import PathNormalizationType
-from istiod_lite.translator import hbone, routes
-from istiod_lite.translator.protos import packed, string_value
+from istiod_lite.translator.core.protos import packed, string_value
+from istiod_lite.translator.routing import routes
+from istiod_lite.translator.shape import hbone
 
 MAIN_INTERNAL = hbone.MAIN_INTERNAL
 DIRECT_HTTP = "direct-http"
 DIRECT_TCP = "direct-tcp"
 #: Application protocols the HTTP inspector reports for plaintext HTTP (Istio matches these keys).
 HTTP_APP_PROTOCOLS = ("'h2c'", "'http/1.1'")
-
-_HTTP = frozenset({"http", "http2", "grpc", "grpc-web", "http_proxy"})
-_TCP = frozenset({"tcp", "tls", "https", "mongo", "mysql", "redis"})
-_H2 = frozenset({"http2", "grpc", "grpc-web"})
-_APP_PROTOCOL_ALIASES = {"kubernetes.io/h2c": "http2", "kubernetes.io/ws": "http", "kubernetes.io/wss": "https"}
-
-
-def port_protocol(name: str, app_protocol: str, transport: str) -> str:
-    """Istio's protocol of a Service port: ``appProtocol``, else the port name's prefix
-    (``http-web`` -> http), else ``unsupported`` (sniffed); UDP ports are ``udp``."""
-    if transport == "UDP":
-        return "udp"
-    for candidate in (app_protocol, name.split("-", 1)[0]):
-        c = _APP_PROTOCOL_ALIASES.get(candidate.lower(), candidate.lower())
-        if c in _HTTP or c in _TCP:
-            return c
-    return "unsupported"
-
-
-def chain_kinds(protocol: str) -> tuple[str, ...]:
-    """Which chains a port gets: ``http``, ``tcp`` or both (sniffed)."""
-    if protocol in _HTTP:
-        return ("http",)
-    if protocol in _TCP:
-        return ("tcp",)
-    return ("http", "tcp") if protocol == "unsupported" else ()
-
-
-def is_h2(protocol: str) -> bool:
-    return protocol in _H2
-
 
 @dataclass(frozen=True)
 class PortChains:

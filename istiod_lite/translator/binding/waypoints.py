@@ -30,7 +30,7 @@ from istiod_lite.model.core import Namespace, Pod, Service
 from istiod_lite.model.gateway import Gateway, GatewayClass
 from istiod_lite.model.networking import ServiceEntry, WorkloadEntry
 from istiod_lite.model.networking_common import is_ip
-from istiod_lite.translator.index import derived_from_kinds
+from istiod_lite.translator.core.index import derived_from_kinds
 
 WAYPOINT_CLASS = "istio-waypoint"
 USE_WAYPOINT = "istio.io/use-waypoint"

@@ -32,27 +32,19 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig, PathNormalizationType, ProxyPathNormalization
 from istiod_lite.model.networking import DestinationRule, VirtualService
-from istiod_lite.translator import (
-    clusters,
-    endpoints,
-    hbone,
-    inbound,
-    names,
-    outbound,
-    route_actions,
-    routes,
-    service_clusters,
-    service_model,
-    tcp_routes,
-    telemetry,
-    traffic_policy,
-)
+from istiod_lite.translator import telemetry
 from istiod_lite.translator.authz import AuthzFilters, authz_for_direct, authz_for_service, request_cluster
-from istiod_lite.translator.index import derived, derived_from_kinds, index_of, per_object, virtual_services_for
-from istiod_lite.translator.output import EnvoyResources
-from istiod_lite.translator.route_httproute import ROUTE_KINDS, mesh_routes
-from istiod_lite.translator.service_model import ServiceInfo
-from istiod_lite.translator.waypoints import Bindings, WaypointRef, bindings_of
+from istiod_lite.translator.binding import protocols, service_model
+from istiod_lite.translator.binding.service_model import ServiceInfo
+from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef, bindings_of
+from istiod_lite.translator.clusters import endpoints, for_service, outbound, policy_select
+from istiod_lite.translator.core import names
+from istiod_lite.translator.core.index import derived, derived_from_kinds, index_of, per_object, virtual_services_for
+from istiod_lite.translator.core.output import EnvoyResources
+from istiod_lite.translator.listeners import inbound
+from istiod_lite.translator.routing import route_actions, routes, tcp_routes
+from istiod_lite.translator.routing.httproute import ROUTE_KINDS, mesh_routes
+from istiod_lite.translator.shape import cluster_templates, hbone
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 #: Kinds a waypoint's translation reads besides its bound services and workloads (HTTPRoutes are
@@ -386,22 +378,22 @@ def _service_fragment(
     the TCP chain's route, and the outbound clusters of route targets it does not own."""
     resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned)
     out = EnvoyResources()
-    meta = clusters.service_metadata(sv.metadata())
+    meta = cluster_templates.service_metadata(sv.metadata())
     port_chains = []
     for port in sv.served_ports():
         http_chain: listener_components_pb2.FilterChain | None = None
         tcp_chain: listener_components_pb2.FilterChain | None = None
         for kind in port.chain_kinds:
             cluster = names.inbound_vip_cluster(port.number, sv.host, kind)
-            service_clusters.add_inbound_vip(out, snapshot, sv, meta, port, kind, dr)
+            for_service.add_inbound_vip(out, snapshot, sv, meta, port, kind, dr)
             if kind == "http":
                 scope = routes.RouteScope(port.number, waypoint_namespace, resolver)
                 route_list = routes.http_routes(vss, scope)
                 if not route_list:
-                    hash_policy = route_actions.hash_policy(traffic_policy.service_hash(dr, port.number))
+                    hash_policy = route_actions.hash_policy(policy_select.service_hash(dr, port.number))
                     route_list = [routes.default_route(cluster, sv.host, port.number, hash_policy)]
                 rcfg = routes.route_configuration(cluster, f"inbound|http|{port.number}", route_list)
-                http_chain = inbound.http_chain(cluster, port.number, rcfg, inbound.is_h2(port.protocol),
+                http_chain = inbound.http_chain(cluster, port.number, rcfg, protocols.is_h2(port.protocol),
                                                 authz=az.http if az else (), path_normalization=path_normalization)
             else:
                 tcp_chain = inbound.with_network_filters(
@@ -443,7 +435,7 @@ def _authz_resources(snapshot: ConfigSnapshot, waypoint_namespace: str, az: Auth
             continue
         svc = outbound.service_for_host(snapshot, req.host)
         if svc is not None:
-            service_clusters.add_outbound(out, snapshot, svc,
+            for_service.add_outbound(out, snapshot, svc,
                                           outbound.destination_rule_for_host(drs, waypoint_namespace, req.host))
         if req.name not in out.clusters:  # not a service, not one of its ports, or a DNS one without endpoints
             out.clusters[req.name] = request_cluster(req)

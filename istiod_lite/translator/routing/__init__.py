@@ -1,0 +1,1 @@
+"""Routes: VirtualService and Gateway API HTTPRoute rules as Envoy routes, and TCP routing."""
