@@ -2,7 +2,7 @@
 
 Node id: ``waypoint~<IP>~<pod>.<ns>~<ns>.svc.cluster.local``; metadata carries NAMESPACE,
 SERVICE_ACCOUNT, CLUSTER_ID, INSTANCE_IPS and LABELS (with the Gateway name), which is how the
-server knows which waypoint connected (shared/reference/istio-waypoint.md §1.4).
+server knows which waypoint connected (docs/istio-waypoint-shape.md §1.4).
 
 With ``sds_socket`` the bootstrap also has Istio's ``sds-grpc`` cluster (HTTP/2 over the agent's Unix
 socket).  With ``xds_socket`` the ``xds-grpc`` cluster is, as in Istio, plaintext HTTP/2 to the

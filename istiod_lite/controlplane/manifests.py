@@ -1,7 +1,7 @@
 """What istiod-lite creates for a waypoint Gateway: a pure renderer from the model to API objects.
 
 For every Gateway of class ``istio-waypoint`` istiod renders a ServiceAccount, a Deployment and a
-Service (shared/reference/istio-waypoint.md §1.1, Istio's ``files/waypoint.yaml``).  Here the pod
+Service (docs/istio-waypoint-shape.md §1.1, Istio's ``files/waypoint.yaml``).  Here the pod
 runs ``istiod-lite waypoint run`` (our pilot-agent) instead of ``pilot-agent proxy waypoint``.
 
 Everything is built as dicts: user strings (names, labels, namespaces) are values in the tree and

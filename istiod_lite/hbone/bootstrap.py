@@ -14,7 +14,7 @@ Inbound (what the destination ztunnel does)::
     cluster hbone_in_<i>_app (STATIC --forward) or hbone_in_authority (ORIGINAL_DST on :authority)
 
 Both directions share Istio's TLS shape (``buildCommonConnectTLSContext``, see
-shared/reference/istio-waypoint.md §2.1): certificate from secret ``default``, trust anchors from
+docs/istio-waypoint-shape.md §2.1): certificate from secret ``default``, trust anchors from
 secret ``ROOTCA``, peer URI SAN prefix ``spiffe://<td>/``.  The secrets are file-based SDS
 resources, so renewing a certificate is an atomic file rename that Envoy picks up without a restart.
 """

@@ -4,6 +4,7 @@ Coalescing is structural: a config change or a request only sets ``wake``; the s
 loop then evaluates every subscribed type once against the *latest* snapshot.  However many
 changes arrive while a write is blocked, at most one evaluation is pending — per-stream memory
 stays bounded and a slow client never delays another.
+Rule numbers (R7, R43) refer to docs/xds-rules.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Incremental (Delta) ADS: request handling and response building, without I/O.
 
-Rule numbers refer to shared/reference/xds-protocol.md §1.
+Rule numbers refer to docs/xds-rules.md.
 """
 
 from __future__ import annotations

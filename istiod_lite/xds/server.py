@@ -3,6 +3,7 @@
 Each stream has two tasks: a reader that applies requests to the stream state and sets the wake
 flag, and the handler itself, which waits for the flag, evaluates every subscribed type in push
 order (CDS, EDS, LDS, RDS, ...) against the group's latest snapshot and writes what is needed.
+Rule numbers (R2, R48) refer to docs/xds-rules.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """State-of-the-World ADS: how requests change a stream's state, and what to send back.
 
 Pure functions over ``Connection``/``Subscription`` (no I/O), so every rule is unit-testable.
-Rule numbers refer to shared/reference/xds-protocol.md §1.
+Rule numbers refer to docs/xds-rules.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-type subscription and delivery state of one stream (SotW and Delta share it).
 
-Rule numbers (R21 ...) refer to shared/reference/xds-protocol.md §1.
+Rule numbers (R21 ...) refer to docs/xds-rules.md.
 """
 
 from __future__ import annotations

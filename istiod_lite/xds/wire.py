@@ -7,6 +7,7 @@ and left megabytes per stream in the allocator.  Protobuf's wire format lets a m
 concatenation of its fields, so each resource is encoded once (``VersionedResource``) and a
 response is one ``b"".join``.  The bytes are exactly what ``SerializeToString`` would produce
 for the same fields in field-number order (tested against the real messages).
+Rule numbers (R7) refer to docs/xds-rules.md.
 """
 
 from __future__ import annotations

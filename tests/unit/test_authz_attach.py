@@ -1,4 +1,4 @@
-"""Which policies reach which waypoint chain (shared/reference/istio-waypoint.md §5.1), what is
+"""Which policies reach which waypoint chain (docs/istio-waypoint-shape.md §5.1), what is
 reported instead, and the memo: unchanged inputs give the same result object, an edit rebuilds
 only the chains it touches."""
 

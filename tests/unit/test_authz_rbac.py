@@ -1,5 +1,5 @@
 """AuthorizationPolicy -> RBAC JSON: every field's value mapping, rule structure and the filter
-layout (shared/reference/istio-waypoint.md §5.2-5.3)."""
+layout (docs/istio-waypoint-shape.md §5.2-5.3)."""
 
 from __future__ import annotations
 

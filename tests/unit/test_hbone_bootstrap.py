@@ -77,7 +77,7 @@ def test_outbound_tunnels_share_one_cluster_per_waypoint() -> None:
 
 
 def check_istio_tls(ctx: dict[str, Any], san_prefix: str) -> None:
-    """Istio's buildCommonConnectTLSContext shape (reference §2.1), with file-based SDS."""
+    """Istio's buildCommonConnectTLSContext shape (docs/istio-waypoint-shape.md §2.1), with file-based SDS."""
     assert ctx["tls_params"] == {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"}
     assert ctx["alpn_protocols"] == ["h2"]
     assert ctx["tls_certificate_sds_secret_configs"][0]["name"] == "default"

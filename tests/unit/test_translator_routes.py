@@ -1,5 +1,5 @@
 """VirtualService route pieces (matches, retries, mirrors, faults, headers, redirects) as pure
-functions, checked against Istio's documented mapping (shared/reference/istio-waypoint.md §4).
+functions, checked against Istio's documented mapping (docs/istio-waypoint-shape.md §4).
 The golden cases show whole routes; these pin the rules and the edge cases one at a time."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """DestinationRule policy selection (port level, subsets, hashes) and its cluster mapping,
-rule by rule (shared/reference/istio-waypoint.md §3 "DR -> cluster mapping")."""
+rule by rule (docs/istio-waypoint-shape.md §3 "DR -> cluster mapping")."""
 
 from __future__ import annotations
 

@@ -261,7 +261,7 @@ async def test_stuck_client_is_closed_and_does_not_delay_others() -> None:
 
 @pytest.mark.parametrize("variant", ["sotw", "delta"])
 async def test_unknown_type_keeps_stream_alive(h: Harness, variant: str) -> None:
-    """R38/R39: an unknown type gets at most an empty answer; the stream keeps serving others."""
+    """R38/R39 (docs/xds-rules.md): an unknown type gets at most an empty answer; the stream keeps serving others."""
     h.cache.mark_ready()
     h.cache.set_snapshot("g", snap({"a": 1}))
     unknown = "type.googleapis.com/example.Unknown"

@@ -1,4 +1,4 @@
-"""SotW state machine rules (shared/reference/xds-protocol.md §1), without I/O."""
+"""SotW state machine rules (docs/xds-rules.md), without I/O."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """AuthorizationPolicy / RequestAuthentication -> the authorization filters of waypoint chains.
 
 Pure (no I/O): a ``ConfigSnapshot`` (plus, for CUSTOM, a parsed mesh config) in, Envoy filter
-protos out.  Facts: shared/reference/istio-waypoint.md §5; design and deviations: docs/authz.md.
+protos out.  Facts: docs/istio-waypoint-shape.md §5; design and deviations: docs/authz.md.
 
     filters = authz_for_service(snapshot, waypoint_ref, "shop", "cart")
     inbound.http_chain(..., authz=filters.http)        # HTTP chains of the service

@@ -1,6 +1,6 @@
 """Which AuthorizationPolicies and RequestAuthentications apply to which waypoint chain.
 
-Facts: shared/reference/istio-waypoint.md §5.1 (``policyattachment.go`` ``ShouldAttachPolicy``):
+Facts: docs/istio-waypoint-shape.md §5.1 (``policyattachment.go`` ``ShouldAttachPolicy``):
 
 * ``targetRefs`` kind ``Service`` (core group) attaches to that service's chains, kind
   ``ServiceEntry`` (networking.istio.io) to that ServiceEntry's; the policy's namespace is the

@@ -1,6 +1,6 @@
 """CUSTOM AuthorizationPolicies -> RBAC (shadow) + ext_authz filters (Istio's ``builder/extauthz.go``).
 
-Facts: shared/reference/istio-waypoint.md §5.2 and Istio's builder:
+Facts: docs/istio-waypoint-shape.md §5.2 and Istio's builder:
 
 * per provider (sorted by name): an RBAC filter whose ``shadow_rules`` (action DENY, stat prefix
   ``istio_ext_authz_``) hold the provider's policies, keyed ``istio-ext-authz-<provider>-ns[..]..``;

@@ -1,6 +1,6 @@
 """The authorization filters of one waypoint chain, assembled in Istio's order and memoised.
 
-Order on an HTTP chain (shared/reference/istio-waypoint.md §2.2): CUSTOM (per provider an RBAC
+Order on an HTTP chain (docs/istio-waypoint-shape.md §2.2): CUSTOM (per provider an RBAC
 filter with shadow rules, then ext_authz), ``jwt_authn`` when a RequestAuthentication applies, then
 RBAC AUDIT, DENY, ALLOW.  On a TCP chain: CUSTOM (gRPC providers), then network RBAC AUDIT, DENY,
 ALLOW; these go before ``tcp_proxy``.

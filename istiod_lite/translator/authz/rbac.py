@@ -1,6 +1,6 @@
 """AuthorizationPolicies -> Envoy RBAC filters (Istio's ``authz/builder/builder.go``).
 
-Facts: shared/reference/istio-waypoint.md §5.2.
+Facts: docs/istio-waypoint-shape.md §5.2.
 
 * One filter per action present, in the order AUDIT (RBAC action ``LOG``), DENY, ALLOW:
   ``envoy.filters.http.rbac`` on HTTP chains, ``envoy.filters.network.rbac`` with

@@ -1,6 +1,6 @@
 """One AuthorizationPolicy rule -> one Envoy RBAC ``Policy`` (Istio's ``authz/model``).
 
-Facts: shared/reference/istio-waypoint.md §5.3 and Istio's ``model.go``/``generator.go``:
+Facts: docs/istio-waypoint-shape.md §5.3 and Istio's ``model.go``/``generator.go``:
 
 * ``permissions``: one ``and_rules`` per ``to`` entry (one if there is none), ``principals``: one
   ``and_ids`` per ``from`` entry; every field is an ``or`` of its values, every ``not*`` field a

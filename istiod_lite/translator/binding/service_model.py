@@ -3,7 +3,7 @@
 Why a common view: Istio turns both into the same internal ``model.Service`` (one per ServiceEntry
 host) and everything downstream - clusters, chains, routes - is built from that.  Keeping one shape
 here lets the waypoint translator, the cluster builder and the route resolver treat a ServiceEntry
-host exactly like a Service, which is what Istio does (shared/reference/istio-waypoint.md §1.3, §3).
+host exactly like a Service, which is what Istio does (docs/istio-waypoint-shape.md §1.3, §3).
 
 Facts (``pilot/pkg/serviceregistry/serviceentry/conversion.go`` ``convertServices``/``convertPort``):
 

@@ -1,6 +1,6 @@
 """Which Gateways are waypoints, and which services and workloads each one serves (destination-only).
 
-Facts: shared/reference/istio-waypoint.md §1.2-1.3.
+Facts: docs/istio-waypoint-shape.md §1.2-1.3.
 
 * A Gateway of class ``istio-waypoint`` is a waypoint; its address is ``status.addresses`` if the
   controller wrote one, else ``spec.addresses`` (YAML-directory mode).

@@ -1,7 +1,7 @@
 """The clusters (and their endpoints) of one service port: ``inbound-vip`` for a service the
 waypoint owns, ``outbound`` for a route target it does not own.
 
-Facts: shared/reference/istio-waypoint.md §3 (``buildWaypointInboundVIP``, ``applyDestinationRule``,
+Facts: docs/istio-waypoint-shape.md §3 (``buildWaypointInboundVIP``, ``applyDestinationRule``,
 ``buildSubsetCluster``, ``buildCluster``).  Both directions share the builder
 (``cluster_policy.service_cluster``) and the data path: endpoints of ambient workloads go through
 ``connect_originate`` (HBONE), others are plain addresses, and the cluster's ``internal_upstream``

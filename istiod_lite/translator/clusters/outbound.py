@@ -1,6 +1,6 @@
 """Where a VirtualService destination goes from a waypoint, and the outbound clusters that needs.
 
-Facts: shared/reference/istio-waypoint.md §1.5 and §4 (``getWaypointDestinationCluster``,
+Facts: docs/istio-waypoint-shape.md §1.5 and §4 (``getWaypointDestinationCluster``,
 ``portToSubset``, ``filterWaypointOutboundServices``):
 
 * port: the destination's, else the target service's only port, else the listener's;

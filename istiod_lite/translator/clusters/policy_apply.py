@@ -1,6 +1,6 @@
 """A DestinationRule traffic policy applied to one service cluster (inbound-vip or outbound).
 
-Facts: shared/reference/istio-waypoint.md §3 "DR -> cluster mapping"; Istio's
+Facts: docs/istio-waypoint-shape.md §3 "DR -> cluster mapping"; Istio's
 ``buildWaypointInboundVIPCluster`` and ``cluster_traffic_policy.go``.  The order of the steps is
 Istio's and matters: the connection pool is applied before the h2 upgrade (so
 ``maxConcurrentStreams`` reaches only ports that are HTTP/2 by protocol), outlier detection before
@@ -118,7 +118,7 @@ def _apply_connection_pool(
     t = c.circuit_breakers.thresholds[0]
     if policy.retry_budget is not None:
         rb = policy.retry_budget
-        # The reference's default is 20 (%); Istio's code comment says the same.
+        # Istio's default is 20 (%) (docs/istio-waypoint-shape.md §3, DR -> cluster mapping).
         t.retry_budget.budget_percent.value = rb.percent if rb.percent is not None else 20.0
         t.retry_budget.min_retry_concurrency.value = rb.min_retry_concurrency or 3
     if cp is None:

@@ -1,6 +1,6 @@
 """Which DestinationRule settings apply to one cluster, and which consistent hash to one route.
 
-Facts: shared/reference/istio-waypoint.md §3 "DR -> cluster mapping" (Istio's
+Facts: docs/istio-waypoint-shape.md §3 "DR -> cluster mapping" (Istio's
 ``util.GetPortLevelTrafficPolicy``, ``util.MergeSubsetTrafficPolicy``, ``route.HashForHTTPDestination``).
 Istio's rules, kept exactly because they surprise:
 

@@ -1,6 +1,6 @@
 """TLS a waypoint originates to an application (DestinationRule ``tls`` SIMPLE/MUTUAL).
 
-Facts: shared/reference/istio-waypoint.md §3 (``buildWaypointTLSContext``, ``constructUpstreamTLS``,
+Facts: docs/istio-waypoint-shape.md §3 (``buildWaypointTLSContext``, ``constructUpstreamTLS``,
 ``setAutoSniAndAutoSanValidation``).  ``DISABLE`` and ``ISTIO_MUTUAL`` produce nothing: HBONE
 already carries mTLS, and the application TLS built here runs *inside* the tunnel.
 

@@ -1,6 +1,6 @@
 """``main_internal``: where HBONE traffic lands after ``connect_terminate``, and its filter chains.
 
-Facts: shared/reference/istio-waypoint.md §2.2 and §4.  One chain per service port, named like its
+Facts: docs/istio-waypoint-shape.md §2.2 and §4.  One chain per service port, named like its
 cluster (``inbound-vip|P|http|H`` / ``inbound-vip|P|tcp|H``), selected by a unified filter-chain
 matcher on destination IP (the service VIPs), then port, then (for ports whose protocol is not
 declared) the sniffed application protocol; plus ``direct-http``/``direct-tcp`` for traffic

@@ -4,7 +4,7 @@ semantics - what Istio does with them before a waypoint ever sees them.
 Facts: istio/istio ``pilot/pkg/config/kube/gateway/route_collections.go`` (``HTTPRouteCollection``,
 ``mergeHTTPRoutes``) and ``conversion.go`` (``convertHTTPRoute``, ``buildHTTPDestination``,
 ``createURIMatch``, ``createRedirectFilter``, ``createRewriteFilter``, ``createMirrorFilter``,
-``sortHTTPRoutes``); shared/reference/istio-waypoint.md §4 ("gateway semantics").
+``sortHTTPRoutes``); docs/istio-waypoint-shape.md §4 ("gateway semantics").
 
 * Parents: ``parentRefs`` of kind ``Service`` (group ``""`` or ``core``; the route's namespace
   unless given) make the route apply to ``<name>.<namespace>.svc.cluster.local``; kind

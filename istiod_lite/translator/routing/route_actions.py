@@ -1,7 +1,7 @@
 """What one VirtualService HTTP route does: header operations, retries, hashing, mirroring,
 fault injection, CORS, redirects and direct responses (Istio's ``route.go`` / ``retry.go``).
 
-Facts: shared/reference/istio-waypoint.md §4 "Actions".  Each function maps one Istio field
+Facts: docs/istio-waypoint-shape.md §4 "Actions".  Each function maps one Istio field
 group to its Envoy message; ``routes`` assembles them into a ``Route``.  Deterministic: header maps
 are emitted sorted by name, as Istio does.
 """

@@ -1,6 +1,6 @@
 """VirtualService ``HTTPMatchRequest`` -> Envoy ``RouteMatch`` (Istio's ``TranslateRouteMatch``).
 
-Facts: shared/reference/istio-waypoint.md §4 "Match mapping".  Details kept from Istio because
+Facts: docs/istio-waypoint-shape.md §4 "Match mapping".  Details kept from Istio because
 they change behaviour: an empty StringMatch (and ``regex: "*"``) means "header/parameter present";
 ``withoutHeaders`` inverts the match and treats a missing header as empty unless it is a presence
 match; header matchers are sorted by name, then ``:method``, ``:authority`` and ``:scheme`` are

@@ -1,6 +1,6 @@
 """HTTP routes of one service port on a waypoint: VirtualService routes, else Istio's default.
 
-Facts: shared/reference/istio-waypoint.md §4 (``waypointInboundRoute``, ``TranslateRoute``,
+Facts: docs/istio-waypoint-shape.md §4 (``waypointInboundRoute``, ``TranslateRoute``,
 ``applyHTTPRouteDestination``).  The VirtualServices that apply to a service are concatenated in
 Istio's order; within them the first matching route wins, and a catch-all route (no match, or
 ``prefix: /`` without header/parameter conditions) ends the list.  Matches with ``sourceLabels``

@@ -1,7 +1,7 @@
 """The TCP chain of a service port: ``tcp_proxy`` to the service, or where a ``tls``/``tcp``
 VirtualService route sends it.
 
-Facts: shared/reference/istio-waypoint.md §2.2 "TCP chain" and §4 (``getWaypointTCPRoutes``,
+Facts: docs/istio-waypoint-shape.md §2.2 "TCP chain" and §4 (``getWaypointTCPRoutes``,
 ``buildWaypointNetworkFilters``):
 
 * ``tls`` routes are tried first (all VirtualServices), then ``tcp`` routes; the first rule whose

@@ -1,8 +1,8 @@
 """Clusters for the services a waypoint serves (Istio's inbound-vip/outbound shape and defaults).
 
 This module holds the prebuilt parts every service cluster is copied from; what a
-DestinationRule changes on top is ``cluster_policy``'s job.  Facts: shared/reference/
-istio-waypoint.md §3 (``buildCluster``, ``setUpstreamProtocol``, ``AddConfigInfoMetadata``).
+DestinationRule changes on top is ``cluster_policy``'s job.  Facts: docs/istio-waypoint-shape.md
+§3 (``buildCluster``, ``setUpstreamProtocol``, ``AddConfigInfoMetadata``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The fixed HBONE plumbing of every waypoint: ``connect_terminate``, ``connect_originate`` and the
 ``main_internal``/``encap``/``connect_originate`` clusters.
 
-Facts: shared/reference/istio-waypoint.md §2.1, §2.3, §3 and shared/reference/README.md (what was
+Facts: docs/istio-waypoint-shape.md §2.1, §2.3, §3 and docs/upstream-envoy.md (what was
 verified on upstream Envoy 1.40).  Deviations from istio-proxy, all forced by upstream Envoy
 (docs/upstream-envoy.md): filter-state objects use the ``envoy.string`` factory instead of
 ``istio.hashable_string``, and the peer-metadata filters are left out.

@@ -1,7 +1,7 @@
 """Translate everything one waypoint serves into Envoy resources.  Pure and deterministic.
 
 Input: an immutable ``ConfigSnapshot`` and the waypoint's reference.  Output: ``EnvoyResources``
-in Istio's waypoint shape (shared/reference/istio-waypoint.md §2-4) whose content depends only
+in Istio's waypoint shape (docs/istio-waypoint-shape.md §2-4) whose content depends only
 on the input (stable ordering everywhere), so identical input gives byte-identical output and
 content-hash versions move only on real change.
 
