@@ -1,6 +1,6 @@
 """Secrets read from files: the TLS credentials a DestinationRule names, as Istio's agent serves them.
 
-The translator (``translator/upstream_tls.py``) never puts a DestinationRule's file paths into
+The translator (``translator/clusters/upstream_tls.py``) never puts a DestinationRule's file paths into
 Envoy's config.  It names SDS secrets instead, and the agent reads the files:
 
 * ``file-root:<path>`` -- a CA bundle, served as ``validation_context.trusted_ca``;

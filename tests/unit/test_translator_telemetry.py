@@ -1,4 +1,4 @@
-"""Access-log translation (``translator/telemetry.py``): Istio's attachment levels and merge, the
+"""Access-log translation (``translator/telemetry/apply.py``): Istio's attachment levels and merge, the
 Envoy loggers each provider becomes, the inbound chain parameters, and the bootstrap's stat tags."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tracing translation (``translator/tracing.py``, applied by ``telemetry.apply_telemetry``): Istio's
+"""Tracing translation (``translator/telemetry/tracing.py``, applied by ``telemetry.apply_telemetry``): Istio's
 merge of Telemetry tracing entries and mesh defaults, the Envoy tracer configs, collector clusters,
 the memo, and the warnings for Telemetry settings the waypoint cannot honour."""
 

@@ -7,7 +7,7 @@ outbound clusters of its own, so the translator adds them (``waypoint._authz_res
   service's ordinary outbound clusters (EDS or DNS, its DestinationRule applied; endpoints
   through HBONE when ambient), as Istio's JWKS/ext_authz clusters are the service's outbound ones;
 * any other host - a JWKS URI outside the mesh, or a port the service does not declare - gets a
-  cluster of its own (``request_cluster``, see ``translator/host_clusters.py``): HTTP/2 for a gRPC
+  cluster of its own (``request_cluster``, see ``translator/clusters/for_host.py``): HTTP/2 for a gRPC
   ext_authz service, TLS for an ``https`` JWKS URI.
   Istio instead lets istiod fetch such keys (``PILOT_JWT_ENABLE_REMOTE_JWKS=hybrid``); this
   translator does no I/O.
