@@ -46,9 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from istiod_lite.model import ConfigError, Resource, ResourceInvalid, ResourceKey, parse_object
-from istiod_lite.model.registry import kind_class
+from istiod_lite.model.kind_declaration import DeclaredKind, StatusWriter
+from istiod_lite.model.registry import declared_kinds, kind_class
 from istiod_lite.sources.contract import SourceUpdate, UpdateHandler
-from istiod_lite.sources.kube_status import ISTIO_GROUPS, Observation, StatusReporter, StatusReporterOptions
+from istiod_lite.sources.kube_status import Observation, StatusReporter, StatusReporterOptions
 from istiod_lite.sources.publisher import Publisher
 from istiod_lite.sources.yamlfile import key_of
 
@@ -67,6 +68,10 @@ class KubeKind:
     version: str
     plural: str
     namespaced: bool = True
+    #: Defined by a CRD that a cluster may not have installed (404 is tolerated).
+    optional: bool = False
+    #: Why an invalid object was rejected is written into its status (``kube_status``).
+    reports_rejections: bool = False
 
     @property
     def api_version(self) -> str:
@@ -85,35 +90,16 @@ class KubeKind:
         where = f"/namespaces/{namespace}" if self.namespaced else ""
         return f"{prefix}{where}/{self.plural}/{name}"
 
-    @property
-    def optional(self) -> bool:
-        """Kinds defined by CRDs that a cluster may not have installed (404 is tolerated)."""
-        return self.group not in ("", "discovery.k8s.io")
+    @classmethod
+    def of(cls, declared: DeclaredKind) -> KubeKind:
+        decl = declared.declaration
+        return cls(declared.kind, declared.group, declared.version, decl.plural, declared.namespaced,
+                   optional=decl.crd, reports_rejections=decl.status is StatusWriter.REJECTIONS)
 
 
-GATEWAY_API = "gateway.networking.k8s.io"
-ISTIO_NETWORKING = "networking.istio.io"
-ISTIO_SECURITY = "security.istio.io"
-
-#: Every kind the control plane reads from a cluster (deploy/ ClusterRole grants exactly these).
-KINDS: tuple[KubeKind, ...] = (
-    KubeKind("Namespace", "", "v1", "namespaces", namespaced=False),
-    KubeKind("Service", "", "v1", "services"),
-    KubeKind("Pod", "", "v1", "pods"),
-    KubeKind("ServiceAccount", "", "v1", "serviceaccounts"),
-    KubeKind("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices"),
-    KubeKind("GatewayClass", GATEWAY_API, "v1", "gatewayclasses", namespaced=False),
-    KubeKind("Gateway", GATEWAY_API, "v1", "gateways"),
-    KubeKind("HTTPRoute", GATEWAY_API, "v1", "httproutes"),
-    KubeKind("VirtualService", ISTIO_NETWORKING, "v1", "virtualservices"),
-    KubeKind("DestinationRule", ISTIO_NETWORKING, "v1", "destinationrules"),
-    KubeKind("ServiceEntry", ISTIO_NETWORKING, "v1", "serviceentries"),
-    KubeKind("WorkloadEntry", ISTIO_NETWORKING, "v1", "workloadentries"),
-    KubeKind("AuthorizationPolicy", ISTIO_SECURITY, "v1", "authorizationpolicies"),
-    KubeKind("PeerAuthentication", ISTIO_SECURITY, "v1", "peerauthentications"),
-    KubeKind("RequestAuthentication", ISTIO_SECURITY, "v1", "requestauthentications"),
-    KubeKind("Telemetry", "telemetry.istio.io", "v1", "telemetries"),
-)
+#: Every kind the control plane reads from a cluster: every registered kind, as declared with its
+#: model class (model/kind_declaration.py); deploy/rbac.yaml grants exactly these.
+KINDS: tuple[KubeKind, ...] = tuple(KubeKind.of(d) for d in declared_kinds())
 
 
 @dataclass(frozen=True)
@@ -485,7 +471,7 @@ class KubeSource:
         else:
             self._served[key] = res
             self._errors.pop(key, None)
-        if self.status_reporter is not None and kind.group in ISTIO_GROUPS:
+        if self.status_reporter is not None and kind.reports_rejections:
             self._report(kind, key, raw, rv)
         return key
 
