@@ -23,6 +23,7 @@ from istiod_lite.model.kind_declaration import KindDeclaration, StatusWriter, Wa
 from istiod_lite.model.registry import declared_kinds
 from istiod_lite.sources.kube import KINDS
 from istiod_lite.translator.waypoint import _READ_KINDS
+from istiod_lite.translator.waypoints import BINDING_KINDS
 from tests.support.fakekube import RESOURCES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +82,8 @@ def test_kind_is_everywhere_its_declaration_says(kind: str) -> None:
     assert AFFECTS[kind] == decl.affects
     # the waypoint's read set: whole kinds are compared by the shortcut, every other kind says why not
     assert (kind in _READ_KINDS) == (decl.waypoint is WaypointRead.WHOLE), f"{kind}: waypoint read set"
+    if decl.waypoint is WaypointRead.BOUND:  # read through the bindings: they must be recomputed when it changes
+        assert kind in BINDING_KINDS, f"{kind}: translator/waypoints.py BINDING_KINDS"
     # the fake API server plays the cluster in tests: it must serve the kind too
     assert any((r.group, r.version, r.plural, r.kind) == (d.group, d.version, decl.plural, kind)
                for r in RESOURCES), f"{kind}: tests/support/fakekube.py RESOURCES"
