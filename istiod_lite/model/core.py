@@ -11,11 +11,14 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from istiod_lite.model.base import KubeModel, KubeResource
+from istiod_lite.model.kind_declaration import EDS, XDS_TYPES, KindDeclaration, WaypointRead
 from istiod_lite.model.registry import register
 from istiod_lite.model.types import PortNumber
 
 
-@register
+# Binding and addressing: the ambient label and waypoint annotations decide which services a
+# waypoint serves and how their endpoints are reached.
+@register(KindDeclaration("namespaces", XDS_TYPES, WaypointRead.WHOLE, crd=False))
 class Namespace(KubeResource):
     KIND: ClassVar[str] = "Namespace"
     NAMESPACED: ClassVar[bool] = False
@@ -50,7 +53,8 @@ class ServiceSpec(KubeModel):
         return ports
 
 
-@register
+# Binding and addressing: which services a waypoint serves, their VIPs and ports.
+@register(KindDeclaration("services", XDS_TYPES, WaypointRead.BOUND, crd=False))
 class Service(KubeResource):
     KIND: ClassVar[str] = "Service"
     kind: Literal["Service"]
@@ -96,7 +100,8 @@ class PodStatus(KubeModel):
     conditions: tuple[PodCondition, ...] = ()
 
 
-@register
+# Endpoints only.
+@register(KindDeclaration("pods", frozenset({EDS}), WaypointRead.WHOLE, crd=False))
 class Pod(KubeResource):
     KIND: ClassVar[str] = "Pod"
     kind: Literal["Pod"]
@@ -125,7 +130,8 @@ class Pod(KubeResource):
         return None
 
 
-@register
+# Identities come from the CA, not from config: nothing to push.
+@register(KindDeclaration("serviceaccounts", frozenset(), WaypointRead.NONE, crd=False))
 class ServiceAccount(KubeResource):
     KIND: ClassVar[str] = "ServiceAccount"
     kind: Literal["ServiceAccount"]
@@ -157,7 +163,8 @@ class EndpointPort(KubeModel):
     app_protocol: str = ""
 
 
-@register
+# Endpoints only; waypoints compute endpoints from Pods and WorkloadEntries and do not read it.
+@register(KindDeclaration("endpointslices", frozenset({EDS}), WaypointRead.NONE, crd=False))
 class EndpointSlice(KubeResource):
     KIND: ClassVar[str] = "EndpointSlice"
     GROUP: ClassVar[str] = "discovery.k8s.io"

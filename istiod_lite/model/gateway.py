@@ -18,6 +18,16 @@ from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, mo
 from pydantic_core import PydanticCustomError
 
 from istiod_lite.model.base import IstioModel, KubeModel, Resource
+from istiod_lite.model.kind_declaration import (
+    CDS,
+    EDS,
+    LDS,
+    RDS,
+    XDS_TYPES,
+    KindDeclaration,
+    StatusWriter,
+    WaypointRead,
+)
 from istiod_lite.model.networking_common import check_header_value, check_wildcard_domain, fail, is_ip
 from istiod_lite.model.registry import register
 from istiod_lite.model.types import Duration, PortNumber, RE2Regex, bounded_int, bounded_str, parse_duration
@@ -537,7 +547,8 @@ class GatewayStatus(KubeModel):
     addresses: tuple[StatusAddress, ...] = ()
 
 
-@register
+# Binding and addressing: a waypoint is a Gateway; the waypoint controller writes its address into its status.
+@register(KindDeclaration("gateways", XDS_TYPES, WaypointRead.BOUND, status=StatusWriter.WAYPOINT_CONTROLLER))
 class Gateway(Resource):
     KIND: ClassVar[str] = "Gateway"
     GROUP: ClassVar[str] = GROUP
@@ -560,7 +571,8 @@ class GatewayClassSpec(IstioModel):
         return self
 
 
-@register
+# Binding: the class's traffic type label decides what its waypoints serve.
+@register(KindDeclaration("gatewayclasses", XDS_TYPES, WaypointRead.BOUND))
 class GatewayClass(Resource):
     KIND: ClassVar[str] = "GatewayClass"
     GROUP: ClassVar[str] = GROUP
@@ -571,7 +583,8 @@ class GatewayClass(Resource):
     status: dict[str, Any] | None = None
 
 
-@register
+# Routing: routes are inline in listeners (Istio's waypoint shape); targets add clusters.
+@register(KindDeclaration("httproutes", frozenset({LDS, RDS, CDS, EDS}), WaypointRead.NARROWER))
 class HTTPRoute(Resource):
     KIND: ClassVar[str] = "HTTPRoute"
     GROUP: ClassVar[str] = GROUP

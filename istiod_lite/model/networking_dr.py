@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from istiod_lite.model.base import IstioModel, Resource
+from istiod_lite.model.kind_declaration import CDS, EDS, LDS, KindDeclaration, StatusWriter, WaypointRead
 from istiod_lite.model.networking_common import (
     MatchLabelsSelector,
     MsDuration,
@@ -414,7 +415,9 @@ class DestinationRuleSpec(IstioModel):
         return self
 
 
-@register
+# Subsets become clusters with their own endpoints; traffic policy lives on clusters.
+@register(KindDeclaration("destinationrules", frozenset({CDS, EDS, LDS}), WaypointRead.WHOLE,
+                          status=StatusWriter.REJECTIONS))
 class DestinationRule(Resource):
     KIND: ClassVar[str] = "DestinationRule"
     GROUP: ClassVar[str] = "networking.istio.io"

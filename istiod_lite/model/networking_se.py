@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from istiod_lite.model.base import IstioModel, Resource
+from istiod_lite.model.kind_declaration import CDS, EDS, LDS, XDS_TYPES, KindDeclaration, StatusWriter, WaypointRead
 from istiod_lite.model.networking_common import (
     UInt32,
     WorkloadSelector,
@@ -165,7 +166,8 @@ class ServiceEntrySpec(IstioModel):
         return errs
 
 
-@register
+# Binding and addressing, like a Service (its hosts are served and routed to).
+@register(KindDeclaration("serviceentries", XDS_TYPES, WaypointRead.WHOLE, status=StatusWriter.REJECTIONS))
 class ServiceEntry(Resource):
     KIND: ClassVar[str] = "ServiceEntry"
     GROUP: ClassVar[str] = "networking.istio.io"
@@ -175,7 +177,10 @@ class ServiceEntry(Resource):
     status: dict[str, Any] | None = None
 
 
-@register
+# Endpoints, but also the inline endpoints of DNS ServiceEntry clusters that select them (CDS)
+# and, for entries bound to a workload waypoint, main_internal's workload addresses (LDS).
+@register(KindDeclaration("workloadentries", frozenset({LDS, CDS, EDS}), WaypointRead.WHOLE,
+                          status=StatusWriter.REJECTIONS))
 class WorkloadEntry(Resource):
     KIND: ClassVar[str] = "WorkloadEntry"
     GROUP: ClassVar[str] = "networking.istio.io"

@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from istiod_lite.model.base import IstioModel, Resource
+from istiod_lite.model.kind_declaration import CDS, EDS, LDS, RDS, KindDeclaration, StatusWriter, WaypointRead
 from istiod_lite.model.networking_common import (
     Destination,
     MatchPort,
@@ -276,7 +277,9 @@ class VirtualServiceSpec(IstioModel):
         return self
 
 
-@register
+# Routing: routes are inline in listeners (Istio's waypoint shape); targets add clusters.
+@register(KindDeclaration("virtualservices", frozenset({LDS, RDS, CDS, EDS}), WaypointRead.NARROWER,
+                          status=StatusWriter.REJECTIONS))
 class VirtualService(Resource):
     KIND: ClassVar[str] = "VirtualService"
     GROUP: ClassVar[str] = "networking.istio.io"

@@ -1,30 +1,44 @@
 """Which (apiVersion, kind) pairs the control plane understands, and turning a dict into a model.
 
-Kind modules register their classes with ``@register``; ``parse_object`` is the one entry point
-the sources use, so the YAML directory and the Kubernetes watch validate identically.
+Kind modules register their classes with ``@register(KindDeclaration(...))``; ``parse_object`` is
+the one entry point the sources use, so the YAML directory and the Kubernetes watch validate
+identically.  ``declared_kinds`` is what the watch list, the ClusterRole, the xDS types a change
+affects and the waypoint's read set are derived from (``model/kind_declaration.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from istiod_lite.model.base import Resource
 from istiod_lite.model.errors import ConfigError, errors_from_validation
+from istiod_lite.model.kind_declaration import DeclaredKind, KindDeclaration, WaypointRead
 
 _BY_API: dict[tuple[str, str], type[Resource]] = {}
 _BY_KIND: dict[str, type[Resource]] = {}
+_DECLARED: dict[str, DeclaredKind] = {}
 
 R = TypeVar("R", bound=type[Resource])
 
 
-def register(cls: R) -> R:
-    """Class decorator: make ``cls`` parseable under each of its apiVersions."""
-    for api_version in cls.api_versions():
-        _BY_API[(api_version, cls.KIND)] = cls
-    _BY_KIND[cls.KIND] = cls
-    return cls
+def register(declaration: KindDeclaration) -> Callable[[R], R]:
+    """Class decorator: make the class parseable under each of its apiVersions, and record its
+    declaration (a kind cannot be registered without saying how it is watched, what its changes
+    affect and how waypoints read it)."""
+
+    def add(cls: R) -> R:
+        if cls.KIND in _BY_KIND:
+            raise ValueError(f"kind {cls.KIND} registered twice")
+        for api_version in cls.api_versions():
+            _BY_API[(api_version, cls.KIND)] = cls
+        _BY_KIND[cls.KIND] = cls
+        _DECLARED[cls.KIND] = DeclaredKind(cls.KIND, cls.GROUP, cls.VERSIONS[0], cls.NAMESPACED, declaration)
+        return cls
+
+    return add
 
 
 def kind_class(kind: str) -> type[Resource] | None:
@@ -33,6 +47,16 @@ def kind_class(kind: str) -> type[Resource] | None:
 
 def known_kinds() -> dict[str, type[Resource]]:
     return dict(_BY_KIND)
+
+
+def declared_kinds() -> tuple[DeclaredKind, ...]:
+    """Every registered kind with its declaration, in registration order."""
+    return tuple(_DECLARED.values())
+
+
+def kinds_read_whole_by_waypoints() -> tuple[str, ...]:
+    """The kinds a waypoint's translation reads every object of (``WaypointRead.WHOLE``)."""
+    return tuple(d.kind for d in _DECLARED.values() if d.declaration.waypoint is WaypointRead.WHOLE)
 
 
 class UnknownKind(Exception):

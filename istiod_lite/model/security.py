@@ -29,6 +29,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, fie
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from istiod_lite.model.base import IstioModel, Resource
+from istiod_lite.model.kind_declaration import CDS, LDS, KindDeclaration, StatusWriter, WaypointRead
 from istiod_lite.model.networking_common import MatchLabelsSelector, MsDuration
 from istiod_lite.model.registry import register
 
@@ -568,7 +569,9 @@ class AuthorizationPolicySpec(IstioModel):
                     errs.add(f"{cond.key} is currently not supported with CUSTOM action", "rules", i, "when", k, "key")
 
 
-@register
+# Policy is enforced by listener filters.
+@register(KindDeclaration("authorizationpolicies", frozenset({LDS}), WaypointRead.WHOLE,
+                          status=StatusWriter.REJECTIONS))
 class AuthorizationPolicy(Resource):
     KIND: ClassVar[str] = "AuthorizationPolicy"
     GROUP: ClassVar[str] = GROUP
@@ -736,7 +739,9 @@ class RequestAuthenticationSpec(IstioModel):
         return self
 
 
-@register
+# Policy is enforced by listener filters.
+@register(KindDeclaration("requestauthentications", frozenset({LDS}), WaypointRead.WHOLE,
+                          status=StatusWriter.REJECTIONS))
 class RequestAuthentication(Resource):
     KIND: ClassVar[str] = "RequestAuthentication"
     GROUP: ClassVar[str] = GROUP
@@ -813,7 +818,10 @@ class PeerAuthenticationSpec(IstioModel):
         return self
 
 
-@register
+# Validated and reported, not read by waypoints (HBONE is always mTLS); a change would alter
+# listener filters and cluster mTLS settings, which is what it is declared to affect.
+@register(KindDeclaration("peerauthentications", frozenset({LDS, CDS}), WaypointRead.NONE,
+                          status=StatusWriter.REJECTIONS))
 class PeerAuthentication(Resource):
     KIND: ClassVar[str] = "PeerAuthentication"
     GROUP: ClassVar[str] = GROUP

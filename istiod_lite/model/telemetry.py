@@ -15,6 +15,7 @@ from typing import Annotated, ClassVar, Final, Literal
 from pydantic import Field, field_validator, model_validator
 
 from istiod_lite.model.base import IstioModel, Resource
+from istiod_lite.model.kind_declaration import LDS, KindDeclaration, StatusWriter, WaypointRead
 from istiod_lite.model.registry import register
 from istiod_lite.model.security import PolicyTargetReference, PolicyWorkloadSelector, TargetRefs
 
@@ -178,7 +179,8 @@ class TelemetrySpec(IstioModel):
         return self
 
 
-@register
+# Access logs are inline in the listeners' HCM and TCP proxy filters; applied after translation.
+@register(KindDeclaration("telemetries", frozenset({LDS}), WaypointRead.AFTER, status=StatusWriter.REJECTIONS))
 class Telemetry(Resource):
     KIND: ClassVar[str] = "Telemetry"
     GROUP: ClassVar[str] = GROUP

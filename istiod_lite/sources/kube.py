@@ -40,15 +40,17 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from istiod_lite.model import ConfigError, ConfigSnapshot, Resource, ResourceInvalid, ResourceKey, parse_object
-from istiod_lite.model.registry import kind_class
-from istiod_lite.sources.kube_status import ISTIO_GROUPS, Observation, StatusReporter, StatusReporterOptions
-from istiod_lite.sources.yamldir import SourceUpdate
+from istiod_lite.model import ConfigError, Resource, ResourceInvalid, ResourceKey, parse_object
+from istiod_lite.model.kind_declaration import DeclaredKind, StatusWriter
+from istiod_lite.model.registry import declared_kinds, kind_class
+from istiod_lite.sources.contract import SourceUpdate, UpdateHandler
+from istiod_lite.sources.kube_status import Observation, StatusReporter, StatusReporterOptions
+from istiod_lite.sources.publisher import Publisher
 from istiod_lite.sources.yamlfile import key_of
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,10 @@ class KubeKind:
     version: str
     plural: str
     namespaced: bool = True
+    #: Defined by a CRD that a cluster may not have installed (404 is tolerated).
+    optional: bool = False
+    #: Why an invalid object was rejected is written into its status (``kube_status``).
+    reports_rejections: bool = False
 
     @property
     def api_version(self) -> str:
@@ -84,35 +90,16 @@ class KubeKind:
         where = f"/namespaces/{namespace}" if self.namespaced else ""
         return f"{prefix}{where}/{self.plural}/{name}"
 
-    @property
-    def optional(self) -> bool:
-        """Kinds defined by CRDs that a cluster may not have installed (404 is tolerated)."""
-        return self.group not in ("", "discovery.k8s.io")
+    @classmethod
+    def of(cls, declared: DeclaredKind) -> KubeKind:
+        decl = declared.declaration
+        return cls(declared.kind, declared.group, declared.version, decl.plural, declared.namespaced,
+                   optional=decl.crd, reports_rejections=decl.status is StatusWriter.REJECTIONS)
 
 
-GATEWAY_API = "gateway.networking.k8s.io"
-ISTIO_NETWORKING = "networking.istio.io"
-ISTIO_SECURITY = "security.istio.io"
-
-#: Every kind the control plane reads from a cluster (deploy/ ClusterRole grants exactly these).
-KINDS: tuple[KubeKind, ...] = (
-    KubeKind("Namespace", "", "v1", "namespaces", namespaced=False),
-    KubeKind("Service", "", "v1", "services"),
-    KubeKind("Pod", "", "v1", "pods"),
-    KubeKind("ServiceAccount", "", "v1", "serviceaccounts"),
-    KubeKind("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices"),
-    KubeKind("GatewayClass", GATEWAY_API, "v1", "gatewayclasses", namespaced=False),
-    KubeKind("Gateway", GATEWAY_API, "v1", "gateways"),
-    KubeKind("HTTPRoute", GATEWAY_API, "v1", "httproutes"),
-    KubeKind("VirtualService", ISTIO_NETWORKING, "v1", "virtualservices"),
-    KubeKind("DestinationRule", ISTIO_NETWORKING, "v1", "destinationrules"),
-    KubeKind("ServiceEntry", ISTIO_NETWORKING, "v1", "serviceentries"),
-    KubeKind("WorkloadEntry", ISTIO_NETWORKING, "v1", "workloadentries"),
-    KubeKind("AuthorizationPolicy", ISTIO_SECURITY, "v1", "authorizationpolicies"),
-    KubeKind("PeerAuthentication", ISTIO_SECURITY, "v1", "peerauthentications"),
-    KubeKind("RequestAuthentication", ISTIO_SECURITY, "v1", "requestauthentications"),
-    KubeKind("Telemetry", "telemetry.istio.io", "v1", "telemetries"),
-)
+#: Every kind the control plane reads from a cluster: every registered kind, as declared with its
+#: model class (model/kind_declaration.py); deploy/rbac.yaml grants exactly these.
+KINDS: tuple[KubeKind, ...] = tuple(KubeKind.of(d) for d in declared_kinds())
 
 
 @dataclass(frozen=True)
@@ -221,14 +208,14 @@ class KubeSource:
         self._raw_rv: dict[ResourceKey, str] = {}
         self._synced: set[str] = set()
         self._dirty: set[ResourceKey] = set()
-        self._current: SourceUpdate | None = None
+        self._publisher = Publisher(log, "cluster config", _error_order)
         #: Writes rejections into Istio objects' status (None when ``report_status`` is off).
         self.status_reporter: StatusReporter | None = (
             StatusReporter(self._api, options.status_reporter) if options.report_status else None)
 
     @property
     def current(self) -> SourceUpdate | None:
-        return self._current
+        return self._publisher.current
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -275,10 +262,9 @@ class KubeSource:
                     continue
                 self._apply(msg)
             self._drain()
-            update = self._publish()
-        return update
+            return self._publish()
 
-    async def run(self, on_update: Callable[[SourceUpdate], Awaitable[None]]) -> None:
+    async def run(self, on_update: UpdateHandler) -> None:
         """Follow the watches until cancelled, publishing one update per batch of events."""
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
@@ -288,15 +274,14 @@ class KubeSource:
 
         self._wake = wake_up
         try:
-            if self._current is None:
-                await _emit(on_update, await asyncio.to_thread(self.load))
+            if self.current is None:
+                await self._publisher.hand_over(on_update, await asyncio.to_thread(self.load))
             while True:
                 wake.clear()
                 with self._lock:
-                    before = self._current
-                    update = self._publish() if self._drain() else None
-                if update is not None and (before is None or update.revision != before.revision):
-                    await _emit(on_update, update)
+                    update = self._publish_new() if self._drain() else None
+                if update is not None:
+                    await self._publisher.hand_over(on_update, update)
                 await wake.wait()
         finally:
             self._wake = None
@@ -486,7 +471,7 @@ class KubeSource:
         else:
             self._served[key] = res
             self._errors.pop(key, None)
-        if self.status_reporter is not None and kind.group in ISTIO_GROUPS:
+        if self.status_reporter is not None and kind.reports_rejections:
             self._report(kind, key, raw, rv)
         return key
 
@@ -502,46 +487,19 @@ class KubeSource:
             errors=self._errors.get(key, ()), served=key in self._served))
 
     def _publish(self) -> SourceUpdate:
-        prev = self._current
-        prev_snap = prev.snapshot if prev is not None else ConfigSnapshot()
-        changed: set[ResourceKey] = set()
-        for key in self._dirty:
-            old, new = prev_snap.get_key(key), self._served.get(key)
-            if old is new:
-                continue
-            if old is not None and new is not None and old == new:
-                self._served[key] = old  # keep identity: the translator memoises on it
-                continue
-            changed.add(key)
-        self._dirty.clear()
-        errors = tuple(sorted((e for errs in self._errors.values() for e in errs), key=_error_order))
-        old_errors = set(prev.errors) if prev is not None else set()
-        for err in errors:
-            if err not in old_errors:
-                log.warning("config error: %s", err)
-        for err in sorted(old_errors - set(errors), key=_error_order):
-            log.info("config error resolved: %s", err)
-        if prev is not None and not changed and errors == prev.errors:
-            self._current = SourceUpdate(prev.snapshot, frozenset(), prev.errors, prev.revision)
-            return self._current
-        revision = prev.revision + 1 if prev is not None else 1
-        if prev is None:
-            snapshot = ConfigSnapshot.build(self._served.values(), revision)
-        elif changed:
-            snapshot = ConfigSnapshot.build(self._served.values(), revision, previous=prev_snap, changed=changed)
-        else:
-            snapshot = prev_snap
-        self._current = SourceUpdate(snapshot, frozenset(changed), errors, revision)
-        log.info("cluster config revision %d: %d resources, %d changed, %d errors", revision, len(snapshot),
-                 len(changed), len(errors))
-        return self._current
+        """Every served object and current error; only the objects touched since the last publish
+        can have changed (the publisher keeps the identity of unchanged ones in ``_served``)."""
+        return self._publisher.publish(self._served, self._error_tuple(), self._take_dirty())
 
+    def _publish_new(self) -> SourceUpdate | None:
+        return self._publisher.publish_new(self._served, self._error_tuple(), self._take_dirty())
 
-async def _emit(on_update: Callable[[SourceUpdate], Awaitable[None]], update: SourceUpdate) -> None:
-    try:
-        await on_update(update)
-    except Exception:
-        log.exception("config update handler failed (revision %d)", update.revision)
+    def _take_dirty(self) -> set[ResourceKey]:
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    def _error_tuple(self) -> tuple[ConfigError, ...]:
+        return tuple(sorted((e for errs in self._errors.values() for e in errs), key=_error_order))
 
 
 def _normalise(kind: KubeKind, obj: dict[str, Any]) -> dict[str, Any]:

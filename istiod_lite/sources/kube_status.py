@@ -17,9 +17,10 @@ reason where Istio puts it, in the resource's status (``kubectl get vs reviews -
         level: ERROR
         documentationUrl: https://istio.io/latest/docs/reference/config/analysis/ist0106/
 
-Only Istio kinds (``*.istio.io``: their CRDs have a ``status`` subresource and a free-form status)
-are reported; Gateway API kinds (whose status is per parent and per controller) and core kinds are
-not written to (their errors are logged, as before).
+Only Istio kinds (``*.istio.io``: their CRDs have a ``status`` subresource and a free-form status;
+declared ``StatusWriter.REJECTIONS`` with their model class) are reported; Gateway API kinds
+(whose status is per parent and per controller) and core kinds are not written to (their errors
+are logged, as before).
 
 How it stays cheap and harmless (docs/kubernetes.md):
 
@@ -58,8 +59,6 @@ from istiod_lite.model import ConfigError, ResourceKey
 
 log = logging.getLogger(__name__)
 
-#: API groups whose objects get a status condition when rejected.
-ISTIO_GROUPS = frozenset({"networking.istio.io", "security.istio.io", "telemetry.istio.io"})
 #: Server-side apply field manager of these status writes (distinct from the waypoint controller's,
 #: so clearing the condition never removes fields another part of istiod-lite applied).
 FIELD_MANAGER = "istiod-lite-validation"

@@ -19,24 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from collections.abc import Sequence
 
-from istiod_lite.model import ConfigError, ConfigSnapshot, Resource, ResourceKey
-from istiod_lite.sources.yamldir import SourceUpdate
+from istiod_lite.model import ConfigError, Resource, ResourceKey
+from istiod_lite.sources.contract import Source, SourceUpdate, UpdateHandler
+from istiod_lite.sources.publisher import Publisher
 
 log = logging.getLogger(__name__)
-
-
-class Source(Protocol):
-    """What the control plane needs from a source: a blocking initial ``load`` and a ``run`` loop."""
-
-    @property
-    def current(self) -> SourceUpdate | None: ...
-
-    def load(self) -> SourceUpdate: ...
-
-    async def run(self, on_update: Callable[[SourceUpdate], Awaitable[None]]) -> None: ...
 
 
 class MergedSource:
@@ -48,41 +37,43 @@ class MergedSource:
         self.sources = tuple(sources)
         self.names = tuple(names)
         self._latest: list[SourceUpdate | None] = [None] * len(sources)
-        self._current: SourceUpdate | None = None
+        # the merged sources log their own revisions and errors; conflicts are logged below
+        self._publisher = Publisher(log, None)
         self._lock = threading.Lock()
 
     @property
     def current(self) -> SourceUpdate | None:
-        return self._current
+        return self._publisher.current
 
     def load(self) -> SourceUpdate:
         """Load every source (the slowest, e.g. a cluster's initial list, decides when we are ready)."""
         updates = [s.load() for s in self.sources]
         with self._lock:
             self._latest = list(updates)
-            return self._merge({k for u in updates for k in u.snapshot.keys()})  # noqa: SIM118 (not a dict)
+            return self._publisher.publish(*self._merge({k for u in updates for k in u.snapshot.keys()}))  # noqa: SIM118 (not a dict)
 
-    async def run(self, on_update: Callable[[SourceUpdate], Awaitable[None]]) -> None:
-        if self._current is None:
-            await on_update(await asyncio.to_thread(self.load))
+    async def run(self, on_update: UpdateHandler) -> None:
+        if self.current is None:
+            await self._publisher.hand_over(on_update, await asyncio.to_thread(self.load))
 
-        def handler(index: int) -> Callable[[SourceUpdate], Awaitable[None]]:
+        def handler(index: int) -> UpdateHandler:
             async def child_update(update: SourceUpdate) -> None:
                 with self._lock:
-                    before = self._current
                     self._latest[index] = update
-                    merged = self._merge(set(update.changed))
-                if before is None or merged.revision != before.revision:
-                    await on_update(merged)
+                    merged = self._publisher.publish_new(*self._merge(set(update.changed)))
+                if merged is not None:
+                    await self._publisher.hand_over(on_update, merged)
             return child_update
 
         async with asyncio.TaskGroup() as group:
             for i, source in enumerate(self.sources):
                 group.create_task(source.run(handler(i)), name=f"source-{self.names[i]}")
 
-    def _merge(self, candidates: set[ResourceKey]) -> SourceUpdate:
-        prev = self._current
-        prev_snap = prev.snapshot if prev is not None else ConfigSnapshot()
+    def _merge(
+        self, candidates: set[ResourceKey]
+    ) -> tuple[dict[ResourceKey, Resource], tuple[ConfigError, ...], set[ResourceKey]]:
+        """The union of the latest updates, every error, and the keys that may have changed:
+        ``candidates`` plus every key no source defines any more."""
         resources: dict[ResourceKey, Resource] = {}
         owner: dict[ResourceKey, int] = {}
         errors: list[ConfigError] = []
@@ -99,28 +90,10 @@ class MergedSource:
                 res = update.snapshot.get_key(key)
                 assert res is not None
                 owner[key], resources[key] = i, res
-        changed: set[ResourceKey] = set()
-        for key in candidates | (set(prev_snap.keys()) - resources.keys()):
-            old, new = prev_snap.get_key(key), resources.get(key)
-            if old is new:
-                continue
-            if old is not None and new is not None and old == new:
-                resources[key] = old
-                continue
-            changed.add(key)
-        error_tuple = tuple(errors)
-        if prev is not None and not changed and error_tuple == prev.errors:
-            return prev
-        revision = prev.revision + 1 if prev is not None else 1
-        if prev is None:
-            snapshot = ConfigSnapshot.build(resources.values(), revision)
-        elif changed:
-            snapshot = ConfigSnapshot.build(resources.values(), revision, previous=prev_snap, changed=changed)
-        else:
-            snapshot = prev_snap
-        new_conflicts = [e for e in error_tuple if e.message.startswith("also defined by")
-                         and (prev is None or e not in prev.errors)]
-        for err in new_conflicts:
-            log.warning("config conflict: %s", err)
-        self._current = SourceUpdate(snapshot, frozenset(changed), error_tuple, revision)
-        return self._current
+        prev = self._publisher.current
+        if prev is not None:
+            candidates |= set(prev.snapshot.keys()) - resources.keys()
+        for err in errors:
+            if err.message.startswith("also defined by") and (prev is None or err not in prev.errors):
+                log.warning("config conflict: %s", err)
+        return resources, tuple(errors), candidates

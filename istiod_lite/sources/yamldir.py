@@ -33,11 +33,12 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from istiod_lite.model import ConfigError, ConfigSnapshot, Resource, ResourceKey
+from istiod_lite.model import ConfigError, Resource, ResourceKey
+from istiod_lite.sources.contract import SourceUpdate, UpdateHandler
+from istiod_lite.sources.publisher import Publisher
 from istiod_lite.sources.yamlfile import ParsedFile, SourceReadError, digest_of, file_type, parse_bytes, read_source
 
 log = logging.getLogger(__name__)
@@ -46,17 +47,6 @@ _RACY_NS = 2_000_000_000  # 2 s: covers 1 s / 2 s timestamp granularity (ext3, H
 _SUFFIXES = (".yaml", ".yml")
 #: (mtime_ns, size, inode, device, ctime_ns, mode): ctime catches chmod that makes a file readable.
 _Sig = tuple[int, int, int, int, int, int]
-
-
-@dataclass(frozen=True)
-class SourceUpdate:
-    snapshot: ConfigSnapshot
-    changed: frozenset[ResourceKey]
-    errors: tuple[ConfigError, ...]
-    revision: int
-    #: The source already waited for its input to be quiet (the directory's settle period), so
-    #: the control plane need not wait for another quiet period before pushing it.
-    settled: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,20 +149,20 @@ class DirectorySource:
         self._lock = threading.Lock()  # load() may run in a worker thread while run() polls
         self._files: dict[str, _FileState] = {}
         self._scan: _Scan | None = None
-        self._current: SourceUpdate | None = None
+        self._publisher = Publisher(log, "config", _error_order)
 
     @property
     def current(self) -> SourceUpdate | None:
-        return self._current
+        return self._publisher.current
 
     def load(self) -> SourceUpdate:
         """Scan and re-read everything now (only content that changed is re-parsed)."""
         return self._rebuild(force=True)
 
-    async def run(self, on_update: Callable[[SourceUpdate], Awaitable[None]]) -> None:
+    async def run(self, on_update: UpdateHandler) -> None:
         """Poll until cancelled.  Loads first (and reports that) if ``load`` was never called."""
-        if self._current is None:
-            await self._emit(on_update, await asyncio.to_thread(self.load))
+        if self.current is None:
+            await self._publisher.hand_over(on_update, await asyncio.to_thread(self.load))
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
@@ -181,7 +171,9 @@ class DirectorySource:
                 log.exception("scanning %s failed; keeping the current config and retrying", self.root)
                 continue
             if update is not None:
-                await self._emit(on_update, update)
+                # The directory has been quiet for ``debounce``: that is this change's debounce,
+                # the control plane adds none.
+                await self._publisher.hand_over(on_update, update, settled=True)
 
     # -- watching ----------------------------------------------------------------------------------
     async def _poll(self) -> SourceUpdate | None:
@@ -197,13 +189,9 @@ class DirectorySource:
                 self._unracy()
                 return None
         await self._settle(scan)
-        before = self._current
+        before = self.current
         update = await asyncio.to_thread(self._rebuild, force=False)
-        if before is not None and update.revision == before.revision:
-            return None
-        # The directory has been quiet for ``debounce``: that is this change's debounce, the
-        # control plane adds none.
-        return dataclasses.replace(update, settled=True)
+        return None if before is not None and update.revision == before.revision else update
 
     def _racy_digests(self) -> dict[str, bytes | None]:
         """Content digests of the files whose stat signature cannot be trusted yet."""
@@ -246,12 +234,6 @@ class DirectorySource:
             if current != last:
                 last, quiet_since = current, loop.time()
 
-    async def _emit(self, on_update: Callable[[SourceUpdate], Awaitable[None]], update: SourceUpdate) -> None:
-        try:
-            await on_update(update)
-        except Exception:
-            log.exception("config update handler failed (revision %d)", update.revision)
-
     # -- building ----------------------------------------------------------------------------------
     def _rebuild(self, *, force: bool) -> SourceUpdate:
         with self._lock:
@@ -259,7 +241,10 @@ class DirectorySource:
             if scan.root_ok:
                 self._files = self._refresh(scan, force)
             self._scan = scan
-            return self._publish(scan.errors)
+            resources, owners, errors = self._serve()
+            update = self._publisher.publish(resources, errors)
+            self._record_contributions(resources, owners)
+            return update
 
     def _refresh(self, scan: _Scan, force: bool) -> dict[str, _FileState]:
         files = {rel: self._refresh_one(rel, entry, self._files.get(rel), force) for rel, entry in scan.files.items()}
@@ -286,12 +271,18 @@ class DirectorySource:
             return dataclasses.replace(old, sig=entry.sig, racy=racy)
         return _FileState(entry.sig, digest, racy, parse_bytes(data, rel), keep)
 
-    def _publish(self, dir_errors: tuple[ConfigError, ...]) -> SourceUpdate:
-        prev = self._current
-        prev_snap = prev.snapshot if prev is not None else ConfigSnapshot()
+    def _serve(self) -> tuple[dict[ResourceKey, Resource], dict[ResourceKey, str], tuple[ConfigError, ...]]:
+        """What the directory serves now, which file each resource comes from, and every current
+        error (the publisher does the rest).
+
+        Fresh valid definitions first (sorted path order; later duplicates are errors), then
+        last-known-good for what nothing fresh defines: everything a file that cannot be read or
+        parsed contributed before, and the served version of each document that fails validation.
+        """
+        scan = self._scan
         winners: dict[ResourceKey, tuple[Resource, str]] = {}
         places: dict[ResourceKey, str] = {}
-        errors: list[ConfigError] = list(dir_errors)
+        errors: list[ConfigError] = list(scan.errors) if scan is not None else []
         for rel, st in self._files.items():
             errors.extend(st.parsed.errors)
             if st.parsed.fatal:
@@ -305,49 +296,26 @@ class DirectorySource:
                     ))
                     continue
                 winners[key], places[key] = (res, rel), f"{rel}#{doc}"
+        last_good = self._publisher.last_good
         for rel, st in self._files.items():  # last-known-good fills only what nothing fresh defines
-            lkg = st.contrib.items() if st.parsed.fatal else ((k, prev_snap.get_key(k)) for _, k in st.parsed.failed)
+            lkg = st.contrib.items() if st.parsed.fatal else ((k, last_good(k)) for _, k in st.parsed.failed)
             for key, old_res in lkg:
                 if old_res is not None and key not in winners:
                     winners[key] = (old_res, rel)
+        resources = {key: res for key, (res, _) in winners.items()}
+        owners = {key: rel for key, (_, rel) in winners.items()}
+        return resources, owners, tuple(sorted(set(errors), key=_error_order))
+
+    def _record_contributions(self, resources: dict[ResourceKey, Resource], owners: dict[ResourceKey, str]) -> None:
+        """Remember what each readable file serves: its last-known-good if it later stops parsing.
+
+        ``resources`` is the dict the publisher published, where an unchanged resource was swapped
+        for the previous object: the contributions keep that identity.
+        """
         for st in self._files.values():
             if not st.parsed.fatal:
                 st.contrib = {}
-        resources: dict[ResourceKey, Resource] = {}
-        changed = set(prev_snap.keys()) - winners.keys()
-        for key, (res, rel) in winners.items():
-            old_res = prev_snap.get_key(key)
-            if old_res is not None and (old_res is res or old_res == res):
-                res = old_res  # keep identity for unchanged resources
-            else:
-                changed.add(key)
-            resources[key] = res
-            if not self._files[rel].parsed.fatal:
-                self._files[rel].contrib[key] = res
-        error_tuple = tuple(sorted(set(errors), key=_error_order))
-        return self._commit(prev, resources, changed, error_tuple)
-
-    def _commit(
-        self, prev: SourceUpdate | None, resources: dict[ResourceKey, Resource],
-        changed: set[ResourceKey], errors: tuple[ConfigError, ...],
-    ) -> SourceUpdate:
-        old_errors = set(prev.errors) if prev is not None else set()
-        for err in errors:
-            if err not in old_errors:
-                log.warning("config error: %s", err)
-        for err in sorted(old_errors - set(errors), key=_error_order):
-            log.info("config error resolved: %s", err)
-        if prev is not None and not changed and errors == prev.errors:
-            self._current = dataclasses.replace(prev, changed=frozenset())
-            return self._current
-        revision = prev.revision + 1 if prev is not None else 1
-        if prev is None:
-            snapshot = ConfigSnapshot.build(resources.values(), revision)
-        elif changed:
-            snapshot = ConfigSnapshot.build(resources.values(), revision, previous=prev.snapshot, changed=changed)
-        else:
-            snapshot = prev.snapshot
-        self._current = SourceUpdate(snapshot, frozenset(changed), errors, revision)
-        log.info("config revision %d: %d resources, %d changed, %d errors", revision, len(snapshot),
-                 len(changed), len(errors))
-        return self._current
+        for key, rel in owners.items():
+            st = self._files[rel]
+            if not st.parsed.fatal:
+                st.contrib[key] = resources[key]

@@ -20,7 +20,6 @@ from istiod_lite.controlplane.waypoint_controller import WaypointController, Way
 from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.sources import KubeSource, KubeSourceOptions
 from istiod_lite.sources.kube import KINDS, api_client_for
-from istiod_lite.sources.kube_status import ISTIO_GROUPS
 from tests.support.fakekube import FakeKubeApiServer, FakeTokenUser
 from tests.unit.test_ca_tokenreview import TD, bearer, fake_jwt
 
@@ -102,7 +101,7 @@ def test_cluster_role_covers_exactly_the_requests_sent(tmp_path: Path) -> None:
     with FakeKubeApiServer() as kube:
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
         # one rejected object of every Istio kind: the source writes why into each one's status
-        istio_kinds = [k for k in KINDS if k.group in ISTIO_GROUPS]
+        istio_kinds = [k for k in KINDS if k.reports_rejections]
         for k in istio_kinds:
             kube.apply({"apiVersion": k.api_version, "kind": k.kind,
                         "metadata": {"name": "bad", "namespace": "default"}, "spec": {"noSuchField": 1}})

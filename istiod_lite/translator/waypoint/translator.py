@@ -32,6 +32,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig, PathNormalizationType, ProxyPathNormalization
 from istiod_lite.model.networking import DestinationRule, VirtualService
+from istiod_lite.model.registry import kinds_read_whole_by_waypoints
 from istiod_lite.translator import telemetry
 from istiod_lite.translator.authz import AuthzFilters, authz_for_direct, authz_for_service, request_cluster
 from istiod_lite.translator.binding import protocols, service_model
@@ -47,13 +48,13 @@ from istiod_lite.translator.routing.httproute import ROUTE_KINDS, mesh_routes
 from istiod_lite.translator.shape import cluster_templates, hbone
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
-#: Kinds a waypoint's translation reads besides its bound services and workloads (HTTPRoutes are
-#: narrower: only those attached to its services count, see ``_attached_routes``).
-#: VirtualServices are narrower still: only those in the waypoint's namespace or a bound
-#: service's namespace can apply (``_relevant_virtual_services``), so an edit in one namespace
-#: does not make every other waypoint walk its services again.
-_READ_KINDS = ("Pod", "Namespace", "DestinationRule", "ServiceEntry", "WorkloadEntry",
-               "AuthorizationPolicy", "RequestAuthentication")
+#: Kinds a waypoint's translation reads every object of, besides its bound services and workloads:
+#: those declared ``WaypointRead.WHOLE`` with their model class.  HTTPRoutes are narrower
+#: (``WaypointRead.NARROWER``): only those attached to its services count, see ``_attached_routes``.
+#: VirtualServices are narrower too: only those in the waypoint's namespace or a bound service's
+#: namespace can apply (``_relevant_virtual_services``), so an edit in one namespace does not make
+#: every other waypoint walk its services again.
+_READ_KINDS = kinds_read_whole_by_waypoints()
 
 
 def applicable_virtual_services(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo) -> list[VirtualService]:
