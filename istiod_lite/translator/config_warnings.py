@@ -28,27 +28,23 @@ from istiod_lite.model.networking import (
     TrafficPolicy,
     VirtualService,
 )
-from istiod_lite.translator import route_httproute, service_model
-from istiod_lite.translator.index import derived_from_kinds
+from istiod_lite.translator import route_httproute, service_model, tables
 from istiod_lite.translator.route_httproute import CORE_GROUPS, ISTIO_GROUP, mesh_routes
 from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views
-from istiod_lite.translator.waypoints import BINDING_KINDS, WAYPOINT_CLASS, Bindings, WaypointRef, bindings_of
+from istiod_lite.translator.waypoints import WAYPOINT_CLASS, Bindings, WaypointRef, bindings_of
 
 _SUPPORTED_REDIRECT_CODES = frozenset({0, 301, 302, 303, 307, 308})
 
 
 def route_warnings(snapshot: ConfigSnapshot) -> list[str]:
     """One message per ignored piece of routing config, sorted."""
-    out = list(derived_from_kinds(snapshot, "route-warnings", ("VirtualService", "DestinationRule"), _build))
+    out = list(tables.ROUTE_WARNINGS.of(snapshot))
     if snapshot.by_kind.get("HTTPRoute") or snapshot.by_kind.get("ServiceEntry"):
-        out += derived_from_kinds(snapshot, "mesh-warnings", _MESH_KINDS, _build_mesh)
+        out += tables.MESH_WARNINGS.of(snapshot)
     return sorted(out)
 
 
-#: What the mesh-route and ServiceEntry checks read.
-_MESH_KINDS = tuple(dict.fromkeys((*BINDING_KINDS, "HTTPRoute", "VirtualService")))
-
-
+@tables.ROUTE_WARNINGS.computed_by
 def _build(snapshot: ConfigSnapshot) -> tuple[str, ...]:
     out: list[str] = []
     for vs in snapshot.of_kind(VirtualService):
@@ -110,6 +106,7 @@ def _dr_warnings(dr: DestinationRule) -> list[str]:
 # --------------------------------------------------------------------------- mesh routes, ServiceEntries
 
 
+@tables.MESH_WARNINGS.computed_by
 def _build_mesh(snapshot: ConfigSnapshot) -> tuple[str, ...]:
     bindings = bindings_of(snapshot)
     # service host -> the waypoints serving it
