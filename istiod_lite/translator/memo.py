@@ -83,12 +83,18 @@ class Derived(_Declaration[Callable[[ConfigSnapshot], T]]):
 
 
 class PerObject(_Declaration[Callable[[Obj], T]]):
-    """A value computed from one config object, once per object, kept while the object lives."""
+    """A value computed from one config object, once per object, kept while the object lives.
 
-    __slots__ = ("_memo",)
+    A value that refers to its object (a view naming its source) keeps that object alive, so
+    the weak reference alone would never let go: at most ``max_entries`` are kept, the oldest
+    computed going first (it is recomputed if asked for again).
+    """
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("_memo", "max_entries")
+
+    def __init__(self, name: str, max_entries: int = 100_000) -> None:
         super().__init__(name)
+        self.max_entries = max_entries
         #: id(obj) -> (weak reference to obj, value); an entry goes when its object does.
         self._memo: dict[int, tuple[weakref.ref[Obj], T]] = {}
 
@@ -99,7 +105,11 @@ class PerObject(_Declaration[Callable[[Obj], T]]):
             return hit[1]
         value = self._builder()(obj)
         ref = weakref.ref(obj, lambda r, k=key: self._forget(k, r))  # type: ignore[misc]
-        self._memo[key] = (ref, value)
+        memo = self._memo
+        memo.pop(key, None)  # a dead object's entry under a re-used id: the new one goes last
+        memo[key] = (ref, value)
+        if len(memo) > self.max_entries:
+            memo.pop(next(iter(memo)), None)
         return value
 
     def _forget(self, key: int, ref: weakref.ref[Obj]) -> None:
