@@ -27,8 +27,9 @@ from typing import Any
 
 from istiod_lite.model import ConfigSnapshot, ResourceKey, parse_object
 from istiod_lite.model.base import Resource
-from istiod_lite.translator.authz import AuthzFilters, AuthzTranslator, rbac
+from istiod_lite.translator.authz import AuthzFilters, AuthzTranslator
 from istiod_lite.translator.binding.waypoints import bindings_of
+from istiod_lite.translator.core import tables
 
 JWKS = json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "kid": "k", "e": "AQAB", "n": "sXch" * 64}]})
 
@@ -116,7 +117,7 @@ def main() -> None:
 
     cold, warm, edit, rebuilt = [], [], [], []
     for run in range(args.runs):
-        rbac._compiled.clear()
+        tables.COMPILED_POLICIES.clear()
         t = AuthzTranslator()
         gc.collect()
         t0 = time.perf_counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from istiod_lite.model.base import Resource
 
@@ -29,6 +29,14 @@ class ResourceKey(NamedTuple):
         return cls(res.kind, res.namespace, res.name)
 
 
+class Derivation(Protocol):
+    """The key of a value its readers derived from a snapshot (``ConfigSnapshot.derived``)."""
+
+    @property
+    def reads(self) -> frozenset[str] | None:
+        """The only kinds the value depends on; None: the snapshot at large."""
+
+
 @dataclass(frozen=True)
 class ConfigSnapshot:
     """All resources, grouped by kind then (namespace, name).  Treat as read-only."""
@@ -36,6 +44,10 @@ class ConfigSnapshot:
     by_kind: Mapping[str, Mapping[tuple[str, str], Resource]] = field(default_factory=dict)
     #: Monotonic counter of the source that produced it (for logs and debug only).
     revision: int = 0
+    #: Values derived from this snapshot by its readers (the translator's tables,
+    #: ``translator/core/tables.py``), by declaration: they live and die with the snapshot, and are not
+    #: part of its value.  ``build(previous=...)`` hands on those that read only unchanged kinds.
+    derived: dict[Derivation, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -58,7 +70,10 @@ class ConfigSnapshot:
         if previous is not None:
             for k in reuse:
                 frozen[k] = previous.by_kind[k]
-        return cls(by_kind=MappingProxyType(dict(sorted(frozen.items()))), revision=revision)
+        snapshot = cls(by_kind=MappingProxyType(dict(sorted(frozen.items()))), revision=revision)
+        if previous is not None and changed is not None:
+            snapshot.derived.update(_inherited(previous, snapshot))
+        return snapshot
 
     def of_kind(self, cls: type[T]) -> list[T]:
         """Every resource of ``cls``'s kind, sorted by (namespace, name)."""
@@ -87,3 +102,15 @@ class ConfigSnapshot:
                 if a.get(k) != b.get(k):
                     changed.add(ResourceKey(kind, *k))
         return changed
+
+
+def _inherited(previous: ConfigSnapshot, current: ConfigSnapshot) -> dict[Derivation, Any]:
+    """``previous``'s derived values that read only kinds whose mapping ``current`` kept (the same
+    objects, or absent from both): a VirtualService edit does not rebuild pods-by-label."""
+    out: dict[Derivation, Any] = {}
+    # A copy (atomic for a dict): a reader may be adding to ``previous`` in another thread.
+    for key, value in dict(previous.derived).items():
+        reads = key.reads
+        if reads is not None and all(current.by_kind.get(k) is previous.by_kind.get(k) for k in reads):
+            out[key] = value
+    return out

@@ -29,8 +29,8 @@ from istiod_lite.model.networking import (
     VirtualService,
 )
 from istiod_lite.translator.binding import service_model
-from istiod_lite.translator.binding.waypoints import BINDING_KINDS, WAYPOINT_CLASS, Bindings, WaypointRef, bindings_of
-from istiod_lite.translator.core.index import derived_from_kinds
+from istiod_lite.translator.binding.waypoints import WAYPOINT_CLASS, Bindings, WaypointRef, bindings_of
+from istiod_lite.translator.core import tables
 from istiod_lite.translator.routing import httproute
 from istiod_lite.translator.routing.httproute import CORE_GROUPS, ISTIO_GROUP, mesh_routes
 from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views
@@ -40,16 +40,13 @@ _SUPPORTED_REDIRECT_CODES = frozenset({0, 301, 302, 303, 307, 308})
 
 def route_warnings(snapshot: ConfigSnapshot) -> list[str]:
     """One message per ignored piece of routing config, sorted."""
-    out = list(derived_from_kinds(snapshot, "route-warnings", ("VirtualService", "DestinationRule"), _build))
+    out = list(tables.ROUTE_WARNINGS.of(snapshot))
     if snapshot.by_kind.get("HTTPRoute") or snapshot.by_kind.get("ServiceEntry"):
-        out += derived_from_kinds(snapshot, "mesh-warnings", _MESH_KINDS, _build_mesh)
+        out += tables.MESH_WARNINGS.of(snapshot)
     return sorted(out)
 
 
-#: What the mesh-route and ServiceEntry checks read.
-_MESH_KINDS = tuple(dict.fromkeys((*BINDING_KINDS, "HTTPRoute", "VirtualService")))
-
-
+@tables.ROUTE_WARNINGS.computed_by
 def _build(snapshot: ConfigSnapshot) -> tuple[str, ...]:
     out: list[str] = []
     for vs in snapshot.of_kind(VirtualService):
@@ -111,6 +108,7 @@ def _dr_warnings(dr: DestinationRule) -> list[str]:
 # --------------------------------------------------------------------------- mesh routes, ServiceEntries
 
 
+@tables.MESH_WARNINGS.computed_by
 def _build_mesh(snapshot: ConfigSnapshot) -> tuple[str, ...]:
     bindings = bindings_of(snapshot)
     # service host -> the waypoints serving it

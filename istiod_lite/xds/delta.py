@@ -8,7 +8,8 @@ from __future__ import annotations
 from envoy.service.discovery.v3 import discovery_pb2
 
 from istiod_lite.xds.connection import Connection, new_nonce
-from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource, diff_maps
+from istiod_lite.xds.pushmemo import PushMemo
+from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource
 from istiod_lite.xds.subscription import Subscription
 from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
 from istiod_lite.xds.wire import EncodedResponse, delta_response
@@ -42,16 +43,22 @@ def on_request(conn: Connection, req: discovery_pb2.DeltaDiscoveryRequest) -> st
 
 
 def build_responses(
-    conn: Connection, sub: Subscription, snap: ResourceSnapshot
+    conn: Connection, sub: Subscription, snap: ResourceSnapshot, memo: PushMemo | None = None
 ) -> list[EncodedResponse]:
-    """Zero or more responses (more than one only when the change exceeds the size cap)."""
+    """Zero or more responses (more than one only when the change exceeds the size cap).
+
+    ``memo``: the server's, shared by its streams (diffs and large responses computed once);
+    None: a fresh one, nothing shared (tests of one stream).
+    """
+    if memo is None:
+        memo = PushMemo()
     available = snap.of_type(sub.type_url)
     if sub.synced_map is not None and not sub.must_respond and not sub.announce:
         # Fast path: the subscription is unchanged since ``sent`` matched ``synced_map``, so only
         # what changed between the two maps can differ for this client.
         if sub.synced_map is available:
             return []
-        diff_changed, diff_removed = diff_maps(sub.synced_map, available)
+        diff_changed, diff_removed = memo.diff(sub.synced_map, available)
         changed = [r for n in diff_changed if sub.wants(n) and sub.sent.get(n) != (r := available[n]).version]
         removed = [n for n in diff_removed if n in sub.sent]
     else:
@@ -77,7 +84,8 @@ def build_responses(
         sub.sent.pop(n, None)
     responses = [
         delta_response(sub.type_url, system_version, new_nonce(), (r.delta_bytes for r in batch),
-                       removed if i == len(batches) - 1 else (), key=tuple((r.name, r.version) for r in batch))
+                       removed if i == len(batches) - 1 else (), key=tuple((r.name, r.version) for r in batch),
+                       shared=memo.responses)
         for i, batch in enumerate(batches)
     ]
     sub.record_send(responses[-1].nonce, system_version)

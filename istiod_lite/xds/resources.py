@@ -9,7 +9,6 @@ reconnects to another replica with ``initial_resource_versions`` compares correc
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -104,25 +103,13 @@ class ResourceSnapshot:
 EMPTY = ResourceSnapshot()
 
 TypeMap = Mapping[str, VersionedResource]
-_DIFF_MEMO_SIZE = 16
-#: (id(old), id(new)) -> (old, new, changed names, removed names); the maps are held so ids stay valid.
-_diff_memo: OrderedDict[tuple[int, int], tuple[TypeMap, TypeMap, tuple[str, ...], tuple[str, ...]]] = OrderedDict()
 
 
 def diff_maps(old: TypeMap, new: TypeMap) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Names added or changed, and names removed, from ``old`` to ``new`` (one type's resources).
 
-    Computed once per pair of snapshots and shared by every stream that moves between them:
-    with a thousand streams, diffing per stream was most of a push's cost.
+    Streams moving between the same two maps share one result through ``PushMemo.diff``.
     """
-    key = (id(old), id(new))
-    hit = _diff_memo.get(key)
-    if hit is not None and hit[0] is old and hit[1] is new:
-        _diff_memo.move_to_end(key)
-        return hit[2], hit[3]
     changed = tuple(n for n, r in new.items() if (o := old.get(n)) is None or o.version != r.version)
     removed = tuple(n for n in old if n not in new)
-    _diff_memo[key] = (old, new, changed, removed)
-    while len(_diff_memo) > _DIFF_MEMO_SIZE:
-        _diff_memo.popitem(last=False)
     return changed, removed

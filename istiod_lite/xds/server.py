@@ -25,6 +25,7 @@ from istiod_lite.xds.admission import TokenBucket
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.connection import Connection
 from istiod_lite.xds.metrics import XdsMetrics
+from istiod_lite.xds.pushmemo import PushMemo
 from istiod_lite.xds.typeurls import short
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,11 @@ ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    """Serves a ``SnapshotCache`` over ADS, SotW and Delta."""
+    """Serves a ``SnapshotCache`` over ADS, SotW and Delta.
+
+    Owns what its streams compute once and share (``memo``: diffs, views, large responses): it
+    is emptied when the last stream closes (a stopped server holds no responses or snapshots).
+    """
 
     def __init__(
         self,
@@ -79,6 +84,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         rate = self.options.max_new_streams_per_second
         self._admission = TokenBucket(rate, self.options.new_stream_burst) if rate > 0 else None
         self._push_slots = asyncio.Semaphore(max(1, self.options.max_concurrent_pushes))
+        self.memo = PushMemo()
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add ADS to ``server`` with a serializer that accepts pre-encoded responses (wire.py)."""
@@ -148,6 +154,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 await reader
             self.cache.unwatch(conn.group, conn.wake)
             self.connections.pop(conn.conn_id, None)
+            if not self.connections:
+                self.memo.clear()  # nothing left to share it with
             self.metrics.connected.labels(version="").dec()
             log.info("%s stream %s closed", variant, conn.conn_id)
         if conn.fatal is not None:
@@ -224,10 +232,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     ) -> bool:
         started = time.perf_counter()
         if variant == "sotw":
-            resp = sotw.build_response(conn, sub, snap)
+            resp = sotw.build_response(conn, sub, snap, self.memo)
             responses: list[Any] = [resp] if resp is not None else []
         else:
-            responses = delta.build_responses(conn, sub, snap)
+            responses = delta.build_responses(conn, sub, snap, self.memo)
         if responses:
             # Before the write: the client's ACK can be read before ``write`` returns.
             sub.sent_trigger = trigger or 0.0

@@ -6,14 +6,14 @@ Rule numbers refer to docs/xds-rules.md.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 from istiod_lite.xds.connection import Connection, new_nonce
-from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource, diff_maps, set_version
+from istiod_lite.xds.pushmemo import PushMemo
+from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource
 from istiod_lite.xds.subscription import Subscription
 from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
 from istiod_lite.xds.wire import EncodedResponse, sotw_response
@@ -60,15 +60,21 @@ def on_request(conn: Connection, req: discovery_pb2.DiscoveryRequest) -> Classif
 
 
 def build_response(
-    conn: Connection, sub: Subscription, snap: ResourceSnapshot
+    conn: Connection, sub: Subscription, snap: ResourceSnapshot, memo: PushMemo | None = None
 ) -> EncodedResponse | None:
-    """The response this subscription needs now, or None (R18: only send on change)."""
+    """The response this subscription needs now, or None (R18: only send on change).
+
+    ``memo``: the server's, shared by its streams (views, diffs and large responses computed
+    once); None: a fresh one, nothing shared (tests of one stream).
+    """
+    if memo is None:
+        memo = PushMemo()
     available = snap.of_type(sub.type_url)
     if sub.wildcard:
         visible: Mapping[str, VersionedResource] = available
         version = snap.type_version(sub.type_url)
     else:
-        visible, version = _named_view(available, frozenset(sub.names))
+        visible, version = memo.named_view(available, frozenset(sub.names))
     if not sub.must_respond and version == sub.version_sent:
         return None
     nonce = new_nonce()
@@ -77,14 +83,14 @@ def build_response(
     else:
         # Named types (RDS, EDS): a response may carry only what changed; absence is not
         # deletion (R28).  The client held ``synced_map``'s view, so diff the views (once).
-        changed, _removed = diff_maps(sub.synced_map, visible)
+        changed, _removed = memo.diff(sub.synced_map, visible)
         send = [visible[n] for n in changed]
     resp = sotw_response(sub.type_url, version, nonce, (r.any_bytes for r in send),
-                         key=tuple((r.name, r.version) for r in send))
+                         key=tuple((r.name, r.version) for r in send), shared=memo.responses)
     sub.record_send(resp.nonce, version)  # a shared response keeps the nonce it was built with
     # Shared, not copied: SotW never changes ``sent`` in place (only Delta does), and a thousand
     # streams of one waypoint hold the same view.
-    sub.sent = _versions_of(visible)
+    sub.sent = memo.versions_of(visible)
     sub.synced_map = None if sub.wildcard else visible
     if sub.type_url == CLUSTER:
         # Changed clusters warm until their endpoints arrive: resend EDS now and answer the
@@ -94,38 +100,3 @@ def build_response(
             eds.must_respond = True
         conn.eds_after_cds = True
     return resp
-
-
-_MEMO_SIZE = 32
-#: Streams of one waypoint subscribe to the same names: compute each (map, names) view once.
-_View = tuple[Mapping[str, VersionedResource], dict[str, VersionedResource], str]
-_views: OrderedDict[tuple[int, frozenset[str]], _View] = OrderedDict()
-_version_maps: OrderedDict[int, tuple[Mapping[str, VersionedResource], dict[str, str]]] = OrderedDict()
-
-
-def _named_view(
-    available: Mapping[str, VersionedResource], names: frozenset[str]
-) -> tuple[dict[str, VersionedResource], str]:
-    key = (id(available), names)
-    hit = _views.get(key)
-    if hit is not None and hit[0] is available:
-        _views.move_to_end(key)
-        return hit[1], hit[2]
-    visible = {n: available[n] for n in sorted(names) if n in available}
-    version = set_version(visible.values())
-    _views[key] = (available, visible, version)
-    while len(_views) > _MEMO_SIZE:
-        _views.popitem(last=False)
-    return visible, version
-
-
-def _versions_of(visible: Mapping[str, VersionedResource]) -> dict[str, str]:
-    """name -> version of a view, shared by the streams sent the same view (never mutate it)."""
-    hit = _version_maps.get(id(visible))
-    if hit is not None and hit[0] is visible:
-        return hit[1]
-    versions = {n: r.version for n, r in visible.items()}
-    _version_maps[id(visible)] = (visible, versions)
-    while len(_version_maps) > _MEMO_SIZE:
-        _version_maps.popitem(last=False)
-    return versions

@@ -78,35 +78,56 @@ class EncodedResponse:
         return getattr(self.decode(), name)
 
 
-#: Large responses, by content key: when one change reaches many streams, every stream that gets
-#: byte-identical content is sent the same response object, nonce included (the nonce of the first
-#: stream it was built for).  Encoding megabytes per stream cost more in fresh memory (page faults)
-#: than in copying.  A shared nonce is still unique to that content and this server run, so it
-#: identifies the response a client ACKs; the nonce Envoy has leaked into a new stream's first
-#: request (R7) arrives before that stream was sent anything, so it is stale whatever its value.
-#: Bounded, newest kept.
-_SHARED: dict[Hashable, EncodedResponse] = {}
-_SHARED_MAX = 16
-_SHARE_MIN_BYTES = 64 * 1024
+class SharedResponses:
+    """Large responses, by content key, built once for every stream that gets them.
 
+    When one change reaches many streams, every stream that gets byte-identical content is sent
+    the same response object, nonce included (the nonce of the first stream it was built for).
+    Encoding megabytes per stream cost more in fresh memory (page faults) than in copying.  A
+    shared nonce is still unique to that content and this server run, so it identifies the
+    response a client ACKs; the nonce Envoy has leaked into a new stream's first request (R7)
+    arrives before that stream was sent anything, so it is stale whatever its value.
 
-def _shared(key: Hashable | None, build: Callable[[], EncodedResponse]) -> EncodedResponse:
-    if key is not None:
-        hit = _SHARED.get(key)
+    Owned by one ADS server (through its ``PushMemo``): two servers never hand each other's
+    responses out, and the responses go when the server does.  Bounded, newest kept.
+    """
+
+    __slots__ = ("_by_key", "max_entries", "min_bytes")
+
+    def __init__(self, max_entries: int = 16, min_bytes: int = 64 * 1024) -> None:
+        self._by_key: dict[Hashable, EncodedResponse] = {}
+        self.max_entries = max_entries
+        #: Smaller responses are cheap to build per stream and never held.
+        self.min_bytes = min_bytes
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def get_or_build(self, key: Hashable, build: Callable[[], EncodedResponse]) -> EncodedResponse:
+        hit = self._by_key.get(key)
         if hit is not None:
             return hit
-    resp = build()
-    if key is not None and len(resp.data) >= _SHARE_MIN_BYTES:
-        if len(_SHARED) >= _SHARED_MAX:
-            del _SHARED[next(iter(_SHARED))]
-        _SHARED[key] = resp
-    return resp
+        resp = build()
+        if len(resp.data) >= self.min_bytes:
+            if len(self._by_key) >= self.max_entries:
+                del self._by_key[next(iter(self._by_key))]
+            self._by_key[key] = resp
+        return resp
+
+    def clear(self) -> None:
+        self._by_key.clear()
+
+
+def _shared(shared: SharedResponses | None, key: Hashable | None,
+            build: Callable[[], EncodedResponse]) -> EncodedResponse:
+    return build() if shared is None or key is None else shared.get_or_build(key, build)
 
 
 def sotw_response(type_url: str, version: str, nonce: str, any_bytes: Iterable[bytes],
-                  key: Hashable | None = None) -> EncodedResponse:
+                  key: Hashable | None = None, shared: SharedResponses | None = None) -> EncodedResponse:
     """``key``: identifies the resources (e.g. their names and versions) so that a large response
-    is built once for every stream that gets it (use the returned ``nonce``); None: always build."""
+    is built once in ``shared`` for every stream that gets it (use the returned ``nonce``); without
+    both, always build."""
 
     def build() -> EncodedResponse:
         parts = [_str_field(_SOTW_VERSION_INFO, version)]
@@ -115,11 +136,12 @@ def sotw_response(type_url: str, version: str, nonce: str, any_bytes: Iterable[b
         parts.append(_str_field(_SOTW_NONCE, nonce))
         return EncodedResponse(discovery_pb2.DiscoveryResponse, b"".join(parts), type_url, nonce, version)
 
-    return _shared(None if key is None else ("sotw", type_url, version, key), build)
+    return _shared(shared, None if key is None else ("sotw", type_url, version, key), build)
 
 
 def delta_response(type_url: str, system_version: str, nonce: str, resource_bytes: Iterable[bytes],
-                   removed: Iterable[str], key: Hashable | None = None) -> EncodedResponse:
+                   removed: Iterable[str], key: Hashable | None = None,
+                   shared: SharedResponses | None = None) -> EncodedResponse:
     """As ``sotw_response``; a response that removes names is per stream and never shared."""
     gone = list(removed)
 
@@ -132,7 +154,7 @@ def delta_response(type_url: str, system_version: str, nonce: str, resource_byte
         return EncodedResponse(discovery_pb2.DeltaDiscoveryResponse, b"".join(parts), type_url, nonce,
                                system_version)
 
-    return _shared(None if key is None or gone else ("delta", type_url, system_version, key), build)
+    return _shared(shared, None if key is None or gone else ("delta", type_url, system_version, key), build)
 
 
 def serialize(message: Any) -> bytes:

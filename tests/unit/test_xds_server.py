@@ -174,6 +174,42 @@ async def test_streams_getting_the_same_large_change_share_one_response_and_each
         call.cancel()
 
 
+async def test_two_servers_share_no_responses_and_a_server_drops_its_memo_with_its_last_stream(h: Harness) -> None:
+    """The shared-response memo is the server's: a second server in the process builds its own
+    (its own nonce), and once a server's last stream is gone it holds no response."""
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    from istiod_lite.xds.resources import ResourceSnapshot
+
+    other = AdsServer(h.cache)
+    server2 = grpc.aio.server()
+    other.register(server2)
+    port2 = server2.add_insecure_port("127.0.0.1:0")
+    await server2.start()
+    channel2 = grpc.aio.insecure_channel(f"127.0.0.1:{port2}")
+    try:
+        cluster = cluster_pb2.Cluster(name="a", alt_stat_name="x" * 100_000)
+        h.cache.mark_ready()
+        h.cache.set_snapshot("g", ResourceSnapshot.from_messages({CLUSTER: {"a": cluster}}))
+        stubs = [h.stub, ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel2)]
+        calls = [stub.DeltaAggregatedResources() for stub in stubs for _ in range(2)]
+        for call in calls:
+            await call.write(d.DeltaDiscoveryRequest(node=NODE, type_url=CLUSTER))
+        nonces = [(await read(call)).nonce for call in calls]  # type: ignore[attr-defined]
+        assert nonces[0] == nonces[1] and nonces[2] == nonces[3] and nonces[0] != nonces[2]
+        assert h.ads.memo is not other.memo and len(h.ads.memo.responses) == len(other.memo.responses) == 1
+        for call in calls:
+            call.cancel()
+        for _ in range(100):
+            if not h.ads.connections and not other.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert len(h.ads.memo.responses) == len(other.memo.responses) == 0
+    finally:
+        await channel2.close()
+        await server2.stop(0)
+
+
 async def test_garbage_bytes_do_not_break_server(h: Harness) -> None:
     h.cache.mark_ready()
     h.cache.set_snapshot("g", snap({"a": 1}))

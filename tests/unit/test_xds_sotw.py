@@ -5,6 +5,7 @@ from __future__ import annotations
 from envoy.service.discovery.v3 import discovery_pb2 as d
 
 from istiod_lite.xds import sotw
+from istiod_lite.xds.pushmemo import PushMemo
 from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
 from tests.unit.xds_helpers import conn, snap
 
@@ -162,12 +163,24 @@ def test_streams_sent_the_same_view_share_its_version_map() -> None:
     (SotW never changes it in place), and a later snapshot gives a new one."""
     s = snap({"a": 1, "b": 2})
     one, two = conn(), conn()
+    memo = PushMemo()  # the server's, shared by its streams
     for c in (one, two):
         sotw.on_request(c, req(CLUSTER))
-        assert sotw.build_response(c, c.subs[CLUSTER], s) is not None
+        assert sotw.build_response(c, c.subs[CLUSTER], s, memo) is not None
     assert one.subs[CLUSTER].sent is two.subs[CLUSTER].sent
     assert set(one.subs[CLUSTER].sent) == {"a", "b"}
     s2 = snap({"a": 1, "b": 3})
-    assert sotw.build_response(one, one.subs[CLUSTER], s2) is not None
+    assert sotw.build_response(one, one.subs[CLUSTER], s2, memo) is not None
     assert one.subs[CLUSTER].sent is not two.subs[CLUSTER].sent
     assert two.subs[CLUSTER].sent["b"] != one.subs[CLUSTER].sent["b"]
+
+
+def test_streams_of_different_servers_share_nothing() -> None:
+    """Each server's streams share that server's memo only."""
+    s = snap({"a": 1, "b": 2})
+    one, two = conn(), conn()
+    for c, memo in ((one, PushMemo()), (two, PushMemo())):
+        sotw.on_request(c, req(CLUSTER))
+        assert sotw.build_response(c, c.subs[CLUSTER], s, memo) is not None
+    assert one.subs[CLUSTER].sent == two.subs[CLUSTER].sent
+    assert one.subs[CLUSTER].sent is not two.subs[CLUSTER].sent

@@ -25,7 +25,7 @@ from typing import Final, Generic, TypeVar
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.security import AuthorizationPolicy, PolicyTargetReference, RequestAuthentication
-from istiod_lite.translator.core.index import derived_from_kinds
+from istiod_lite.translator.core import tables
 
 WAYPOINT_CLASS: Final = "istio-waypoint"
 DEFAULT_ROOT_NAMESPACE: Final = "istio-system"
@@ -88,13 +88,21 @@ def _build(policies: list[P]) -> AttachIndex[P]:
 
 
 def ap_index(snapshot: ConfigSnapshot) -> AttachIndex[AuthorizationPolicy]:
-    return derived_from_kinds(snapshot, "authz-ap-attach", ("AuthorizationPolicy",),
-                              lambda s: _build(s.of_kind(AuthorizationPolicy)))
+    return tables.AP_ATTACHMENTS.of(snapshot)
 
 
 def ra_index(snapshot: ConfigSnapshot) -> AttachIndex[RequestAuthentication]:
-    return derived_from_kinds(snapshot, "authz-ra-attach", ("RequestAuthentication",),
-                              lambda s: _build(s.of_kind(RequestAuthentication)))
+    return tables.RA_ATTACHMENTS.of(snapshot)
+
+
+@tables.AP_ATTACHMENTS.computed_by
+def _ap_attachments(snapshot: ConfigSnapshot) -> AttachIndex[AuthorizationPolicy]:
+    return _build(snapshot.of_kind(AuthorizationPolicy))
+
+
+@tables.RA_ATTACHMENTS.computed_by
+def _ra_attachments(snapshot: ConfigSnapshot) -> AttachIndex[RequestAuthentication]:
+    return _build(snapshot.of_kind(RequestAuthentication))
 
 
 def _ordered(a: tuple[P, ...], b: tuple[P, ...]) -> tuple[P, ...]:

@@ -16,6 +16,7 @@ returns the same ``AuthzFilters`` object, which a caller can use in its own memo
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from istiod_lite.translator.authz.extauthz import ClusterRequest, Providers
 from istiod_lite.translator.authz.matchers import DEFAULT_LIMITS, Limits
 from istiod_lite.translator.authz.rbac import HttpFilter, NetworkFilter
 from istiod_lite.translator.binding.waypoints import WaypointRef
+from istiod_lite.translator.core import tables
 
 _MAX_CHAINS: Final = 100_000
 #: The mesh config as the translator takes it: typed, or Istio's raw YAML mapping.
@@ -85,7 +87,8 @@ class AuthzTranslator:
         self._providers: tuple[tuple[object, ...], Providers] | None = None
         self._diffs: OrderedDict[tuple[int, int], tuple[object, object, frozenset[tuple[str, str, str]]]] = (
             OrderedDict())
-        self._indexes: tuple[ConfigSnapshot, attach.AttachIndex[AuthorizationPolicy],
+        #: The last snapshot's attachment indexes; the snapshot held weakly (it holds this translator).
+        self._indexes: tuple[weakref.ref[ConfigSnapshot], attach.AttachIndex[AuthorizationPolicy],
                              attach.AttachIndex[RequestAuthentication]] | None = None
 
     # --- public ------------------------------------------------------------------------------------
@@ -193,10 +196,10 @@ class AuthzTranslator:
                                                              attach.AttachIndex[RequestAuthentication]]:
         """The attachment indexes, looked up once per snapshot object (every chain asks)."""
         held = self._indexes
-        if held is not None and held[0] is snapshot:
+        if held is not None and held[0]() is snapshot:
             return held[1], held[2]
         ap_idx, ra_idx = attach.ap_index(snapshot), attach.ra_index(snapshot)
-        self._indexes = (snapshot, ap_idx, ra_idx)
+        self._indexes = (weakref.ref(snapshot), ap_idx, ra_idx)
         return ap_idx, ra_idx
 
     def _unchanged(self, snapshot: ConfigSnapshot, key: tuple[str, str, str, WaypointRef],
@@ -304,25 +307,50 @@ class AuthzTranslator:
                             problems=tuple(dict.fromkeys(problems)), inputs=inputs)
 
 
-_translators: dict[tuple[object, ...], AuthzTranslator] = {}
-_translators_lock = threading.Lock()
+class AuthzTranslators:
+    """The shared ``AuthzTranslator`` per settings (the mesh config compared by identity).
+
+    Kept in the snapshot (``tables.AUTHZ_TRANSLATORS``) and handed from each snapshot to the one
+    built from it, so a chain's memo lives as long as the config lineage it serves and no longer;
+    two unrelated snapshots share nothing.  Thread-safe."""
+
+    #: Callers passing a fresh mesh config each time must not grow it without bound.
+    MAX_SETTINGS: Final = 64
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_settings: dict[tuple[object, ...], AuthzTranslator] = {}
+
+    def get(self, *, root_namespace: str | None = None, mesh_config: MeshConfigLike | None = None,
+            limits: Limits = DEFAULT_LIMITS, multiple_custom_providers: bool = False) -> AuthzTranslator:
+        """``root_namespace`` None: the typed mesh config's ``rootNamespace``, else ``istio-system``."""
+        if root_namespace is None:
+            root_namespace = (mesh_config.root_namespace if isinstance(mesh_config, MeshConfig)
+                              else DEFAULT_ROOT_NAMESPACE)
+        key = (root_namespace, id(mesh_config), limits, multiple_custom_providers)
+        with self._lock:
+            t = self._by_settings.get(key)
+            if t is None or t.mesh_config is not mesh_config:
+                if len(self._by_settings) >= self.MAX_SETTINGS:
+                    self._by_settings.clear()
+                t = self._by_settings[key] = AuthzTranslator(
+                    root_namespace=root_namespace, mesh_config=mesh_config, limits=limits,
+                    multiple_custom_providers=multiple_custom_providers)
+            return t
 
 
-def translator_for(*, root_namespace: str | None = None, mesh_config: MeshConfigLike | None = None,
-                   limits: Limits = DEFAULT_LIMITS, multiple_custom_providers: bool = False) -> AuthzTranslator:
-    """A shared translator per settings (the mesh config compared by identity).  ``root_namespace``
-    None: the typed mesh config's ``rootNamespace``, else ``istio-system``."""
-    if root_namespace is None:
-        root_namespace = mesh_config.root_namespace if isinstance(mesh_config, MeshConfig) else DEFAULT_ROOT_NAMESPACE
-    key = (root_namespace, id(mesh_config), limits, multiple_custom_providers)
-    with _translators_lock:
-        t = _translators.get(key)
-        if t is None or t.mesh_config is not mesh_config:
-            if len(_translators) >= 64:  # callers passing a fresh mesh config each time: do not grow
-                _translators.clear()
-            t = _translators[key] = AuthzTranslator(root_namespace=root_namespace, mesh_config=mesh_config,
-                                                    limits=limits, multiple_custom_providers=multiple_custom_providers)
-        return t
+@tables.AUTHZ_TRANSLATORS.computed_by
+def _new_translators(_snapshot: ConfigSnapshot) -> AuthzTranslators:
+    return AuthzTranslators()
+
+
+def translator_for(snapshot: ConfigSnapshot, *, root_namespace: str | None = None,
+                   mesh_config: MeshConfigLike | None = None, limits: Limits = DEFAULT_LIMITS,
+                   multiple_custom_providers: bool = False) -> AuthzTranslator:
+    """The translator ``snapshot``'s lineage shares for these settings (``AuthzTranslators.get``)."""
+    return tables.AUTHZ_TRANSLATORS.of(snapshot).get(
+        root_namespace=root_namespace, mesh_config=mesh_config, limits=limits,
+        multiple_custom_providers=multiple_custom_providers)
 
 
 def authz_for_service(snapshot: ConfigSnapshot, waypoint: WaypointRef, service_namespace: str, service_name: str, *,
@@ -330,7 +358,7 @@ def authz_for_service(snapshot: ConfigSnapshot, waypoint: WaypointRef, service_n
                       mesh_config: MeshConfigLike | None = None, limits: Limits = DEFAULT_LIMITS,
                       multiple_custom_providers: bool = False) -> AuthzFilters:
     """Authorization filters for a per-service chain (``inbound-vip|P|http|H`` / ``...|tcp|H``)."""
-    return translator_for(root_namespace=root_namespace, mesh_config=mesh_config, limits=limits,
+    return translator_for(snapshot, root_namespace=root_namespace, mesh_config=mesh_config, limits=limits,
                           multiple_custom_providers=multiple_custom_providers
                           ).for_service(snapshot, waypoint, service_namespace, service_name, kind)
 
@@ -339,11 +367,12 @@ def authz_for_direct(snapshot: ConfigSnapshot, waypoint: WaypointRef, *, root_na
                      mesh_config: MeshConfigLike | None = None, limits: Limits = DEFAULT_LIMITS,
                      multiple_custom_providers: bool = False) -> AuthzFilters:
     """Authorization filters for ``direct-http``/``direct-tcp``."""
-    return translator_for(root_namespace=root_namespace, mesh_config=mesh_config, limits=limits,
+    return translator_for(snapshot, root_namespace=root_namespace, mesh_config=mesh_config, limits=limits,
                           multiple_custom_providers=multiple_custom_providers).for_direct(snapshot, waypoint)
 
 
 def authz_problems(snapshot: ConfigSnapshot, *, root_namespace: str | None = None,
                    mesh_config: MeshConfigLike | None = None, limits: Limits = DEFAULT_LIMITS) -> list[str]:
     """Authorization config that waypoints do not enforce as written (for ``validate`` and logs)."""
-    return translator_for(root_namespace=root_namespace, mesh_config=mesh_config, limits=limits).problems(snapshot)
+    return translator_for(snapshot, root_namespace=root_namespace, mesh_config=mesh_config,
+                          limits=limits).problems(snapshot)

@@ -19,8 +19,6 @@ compiled policies is a few proto copies.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -34,6 +32,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2
 from istiod_lite.model.security import AuthorizationPolicy
 from istiod_lite.translator.authz.matchers import Limits
 from istiod_lite.translator.authz.rules import Action, Policy, compile_rule, match_never
+from istiod_lite.translator.core import tables
 from istiod_lite.translator.core.protos import packed
 
 HttpFilter: TypeAlias = hcm_pb2.HttpFilter
@@ -111,25 +110,18 @@ def _compile(ap: AuthorizationPolicy, limits: Limits) -> CompiledPolicy:
                           problems=tuple(problems), tcp_notes=tuple(notes))
 
 
-_lock = threading.Lock()
-#: id(policy) -> (policy, limits, compiled).  Bounded: the oldest entries go first.
-_compiled: OrderedDict[int, tuple[AuthorizationPolicy, Limits, CompiledPolicy]] = OrderedDict()
-_MAX_COMPILED = 100_000
+@tables.COMPILED_POLICIES.computed_by
+def _no_compilations(ap: AuthorizationPolicy) -> dict[Limits, CompiledPolicy]:
+    return {}
 
 
 def compile_policy(ap: AuthorizationPolicy, limits: Limits) -> CompiledPolicy:
-    """``ap`` compiled, once per policy object (snapshots keep an unchanged resource's object)."""
-    key = id(ap)
-    with _lock:
-        hit = _compiled.get(key)
-        if hit is not None and hit[0] is ap and hit[1] == limits:
-            return hit[2]
-    out = _compile(ap, limits)
-    with _lock:
-        _compiled[key] = (ap, limits, out)
-        _compiled.move_to_end(key)
-        while len(_compiled) > _MAX_COMPILED:
-            _compiled.popitem(last=False)
+    """``ap`` compiled, once per policy object and limits, kept while the object lives
+    (snapshots keep an unchanged resource's object)."""
+    by_limits = tables.COMPILED_POLICIES.of(ap)
+    out = by_limits.get(limits)
+    if out is None:
+        out = by_limits.setdefault(limits, _compile(ap, limits))
     return out
 
 

@@ -30,7 +30,7 @@ from istiod_lite.model.core import Namespace, Pod, Service
 from istiod_lite.model.gateway import Gateway, GatewayClass
 from istiod_lite.model.networking import ServiceEntry, WorkloadEntry
 from istiod_lite.model.networking_common import is_ip
-from istiod_lite.translator.core.index import derived_from_kinds
+from istiod_lite.translator.core import tables
 
 WAYPOINT_CLASS = "istio-waypoint"
 USE_WAYPOINT = "istio.io/use-waypoint"
@@ -144,6 +144,7 @@ def _requested(labels: Mapping[str, str], namespace: str) -> WaypointRef | str |
     return WaypointRef(labels.get(USE_WAYPOINT_NAMESPACE, namespace), name)
 
 
+@tables.BINDINGS.computed_by
 def compute_bindings(snapshot: ConfigSnapshot) -> Bindings:
     out = Bindings()
     for wp in find_waypoints(snapshot):
@@ -273,9 +274,9 @@ def binding_problems(snapshot: ConfigSnapshot) -> list[str]:
 
 
 #: Everything binding reads: a change to any other kind re-uses the previous bindings object.
-BINDING_KINDS = ("Service", "Pod", "Namespace", "Gateway", "GatewayClass", "ServiceEntry", "WorkloadEntry")
+BINDING_KINDS = tables.BINDING_KINDS
 
 
 def bindings_of(snapshot: ConfigSnapshot) -> Bindings:
     """``compute_bindings``, once per distinct set of the kinds it reads."""
-    return derived_from_kinds(snapshot, "bindings", BINDING_KINDS, compute_bindings)
+    return tables.BINDINGS.of(snapshot)

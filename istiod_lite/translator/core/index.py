@@ -3,21 +3,18 @@
 Why: translating a waypoint asks "which pods does this Service select?", "which VirtualServices
 name this host?" once per service.  Scanning the snapshot for each answer is O(services x pods);
 with these tables each answer costs a dictionary lookup.  The tables are a pure function of the
-snapshot and are memoised per snapshot object (weakly, so they die with it).
+snapshot, declared in ``tables.py`` and kept in the snapshot (they die with it).
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod
 from istiod_lite.model.networking import DestinationRule, ServiceEntry, VirtualService, WorkloadEntry
-from istiod_lite.translator.core import names
+from istiod_lite.translator.core import names, tables
 
 
 def qualify(host: str, namespace: str) -> str:
@@ -45,100 +42,21 @@ class SnapshotIndex:
         return [p for p in candidates if all(p.metadata.labels.get(k) == v for k, v in items)]
 
 
-_lock = threading.Lock()
-#: id(snapshot) -> (weak reference to it, {name: derived value}).  Keyed by identity: snapshots
-#: compare by value, and a derived table belongs to one snapshot object.
-_memo: dict[int, tuple[weakref.ref[ConfigSnapshot], dict[str, Any]]] = {}
-T = TypeVar("T")
-
-
-def _forget(key: int) -> None:
-    with _lock:
-        _memo.pop(key, None)
-
-
-def derived(snapshot: ConfigSnapshot, name: str, build: Callable[[ConfigSnapshot], T]) -> T:
-    """``build(snapshot)``, computed once per snapshot object and name (a pure function's cache)."""
-    key = id(snapshot)
-    with _lock:
-        entry = _memo.get(key)
-        if entry is None or entry[0]() is not snapshot:
-            entry = (weakref.ref(snapshot, lambda _r, k=key: _forget(k)), {})  # type: ignore[misc]
-            _memo[key] = entry
-        table = entry[1]
-        if name in table:
-            return table[name]  # type: ignore[no-any-return]
-    value = build(snapshot)
-    with _lock:
-        table.setdefault(name, value)
-    return value
-
-
-_per_object_memo: dict[tuple[str, int], tuple[weakref.ref[Any], Any]] = {}
-
-
-def _forget_object(key: tuple[str, int]) -> None:
-    with _lock:
-        _per_object_memo.pop(key, None)
-
-
-def per_object(obj: Any, name: str, build: Callable[[Any], T]) -> T:
-    """``build(obj)`` once per config object (by identity, held weakly): sources keep the same
-    object for an unchanged resource, so a table rebuilt after an unrelated change re-uses the
-    pieces derived from the objects that did not change."""
-    key = (name, id(obj))
-    with _lock:
-        hit = _per_object_memo.get(key)
-        if hit is not None and hit[0]() is obj:
-            return hit[1]  # type: ignore[no-any-return]
-    value = build(obj)
-    ref = weakref.ref(obj, lambda _r, k=key: _forget_object(k))  # type: ignore[misc]
-    with _lock:
-        _per_object_memo[key] = (ref, value)
-    return value
-
-
-_EMPTY: Mapping[tuple[str, str], object] = {}
-_by_kinds_memo: dict[str, list[tuple[tuple[object, ...], Any]]] = {}
-_BY_KINDS_SLOTS = 4
-
-
-def derived_from_kinds(
-    snapshot: ConfigSnapshot, name: str, kinds: tuple[str, ...], build: Callable[[ConfigSnapshot], T]
-) -> T:
-    """``build(snapshot)`` where ``build`` reads only ``kinds``: memoised on the identity of those
-    kinds' mappings, which ``ConfigSnapshot.build(previous=...)`` keeps across unrelated changes
-    (a VirtualService edit does not rebuild pods-by-label)."""
-    maps = tuple(snapshot.by_kind.get(k, _EMPTY) for k in kinds)
-
-    def compute(snap: ConfigSnapshot) -> T:
-        with _lock:
-            slots = _by_kinds_memo.setdefault(name, [])
-            for held, value in slots:
-                if all(a is b for a, b in zip(held, maps, strict=True)):
-                    return value  # type: ignore[no-any-return]
-        value = build(snap)
-        with _lock:
-            slots.insert(0, (maps, value))
-            del slots[_BY_KINDS_SLOTS:]
-        return value
-
-    return derived(snapshot, name, compute)
-
-
 def index_of(snapshot: ConfigSnapshot) -> SnapshotIndex:
     """The three tables, each memoised on its own kind: a VirtualService edit re-indexes only the
     VirtualServices (2,000 pods are not re-indexed for it)."""
-    return derived(snapshot, "index", _compose)
+    return tables.SNAPSHOT_INDEX.of(snapshot)
 
 
+@tables.SNAPSHOT_INDEX.computed_by
 def _compose(snapshot: ConfigSnapshot) -> SnapshotIndex:
-    pods = derived_from_kinds(snapshot, "index-pods", ("Pod",), _pods_table)
-    vs_by_host, vs_wildcard = derived_from_kinds(snapshot, "index-vs", ("VirtualService",), _vs_tables)
-    drs = derived_from_kinds(snapshot, "index-dr", ("DestinationRule",), _dr_table)
+    pods = tables.PODS_BY_LABEL.of(snapshot)
+    vs_by_host, vs_wildcard = tables.VS_BY_HOST.of(snapshot)
+    drs = tables.DESTINATION_RULES.of(snapshot)
     return SnapshotIndex(pods_by_label=pods, vs_by_host=vs_by_host, vs_wildcard=vs_wildcard, destination_rules=drs)
 
 
+@tables.PODS_BY_LABEL.computed_by
 def _pods_table(snapshot: ConfigSnapshot) -> Mapping[tuple[str, str, str], tuple[Pod, ...]]:
     pods: dict[tuple[str, str, str], list[Pod]] = {}
     for pod in snapshot.of_kind(Pod):
@@ -150,6 +68,7 @@ def _pods_table(snapshot: ConfigSnapshot) -> Mapping[tuple[str, str, str], tuple
     return {k: tuple(v) for k, v in pods.items()}
 
 
+@tables.VS_BY_HOST.computed_by
 def _vs_tables(snapshot: ConfigSnapshot) -> tuple[Mapping[tuple[str, str], tuple[VirtualService, ...]],
                                                   Mapping[str, tuple[VirtualService, ...]]]:
     by_host: dict[tuple[str, str], list[VirtualService]] = {}
@@ -157,7 +76,7 @@ def _vs_tables(snapshot: ConfigSnapshot) -> tuple[Mapping[tuple[str, str], tuple
     for vs in snapshot.of_kind(VirtualService):
         if vs.spec.gateways and "mesh" not in vs.spec.gateways:
             continue  # bound to ingress gateways only
-        for h in per_object(vs, "vs-qualified-hosts", _qualified_hosts):
+        for h in tables.VS_QUALIFIED_HOSTS.of(vs):
             if h.startswith("*"):
                 if not wild.get(vs.namespace) or wild[vs.namespace][-1] is not vs:
                     wild.setdefault(vs.namespace, []).append(vs)
@@ -166,10 +85,12 @@ def _vs_tables(snapshot: ConfigSnapshot) -> tuple[Mapping[tuple[str, str], tuple
     return {k: tuple(v) for k, v in by_host.items()}, {k: tuple(v) for k, v in wild.items()}
 
 
+@tables.VS_QUALIFIED_HOSTS.computed_by
 def _qualified_hosts(vs: VirtualService) -> tuple[str, ...]:
     return tuple(sorted({qualify(h, vs.namespace) for h in vs.spec.hosts}))
 
 
+@tables.DESTINATION_RULES.computed_by
 def _dr_table(snapshot: ConfigSnapshot) -> Mapping[tuple[str, str], DestinationRule]:
     drs: dict[tuple[str, str], DestinationRule] = {}
     for dr in sorted(snapshot.of_kind(DestinationRule),
@@ -227,9 +148,10 @@ class WorkloadEntryIndex:
 
 
 def workload_entries_of(snapshot: ConfigSnapshot) -> WorkloadEntryIndex:
-    return derived_from_kinds(snapshot, "workload-entries", ("WorkloadEntry",), _build_workload_entries)
+    return tables.WORKLOAD_ENTRIES.of(snapshot)
 
 
+@tables.WORKLOAD_ENTRIES.computed_by
 def _build_workload_entries(snapshot: ConfigSnapshot) -> WorkloadEntryIndex:
     by_label: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
     for we in snapshot.of_kind(WorkloadEntry):
@@ -242,9 +164,10 @@ def _build_workload_entries(snapshot: ConfigSnapshot) -> WorkloadEntryIndex:
 
 def service_entries_by_host(snapshot: ConfigSnapshot) -> Mapping[str, tuple[ServiceEntry, ...]]:
     """host -> the ServiceEntries declaring it, oldest first (Istio's choice when several do)."""
-    return derived_from_kinds(snapshot, "se-by-host", ("ServiceEntry",), _build_se_hosts)
+    return tables.SERVICE_ENTRIES_BY_HOST.of(snapshot)
 
 
+@tables.SERVICE_ENTRIES_BY_HOST.computed_by
 def _build_se_hosts(snapshot: ConfigSnapshot) -> Mapping[str, tuple[ServiceEntry, ...]]:
     out: dict[str, list[ServiceEntry]] = {}
     for se in sorted(snapshot.of_kind(ServiceEntry),

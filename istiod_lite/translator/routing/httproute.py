@@ -64,8 +64,7 @@ from istiod_lite.model.networking import (
     VirtualServiceSpec,
 )
 from istiod_lite.model.types import Duration
-from istiod_lite.translator.core import names
-from istiod_lite.translator.core.index import derived_from_kinds, per_object
+from istiod_lite.translator.core import names, tables
 from istiod_lite.translator.routing.route_actions import PREFIX_MARKER
 from istiod_lite.translator.routing.routes import GATEWAY_SEMANTICS, ROUTE_SEMANTICS
 
@@ -74,7 +73,7 @@ CORE_GROUPS = ("", "core")
 #: Istio's default retry conditions for a Gateway API ``retry`` stanza.
 RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled")
 #: Kinds that read these tables (for memo keys and the whole-waypoint shortcut).
-ROUTE_KINDS = ("HTTPRoute", "ServiceEntry")
+ROUTE_KINDS = tables.ROUTE_KINDS
 
 
 class ConversionError(Exception):
@@ -308,6 +307,7 @@ def convert(route: gw.HTTPRoute, problems: list[str]) -> tuple[HTTPRoute, ...] |
     return tuple(out)
 
 
+@tables.CONVERTED_ROUTE.computed_by
 def _converted(route: gw.HTTPRoute) -> tuple[tuple[HTTPRoute, ...] | None, tuple[str, ...]]:
     """``convert`` with its problems, once per HTTPRoute object: a change to one route does not
     convert the others again (conversion is a pure function of the route)."""
@@ -379,13 +379,14 @@ def mesh_routes(snapshot: ConfigSnapshot) -> MeshRoutes:
     """The snapshot's mesh routes, built once per distinct (HTTPRoute, ServiceEntry) maps."""
     if not snapshot.by_kind.get("HTTPRoute"):
         return _NO_ROUTES
-    return derived_from_kinds(snapshot, "mesh-routes", ROUTE_KINDS, _build)
+    return tables.MESH_ROUTES.of(snapshot)
 
 
 def _route_order(r: gw.HTTPRoute) -> tuple[str, str, str]:
     return r.metadata.creation_timestamp, r.namespace, r.name
 
 
+@tables.MESH_ROUTES.computed_by
 def _build(snapshot: ConfigSnapshot) -> MeshRoutes:
     problems: list[str] = []
     groups: dict[tuple[str, int | None, str], list[tuple[gw.HTTPRoute, list[HTTPRoute]]]] = {}
@@ -394,7 +395,7 @@ def _build(snapshot: ConfigSnapshot) -> MeshRoutes:
         parents = [(p, h) for p in route.spec.parent_refs for h in parent_hosts(snapshot, route, p)]
         if not parents:
             continue
-        converted, found = per_object(route, "mesh-route", _converted)
+        converted, found = tables.CONVERTED_ROUTE.of(route)
         problems += found
         if converted is None:
             continue

@@ -39,12 +39,12 @@ from istiod_lite.translator.binding import protocols, service_model
 from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef, bindings_of
 from istiod_lite.translator.clusters import endpoints, for_service, outbound, policy_select
-from istiod_lite.translator.core import names
-from istiod_lite.translator.core.index import derived, derived_from_kinds, index_of, per_object, virtual_services_for
+from istiod_lite.translator.core import names, tables
+from istiod_lite.translator.core.index import index_of, virtual_services_for
 from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.translator.listeners import inbound
 from istiod_lite.translator.routing import route_actions, routes, tcp_routes
-from istiod_lite.translator.routing.httproute import ROUTE_KINDS, mesh_routes
+from istiod_lite.translator.routing.httproute import mesh_routes
 from istiod_lite.translator.shape import cluster_templates, hbone
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
@@ -86,7 +86,7 @@ def destination_rule(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo
 def bound_views(bindings: Bindings, ref: WaypointRef) -> list[ServiceInfo]:
     """Every service the waypoint serves - Services and ServiceEntry hosts - in Istio's order
     (creation time, then name); a host already served keeps its first (oldest) definition."""
-    views = [per_object(s, "service-view", service_model.of_service) for s in bindings.services.get(ref, ())]
+    views = [tables.SERVICE_VIEW.of(s) for s in bindings.services.get(ref, ())]
     views += [v for se in bindings.service_entries.get(ref, ()) for v in service_model.of_service_entry(se)]
     if len(views) > 1 and bindings.service_entries.get(ref):
         views.sort(key=service_model.sort_key)
@@ -271,34 +271,40 @@ def _target_objects(
     return tuple(out)
 
 
+tables.SERVICE_VIEW.computed_by(service_model.of_service)
+
+
+@tables.VS_REFERENCED_HOSTS.computed_by
 def _referenced_one(vs: VirtualService) -> tuple[str, ...]:
     return tuple(outbound.referenced_hosts(vs))
 
 
+@tables.ROUTED_HOSTS_BY_NAMESPACE.computed_by
 def _vs_hosts_by_namespace(snapshot: ConfigSnapshot) -> dict[str, tuple[str, ...]]:
     """namespace -> every host its mesh VirtualServices and mesh HTTPRoutes route or mirror to (sorted)."""
     hosts: dict[str, set[str]] = {}
     for vs in snapshot.of_kind(VirtualService):
         if vs.spec.applies_to_mesh:
             # Per object: after one VirtualService edit only that one is walked again.
-            hosts.setdefault(vs.namespace, set()).update(per_object(vs, "vs-referenced-hosts", _referenced_one))
+            hosts.setdefault(vs.namespace, set()).update(tables.VS_REFERENCED_HOSTS.of(vs))
     for converted in mesh_routes(snapshot).vs_by_host.values():
         for vs in converted:
             hosts.setdefault(vs.namespace, set()).update(outbound.referenced_hosts(vs))
     return {ns: tuple(sorted(hs)) for ns, hs in hosts.items()}
 
 
+@tables.ROUTE_TARGETS_BY_NAMESPACE.computed_by
 def _vs_targets_by_namespace(snapshot: ConfigSnapshot) -> dict[str, tuple[object, ...]]:
     """namespace -> the Service or ServiceEntry (or None) of every host its routes name."""
-    hosts = derived_from_kinds(snapshot, "vs-hosts", ("VirtualService", *ROUTE_KINDS), _vs_hosts_by_namespace)
+    hosts = tables.ROUTED_HOSTS_BY_NAMESPACE.of(snapshot)
     return {ns: tuple(outbound.source_for_host(snapshot, h) for h in hs) for ns, hs in hosts.items()}
 
 
+@tables.ROUTE_TARGETS_BY_WAYPOINT.computed_by
 def _route_targets_by_waypoint(snapshot: ConfigSnapshot) -> dict[WaypointRef, tuple[object, ...]]:
     """waypoint -> the route targets of every route that can apply to it (those in its namespace
     or a bound service's), once per snapshot for all waypoints."""
-    targets = derived_from_kinds(snapshot, "vs-targets", ("VirtualService", "Service", *ROUTE_KINDS),
-                                 _vs_targets_by_namespace)
+    targets = tables.ROUTE_TARGETS_BY_NAMESPACE.of(snapshot)
     out: dict[WaypointRef, tuple[object, ...]] = {}
     b = bindings_of(snapshot)
     for ref, services in b.services.items():
@@ -312,9 +318,10 @@ def _route_targets_by_waypoint(snapshot: ConfigSnapshot) -> dict[WaypointRef, tu
 def _route_target_services(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object, ...]:
     """For the whole-waypoint shortcut: route targets may be services this waypoint does not own;
     a change to one of them must not be missed (changes to other Services do not matter)."""
-    return derived(snapshot, "wp-route-targets", _route_targets_by_waypoint).get(ref, ())
+    return tables.ROUTE_TARGETS_BY_WAYPOINT.of(snapshot).get(ref, ())
 
 
+@tables.VS_BY_NAMESPACE.computed_by
 def _mesh_vs_by_namespace(snapshot: ConfigSnapshot) -> dict[str, tuple[VirtualService, ...]]:
     """namespace -> its VirtualServices (all of them: which apply is decided per service later)."""
     out: dict[str, list[VirtualService]] = {}
@@ -323,11 +330,12 @@ def _mesh_vs_by_namespace(snapshot: ConfigSnapshot) -> dict[str, tuple[VirtualSe
     return {ns: tuple(v) for ns, v in out.items()}
 
 
+@tables.RELEVANT_VS_BY_WAYPOINT.computed_by
 def _relevant_vs_by_waypoint(snapshot: ConfigSnapshot) -> dict[WaypointRef, tuple[object, ...]]:
     """waypoint -> every VirtualService that may route one of its services: those in its own
     namespace and in its bound services' namespaces (``applicable_virtual_services`` reads no
     others), once per snapshot for all waypoints."""
-    by_ns = derived_from_kinds(snapshot, "vs-by-namespace", ("VirtualService",), _mesh_vs_by_namespace)
+    by_ns = tables.VS_BY_NAMESPACE.of(snapshot)
     b = bindings_of(snapshot)
     out: dict[WaypointRef, tuple[object, ...]] = {}
     for ref in b.waypoints:
@@ -339,9 +347,10 @@ def _relevant_vs_by_waypoint(snapshot: ConfigSnapshot) -> dict[WaypointRef, tupl
 
 def _relevant_virtual_services(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object, ...]:
     """For the whole-waypoint shortcut: the VirtualServices this waypoint's services can read."""
-    return derived(snapshot, "wp-relevant-vs", _relevant_vs_by_waypoint).get(ref, ())
+    return tables.RELEVANT_VS_BY_WAYPOINT.of(snapshot).get(ref, ())
 
 
+@tables.ATTACHED_ROUTES_BY_WAYPOINT.computed_by
 def _attached_routes_by_waypoint(snapshot: ConfigSnapshot) -> dict[WaypointRef, tuple[object, ...]]:
     """waypoint -> the HTTPRoutes attached to each of its services (a separator after each
     service), once per snapshot: an HTTPRoute change reaches only the waypoints it attaches to."""
@@ -366,7 +375,7 @@ def _attached_routes_by_waypoint(snapshot: ConfigSnapshot) -> dict[WaypointRef, 
 def _attached_routes(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object, ...]:
     """For the whole-waypoint shortcut: the mesh routes its services read (their targets are in
     ``_route_target_services``; the ServiceEntries that ServiceEntry parents name are read whole)."""
-    return derived(snapshot, "wp-mesh-routes", _attached_routes_by_waypoint).get(ref, ())
+    return tables.ATTACHED_ROUTES_BY_WAYPOINT.of(snapshot).get(ref, ())
 
 
 def _service_fragment(
