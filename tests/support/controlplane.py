@@ -16,7 +16,10 @@ import aiohttp
 from istiod_lite.ca.config import CaConfig
 from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 from istiod_lite.controlplane.debounce import DebounceOptions
+from istiod_lite.controlplane.proxykinds import WaypointGenerator
 from istiod_lite.model.meshconfig import MeshConfig
+from istiod_lite.translator.waypoints import WaypointRef
+from istiod_lite.xds.resources import VersionedResource
 from tests.support.ports import free_port
 
 
@@ -46,6 +49,14 @@ async def control_plane(
         yield cp
     finally:
         await cp.stop(grace=0)
+
+
+def waypoint_resources(cp: ControlPlane) -> dict[WaypointRef, dict[str, list[VersionedResource]]]:
+    """Per waypoint in the config: what the control plane serves every proxy of it (all but
+    ``connect_terminate``), by type URL."""
+    gen = cp.proxies.generator("waypoint")
+    assert isinstance(gen, WaypointGenerator)
+    return gen.shared
 
 
 class ServerProcess:

@@ -17,7 +17,8 @@ from istiod_lite.model.base import Resource
 from istiod_lite.model.meshconfig import MeshConfig, MeshConfigInvalid, parse_mesh_config
 from istiod_lite.translator.authz import ClusterRequest, parse_providers, request_cluster
 from istiod_lite.translator.output import EnvoyResources
-from istiod_lite.translator.waypoint import WaypointTranslator, translate_waypoint
+from istiod_lite.translator.waypoint import WaypointTranslator
+from istiod_lite.translator.waypoint_assembly import translate_waypoint
 from istiod_lite.translator.waypoints import WaypointRef
 from tests.unit.test_authz_custom_jwt import MESH as RAW_MESH
 from tests.unit.test_authz_helpers import snapshot

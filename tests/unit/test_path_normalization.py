@@ -21,7 +21,8 @@ from istiod_lite.model.meshconfig import (
 )
 from istiod_lite.translator import hbone, inbound
 from istiod_lite.translator.output import EnvoyResources
-from istiod_lite.translator.waypoint import WaypointTranslator, translate_waypoint
+from istiod_lite.translator.waypoint import WaypointTranslator
+from istiod_lite.translator.waypoint_assembly import translate_waypoint
 from tests.unit.test_translator_memo import MESH, REF
 
 HCM = hcm_pb2.HttpConnectionManager
