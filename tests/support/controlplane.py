@@ -8,15 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from istiod_lite.ca.config import CaConfig
 from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 from istiod_lite.controlplane.debounce import DebounceOptions
-from istiod_lite.controlplane.proxykinds import WaypointGenerator
+from istiod_lite.controlplane.proxykinds import PROXY_KINDS, ProxyKind, WaypointGenerator
 from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.translator.waypoints import WaypointRef
 from istiod_lite.xds.resources import VersionedResource
@@ -26,11 +27,12 @@ from tests.support.ports import free_port
 @contextlib.asynccontextmanager
 async def control_plane(
     config_dir: Path, *, quiet: float = 0.05, ca_dir: Path | None = None, plaintext: bool = True,
-    mesh: MeshConfig | None = None,
+    mesh: MeshConfig | None = None, proxy_kinds: Sequence[ProxyKind[Any]] = PROXY_KINDS,
 ) -> AsyncIterator[ControlPlane]:
     """An in-process control plane on ephemeral loopback ports, polling the directory quickly.
 
     With ``ca_dir``: the CA and the secure (TLS, authenticated) xDS port too (``cp.secure_port``).
+    ``proxy_kinds``: the kinds of proxy it serves (a test may register its own).
     """
     cp = ControlPlane(
         ControlPlaneOptions(
@@ -42,7 +44,8 @@ async def control_plane(
             ca=CaConfig(ca_dir=ca_dir) if ca_dir is not None else None,
             secure_grpc_addr="127.0.0.1:0" if ca_dir is not None else "",
             mesh=mesh,
-        )
+        ),
+        proxy_kinds=proxy_kinds,
     )
     await cp.start()
     try:

@@ -62,6 +62,11 @@ class WaypointGenerator(Generator[WaypointProxies]):
         """Per waypoint in the config: what every proxy of it is served, except ``connect_terminate``."""
         return {ref: wp.shared for ref, wp in self._waypoints.items()}
 
+    @property
+    def held_groups(self) -> frozenset[WaypointProxies]:
+        """Groups this generator keeps state for (their ``connect_terminate``, or a warning given)."""
+        return frozenset(self._terminate) | self._absent
+
     def update(self, config: ConfigSnapshot) -> None:
         refs = {w.ref for w in find_waypoints(config)}
         for ref in sorted(refs):
