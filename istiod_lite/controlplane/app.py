@@ -280,13 +280,13 @@ class ControlPlane:
         self.config = update.snapshot
         self.errors = update.errors  # each error was logged once, by the source that found it
         self.config_metrics.set_errors(self.errors)
-        self._translate_all(update, trigger_time)
+        self._regenerate(update, trigger_time)
         # The config and its translation are long-lived and acyclic: move them out of the cyclic
         # collector's generations so later collections do not rescan them (refcounting frees
         # them when replaced).
         gc.freeze()
 
-    def _translate_all(self, update: SourceUpdate, trigger_time: float | None = None) -> None:
+    def _regenerate(self, update: SourceUpdate, trigger_time: float | None = None) -> None:
         # No changed keys (the first load): every kind reads the new config.
         changed = {key.kind for key in update.changed} if update.changed else None
         self.proxies.update(self.config, changed)

@@ -10,7 +10,7 @@ derived from the message descriptor, so the translator needs nothing from the xD
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar, cast
+from typing import Generic, TypeVar, cast, overload
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -51,7 +51,14 @@ class _Section(Generic[_M]):
         self.name = name
         SECTIONS[self.type_url] = name
 
-    def __get__(self, obj: EnvoyResources, owner: type | None = None) -> dict[str, _M]:
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Section[_M]: ...
+    @overload
+    def __get__(self, obj: EnvoyResources, owner: type | None = None) -> dict[str, _M]: ...
+
+    def __get__(self, obj: EnvoyResources | None, owner: type | None = None) -> dict[str, _M] | _Section[_M]:
+        if obj is None:  # on the class: the declaration itself (``EnvoyResources.listeners.type_url``)
+            return self
         return cast("dict[str, _M]", obj.by_type.setdefault(self.type_url, {}))
 
 

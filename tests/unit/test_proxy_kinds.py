@@ -32,7 +32,7 @@ from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Service
 from istiod_lite.model.meshconfig import load_mesh_config
 from istiod_lite.sources import DirectorySource
-from istiod_lite.translator import WaypointAssembly, find_waypoints
+from istiod_lite.translator import EnvoyResources, WaypointAssembly, find_waypoints, output
 from istiod_lite.translator.waypoints import WaypointRef
 from istiod_lite.xds import typeurls
 from istiod_lite.xds.cache import SnapshotCache
@@ -99,6 +99,13 @@ def test_table_needs_a_catch_all_and_distinct_kinds() -> None:
         ProxyKindTable([WaypointKind()], KindContext())
     with pytest.raises(ValueError, match="already registered"):
         ProxyKindTable([WaypointKind(), *PROXY_KINDS], KindContext())
+
+
+def test_translator_type_urls_are_the_xds_layers() -> None:
+    """The translator derives type URLs from descriptors (it may not import xds): they must agree."""
+    assert output.ENVOY_TYPES == (typeurls.LISTENER, typeurls.ROUTE, typeurls.CLUSTER, typeurls.ENDPOINT,
+                                  typeurls.SECRET)
+    assert list(EnvoyResources().by_type) == list(output.ENVOY_TYPES)
 
 
 # -- the waypoint kind serves exactly what the assembly says ---------------------------------------
