@@ -126,7 +126,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _translate(args: argparse.Namespace) -> int:
     from istiod_lite.cli.render import render
     from istiod_lite.sources import DirectorySource
-    from istiod_lite.translator import WaypointRef, find_waypoints, translate_waypoint
+    from istiod_lite.translator import WaypointAssembly, WaypointRef, find_waypoints
 
     logging.getLogger("istiod_lite.sources").setLevel(logging.ERROR)
     update = DirectorySource(Path(args.config)).load()
@@ -140,7 +140,9 @@ def _translate(args: argparse.Namespace) -> int:
     if ref not in {w.ref for w in find_waypoints(update.snapshot)}:
         print(f"error: no waypoint Gateway {ref} (class istio-waypoint) in {args.config}", file=sys.stderr)
         return 1
-    sys.stdout.write(render(translate_waypoint(update.snapshot, ref, mesh=_mesh(args.mesh_config)), args.output))
+    # The very assembly the server serves each proxy of the waypoint (at the waypoint's address).
+    assembly = WaypointAssembly(ref, mesh=_mesh(args.mesh_config))
+    sys.stdout.write(render(assembly.proxy_resources(update.snapshot), args.output))
     return 0
 
 

@@ -9,7 +9,7 @@ import yaml
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 
-from istiod_lite.translator.core.output import EnvoyResources
+from istiod_lite.translator.core.output import SECTIONS, EnvoyResources
 
 
 def message_json(msg: Message) -> dict[str, Any]:
@@ -20,13 +20,10 @@ def message_json(msg: Message) -> dict[str, Any]:
 
 
 def resources_dict(res: EnvoyResources) -> dict[str, list[dict[str, Any]]]:
-    return {
-        "listeners": [message_json(m) for _, m in sorted(res.listeners.items())],
-        "clusters": [message_json(m) for _, m in sorted(res.clusters.items())],
-        "routes": [message_json(m) for _, m in sorted(res.routes.items())],
-        "endpoints": [message_json(m) for _, m in sorted(res.endpoints.items())],
-        "secrets": [message_json(m) for _, m in sorted(res.secrets.items())],
-    }
+    """Each type's messages by name, under its ``EnvoyResources`` attribute name (``listeners``, ...);
+    a type that is not Envoy's under its type URL."""
+    return {SECTIONS.get(type_url, type_url): [message_json(m) for _, m in sorted(named.items())]
+            for type_url, named in res.by_type.items()}
 
 
 def render(res: EnvoyResources, fmt: str = "json") -> str:

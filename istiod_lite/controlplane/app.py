@@ -12,8 +12,10 @@ import dataclasses
 import gc
 import logging
 import time
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -23,9 +25,9 @@ from istiod_lite.controlplane.affects import affected_types, push_reason
 from istiod_lite.controlplane.config_metrics import ConfigMetrics
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
 from istiod_lite.controlplane.memtrim import MemoryTrimmer
-from istiod_lite.controlplane.nodes import PROXYLESS_GROUP, UNKNOWN_GROUP, group_of, parse_group
+from istiod_lite.controlplane.proxykinds import PROXY_KINDS, KindContext, ProxyKind, ProxyKindTable
 from istiod_lite.controlplane.secure import XdsAuthenticator
-from istiod_lite.controlplane.snapshots import VersionedCache, to_resource_snapshot
+from istiod_lite.controlplane.supervision import TaskSupervisor
 from istiod_lite.controlplane.waypoint_controller import WaypointController, WaypointControllerOptions
 from istiod_lite.model import ConfigError, ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig
@@ -34,16 +36,11 @@ from istiod_lite.sources import DirectorySource, KubeSource, KubeSourceOptions, 
 from istiod_lite.sources.kube import api_client_for
 from istiod_lite.translator import find_waypoints
 from istiod_lite.translator.authz import authz_problems
-from istiod_lite.translator.binding.waypoints import WaypointRef, binding_problems
+from istiod_lite.translator.binding.waypoints import binding_problems
 from istiod_lite.translator.config_warnings import route_warnings
-from istiod_lite.translator.proxyless import translate_proxyless
-from istiod_lite.translator.shape.hbone import CONNECT_TERMINATE
-from istiod_lite.translator.telemetry import AccessLogMemo, telemetry_warnings
-from istiod_lite.translator.waypoint import WaypointTranslator, connect_terminate_for
-from istiod_lite.xds import typeurls
+from istiod_lite.translator.telemetry import telemetry_warnings
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.connection import Connection
-from istiod_lite.xds.resources import EMPTY, ResourceSnapshot, VersionedResource
 from istiod_lite.xds.server import AdsServer, StreamRefused, XdsServerOptions
 
 log = logging.getLogger(__name__)
@@ -105,11 +102,15 @@ def build_source(options: ControlPlaneOptions) -> Source:
 
 
 class ControlPlane:
-    def __init__(self, options: ControlPlaneOptions, *, source: Source | None = None) -> None:
-        """``source`` overrides the one ``options`` describes (tests inject a prepared source)."""
+    def __init__(self, options: ControlPlaneOptions, *, source: Source | None = None,
+                 proxy_kinds: Sequence[ProxyKind[Any]] = PROXY_KINDS) -> None:
+        """``source`` overrides the one ``options`` describes (tests inject a prepared source);
+        ``proxy_kinds`` the kinds of proxy served (``controlplane/proxykinds``)."""
         self.options = options
         self.source: Source = source if source is not None else build_source(options)
-        self.cache = SnapshotCache(group_of, on_demand=self._on_demand)
+        #: Which kind each connecting node is, and each kind's generator of resources.
+        self.proxies = ProxyKindTable(proxy_kinds, KindContext(options.trust_domain, options.mesh))
+        self.cache = SnapshotCache(self.proxies.group_of, on_demand=self._on_demand)
         self.ca: CaRuntime | None = None
         self._xds_auth: XdsAuthenticator | None = None
         self.ads = AdsServer(self.cache, options.xds, stream_check=self._check_stream)
@@ -123,23 +124,15 @@ class ControlPlane:
         self.secure_port = 0
         self._mtls: grpc.aio.Server | None = None
         self.mtls_port = 0
-        #: One per waypoint: re-uses the translation of every service whose inputs did not change.
-        self._translators: dict[WaypointRef, WaypointTranslator] = {}
-        #: Per waypoint: serialised resources, re-used for messages the translator re-used.
-        self._versioned: dict[WaypointRef, VersionedCache] = {}
-        #: Per waypoint: the resources every proxy of it gets; per bind address: connect_terminate.
-        self._shared: dict[WaypointRef, dict[str, list[VersionedResource]]] = {}
-        self._terminate: dict[str, VersionedResource] = {}
         self._binding_problems: set[str] = set()
         self._route_warnings: set[str] = set()
         self._controller: WaypointController | None = None
         self._pending_reconcile: ConfigSnapshot | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
-        #: Per waypoint: access loggers from Telemetry and the mesh config, applied after translation.
-        self._access_logs: dict[WaypointRef, AccessLogMemo] = {}
-        self._monitoring = MonitoringServer(lambda: self.cache.ready, self.ads.status, self.ads.metrics.registry)
+        #: Source, debouncer, memory trimmer, reconcile: a task that dies fails ``/ready`` at once.
+        self._supervisor = TaskSupervisor()
+        self._monitoring = MonitoringServer(lambda: self.ready, self.ads.status, self.ads.metrics.registry)
         self.config_metrics = ConfigMetrics(self.ads.metrics.registry)
-        self._tasks: list[asyncio.Task[None]] = []
         self.grpc_port = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -200,11 +193,9 @@ class ControlPlane:
         await self._monitoring.start(self.options.monitoring_addr)
         self._start_controller()
         self._reconcile_soon(self.config)
-        self._tasks = [
-            asyncio.create_task(self.source.run(self._on_source_update), name="source"),
-            asyncio.create_task(self._debouncer.run(), name="debounce"),
-            asyncio.create_task(MemoryTrimmer(lambda: self.ads.metrics.bytes_sent).run(), name="memtrim"),
-        ]
+        self._supervisor.spawn(self.source.run(self._on_source_update), "source")
+        self._supervisor.spawn(self._debouncer.run(), "debounce")
+        self._supervisor.spawn(MemoryTrimmer(lambda: self.ads.metrics.bytes_sent).run(), "memtrim")
         log.info(
             "serving plaintext xDS on %s, secure xDS + CA on %s, monitoring on %s; %d resources, %d errors, "
             "waypoints: %s",
@@ -219,11 +210,7 @@ class ControlPlane:
         if self._reconcile_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reconcile_task, 10)
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await self._supervisor.stop()
         for server in (self._grpc, self._secure, self._mtls):
             if server is not None:
                 await server.stop(grace)
@@ -238,7 +225,7 @@ class ControlPlane:
             return
         self._pending_reconcile = snapshot
         if self._reconcile_task is None or self._reconcile_task.done():
-            self._reconcile_task = asyncio.get_running_loop().create_task(self._reconcile_loop())
+            self._reconcile_task = self._supervisor.spawn(self._reconcile_loop(), "reconcile", long_running=False)
 
     async def _reconcile_loop(self) -> None:
         assert self._controller is not None
@@ -260,6 +247,11 @@ class ControlPlane:
         if self._xds_auth is None:
             raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, "authentication failure")
         await self._xds_auth(conn, context)
+
+    @property
+    def ready(self) -> bool:
+        """Serving a complete config, and every background task it needs is alive (``/ready``)."""
+        return self.cache.ready and self._supervisor.healthy
 
     @property
     def monitoring_port(self) -> int:
@@ -288,30 +280,16 @@ class ControlPlane:
         self.config = update.snapshot
         self.errors = update.errors  # each error was logged once, by the source that found it
         self.config_metrics.set_errors(self.errors)
-        self._translate_all(trigger_time)
+        self._regenerate(update, trigger_time)
         # The config and its translation are long-lived and acyclic: move them out of the cyclic
         # collector's generations so later collections do not rescan them (refcounting frees
         # them when replaced).
         gc.freeze()
 
-    def _translate_all(self, trigger_time: float | None = None) -> None:
-        waypoints = {w.ref for w in find_waypoints(self.config)}
-        shared: dict[WaypointRef, dict[str, list[VersionedResource]]] = {}
-        for ref in sorted(waypoints):
-            translator = self._translators.get(ref)
-            if translator is None:
-                translator = self._translators[ref] = WaypointTranslator(
-                    ref, self.options.trust_domain,
-                    self.options.mesh.path_normalization if self.options.mesh is not None else None,
-                    self.options.mesh)
-                self._versioned[ref] = VersionedCache()
-            logs = self._access_logs.setdefault(ref, AccessLogMemo(ref))
-            shared[ref] = self._versioned[ref].versioned(
-                logs.apply(translator.translate(self.config), self.config, self.options.mesh))
-        for ref in set(self._translators) - waypoints:
-            del self._translators[ref]
-            del self._versioned[ref]
-        self._shared = shared
+    def _regenerate(self, update: SourceUpdate, trigger_time: float | None = None) -> None:
+        # No changed keys (the first load): every kind reads the new config.
+        changed = {key.kind for key in update.changed} if update.changed else None
+        self.proxies.update(self.config, changed)
         problems = set(binding_problems(self.config))
         for p in sorted(problems - self._binding_problems):
             log.warning("binding: %s", p)
@@ -324,48 +302,10 @@ class ControlPlane:
         for w in sorted(warnings - self._route_warnings):
             log.warning("ignored: %s", w)
         self._route_warnings = warnings
-        self.cache.set_snapshot(UNKNOWN_GROUP, EMPTY)
-        if PROXYLESS_GROUP in self.cache.watched_groups():
-            self.cache.set_snapshot(PROXYLESS_GROUP, to_resource_snapshot(translate_proxyless(self.config)),
-                                    trigger_time)
-        else:
-            # Translated when a proxyless client connects (``_on_demand``): most meshes have none,
-            # and translating every Service for nobody cost ~100 ms per push at 1000 services.
-            self.cache.clear_snapshot(PROXYLESS_GROUP)
-        for group in self.cache.groups():
-            if parse_group(group) is not None:
-                self._set_waypoint_group(group, trigger_time)
+        self.proxies.publish(self.cache, trigger_time)
 
-    def _set_waypoint_group(self, group: str, trigger_time: float | None = None) -> None:
-        """Shared resources of the group's waypoint plus its proxy's ``connect_terminate``."""
-        parsed = parse_group(group)
-        assert parsed is not None
-        ns, name, bind_ip = parsed
-        shared = self._shared.get(WaypointRef(ns, name))
-        if shared is None:
-            # A connected waypoint whose Gateway is not (or no longer) in the config: an empty
-            # but valid config, never a crash.
-            self.cache.set_snapshot(group, EMPTY)
-            return
-        terminate = self._terminate.get(bind_ip)
-        if terminate is None:
-            terminate = self._terminate[bind_ip] = VersionedResource.from_message(
-                CONNECT_TERMINATE, typeurls.LISTENER, connect_terminate_for(bind_ip, self.options.trust_domain))
-        by_type = {t: ([*items, terminate] if t == typeurls.LISTENER else items) for t, items in shared.items()}
-        self.cache.set_snapshot(group, ResourceSnapshot.build(by_type), trigger_time)
-
-    def _on_demand(self, group: str) -> None:
-        if group == PROXYLESS_GROUP:
-            self.cache.set_snapshot(group, to_resource_snapshot(translate_proxyless(self.config)))
-            return
-        parsed = parse_group(group)
-        if parsed is None:
-            self.cache.set_snapshot(group, EMPTY)
-            return
-        if WaypointRef(parsed[0], parsed[1]) not in self._shared:
-            log.warning("proxy connected for waypoint %s/%s which is not in the config; serving it nothing",
-                        parsed[0], parsed[1])
-        self._set_waypoint_group(group)
+    def _on_demand(self, group: Hashable) -> None:
+        self.proxies.on_demand(self.cache, group)
 
 
 def _merge_updates(old: SourceUpdate, new: SourceUpdate) -> SourceUpdate:

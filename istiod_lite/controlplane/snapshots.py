@@ -8,27 +8,14 @@ that were rebuilt are serialised again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from google.protobuf.message import Message
 
 from istiod_lite.translator.core.output import EnvoyResources
-from istiod_lite.xds import typeurls
 from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource
 
 
-def _by_type(res: EnvoyResources) -> dict[str, Mapping[str, Message]]:
-    return {
-        typeurls.LISTENER: res.listeners,
-        typeurls.ROUTE: res.routes,
-        typeurls.CLUSTER: res.clusters,
-        typeurls.ENDPOINT: res.endpoints,
-        typeurls.SECRET: res.secrets,
-    }
-
-
 def to_resource_snapshot(res: EnvoyResources) -> ResourceSnapshot:
-    return ResourceSnapshot.from_messages(_by_type(res))
+    return ResourceSnapshot.from_messages(res.by_type)
 
 
 class VersionedCache:
@@ -42,7 +29,7 @@ class VersionedCache:
         entries: dict[tuple[str, str, int], tuple[Message, VersionedResource]] = {}
         out: dict[str, list[VersionedResource]] = {}
         serialised = 0
-        for type_url, named in _by_type(res).items():
+        for type_url, named in res.by_type.items():
             items = out[type_url] = []
             for name, msg in named.items():
                 key = (type_url, name, id(msg))

@@ -3,14 +3,16 @@
 Proxies are grouped: every proxy whose node maps to the same *group key* gets the same resources
 (all replicas of one waypoint share one translation).  Whoever computes config (the control-plane
 wiring) calls ``set_snapshot(group, snapshot)``; streams watch their group and are woken when it
-changes.  The cache knows nothing of Istio: groups are opaque strings and resources opaque bytes.
+changes.  The cache knows nothing of Istio: a group key is any hashable value the owner chooses
+(compared, never parsed; ``str()`` of it names the group in logs and debug output) and resources
+are opaque bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
@@ -20,7 +22,7 @@ from istiod_lite.xds.resources import ResourceSnapshot
 log = logging.getLogger(__name__)
 
 #: Maps a connecting node to its group key.  Must be cheap and must not raise.
-NodeGrouper = Callable[[base_pb2.Node], str]
+NodeGrouper = Callable[[base_pb2.Node], Hashable]
 
 
 @dataclass
@@ -42,11 +44,11 @@ class SnapshotCache:
     def __init__(
         self,
         grouper: NodeGrouper,
-        on_demand: Callable[[str], None] | None = None,
+        on_demand: Callable[[Hashable], None] | None = None,
     ) -> None:
         self._grouper = grouper
         self._on_demand = on_demand
-        self._groups: dict[str, _Group] = {}
+        self._groups: dict[Hashable, _Group] = {}
         self._ready = asyncio.Event()
 
     # -- readiness ---------------------------------------------------------------------------
@@ -59,7 +61,7 @@ class SnapshotCache:
         self._ready.set()
 
     # -- owner side --------------------------------------------------------------------------
-    def set_snapshot(self, group: str, snapshot: ResourceSnapshot, trigger_time: float | None = None) -> bool:
+    def set_snapshot(self, group: Hashable, snapshot: ResourceSnapshot, trigger_time: float | None = None) -> bool:
         """Store ``snapshot`` for ``group``; wake its streams.  Returns False if unchanged.
 
         ``trigger_time``: when the change that led here happened (``time.monotonic()``), so
@@ -74,7 +76,7 @@ class SnapshotCache:
             ev.set()
         return True
 
-    def clear_snapshot(self, group: str) -> None:
+    def clear_snapshot(self, group: Hashable) -> None:
         g = self._groups.get(group)
         if g is None:
             return
@@ -83,25 +85,26 @@ class SnapshotCache:
         else:
             g.snapshot = None
 
-    def groups(self) -> list[str]:
-        return sorted(self._groups)
+    def groups(self) -> list[Hashable]:
+        """Every group with a snapshot or a watcher, in the order they first appeared."""
+        return list(self._groups)
 
-    def watched_groups(self) -> list[str]:
-        return sorted(k for k, g in self._groups.items() if g.watchers)
+    def watched_groups(self) -> list[Hashable]:
+        return [k for k, g in self._groups.items() if g.watchers]
 
     # -- stream side -------------------------------------------------------------------------
-    def group_of(self, node: base_pb2.Node) -> str:
+    def group_of(self, node: base_pb2.Node) -> Hashable:
         return self._grouper(node)
 
-    def get(self, group: str) -> ResourceSnapshot | None:
+    def get(self, group: Hashable) -> ResourceSnapshot | None:
         g = self._groups.get(group)
         return g.snapshot if g else None
 
-    def trigger_time(self, group: str) -> float | None:
+    def trigger_time(self, group: Hashable) -> float | None:
         g = self._groups.get(group)
         return g.trigger_time if g else None
 
-    def watch(self, group: str, event: asyncio.Event) -> None:
+    def watch(self, group: Hashable, event: asyncio.Event) -> None:
         g = self._groups.setdefault(group, _Group())
         g.watchers.add(event)
         if g.snapshot is None and self._on_demand is not None:
@@ -110,7 +113,7 @@ class SnapshotCache:
             except Exception:  # the owner's bug must not kill the stream
                 log.exception("on-demand computation for group %s failed", group)
 
-    def unwatch(self, group: str, event: asyncio.Event) -> None:
+    def unwatch(self, group: Hashable, event: asyncio.Event) -> None:
         g = self._groups.get(group)
         if g is not None:
             g.watchers.discard(event)

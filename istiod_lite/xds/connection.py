@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import os
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
@@ -35,7 +36,8 @@ class Connection:
     variant: str  # "sotw" | "delta"
     peer: str
     node: base_pb2.Node
-    group: str
+    #: The cache's group key (opaque to the xDS layer; ``str()`` names it in status output).
+    group: Hashable
     connected_at: float = field(default_factory=time.time)
     subs: dict[str, Subscription] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -59,7 +61,7 @@ class Connection:
             "connection_id": self.conn_id,
             "node_id": self.node.id,
             "cluster": self.node.cluster,
-            "group": self.group,
+            "group": str(self.group),
             "variant": self.variant,
             "peer": self.peer,
             "connected_at": self.connected_at,

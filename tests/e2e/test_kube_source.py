@@ -1,6 +1,6 @@
 """Config from a (fake) cluster reaches a waypoint's translated config, byte-identical to the YAML route.
 
-The first tests check the control plane's own per-waypoint resources (``cp._shared``), which is
+The first tests check the control plane's own per-waypoint resources (``waypoint_resources(cp)``), which is
 what every waypoint proxy of the group is served; the last runs a real waypoint (agent + Envoy,
 certificate from a CA) against a control plane watching the fake cluster, while an invalid
 VirtualService is rejected with a status condition and then fixed.
@@ -23,6 +23,7 @@ from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 from istiod_lite.controlplane.debounce import DebounceOptions
 from istiod_lite.sources import KubeSourceOptions
 from istiod_lite.translator.binding.waypoints import WaypointRef
+from tests.support.controlplane import waypoint_resources
 from tests.support.fakekube import FakeKubeApiServer
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +52,7 @@ async def control_plane(config_dir: Path | None, kube: KubeSourceOptions | None)
 
 
 def versions(cp: ControlPlane) -> dict[str, dict[str, str]]:
-    return {t: {r.name: r.version for r in items} for t, items in cp._shared[WAYPOINT].items()}
+    return {t: {r.name: r.version for r in items} for t, items in waypoint_resources(cp)[WAYPOINT].items()}
 
 
 async def test_cluster_config_reaches_the_waypoint(tmp_path: Path) -> None:
@@ -78,7 +79,7 @@ async def test_cluster_config_reaches_the_waypoint(tmp_path: Path) -> None:
                 await asyncio.sleep(0.02)
             kube.delete("gateway.networking.k8s.io/v1", "Gateway", "bookinfo", "waypoint")
             deadline = time.monotonic() + 5
-            while WAYPOINT in cp._shared:
+            while WAYPOINT in waypoint_resources(cp):
                 assert time.monotonic() < deadline, "deleting the Gateway never removed the waypoint"
                 await asyncio.sleep(0.02)
 

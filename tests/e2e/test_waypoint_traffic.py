@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from tests.support.backends import BackendsFactory
+from tests.support.controlplane import waypoint_resources
 from tests.support.mesh import HBONE_PORT, ambient_mesh, exclusive_ip
 from tests.support.meshyaml import SHOP_WAYPOINT
 from tests.support.ports import alloc_vip
@@ -156,7 +157,7 @@ async def test_plain_and_ambient_pods_refusals_and_unbinding(tmp_path: Path, bac
             return not await serving(addr)
 
         await wait_until(gone, timeout=15, message="service removed from the waypoint")
-        assert "reviews" not in str(mesh.cp._shared)
+        assert "reviews" not in str(waypoint_resources(mesh.cp))
 
 
 async def test_service_of_another_waypoint_is_not_routed(tmp_path: Path, backends_factory: BackendsFactory) -> None:

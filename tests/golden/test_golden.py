@@ -20,7 +20,7 @@ import pytest
 from istiod_lite.cli.render import render
 from istiod_lite.model.meshconfig import MeshConfig, load_mesh_config
 from istiod_lite.sources import DirectorySource
-from istiod_lite.translator import find_waypoints, translate_waypoint
+from istiod_lite.translator import WaypointAssembly, find_waypoints
 from istiod_lite.translator.authz import authz_problems
 from istiod_lite.translator.binding.waypoints import binding_problems
 from istiod_lite.translator.config_warnings import route_warnings
@@ -37,8 +37,10 @@ def _translate_case(case: str) -> dict[str, str]:
     assert not update.errors, [str(e) for e in update.errors]
     mesh_file = HERE / case / "mesh.yaml"
     mesh: MeshConfig | None = load_mesh_config(mesh_file) if mesh_file.exists() else None
+    # What the server serves a proxy of the waypoint at the waypoint's own address: same object,
+    # same methods (``WaypointAssembly``), so the expected files are what Envoy receives.
     out = {f"{w.ref.namespace}.{w.ref.name}.json": render(
-        translate_waypoint(update.snapshot, w.ref, mesh=mesh))
+        WaypointAssembly(w.ref, mesh=mesh).proxy_resources(update.snapshot))
            for w in find_waypoints(update.snapshot)}
     problems = binding_problems(update.snapshot)
     if problems:  # bindings that do not fit are reported (validate, server log), never used

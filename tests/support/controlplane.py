@@ -8,26 +8,31 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from istiod_lite.ca.config import CaConfig
 from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 from istiod_lite.controlplane.debounce import DebounceOptions
+from istiod_lite.controlplane.proxykinds import PROXY_KINDS, ProxyKind, WaypointGenerator
 from istiod_lite.model.meshconfig import MeshConfig
+from istiod_lite.translator.binding.waypoints import WaypointRef
+from istiod_lite.xds.resources import VersionedResource
 from tests.support.ports import free_port
 
 
 @contextlib.asynccontextmanager
 async def control_plane(
     config_dir: Path, *, quiet: float = 0.05, ca_dir: Path | None = None, plaintext: bool = True,
-    mesh: MeshConfig | None = None,
+    mesh: MeshConfig | None = None, proxy_kinds: Sequence[ProxyKind[Any]] = PROXY_KINDS,
 ) -> AsyncIterator[ControlPlane]:
     """An in-process control plane on ephemeral loopback ports, polling the directory quickly.
 
     With ``ca_dir``: the CA and the secure (TLS, authenticated) xDS port too (``cp.secure_port``).
+    ``proxy_kinds``: the kinds of proxy it serves (a test may register its own).
     """
     cp = ControlPlane(
         ControlPlaneOptions(
@@ -39,13 +44,22 @@ async def control_plane(
             ca=CaConfig(ca_dir=ca_dir) if ca_dir is not None else None,
             secure_grpc_addr="127.0.0.1:0" if ca_dir is not None else "",
             mesh=mesh,
-        )
+        ),
+        proxy_kinds=proxy_kinds,
     )
     await cp.start()
     try:
         yield cp
     finally:
         await cp.stop(grace=0)
+
+
+def waypoint_resources(cp: ControlPlane) -> dict[WaypointRef, dict[str, list[VersionedResource]]]:
+    """Per waypoint in the config: what the control plane serves every proxy of it (all but
+    ``connect_terminate``), by type URL."""
+    gen = cp.proxies.generator("waypoint")
+    assert isinstance(gen, WaypointGenerator)
+    return gen.shared
 
 
 class ServerProcess:

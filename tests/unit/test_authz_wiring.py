@@ -18,7 +18,8 @@ from istiod_lite.model.meshconfig import MeshConfig, MeshConfigInvalid, parse_me
 from istiod_lite.translator.authz import ClusterRequest, parse_providers, request_cluster
 from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.core.output import EnvoyResources
-from istiod_lite.translator.waypoint import WaypointTranslator, translate_waypoint
+from istiod_lite.translator.waypoint import WaypointTranslator
+from istiod_lite.translator.waypoint.assembly import translate_waypoint
 from tests.unit.test_authz_custom_jwt import MESH as RAW_MESH
 from tests.unit.test_authz_helpers import snapshot
 

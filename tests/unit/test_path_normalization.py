@@ -22,7 +22,8 @@ from istiod_lite.model.meshconfig import (
 from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.translator.listeners import inbound
 from istiod_lite.translator.shape import hbone
-from istiod_lite.translator.waypoint import WaypointTranslator, translate_waypoint
+from istiod_lite.translator.waypoint import WaypointTranslator
+from istiod_lite.translator.waypoint.assembly import translate_waypoint
 from tests.unit.test_translator_memo import MESH, REF
 
 HCM = hcm_pb2.HttpConnectionManager

@@ -1,41 +1,92 @@
-"""The translator's product: Envoy resources for one waypoint, by kind and name.
+"""The translator's product: protobuf resources by type URL and name.
 
-Plain protobuf messages, no versions or bytes: serialising and versioning is the xDS layer's job.
+Plain messages, no versions or bytes: serialising and versioning is the control plane's and the
+xDS layer's job.  Resources are keyed by the type URL a proxy subscribes with, so whoever versions
+or renders them loops over one map instead of repeating a field per kind, and a kind of proxy whose
+types are not Envoy's (ztunnel's ``istio.workload.Address``) fits the same container.  The URL is
+derived from the message descriptor, so the translator needs nothing from the xDS layer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar, cast, overload
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from google.protobuf.message import Message
+
+_M = TypeVar("_M", bound=Message)
+
+
+def type_url_of(message_type: type[Message]) -> str:
+    """The xDS type URL of a message type: ``type.googleapis.com/`` + its full protobuf name."""
+    return "type.googleapis.com/" + str(message_type.DESCRIPTOR.full_name)
+
+
+LISTENER = type_url_of(listener_pb2.Listener)
+ROUTE = type_url_of(route_pb2.RouteConfiguration)
+CLUSTER = type_url_of(cluster_pb2.Cluster)
+ENDPOINT = type_url_of(endpoint_pb2.ClusterLoadAssignment)
+SECRET = type_url_of(secret_pb2.Secret)
+#: What a waypoint (and a proxyless gRPC client) is served, in this order.
+ENVOY_TYPES: tuple[str, ...] = (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET)
+
+
+class _Section(Generic[_M]):
+    """``res.listeners`` etc.: a typed view of the one type URL's map in ``EnvoyResources.by_type``.
+
+    Declared once per Envoy type below; ``SECTIONS`` (type URL -> attribute name) is collected from
+    these declarations, so the rendered JSON's keys are not repeated anywhere either.
+    """
+
+    def __init__(self, message_type: type[_M]) -> None:
+        self.type_url = type_url_of(message_type)
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        SECTIONS[self.type_url] = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Section[_M]: ...
+    @overload
+    def __get__(self, obj: EnvoyResources, owner: type | None = None) -> dict[str, _M]: ...
+
+    def __get__(self, obj: EnvoyResources | None, owner: type | None = None) -> dict[str, _M] | _Section[_M]:
+        if obj is None:  # on the class: the declaration itself (``EnvoyResources.listeners.type_url``)
+            return self
+        return cast("dict[str, _M]", obj.by_type.setdefault(self.type_url, {}))
+
+
+#: Envoy's type URLs -> the ``EnvoyResources`` attribute (and rendered JSON key) for them.
+SECTIONS: dict[str, str] = {}
 
 
 @dataclass
 class EnvoyResources:
-    listeners: dict[str, listener_pb2.Listener] = field(default_factory=dict)
-    routes: dict[str, route_pb2.RouteConfiguration] = field(default_factory=dict)
-    clusters: dict[str, cluster_pb2.Cluster] = field(default_factory=dict)
-    endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = field(default_factory=dict)
-    secrets: dict[str, secret_pb2.Secret] = field(default_factory=dict)
+    """type URL -> name -> message.  Envoy's five types are always present (maybe empty), in this order."""
+
+    by_type: dict[str, dict[str, Message]] = field(default_factory=lambda: {t: {} for t in ENVOY_TYPES})
+
+    listeners = _Section(listener_pb2.Listener)
+    routes = _Section(route_pb2.RouteConfiguration)
+    clusters = _Section(cluster_pb2.Cluster)
+    endpoints = _Section(endpoint_pb2.ClusterLoadAssignment)
+    secrets = _Section(secret_pb2.Secret)
 
     def merge(self, other: EnvoyResources) -> None:
         """Add ``other``'s resources (later fragments win on a name clash)."""
-        self.listeners.update(other.listeners)
-        self.routes.update(other.routes)
-        self.clusters.update(other.clusters)
-        self.endpoints.update(other.endpoints)
-        self.secrets.update(other.secrets)
+        for type_url, named in other.by_type.items():
+            self.by_type.setdefault(type_url, {}).update(named)
+
+    def copy(self) -> EnvoyResources:
+        """A new container with the same message objects (the maps are copied, not the messages)."""
+        return EnvoyResources({t: dict(named) for t, named in self.by_type.items()})
 
     def sorted(self) -> EnvoyResources:
-        """Same resources, each kind ordered by name (deterministic output)."""
-        return EnvoyResources(
-            listeners=dict(sorted(self.listeners.items())),
-            routes=dict(sorted(self.routes.items())),
-            clusters=dict(sorted(self.clusters.items())),
-            endpoints=dict(sorted(self.endpoints.items())),
-            secrets=dict(sorted(self.secrets.items())),
-        )
+        """Same resources, each type ordered by name (deterministic output)."""
+        return EnvoyResources({t: dict(sorted(named.items())) for t, named in self.by_type.items()})

@@ -349,8 +349,7 @@ def _with(resources: EnvoyResources, listener: listener_pb2.Listener | None, col
           ) -> EnvoyResources:
     if listener is None:
         return resources
-    out = EnvoyResources(dict(resources.listeners), dict(resources.routes), dict(resources.clusters),
-                         dict(resources.endpoints), dict(resources.secrets))
+    out = resources.copy()
     out.listeners[hbone.MAIN_INTERNAL] = listener
     if collectors is not None:
         for name, c in collectors.clusters.items():

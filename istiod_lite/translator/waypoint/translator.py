@@ -6,7 +6,7 @@ on the input (stable ordering everywhere), so identical input gives byte-identic
 content-hash versions move only on real change.
 
 Shape: listeners ``connect_terminate`` (per proxy: it binds the proxy's own address, see
-``connect_terminate_for``), ``main_internal`` and ``connect_originate``; clusters
+``waypoint_assembly``), ``main_internal`` and ``connect_originate``; clusters
 ``main_internal``, ``encap``, ``connect_originate`` and ``inbound-vip|P|http[/subset]|H`` /
 ``inbound-vip|P|tcp[/subset]|H`` per bound service port; endpoints of those clusters (ambient
 workloads through ``connect_originate``, others as plain addresses).
@@ -33,7 +33,6 @@ from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig, PathNormalizationType, ProxyPathNormalization
 from istiod_lite.model.networking import DestinationRule, VirtualService
 from istiod_lite.model.registry import kinds_read_whole_by_waypoints
-from istiod_lite.translator import telemetry
 from istiod_lite.translator.authz import AuthzFilters, authz_for_direct, authz_for_service, request_cluster
 from istiod_lite.translator.binding import protocols, service_model
 from istiod_lite.translator.binding.service_model import ServiceInfo
@@ -127,7 +126,8 @@ class WaypointTranslator:
 
     Pure in the sense that matters: the output is a function of (snapshot, ref, trust domain,
     path normalization) only; the memo just skips recomputing fragments that would come out
-    identical.  One instance per waypoint.  ``connect_terminate`` is not included (see ``connect_terminate_for``).
+    identical.  One instance per waypoint.  ``connect_terminate`` and telemetry are not included: see
+    ``waypoint_assembly.WaypointAssembly``, which adds them.
     """
 
     def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN,
@@ -450,30 +450,3 @@ def _authz_resources(snapshot: ConfigSnapshot, waypoint_namespace: str, az: Auth
         if req.name not in out.clusters:  # not a service, not one of its ports, or a DNS one without endpoints
             out.clusters[req.name] = request_cluster(req)
     return out
-
-
-def connect_terminate_for(bind_ip: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> listener_pb2.Listener:
-    """The per-proxy listener: HBONE termination on the proxy's own address."""
-    return hbone.connect_terminate(bind_ip, trust_domain)
-
-
-def translate_waypoint(
-    snapshot: ConfigSnapshot, ref: WaypointRef, bind_ip: str | None = None,
-    trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
-    path_normalization: ProxyPathNormalization | None = None,
-) -> EnvoyResources:
-    """One-shot translation of everything one waypoint proxy receives (offline commands, tests).
-
-    ``bind_ip``: where ``connect_terminate`` listens; default the waypoint's address, else 0.0.0.0.
-    The server keeps a ``WaypointTranslator`` per waypoint and adds ``connect_terminate`` per proxy.
-    ``path_normalization``: default ``mesh.pathNormalization`` when ``mesh`` is given, else BASE.
-    """
-    if path_normalization is None and mesh is not None:
-        path_normalization = mesh.path_normalization
-    translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh)
-    out = telemetry.apply_access_logs(translator.translate(snapshot), snapshot, mesh, ref)
-    if bind_ip is None:
-        wp = bindings_of(snapshot).waypoints.get(ref)
-        bind_ip = wp.addresses[0] if wp is not None and wp.addresses else "0.0.0.0"
-    out.listeners[hbone.CONNECT_TERMINATE] = connect_terminate_for(bind_ip, trust_domain)
-    return out.sorted()

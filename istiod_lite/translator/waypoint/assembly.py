@@ -1,0 +1,79 @@
+"""Everything the proxies of one waypoint receive, assembled one way for every caller.
+
+translate (``WaypointTranslator``, memoised per service) -> telemetry (``AccessLogMemo``: access logs,
+tracing and its collectors) -> ``connect_terminate`` for the proxy's own address.  The server, the
+``translate`` command and the golden tests all go through ``WaypointAssembly``, so a golden file
+states exactly what a waypoint proxy is served.
+
+The server versions the two parts separately - ``shared`` once per config change for every
+proxy of the waypoint, ``connect_terminate`` once per proxy address - because replicas differ only
+in that one listener; ``proxy_resources`` is those very two parts joined, for one proxy.  Pure:
+the memos inside only skip recomputing what would come out identical.
+"""
+
+from __future__ import annotations
+
+from envoy.config.listener.v3 import listener_pb2
+
+from istiod_lite.model import ConfigSnapshot
+from istiod_lite.model.meshconfig import MeshConfig, ProxyPathNormalization
+from istiod_lite.translator.binding.waypoints import WaypointRef, bindings_of
+from istiod_lite.translator.core.output import EnvoyResources
+from istiod_lite.translator.shape import hbone
+from istiod_lite.translator.telemetry import AccessLogMemo
+from istiod_lite.translator.waypoint.translator import DEFAULT_TRUST_DOMAIN, WaypointTranslator
+
+#: Where ``connect_terminate`` listens when neither the proxy nor the Gateway names an address.
+ANY_ADDRESS = "0.0.0.0"
+
+
+class WaypointAssembly:
+    """One waypoint's resources: the shared set every replica gets, plus its per-proxy listener.
+
+    One instance per waypoint, kept across config changes (the memos are what make a change cost
+    only the services it touches).  ``mesh`` is fixed for the instance; ``path_normalization``
+    defaults to ``mesh.pathNormalization`` when ``mesh`` is given, else BASE.
+    """
+
+    def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
+                 path_normalization: ProxyPathNormalization | None = None) -> None:
+        if path_normalization is None and mesh is not None:
+            path_normalization = mesh.path_normalization
+        self.ref = ref
+        self.trust_domain = trust_domain
+        self.mesh = mesh
+        self.translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh)
+        self._telemetry = AccessLogMemo(ref)
+
+    def shared(self, snapshot: ConfigSnapshot) -> EnvoyResources:
+        """Everything but ``connect_terminate``: the same for every proxy of the waypoint.
+
+        Returns the previous object itself when nothing it reads changed (callers must not mutate it).
+        """
+        return self._telemetry.apply(self.translator.translate(snapshot), snapshot, self.mesh)
+
+    def connect_terminate(self, address: str) -> listener_pb2.Listener:
+        """The per-proxy listener: HBONE termination on the proxy's own address (so several
+        waypoints can share one host)."""
+        return hbone.connect_terminate(address, self.trust_domain)
+
+    def default_address(self, snapshot: ConfigSnapshot) -> str:
+        """The waypoint's first address (Gateway status, else spec), else ``0.0.0.0``."""
+        wp = bindings_of(snapshot).waypoints.get(self.ref)
+        return wp.addresses[0] if wp is not None and wp.addresses else ANY_ADDRESS
+
+    def proxy_resources(self, snapshot: ConfigSnapshot, address: str | None = None) -> EnvoyResources:
+        """Everything one proxy at ``address`` (default: ``default_address``) receives, sorted."""
+        out = self.shared(snapshot).copy()
+        out.listeners[hbone.CONNECT_TERMINATE] = self.connect_terminate(
+            address if address is not None else self.default_address(snapshot))
+        return out.sorted()
+
+
+def translate_waypoint(
+    snapshot: ConfigSnapshot, ref: WaypointRef, bind_ip: str | None = None,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
+    path_normalization: ProxyPathNormalization | None = None,
+) -> EnvoyResources:
+    """One-shot ``WaypointAssembly(...).proxy_resources(snapshot, bind_ip)`` (tests, offline use)."""
+    return WaypointAssembly(ref, trust_domain, mesh, path_normalization).proxy_resources(snapshot, bind_ip)
