@@ -101,23 +101,17 @@ def _validate(args: argparse.Namespace) -> int:
     from istiod_lite.sources import DirectorySource
 
     logging.getLogger("istiod_lite.sources").setLevel(logging.ERROR)  # errors are printed below, once
-    from istiod_lite.translator.authz import authz_problems
-    from istiod_lite.translator.binding.waypoints import binding_problems
-    from istiod_lite.translator.config_warnings import route_warnings
-    from istiod_lite.translator.telemetry import telemetry_warnings
+    from istiod_lite.translator.diagnostics import diagnose
 
     update = DirectorySource(Path(args.config)).load()
     for err in update.errors:
         print(err)
-    for problem in binding_problems(update.snapshot):
-        print(f"warning: binding: {problem}", file=sys.stderr)
-    for ignored in route_warnings(update.snapshot):
-        print(f"warning: ignored: {ignored}", file=sys.stderr)
     mesh = _mesh(getattr(args, "mesh_config", None))
-    for problem in authz_problems(update.snapshot, mesh_config=mesh):
-        print(f"warning: authorization: {problem}", file=sys.stderr)
-    for ignored in telemetry_warnings(update.snapshot, mesh):
-        print(f"warning: telemetry: {ignored}", file=sys.stderr)
+    found = diagnose(update.snapshot, mesh)
+    for label, messages in (("binding", found.binding), ("ignored", found.routes),
+                            ("authorization", found.authorization), ("telemetry", found.telemetry)):
+        for message in messages:
+            print(f"warning: {label}: {message}", file=sys.stderr)
     n = len(update.snapshot)
     print(f"{n} resource(s) valid, {len(update.errors)} error(s)", file=sys.stderr)
     return 1 if update.errors else 0

@@ -35,10 +35,7 @@ from istiod_lite.monitoring.http import MonitoringServer
 from istiod_lite.sources import DirectorySource, KubeSource, KubeSourceOptions, MergedSource, Source, SourceUpdate
 from istiod_lite.sources.kube import api_client_for
 from istiod_lite.translator import find_waypoints
-from istiod_lite.translator.authz import authz_problems
-from istiod_lite.translator.binding.waypoints import binding_problems
-from istiod_lite.translator.config_warnings import route_warnings
-from istiod_lite.translator.telemetry import telemetry_warnings
+from istiod_lite.translator.diagnostics import diagnose
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.connection import Connection
 from istiod_lite.xds.server import AdsServer, StreamRefused, XdsServerOptions
@@ -290,13 +287,12 @@ class ControlPlane:
         # No changed keys (the first load): every kind reads the new config.
         changed = {key.kind for key in update.changed} if update.changed else None
         self.proxies.update(self.config, changed)
-        problems = set(binding_problems(self.config))
+        found = diagnose(self.config, self.options.mesh)
+        problems = set(found.binding)
         for p in sorted(problems - self._binding_problems):
             log.warning("binding: %s", p)
         self._binding_problems = problems
-        route = set(route_warnings(self.config))
-        authz = set(authz_problems(self.config, mesh_config=self.options.mesh))
-        telemetry = set(telemetry_warnings(self.config, self.options.mesh))
+        route, authz, telemetry = set(found.routes), set(found.authorization), set(found.telemetry)
         self.config_metrics.set_warnings(binding=problems, route=route, authorization=authz, telemetry=telemetry)
         warnings = route | authz | telemetry
         for w in sorted(warnings - self._route_warnings):

@@ -21,10 +21,7 @@ from istiod_lite.cli.render import render
 from istiod_lite.model.meshconfig import MeshConfig, load_mesh_config
 from istiod_lite.sources import DirectorySource
 from istiod_lite.translator import WaypointAssembly, find_waypoints
-from istiod_lite.translator.authz import authz_problems
-from istiod_lite.translator.binding.waypoints import binding_problems
-from istiod_lite.translator.config_warnings import route_warnings
-from istiod_lite.translator.telemetry import telemetry_warnings
+from istiod_lite.translator.diagnostics import diagnose
 from tests.support.envoy import envoy_validate
 
 HERE = Path(__file__).resolve().parent
@@ -42,18 +39,14 @@ def _translate_case(case: str) -> dict[str, str]:
     out = {f"{w.ref.namespace}.{w.ref.name}.json": render(
         WaypointAssembly(w.ref, mesh=mesh).proxy_resources(update.snapshot))
            for w in find_waypoints(update.snapshot)}
-    problems = binding_problems(update.snapshot)
-    if problems:  # bindings that do not fit are reported (validate, server log), never used
-        out["binding-problems.txt"] = "".join(f"{p}\n" for p in sorted(problems))
-    authz = authz_problems(update.snapshot, mesh_config=mesh)
-    if authz:  # policies that do not attach, or parts that fail closed, are reported
-        out["authz-problems.txt"] = "".join(f"{p}\n" for p in sorted(authz))
-    warnings = route_warnings(update.snapshot)
-    if warnings:  # config the waypoint ignores (e.g. sourceLabels) is reported, never silently dropped
-        out["ignored.txt"] = "".join(f"{w}\n" for w in warnings)
-    telemetry = telemetry_warnings(update.snapshot, mesh)
-    if telemetry:  # Telemetry settings upstream Envoy cannot honour (metrics overrides ...) are reported
-        out["telemetry-ignored.txt"] = "".join(f"{w}\n" for w in telemetry)
+    # Reported, never silently dropped: bindings that do not fit, policies that do not attach or
+    # fail closed, route settings the waypoint ignores, Telemetry upstream Envoy cannot honour.
+    found = diagnose(update.snapshot, mesh)
+    for name, messages in (("binding-problems.txt", sorted(found.binding)),
+                           ("authz-problems.txt", sorted(found.authorization)),
+                           ("ignored.txt", found.routes), ("telemetry-ignored.txt", found.telemetry)):
+        if messages:
+            out[name] = "".join(f"{m}\n" for m in messages)
     return out
 
 

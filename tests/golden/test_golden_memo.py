@@ -1,6 +1,6 @@
 """The golden cases through the memoised path: memo on and memo off give the same bytes.
 
-The server keeps one ``WaypointTranslator`` (and one ``AccessLogMemo``) per waypoint and feeds it
+The server keeps one ``WaypointTranslator`` (and one ``TelemetryMemo``) per waypoint and feeds it
 snapshot after snapshot; both skip work when their inputs are the very same objects as last time.
 Here each waypoint of each golden case is first translated by such a long-lived translator
 through a history of edits, as a source publishes them (``sources.Publisher``: unchanged objects
@@ -32,7 +32,7 @@ from istiod_lite.model.meshconfig import MeshConfig, load_mesh_config
 from istiod_lite.model.registry import declared_kinds
 from istiod_lite.sources import DirectorySource, Publisher
 from istiod_lite.translator import EnvoyResources, WaypointRef, find_waypoints
-from istiod_lite.translator.telemetry import AccessLogMemo, apply_telemetry
+from istiod_lite.translator.telemetry import TelemetryMemo, apply_telemetry
 from istiod_lite.translator.waypoint import WaypointTranslator
 
 HERE = Path(__file__).resolve().parent
@@ -83,7 +83,7 @@ def test_memoised_translation_matches_fresh(case: str) -> None:
     refs = [w.ref for w in find_waypoints(update.snapshot)]
     assert refs, f"{case}: no waypoint"
     for ref in refs:
-        memo, logs = _translator(ref, mesh), AccessLogMemo(ref)
+        memo, logs = _translator(ref, mesh), TelemetryMemo(ref)
         for step, snapshot in enumerate(history):
             fresh = _fresh(ref, snapshot, mesh)
             got = memo.translate(snapshot)

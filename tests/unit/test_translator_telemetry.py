@@ -252,7 +252,7 @@ def test_memo_reuses_the_listener_and_equals_a_fresh_application() -> None:
     m = mesh("accessLogFile: /dev/stdout")
     snap = snapshot()
     out = translate_waypoint(snap, REF)
-    memo = telemetry.AccessLogMemo(REF)
+    memo = telemetry.TelemetryMemo(REF)
     first = memo.apply(out, snap, m)
     assert first.listeners == telemetry.apply_access_logs(out, snap, m, REF).listeners
     assert memo.apply(out, snap, m) is first

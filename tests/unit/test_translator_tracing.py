@@ -160,7 +160,7 @@ def test_memo_reuses_the_listener_and_follows_collector_endpoints() -> None:
     m = mesh(PROVIDERS + "defaultProviders: {tracing: [zipkin]}\n")
     snap = snapshot(ZIPKIN_SVC)
     out = translate_waypoint(snap, REF)
-    memo = telemetry.AccessLogMemo(REF)
+    memo = telemetry.TelemetryMemo(REF)
     first = memo.apply(out, snap, m)
     assert first == telemetry.apply_telemetry(out, snap, m, REF)
     assert hcm_of(first, ECHO_HTTP).tracing.provider.name == tracing.ZIPKIN

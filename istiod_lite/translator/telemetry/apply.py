@@ -27,7 +27,7 @@ available in upstream Envoy), so every expression Istio accepts (``response.code
 
 Tracing (``Telemetry.tracing``, ``enableTracing``, ``defaultProviders.tracing``) is built by
 ``tracing.py`` on the same attachment levels and applied with the access logs by
-``apply_telemetry`` / ``AccessLogMemo``.  ``Telemetry.metrics`` cannot be honoured on upstream Envoy
+``apply_telemetry`` / ``TelemetryMemo``.  ``Telemetry.metrics`` cannot be honoured on upstream Envoy
 (no ``istio.stats`` filter): ``telemetry_warnings`` reports what is ignored.
 
 Pure: the output depends only on the snapshot, the mesh config and the arguments.
@@ -377,7 +377,7 @@ def apply_telemetry(resources: EnvoyResources, snapshot: ConfigSnapshot, mesh: M
 apply_access_logs = apply_telemetry
 
 
-class AccessLogMemo:
+class TelemetryMemo:
     """``apply_telemetry`` (access logs and tracing) for a server that translates one waypoint again
     and again: when the translated ``main_internal`` listener, the Telemetries, the bound services
     and the mesh config are the very same objects as last time, the previous listener object is
@@ -478,8 +478,8 @@ __all__ = [
     "ISTIO_JSON_FORMAT",
     "ISTIO_TEXT_FORMAT",
     "AccessLog",
-    "AccessLogMemo",
     "ProviderSetting",
+    "TelemetryMemo",
     "access_log",
     "access_logs_for",
     "applicable_telemetries",

@@ -1,6 +1,6 @@
 """Everything the proxies of one waypoint receive, assembled one way for every caller.
 
-translate (``WaypointTranslator``, memoised per service) -> telemetry (``AccessLogMemo``: access logs,
+translate (``WaypointTranslator``, memoised per service) -> telemetry (``TelemetryMemo``: access logs,
 tracing and its collectors) -> ``connect_terminate`` for the proxy's own address.  The server, the
 ``translate`` command and the golden tests all go through ``WaypointAssembly``, so a golden file
 states exactly what a waypoint proxy is served.
@@ -20,7 +20,7 @@ from istiod_lite.model.meshconfig import MeshConfig, ProxyPathNormalization
 from istiod_lite.translator.binding.waypoints import WaypointRef, bindings_of
 from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.translator.shape import hbone
-from istiod_lite.translator.telemetry import AccessLogMemo
+from istiod_lite.translator.telemetry import TelemetryMemo
 from istiod_lite.translator.waypoint.translator import DEFAULT_TRUST_DOMAIN, WaypointTranslator
 
 #: Where ``connect_terminate`` listens when neither the proxy nor the Gateway names an address.
@@ -43,7 +43,7 @@ class WaypointAssembly:
         self.trust_domain = trust_domain
         self.mesh = mesh
         self.translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh)
-        self._telemetry = AccessLogMemo(ref)
+        self._telemetry = TelemetryMemo(ref)
 
     def shared(self, snapshot: ConfigSnapshot) -> EnvoyResources:
         """Everything but ``connect_terminate``: the same for every proxy of the waypoint.
