@@ -470,23 +470,3 @@ def telemetry_warnings(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None)
     if m.default_providers.tracing:
         out += tracing.provider_problems(m, m.default_providers.tracing[:1], "mesh defaultProviders.tracing")
     return sorted(set(out))
-
-
-__all__ = [
-    "CEL_FILTER",
-    "FILE_LOGGER",
-    "ISTIO_JSON_FORMAT",
-    "ISTIO_TEXT_FORMAT",
-    "AccessLog",
-    "ProviderSetting",
-    "TelemetryMemo",
-    "access_log",
-    "access_logs_for",
-    "applicable_telemetries",
-    "apply_access_logs",
-    "apply_telemetry",
-    "effective_providers",
-    "telemetry_inputs",
-    "telemetry_warnings",
-    "with_access_logs",
-]
