@@ -583,7 +583,8 @@ class GatewayClass(Resource):
     status: dict[str, Any] | None = None
 
 
-# Routing: routes are inline in listeners (Istio's waypoint shape); targets add clusters.
+# Routing: HTTP routes are served over RDS; attaching one replaces the service's VirtualServices, TCP
+# routes included (LDS); targets add clusters.
 @register(KindDeclaration("httproutes", frozenset({LDS, RDS, CDS, EDS}), WaypointRead.NARROWER))
 class HTTPRoute(Resource):
     KIND: ClassVar[str] = "HTTPRoute"

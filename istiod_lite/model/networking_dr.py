@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from istiod_lite.model.base import IstioModel, Resource
-from istiod_lite.model.kind_declaration import CDS, EDS, LDS, KindDeclaration, StatusWriter, WaypointRead
+from istiod_lite.model.kind_declaration import CDS, EDS, LDS, RDS, KindDeclaration, StatusWriter, WaypointRead
 from istiod_lite.model.networking_common import (
     MatchLabelsSelector,
     MsDuration,
@@ -415,8 +415,9 @@ class DestinationRuleSpec(IstioModel):
         return self
 
 
-# Subsets become clusters with their own endpoints; traffic policy lives on clusters.
-@register(KindDeclaration("destinationrules", frozenset({CDS, EDS, LDS}), WaypointRead.WHOLE,
+# Subsets become clusters with their own endpoints; traffic policy lives on clusters; a consistent
+# hash becomes the routes' hash policy (RDS); TCP idle timeouts are on tcp_proxy (LDS).
+@register(KindDeclaration("destinationrules", frozenset({CDS, EDS, LDS, RDS}), WaypointRead.WHOLE,
                           status=StatusWriter.REJECTIONS))
 class DestinationRule(Resource):
     KIND: ClassVar[str] = "DestinationRule"

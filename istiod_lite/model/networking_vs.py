@@ -277,7 +277,7 @@ class VirtualServiceSpec(IstioModel):
         return self
 
 
-# Routing: routes are inline in listeners (Istio's waypoint shape); targets add clusters.
+# Routing: HTTP routes are served over RDS, TCP/TLS routes are in listeners; targets add clusters.
 @register(KindDeclaration("virtualservices", frozenset({LDS, RDS, CDS, EDS}), WaypointRead.NARROWER,
                           status=StatusWriter.REJECTIONS))
 class VirtualService(Resource):

@@ -13,16 +13,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from istiod_lite.cli.render import render
 from istiod_lite.model.meshconfig import MeshConfig, load_mesh_config
 from istiod_lite.sources import DirectorySource
 from istiod_lite.translator import WaypointAssembly, find_waypoints
 from istiod_lite.translator.diagnostics import diagnose
-from tests.support.envoy import envoy_validate
+from tests.support.envoy import envoy_validate, inline_rds
 
 HERE = Path(__file__).resolve().parent
 CASES = sorted(p.name for p in HERE.iterdir() if (p / "input").is_dir())
@@ -66,12 +69,50 @@ def test_golden(case: str) -> None:
         assert got[name] == want[name], f"{case}/{name} differs (UPDATE_GOLDEN=1 to accept, then review the diff)"
 
 
+def rds_names(listeners: Iterable[listener_pb2.Listener]) -> set[str]:
+    """Every route configuration name the listeners' HTTP connection managers take over RDS; every
+    HTTP chain of ``main_internal`` must take its routes that way (``connect_terminate``'s fixed
+    CONNECT route stays inline)."""
+    out: set[str] = set()
+    for lst in listeners:
+        for fc in lst.filter_chains:
+            for f in fc.filters:
+                if f.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+                    hcm = hcm_pb2.HttpConnectionManager()
+                    f.typed_config.Unpack(hcm)
+                    if hcm.HasField("rds"):
+                        out.add(hcm.rds.route_config_name)
+                    else:
+                        assert lst.name != "main_internal", f"{fc.name}: routes not over RDS"
+    return out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_rds_name_is_served_in_the_same_snapshot(case: str) -> None:
+    """Warming: a listener is never served naming a route configuration the same resources lack
+    (Envoy would keep it warming, with ``initial_fetch_timeout`` 0s forever), and no route
+    configuration is served that no listener names."""
+    update = DirectorySource(HERE / case / "input").load()
+    mesh_file = HERE / case / "mesh.yaml"
+    mesh = load_mesh_config(mesh_file) if mesh_file.exists() else None
+    for w in find_waypoints(update.snapshot):
+        res = WaypointAssembly(w.ref, mesh=mesh).proxy_resources(update.snapshot)
+        assert rds_names(res.listeners.values()) == set(res.routes), w.ref
+
+
 def validation_bootstrap(resources: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Embed translated resources in a bootstrap Envoy can validate offline: listeners and clusters
     as static resources (EDS clusters keep their ADS config source), each endpoint assignment as
-    a static cluster's load_assignment."""
+    a static cluster's load_assignment, and each route configuration inline in the connection
+    manager that names it over RDS (validate mode never fetches RDS).  Every route configuration
+    must be named by a listener, so each one is validated."""
     def strip(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k != "@type"}
+
+    route_configs = {r["name"]: r for r in resources["routes"]}
+    used: set[str] = set()
+    listeners = inline_rds([strip(x) for x in resources["listeners"]], route_configs, used)
+    assert used == set(route_configs), f"route configurations no listener names: {sorted(set(route_configs) - used)}"
 
     clusters = [strip(c) for c in resources["clusters"]]
     clusters += [{"name": f"golden-eds-{i}", "type": "STATIC", "connect_timeout": "1s",
@@ -90,7 +131,7 @@ def validation_bootstrap(resources: dict[str, list[dict[str, Any]]]) -> dict[str
         "node": {"id": "golden~127.0.0.1~golden.ns~ns.svc.cluster.local", "cluster": "golden"},
         "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}}],
-        "static_resources": {"listeners": [strip(x) for x in resources["listeners"]], "clusters": clusters},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
         "dynamic_resources": {"ads_config": {"api_type": "DELTA_GRPC", "transport_api_version": "V3",
                                              "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]}},
     }

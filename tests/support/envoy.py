@@ -108,6 +108,25 @@ def envoy_validate(bootstrap: Bootstrap, *, timeout: float = 60.0, extra_args: t
         return proc.returncode == 0, out
 
 
+def inline_rds(config: Any, route_configs: dict[str, dict[str, Any]], used: set[str] | None = None) -> Any:
+    """A copy of ``config`` (Envoy JSON) in which every HTTP connection manager's ``rds`` is replaced
+    by the named route configuration inline (``route_config``), for ``envoy --mode validate``, which
+    never fetches RDS: that way every route configuration is validated by Envoy, in the context of
+    the connection manager (and its HTTP filters) that takes it.  A name missing from
+    ``route_configs`` raises KeyError; the names inlined are added to ``used``."""
+    if isinstance(config, list):
+        return [inline_rds(x, route_configs, used) for x in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: inline_rds(v, route_configs, used) for k, v in config.items() if k != "rds"}
+    if "rds" in config:
+        name = config["rds"]["route_config_name"]
+        out["route_config"] = {k: v for k, v in route_configs[name].items() if k != "@type"}
+        if used is not None:
+            used.add(name)
+    return out
+
+
 def _pdeathsig() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

@@ -3,7 +3,10 @@ object and keeps every other object (and every unchanged kind's mapping) as it w
 
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from istiod_lite.model import ConfigSnapshot, ResourceKey, parse_object
 from istiod_lite.model.base import Resource
@@ -33,3 +36,14 @@ def same_output(a: EnvoyResources, b: EnvoyResources) -> bool:
     return all({k: v.SerializeToString(deterministic=True) for k, v in getattr(a, kind).items()}
                == {k: v.SerializeToString(deterministic=True) for k, v in getattr(b, kind).items()}
                for kind in kinds)
+
+
+def chain_routes(out: EnvoyResources, chain: str) -> list[Any]:
+    """The routes an HTTP chain of ``main_internal`` serves: its connection manager names a route
+    configuration (RDS), which must be among ``out.routes``."""
+    for fc in out.listeners["main_internal"].filter_chains:
+        if fc.name == chain:
+            hcm = hcm_pb2.HttpConnectionManager()
+            fc.filters[-1].typed_config.Unpack(hcm)
+            return list(out.routes[hcm.rds.route_config_name].virtual_hosts[0].routes)
+    raise AssertionError(f"no chain {chain}")

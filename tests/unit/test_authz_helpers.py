@@ -16,6 +16,7 @@ from istiod_lite.translator.authz import AuthzFilters, ClusterRequest
 from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.listeners import inbound
 from istiod_lite.translator.routing import routes
+from tests.support.envoy import inline_rds
 
 WP = WaypointRef("shop", "waypoint")
 BASE = """\
@@ -129,13 +130,13 @@ def validation_bootstrap(filter_sets: Iterable[AuthzFilters], *, runtime: dict[s
     listeners = []
     clusters: dict[str, ClusterRequest] = {}
     for i, fs in enumerate(filter_sets):
-        rcfg = routes.route_configuration("backend", "inbound|http|80", [routes.default_route("backend", "*", 80)])
-        http = inbound.http_chain(f"http-{i}", 80, rcfg, h2=False, authz=fs.http)
+        rcfg = routes.route_configuration(f"http-{i}", "inbound|http|80", [routes.default_route("backend", "*", 80)])
+        http = inbound.http_chain(f"http-{i}", 80, h2=False, authz=fs.http)
         tcp = inbound.tcp_chain(f"tcp-{i}", "backend", prefix=fs.tcp)
         for n, chain in (("h", http), ("t", tcp)):
             listeners.append({"name": f"l{i}{n}", "address": {"socket_address": {"address": "127.0.0.1",
                                                                                   "port_value": 0}},
-                              "filter_chains": [as_dict(chain)]})
+                              "filter_chains": [inline_rds(as_dict(chain), {rcfg.name: as_dict(rcfg)})]})
         for c in fs.clusters:
             clusters[c.name] = c
     static = [{"name": "backend", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import yaml
-from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from istiod_lite.model import ConfigSnapshot, parse_object
@@ -31,10 +30,9 @@ KEEP, UNESCAPE = HCM.KEEP_UNCHANGED, HCM.UNESCAPE_AND_FORWARD
 
 
 def _hcm(mode: PathNormalizationType | None = None) -> Any:
-    rcfg = route_pb2.RouteConfiguration(name="r")
     if mode is None:
-        return inbound.http_connection_manager(8080, rcfg, h2=False)
-    return inbound.http_connection_manager(8080, rcfg, h2=False, path_normalization=mode)
+        return inbound.http_connection_manager(8080, "r", h2=False)
+    return inbound.http_connection_manager(8080, "r", h2=False, path_normalization=mode)
 
 
 @pytest.mark.parametrize(("mode", "normalize", "merge", "escaped"), [

@@ -14,6 +14,7 @@ from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.translator.routing import httproute as rh
 from istiod_lite.translator.waypoint import WaypointTranslator
 from tests.support.meshyaml import APP_WAYPOINT
+from tests.support.snapshots import chain_routes
 from tests.support.snapshots import load_resources as _load
 from tests.support.snapshots import replaced as _replace
 from tests.support.snapshots import same_output as _same
@@ -142,15 +143,8 @@ def test_precedence_exact_prefix_regex_then_length_method_headers_queries() -> N
 
 def _clusters_of_chain(out: EnvoyResources, chain: str) -> list[str]:
     """Route targets of one HTTP chain, in route order (cluster or weighted cluster names)."""
-    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-
-    for fc in out.listeners["main_internal"].filter_chains:
-        if fc.name == chain:
-            hcm = hcm_pb2.HttpConnectionManager()
-            fc.filters[0].typed_config.Unpack(hcm)
-            return [r.route.cluster or ",".join(c.name for c in r.route.weighted_clusters.clusters)
-                    for r in hcm.route_config.virtual_hosts[0].routes]
-    raise AssertionError(chain)
+    return [r.route.cluster or ",".join(c.name for c in r.route.weighted_clusters.clusters)
+            for r in chain_routes(out, chain)]
 
 
 def test_httproute_wins_over_a_virtual_service_and_edits_reach_a_memoised_waypoint() -> None:

@@ -10,6 +10,7 @@ from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.model.base import Resource
 from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.waypoint import WaypointTranslator
+from tests.support.snapshots import chain_routes
 from tests.support.snapshots import load_resources as _load
 from tests.support.snapshots import replaced as _replace
 from tests.support.snapshots import same_output as _same
@@ -105,19 +106,10 @@ def test_owned_target_destination_rule_changes_the_route_hash() -> None:
         "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}}}, api="networking.istio.io/v1")
     s2, _ = _replace(s1, base, dr, 2)
     out = t.translate(s2)
-    hcm_routes = [r for lst in out.listeners.values() for fc in lst.filter_chains
-                  if fc.name == "inbound-vip|80|http|echo.app.svc.cluster.local"
-                  for r in _routes(fc)]
+    hcm_routes = chain_routes(out, "inbound-vip|80|http|echo.app.svc.cluster.local")
     to_side = [r for r in hcm_routes if r.route.cluster == "inbound-vip|80|http|side.app.svc.cluster.local"]
     assert to_side and to_side[0].route.hash_policy[0].header.header_name == "x-user"
     assert _same(out, WaypointTranslator(REF).translate(s2))
-
-
-def _routes(fc: Any) -> list[Any]:
-    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-    hcm = hcm_pb2.HttpConnectionManager()
-    fc.filters[-1].typed_config.Unpack(hcm)
-    return list(hcm.route_config.virtual_hosts[0].routes)
 
 
 def test_unrelated_service_change_keeps_the_whole_waypoint_shortcut() -> None:
@@ -153,5 +145,8 @@ def test_virtual_service_edit_elsewhere_keeps_the_shortcut_but_one_here_is_seen(
     out3 = t.translate(s3)
     assert out3 is not out1 and t.last_rebuilt == 1
     assert _same(out3, WaypointTranslator(REF).translate(s3))
-    assert (out3.listeners["main_internal"].SerializeToString(deterministic=True)
-            != out1.listeners["main_internal"].SerializeToString(deterministic=True))
+    # Routes are served over RDS: the edit changes side's route configuration, not the listener.
+    assert out3.listeners["main_internal"] is out1.listeners["main_internal"]
+    side = "inbound-vip|80|http|side.app.svc.cluster.local"
+    assert out3.routes[side].SerializeToString(deterministic=True) != out1.routes[side].SerializeToString(
+        deterministic=True)

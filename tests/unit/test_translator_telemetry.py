@@ -21,7 +21,6 @@ from istiod_lite.translator import telemetry, translate_waypoint
 from istiod_lite.translator.binding.service_model import ServiceInfo, of_service
 from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.listeners import inbound
-from istiod_lite.translator.routing import routes
 from tests.support.meshyaml import APP_WAYPOINT
 
 REF = WaypointRef("app", "waypoint")
@@ -167,12 +166,11 @@ def test_loggers() -> None:
 
 
 def test_inbound_parameters_default_to_todays_output() -> None:
-    rcfg = routes.route_configuration("c", "inbound|http|80", [routes.default_route("c", "h", 80)])
-    plain = inbound.http_chain("c", 80, rcfg, False)
-    assert inbound.http_chain("c", 80, rcfg, False, access_logs=()).SerializeToString(deterministic=True) \
+    plain = inbound.http_chain("c", 80, False)
+    assert inbound.http_chain("c", 80, False, access_logs=()).SerializeToString(deterministic=True) \
         == plain.SerializeToString(deterministic=True)
     logs = [telemetry.access_log(telemetry.ProviderSetting("envoy"), mesh("accessLogFile: /dev/stdout"))]
-    with_logs = inbound.http_chain("c", 80, rcfg, False, access_logs=logs)
+    with_logs = inbound.http_chain("c", 80, False, access_logs=logs)
     hcm = hcm_pb2.HttpConnectionManager()
     with_logs.filters[-1].typed_config.Unpack(hcm)
     assert list(hcm.access_log) == logs

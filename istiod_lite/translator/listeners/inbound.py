@@ -6,6 +6,12 @@ matcher on destination IP (the service VIPs), then port, then (for ports whose p
 declared) the sniffed application protocol; plus ``direct-http``/``direct-tcp`` for traffic
 addressed to a bound workload's own IP.  HTTP chains carry Istio's waypoint filter order, with
 the authorization slot filled by the authorization issue.
+
+Routes come over RDS (a deviation from Istio's inline waypoint routes, docs/upstream-envoy.md):
+each HTTP chain's connection manager names one RouteConfiguration, called like the chain, so the
+chains - and ``main_internal`` - do not depend on any route.  A VirtualService edit then changes
+only route configurations: no listener update, no drain, and connections already open use the
+new routes on their next request.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
@@ -73,6 +79,16 @@ def http_filters(authz: Sequence[hcm_pb2.HttpFilter] = ()) -> list[hcm_pb2.HttpF
     ]
 
 
+def rds(route_config_name: str) -> hcm_pb2.Rds:
+    """Routes by name over ADS, as istiod configures RDS (``buildHTTPConnectionManager``: ADS, V3,
+    ``initial_fetch_timeout`` 0s, i.e. the listener waits for its routes however long it takes)."""
+    out = hcm_pb2.Rds(route_config_name=route_config_name)
+    out.config_source.ads.SetInParent()
+    out.config_source.resource_api_version = config_source_pb2.V3
+    out.config_source.initial_fetch_timeout.SetInParent()
+    return out
+
+
 def _hcm_template(path_normalization: PathNormalizationType = "BASE") -> hcm_pb2.HttpConnectionManager:
     hcm = hcm_pb2.HttpConnectionManager(
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
@@ -91,6 +107,7 @@ def _hcm_template(path_normalization: PathNormalizationType = "BASE") -> hcm_pb2
     if path_normalization == "DECODE_AND_MERGE_SLASHES":
         hcm.path_with_escaped_slashes_action = hcm_pb2.HttpConnectionManager.UNESCAPE_AND_FORWARD
     hcm.stream_idle_timeout.SetInParent()
+    hcm.rds.CopyFrom(rds(""))
     hcm.upgrade_configs.add(upgrade_type="websocket")
     hcm.request_id_extension.typed_config.CopyFrom(packed(uuid_pb2.UuidRequestIdConfig()))
     return hcm
@@ -109,15 +126,16 @@ def _template(path_normalization: PathNormalizationType) -> hcm_pb2.HttpConnecti
 
 
 def http_connection_manager(
-    port: int, route_config: route_pb2.RouteConfiguration, h2: bool, authz: Sequence[hcm_pb2.HttpFilter] = (),
+    port: int, route_config_name: str, h2: bool, authz: Sequence[hcm_pb2.HttpFilter] = (),
     access_logs: Sequence[accesslog_pb2.AccessLog] = (), path_normalization: PathNormalizationType = "BASE",
 ) -> hcm_pb2.HttpConnectionManager:
-    """The chain's HCM; ``access_logs`` (from ``telemetry.access_logs_for``) are added as given.
-    ``path_normalization``: MeshConfig ``pathNormalization.normalization`` (default BASE)."""
+    """The chain's HCM, taking its routes over RDS (``route_config_name``); ``access_logs`` (from
+    ``telemetry.access_logs_for``) are added as given.  ``path_normalization``: MeshConfig
+    ``pathNormalization.normalization`` (default BASE)."""
     hcm = hcm_pb2.HttpConnectionManager()
     hcm.CopyFrom(_template(path_normalization))  # a C-level copy of the fixed part: far cheaper than rebuilding it
     hcm.stat_prefix = f"inbound_0.0.0.0_{port};"
-    hcm.route_config.CopyFrom(route_config)
+    hcm.rds.route_config_name = route_config_name  # the template holds the config source
     if not _DEFAULT_FILTERS:
         _DEFAULT_FILTERS.extend(http_filters())
     hcm.http_filters.extend(http_filters(authz) if authz else _DEFAULT_FILTERS)
@@ -128,15 +146,16 @@ def http_connection_manager(
     return hcm
 
 
-def http_chain(name: str, port: int, route_config: route_pb2.RouteConfiguration, h2: bool,
+def http_chain(name: str, port: int, h2: bool,
                authz: Sequence[hcm_pb2.HttpFilter] = (), prefix: Sequence[listener_components_pb2.Filter] = (),
                access_logs: Sequence[accesslog_pb2.AccessLog] = (),
                path_normalization: PathNormalizationType = "BASE",
                ) -> listener_components_pb2.FilterChain:
+    """An HTTP chain named ``name`` whose routes are the RouteConfiguration of the same name (RDS)."""
     chain = listener_components_pb2.FilterChain(name=name)
     chain.filters.extend(prefix)
     chain.filters.add(name=hbone.HCM, typed_config=packed(
-        http_connection_manager(port, route_config, h2, authz, access_logs, path_normalization)))
+        http_connection_manager(port, name, h2, authz, access_logs, path_normalization)))
     return chain
 
 
@@ -173,15 +192,19 @@ def with_network_filters(chain: listener_components_pb2.FilterChain,
     return out
 
 
+def direct_route_configuration() -> route_pb2.RouteConfiguration:
+    """The routes of ``direct-http`` (workload-addressed HTTP): everything to ``encap``."""
+    return routes.route_configuration(DIRECT_HTTP, "inbound|http|0", [routes.default_route(hbone.ENCAP, "*", 0)])
+
+
 def direct_chains(
     authz: Sequence[hcm_pb2.HttpFilter] = (), tcp_authz: Sequence[listener_components_pb2.Filter] = (),
     path_normalization: PathNormalizationType = "BASE",
 ) -> tuple[listener_components_pb2.FilterChain, ...]:
-    rcfg = routes.route_configuration(hbone.ENCAP, "inbound|http|0",
-                                      [routes.default_route(hbone.ENCAP, "*", 0)])
+    """``direct-tcp`` and ``direct-http``; the latter's routes are ``direct_route_configuration``."""
     return (
         with_network_filters(tcp_chain(DIRECT_TCP, hbone.ENCAP, prefix=[_reexport_original_dst()]), tcp_authz),
-        http_chain(DIRECT_HTTP, 0, rcfg, h2=False, authz=authz, prefix=[_reexport_original_dst()],
+        http_chain(DIRECT_HTTP, 0, h2=False, authz=authz, prefix=[_reexport_original_dst()],
                    path_normalization=path_normalization),
     )
 

@@ -9,7 +9,8 @@ Shape: listeners ``connect_terminate`` (per proxy: it binds the proxy's own addr
 ``waypoint_assembly``), ``main_internal`` and ``connect_originate``; clusters
 ``main_internal``, ``encap``, ``connect_originate`` and ``inbound-vip|P|http[/subset]|H`` /
 ``inbound-vip|P|tcp[/subset]|H`` per bound service port; endpoints of those clusters (ambient
-workloads through ``connect_originate``, others as plain addresses).
+workloads through ``connect_originate``, others as plain addresses); route configurations (RDS), one
+per HTTP chain and named like it (``inbound-vip|P|http|H``, ``direct-http``).
 
 Bound services are Kubernetes Services and ServiceEntry hosts alike (``service_model``), ordered
 by creation time as Istio orders them.  Their routes come from Gateway API HTTPRoutes attached to
@@ -117,6 +118,11 @@ class _Inputs:
 
 @dataclass
 class _Fragment:
+    """One service's share of the output.  ``resources``: its clusters, endpoints and route
+    configurations; ``chains``: its filter chains in ``main_internal``, which name their routes
+    (RDS) but do not contain them, so a route edit leaves them equal and the previous objects are
+    kept (``_keep_chains``): ``main_internal`` is then re-used as is, and not even re-serialised."""
+
     resources: EnvoyResources
     chains: inbound.ServiceChains
 
@@ -148,6 +154,7 @@ class WaypointTranslator:
         self._last: tuple[tuple[object, ...], EnvoyResources] | None = None
         self._static = EnvoyResources()
         self._static.listeners[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_listener()
+        self._static.routes[inbound.DIRECT_HTTP] = inbound.direct_route_configuration()
         self._static.clusters[hbone.MAIN_INTERNAL] = hbone.main_internal_cluster()
         self._static.clusters[hbone.ENCAP] = hbone.encap_cluster()
         self._static.clusters[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_cluster(trust_domain, ref.namespace)
@@ -205,6 +212,8 @@ class WaypointTranslator:
                 frag = cached[1]
             else:
                 frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization)
+                if cached is not None:
+                    frag = _keep_chains(frag, cached[1])
                 rebuilt += 1
             fragments[sv.host] = (inputs, frag)
             out.merge(frag.resources)
@@ -231,6 +240,15 @@ class WaypointTranslator:
         out.merge(self._static)
         return out.sorted()
 
+
+
+def _keep_chains(new: _Fragment, old: _Fragment) -> _Fragment:
+    """``new`` with ``old``'s chain objects when they are equal (a route, endpoint or subset edit):
+    ``main_internal``'s memo compares chains by identity first, so it is re-used, and the xDS layer
+    (which caches serialisations by message identity) sends no listener update."""
+    if new.chains is old.chains or new.chains != old.chains:
+        return new
+    return _Fragment(new.resources, old.chains)
 
 
 def _referenced(vss: list[VirtualService]) -> list[str]:
@@ -383,8 +401,8 @@ def _service_fragment(
     owned: dict[str, ServiceInfo], waypoint_namespace: str, az: AuthzFilters | None = None,
     path_normalization: PathNormalizationType = "BASE",
 ) -> _Fragment:
-    """One service's clusters, endpoints and chains: inbound-vip clusters per port (and DR
-    subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
+    """One service's clusters, endpoints, route configurations and chains: inbound-vip clusters per
+    port (and DR subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
     the TCP chain's route, and the outbound clusters of route targets it does not own."""
     resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned)
     out = EnvoyResources()
@@ -402,8 +420,12 @@ def _service_fragment(
                 if not route_list:
                     hash_policy = route_actions.hash_policy(policy_select.service_hash(dr, port.number))
                     route_list = [routes.default_route(cluster, sv.host, port.number, hash_policy)]
-                rcfg = routes.route_configuration(cluster, f"inbound|http|{port.number}", route_list)
-                http_chain = inbound.http_chain(cluster, port.number, rcfg, protocols.is_h2(port.protocol),
+                # Over RDS: the route configuration is named like the chain that takes it.  A service
+                # without addresses has no chain in main_internal, so nothing would name its routes.
+                if sv.vips:
+                    out.routes[cluster] = routes.route_configuration(cluster, f"inbound|http|{port.number}",
+                                                                     route_list)
+                http_chain = inbound.http_chain(cluster, port.number, protocols.is_h2(port.protocol),
                                                 authz=az.http if az else (), path_normalization=path_normalization)
             else:
                 tcp_chain = inbound.with_network_filters(
