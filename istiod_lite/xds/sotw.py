@@ -15,7 +15,7 @@ from istiod_lite.xds.connection import Connection, new_nonce
 from istiod_lite.xds.pushmemo import PushMemo
 from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource
 from istiod_lite.xds.subscription import Subscription
-from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
+from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT, FULL_STATE_TYPES
 from istiod_lite.xds.wire import EncodedResponse, sotw_response
 
 
@@ -78,7 +78,9 @@ def build_response(
     if not sub.must_respond and version == sub.version_sent:
         return None
     nonce = new_nonce()
-    if sub.wildcard or sub.must_respond or sub.synced_map is None:
+    if sub.wildcard or sub.must_respond or sub.synced_map is None or sub.type_url in FULL_STATE_TYPES:
+        # LDS/CDS responses are complete even when subscribed by name (gRPC clients): a listener
+        # missing from one is deleted (R27).
         send: list[VersionedResource] = list(visible.values())
     else:
         # Named types (RDS, EDS): a response may carry only what changed; absence is not
