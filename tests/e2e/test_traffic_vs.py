@@ -6,9 +6,9 @@ serves the whole module: each test rewrites ``vs.yaml`` and waits until the wayp
 version (every VirtualService written here starts with a ``/__gen`` direct-response route naming its
 generation, and Envoy swaps a route table atomically), then measures the behaviour.
 
-Routes are inlined in the waypoint's per-service filter chain (as Istio does), so a VirtualService
-edit is a listener update: connections already open stay on the old chain while it drains. The
-probes and every test therefore use fresh connections (a new client session per generation).
+Routes come over RDS (tests/e2e/test_rds_live_routes.py: open connections follow an edit on their
+next request); the probes and every test still use fresh connections (a new client session per
+generation), so no test inherits another's connection state.
 
 Service ``reviews`` (VIP:9080) has three pods, ``reviews-v1``/``-v2``/``-v3``, one per subset
 ``v1``/``v2``/``v3`` of its DestinationRule. Statistical checks use +-5 standard deviations of the
@@ -135,7 +135,7 @@ class Env:
         doc = VS_HEAD.format(gen=gen) + textwrap.indent(textwrap.dedent(routes).strip("\n"), "  ") + "\n"
         self.applied.append(doc)
         (self.cfg / "vs.yaml").write_text(doc)
-        await self.http.close()  # connections on the previous filter chain would keep its routes
+        await self.http.close()  # each generation starts on fresh connections
         self.http = new_session()
 
         async def current() -> bool:
