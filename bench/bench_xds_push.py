@@ -2,14 +2,18 @@
 
 Starts ``istiod-lite serve`` as a subprocess on a generated config (one waypoint serving
 ``--services`` services), connects ``--clients`` fake waypoint replicas from this process (raw
-grpc.aio streams that behave like Envoy: wildcard CDS and LDS, EDS by name, ACK everything), then:
+grpc.aio streams that behave like Envoy: wildcard CDS and LDS; every resource of every response
+decoded into its message type; EDS by the names the clusters give and RDS by the names the
+listeners' connection managers give, followed as they change; everything ACKed; synced once CDS,
+EDS, LDS and RDS are held), then:
 
 1. initial sync time for all streams, server RSS per stream;
 2. edits one VirtualService file and measures file write -> last ACK (p50/p99 over streams,
    including the file poll and the directory's 100 ms quiet period, which is the debounce of a
    directory change: the control plane adds no second one), and bytes each stream received for
    it; and, from the server's ``/debug/syncz``, source -> ACK per stream (from the moment the
-   source hands the change over: translation, push and the client's ACK);
+   source hands the change over: translation, push and the client's ACK of the last type pushed
+   for it - RDS for a VirtualService edit, since routes are served over RDS);
 3. reconnect storm: every stream drops and reconnects at once; time until all are synced.
 
 With ``--mesh reference`` the config is instead the reference mesh of the traffic-management issue
@@ -42,15 +46,25 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3 import discovery_pb2 as d
+from google.protobuf.message import Message
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SDS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
 def free_port() -> int:
@@ -222,16 +236,100 @@ spec:
     )
 
 
+#: Type URL -> the message class a response's resources decode into.
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    CDS: cluster_pb2.Cluster, EDS: endpoint_pb2.ClusterLoadAssignment, LDS: listener_pb2.Listener,
+    RDS: route_pb2.RouteConfiguration, SDS: secret_pb2.Secret,
+}
+#: What a proxy must hold to serve traffic.
+SYNCED_TYPES = frozenset({CDS, EDS, LDS, RDS})
+
+#: Listener bytes -> the route configuration names its connection managers take over RDS.  Every
+#: client decodes every listener it receives; only this derived walk through the filter chains is
+#: shared between the clients that received the very same bytes (the bench runs 1000 clients in
+#: one process).
+_RDS_NAMES: dict[bytes, tuple[str, ...]] = {}
+
+
+def rds_names(listener: listener_pb2.Listener, raw: bytes) -> tuple[str, ...]:
+    names = _RDS_NAMES.get(raw)
+    if names is None:
+        found = set()
+        hcm = hcm_pb2.HttpConnectionManager()
+        for fc in listener.filter_chains:
+            for f in fc.filters:
+                if f.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR) and f.typed_config.Unpack(hcm) \
+                        and hcm.HasField("rds"):
+                    found.add(hcm.rds.route_config_name)
+        if len(_RDS_NAMES) > 64:
+            _RDS_NAMES.clear()
+        names = _RDS_NAMES[raw] = tuple(sorted(found))
+    return names
+
+
+def eds_name(cluster: cluster_pb2.Cluster) -> str | None:
+    """The endpoint assignment an EDS cluster waits for (None: not an EDS cluster)."""
+    if cluster.type != cluster_pb2.Cluster.EDS:
+        return None
+    return cluster.eds_cluster_config.service_name or cluster.name
+
+
 @dataclass
 class Client:
+    """One fake waypoint replica.  State kept across reconnects, as Envoy keeps it: the versions it
+    holds per type (``held``, sent back as ``initial_resource_versions`` on a Delta reconnect) and
+    what each held listener / cluster names (RDS / EDS names); never the decoded messages themselves
+    (a thousand clients in one process)."""
+
     idx: int
     variant: str
     namespaces: int = 0
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     bytes_received: int = 0
     last_ack: float = 0.0
-    eds_names: list[str] = field(default_factory=list)
     held: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: listener name -> its RDS names; cluster name -> its EDS name.
+    listener_routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    cluster_eds: dict[str, str] = field(default_factory=dict)
+    decoded: int = 0
+
+    def wanted(self, type_url: str) -> set[str]:
+        """Names Envoy would subscribe for a named type, from what it holds."""
+        if type_url == RDS:
+            return {n for names in self.listener_routes.values() for n in names}
+        return set(self.cluster_eds.values())
+
+    def apply(self, type_url: str, items: list[tuple[str, str, bytes]], removed: list[str], full: bool) -> None:
+        """Decode and hold one response's resources: (name, version, Any payload) each."""
+        held = self.held.setdefault(type_url, {})
+        if full:  # SotW LDS/CDS: the response is the whole set
+            held.clear()
+            if type_url == LDS:
+                self.listener_routes.clear()
+            elif type_url == CDS:
+                self.cluster_eds.clear()
+        for name in removed:
+            held.pop(name, None)
+            if type_url == LDS:
+                self.listener_routes.pop(name, None)
+            elif type_url == CDS:
+                self.cluster_eds.pop(name, None)
+        kind = MESSAGE_TYPES.get(type_url)
+        for name, version, raw in items:
+            if kind is None:
+                raise ValueError(f"unexpected type {type_url}")
+            msg = kind.FromString(raw)
+            self.decoded += 1
+            name = name or str(getattr(msg, "name", "") or getattr(msg, "cluster_name", ""))
+            held[name] = version
+            if isinstance(msg, listener_pb2.Listener):
+                self.listener_routes[name] = rds_names(msg, raw)
+            elif isinstance(msg, cluster_pb2.Cluster):
+                eds = eds_name(msg)
+                if eds is None:
+                    self.cluster_eds.pop(name, None)
+                else:
+                    self.cluster_eds[name] = eds
 
 
 def node(i: int, namespaces: int = 0) -> base_pb2.Node:
@@ -244,14 +342,38 @@ def node(i: int, namespaces: int = 0) -> base_pb2.Node:
 
 
 async def run_client(c: Client, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, stop: asyncio.Event) -> None:
-    """Behave like Envoy: CDS then EDS for its clusters, then LDS; ACK every response."""
-    if c.variant == "delta":
-        call = stub.DeltaAggregatedResources()
-        await call.write(d.DeltaDiscoveryRequest(node=node(c.idx, c.namespaces), type_url=CDS,
-                                                 initial_resource_versions=c.held.get(CDS, {})))
+    """Behave like Envoy: wildcard CDS, then EDS by the names its clusters give and wildcard LDS, then
+    RDS by the names its listeners give; decode every resource, follow every name change
+    (subscribe and unsubscribe), ACK every response.  Synced once it holds CDS, EDS, LDS and RDS."""
+    delta = c.variant == "delta"
+    call = stub.DeltaAggregatedResources() if delta else stub.StreamAggregatedResources()
+    #: On this stream: names subscribed per named type, and (SotW) the last version and nonce per type.
+    subscribed: dict[str, set[str]] = {}
+    last: dict[str, tuple[str, str]] = {}
+
+    async def follow(type_url: str) -> None:
+        """(Re)subscribe a named type to what the held resources name, if that changed."""
+        want = c.wanted(type_url)
+        have = subscribed.get(type_url)
+        if have == want:
+            return
+        subscribed[type_url] = want
+        if delta:
+            await call.write(d.DeltaDiscoveryRequest(
+                type_url=type_url, resource_names_subscribe=sorted(want - (have or set())),
+                resource_names_unsubscribe=sorted((have or set()) - want),
+                initial_resource_versions={n: v for n, v in c.held.get(type_url, {}).items() if n in want}
+                if have is None else {}))
+        else:
+            version, nonce = last.get(type_url, ("", ""))
+            await call.write(d.DiscoveryRequest(type_url=type_url, resource_names=sorted(want), version_info=version,
+                                                response_nonce=nonce))
+
+    first = {"node": node(c.idx, c.namespaces)}
+    if delta:
+        await call.write(d.DeltaDiscoveryRequest(type_url=CDS, initial_resource_versions=c.held.get(CDS, {}), **first))
     else:
-        call = stub.StreamAggregatedResources()
-        await call.write(d.DiscoveryRequest(node=node(c.idx, c.namespaces), type_url=CDS))
+        await call.write(d.DiscoveryRequest(type_url=CDS, **first))
     seen: set[str] = set()
     reader = asyncio.ensure_future(call.read())
     stopper = asyncio.ensure_future(stop.wait())
@@ -265,42 +387,35 @@ async def run_client(c: Client, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStu
                 break
             c.bytes_received += resp.ByteSize()
             t = resp.type_url
-            if c.variant == "delta":
-                held = c.held.setdefault(t, {})
-                for r in resp.resources:
-                    held[r.name] = r.version
-                for n in resp.removed_resources:
-                    held.pop(n, None)
+            if delta:
+                c.apply(t, [(r.name, r.version, r.resource.value) for r in resp.resources],
+                        list(resp.removed_resources), full=False)
                 await call.write(d.DeltaDiscoveryRequest(type_url=t, response_nonce=resp.nonce))
-                if t == CDS and t not in seen:
-                    c.eds_names = sorted(held)
-                    await call.write(d.DeltaDiscoveryRequest(type_url=EDS, resource_names_subscribe=c.eds_names,
-                                                             initial_resource_versions=c.held.get(EDS, {})))
-                    await call.write(d.DeltaDiscoveryRequest(type_url=LDS,
-                                                             initial_resource_versions=c.held.get(LDS, {})))
             else:
-                names = sorted(c.eds_names) if t == EDS else []
+                c.apply(t, [("", "", a.value) for a in resp.resources], [], full=t in (CDS, LDS))
+                last[t] = (resp.version_info, resp.nonce)
+                names = sorted(subscribed.get(t, ())) if t in (EDS, RDS) else []
                 await call.write(d.DiscoveryRequest(type_url=t, response_nonce=resp.nonce,
                                                     version_info=resp.version_info, resource_names=names))
-                if t == CDS and t not in seen:
-                    c.eds_names = sorted(_cluster_name(r.value) for r in resp.resources)
-                    await call.write(d.DiscoveryRequest(type_url=EDS, resource_names=c.eds_names))
-                    await call.write(d.DiscoveryRequest(type_url=LDS))
+            if t == CDS:
+                await follow(EDS)
+                if LDS not in seen and CDS not in seen:  # Envoy asks for listeners once clusters are in
+                    if delta:
+                        await call.write(d.DeltaDiscoveryRequest(type_url=LDS,
+                                                                 initial_resource_versions=c.held.get(LDS, {})))
+                    else:
+                        await call.write(d.DiscoveryRequest(type_url=LDS))
+            elif t == LDS:
+                await follow(RDS)
             seen.add(t)
             c.last_ack = time.monotonic()
-            if {CDS, EDS, LDS} <= seen:
+            if seen >= SYNCED_TYPES:
                 c.synced.set()
             reader = asyncio.ensure_future(call.read())
     finally:
         reader.cancel()
         stopper.cancel()
         call.cancel()
-
-
-def _cluster_name(raw: bytes) -> str:
-    from envoy.config.cluster.v3 import cluster_pb2
-
-    return str(cluster_pb2.Cluster.FromString(raw).name)
 
 
 def rss_kb(pid: int) -> int:
@@ -310,19 +425,33 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def syncz_convergence(mon_port: int, group_part: str = "", type_name: str = "LDS") -> list[float]:
-    """Per connection (of a group containing ``group_part``): seconds from the config change to
-    its ACK of the response of ``type_name`` that carried it (the server's own monotonic clock on both ends)."""
+def syncz(mon_port: int) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"http://127.0.0.1:{mon_port}/debug/syncz", timeout=10) as r:
-        status = json.loads(r.read())
-    out = []
-    for conn in status:
+        status: list[dict[str, Any]] = json.loads(r.read())
+    return status
+
+
+def syncz_convergence(mon_port: int, before: list[dict[str, Any]], group_part: str = ""
+                      ) -> tuple[list[float], set[str]]:
+    """Per connection (of a group containing ``group_part``) that was pushed something since
+    ``before`` (an earlier ``syncz``): seconds from the config change to its ACK of the last of the
+    responses that carried it - the latest ``ack_convergence_ms`` among the types it was sent
+    (a VirtualService edit is an RDS push, an endpoint edit an EDS push, a policy edit an LDS push;
+    a subset change adds CDS and EDS), on the server's own monotonic clock.  Also: those types."""
+    sent_before = {(conn["connection_id"], t): st.get("responses", 0)
+                   for conn in before for t, st in conn.get("types", {}).items()}
+    out: list[float] = []
+    types: set[str] = set()
+    for conn in syncz(mon_port):
         if group_part not in str(conn.get("group", "")):
             continue
-        ms = conn.get("types", {}).get(type_name, {}).get("ack_convergence_ms")
-        if ms is not None:
-            out.append(ms / 1000)
-    return out
+        pushed = {t: st for t, st in conn.get("types", {}).items()
+                  if st.get("responses", 0) > sent_before.get((conn["connection_id"], t), 0)}
+        ms = [st["ack_convergence_ms"] for st in pushed.values() if st.get("ack_convergence_ms") is not None]
+        if ms:
+            out.append(max(ms) / 1000)
+            types |= set(pushed)
+    return out, types
 
 
 def pct(values: list[float], p: float) -> float:
@@ -389,6 +518,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for rnd in range(args.rounds):
             before = {c.idx: c.bytes_received for c in clients}
             marks = {c.idx: c.last_ack for c in clients}
+            status_before = await asyncio.to_thread(syncz, mon_port)
             t0 = time.monotonic()
             edit(tmp, 80 - rnd)
             deadline = t0 + 30
@@ -397,14 +527,15 @@ async def main_async(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.3)  # let any trailing responses (e.g. a second type) arrive
             done = [c.last_ack - t0 for c in clients if c.last_ack != marks[c.idx]]
             lat.extend(done)
-            conv = await asyncio.to_thread(syncz_convergence, mon_port, "/ns-0/" if reference else "",
-                                           "EDS" if args.edit == "endpoint" else "LDS")
+            conv, types = await asyncio.to_thread(syncz_convergence, mon_port, status_before,
+                                                  "/ns-0/" if reference else "")
             server_lat.extend(conv)
             sent = [c.bytes_received - before[c.idx] for c in affected]
             print(f"  change {rnd + 1}: {len(done)}/{args.clients} updated; file write -> ACK p50 "
                   f"{pct(done, 50) * 1000:.0f} ms p99 {pct(done, 99) * 1000:.0f} ms max {max(done) * 1000:.0f} ms; "
                   f"config change -> ACK p50 {pct(conv, 50) * 1000:.0f} ms p99 {pct(conv, 99) * 1000:.0f} ms "
-                  f"({len(conv)} streams); bytes per stream {statistics.mean(sent):.0f}")
+                  f"({len(conv)} streams; pushed {'+'.join(sorted(types))}); "
+                  f"bytes per stream {statistics.mean(sent):.0f}")
         print(f"  overall: file write -> last ACK p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms "
               f"(includes the <= {0.05 * 1000:.0f} ms file poll and the directory's 100 ms quiet period, which is "
               f"a directory change's debounce); source hands the change over -> ACK p50 "
