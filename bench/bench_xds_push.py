@@ -271,7 +271,7 @@ def eds_name(cluster: cluster_pb2.Cluster) -> str | None:
     """The endpoint assignment an EDS cluster waits for (None: not an EDS cluster)."""
     if cluster.type != cluster_pb2.Cluster.EDS:
         return None
-    return cluster.eds_cluster_config.service_name or cluster.name
+    return str(cluster.eds_cluster_config.service_name or cluster.name)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from envoy.config.core.v3 import config_source_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from istiod_lite.model import ConfigSnapshot, parse_object
+from istiod_lite.model.base import Resource
 from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.translator.waypoint import WaypointTranslator
 from tests.support.snapshots import load_resources, replaced, same_output
@@ -35,7 +36,7 @@ def _bytes(out: EnvoyResources, kind: str) -> dict[str, bytes]:
     return {n: m.SerializeToString(deterministic=True) for n, m in getattr(out, kind).items()}
 
 
-def _vs(spec_http: list[dict[str, object]], name: str = "echo", host: str = "echo") -> object:
+def _vs(spec_http: list[dict[str, object]], name: str = "echo", host: str = "echo") -> Resource:
     return parse_object({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                          "metadata": {"name": name, "namespace": "app"},
                          "spec": {"hosts": [host], "http": spec_http}})
@@ -57,7 +58,7 @@ def test_route_edit_keeps_main_internal_and_changes_one_route_configuration() ->
     edited = _vs([{"match": [{"uri": {"prefix": "/api"}}], "timeout": "3s",
                    "route": [{"destination": {"host": "api.backend.svc.cluster.local"}}]},
                   {"route": [{"destination": {"host": "side"}}]}])
-    s2, _ = replaced(s1, base, edited, 2)  # type: ignore[arg-type]
+    s2, _ = replaced(s1, base, edited, 2)
     out2 = t.translate(s2)
     assert t.last_rebuilt == 1
     assert out2.listeners["main_internal"] is out1.listeners["main_internal"]
@@ -74,11 +75,11 @@ def test_rds_names_follow_services_added_and_removed() -> None:
     t.translate(s1)
     extra = parse_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "more", "namespace": "app"},
                           "spec": {"clusterIP": "127.10.0.3", "ports": [{"name": "http", "port": 8080}]}})
-    s2, base2 = replaced(s1, base, extra, 2)  # type: ignore[arg-type]
+    s2, base2 = replaced(s1, base, extra, 2)
     out2 = t.translate(s2)
     more = "inbound-vip|8080|http|more.app.svc.cluster.local"
     assert _rds(out2)[more] == more and set(out2.routes) == set(_rds(out2).values())
-    s3, _ = replaced(s2, base2, extra, 3, delete=True)  # type: ignore[arg-type]
+    s3, _ = replaced(s2, base2, extra, 3, delete=True)
     out3 = t.translate(s3)
     assert more not in out3.routes and more not in _rds(out3)
     assert set(out3.routes) == set(_rds(out3).values())
