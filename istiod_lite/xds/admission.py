@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -154,7 +155,5 @@ class LoadAdmission:
         return waiter.result()
 
     def _forget(self, waiter: asyncio.Future[Ticket]) -> None:
-        try:
+        with contextlib.suppress(ValueError):  # already taken by ``_dispatch``
             self._waiters.remove(waiter)
-        except ValueError:
-            pass

@@ -27,17 +27,15 @@ DEFAULT_HISTORY = 4096
 class LoopLagMonitor:
     """``start()`` on the running loop; ``current`` is the latest lag in seconds.
 
-    ``observe`` (e.g. a Prometheus histogram's ``observe``) gets every sample; ``listeners`` are
-    called after each one (admission re-checks its waiters there).
+    ``listeners`` are called after each sample (the server's histogram observes ``last`` there,
+    admission re-checks its waiters).
     """
 
     def __init__(self, interval: float = DEFAULT_INTERVAL, *, history: int = DEFAULT_HISTORY,
-                 observe: Callable[[float], None] | None = None,
                  wall_clock: Callable[[], float] = time.time) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self.interval = interval
-        self._observe = observe
         self._wall = wall_clock
         self._samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=max(1, history))
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,8 +73,6 @@ class LoopLagMonitor:
         """One sample (the timer's; tests feed their own)."""
         self.last = lag
         self._samples.append((self._wall(), lag))
-        if self._observe is not None:
-            self._observe(lag)
         for listener in list(self.listeners):
             listener()
 

@@ -88,6 +88,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         options: XdsServerOptions | None = None,
         stream_check: StreamCheck | None = None,
         metrics: XdsMetrics | None = None,
+        lag: LoopLagMonitor | None = None,
     ) -> None:
         self.cache = cache
         self.options = options or XdsServerOptions()
@@ -98,8 +99,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         o = self.options
         rate = o.max_new_streams_per_second
         self._rate = TokenBucket(rate, o.new_stream_burst) if rate > 0 else None
-        #: Event-loop lag, measured while the server has streams (or once ``start_monitoring`` ran).
-        self.lag = LoopLagMonitor(observe=self.metrics.loop_lag.observe)
+        #: Event-loop lag, measured from the first stream on (or once ``start_monitoring`` ran).
+        self.lag = lag or LoopLagMonitor()
+        self.lag.listeners.append(lambda: self.metrics.loop_lag.observe(self.lag.last))
         self.admission = (LoadAdmission(max_syncing=o.max_syncing_streams, max_lag=o.max_loop_lag, lag=self.lag,
                                         sync_timeout=o.initial_sync_timeout)
                           if o.max_syncing_streams > 0 or o.max_loop_lag > 0 else None)
