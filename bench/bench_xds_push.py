@@ -10,7 +10,9 @@ grpc.aio streams that behave like Envoy: wildcard CDS and LDS, EDS by name, ACK 
    directory change: the control plane adds no second one), and bytes each stream received for
    it; and, from the server's ``/debug/syncz``, source -> ACK per stream (from the moment the
    source hands the change over: translation, push and the client's ACK);
-3. reconnect storm: every stream drops and reconnects at once; time until all are synced.
+3. reconnect storm: every stream drops and reconnects at once (with the server's default admission;
+   a refused stream retries as Envoy does); time until all are synced, and the server's event-loop
+   lag during it (from ``/debug/loopz``).
 
 With ``--mesh reference`` the config is instead the reference mesh of the traffic-management issue
 (1000 services, 2000 pods, 1000 VirtualServices, 1000 DestinationRules, 1000
