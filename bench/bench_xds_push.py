@@ -14,7 +14,9 @@ EDS, LDS and RDS are held), then:
    it; and, from the server's ``/debug/syncz``, source -> ACK per stream (from the moment the
    source hands the change over: translation, push and the client's ACK of the last type pushed
    for it - RDS for a VirtualService edit, since routes are served over RDS);
-3. reconnect storm: every stream drops and reconnects at once; time until all are synced.
+3. reconnect storm: every stream drops and reconnects at once (with the server's default admission;
+   a refused stream retries as Envoy does); time until all are synced, and the server's event-loop
+   lag during it (from ``/debug/loopz``).
 
 With ``--mesh reference`` the config is instead the reference mesh of the traffic-management issue
 (1000 services, 2000 pods, 1000 VirtualServices, 1000 DestinationRules, 1000
@@ -36,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -459,10 +462,39 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
+#: Streams the server refused (RESOURCE_EXHAUSTED) and the client retried, since the last reset.
+REFUSED = [0]
+
+
+async def run_client_retrying(c: Client, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub,
+                              stop: asyncio.Event) -> None:
+    """``run_client``, retried as Envoy retries a refused ADS stream: after a jittered backoff of
+    up to 0.5 s, doubling to 30 s (admission answers RESOURCE_EXHAUSTED when a stream waited too long)."""
+    cap = 0.5
+    while not stop.is_set():
+        try:
+            await run_client(c, stub, stop)
+            return
+        except asyncio.InvalidStateError:  # refused before the first write landed
+            pass
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+                raise
+        REFUSED[0] += 1
+        await asyncio.sleep(random.uniform(0, cap))
+        cap = min(cap * 2, 30.0)
+
+
+def loop_lag(mon_port: int, since: float) -> dict[str, object]:
+    """The server's event-loop lag samples taken since ``since`` (wall time), from ``/debug/loopz``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{mon_port}/debug/loopz?since={since}", timeout=10) as r:
+        return dict(json.loads(r.read()))
+
+
 async def connect_all(clients: list[Client], stubs: list[ads_pb2_grpc.AggregatedDiscoveryServiceStub],
                       stop: asyncio.Event, timeout: float) -> tuple[list[asyncio.Task[None]], float]:
     t0 = time.monotonic()
-    tasks = [asyncio.create_task(run_client(c, stubs[c.idx % len(stubs)], stop)) for c in clients]
+    tasks = [asyncio.create_task(run_client_retrying(c, stubs[c.idx % len(stubs)], stop)) for c in clients]
     await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for c in clients)), timeout)
     return tasks, time.monotonic() - t0
 
@@ -546,8 +578,13 @@ async def main_async(args: argparse.Namespace) -> None:
         for c in clients:
             c.synced = asyncio.Event()
         stop = asyncio.Event()
+        REFUSED[0], storm_wall = 0, time.time()
         tasks, storm = await connect_all(clients, stubs, stop, 120)
+        lag = await asyncio.to_thread(loop_lag, mon_port, storm_wall)
         print(f"  reconnect storm: {args.clients} streams reconnected at once, all synced in {storm:.2f} s")
+        print(f"  server event-loop lag during the storm: p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms, "
+              f"max {lag['max_ms']} ms ({lag['count']} samples every {lag['interval_ms']:.0f} ms); "
+              f"{REFUSED[0]} streams refused and retried")
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         for ch in channels:

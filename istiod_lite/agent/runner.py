@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,11 @@ log = logging.getLogger(__name__)
 
 #: Istio's ``SECRET_TTL`` default: the validity the agent asks the CA for.
 DEFAULT_CERT_TTL = 24 * 3600
+#: Istio's ProxyConfig ``drainDuration``: Envoy's ``--drain-time-s``.
+DEFAULT_DRAIN_DURATION = 45.0
+#: Istio's ProxyConfig ``terminationDrainDuration``: listeners drain this long before Envoy is stopped.
+DEFAULT_TERMINATION_DRAIN = 5.0
+DRAIN_STRATEGIES = ("immediate", "gradual")
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,16 @@ class EnvoySettings:
     admin_port: int = 15000
     log_level: str = "warning"
     concurrency: int = 2
+    #: After SIGTERM, how long Envoy may take to exit before SIGKILL.
     drain_timeout: float = 5.0
+    #: Envoy's ``--drain-time-s`` (rounded up to whole seconds): how long a replaced listener or
+    #: filter chain, or a draining Envoy, keeps its connections.
+    drain_duration: float = DEFAULT_DRAIN_DURATION
+    #: Envoy's ``--drain-strategy``: ``immediate`` (pilot-agent's: every connection of a draining
+    #: chain is told to close at once) or ``gradual``.
+    drain_strategy: str = "immediate"
+    #: On stop: drain the listeners, wait this long (or until Envoy exits), then SIGTERM.
+    termination_drain_duration: float = DEFAULT_TERMINATION_DRAIN
     max_restarts: int = 0
     #: Envoy's stdout/stderr file (``None``: the agent's own).
     output_path: Path | None = None
@@ -70,6 +85,12 @@ class EnvoySettings:
     status_port: int = 0
     #: Istio's Prometheus port (15090: ``/stats/prometheus``) on the proxy's IP; 0: none.
     prometheus_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.drain_strategy not in DRAIN_STRATEGIES:
+            raise ValueError(f"drain strategy must be one of {', '.join(DRAIN_STRATEGIES)}")
+        if self.drain_duration <= 0 or self.termination_drain_duration < 0:
+            raise ValueError("the drain duration must be positive, the termination drain not negative")
 
 
 @dataclass(frozen=True)
@@ -138,6 +159,9 @@ class WaypointAgent:
             log_level=config.envoy.log_level,
             concurrency=config.envoy.concurrency,
             drain_timeout=config.envoy.drain_timeout,
+            drain_time=max(1, math.ceil(config.envoy.drain_duration)),
+            drain_strategy=config.envoy.drain_strategy,
+            termination_drain=config.envoy.termination_drain_duration,
             max_restarts=config.envoy.max_restarts,
         ))
         self._ca: CaClient | None = None

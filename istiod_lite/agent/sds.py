@@ -83,8 +83,9 @@ class SdsServer:
         check_socket_path(socket_path, "SDS socket")
         self.socket_path = socket_path
         self.cache = SnapshotCache(lambda node: _GROUP)
-        # One local client: no admission rate limit; a stuck Envoy is still cut off after 30 s.
-        self.ads = AdsServer(self.cache, XdsServerOptions(max_new_streams_per_second=0))
+        # One local client: no admission; a stuck Envoy is still cut off after 30 s.
+        self.ads = AdsServer(self.cache, XdsServerOptions(max_new_streams_per_second=0, max_syncing_streams=0,
+                                                          max_loop_lag=0))
         self._server: grpc.aio.Server | None = None
         self._poller: asyncio.Task[None] | None = None
         self.current: IssuedCertificate | None = None

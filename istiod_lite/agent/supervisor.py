@@ -10,7 +10,17 @@
 * Any exit the agent did not ask for is a crash: Envoy is started again after an exponential
   backoff (1 s doubling to 30 s, jittered); a run of ``stable_after`` seconds resets the backoff.
   ``max_restarts`` (0 = unlimited) bounds a crash loop; when exhausted the agent exits 1.
-* Stopping: SIGTERM to Envoy, SIGKILL if it has not exited after ``drain_timeout``.
+* Draining (pilot-agent's choice, Istio's ProxyConfig defaults): Envoy runs with
+  ``--drain-time-s`` = ``drain_time`` (drainDuration, 45 s) and ``--drain-strategy immediate``.
+  When an LDS update replaces a listener or filter chain, every connection on the old one is told
+  at once to close (HTTP/1.1: ``Connection: close`` on its next response; HTTP/2: GOAWAY), so
+  clients reconnect to the new config instead of keeping the old one for up to the drain time;
+  whatever is left on the old chain is closed when the drain time ends.  ``gradual`` (Envoy's
+  default) would tell a growing share of them over the drain time.
+* Stopping, as pilot-agent: ``POST /drain_listeners?graceful`` on the admin port (listeners drain
+  with the strategy above and keep accepting, since clients may still pick this proxy while its
+  removal propagates), then ``termination_drain`` seconds (terminationDrainDuration, 5 s) or
+  until Envoy exits, then SIGTERM, then SIGKILL if it has not exited after ``drain_timeout``.
 
 Exit codes of ``run``: 0 when stopped on request, 1 when Envoy cannot be started or keeps crashing.
 """
@@ -52,7 +62,14 @@ class SupervisorOptions:
     log_level: str = "warning"
     concurrency: int = 2
     extra_args: tuple[str, ...] = ()
+    #: After SIGTERM, how long Envoy may take to exit before SIGKILL.
     drain_timeout: float = 5.0
+    #: Envoy's ``--drain-time-s`` (whole seconds; Istio's ProxyConfig ``drainDuration``, 45 s); 0 = Envoy's default.
+    drain_time: int = 0
+    #: Envoy's ``--drain-strategy``: ``immediate`` (pilot-agent's) or ``gradual``; "" = Envoy's default.
+    drain_strategy: str = ""
+    #: On stop, drain the listeners for this long before SIGTERM (Istio's ``terminationDrainDuration``); 0 = no drain.
+    termination_drain: float = 0.0
     restart_initial_backoff: float = 1.0
     restart_max_backoff: float = 30.0
     stable_after: float = 60.0
@@ -103,6 +120,8 @@ class EnvoySupervisor:
             "--admin-address-path", str(o.admin_address_path),
             "-l", o.log_level,
             "--concurrency", str(o.concurrency),
+            *(("--drain-time-s", str(o.drain_time)) if o.drain_time > 0 else ()),
+            *(("--drain-strategy", o.drain_strategy) if o.drain_strategy else ()),
             *o.extra_args,
         ]
 
@@ -182,7 +201,45 @@ class EnvoySupervisor:
                 # Cancelled (or an error) while Envoy runs: never leave it behind.
                 await asyncio.shield(self._terminate(proc_now))
 
+    async def drain_listeners(self) -> bool:
+        """``POST /drain_listeners?graceful`` on Envoy's admin port; False if Envoy did not take it."""
+        address = self.admin_address()
+        if address is None:
+            return False
+        host, _, port = address.rpartition(":")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 2.0)
+        except (OSError, ValueError, TimeoutError) as exc:
+            log.warning("cannot drain Envoy's listeners (admin %s): %s", address, exc)
+            return False
+        try:
+            writer.write(f"POST /drain_listeners?graceful HTTP/1.1\r\nHost: {address}\r\n"
+                         "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            status = await asyncio.wait_for(reader.readline(), 2.0)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot drain Envoy's listeners (admin %s): %s", address, exc)
+            return False
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        ok = status.split(b" ")[1:2] == [b"200"]
+        if not ok:
+            log.warning("Envoy refused to drain its listeners: %r", status.strip())
+        return ok
+
+    async def _drain(self, proc: asyncio.subprocess.Process) -> None:
+        """Drain the listeners, then give clients ``termination_drain`` seconds (or until Envoy exits)."""
+        wait = self.options.termination_drain
+        if wait <= 0 or proc.returncode is not None:
+            return
+        drained = await self.drain_listeners()
+        log.info("draining Envoy's listeners (%s) for %.1fs before SIGTERM", "started" if drained else "failed", wait)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=wait)
+
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        await self._drain(proc)
         if proc.returncode is None:
             log.info("stopping Envoy (pid %d): SIGTERM, SIGKILL after %.0fs", proc.pid, self.options.drain_timeout)
             with contextlib.suppress(ProcessLookupError):

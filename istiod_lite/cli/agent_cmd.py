@@ -22,7 +22,15 @@ from pathlib import Path
 
 from istiod_lite.addresses import split_host_port
 from istiod_lite.agent.bootstrap import WaypointIdentity
-from istiod_lite.agent.runner import DEFAULT_CERT_TTL, AgentConfig, EnvoySettings, WaypointAgent
+from istiod_lite.agent.runner import (
+    DEFAULT_CERT_TTL,
+    DEFAULT_DRAIN_DURATION,
+    DEFAULT_TERMINATION_DRAIN,
+    DRAIN_STRATEGIES,
+    AgentConfig,
+    EnvoySettings,
+    WaypointAgent,
+)
 from istiod_lite.ca.identity import Identity
 from istiod_lite.envoy_binary import EnvoyNotFound, envoy_binary
 from istiod_lite.model.types import parse_duration
@@ -39,6 +47,17 @@ def _duration(text: str) -> dt.timedelta:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: {exc}") from exc
     if value.nanos <= 0:
         raise argparse.ArgumentTypeError("duration must be positive")
+    return dt.timedelta(seconds=value.total_seconds)
+
+
+def _duration_or_zero(text: str) -> dt.timedelta:
+    """argparse type: a Go duration that may be ``0s``."""
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: {exc}") from exc
+    if value.nanos < 0:
+        raise argparse.ArgumentTypeError("duration must not be negative")
     return dt.timedelta(seconds=value.total_seconds)
 
 
@@ -66,6 +85,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         log_level=args.envoy_log_level,
         concurrency=args.concurrency,
         drain_timeout=args.drain_timeout.total_seconds(),
+        drain_duration=args.drain_duration.total_seconds(),
+        drain_strategy=args.drain_strategy,
+        termination_drain_duration=args.termination_drain_duration.total_seconds(),
         max_restarts=args.max_restarts,
         output_path=Path(args.envoy_output) if args.envoy_output else None,
         status_port=args.status_port,
@@ -158,8 +180,18 @@ def add_run_parser(waypoint_subparsers: argparse._SubParsersAction[argparse.Argu
     r.add_argument("--envoy-log-level", default="warning")
     r.add_argument("--envoy-output", default="", metavar="FILE", help="append Envoy's output here")
     r.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
+    r.add_argument("--drain-duration", type=_duration, default=dt.timedelta(seconds=DEFAULT_DRAIN_DURATION),
+                   metavar="D", help="Envoy's --drain-time-s (whole seconds): how long a replaced listener or filter "
+                                     "chain keeps its connections (Istio's drainDuration, 45s)")
+    r.add_argument("--drain-strategy", choices=DRAIN_STRATEGIES, default="immediate",
+                   help="Envoy's --drain-strategy: immediate (pilot-agent's) tells every connection of a draining "
+                        "chain to close at once; gradual, more of them over the drain duration")
+    r.add_argument("--termination-drain-duration", type=_duration_or_zero,
+                   default=dt.timedelta(seconds=DEFAULT_TERMINATION_DRAIN), metavar="D",
+                   help="on SIGTERM: drain Envoy's listeners this long (or until Envoy exits) before stopping it "
+                        "(Istio's terminationDrainDuration, 5s; 0s: stop at once)")
     r.add_argument("--drain-timeout", type=_duration, default=dt.timedelta(seconds=5), metavar="D",
-                   help="after SIGTERM, how long Envoy may take before SIGKILL")
+                   help="after the termination drain, Envoy gets SIGTERM; SIGKILL if it has not exited after D")
     r.add_argument("--max-restarts", type=int, default=0, metavar="N",
                    help="give up (exit 1) after N unexpected Envoy exits; 0 = never")
     r.set_defaults(func=run_waypoint)

@@ -77,6 +77,10 @@ def _serve(args: argparse.Namespace) -> int:
         xds=XdsServerOptions(
             write_timeout=args.stream_write_timeout,
             max_new_streams_per_second=args.max_new_streams_per_second,
+            max_syncing_streams=args.max_syncing_streams,
+            max_loop_lag=args.max_loop_lag_ms / 1000,
+            initial_sync_timeout=args.initial_sync_timeout,
+            admission_wait=args.admission_wait,
             max_concurrent_pushes=args.max_concurrent_pushes,
         ),
         max_connection_age=args.max_connection_age,
@@ -216,8 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--debounce-max", type=float, default=10.0, metavar="SECONDS")
     s.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS",
                    help="how often the config directory is checked for changes")
-    s.add_argument("--max-new-streams-per-second", type=float, default=25.0, metavar="RATE",
-                   help="admission rate for new xDS streams (0 = unlimited); excess get RESOURCE_EXHAUSTED")
+    s.add_argument("--max-syncing-streams", type=int, default=50, metavar="N",
+                   help="admit a new xDS stream only while fewer than N are in their initial sync (0 = no bound)")
+    s.add_argument("--max-loop-lag-ms", type=float, default=50.0, metavar="MS",
+                   help="hold new xDS streams back while the event loop lags more than this (0 = off); "
+                        "never while no other stream is syncing")
+    s.add_argument("--initial-sync-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="a stream stops counting as syncing after this long, synced or not")
+    s.add_argument("--admission-wait", type=float, default=10.0, metavar="SECONDS",
+                   help="longest wait of a new stream for admission; then RESOURCE_EXHAUSTED (the client retries)")
+    s.add_argument("--max-new-streams-per-second", type=float, default=0.0, metavar="RATE",
+                   help="also a fixed admission rate, as istiod's PILOT_MAX_REQUESTS_PER_SECOND (istiod-lite "
+                        "before: 25, burst 100); 0 (default) = off")
     s.add_argument("--stream-write-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="close a stream whose writes stay blocked this long")
     s.add_argument("--max-concurrent-pushes", type=int, default=100, metavar="N",

@@ -128,7 +128,8 @@ class ControlPlane:
         self._reconcile_task: asyncio.Task[None] | None = None
         #: Source, debouncer, memory trimmer, reconcile: a task that dies fails ``/ready`` at once.
         self._supervisor = TaskSupervisor()
-        self._monitoring = MonitoringServer(lambda: self.ready, self.ads.status, self.ads.metrics.registry)
+        self._monitoring = MonitoringServer(lambda: self.ready, self.ads.status, self.ads.metrics.registry,
+                                            loopz=self.ads.load_status)
         self.config_metrics = ConfigMetrics(self.ads.metrics.registry)
         self.grpc_port = 0
 
@@ -146,6 +147,7 @@ class ControlPlane:
         update = await asyncio.to_thread(self.source.load)
         self._install(update)
         self.cache.mark_ready()
+        self.ads.start_monitoring()  # loop lag on /metrics and /debug/loopz, streams or not
         grpc_options: list[tuple[str, int]] = [
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
@@ -214,6 +216,7 @@ class ControlPlane:
         if self.ca is not None:
             await self.ca.close()
         await self._monitoring.stop()
+        self.ads.stop_monitoring()
 
     def _reconcile_soon(self, snapshot: ConfigSnapshot) -> None:
         """Hand the snapshot to the waypoint controller (cluster mode): it applies off the loop,

@@ -38,6 +38,15 @@ STATUS_PORT = 15021
 #: Istio's ``http-envoy-prom`` port: Envoy's stats for Prometheus (``/stats/prometheus``).
 PROMETHEUS_PORT = 15090
 ENVOY_ADMIN_PORT = 15000
+#: Istio's ProxyConfig defaults, passed explicitly so the pod spec says how the waypoint drains:
+#: a replaced listener keeps its connections up to ``drainDuration``, each told at once to close
+#: (pilot-agent's immediate strategy); on termination the listeners drain for
+#: ``terminationDrainDuration`` before Envoy is stopped.
+DRAIN_DURATION = "45s"
+DRAIN_STRATEGY = "immediate"
+TERMINATION_DRAIN_DURATION = "5s"
+#: Covers the termination drain (5 s) plus Envoy's exit after SIGTERM (``--drain-timeout``, 5 s).
+TERMINATION_GRACE_PERIOD_SECONDS = 30
 
 #: Readiness as Istio's: ``GET /healthz/ready`` on the status port of the pod IP, served by the
 #: waypoint's Envoy (``waypoint run --status-port``), answered by its admin ``/ready`` (200 once
@@ -75,7 +84,9 @@ def waypoint_args(gateway: Gateway, *, istiod_address: str, trust_domain: str) -
             "--token-file", TOKEN_PATH, "--xds-address", istiod, "--ca-address", istiod,
             "--root-cert", ROOT_CERT_PATH, "--ip", "$(INSTANCE_IP)", "--trust-domain", trust_domain,
             "--admin-port", str(ENVOY_ADMIN_PORT), "--status-port", str(STATUS_PORT),
-            "--prometheus-port", str(PROMETHEUS_PORT)]
+            "--prometheus-port", str(PROMETHEUS_PORT),
+            "--drain-duration", DRAIN_DURATION, "--drain-strategy", DRAIN_STRATEGY,
+            "--termination-drain-duration", TERMINATION_DRAIN_DURATION]
 
 
 def render_service_account(gateway: Gateway) -> dict[str, Any]:
@@ -126,7 +137,7 @@ def render_deployment(gateway: Gateway, *, image: str, istiod_address: str, trus
                     "prometheus.io/path": "/stats/prometheus"}},
                 "spec": {
                     "serviceAccountName": gateway.name,
-                    "terminationGracePeriodSeconds": 30,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
                     "containers": [container],
                     "volumes": [
                         {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {

@@ -24,16 +24,20 @@ def _loopback(remote: str | None) -> bool:
 
 
 class MonitoringServer:
-    """/ready from ``ready()``, /debug/syncz from ``syncz()``, /metrics from ``registry``."""
+    """/ready from ``ready()``, /debug/syncz from ``syncz()``, /metrics from ``registry``,
+    /debug/loopz from ``loopz(since)`` (event-loop lag samples since a wall time, and admission)."""
 
     def __init__(
         self,
         ready: Callable[[], bool],
         syncz: Callable[[], list[dict[str, object]]],
         registry: CollectorRegistry | None = None,
+        *,
+        loopz: Callable[[float], dict[str, object]] | None = None,
     ) -> None:
         self._ready_fn = ready
         self._syncz_fn = syncz
+        self._loopz_fn = loopz
         self._registry = registry
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -42,6 +46,7 @@ class MonitoringServer:
         app = web.Application()
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/debug/syncz", self._syncz)
+        app.router.add_get("/debug/loopz", self._loopz)
         app.router.add_get("/metrics", self._metrics)
         return app
 
@@ -60,6 +65,18 @@ class MonitoringServer:
             return web.Response(status=403, text="debug endpoints are served to loopback clients only\n")
         status = self._syncz_fn()
         return web.Response(text=json.dumps(status, indent=2, sort_keys=True), content_type="application/json")
+
+    async def _loopz(self, req: web.Request) -> web.Response:
+        """``?since=<unix time>``: only the lag samples taken from then on (a benchmark's window)."""
+        if not _loopback(req.remote):
+            return web.Response(status=403, text="debug endpoints are served to loopback clients only\n")
+        if self._loopz_fn is None:
+            return web.Response(status=404, text="no loop-lag monitor\n")
+        try:
+            since = float(req.query.get("since", "0"))
+        except ValueError:
+            return web.Response(status=400, text="since must be a number (unix time)\n")
+        return web.Response(text=json.dumps(self._loopz_fn(since)), content_type="application/json")
 
     async def start(self, addr: str) -> None:
         host, port = split_host_port(addr)

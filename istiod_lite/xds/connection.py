@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
 
+from istiod_lite.xds.admission import FREE, Ticket
 from istiod_lite.xds.subscription import Subscription
 from istiod_lite.xds.typeurls import push_rank, short
 
@@ -48,6 +49,8 @@ class Connection:
     eds_after_cds: bool = False
     #: Trigger time (monotonic) of the newest snapshot this stream has been brought up to date with.
     converged_trigger: float = 0.0
+    #: Held from admission until the initial sync is done (``AdsServer._initially_synced``).
+    sync_ticket: Ticket = FREE
 
     @property
     def node_id(self) -> str:

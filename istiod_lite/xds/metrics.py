@@ -6,11 +6,14 @@ live in one process without sharing counters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from istiod_lite.xds.typeurls import short
 
 _TIME_BUCKETS = (0.01, 0.1, 0.5, 1, 3, 5, 10, 20, 30)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _SIZE_BUCKETS = (1, 10_000, 1_000_000, 4_000_000, 10_000_000, 40_000_000)
 
 
@@ -41,6 +44,20 @@ class XdsMetrics:
         self.config_size = Histogram("pilot_xds_config_size_bytes", "Distribution of configuration sizes pushed to "
                                      "clients", ["type"], buckets=_SIZE_BUCKETS, registry=r)
         self.connected.labels(version="").set(0)
+        # istiod-lite's own (istiod has no such metrics): event-loop lag and admission.
+        self.loop_lag = Histogram("istiod_lite_event_loop_lag_seconds", "How late the event loop ran a periodic "
+                                  "timer (sampled every 20 ms).", buckets=_LAG_BUCKETS, registry=r)
+        self.admission_refused = Counter("istiod_lite_xds_admission_refused", "New xDS streams refused with "
+                                         "RESOURCE_EXHAUSTED, by reason (rate: fixed rate; load: syncing bound or "
+                                         "loop lag).", ["reason"], registry=r)
+        self.syncing = Gauge("istiod_lite_xds_syncing_streams", "Admitted xDS streams still in their initial sync.",
+                             registry=r)
+        self.admission_waiting = Gauge("istiod_lite_xds_admission_waiting_streams", "New xDS streams waiting "
+                                       "for admission.", registry=r)
+
+    def track_admission(self, syncing: Callable[[], float], waiting: Callable[[], float]) -> None:
+        self.syncing.set_function(syncing)
+        self.admission_waiting.set_function(waiting)
 
     def sent(self, type_url: str, size: int, seconds: float) -> None:
         t = short(type_url).lower()

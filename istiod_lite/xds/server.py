@@ -21,12 +21,13 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from istiod_lite.xds import delta, sotw, wire
-from istiod_lite.xds.admission import TokenBucket
+from istiod_lite.xds.admission import FREE, LoadAdmission, Ticket, TokenBucket
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.connection import Connection
+from istiod_lite.xds.looplag import LoopLagMonitor
 from istiod_lite.xds.metrics import XdsMetrics
 from istiod_lite.xds.pushmemo import PushMemo
-from istiod_lite.xds.typeurls import short
+from istiod_lite.xds.typeurls import WILDCARD_TYPES, short
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,25 @@ class StreamRefused(Exception):
 class XdsServerOptions:
     #: A stream whose write does not complete in this time is closed (slow or stuck client).
     write_timeout: float = 30.0
-    #: New streams admitted per second (istiod: min(15 + 5 * cores, 100)); 0 disables the limit.
-    max_new_streams_per_second: float = 25.0
-    #: Burst of new streams admitted at once before the rate applies.
+    # Admission of new streams (R49, admission.py).  Default: by load -- at most
+    # ``max_syncing_streams`` in their initial sync, none while the loop lags more than
+    # ``max_loop_lag``; a stream waits up to ``admission_wait``, then RESOURCE_EXHAUSTED.
+    #: Streams in their initial sync at once; 0 = no bound.
+    max_syncing_streams: int = 50
+    #: New streams wait while the event loop runs later than this (seconds); 0 = no lag guard.
+    max_loop_lag: float = 0.05
+    #: A stream stops counting as syncing after this long, synced or not (a client that never ACKs).
+    initial_sync_timeout: float = 10.0
+    #: istiod's fixed rate (min(15 + 5 * cores, 100) new streams per second), applied before the
+    #: load checks; 0 (default) = off.
+    max_new_streams_per_second: float = 0.0
+    #: Burst of new streams admitted at once before the fixed rate applies.
     new_stream_burst: int = 100
-    #: How long a new stream may wait for admission before RESOURCE_EXHAUSTED.
-    admission_wait: float = 1.0
+    #: How long a new stream may wait for admission before RESOURCE_EXHAUSTED.  Waiting costs a
+    #: stream almost nothing, while a refusal sends the client into backoff (Envoy: up to 0.5 s,
+    #: doubling), so it is long; the waypoint bootstrap's ``initial_fetch_timeout: 0s`` makes Envoy
+    #: wait for its first config however long that takes.
+    admission_wait: float = 10.0
     #: Streams that may build or write a push at the same time (istiod's PILOT_PUSH_THROTTLE):
     #: bounds the memory of responses in flight during a wave.  A stuck stream holds its slot
     #: for at most ``write_timeout``.
@@ -74,6 +88,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         options: XdsServerOptions | None = None,
         stream_check: StreamCheck | None = None,
         metrics: XdsMetrics | None = None,
+        lag: LoopLagMonitor | None = None,
     ) -> None:
         self.cache = cache
         self.options = options or XdsServerOptions()
@@ -81,8 +96,17 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._stream_check = stream_check
         self._ids = itertools.count(1)
         self.connections: dict[str, Connection] = {}
-        rate = self.options.max_new_streams_per_second
-        self._admission = TokenBucket(rate, self.options.new_stream_burst) if rate > 0 else None
+        o = self.options
+        rate = o.max_new_streams_per_second
+        self._rate = TokenBucket(rate, o.new_stream_burst) if rate > 0 else None
+        #: Event-loop lag, measured from the first stream on (or once ``start_monitoring`` ran).
+        self.lag = lag or LoopLagMonitor()
+        self.lag.listeners.append(lambda: self.metrics.loop_lag.observe(self.lag.last))
+        self.admission = (LoadAdmission(max_syncing=o.max_syncing_streams, max_lag=o.max_loop_lag, lag=self.lag,
+                                        sync_timeout=o.initial_sync_timeout)
+                          if o.max_syncing_streams > 0 or o.max_loop_lag > 0 else None)
+        self.metrics.track_admission(lambda: self.admission.syncing if self.admission else 0,
+                                     lambda: self.admission.waiting if self.admission else 0)
         self._push_slots = asyncio.Semaphore(max(1, self.options.max_concurrent_pushes))
         self.memo = PushMemo()
 
@@ -101,6 +125,24 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             ),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+
+    def start_monitoring(self) -> None:
+        """Measure loop lag from now on (else from the first stream); needs the running loop."""
+        self.lag.start()
+
+    def stop_monitoring(self) -> None:
+        self.lag.stop()
+
+    def load_status(self, since: float = 0.0) -> dict[str, object]:
+        """``/debug/loopz``: loop lag (samples since ``since``, wall time) and admission state."""
+        out = self.lag.summary(since)
+        a = self.admission
+        out["admission"] = {"syncing": a.syncing if a else 0, "waiting": a.waiting if a else 0,
+                            "refused": a.refused if a else 0,
+                            "max_syncing_streams": self.options.max_syncing_streams,
+                            "max_loop_lag_ms": self.options.max_loop_lag * 1000,
+                            "max_new_streams_per_second": self.options.max_new_streams_per_second}
+        return out
 
     # -- gRPC methods --------------------------------------------------------------------------
     async def StreamAggregatedResources(
@@ -121,8 +163,31 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             # Never answer before the first complete config exists: an empty LDS/CDS would
             # delete everything a reconnecting Envoy holds (R48).
             await context.abort(grpc.StatusCode.UNAVAILABLE, "control plane is not ready")
-        if self._admission is not None and not await self._admission.acquire(self.options.admission_wait):
+        if self.admission is not None:
+            self.lag.start()
+        ticket = await self._admit(context)
+        try:
+            await self._serve_admitted(variant, requests, context, ticket)
+        finally:
+            ticket.release()
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> Ticket:
+        """A place among the syncing streams, or RESOURCE_EXHAUSTED (R49): never an unbounded wait."""
+        wait = self.options.admission_wait
+        if self._rate is not None and not await self._rate.acquire(wait):
+            self.metrics.admission_refused.labels(reason="rate").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many new streams; retry with backoff")
+        if self.admission is None:
+            return FREE
+        ticket = await self.admission.admit(wait)
+        if ticket is None:
+            self.metrics.admission_refused.labels(reason="load").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy; retry with backoff")
+        assert ticket is not None
+        return ticket
+
+    async def _serve_admitted(self, variant: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+                              ticket: Ticket) -> None:
         try:
             first = await anext(requests)
         except StopAsyncIteration:
@@ -135,6 +200,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             peer=context.peer() or "",
             node=first.node,
             group=self.cache.group_of(first.node),
+            sync_ticket=ticket,
         )
         if self._stream_check is not None:
             try:
@@ -195,7 +261,21 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             log.warning("%s NACK from %s: %s", short(req.type_url), conn.node_id, sub.last_error)
         elif kind == "stale":
             self.metrics.stale_nonce(req.type_url)
+        if conn.sync_ticket.held and kind in ("ack", "nack") and self._initially_synced(conn):
+            conn.sync_ticket.release()
         conn.wake.set()
+
+    def _initially_synced(self, conn: Connection) -> bool:
+        """The stream has answered a response of every type it subscribed to, and subscribed to
+        every wildcard type (CDS, LDS) its group has: it no longer counts against admission.  (A
+        type subscribed later, e.g. RDS after LDS, is not waited for; ``initial_sync_timeout``
+        bounds the rest.)"""
+        snap = self.cache.get(conn.group)
+        if snap is None or not conn.subs:
+            return False
+        if any(t in snap.types and t not in conn.subs for t in WILDCARD_TYPES):
+            return False
+        return all(s.nonce_acked or s.nonce_nacked for s in conn.subs.values())
 
     async def _write_loop(self, variant: str, conn: Connection, context: grpc.aio.ServicerContext) -> None:
         while True:

@@ -224,7 +224,7 @@ async def running_agent(istiod: Istiod, tmp_path: Path, *, cert_ttl: int = 3600,
             root_cert=istiod.root_path,
             envoy=EnvoySettings(binary=envoy_binary(), admin_port=admin_port, log_level="info", concurrency=1,
                                 output_path=work / "envoy.out", status_port=status_port,
-                                prometheus_port=prometheus_port),
+                                prometheus_port=prometheus_port, termination_drain_duration=0.5),
             cert_ttl=cert_ttl,
             work_dir=work,
             rotation=RotationPolicy(max_sleep=1.0),
@@ -348,9 +348,22 @@ async def test_cli_restarts_a_killed_envoy_and_stops_cleanly(istiod: Istiod, tmp
             assert_proxied_with_token(istiod, tmp_path / "istio-token")
             assert agent.poll() is None
 
-            # SIGTERM to the agent: Envoy is stopped, the agent exits 0.
+            # Envoy runs with pilot-agent's drain settings (the CLI's defaults).
+            options = json.loads(await admin_get(admin_port, "/server_info"))["command_line_options"]
+            assert (options["drain_time"], options["drain_strategy"]) == ("45s", "Immediate")
+
+            # SIGTERM to the agent: Envoy's listeners drain first (terminationDrainDuration, 5 s),
+            # then Envoy is stopped and the agent exits 0.
             agent.send_signal(signal.SIGTERM)
+            stopping = asyncio.get_running_loop().time()
+
+            def draining() -> bool:  # Envoy answered POST /drain_listeners?graceful (it has no "draining" state)
+                return "draining Envoy's listeners (started)" in (tmp_path / "agent.log").read_text(errors="replace")
+
+            await wait_until(draining, timeout=4, interval=0.1, message="Envoy draining after SIGTERM")
+            assert _alive(second) and await admin_or_none(admin_port, "/ready")  # still serving while it drains
             assert await asyncio.to_thread(agent.wait, 15) == 0
+            assert asyncio.get_running_loop().time() - stopping >= 4.5  # the whole drain: no early exit
             assert isinstance(second, int) and not _alive(second)
             assert not pid_file.exists()
             assert not (work / "sds" / "socket").exists()

@@ -121,8 +121,9 @@ class Mesh:
                 xds_tls=True,
                 ca_address=f"127.0.0.1:{secure}",
                 root_cert=self.root,
+                # A short termination drain: the drain request is still made, tests do not wait 5 s.
                 envoy=EnvoySettings(binary=envoy_binary(), admin_port=free_port(), concurrency=1,
-                                    output_path=work / "envoy.out"),
+                                    output_path=work / "envoy.out", termination_drain_duration=0.5),
                 work_dir=work,
             )
             agent = WaypointAgent(config)

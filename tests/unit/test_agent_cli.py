@@ -33,6 +33,9 @@ def test_defaults_are_istios() -> None:
     assert config.key_algorithm == "ec-p256"
     assert config.envoy.admin_port == 15000 and config.envoy.binary == "/bin/true"
     assert config.envoy.drain_timeout == 5.0
+    # pilot-agent's drain: ProxyConfig drainDuration 45s, the immediate strategy, terminationDrainDuration 5s.
+    assert config.envoy.drain_duration == 45.0 and config.envoy.drain_strategy == "immediate"
+    assert config.envoy.termination_drain_duration == 5.0
     assert config.work_dir is None
     assert config.rotation.grace_ratio == 0.5
 
@@ -52,6 +55,20 @@ def test_options() -> None:
     assert config.identity.ip == "127.0.1.9"
 
 
+def test_drain_options() -> None:
+    config = config_from_args(parse("--drain-duration", "10s", "--drain-strategy", "gradual",
+                                    "--termination-drain-duration", "0s"))
+    assert config.envoy.drain_duration == 10.0 and config.envoy.drain_strategy == "gradual"
+    assert config.envoy.termination_drain_duration == 0.0
+
+
+@pytest.mark.parametrize("bad", [["--drain-strategy", "slow"], ["--drain-duration", "0s"],
+                                 ["--termination-drain-duration", "-1s"]])
+def test_bad_drain_values_are_rejected(bad: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(*bad)
+
+
 @pytest.mark.parametrize("bad", [["--cert-ttl", "0s"], ["--cert-ttl", "soon"], ["--xds-address", "nope"]])
 def test_bad_values_are_usage_errors(bad: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -67,3 +84,17 @@ def test_invalid_identity_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
 
 def test_ttl_is_whole_seconds() -> None:
     assert config_from_args(parse("--cert-ttl", "1m30s")).cert_ttl == int(dt.timedelta(seconds=90).total_seconds())
+
+
+def test_envoy_gets_the_drain_flags(tmp_path: Path) -> None:
+    from istiod_lite.agent.runner import WaypointAgent
+
+    def envoy_argv(*extra: str) -> list[str]:
+        config = config_from_args(parse("--work-dir", str(tmp_path / "wp"), *extra))
+        return WaypointAgent(config).supervisor.command()
+
+    cmd = envoy_argv()
+    assert cmd[cmd.index("--drain-time-s") + 1] == "45" and cmd[cmd.index("--drain-strategy") + 1] == "immediate"
+    cmd = envoy_argv("--drain-duration", "2500ms", "--drain-strategy", "gradual")
+    assert cmd[cmd.index("--drain-time-s") + 1] == "3"  # Envoy takes whole seconds: rounded up
+    assert cmd[cmd.index("--drain-strategy") + 1] == "gradual"

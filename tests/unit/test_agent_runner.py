@@ -55,7 +55,8 @@ def config(istiod: Istiod, tmp_path: Path, **kw: Any) -> AgentConfig:
         "xds_address": istiod.tls_address,
         "ca_address": istiod.tls_address,
         "root_cert": istiod.root_path,
-        "envoy": EnvoySettings(binary=str(binary), admin_port=0),
+        # No termination drain: the stand-in has no admin port to take it.
+        "envoy": EnvoySettings(binary=str(binary), admin_port=0, termination_drain_duration=0),
         "cert_ttl": 600,
         "rotation": FAST,
     }

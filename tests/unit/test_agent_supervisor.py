@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -147,6 +148,73 @@ async def test_cancelled_supervisor_leaves_no_envoy(tmp_path: Path) -> None:
 async def test_missing_binary_fails(tmp_path: Path) -> None:
     sup = EnvoySupervisor(options(tmp_path, tmp_path / "no-such-envoy"))
     assert await sup.run(asyncio.Event()) == EXIT_FAILED
+
+
+def test_command_carries_the_drain_settings(tmp_path: Path) -> None:
+    cmd = EnvoySupervisor(options(tmp_path, tmp_path / "envoy", drain_time=45, drain_strategy="immediate")).command()
+    assert cmd[cmd.index("--drain-time-s") + 1] == "45"
+    assert cmd[cmd.index("--drain-strategy") + 1] == "immediate"
+    # Unset: Envoy's own defaults (600 s, gradual), nothing on the command line.
+    plain = EnvoySupervisor(options(tmp_path, tmp_path / "envoy")).command()
+    assert "--drain-time-s" not in plain and "--drain-strategy" not in plain
+
+
+class FakeAdmin:
+    """Envoy's admin port, as far as the drain goes: records each request line, answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FakeAdmin:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.requests.append((await reader.readline()).strip())
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nOK\n")
+        await writer.drain()
+        writer.close()
+
+
+async def test_stop_drains_listeners_then_terminates(tmp_path: Path) -> None:
+    binary, _ = fake_envoy(tmp_path, "run")
+    async with FakeAdmin() as admin:
+        sup = EnvoySupervisor(options(tmp_path, binary, termination_drain=0.4))
+        stop = asyncio.Event()
+        task = asyncio.create_task(sup.run(stop))
+        await wait_for(lambda: sup.pid is not None and sup.admin_address() is not None)
+        (tmp_path / "admin_address").write_text(f"127.0.0.1:{admin.port}\n")  # the fake wrote 15000
+        pid = sup.pid
+        started = time.monotonic()
+        stop.set()
+        await wait_for(lambda: admin.requests)
+        assert admin.requests == [b"POST /drain_listeners?graceful HTTP/1.1"]
+        assert pid is not None and alive(pid)  # Envoy keeps serving while its listeners drain
+        assert await asyncio.wait_for(task, 5) == EXIT_OK
+        assert time.monotonic() - started >= 0.4  # the whole termination drain
+        assert sup.process is not None and sup.process.returncode == 0  # then SIGTERM
+        assert not alive(pid)
+
+
+async def test_unreachable_admin_still_waits_then_terminates(tmp_path: Path) -> None:
+    binary, _ = fake_envoy(tmp_path, "run")
+    sup = EnvoySupervisor(options(tmp_path, binary, termination_drain=0.2))
+    stop = asyncio.Event()
+    task = asyncio.create_task(sup.run(stop))
+    await wait_for(lambda: sup.pid is not None and sup.admin_address() is not None)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        (tmp_path / "admin_address").write_text(f"127.0.0.1:{s.getsockname()[1]}\n")
+    stop.set()
+    assert await asyncio.wait_for(task, 5) == EXIT_OK
+    assert sup.process is not None and sup.process.returncode == 0
 
 
 def test_describe_exit() -> None:

@@ -88,7 +88,12 @@ def test_render_deployment_fields() -> None:
                     "--xds-address": f"{ISTIOD}:15012", "--ca-address": f"{ISTIOD}:15012",
                     "--root-cert": "/var/run/secrets/istio/root-cert.pem", "--ip": "$(INSTANCE_IP)",
                     "--trust-domain": "example.org", "--admin-port": "15000", "--status-port": "15021",
-                    "--prometheus-port": "15090"}
+                    "--prometheus-port": "15090",
+                    # pilot-agent's drain: Istio's drainDuration / terminationDrainDuration defaults.
+                    "--drain-duration": "45s", "--drain-strategy": "immediate",
+                    "--termination-drain-duration": "5s"}
+    # The pod may take the whole termination drain plus Envoy's exit before Kubernetes kills it.
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= 5 + 5
     env = {e["name"]: e for e in c["env"]}
     assert env["INSTANCE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}

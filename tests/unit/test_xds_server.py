@@ -14,6 +14,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3 import discovery_pb2 as d
 
 from istiod_lite.xds.cache import SnapshotCache
+from istiod_lite.xds.looplag import LoopLagMonitor
 from istiod_lite.xds.server import AdsServer, XdsServerOptions
 from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT
 from tests.unit.xds_helpers import snap
@@ -345,3 +346,144 @@ async def test_subscription_to_missing_name_is_answered_when_it_appears(h: Harne
     second = await read(call)
     assert [r.name if variant == "delta" else "later" for r in second.resources] == ["later"]  # type: ignore[attr-defined]
     call.cancel()
+
+
+# -- admission that follows load (R49) ----------------------------------------------------------------
+class Admission:
+    """A server with load admission only, and a lag monitor the test feeds (its timer never fires)."""
+
+    def __init__(self, **opts: object) -> None:
+        self.cache = SnapshotCache(lambda node: "g")
+        self.cache.mark_ready()
+        self.cache.set_snapshot("g", snap({"a": 1}))
+        self.lag = LoopLagMonitor(interval=3600)
+        self.ads = AdsServer(self.cache, XdsServerOptions(**opts), lag=self.lag)  # type: ignore[arg-type]
+        self.server = grpc.aio.server()
+        self.ads.register(self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
+
+    async def open(self) -> grpc.aio.StreamStreamCall:
+        call = self.stub.StreamAggregatedResources()
+        with contextlib.suppress(asyncio.InvalidStateError):  # refused before the write landed
+            await call.write(d.DiscoveryRequest(node=NODE, type_url=CLUSTER))
+        return call
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Admission]:
+        await self.server.start()
+        try:
+            yield self
+        finally:
+            await self.channel.close()
+            await self.server.stop(0)
+
+
+async def outcome(call: grpc.aio.StreamStreamCall, timeout: float = 5.0) -> object:
+    """The first response, or the status code the stream ended with."""
+    try:
+        return await read(call, timeout)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+
+
+async def ack(call: grpc.aio.StreamStreamCall, resp: object) -> None:
+    await call.write(d.DiscoveryRequest(type_url=CLUSTER, response_nonce=resp.nonce,  # type: ignore[attr-defined]
+                                        version_info=resp.version_info))  # type: ignore[attr-defined]
+
+
+async def test_bound_reached_delays_then_refuses() -> None:
+    async with Admission(max_syncing_streams=1, max_loop_lag=0, admission_wait=0.3).running() as h:
+        first = await h.open()
+        assert isinstance(await outcome(first), d.DiscoveryResponse)  # admitted; never ACKs: stays syncing
+        assert h.ads.admission is not None and h.ads.admission.syncing == 1
+        t0 = time.monotonic()
+        second = await h.open()
+        assert await outcome(second) == grpc.StatusCode.RESOURCE_EXHAUSTED  # waited, then refused
+        assert 0.25 <= time.monotonic() - t0 < 3  # bounded: never a hang
+        assert h.ads.admission.refused == 1 and h.ads.admission.waiting == 0
+        first.cancel()
+
+
+async def test_bound_reached_delays_until_a_stream_is_synced() -> None:
+    async with Admission(max_syncing_streams=1, max_loop_lag=0, admission_wait=5).running() as h:
+        first = await h.open()
+        resp = await outcome(first)
+        second = await h.open()
+        await asyncio.sleep(0.2)
+        assert h.ads.admission is not None and h.ads.admission.waiting == 1  # delayed, not refused
+        await ack(first, resp)  # the first stream's initial sync is done: its place goes to the next
+        assert isinstance(await outcome(second), d.DiscoveryResponse)
+        assert h.ads.admission.refused == 0
+        first.cancel()
+        second.cancel()
+
+
+async def test_stream_stops_counting_after_the_sync_timeout() -> None:
+    async with Admission(max_syncing_streams=1, max_loop_lag=0, initial_sync_timeout=0.2,
+                         admission_wait=5).running() as h:
+        first = await h.open()
+        await outcome(first)  # never ACKed
+        second = await h.open()
+        assert isinstance(await outcome(second), d.DiscoveryResponse)  # admitted once the first timed out
+        first.cancel()
+        second.cancel()
+
+
+async def test_high_lag_refuses_and_lag_back_admits() -> None:
+    async with Admission(max_syncing_streams=0, max_loop_lag=0.05, admission_wait=0.3).running() as h:
+        syncing = await h.open()
+        assert isinstance(await outcome(syncing), d.DiscoveryResponse)  # one stream in its initial sync
+        h.lag.record(0.5)  # the loop runs 500 ms late
+        assert await outcome(await h.open()) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        waiting = await h.open()
+        await asyncio.sleep(0.1)
+        assert h.ads.admission is not None and h.ads.admission.waiting == 1
+        h.lag.record(0.01)  # lag back under the threshold: the waiting stream goes in at once
+        assert isinstance(await outcome(waiting, 1.0), d.DiscoveryResponse)
+        syncing.cancel()
+        waiting.cancel()
+
+
+async def test_high_lag_never_locks_out_the_only_stream() -> None:
+    async with Admission(max_syncing_streams=0, max_loop_lag=0.05, admission_wait=0.3).running() as h:
+        h.lag.record(0.5)  # slow for another reason (a big push); nobody is syncing
+        call = await h.open()
+        assert isinstance(await outcome(call), d.DiscoveryResponse)
+        call.cancel()
+
+
+async def test_fixed_rate_alone_still_works() -> None:
+    opts = {"max_new_streams_per_second": 1.0, "new_stream_burst": 1, "admission_wait": 0.05,
+            "max_syncing_streams": 0, "max_loop_lag": 0}
+    async with Admission(**opts).running() as h:
+        assert h.ads.admission is None
+        first, second = await h.open(), await h.open()
+        outcomes = sorted([str(await outcome(first)), str(await outcome(second))])
+        assert "StatusCode.RESOURCE_EXHAUSTED" in outcomes and len(set(outcomes)) == 2
+        first.cancel()
+        second.cancel()
+
+
+async def test_load_status_reports_lag_and_admission() -> None:
+    async with Admission(max_syncing_streams=7).running() as h:
+        h.lag.record(0.02)
+        h.lag.record(0.2)
+        status = h.ads.load_status()
+        assert status["count"] == 2 and status["max_ms"] == 200.0 and status["current_ms"] == 200.0
+        assert status["admission"] == {"syncing": 0, "waiting": 0, "refused": 0, "max_syncing_streams": 7,
+                                       "max_loop_lag_ms": 50.0, "max_new_streams_per_second": 0.0}
+        assert h.ads.load_status(since=time.time() + 60)["count"] == 0
+
+
+async def test_loop_lag_monitor_sees_a_blocked_loop() -> None:
+    monitor = LoopLagMonitor(interval=0.01)
+    monitor.start()
+    await asyncio.sleep(0.05)
+    time.sleep(0.15)  # a callback that holds the loop (the point of the test)
+    assert monitor.current >= 0.1  # overdue now, before the late tick even ran
+    await asyncio.sleep(0.05)
+    monitor.stop()
+    assert max(lag for _, lag in monitor.samples()) >= 0.1
+    assert monitor.summary()["max_ms"] >= 100  # type: ignore[operator]
