@@ -66,12 +66,37 @@ def test_golden(case: str) -> None:
         assert got[name] == want[name], f"{case}/{name} differs (UPDATE_GOLDEN=1 to accept, then review the diff)"
 
 
+def with_discovered_configs(listener: dict[str, Any], configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``listener`` with each ``config_discovery`` (ECDS slot) given its served config as
+    ``default_config``, applied without warming: offline, Envoy then builds every filter from the
+    very config the slot would receive, and still checks the slot itself (its type URLs must admit
+    the config).  A slot naming no served config fails the test: a real Envoy would warm forever."""
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items()}
+        if "config_discovery" in out:
+            name = out["name"]
+            assert name in configs, f"filter slot {name!r} names no served extension config"
+            out["config_discovery"] = {**out["config_discovery"], "default_config": configs[name]["typed_config"],
+                                       "apply_default_config_without_warming": True}
+        return out
+
+    result: dict[str, Any] = walk(listener)
+    return result
+
+
 def validation_bootstrap(resources: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Embed translated resources in a bootstrap Envoy can validate offline: listeners and clusters
     as static resources (EDS clusters keep their ADS config source), each endpoint assignment as
-    a static cluster's load_assignment."""
+    a static cluster's load_assignment, each extension config (ECDS) as its slot's default config
+    (``with_discovered_configs``)."""
     def strip(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k != "@type"}
+
+    configs = {c["name"]: c for c in resources.get("extension_configs", [])}
 
     clusters = [strip(c) for c in resources["clusters"]]
     clusters += [{"name": f"golden-eds-{i}", "type": "STATIC", "connect_timeout": "1s",
@@ -90,7 +115,8 @@ def validation_bootstrap(resources: dict[str, list[dict[str, Any]]]) -> dict[str
         "node": {"id": "golden~127.0.0.1~golden.ns~ns.svc.cluster.local", "cluster": "golden"},
         "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}}],
-        "static_resources": {"listeners": [strip(x) for x in resources["listeners"]], "clusters": clusters},
+        "static_resources": {"listeners": [with_discovered_configs(strip(x), configs) for x in resources["listeners"]],
+                             "clusters": clusters},
         "dynamic_resources": {"ads_config": {"api_type": "DELTA_GRPC", "transport_api_version": "V3",
                                              "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]}},
     }
