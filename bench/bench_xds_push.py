@@ -22,6 +22,7 @@ the streams of its waypoint, and the figures are theirs.
     python bench/bench_xds_push.py --clients 100 --mesh reference
     python bench/bench_xds_push.py --clients 100 --edit endpoint    # bytes of a one-endpoint change
     python bench/bench_xds_push.py --clients 100 --mesh reference --edit policy
+    python bench/bench_xds_push.py --clients 100 --edit policy         # one waypoint, 1000 services
     python bench/bench_xds_push.py --clients 1000 --variant sotw
 """
 
@@ -51,6 +52,7 @@ from envoy.service.discovery.v3 import discovery_pb2 as d
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 
 
 def free_port() -> int:
@@ -222,6 +224,30 @@ spec:
     )
 
 
+def write_policy(root: Path, n: int) -> None:
+    """svc-0's AuthorizationPolicy (single mesh), in a file of its own; ``n`` moves it."""
+    (root / "21-policy.yaml").write_text(_reference_policy("mesh", "svc-0", n))
+
+
+def ecds_names(listeners: list[bytes]) -> list[str]:
+    """The filter configs (ECDS) the listeners name, as Envoy subscribes to them: every network
+    filter and HTTP filter with ``config_discovery``."""
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+    names: set[str] = set()
+    for raw in listeners:
+        lst = listener_pb2.Listener.FromString(raw)
+        for chain in lst.filter_chains:
+            for f in chain.filters:
+                if f.HasField("config_discovery"):
+                    names.add(f.name)
+                elif f.typed_config.type_url.endswith(".HttpConnectionManager"):
+                    hcm = hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
+                    names.update(h.name for h in hcm.http_filters if h.HasField("config_discovery"))
+    return sorted(names)
+
+
 @dataclass
 class Client:
     idx: int
@@ -231,6 +257,9 @@ class Client:
     bytes_received: int = 0
     last_ack: float = 0.0
     eds_names: list[str] = field(default_factory=list)
+    #: ECDS names the last LDS response named (subscribed like Envoy, once the listeners arrive).
+    ecds_names: list[str] = field(default_factory=list)
+    listener_bytes: dict[str, bytes] = field(default_factory=dict)
     held: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -244,7 +273,9 @@ def node(i: int, namespaces: int = 0) -> base_pb2.Node:
 
 
 async def run_client(c: Client, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, stop: asyncio.Event) -> None:
-    """Behave like Envoy: CDS then EDS for its clusters, then LDS; ACK every response."""
+    """Behave like Envoy: CDS then EDS for its clusters, then LDS, then the filter configs (ECDS)
+    the listeners name; ACK every response."""
+    c.ecds_names = []  # a new stream subscribes again
     if c.variant == "delta":
         call = stub.DeltaAggregatedResources()
         await call.write(d.DeltaDiscoveryRequest(node=node(c.idx, c.namespaces), type_url=CDS,
@@ -269,9 +300,18 @@ async def run_client(c: Client, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStu
                 held = c.held.setdefault(t, {})
                 for r in resp.resources:
                     held[r.name] = r.version
+                    if t == LDS:
+                        c.listener_bytes[r.name] = r.resource.value
                 for n in resp.removed_resources:
                     held.pop(n, None)
+                    c.listener_bytes.pop(n, None)
                 await call.write(d.DeltaDiscoveryRequest(type_url=t, response_nonce=resp.nonce))
+                if t == LDS and (names := ecds_names(list(c.listener_bytes.values()))) != c.ecds_names:
+                    added, gone = sorted(set(names) - set(c.ecds_names)), sorted(set(c.ecds_names) - set(names))
+                    c.ecds_names = names
+                    await call.write(d.DeltaDiscoveryRequest(
+                        type_url=ECDS, resource_names_subscribe=added, resource_names_unsubscribe=gone,
+                        initial_resource_versions=c.held.get(ECDS, {}) if ECDS not in seen else {}))
                 if t == CDS and t not in seen:
                     c.eds_names = sorted(held)
                     await call.write(d.DeltaDiscoveryRequest(type_url=EDS, resource_names_subscribe=c.eds_names,
@@ -279,16 +319,21 @@ async def run_client(c: Client, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStu
                     await call.write(d.DeltaDiscoveryRequest(type_url=LDS,
                                                              initial_resource_versions=c.held.get(LDS, {})))
             else:
-                names = sorted(c.eds_names) if t == EDS else []
+                before = c.ecds_names
+                if t == LDS:
+                    c.ecds_names = ecds_names([r.value for r in resp.resources])
+                names = sorted(c.eds_names) if t == EDS else c.ecds_names if t == ECDS else []
                 await call.write(d.DiscoveryRequest(type_url=t, response_nonce=resp.nonce,
                                                     version_info=resp.version_info, resource_names=names))
+                if c.ecds_names != before:
+                    await call.write(d.DiscoveryRequest(type_url=ECDS, resource_names=c.ecds_names))
                 if t == CDS and t not in seen:
                     c.eds_names = sorted(_cluster_name(r.value) for r in resp.resources)
                     await call.write(d.DiscoveryRequest(type_url=EDS, resource_names=c.eds_names))
                     await call.write(d.DiscoveryRequest(type_url=LDS))
             seen.add(t)
             c.last_ack = time.monotonic()
-            if {CDS, EDS, LDS} <= seen:
+            if {CDS, EDS, LDS} <= seen and (ECDS in seen or not c.ecds_names):
                 c.synced.set()
             reader = asyncio.ensure_future(call.read())
     finally:
@@ -344,9 +389,9 @@ async def main_async(args: argparse.Namespace) -> None:
     (write_reference_config if reference else write_config)(tmp, args.services)
     edit = write_reference_vs if reference else write_vs
     if args.edit == "policy":
+        edit = write_reference_policy if reference else write_policy
         if not reference:
-            raise SystemExit("--edit policy is for the reference mesh")
-        edit = write_reference_policy
+            write_policy(tmp, 0)
     if args.edit == "endpoint":
         if reference:
             raise SystemExit("--edit endpoint is for the single mesh")
@@ -398,7 +443,7 @@ async def main_async(args: argparse.Namespace) -> None:
             done = [c.last_ack - t0 for c in clients if c.last_ack != marks[c.idx]]
             lat.extend(done)
             conv = await asyncio.to_thread(syncz_convergence, mon_port, "/ns-0/" if reference else "",
-                                           "EDS" if args.edit == "endpoint" else "LDS")
+                                           {"endpoint": "EDS", "policy": "ECDS"}.get(args.edit, "LDS"))
             server_lat.extend(conv)
             sent = [c.bytes_received - before[c.idx] for c in affected]
             print(f"  change {rnd + 1}: {len(done)}/{args.clients} updated; file write -> ACK p50 "
@@ -442,7 +487,7 @@ def main() -> None:
                     help="fake proxies sharing one HTTP/2 connection (a real Envoy has its own)")
     ap.add_argument("--edit", choices=["vs", "endpoint", "policy"], default="vs",
                     help="what each round changes: svc-0's VirtualService, the IP of one of its pods, or "
-                         "(reference mesh) its AuthorizationPolicy")
+                         "its AuthorizationPolicy (carried by ECDS: the figures are that type's)")
     ap.add_argument("--mesh", choices=["single", "reference"], default="single",
                     help="single: one waypoint serving --services; reference: the 50-waypoint reference mesh")
     asyncio.run(main_async(ap.parse_args()))
