@@ -30,11 +30,11 @@ from google.protobuf.message import Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_xds_push import _reference_policy, write_config, write_reference_config  # noqa: E402
+from bench_xds_push import _reference_policy, write_config, write_reference_config
 
-from istiod_lite.sources import DirectorySource  # noqa: E402
-from istiod_lite.translator import WaypointAssembly, find_waypoints  # noqa: E402
-from istiod_lite.translator.core.output import EnvoyResources  # noqa: E402
+from istiod_lite.sources import DirectorySource
+from istiod_lite.translator import WaypointAssembly, find_waypoints
+from istiod_lite.translator.core.output import EnvoyResources
 
 
 def size(m: Message) -> int:
@@ -122,7 +122,8 @@ def main() -> None:
     inline_listener, empty_slots = inline(main_new, new)
     print(f"{args.mesh} mesh, waypoint {ns}/{wp.ref.name}: {len(ecds)} extension configs "
           f"({sum(size(m) for m in ecds.values())} bytes)")
-    print(f"  ECDS: main_internal {size(main_new)} bytes (unchanged by the edit: {main_old is main_new or size(main_old) == size(main_new) and main_old == main_new}); "
+    same = main_old is main_new or main_old == main_new
+    print(f"  ECDS: main_internal {size(main_new)} bytes (unchanged by the edit: {same}); "
           f"resources the edit changed: {changed}; {edit_bytes} bytes; translation {took * 1000:.1f} ms")
     print(f"  inline: main_internal {size(inline_listener)} bytes, resent whole on every edit")
     print(f"  RBAC per route: svc-0's route configuration with its RBAC {per_route_size(main_new, new, host)} bytes")
