@@ -28,6 +28,7 @@ the streams of its waypoint, and the figures are theirs.
     python bench/bench_xds_push.py --clients 100 --mesh reference
     python bench/bench_xds_push.py --clients 100 --edit endpoint    # bytes of a one-endpoint change
     python bench/bench_xds_push.py --clients 100 --mesh reference --edit policy
+    python bench/bench_xds_push.py --clients 100 --edit policy         # one waypoint, 1000 services
     python bench/bench_xds_push.py --clients 1000 --variant sotw
 """
 
@@ -53,7 +54,7 @@ from typing import Any
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -68,6 +69,7 @@ EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SDS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 
 
 def free_port() -> int:
@@ -242,9 +244,9 @@ spec:
 #: Type URL -> the message class a response's resources decode into.
 MESSAGE_TYPES: dict[str, type[Message]] = {
     CDS: cluster_pb2.Cluster, EDS: endpoint_pb2.ClusterLoadAssignment, LDS: listener_pb2.Listener,
-    RDS: route_pb2.RouteConfiguration, SDS: secret_pb2.Secret,
+    RDS: route_pb2.RouteConfiguration, SDS: secret_pb2.Secret, ECDS: extension_pb2.TypedExtensionConfig,
 }
-#: What a proxy must hold to serve traffic.
+#: What a proxy must hold to serve traffic (and ECDS when its listeners name filter configs).
 SYNCED_TYPES = frozenset({CDS, EDS, LDS, RDS})
 
 #: Listener bytes -> the route configuration names its connection managers take over RDS.  Every
@@ -270,11 +272,38 @@ def rds_names(listener: listener_pb2.Listener, raw: bytes) -> tuple[str, ...]:
     return names
 
 
+_ECDS_NAMES: dict[bytes, tuple[str, ...]] = {}
+
+
+def ecds_names(listener: listener_pb2.Listener, raw: bytes) -> tuple[str, ...]:
+    """The filter configs (ECDS) a listener names, as Envoy subscribes to them: every network filter
+    and HTTP filter with ``config_discovery`` (shared per listener bytes, like ``rds_names``)."""
+    names = _ECDS_NAMES.get(raw)
+    if names is None:
+        found: set[str] = set()
+        hcm = hcm_pb2.HttpConnectionManager()
+        for fc in listener.filter_chains:
+            for f in fc.filters:
+                if f.HasField("config_discovery"):
+                    found.add(f.name)
+                elif f.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR) and f.typed_config.Unpack(hcm):
+                    found.update(h.name for h in hcm.http_filters if h.HasField("config_discovery"))
+        if len(_ECDS_NAMES) > 64:
+            _ECDS_NAMES.clear()
+        names = _ECDS_NAMES[raw] = tuple(sorted(found))
+    return names
+
+
 def eds_name(cluster: cluster_pb2.Cluster) -> str | None:
     """The endpoint assignment an EDS cluster waits for (None: not an EDS cluster)."""
     if cluster.type != cluster_pb2.Cluster.EDS:
         return None
     return str(cluster.eds_cluster_config.service_name or cluster.name)
+
+
+def write_policy(root: Path, n: int) -> None:
+    """svc-0's AuthorizationPolicy (single mesh), in a file of its own; ``n`` moves it."""
+    (root / "21-policy.yaml").write_text(_reference_policy("mesh", "svc-0", n))
 
 
 @dataclass
@@ -293,6 +322,8 @@ class Client:
     held: dict[str, dict[str, str]] = field(default_factory=dict)
     #: listener name -> its RDS names; cluster name -> its EDS name.
     listener_routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: listener name -> the filter configs (ECDS) it names.
+    listener_filters: dict[str, tuple[str, ...]] = field(default_factory=dict)
     cluster_eds: dict[str, str] = field(default_factory=dict)
     decoded: int = 0
 
@@ -300,6 +331,8 @@ class Client:
         """Names Envoy would subscribe for a named type, from what it holds."""
         if type_url == RDS:
             return {n for names in self.listener_routes.values() for n in names}
+        if type_url == ECDS:
+            return {n for names in self.listener_filters.values() for n in names}
         return set(self.cluster_eds.values())
 
     def apply(self, type_url: str, items: list[tuple[str, str, bytes]], removed: list[str], full: bool) -> None:
@@ -309,12 +342,14 @@ class Client:
             held.clear()
             if type_url == LDS:
                 self.listener_routes.clear()
+                self.listener_filters.clear()
             elif type_url == CDS:
                 self.cluster_eds.clear()
         for name in removed:
             held.pop(name, None)
             if type_url == LDS:
                 self.listener_routes.pop(name, None)
+                self.listener_filters.pop(name, None)
             elif type_url == CDS:
                 self.cluster_eds.pop(name, None)
         kind = MESSAGE_TYPES.get(type_url)
@@ -327,6 +362,7 @@ class Client:
             held[name] = version
             if isinstance(msg, listener_pb2.Listener):
                 self.listener_routes[name] = rds_names(msg, raw)
+                self.listener_filters[name] = ecds_names(msg, raw)
             elif isinstance(msg, cluster_pb2.Cluster):
                 eds = eds_name(msg)
                 if eds is None:
@@ -346,7 +382,7 @@ def node(i: int, namespaces: int = 0) -> base_pb2.Node:
 
 async def run_client(c: Client, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, stop: asyncio.Event) -> None:
     """Behave like Envoy: wildcard CDS, then EDS by the names its clusters give and wildcard LDS, then
-    RDS by the names its listeners give; decode every resource, follow every name change
+    ECDS and RDS by the names its listeners give; decode every resource, follow every name change
     (subscribe and unsubscribe), ACK every response.  Synced once it holds CDS, EDS, LDS and RDS."""
     delta = c.variant == "delta"
     call = stub.DeltaAggregatedResources() if delta else stub.StreamAggregatedResources()
@@ -397,7 +433,7 @@ async def run_client(c: Client, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStu
             else:
                 c.apply(t, [("", "", a.value) for a in resp.resources], [], full=t in (CDS, LDS))
                 last[t] = (resp.version_info, resp.nonce)
-                names = sorted(subscribed.get(t, ())) if t in (EDS, RDS) else []
+                names = sorted(subscribed.get(t, ())) if t in (EDS, RDS, ECDS) else []
                 await call.write(d.DiscoveryRequest(type_url=t, response_nonce=resp.nonce,
                                                     version_info=resp.version_info, resource_names=names))
             if t == CDS:
@@ -409,10 +445,11 @@ async def run_client(c: Client, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStu
                     else:
                         await call.write(d.DiscoveryRequest(type_url=LDS))
             elif t == LDS:
+                await follow(ECDS)  # the listeners' filter configs, then their routes
                 await follow(RDS)
             seen.add(t)
             c.last_ack = time.monotonic()
-            if seen >= SYNCED_TYPES:
+            if seen >= (SYNCED_TYPES | {ECDS} if c.wanted(ECDS) else SYNCED_TYPES):
                 c.synced.set()
             reader = asyncio.ensure_future(call.read())
     finally:
@@ -505,9 +542,9 @@ async def main_async(args: argparse.Namespace) -> None:
     (write_reference_config if reference else write_config)(tmp, args.services)
     edit = write_reference_vs if reference else write_vs
     if args.edit == "policy":
+        edit = write_reference_policy if reference else write_policy
         if not reference:
-            raise SystemExit("--edit policy is for the reference mesh")
-        edit = write_reference_policy
+            write_policy(tmp, 0)
     if args.edit == "endpoint":
         if reference:
             raise SystemExit("--edit endpoint is for the single mesh")
@@ -518,7 +555,7 @@ async def main_async(args: argparse.Namespace) -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "istiod_lite.cli.main", "--log-level", "WARNING", "serve", "--config", str(tmp),
          "--grpc-addr", f"127.0.0.1:{grpc_port}", "--monitoring-addr", f"127.0.0.1:{mon_port}",
-         "--poll-interval", "0.05", "--max-new-streams-per-second", "0"],
+         "--poll-interval", "0.05"],
     )
     try:
         for _ in range(200):
@@ -610,7 +647,7 @@ def main() -> None:
                     help="fake proxies sharing one HTTP/2 connection (a real Envoy has its own)")
     ap.add_argument("--edit", choices=["vs", "endpoint", "policy"], default="vs",
                     help="what each round changes: svc-0's VirtualService, the IP of one of its pods, or "
-                         "(reference mesh) its AuthorizationPolicy")
+                         "its AuthorizationPolicy (carried by ECDS: the figures are that type's)")
     ap.add_argument("--mesh", choices=["single", "reference"], default="single",
                     help="single: one waypoint serving --services; reference: the 50-waypoint reference mesh")
     asyncio.run(main_async(ap.parse_args()))

@@ -16,8 +16,8 @@ import enum
 from dataclasses import dataclass
 
 #: The Envoy resource types a config change can alter, by their xDS short names.
-LDS, RDS, CDS, EDS = "LDS", "RDS", "CDS", "EDS"
-XDS_TYPES = frozenset({LDS, RDS, CDS, EDS})
+LDS, RDS, CDS, EDS, ECDS = "LDS", "RDS", "CDS", "EDS", "ECDS"
+XDS_TYPES = frozenset({LDS, RDS, CDS, EDS, ECDS})
 
 
 class WaypointRead(enum.Enum):

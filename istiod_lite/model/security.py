@@ -29,7 +29,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, fie
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from istiod_lite.model.base import IstioModel, Resource
-from istiod_lite.model.kind_declaration import CDS, LDS, KindDeclaration, StatusWriter, WaypointRead
+from istiod_lite.model.kind_declaration import CDS, ECDS, LDS, KindDeclaration, StatusWriter, WaypointRead
 from istiod_lite.model.networking_common import MatchLabelsSelector, MsDuration
 from istiod_lite.model.registry import register
 
@@ -569,8 +569,9 @@ class AuthorizationPolicySpec(IstioModel):
                     errs.add(f"{cond.key} is currently not supported with CUSTOM action", "rules", i, "when", k, "key")
 
 
-# Policy is enforced by listener filters.
-@register(KindDeclaration("authorizationpolicies", frozenset({LDS}), WaypointRead.WHOLE,
+# Policy is enforced by filters whose configs are ECDS resources; the listener changes only when a
+# chain gains or loses a filter slot (docs/upstream-envoy.md, "Authorization over ECDS").
+@register(KindDeclaration("authorizationpolicies", frozenset({ECDS, LDS}), WaypointRead.WHOLE,
                           status=StatusWriter.REJECTIONS))
 class AuthorizationPolicy(Resource):
     KIND: ClassVar[str] = "AuthorizationPolicy"
@@ -739,8 +740,8 @@ class RequestAuthenticationSpec(IstioModel):
         return self
 
 
-# Policy is enforced by listener filters.
-@register(KindDeclaration("requestauthentications", frozenset({LDS}), WaypointRead.WHOLE,
+# Enforced by jwt_authn, whose config is an ECDS resource (the listener changes when it appears).
+@register(KindDeclaration("requestauthentications", frozenset({ECDS, LDS}), WaypointRead.WHOLE,
                           status=StatusWriter.REJECTIONS))
 class RequestAuthentication(Resource):
     KIND: ClassVar[str] = "RequestAuthentication"

@@ -8,17 +8,23 @@ ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+EXTENSION_CONFIG = _PREFIX + "envoy.config.core.v3.TypedExtensionConfig"
 
 #: Push order on one ADS stream (xDS "eventual consistency considerations"): clusters before the
-#: endpoints that warm them, listeners before the routes they name.
-PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+#: endpoints that warm them, listeners before the routes they name.  Filter configs (ECDS) go
+#: before listeners: an update of a config a listener already names reaches the proxy before a
+#: listener change pushed with it, and a config may name clusters (ext_authz), which come first.
+#: (A name a new listener introduces is asked for only once that listener arrives; Envoy keeps the
+#: listener warming until it is answered.)
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET)
 
 #: Types whose SotW responses carry the full set (a missing resource means "deleted") and for
 #: which an empty subscription means legacy wildcard.
 FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
 WILDCARD_TYPES = FULL_STATE_TYPES
 
-SHORT_NAMES = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS", SECRET: "SDS"}
+SHORT_NAMES = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS", SECRET: "SDS",
+               EXTENSION_CONFIG: "ECDS"}
 
 
 def short(type_url: str) -> str:

@@ -100,18 +100,43 @@ def test_every_rds_name_is_served_in_the_same_snapshot(case: str) -> None:
         assert rds_names(res.listeners.values()) == set(res.routes), w.ref
 
 
+def with_discovered_configs(listener: dict[str, Any], configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``listener`` with each ``config_discovery`` (ECDS slot) given its served config as
+    ``default_config``, applied without warming: offline, Envoy then builds every filter from the
+    very config the slot would receive, and still checks the slot itself (its type URLs must admit
+    the config).  A slot naming no served config fails the test: a real Envoy would warm forever."""
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items()}
+        if "config_discovery" in out:
+            name = out["name"]
+            assert name in configs, f"filter slot {name!r} names no served extension config"
+            out["config_discovery"] = {**out["config_discovery"], "default_config": configs[name]["typed_config"],
+                                       "apply_default_config_without_warming": True}
+        return out
+
+    result: dict[str, Any] = walk(listener)
+    return result
+
+
 def validation_bootstrap(resources: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Embed translated resources in a bootstrap Envoy can validate offline: listeners and clusters
     as static resources (EDS clusters keep their ADS config source), each endpoint assignment as
-    a static cluster's load_assignment, and each route configuration inline in the connection
-    manager that names it over RDS (validate mode never fetches RDS).  Every route configuration
-    must be named by a listener, so each one is validated."""
+    a static cluster's load_assignment, each route configuration inline in the connection manager
+    that names it over RDS (validate mode never fetches RDS), and each extension config (ECDS) as
+    its slot's default config (``with_discovered_configs``).  Every route configuration must be
+    named by a listener, so each one is validated."""
     def strip(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k != "@type"}
 
+    configs = {c["name"]: c for c in resources.get("extension_configs", [])}
     route_configs = {r["name"]: r for r in resources["routes"]}
     used: set[str] = set()
-    listeners = inline_rds([strip(x) for x in resources["listeners"]], route_configs, used)
+    listeners = inline_rds([with_discovered_configs(strip(x), configs) for x in resources["listeners"]],
+                           route_configs, used)
     assert used == set(route_configs), f"route configurations no listener names: {sorted(set(route_configs) - used)}"
 
     clusters = [strip(c) for c in resources["clusters"]]

@@ -46,7 +46,7 @@ Serialised = dict[str, list[tuple[str, bytes]]]
 def serialised(res: EnvoyResources) -> Serialised:
     """Every resource's name and deterministic bytes, per type, in output order."""
     return {kind: [(name, msg.SerializeToString(deterministic=True)) for name, msg in getattr(res, kind).items()]
-            for kind in ("listeners", "routes", "clusters", "endpoints", "secrets")}
+            for kind in ("listeners", "routes", "clusters", "endpoints", "secrets", "extension_configs")}
 
 
 def _translator(ref: WaypointRef, mesh: MeshConfig | None) -> WaypointTranslator:

@@ -82,12 +82,29 @@ def _replace(previous: ConfigSnapshot, base: list[Resource], new: Resource, rev:
     return ConfigSnapshot.build(objs, rev, previous=previous, changed=[key])
 
 
+_FILTER_OF_CONFIG = {"type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC": "envoy.filters.http.rbac",
+                     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz":
+                         "envoy.filters.http.ext_authz",
+                     "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication":
+                         "envoy.filters.http.jwt_authn"}
+
+
 def _http_filters(out: EnvoyResources, chain: str = "inbound-vip|8080|http|cart.shop.svc.cluster.local") -> list[str]:
+    """The chain's HTTP filters by extension; an authorization slot (ECDS) counts as the filter its
+    served config is, and an empty slot (an RBAC enforcing nothing) is left out."""
     for fc in out.listeners["main_internal"].filter_chains:
         if fc.name == chain:
             hcm = hcm_pb2.HttpConnectionManager()
             fc.filters[-1].typed_config.Unpack(hcm)
-            return [f.name for f in hcm.http_filters]
+            names = []
+            for f in hcm.http_filters:
+                if not f.HasField("config_discovery"):
+                    names.append(f.name)
+                    continue
+                cfg = out.extension_configs[f.name].typed_config
+                if cfg.value:
+                    names.append(_FILTER_OF_CONFIG[cfg.type_url])
+            return names
     raise AssertionError(f"no chain {chain}")
 
 

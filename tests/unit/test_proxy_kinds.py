@@ -105,7 +105,7 @@ def test_table_needs_a_catch_all_and_distinct_kinds() -> None:
 def test_translator_type_urls_are_the_xds_layers() -> None:
     """The translator derives type URLs from descriptors (it may not import xds): they must agree."""
     assert output.ENVOY_TYPES == (typeurls.LISTENER, typeurls.ROUTE, typeurls.CLUSTER, typeurls.ENDPOINT,
-                                  typeurls.SECRET)
+                                  typeurls.SECRET, typeurls.EXTENSION_CONFIG)
     assert list(EnvoyResources().by_type) == list(output.ENVOY_TYPES)
 
 

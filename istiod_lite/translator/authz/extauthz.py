@@ -284,22 +284,29 @@ def parse_providers(snapshot: ConfigSnapshot, mesh_config: MeshConfig | Mapping[
 
 @dataclass
 class CustomResult:
+    """The CUSTOM filters of a chain; ``*_roles`` name each filter's slot (``custom-<provider>-rbac``,
+    ``custom-<provider>-ext-authz``, ``custom-deny-<provider>``), unique within the chain."""
+
     http: list[HttpFilter] = field(default_factory=list)
     tcp: list[NetworkFilter] = field(default_factory=list)
+    http_roles: list[str] = field(default_factory=list)
+    tcp_roles: list[str] = field(default_factory=list)
     clusters: list[ClusterRequest] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
-def _bad(entries_http: Sequence[tuple[str, Policy]], entries_tcp: Sequence[tuple[str, Policy]],
+def _bad(provider: str, entries_http: Sequence[tuple[str, Policy]], entries_tcp: Sequence[tuple[str, Policy]],
          out: CustomResult) -> None:
     cfg = http_rbac_pb2.RBAC(rules=rbac.bad_custom_rules(entries_http))
     out.http.append(HttpFilter(name=rbac.HTTP_RBAC, typed_config=packed(cfg)))
-    _bad_tcp(entries_tcp, out)
+    out.http_roles.append(f"custom-deny-{provider}")
+    _bad_tcp(provider, entries_tcp, out)
 
 
-def _bad_tcp(entries_tcp: Sequence[tuple[str, Policy]], out: CustomResult) -> None:
+def _bad_tcp(provider: str, entries_tcp: Sequence[tuple[str, Policy]], out: CustomResult) -> None:
     net = net_rbac_pb2.RBAC(rules=rbac.bad_custom_rules(entries_tcp), stat_prefix=rbac.TCP_STAT_PREFIX)
     out.tcp.append(NetworkFilter(name=rbac.NETWORK_RBAC, typed_config=packed(net)))
+    out.tcp_roles.append(f"custom-deny-{provider}")
 
 
 def custom_filters(policies: Sequence[CompiledPolicy], providers: Providers, *,
@@ -315,7 +322,7 @@ def custom_filters(policies: Sequence[CompiledPolicy], providers: Providers, *,
                             "setting every CUSTOM policy is enforced as DENY")
         for p in names_:
             group = by_provider[p]
-            _bad([e for cp in group for e in cp.http], [e for cp in group for e in cp.tcp], out)
+            _bad(p, [e for cp in group for e in cp.http], [e for cp in group for e in cp.tcp], out)
         return out
     for p in names_:
         group = by_provider[p]
@@ -327,19 +334,21 @@ def custom_filters(policies: Sequence[CompiledPolicy], providers: Providers, *,
             reason = providers.errors.get(p, f"extension provider {p!r} is not defined in the mesh config")
             out.problems.append(f"CUSTOM AuthorizationPolicy {who}: {reason}; enforced as DENY "
                                 f"(keys suffixed {rbac.BAD_CUSTOM_SUFFIX})")
-            _bad(http_entries, tcp_entries, out)
+            _bad(p, http_entries, tcp_entries, out)
             continue
         shadow = rbac.rule_sets("CUSTOM", group, for_tcp=False).rules
         cfg = http_rbac_pb2.RBAC(shadow_rules=shadow, shadow_rules_stat_prefix=EXT_AUTHZ_STAT_PREFIX)
         out.http += [HttpFilter(name=rbac.HTTP_RBAC, typed_config=packed(cfg)), provider.http]
+        out.http_roles += [f"custom-{p}-rbac", f"custom-{p}-ext-authz"]
         if provider.tcp is not None:
             tshadow = rbac.rule_sets("CUSTOM", group, for_tcp=True).rules
             net = net_rbac_pb2.RBAC(shadow_rules=tshadow, stat_prefix=rbac.TCP_STAT_PREFIX,
                                     shadow_rules_stat_prefix=EXT_AUTHZ_STAT_PREFIX)
             out.tcp += [NetworkFilter(name=rbac.NETWORK_RBAC, typed_config=packed(net)), provider.tcp]
+            out.tcp_roles += [f"custom-{p}-rbac", f"custom-{p}-ext-authz"]
         else:
             out.problems.append(f"CUSTOM AuthorizationPolicy {who}: HTTP provider {p!r} cannot check TCP traffic; "
                                 "TCP connections the policy selects are denied")
-            _bad_tcp(tcp_entries, out)
+            _bad_tcp(p, tcp_entries, out)
         out.clusters.append(provider.cluster)
     return out

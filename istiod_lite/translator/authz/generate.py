@@ -51,6 +51,10 @@ class AuthzFilters:
 
     http: tuple[HttpFilter, ...] = ()
     tcp: tuple[NetworkFilter, ...] = ()
+    #: Each filter's role in the chain (``deny``, ``jwt``, ``custom-<provider>-rbac``...), unique
+    #: per list: the filter's ECDS slot is named after it (``authz.discovery``).
+    http_roles: tuple[str, ...] = ()
+    tcp_roles: tuple[str, ...] = ()
     clusters: tuple[ClusterRequest, ...] = ()
     problems: tuple[str, ...] = ()
     #: The config objects this result was computed from (identity compared by the memo).
@@ -284,6 +288,8 @@ class AuthzTranslator:
         compiled = [rbac.compile_policy(ap, self.limits) for ap in aps]
         http: list[HttpFilter] = []
         tcp: list[NetworkFilter] = []
+        http_roles: list[str] = []
+        tcp_roles: list[str] = []
         clusters: list[ClusterRequest] = []
         problems = [p for cp in compiled for p in cp.problems]
         problems += [f"TCP chains: {n}" for cp in compiled for n in cp.tcp_notes]
@@ -293,17 +299,23 @@ class AuthzTranslator:
             custom = extauthz.custom_filters(customs, providers, multiple_providers=self.multiple_custom_providers)
             http += custom.http
             tcp += custom.tcp
+            http_roles += custom.http_roles
+            tcp_roles += custom.tcp_roles
             clusters += custom.clusters
             problems += custom.problems
         auth = jwt.jwt_filter(ras)
         if auth.filter is not None:
             http.append(auth.filter)
+            http_roles.append("jwt")
             clusters += auth.clusters
             problems += auth.problems
-        enforcing_http, enforcing_tcp = rbac.enforcing_filters(compiled)
+        enforcing_http, enforcing_tcp, roles = rbac.enforcing_filters(compiled)
         http += enforcing_http
         tcp += enforcing_tcp
-        return AuthzFilters(http=tuple(http), tcp=tuple(tcp), clusters=tuple(dict.fromkeys(clusters)),
+        http_roles += roles
+        tcp_roles += roles
+        return AuthzFilters(http=tuple(http), tcp=tuple(tcp), http_roles=tuple(http_roles),
+                            tcp_roles=tuple(tcp_roles), clusters=tuple(dict.fromkeys(clusters)),
                             problems=tuple(dict.fromkeys(problems)), inputs=inputs)
 
 

@@ -191,17 +191,21 @@ def tcp_rbac_filter(sets: RuleSets) -> NetworkFilter:
 ACTION_ORDER: Final[tuple[Action, ...]] = ("AUDIT", "DENY", "ALLOW")
 
 
-def enforcing_filters(policies: Sequence[CompiledPolicy]) -> tuple[list[HttpFilter], list[NetworkFilter]]:
-    """The AUDIT, DENY and ALLOW RBAC filters for HTTP and TCP chains (CUSTOM is ``extauthz``'s)."""
+def enforcing_filters(policies: Sequence[CompiledPolicy]
+                      ) -> tuple[list[HttpFilter], list[NetworkFilter], list[str]]:
+    """The AUDIT, DENY and ALLOW RBAC filters for HTTP and TCP chains (CUSTOM is ``extauthz``'s),
+    and their roles (``audit``/``deny``/``allow``: the same for both lists)."""
     http: list[HttpFilter] = []
     tcp: list[NetworkFilter] = []
+    roles: list[str] = []
     for action in ACTION_ORDER:
         group = [cp for cp in policies if cp.action == action]
         if not group:
             continue
         http.append(http_rbac_filter(rule_sets(action, group, for_tcp=False)))
         tcp.append(tcp_rbac_filter(rule_sets(action, group, for_tcp=True)))
-    return http, tcp
+        roles.append(action.lower())
+    return http, tcp, roles
 
 
 def bad_custom_rules(entries: Sequence[tuple[str, Policy]]) -> rbac_pb2.RBAC:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast, overload
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import extension_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -32,8 +33,11 @@ ROUTE = type_url_of(route_pb2.RouteConfiguration)
 CLUSTER = type_url_of(cluster_pb2.Cluster)
 ENDPOINT = type_url_of(endpoint_pb2.ClusterLoadAssignment)
 SECRET = type_url_of(secret_pb2.Secret)
+#: ECDS: filter configs a listener names (``config_discovery``) instead of embedding them, so they
+#: change without a listener update (authorization: docs/upstream-envoy.md, "Authorization over ECDS").
+EXTENSION_CONFIG = type_url_of(extension_pb2.TypedExtensionConfig)
 #: What a waypoint (and a proxyless gRPC client) is served, in this order.
-ENVOY_TYPES: tuple[str, ...] = (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET)
+ENVOY_TYPES: tuple[str, ...] = (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET, EXTENSION_CONFIG)
 
 
 class _Section(Generic[_M]):
@@ -68,7 +72,7 @@ SECTIONS: dict[str, str] = {}
 
 @dataclass
 class EnvoyResources:
-    """type URL -> name -> message.  Envoy's five types are always present (maybe empty), in this order."""
+    """type URL -> name -> message.  Envoy's types (``ENVOY_TYPES``) are always present (maybe empty), in this order."""
 
     by_type: dict[str, dict[str, Message]] = field(default_factory=lambda: {t: {} for t in ENVOY_TYPES})
 
@@ -77,6 +81,7 @@ class EnvoyResources:
     clusters = _Section(cluster_pb2.Cluster)
     endpoints = _Section(endpoint_pb2.ClusterLoadAssignment)
     secrets = _Section(secret_pb2.Secret)
+    extension_configs = _Section(extension_pb2.TypedExtensionConfig)
 
     def merge(self, other: EnvoyResources) -> None:
         """Add ``other``'s resources (later fragments win on a name clash)."""

@@ -34,7 +34,8 @@ from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig, PathNormalizationType, ProxyPathNormalization
 from istiod_lite.model.networking import DestinationRule, VirtualService
 from istiod_lite.model.registry import kinds_read_whole_by_waypoints
-from istiod_lite.translator.authz import AuthzFilters, authz_for_direct, authz_for_service, request_cluster
+from istiod_lite.translator.authz import EMPTY, AuthzFilters, authz_for_direct, authz_for_service, request_cluster
+from istiod_lite.translator.authz.discovery import DIRECT_SCOPE, discovered
 from istiod_lite.translator.binding import protocols, service_model
 from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef, bindings_of
@@ -226,14 +227,20 @@ class WaypointTranslator:
             out.merge(_authz_resources(snapshot, ref.namespace, direct))
             authz_hosts.update(c.host for c in direct.clusters)
         self._authz_hosts = tuple(sorted(authz_hosts))
-        # main_internal holds every chain: rebuild it only if a chain (object), the workloads or the
-        # direct chains' authorization changed.
-        key = (*chains, *workload_ips, direct)
+        # Authorization is in ECDS resources: the listener names the slots only (authz/discovery.py).
+        direct_slots = discovered(direct, DIRECT_SCOPE)
+        out.extension_configs.update(direct_slots.http_configs)
+        out.extension_configs.update(direct_slots.tcp_configs)
+        # main_internal holds every chain: rebuild it only if a chain (object, or its content: a
+        # policy edit rebuilds the chain with the same slots), the workloads or the direct chains'
+        # slots changed.
+        key = (*chains, *workload_ips, direct_slots.slots)
         if self._main_internal is not None and len(self._main_internal[0]) == len(key) and all(
                 a is b or a == b for a, b in zip(self._main_internal[0], key, strict=True)):
             main = self._main_internal[1]
         else:
-            main = inbound.main_internal_listener(chains, workload_ips, authz=direct.http, tcp_authz=direct.tcp,
+            main = inbound.main_internal_listener(chains, workload_ips, authz=direct_slots.http,
+                                                  tcp_authz=direct_slots.tcp,
                                                   path_normalization=self.path_normalization)
             self._main_internal = (key, main)
         out.listeners[hbone.MAIN_INTERNAL] = main
@@ -408,6 +415,7 @@ def _service_fragment(
     out = EnvoyResources()
     meta = cluster_templates.service_metadata(sv.metadata())
     port_chains = []
+    slots = discovered(az if az is not None else EMPTY, sv.host)
     for port in sv.served_ports():
         http_chain: listener_components_pb2.FilterChain | None = None
         tcp_chain: listener_components_pb2.FilterChain | None = None
@@ -426,10 +434,12 @@ def _service_fragment(
                     out.routes[cluster] = routes.route_configuration(cluster, f"inbound|http|{port.number}",
                                                                      route_list)
                 http_chain = inbound.http_chain(cluster, port.number, protocols.is_h2(port.protocol),
-                                                authz=az.http if az else (), path_normalization=path_normalization)
+                                                authz=slots.http, path_normalization=path_normalization)
+                out.extension_configs.update(slots.http_configs)
             else:
                 tcp_chain = inbound.with_network_filters(
-                    tcp_routes.tcp_chain(cluster, vss, sv.host, port.number, resolver), az.tcp if az else ())
+                    tcp_routes.tcp_chain(cluster, vss, sv.host, port.number, resolver), slots.tcp)
+                out.extension_configs.update(slots.tcp_configs)
         port_chains.append(inbound.PortChains(port.number, http_chain, tcp_chain))
     resolver.include(_referenced(vss))
     if resolver.outbound:
