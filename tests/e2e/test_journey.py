@@ -151,8 +151,8 @@ async def test_seed_guide_journey(tmp_path: Path, backends_factory: BackendsFact
             mesh.client([(vip_reviews, 9080), (vip_ratings, 9080)], wp) as local, \
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
                                   connector=aiohttp.TCPConnector(force_close=True)) as http:
-        # A connection per request: the waypoint's routes are inline in its listener (as Istio's),
-        # so a kept-alive connection would go on with the old routes until Envoy drains it.
+        # A connection per request: each call then shows the routes the waypoint holds at that moment
+        # (kept-alive connections follow route changes too, see test_rds_live_routes.py).
         reviews, ratings = local[(vip_reviews, 9080)], local[(vip_ratings, 9080)]
         admin_port = agent.config.envoy.admin_port
 
@@ -205,11 +205,10 @@ async def test_seed_guide_journey(tmp_path: Path, backends_factory: BackendsFact
                   .replace("weight: 20", f"weight: {w2}"))
 
             async def applied(w1: int = w1) -> bool:
-                # The route is inline in the waypoint's listener: wait for the new one to be active.
-                dump = json.loads(await admin(admin_port, "/config_dump", resource="dynamic_listeners") or "{}")
-                listeners = dump.get("configs", [])
-                return not any("warming_state" in lis for lis in listeners) and any(
-                    f'"weight": {w1}' in json.dumps(lis.get("active_state", {}), indent=1) for lis in listeners)
+                # The routes come over RDS: wait for the route configuration with the new weights.
+                dump = json.loads(await admin(admin_port, "/config_dump", resource="dynamic_route_configs") or "{}")
+                return any(f'"weight": {w1}' in json.dumps(rc.get("route_config", {}), indent=1)
+                           for rc in dump.get("configs", []))
 
             await wait_until(applied, timeout=15, message=f"the {w1}/{w2} canary in the waypoint")
             counts = await split(reviews, n)

@@ -89,6 +89,7 @@ async def test_syncz_proxy_status_and_metrics(tmp_path: Path, backends_factory: 
         assert families["pilot_xds_pushes"] == "counter" and "_created" not in text
         assert metric(text, "pilot_xds", version="") == 1
         pushes_before = metric(text, "pilot_xds_pushes", type="lds")
+        rds_before = metric(text, "pilot_xds_pushes", type="rds")
         assert pushes_before >= 1 and metric(text, "pilot_xds_pushes", type="cds") >= 1
         assert metric(text, "pilot_proxy_convergence_time_count") >= 0
         assert "pilot_xds_config_size_bytes_bucket" in text and "pilot_xds_push_time_bucket" in text
@@ -98,9 +99,9 @@ async def test_syncz_proxy_status_and_metrics(tmp_path: Path, backends_factory: 
 
         async def pushed() -> bool:
             t = await get_text(f"{base}/metrics")
-            return metric(t, "pilot_xds_pushes", type="lds") > pushes_before
+            return metric(t, "pilot_xds_pushes", type="rds") > rds_before
 
-        await wait_until(pushed, timeout=10, message="LDS push counted after the edit")
+        await wait_until(pushed, timeout=10, message="RDS push counted after the VirtualService edit")
         text = await get_text(f"{base}/metrics")
         assert metric(text, "pilot_push_triggers", type="config") >= 1
         assert metric(text, "pilot_debounce_time_count") >= 1

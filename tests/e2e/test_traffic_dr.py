@@ -98,8 +98,8 @@ async def stats(admin_port: int, pattern: str) -> dict[str, int]:
     return out
 
 
-async def wait_for_policy(admin_port: int, needle: str, *, in_listeners: bool = False) -> None:
-    """Until the waypoint's *active* clusters (or listeners, whose routes are inline) contain
+async def wait_for_policy(admin_port: int, needle: str, *, in_routes: bool = False) -> None:
+    """Until the waypoint's *active* clusters (or route configurations, served over RDS) contain
     ``needle`` and nothing is warming any more."""
     async def applied() -> bool:
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin_port}/config_dump") as r:
@@ -109,7 +109,8 @@ async def wait_for_policy(admin_port: int, needle: str, *, in_listeners: bool = 
         if clusters.get("dynamic_warming_clusters") or any(
                 "warming_state" in lis for lis in listeners.get("dynamic_listeners", [])):
             return False
-        active = ([lis.get("active_state", {}) for lis in listeners.get("dynamic_listeners", [])] if in_listeners
+        routes = by_type.get("RoutesConfigDump", {}).get("dynamic_route_configs", [])
+        active = ([rc.get("route_config", {}) for rc in routes] if in_routes
                   else clusters.get("dynamic_active_clusters", []))
         return needle in json.dumps(active)
 
@@ -126,12 +127,12 @@ async def test_consistent_hash_header_then_cookie(tmp_path: Path, backends_facto
             mesh.client([(vip, 9080)], wp) as local, \
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
                                   connector=aiohttp.TCPConnector(force_close=True)) as http:
-        # A connection per request: the hash policy is in the listener's inline routes, which a
-        # kept-alive connection would keep using (old version) until Envoy drains it.
+        # A connection per request: the consistent hash picks an endpoint per connection's request,
+        # and a fresh connection per request shows the hash policy alone decides.
         addr, admin = local[(vip, 9080)], agent.config.envoy.admin_port
         await wait_until(lambda: serving(http, addr), timeout=30, message="traffic through the waypoint")
         await wait_for_policy(admin, "RING_HASH")
-        await wait_for_policy(admin, "x-user", in_listeners=True)
+        await wait_for_policy(admin, "x-user", in_routes=True)
 
         # 40 users x 5 requests each, interleaved: every user sticks to one pod.
         users = [f"user-{i}" for i in range(40)]
@@ -151,7 +152,7 @@ async def test_consistent_hash_header_then_cookie(tmp_path: Path, backends_facto
         # The same policy on a cookie: Envoy sets the cookie on the first answer; sent back, it pins.
         (cfg / "dr.yaml").write_text(DR.format(policy=COOKIE_HASH))
 
-        await wait_for_policy(admin, '"session"', in_listeners=True)
+        await wait_for_policy(admin, '"session"', in_routes=True)
         # Without the cookie Envoy makes one up (from the client's address) and sets it; sent back, it pins.
         status, first, r = await get(http, addr)
         match = re.search(r"session=([^;]+)", r.headers.get("set-cookie", ""))
