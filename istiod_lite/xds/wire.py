@@ -37,6 +37,11 @@ def _varint(n: int) -> bytes:
 _KEYS = {n: _varint((n << 3) | 2) for n in range(1, 16)}  # length-delimited field keys
 
 
+def header(number: int, length: int) -> bytes:
+    """The key and length that precede a length-delimited field's ``length`` bytes of payload."""
+    return _KEYS[number] + _varint(length)
+
+
 def field(number: int, payload: bytes) -> bytes:
     """One length-delimited field (strings, bytes, embedded messages)."""
     return _KEYS[number] + _varint(len(payload)) + payload
