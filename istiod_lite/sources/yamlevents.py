@@ -14,11 +14,12 @@ tags (``!!str``, ``!!int``, ...) are honoured; other tags are an error, as with 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
+from yaml._yaml import CParser
 from yaml.constructor import ConstructorError, SafeConstructor
-from yaml.cyaml import CParser
 from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
@@ -125,7 +126,7 @@ def load_documents(text: str) -> list[tuple[Any, bool]]:
     scalar_ev, map_start, map_end = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.MappingEndEvent
     seq_start, seq_end, alias_ev = yaml.SequenceStartEvent, yaml.SequenceEndEvent, yaml.AliasEvent
     doc_start, doc_end, stream_end = yaml.DocumentStartEvent, yaml.DocumentEndEvent, yaml.StreamEndEvent
-    get_event = CParser(text).get_event
+    get_event: Callable[[], Any] = CParser(text).get_event
     while True:
         event = get_event()
         cls = type(event)
