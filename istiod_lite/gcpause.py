@@ -8,7 +8,9 @@ everything built so far: on the 10,000-service scale mesh that cost ~4 s of a ~1
 paused; only cyclic garbage waits for the collector to resume.
 
 Process-wide (the collector is global): nested pauses keep it off until the outermost one ends,
-and a pause never turns on a collector that was off when it started.
+and a pause never turns on a collector that was off when it started.  Pauses overlapping in two
+threads (a directory rebuild in a worker thread while the loop installs a config) may end the
+pause early for one of them, which costs time, never correctness: the collector always ends up on.
 """
 
 from __future__ import annotations
