@@ -230,6 +230,7 @@ class RunResult:
     ready_cpu: float
     push: float
     decode: float
+    ready_rss_mb: float
     rss_mb: float
     peak_mb: float
     marks: dict[str, float]
@@ -247,7 +248,7 @@ def run_once(config: Path, workdir: Path, run: int) -> RunResult:
             stdout=log, stderr=subprocess.STDOUT)
     try:
         ready_at = wait_ready(mon_port, proc, 120)
-        ready_cpu = cpu_seconds(proc.pid)
+        ready_cpu, ready_rss = cpu_seconds(proc.pid), status_kb(proc.pid, "VmRSS") / 1024
         rep, push = asyncio.run(sync_replica(f"127.0.0.1:{grpc_port}", 120))
         rss, peak = status_kb(proc.pid, "VmRSS") / 1024, status_kb(proc.pid, "VmHWM") / 1024
     finally:
@@ -261,7 +262,7 @@ def run_once(config: Path, workdir: Path, run: int) -> RunResult:
     for line in text.splitlines():
         if (" ERROR " in line or " WARNING " in line or "Traceback" in line) and "no --ca-dir" not in line:
             print(f"  server log: {line}")
-    return RunResult(ready_at - start, ready_cpu, push, rep.decode_s, rss, peak, log_marks(text, start), rep)
+    return RunResult(ready_at - start, ready_cpu, push, rep.decode_s, ready_rss, rss, peak, log_marks(text, start), rep)
 
 
 def serve_mode(args: argparse.Namespace, config: Path, workdir: Path) -> None:
@@ -275,7 +276,8 @@ def serve_mode(args: argparse.Namespace, config: Path, workdir: Path) -> None:
         marks = ", ".join(f"{k} at {v:.2f} s" for k, v in r.marks.items())
         print(f"run {run + 1}: ready {r.ready:.2f} s ({marks}; server CPU {r.ready_cpu:.2f} s); "
               f"first full push {r.push:.2f} s "
-              f"(client decoding {r.decode:.2f} s); server RSS {r.rss_mb:.0f} MB (peak {r.peak_mb:.0f} MB); "
+              f"(client decoding {r.decode:.2f} s); server RSS {r.rss_mb:.0f} MB (at ready {r.ready_rss_mb:.0f}, "
+              f"peak {r.peak_mb:.0f}); "
               f"received {got}")
     med = statistics.median
     print(f"median of {len(results)}: ready {med(r.ready for r in results):.2f} s (target <= 10; server CPU "
