@@ -33,6 +33,8 @@ def _share_fields_set(model: BaseModel) -> BaseModel:
     nothing mutates their set (assignment is refused; ``model_copy`` copies the set before adding
     to it), so an equal shared one is indistinguishable.
     """
+    if not model.model_config.get("frozen"):
+        return model  # a subclass that allows assignment would add to the shared set
     own = model.__pydantic_fields_set__
     key = frozenset(own)
     shared = _FIELDS_SETS.get(key)

@@ -35,3 +35,19 @@ def test_dump_still_sees_only_what_was_set() -> None:
                         "status": {"podIP": "10.1.1.1"}})
     assert isinstance(pod, Pod)
     assert pod.status.model_dump(exclude_unset=True, by_alias=True) == {"podIP": "10.1.1.1"}
+
+
+def test_a_model_that_allows_assignment_keeps_its_own_set() -> None:
+    from pydantic import ConfigDict
+
+    from istiod_lite.model.base import IstioModel
+
+    class Mutable(IstioModel):
+        model_config = ConfigDict(frozen=False)
+        a: int = 0
+        b: int = 0
+
+    x, y = Mutable(a=1), Mutable(a=2)
+    assert x.__pydantic_fields_set__ is not y.__pydantic_fields_set__
+    x.b = 3
+    assert y.model_fields_set == {"a"}
