@@ -29,6 +29,7 @@ from istiod_lite.controlplane.proxykinds import PROXY_KINDS, KindContext, ProxyK
 from istiod_lite.controlplane.secure import XdsAuthenticator
 from istiod_lite.controlplane.supervision import TaskSupervisor
 from istiod_lite.controlplane.waypoint_controller import WaypointController, WaypointControllerOptions
+from istiod_lite.gcpause import gc_paused
 from istiod_lite.model import ConfigError, ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.monitoring.http import MonitoringServer
@@ -144,8 +145,11 @@ class ControlPlane:
         self._controller = WaypointController(api_client_for(self.options.kube), opts)
 
     async def start(self) -> None:
-        update = await asyncio.to_thread(self.source.load)
-        self._install(update)
+        # Nothing else runs yet: keep the collector off from load to the end of the first
+        # translation, so it never walks the freshly loaded config (``_install`` freezes it).
+        with gc_paused():
+            update = await asyncio.to_thread(self.source.load)
+            self._install(update)
         self.cache.mark_ready()
         self.ads.start_monitoring()  # loop lag on /metrics and /debug/loopz, streams or not
         grpc_options: list[tuple[str, int]] = [
@@ -280,7 +284,8 @@ class ControlPlane:
         self.config = update.snapshot
         self.errors = update.errors  # each error was logged once, by the source that found it
         self.config_metrics.set_errors(self.errors)
-        self._regenerate(update, trigger_time)
+        with gc_paused():  # translation builds long-lived, acyclic objects (see gcpause)
+            self._regenerate(update, trigger_time)
         # The config and its translation are long-lived and acyclic: move them out of the cyclic
         # collector's generations so later collections do not rescan them (refcounting frees
         # them when replaced).

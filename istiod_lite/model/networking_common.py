@@ -8,6 +8,7 @@ where it reads well after a field path.  Each ``check_*`` helper returns an erro
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -91,6 +92,13 @@ def check_fqdn(domain: str) -> str | None:
     return _check_domain_length(domain) or _check_dns_labels(domain)
 
 
+#: Hosts, IPs and label strings repeat across a config's objects (a service's host in its
+#: VirtualService hosts, its destinations and its DestinationRule; ``version: v1`` in every
+#: subset): the pure string checks below remember their answer for the last spellings seen.
+_CHECK_CACHE = 16384
+
+
+@functools.lru_cache(maxsize=_CHECK_CACHE)
 def check_wildcard_domain(domain: str) -> str | None:
     """Istio's ``ValidateWildcardDomain``: an FQDN whose first label may be a wildcard."""
     if err := _check_domain_length(domain):
@@ -101,6 +109,7 @@ def check_wildcard_domain(domain: str) -> str | None:
     return _check_dns_labels(rest) if rest else None
 
 
+@functools.lru_cache(maxsize=_CHECK_CACHE)
 def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
@@ -122,14 +131,18 @@ def check_ip_subnet(value: str) -> str | None:
 
 def check_labels(labels: Mapping[str, str]) -> list[str]:
     """Istio's ``labels.Instance.Validate``: Kubernetes label syntax for keys and values."""
+    return [e for k, v in labels.items() for e in _check_label(k, v)]
+
+
+@functools.lru_cache(maxsize=_CHECK_CACHE)
+def _check_label(key: str, value: str) -> tuple[str, ...]:
     errs = []
-    for k, v in labels.items():
-        m = _LABEL_KEY.match(k)
-        if not k or m is None or len(m.group(1) or "") > 253 or len(m.group(2)) > 63:
-            errs.append(f"invalid tag key: {k!r}")
-        if not _LABEL_VALUE.match(v):
-            errs.append(f"invalid tag value: {v!r}")
-    return errs
+    m = _LABEL_KEY.match(key)
+    if not key or m is None or len(m.group(1) or "") > 253 or len(m.group(2)) > 63:
+        errs.append(f"invalid tag key: {key!r}")
+    if not _LABEL_VALUE.match(value):
+        errs.append(f"invalid tag value: {value!r}")
+    return tuple(errs)
 
 
 def check_selector_labels(labels: Mapping[str, str]) -> list[str]:

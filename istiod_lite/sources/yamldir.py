@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from istiod_lite.gcpause import gc_paused
 from istiod_lite.model import ConfigError, Resource, ResourceKey
 from istiod_lite.sources.contract import SourceUpdate, UpdateHandler
 from istiod_lite.sources.publisher import Publisher
@@ -236,7 +237,9 @@ class DirectorySource:
 
     # -- building ----------------------------------------------------------------------------------
     def _rebuild(self, *, force: bool) -> SourceUpdate:
-        with self._lock:
+        # The collector stays paused for the whole rebuild, not per file: between files it would
+        # traverse everything parsed so far, and the snapshot build allocates as much again.
+        with self._lock, gc_paused():
             scan = _scan_tree(self.root)
             if scan.root_ok:
                 self._files = self._refresh(scan, force)

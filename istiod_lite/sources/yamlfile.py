@@ -19,19 +19,17 @@ Nothing here raises on bad input; everything becomes a ``ConfigError``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from istiod_lite.gcpause import gc_paused
 from istiod_lite.model import ConfigError, Resource, ResourceInvalid, ResourceKey, parse_object
 from istiod_lite.model.registry import kind_class
 from istiod_lite.sources.yamlevents import load_documents
@@ -121,25 +119,11 @@ def parse_file(path: Path, *, max_bytes: int, source: str | None = None) -> Pars
     return parse_bytes(data, src)
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while building a file's documents and models.
-
-    Parsing allocates hundreds of thousands of short-lived, acyclic objects; the collector's
-    repeated passes over them cost about a third of a large directory's load time
-    (bench/bench_model_parse.py).  Reference counting still frees everything; the GC resumes after.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def parse_bytes(data: bytes, source: str) -> ParsedFile:
-    with _gc_paused():
+    """Parse one file's documents and models, with the cyclic GC paused (``gcpause``): parsing
+    allocates hundreds of thousands of acyclic objects, and the collector's repeated passes over
+    them cost about a third of a large directory's load time (bench/bench_model_parse.py)."""
+    with gc_paused():
         return _parse_bytes(data, source)
 
 

@@ -37,7 +37,12 @@ def _varint(n: int) -> bytes:
 _KEYS = {n: _varint((n << 3) | 2) for n in range(1, 16)}  # length-delimited field keys
 
 
-def field(number: int, payload: bytes) -> bytes:
+def header(number: int, length: int) -> bytes:
+    """The key and length that precede a length-delimited field's ``length`` bytes of payload."""
+    return _KEYS[number] + _varint(length)
+
+
+def field(number: int, payload: bytes | memoryview) -> bytes:
     """One length-delimited field (strings, bytes, embedded messages)."""
     return _KEYS[number] + _varint(len(payload)) + payload
 
@@ -123,7 +128,7 @@ def _shared(shared: SharedResponses | None, key: Hashable | None,
     return build() if shared is None or key is None else shared.get_or_build(key, build)
 
 
-def sotw_response(type_url: str, version: str, nonce: str, any_bytes: Iterable[bytes],
+def sotw_response(type_url: str, version: str, nonce: str, any_bytes: Iterable[bytes | memoryview],
                   key: Hashable | None = None, shared: SharedResponses | None = None) -> EncodedResponse:
     """``key``: identifies the resources (e.g. their names and versions) so that a large response
     is built once in ``shared`` for every stream that gets it (use the returned ``nonce``); without
