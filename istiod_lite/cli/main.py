@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often the config directory is checked for changes")
     s.add_argument("--max-syncing-streams", type=int, default=50, metavar="N",
                    help="admit a new xDS stream only while fewer than N are in their initial sync (0 = no bound)")
-    s.add_argument("--max-loop-lag-ms", type=float, default=50.0, metavar="MS",
+    s.add_argument("--max-loop-lag-ms", type=float, default=25.0, metavar="MS",
                    help="hold new xDS streams back while the event loop lags more than this (0 = off); "
                         "never while no other stream is syncing")
     s.add_argument("--initial-sync-timeout", type=float, default=10.0, metavar="SECONDS",

@@ -38,7 +38,8 @@ def on_request(conn: Connection, req: discovery_pb2.DeltaDiscoveryRequest) -> st
             sub.record_ack(nonce, sub.version_sent)
             kind = "ack"
     # Subscription changes apply even with a stale nonce or a NACK (R16, R35).
-    sub.apply_delta(req.resource_names_subscribe, req.resource_names_unsubscribe, first)
+    sub.apply_delta(req.resource_names_subscribe, req.resource_names_unsubscribe, first,
+                    req.initial_resource_versions if first else None)
     return kind
 
 

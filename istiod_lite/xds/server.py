@@ -53,7 +53,7 @@ class XdsServerOptions:
     #: Streams in their initial sync at once; 0 = no bound.
     max_syncing_streams: int = 50
     #: New streams wait while the event loop runs later than this (seconds); 0 = no lag guard.
-    max_loop_lag: float = 0.05
+    max_loop_lag: float = 0.025
     #: A stream stops counting as syncing after this long, synced or not (a client that never ACKs).
     initial_sync_timeout: float = 10.0
     #: istiod's fixed rate (min(15 + 5 * cores, 100) new streams per second), applied before the

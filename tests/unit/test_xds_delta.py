@@ -53,6 +53,27 @@ def test_reconnect_with_initial_versions_sends_only_differences() -> None:
     assert names(delta.build_responses(c, c.subs[CLUSTER], s)) == (["b"], ["gone"])  # R33
 
 
+def test_reconnect_named_subscription_sends_only_differences() -> None:
+    """A new stream's first request subscribing by name with held versions (as Envoy reconnects EDS,
+    RDS and ECDS) gets only what differs, and removals of held names that are gone (R33 over R32);
+    later re-subscribes of the same names are answered in full again (R32)."""
+    s = snap(endpoints={"a": 1, "b": 1, "c": 1})
+    held = {n: r.version for n, r in s.of_type(ENDPOINT).items()}
+    held["b"] = "old"
+    held["gone"] = "v0"
+    c = conn("delta")
+    delta.on_request(c, req(ENDPOINT, ["a", "b", "c", "gone"], initial=held))
+    resps = delta.build_responses(c, c.subs[ENDPOINT], s)
+    assert names(resps) == (["b"], ["gone"])
+    delta.on_request(c, req(ENDPOINT, nonce=resps[-1].nonce))
+    unchanged = conn("delta")  # everything held is current: still answered, with nothing in it
+    delta.on_request(unchanged, req(ENDPOINT, ["a", "c"], initial={n: held[n] for n in ("a", "c")}))
+    resps = delta.build_responses(unchanged, unchanged.subs[ENDPOINT], s)
+    assert len(resps) == 1 and names(resps) == ([], [])
+    delta.on_request(c, req(ENDPOINT, ["a"]))  # a re-subscribe later on the stream: sent again (R32)
+    assert names(delta.build_responses(c, c.subs[ENDPOINT], s)) == (["a"], [])
+
+
 def test_explicit_subscribe_always_answered_and_absent_names_removed() -> None:
     s = snap(endpoints={"a": 1})
     c = conn("delta")

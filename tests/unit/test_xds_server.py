@@ -473,7 +473,7 @@ async def test_load_status_reports_lag_and_admission() -> None:
         status = h.ads.load_status()
         assert status["count"] == 2 and status["max_ms"] == 200.0 and status["current_ms"] == 200.0
         assert status["admission"] == {"syncing": 0, "waiting": 0, "refused": 0, "max_syncing_streams": 7,
-                                       "max_loop_lag_ms": 50.0, "max_new_streams_per_second": 0.0}
+                                       "max_loop_lag_ms": 25.0, "max_new_streams_per_second": 0.0}
         assert h.ads.load_status(since=time.time() + 60)["count"] == 0
 
 
