@@ -55,7 +55,7 @@ from typing import Any
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -70,11 +70,13 @@ CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-SHORT = {CDS: "CDS", EDS: "EDS", LDS: "LDS", RDS: "RDS"}
+SHORT = {CDS: "CDS", EDS: "EDS", LDS: "LDS", RDS: "RDS", ECDS: "ECDS"}
 MESSAGE: dict[str, Callable[[bytes], Any]] = {
     CDS: cluster_pb2.Cluster.FromString, EDS: endpoint_pb2.ClusterLoadAssignment.FromString,
     LDS: listener_pb2.Listener.FromString, RDS: route_pb2.RouteConfiguration.FromString,
+    ECDS: extension_pb2.TypedExtensionConfig.FromString,
 }
 
 
@@ -115,13 +117,28 @@ class Replica:
     bytes_by_type: Counter[str] = field(default_factory=Counter)
     resources_by_type: Counter[str] = field(default_factory=Counter)
     decode_s: float = 0.0
-    want: dict[str, set[str]] = field(default_factory=dict)  # EDS/RDS names subscribed, not yet received
-    subscribed: set[str] = field(default_factory=set)  # EDS/RDS names (and LDS itself) asked for
+    want: dict[str, set[str]] = field(default_factory=dict)  # EDS/RDS/ECDS names subscribed, not yet received
+    #: Per type, the names asked for (an RDS name equals its chain's EDS cluster name: kept apart).
+    subscribed: dict[str, set[str]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
 
     @property
     def synced(self) -> bool:
         return {CDS, LDS} <= self.seen and all(not names for names in self.want.values())
+
+
+def filter_config_names(listener: listener_pb2.Listener) -> set[str]:
+    """ECDS names the listener's filters refer to (network filters and HTTP filters with
+    ``config_discovery``; Envoy subscribes to these and warms the listener until they arrive)."""
+    out: set[str] = set()
+    for chain in listener.filter_chains:
+        for f in chain.filters:
+            if f.HasField("config_discovery"):
+                out.add(f.name)
+            elif f.typed_config.type_url == HCM:
+                hcm = hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
+                out.update(h.name for h in hcm.http_filters if h.HasField("config_discovery"))
+    return out
 
 
 def route_names(listener: listener_pb2.Listener) -> set[str]:
@@ -143,7 +160,7 @@ async def sync_replica(target: str, timeout: float, quiet: float = 0.5) -> tuple
     """Connect one Delta ADS stream and behave like Envoy until fully synced; (what it got, seconds).
 
     Delta has no end-of-push marker and the server splits a large push into several responses,
-    so "fully synced" is: CDS and LDS received, every EDS/RDS name subscribed received, and no
+    so "fully synced" is: CDS and LDS received, every EDS/RDS/ECDS name subscribed received, and no
     further response within ``quiet`` seconds; the time reported is that of the last ACK.
     """
     rep = Replica()
@@ -178,25 +195,29 @@ async def _handle(call: Any, rep: Replica, resp: d.DeltaDiscoveryResponse) -> No
     d0 = time.perf_counter()
     messages = [(r.name, MESSAGE[t](r.resource.value)) for r in resp.resources]
     routes = set().union(*(route_names(m) for _, m in messages)) if t == LDS and messages else set()
+    filters = set().union(*(filter_config_names(m) for _, m in messages)) if t == LDS and messages else set()
     rep.decode_s += time.perf_counter() - d0
     await call.write(d.DeltaDiscoveryRequest(type_url=t, response_nonce=resp.nonce))  # ACK
     if t in rep.want:
         rep.want[t] -= {name for name, _ in messages}
     if t == CDS:
-        eds = {m.name for _, m in messages if m.type == cluster_pb2.Cluster.EDS} - rep.subscribed
-        if eds:
-            rep.subscribed |= eds
-            rep.want.setdefault(EDS, set()).update(eds)
-            await call.write(d.DeltaDiscoveryRequest(type_url=EDS, resource_names_subscribe=sorted(eds)))
+        eds = {m.name for _, m in messages if m.type == cluster_pb2.Cluster.EDS}
+        await _subscribe(call, rep, EDS, eds)
         if LDS not in rep.subscribed:
-            rep.subscribed.add(LDS)
+            rep.subscribed[LDS] = set()
             await call.write(d.DeltaDiscoveryRequest(type_url=LDS))
-    new = routes - rep.subscribed
-    if new:
-        rep.subscribed |= new
-        rep.want.setdefault(RDS, set()).update(new)
-        await call.write(d.DeltaDiscoveryRequest(type_url=RDS, resource_names_subscribe=sorted(new)))
+    await _subscribe(call, rep, ECDS, filters)
+    await _subscribe(call, rep, RDS, routes)
     rep.seen.add(t)
+
+
+async def _subscribe(call: Any, rep: Replica, type_url: str, names: set[str]) -> None:
+    """Subscribe ``type_url`` to the names not asked for yet, as Envoy does."""
+    new = names - rep.subscribed.setdefault(type_url, set())
+    if new:
+        rep.subscribed[type_url] |= new
+        rep.want.setdefault(type_url, set()).update(new)
+        await call.write(d.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=sorted(new)))
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> float:
@@ -272,7 +293,7 @@ def serve_mode(args: argparse.Namespace, config: Path, workdir: Path) -> None:
         results.append(r)
         rep = r.replica
         got = ", ".join(f"{t} {rep.resources_by_type[t]} ({rep.bytes_by_type[t] / 1e6:.1f} MB)"
-                        for t in ("CDS", "EDS", "LDS", "RDS") if t in rep.resources_by_type)
+                        for t in ("CDS", "EDS", "LDS", "RDS", "ECDS") if t in rep.resources_by_type)
         marks = ", ".join(f"{k} at {v:.2f} s" for k, v in r.marks.items())
         print(f"run {run + 1}: ready {r.ready:.2f} s ({marks}; server CPU {r.ready_cpu:.2f} s); "
               f"first full push {r.push:.2f} s "
