@@ -624,6 +624,8 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"  server event-loop lag during the storm: p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms, "
               f"max {lag['max_ms']} ms ({lag['count']} samples every {lag['interval_ms']:.0f} ms); "
               f"{REFUSED[0]} streams refused and retried")
+        await asyncio.sleep(5)  # as after the initial sync: freed memory is trimmed once writes are quiet
+        print(f"  server RSS after the storm: {rss_kb(server.pid) / 1024:.0f} MB")
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         for ch in channels:

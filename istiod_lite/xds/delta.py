@@ -5,6 +5,8 @@ Rule numbers refer to docs/xds-rules.md.
 
 from __future__ import annotations
 
+import sys
+
 from envoy.service.discovery.v3 import discovery_pb2
 
 from istiod_lite.xds.connection import Connection, new_nonce
@@ -26,7 +28,12 @@ def on_request(conn: Connection, req: discovery_pb2.DeltaDiscoveryRequest) -> st
         sub = conn.subs[req.type_url] = Subscription(req.type_url)
         # Reconnect: the client tells us what it holds; we send only what differs and remove
         # what no longer exists (R33).
-        sub.sent.update(req.initial_resource_versions)
+        # Names interned (versions made canonical in ``build_responses``): a thousand reconnecting
+        # streams must not each keep their own copy of every name they hold.
+        held = req.initial_resource_versions
+        if held:
+            intern = sys.intern
+            sub.sent.update({intern(name): version for name, version in held.items()})
         sub.must_respond = True
     kind = "initial" if first else "change"
     nonce = req.response_nonce
@@ -64,7 +71,14 @@ def build_responses(
         removed = [n for n in diff_removed if n in sub.sent]
     else:
         visible = sub.visible(available)
-        changed = [r for n, r in visible.items() if sub.sent.get(n) != r.version]
+        sent = sub.sent
+        changed = []
+        for n, r in visible.items():
+            held = sent.get(n)
+            if held != r.version:
+                changed.append(r)
+            elif held is not r.version:
+                sent[n] = r.version  # the client's equal string (a reconnect's) -> the shared one
         removed = sorted(n for n in sub.sent if n not in visible)
         removed += sorted(n for n in sub.announce if n not in visible and n not in sub.sent)
         sub.announce.clear()
