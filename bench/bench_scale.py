@@ -337,7 +337,7 @@ def in_process_mode(args: argparse.Namespace, config: Path) -> None:
     update = step("load (DirectorySource.load)", DirectorySource(config).load)
     print(f"    {len(update.snapshot)} resources, {len(update.errors)} errors")
     gc.freeze()
-    assembly = WaypointAssembly(WaypointRef(WAYPOINT_NAMESPACE, WAYPOINT_NAME))
+    assembly = WaypointAssembly(WaypointRef(WAYPOINT_NAMESPACE, WAYPOINT_NAME), encoded=True)  # as the server
     shared = step("translate (WaypointAssembly.shared)", lambda: assembly.shared(update.snapshot))
     step("diagnose (warning passes)", lambda: diagnose(update.snapshot, None))
     versioned = step("serialise (VersionedCache.versioned)", lambda: VersionedCache().versioned(shared))

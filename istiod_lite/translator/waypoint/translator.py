@@ -135,11 +135,18 @@ class WaypointTranslator:
     path normalization) only; the memo just skips recomputing fragments that would come out
     identical.  One instance per waypoint.  ``connect_terminate`` and telemetry are not included: see
     ``waypoint_assembly.WaypointAssembly``, which adds them.
+
+    ``encoded``: keep (and hand out) each service's clusters, endpoints, route configurations and
+    filter configs as ``Encoded`` bytes, serialised as soon as its fragment is built, instead of as
+    messages (the server: what it keeps per service is then about its wire size, not 7-12x that).
+    ``main_internal`` and the waypoint-wide resources stay messages.  Same bytes either way.
     """
 
     def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN,
-                 path_normalization: ProxyPathNormalization | None = None, mesh: MeshConfig | None = None) -> None:
+                 path_normalization: ProxyPathNormalization | None = None, mesh: MeshConfig | None = None,
+                 encoded: bool = False) -> None:
         self.ref = ref
+        self.encoded = encoded
         #: Authorization reads the mesh config (root namespace, ext_authz providers).  It may be
         #: replaced between translations: it is part of every memo key (path normalization is not).
         self.mesh = mesh
@@ -213,6 +220,8 @@ class WaypointTranslator:
                 frag = cached[1]
             else:
                 frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization)
+                if self.encoded:
+                    frag = _Fragment(frag.resources.encoded(), frag.chains)
                 if cached is not None:
                     frag = _keep_chains(frag, cached[1])
                 rebuilt += 1
