@@ -58,6 +58,7 @@ spec:
 """
 REF = WaypointRef("app", "waypoint")
 CDS_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ROUTE_URL = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 ECDS_URL = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 
 
@@ -105,6 +106,10 @@ def test_versioned_cache_versions_only_what_a_route_edit_rebuilt() -> None:
     cache = VersionedCache()
     first = cache.versioned(server.shared(s1))
     assert cache.last_serialised == sum(len(v) for v in first.values())
+    echo_route = "inbound-vip|80|http|echo.app.svc.cluster.local"
+    encoded = server.shared(s1).routes[echo_route]
+    assert isinstance(encoded, Encoded)
+    assert _named(first, ROUTE_URL, echo_route).data is encoded.data  # held once, not copied
     s2, objs = replaced(s1, base, _vs("/api"), 2)
     second = cache.versioned(server.shared(s2))
     assert server.translator.last_rebuilt == 1
