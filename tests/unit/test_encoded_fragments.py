@@ -87,7 +87,7 @@ def test_encoded_output_has_the_same_bytes_and_keeps_unchanged_objects() -> None
     assert _bytes(out1) == _bytes(plain.shared(s1))
     assert all(isinstance(r, Encoded) for r in out1.clusters.values() if "inbound-vip" in as_message(r).name)
     assert isinstance(out1.endpoints["inbound-vip|80|http|echo.app.svc.cluster.local"], Encoded)
-    assert not isinstance(out1.listeners[hbone.MAIN_INTERNAL], Encoded)  # rebuilt from the chains: a message
+    assert isinstance(out1.listeners[hbone.MAIN_INTERNAL], Encoded)
     assert to_resource_snapshot(out1).types == to_resource_snapshot(plain.shared(s1)).types
 
     s2, _ = replaced(s1, base, _vs("/api"), 2)
@@ -122,3 +122,19 @@ def test_versioned_cache_versions_only_what_a_route_edit_rebuilt() -> None:
     again = cache.versioned(server.shared(s3))
     route = again["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]
     assert any(b"/v2" in bytes(r.any_bytes) for r in route)
+
+
+TELEMETRY = """\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: logs, namespace: app}
+spec: {accessLogging: [{providers: [{name: envoy}]}]}
+"""
+
+
+def test_telemetry_applies_to_a_serialised_main_internal() -> None:
+    snap = ConfigSnapshot.build(load_resources(MESH + "---\n" + TELEMETRY), 1)
+    server = WaypointAssembly(REF, encoded=True).shared(snap)
+    plain = WaypointAssembly(REF).shared(snap)
+    assert b"envoy.access_loggers" in as_message(server.listeners[hbone.MAIN_INTERNAL]).SerializeToString()
+    assert _bytes(server) == _bytes(plain)
