@@ -337,12 +337,12 @@ def in_process_mode(args: argparse.Namespace, config: Path) -> None:
     update = step("load (DirectorySource.load)", DirectorySource(config).load)
     print(f"    {len(update.snapshot)} resources, {len(update.errors)} errors")
     gc.freeze()
-    assembly = WaypointAssembly(WaypointRef(WAYPOINT_NAMESPACE, WAYPOINT_NAME))
+    assembly = WaypointAssembly(WaypointRef(WAYPOINT_NAMESPACE, WAYPOINT_NAME), encoded=True)  # as the server
     shared = step("translate (WaypointAssembly.shared)", lambda: assembly.shared(update.snapshot))
     step("diagnose (warning passes)", lambda: diagnose(update.snapshot, None))
     versioned = step("serialise (VersionedCache.versioned)", lambda: VersionedCache().versioned(shared))
     counts = {SHORT.get(t, t.rsplit(".", 1)[-1]): len(v) for t, v in versioned.items()}
-    size = sum(len(vr.any_bytes) for items in versioned.values() for vr in items)
+    size = sum(vr.size for items in versioned.values() for vr in items)
     print(f"    resources {counts}, {size / 1e6:.1f} MB serialised")
     gc.freeze()
     t0 = time.perf_counter()

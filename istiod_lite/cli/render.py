@@ -9,7 +9,7 @@ import yaml
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 
-from istiod_lite.translator.core.output import SECTIONS, EnvoyResources
+from istiod_lite.translator.core.output import SECTIONS, EnvoyResources, as_message
 
 
 def message_json(msg: Message) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def message_json(msg: Message) -> dict[str, Any]:
 def resources_dict(res: EnvoyResources) -> dict[str, list[dict[str, Any]]]:
     """Each type's messages by name, under its ``EnvoyResources`` attribute name (``listeners``, ...);
     a type that is not Envoy's under its type URL."""
-    return {SECTIONS.get(type_url, type_url): [message_json(m) for _, m in sorted(named.items())]
+    return {SECTIONS.get(type_url, type_url): [message_json(as_message(m)) for _, m in sorted(named.items())]
             for type_url, named in res.by_type.items()}
 
 

@@ -89,16 +89,16 @@ def build_responses(
     batches: list[list[VersionedResource]] = [[]]
     size = 0
     for r in changed:
-        if size and size + len(r.delta_bytes) > MAX_RESPONSE_BYTES:
+        if size and size + r.delta_len > MAX_RESPONSE_BYTES:
             batches.append([])
             size = 0
         batches[-1].append(r)
-        size += len(r.delta_bytes) + 8
+        size += r.delta_len + 8
         sub.sent[r.name] = r.version
     for n in removed:
         sub.sent.pop(n, None)
     responses = [
-        delta_response(sub.type_url, system_version, new_nonce(), (r.delta_bytes for r in batch),
+        delta_response(sub.type_url, system_version, new_nonce(), (r.delta_parts for r in batch),
                        removed if i == len(batches) - 1 else (), key=tuple((r.name, r.version) for r in batch),
                        shared=memo.responses)
         for i, batch in enumerate(batches)

@@ -26,32 +26,61 @@ def content_version(data: bytes) -> str:
 # Field numbers: google.protobuf.Any and envoy.service.discovery.v3.Resource.
 _ANY_TYPE_URL, _ANY_VALUE = 1, 2
 _RESOURCE_VERSION, _RESOURCE_RESOURCE, _RESOURCE_NAME = 1, 2, 3
+# A response's entries (``DiscoveryResponse.resources``: ``Any``; ``DeltaDiscoveryResponse.resources``:
+# ``Resource``) are field 2, and so is ``Resource.resource``: one framed ``Any`` serves both.
+assert _RESOURCE_RESOURCE == wire.RESOURCES_FIELD
 
 
 @dataclass(frozen=True, slots=True)
 class VersionedResource:
-    """One resource, serialised once: its Delta ``Resource`` encoding, with the ``Any`` inside it.
+    """One resource, serialised once, held as the pieces of its fields in a response.
 
-    Why only ``delta_bytes`` is stored: the serialised ``Any`` (a SotW response's entry) is a
-    contiguous part of the serialised ``Resource`` (fields in number order: version, resource,
-    name), so ``any_bytes`` is a zero-copy view of it.  Keeping the ``Any`` message and both
-    encodings held each resource's bytes three times (10,000 services: ~150 MB of 500).
+    A SotW response's entry is the framed ``Any`` (field 2: key, length, type URL, value); a Delta
+    response's entry is the framed ``Resource`` (field 2: version, the very same framed ``Any``
+    - ``Resource.resource`` is field 2 too - and name).  So one resource is four pieces:
+    ``delta_head`` (the Delta frame and version), ``any_head`` (the ``Any``'s frame, type URL and
+    value header), ``data`` (the resource itself) and ``tail`` (the name); a response is their
+    concatenation.  ``data`` is the caller's bytes object, never copied: when the translator
+    already keeps a resource serialised, the server holds its bytes once (10,000 services: ~40 MB).
     """
 
     name: str
     version: str
-    #: The serialised Delta ``Resource`` (version, Any, name): joined into every Delta response.
-    delta_bytes: bytes
-    #: Where the serialised ``Any`` lies in ``delta_bytes``.
-    any_start: int
-    any_end: int
+    #: The Delta entry's frame (field 2 key and length) and the ``Resource.version`` field.
+    delta_head: bytes
+    #: The ``Any``'s frame (field 2 key and length), its ``type_url`` field and ``value`` header.
+    any_head: bytes
     #: Bytes of the resource itself (``Any.value``).
-    size: int
+    data: bytes
+    #: The ``Resource.name`` field (empty for an empty name).
+    tail: bytes
+    #: Length of the serialised ``Resource`` (without its frame): Delta responses are batched by it.
+    delta_len: int
 
     @property
-    def any_bytes(self) -> memoryview:
-        """The serialised ``Any``: a SotW response's resource entry (see wire.py)."""
-        return memoryview(self.delta_bytes)[self.any_start:self.any_end]
+    def size(self) -> int:
+        """Bytes of the resource itself."""
+        return len(self.data)
+
+    @property
+    def delta_parts(self) -> tuple[bytes, bytes, bytes, bytes]:
+        """The framed ``Resource``: a Delta response's entry (see wire.py)."""
+        return self.delta_head, self.any_head, self.data, self.tail
+
+    @property
+    def sotw_parts(self) -> tuple[bytes, bytes]:
+        """The framed ``Any``: a SotW response's entry (see wire.py)."""
+        return self.any_head, self.data
+
+    @property
+    def delta_bytes(self) -> bytes:
+        """The serialised Delta ``Resource`` (a copy: tests and debugging)."""
+        return _unframed(b"".join(self.delta_parts))
+
+    @property
+    def any_bytes(self) -> bytes:
+        """The serialised ``Any`` (a copy: tests and debugging)."""
+        return _unframed(b"".join(self.sotw_parts))
 
     @property
     def any(self) -> any_pb2.Any:
@@ -66,17 +95,25 @@ class VersionedResource:
     @classmethod
     def from_bytes(cls, name: str, type_url: str, data: bytes) -> VersionedResource:
         """Encode by hand, exactly as ``SerializeToString`` would (proto3 omits empty fields;
-        tested against the real messages): one join, one copy of ``data``."""
+        tested against the real messages); ``data`` is kept, not copied."""
         version = content_version(data)
-        any_parts = [wire.field(_ANY_TYPE_URL, type_url.encode())] if type_url else []
-        if data:
-            any_parts += [wire.header(_ANY_VALUE, len(data)), data]
-        any_len = sum(map(len, any_parts))
-        head = wire.field(_RESOURCE_VERSION, version.encode()) + wire.header(_RESOURCE_RESOURCE, any_len)
+        any_fields = (wire.field(_ANY_TYPE_URL, type_url.encode()) if type_url else b"") + (
+            wire.header(_ANY_VALUE, len(data)) if data else b"")
+        any_len = len(any_fields) + len(data)
+        any_head = wire.header(_RESOURCE_RESOURCE, any_len) + any_fields
+        version_field = wire.field(_RESOURCE_VERSION, version.encode())
         tail = wire.field(_RESOURCE_NAME, name.encode()) if name else b""
-        delta = b"".join([head, *any_parts, tail])
-        return cls(name=name, version=version, delta_bytes=delta, any_start=len(head),
-                   any_end=len(head) + any_len, size=len(data))
+        delta_len = len(version_field) + len(any_head) + len(data) + len(tail)
+        return cls(name=name, version=version, delta_head=wire.header(wire.RESOURCES_FIELD, delta_len) + version_field,
+                   any_head=any_head, data=data, tail=tail, delta_len=delta_len)
+
+
+def _unframed(field: bytes) -> bytes:
+    """A length-delimited field's payload: past its one-byte key and its varint length."""
+    i = 1
+    while field[i] & 0x80:
+        i += 1
+    return field[i + 1:]
 
 
 def set_version(items: Iterable[VersionedResource]) -> str:

@@ -87,7 +87,7 @@ def build_response(
         # deletion (R28).  The client held ``synced_map``'s view, so diff the views (once).
         changed, _removed = memo.diff(sub.synced_map, visible)
         send = [visible[n] for n in changed]
-    resp = sotw_response(sub.type_url, version, nonce, (r.any_bytes for r in send),
+    resp = sotw_response(sub.type_url, version, nonce, (r.sotw_parts for r in send),
                          key=tuple((r.name, r.version) for r in send), shared=memo.responses)
     sub.record_send(resp.nonce, version)  # a shared response keeps the nonce it was built with
     # Shared, not copied: SotW never changes ``sent`` in place (only Delta does), and a thousand

@@ -13,13 +13,16 @@ Rule numbers (R7) refer to docs/xds-rules.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
+from itertools import chain
 from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 # Field numbers (envoy/service/discovery/v3/discovery.proto).
-_SOTW_VERSION_INFO, _SOTW_RESOURCES, _SOTW_TYPE_URL, _SOTW_NONCE = 1, 2, 4, 5
-_DELTA_SYSTEM_VERSION, _DELTA_RESOURCES, _DELTA_TYPE_URL, _DELTA_NONCE, _DELTA_REMOVED = 1, 2, 4, 5, 6
+_SOTW_VERSION_INFO, _SOTW_TYPE_URL, _SOTW_NONCE = 1, 4, 5
+_DELTA_SYSTEM_VERSION, _DELTA_TYPE_URL, _DELTA_NONCE, _DELTA_REMOVED = 1, 4, 5, 6
+#: ``resources`` of both responses: entries come framed as this field (``VersionedResource``).
+RESOURCES_FIELD = 2
 
 
 def _varint(n: int) -> bytes:
@@ -128,15 +131,17 @@ def _shared(shared: SharedResponses | None, key: Hashable | None,
     return build() if shared is None or key is None else shared.get_or_build(key, build)
 
 
-def sotw_response(type_url: str, version: str, nonce: str, any_bytes: Iterable[bytes | memoryview],
+def sotw_response(type_url: str, version: str, nonce: str, entries: Iterable[Iterable[bytes]],
                   key: Hashable | None = None, shared: SharedResponses | None = None) -> EncodedResponse:
-    """``key``: identifies the resources (e.g. their names and versions) so that a large response
+    """``entries``: each resource's ``Any`` already framed as field ``RESOURCES_FIELD``, in pieces
+    (``VersionedResource.sotw_parts``: joined as they are, the resource bytes copied once, here).
+    ``key``: identifies the resources (e.g. their names and versions) so that a large response
     is built once in ``shared`` for every stream that gets it (use the returned ``nonce``); without
     both, always build."""
 
     def build() -> EncodedResponse:
         parts = [_str_field(_SOTW_VERSION_INFO, version)]
-        parts.extend(field(_SOTW_RESOURCES, b) for b in any_bytes)
+        parts.extend(chain.from_iterable(entries))
         parts.append(_str_field(_SOTW_TYPE_URL, type_url))
         parts.append(_str_field(_SOTW_NONCE, nonce))
         return EncodedResponse(discovery_pb2.DiscoveryResponse, b"".join(parts), type_url, nonce, version)
@@ -144,15 +149,16 @@ def sotw_response(type_url: str, version: str, nonce: str, any_bytes: Iterable[b
     return _shared(shared, None if key is None else ("sotw", type_url, version, key), build)
 
 
-def delta_response(type_url: str, system_version: str, nonce: str, resource_bytes: Iterable[bytes],
+def delta_response(type_url: str, system_version: str, nonce: str, entries: Iterable[Iterable[bytes]],
                    removed: Iterable[str], key: Hashable | None = None,
                    shared: SharedResponses | None = None) -> EncodedResponse:
-    """As ``sotw_response``; a response that removes names is per stream and never shared."""
+    """As ``sotw_response``, with framed ``Resource``s (``VersionedResource.delta_parts``); a
+    response that removes names is per stream and never shared."""
     gone = list(removed)
 
     def build() -> EncodedResponse:
         parts = [_str_field(_DELTA_SYSTEM_VERSION, system_version)]
-        parts.extend(field(_DELTA_RESOURCES, b) for b in resource_bytes)
+        parts.extend(chain.from_iterable(entries))
         parts.append(_str_field(_DELTA_TYPE_URL, type_url))
         parts.append(_str_field(_DELTA_NONCE, nonce))
         parts.extend(field(_DELTA_REMOVED, n.encode()) for n in gone)

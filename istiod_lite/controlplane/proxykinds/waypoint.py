@@ -73,7 +73,7 @@ class WaypointGenerator(Generator[WaypointProxies]):
             wp = self._waypoints.get(ref)
             if wp is None:
                 wp = self._waypoints[ref] = _Waypoint(WaypointAssembly(ref, self._context.trust_domain,
-                                                                        self._context.mesh))
+                                                                        self._context.mesh, encoded=True))
             wp.shared = wp.versions.versioned(wp.assembly.shared(config))
         for ref in set(self._waypoints) - refs:
             del self._waypoints[ref]

@@ -54,7 +54,7 @@ from istiod_lite.model.telemetry import AccessLogging, Metrics, Telemetry
 from istiod_lite.translator.binding import service_model
 from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.binding.waypoints import WaypointRef, bindings_of
-from istiod_lite.translator.core.output import EnvoyResources
+from istiod_lite.translator.core.output import EnvoyResources, as_message
 from istiod_lite.translator.core.protos import packed
 from istiod_lite.translator.shape import hbone
 from istiod_lite.translator.telemetry import tracing
@@ -313,7 +313,7 @@ def _telemetry_listener(resources: EnvoyResources, snapshot: ConfigSnapshot, mes
     views = _views_by_host(snapshot, ref)
     per_host: dict[str, tuple[list[AccessLog], tracing.ChainTracing]] = {}
     listener = listener_pb2.Listener()
-    listener.CopyFrom(main)
+    listener.CopyFrom(as_message(main))  # the server's translator keeps it serialised
     changed = False
     collectors: set[tracing.Collector] = set()
     for i, chain in enumerate(listener.filter_chains):

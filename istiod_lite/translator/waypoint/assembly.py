@@ -32,17 +32,18 @@ class WaypointAssembly:
 
     One instance per waypoint, kept across config changes (the memos are what make a change cost
     only the services it touches).  ``mesh`` is fixed for the instance; ``path_normalization``
-    defaults to ``mesh.pathNormalization`` when ``mesh`` is given, else BASE.
+    defaults to ``mesh.pathNormalization`` when ``mesh`` is given, else BASE.  ``encoded``: the
+    per-service resources come out as ``Encoded`` bytes (the server; ``WaypointTranslator``).
     """
 
     def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
-                 path_normalization: ProxyPathNormalization | None = None) -> None:
+                 path_normalization: ProxyPathNormalization | None = None, encoded: bool = False) -> None:
         if path_normalization is None and mesh is not None:
             path_normalization = mesh.path_normalization
         self.ref = ref
         self.trust_domain = trust_domain
         self.mesh = mesh
-        self.translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh)
+        self.translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh, encoded)
         self._telemetry = TelemetryMemo(ref)
 
     def shared(self, snapshot: ConfigSnapshot) -> EnvoyResources:

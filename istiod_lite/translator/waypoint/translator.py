@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig, PathNormalizationType, ProxyPathNormalization
@@ -42,7 +42,7 @@ from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef, bind
 from istiod_lite.translator.clusters import endpoints, for_service, outbound, policy_select
 from istiod_lite.translator.core import names, tables
 from istiod_lite.translator.core.index import index_of, virtual_services_for
-from istiod_lite.translator.core.output import EnvoyResources
+from istiod_lite.translator.core.output import LISTENER, Encoded, EnvoyResources, Resource
 from istiod_lite.translator.listeners import inbound
 from istiod_lite.translator.routing import route_actions, routes, tcp_routes
 from istiod_lite.translator.routing.httproute import mesh_routes
@@ -135,11 +135,19 @@ class WaypointTranslator:
     path normalization) only; the memo just skips recomputing fragments that would come out
     identical.  One instance per waypoint.  ``connect_terminate`` and telemetry are not included: see
     ``waypoint_assembly.WaypointAssembly``, which adds them.
+
+    ``encoded``: keep (and hand out) each service's clusters, endpoints, route configurations and
+    filter configs as ``Encoded`` bytes, serialised as soon as its fragment is built, instead of as
+    messages (the server: what it keeps per service is then about its wire size, not 7-12x that).
+    ``main_internal`` (the largest resource: every chain) is kept serialised too; the waypoint-wide
+    resources stay messages.  Same bytes either way.
     """
 
     def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN,
-                 path_normalization: ProxyPathNormalization | None = None, mesh: MeshConfig | None = None) -> None:
+                 path_normalization: ProxyPathNormalization | None = None, mesh: MeshConfig | None = None,
+                 encoded: bool = False) -> None:
         self.ref = ref
+        self.encoded = encoded
         #: Authorization reads the mesh config (root namespace, ext_authz providers).  It may be
         #: replaced between translations: it is part of every memo key (path normalization is not).
         self.mesh = mesh
@@ -151,7 +159,7 @@ class WaypointTranslator:
             path_normalization.normalization if path_normalization is not None else "BASE")
         self._fragments: dict[str, tuple[_Inputs, _Fragment]] = {}
         self.last_rebuilt = 0
-        self._main_internal: tuple[tuple[object, ...], listener_pb2.Listener] | None = None
+        self._main_internal: tuple[tuple[object, ...], Resource] | None = None
         self._last: tuple[tuple[object, ...], EnvoyResources] | None = None
         self._static = EnvoyResources()
         self._static.listeners[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_listener()
@@ -213,6 +221,8 @@ class WaypointTranslator:
                 frag = cached[1]
             else:
                 frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization)
+                if self.encoded:
+                    frag = _Fragment(frag.resources.encoded(), frag.chains)
                 if cached is not None:
                     frag = _keep_chains(frag, cached[1])
                 rebuilt += 1
@@ -239,11 +249,12 @@ class WaypointTranslator:
                 a is b or a == b for a, b in zip(self._main_internal[0], key, strict=True)):
             main = self._main_internal[1]
         else:
-            main = inbound.main_internal_listener(chains, workload_ips, authz=direct_slots.http,
-                                                  tcp_authz=direct_slots.tcp,
-                                                  path_normalization=self.path_normalization)
+            listener = inbound.main_internal_listener(chains, workload_ips, authz=direct_slots.http,
+                                                      tcp_authz=direct_slots.tcp,
+                                                      path_normalization=self.path_normalization)
+            main = Encoded.of(LISTENER, listener) if self.encoded else listener
             self._main_internal = (key, main)
-        out.listeners[hbone.MAIN_INTERNAL] = main
+        out.by_type[LISTENER][hbone.MAIN_INTERNAL] = main
         out.merge(self._static)
         return out.sorted()
 
