@@ -108,7 +108,7 @@ class ControlPlane:
         self.source: Source = source if source is not None else build_source(options)
         #: Which kind each connecting node is, and each kind's generator of resources.
         self.proxies = ProxyKindTable(proxy_kinds, KindContext(options.trust_domain, options.mesh))
-        self.cache = SnapshotCache(self.proxies.group_of, on_demand=self._on_demand)
+        self.cache = SnapshotCache(self.proxies.group_of, on_demand=self._on_demand, on_release=self.proxies.release)
         self.ca: CaRuntime | None = None
         self._xds_auth: XdsAuthenticator | None = None
         self.ads = AdsServer(self.cache, options.xds, stream_check=self._check_stream)
@@ -243,14 +243,16 @@ class ControlPlane:
             for err in result.errors:
                 log.warning("waypoint controller: %s", err)
 
-    async def _check_stream(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
+    async def _check_stream(self, conn: Connection, context: grpc.aio.ServicerContext) -> bool:
         """Streams on the TLS port must authenticate (see ``secure.py``); the plaintext port, when
-        enabled, is trusted like istiod's 15010."""
+        enabled, is trusted like istiod's 15010 but vouched for by nobody: True only for a stream
+        that authenticated (admitted before plaintext ones when the server is busy)."""
         if context.auth_context().get("transport_security_type") != [b"ssl"]:
-            return
+            return False
         if self._xds_auth is None:
             raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, "authentication failure")
         await self._xds_auth(conn, context)
+        return True
 
     @property
     def ready(self) -> bool:

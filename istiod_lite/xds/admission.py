@@ -100,13 +100,15 @@ class LoadAdmission:
         self.sync_timeout = sync_timeout
         self.syncing = 0
         self.refused = 0
+        #: Waiters, first come first served within each class; authenticated ones go first.
         self._waiters: collections.deque[asyncio.Future[Ticket]] = collections.deque()
+        self._priority: collections.deque[asyncio.Future[Ticket]] = collections.deque()
         if lag is not None and self.max_lag > 0:
             lag.listeners.append(self._dispatch)  # lag back under the threshold: admit waiters
 
     @property
     def waiting(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+        return sum(1 for q in (self._priority, self._waiters) for w in q if not w.done())
 
     def _room(self) -> bool:
         if self.max_syncing and self.syncing >= self.max_syncing:
@@ -127,17 +129,21 @@ class LoadAdmission:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        while self._waiters and self._room():
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(self._grant())
+        for queue in (self._priority, self._waiters):
+            while queue and self._room():
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(self._grant())
 
-    async def admit(self, max_wait: float) -> Ticket | None:
-        """A ticket once there is room, or ``None`` after ``max_wait`` seconds (refuse the stream)."""
-        if not self._waiters and self._room():
+    async def admit(self, max_wait: float, *, priority: bool = False) -> Ticket | None:
+        """A ticket once there is room, or ``None`` after ``max_wait`` seconds (refuse the stream).
+
+        ``priority`` (authenticated streams): admitted before every waiting unauthenticated one."""
+        ahead = self._priority if priority else (self._priority or self._waiters)
+        if not ahead and self._room():
             return self._grant()
         waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        (self._priority if priority else self._waiters).append(waiter)
         try:
             await asyncio.wait({waiter}, timeout=max(0.0, max_wait))
         except asyncio.CancelledError:  # the stream went away while waiting
@@ -155,5 +161,6 @@ class LoadAdmission:
         return waiter.result()
 
     def _forget(self, waiter: asyncio.Future[Ticket]) -> None:
-        with contextlib.suppress(ValueError):  # already taken by ``_dispatch``
-            self._waiters.remove(waiter)
+        for queue in (self._priority, self._waiters):
+            with contextlib.suppress(ValueError):  # already taken by ``_dispatch``
+                queue.remove(waiter)

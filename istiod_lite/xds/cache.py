@@ -39,15 +39,24 @@ class SnapshotCache:
     ``on_demand(group)`` is called (once per group) when a stream joins a group that has no
     snapshot yet, so the owner can compute one lazily; until it does, the stream waits and
     sends nothing (never an empty full-state response by accident).
+
+    ``on_release(group)``: with it, a group is forgotten as soon as its last stream leaves (and the
+    owner told, to drop what it keeps for the group); it is computed again on demand when a stream
+    joins it.  Without it (owners that set a snapshot once, like the agent's SDS), groups stay.
+    Clients choose their group through their node metadata, so forgetting is what keeps the state
+    of a server bounded by its live streams (a client inventing addresses or waypoint names at
+    every connect must not leave a group behind each time).
     """
 
     def __init__(
         self,
         grouper: NodeGrouper,
         on_demand: Callable[[Hashable], None] | None = None,
+        on_release: Callable[[Hashable], None] | None = None,
     ) -> None:
         self._grouper = grouper
         self._on_demand = on_demand
+        self._on_release = on_release
         self._groups: dict[Hashable, _Group] = {}
         self._ready = asyncio.Event()
 
@@ -115,5 +124,12 @@ class SnapshotCache:
 
     def unwatch(self, group: Hashable, event: asyncio.Event) -> None:
         g = self._groups.get(group)
-        if g is not None:
-            g.watchers.discard(event)
+        if g is None:
+            return
+        g.watchers.discard(event)
+        if not g.watchers and self._on_release is not None:
+            del self._groups[group]
+            try:
+                self._on_release(group)
+            except Exception:  # the owner's bug must not break the stream's teardown
+                log.exception("releasing group %s failed", group)

@@ -10,7 +10,15 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from istiod_lite.xds.typeurls import short
+from istiod_lite.xds.typeurls import SHORT_NAMES
+
+
+def type_label(type_url: str) -> str:
+    """The ``type`` label of a type URL: istiod's short names for the types served here, ``other``
+    for any other.  Clients choose the type URLs they send; a label value per invented URL would
+    grow the registry (and every scrape) without bound."""
+    name = SHORT_NAMES.get(type_url)
+    return name.lower() if name is not None else "other"
 
 _TIME_BUCKETS = (0.01, 0.1, 0.5, 1, 3, 5, 10, 20, 30)
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -60,14 +68,14 @@ class XdsMetrics:
         self.admission_waiting.set_function(waiting)
 
     def sent(self, type_url: str, size: int, seconds: float) -> None:
-        t = short(type_url).lower()
+        t = type_label(type_url)
         self.bytes_sent += size
         self.pushes.labels(type=t).inc()
         self.push_time.labels(type=t).observe(seconds)
         self.config_size.labels(type=t).observe(size)
 
     def rejected(self, type_url: str) -> None:
-        self.rejects.labels(type=short(type_url).lower()).inc()
+        self.rejects.labels(type=type_label(type_url)).inc()
 
     def stale_nonce(self, type_url: str) -> None:
-        self.expired_nonce.labels(type=short(type_url).lower()).inc()
+        self.expired_nonce.labels(type=type_label(type_url)).inc()

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 #: Called once per stream after the first request, before anything is sent.  Raise
 #: ``StreamRefused`` to refuse the stream (authentication, admission).
-StreamCheck = Callable[[Connection, grpc.aio.ServicerContext], Awaitable[None]]
+#: Checks a new stream before it is admitted: raises ``StreamRefused`` to refuse it; returns True
+#: when the stream is authenticated (its waiters are admitted before unauthenticated ones).
+StreamCheck = Callable[[Connection, grpc.aio.ServicerContext], Awaitable[bool | None]]
 
 
 class StreamRefused(Exception):
@@ -70,6 +72,12 @@ class XdsServerOptions:
     #: bounds the memory of responses in flight during a wave.  A stuck stream holds its slot
     #: for at most ``write_timeout``.
     max_concurrent_pushes: int = 100
+    #: Per stream: at most this many resource types, and this many names subscribed per type; a
+    #: stream asking for more is closed (RESOURCE_EXHAUSTED).  A stream's state lives as long as the
+    #: stream, but a client choosing its type URLs and names could otherwise grow it without bound.
+    #: 100,000 names is three times what a 10,000-service waypoint subscribes for its endpoints.
+    max_types_per_stream: int = 32
+    max_names_per_type: int = 100_000
 
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -165,29 +173,6 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             await context.abort(grpc.StatusCode.UNAVAILABLE, "control plane is not ready")
         if self.admission is not None:
             self.lag.start()
-        ticket = await self._admit(context)
-        try:
-            await self._serve_admitted(variant, requests, context, ticket)
-        finally:
-            ticket.release()
-
-    async def _admit(self, context: grpc.aio.ServicerContext) -> Ticket:
-        """A place among the syncing streams, or RESOURCE_EXHAUSTED (R49): never an unbounded wait."""
-        wait = self.options.admission_wait
-        if self._rate is not None and not await self._rate.acquire(wait):
-            self.metrics.admission_refused.labels(reason="rate").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many new streams; retry with backoff")
-        if self.admission is None:
-            return FREE
-        ticket = await self.admission.admit(wait)
-        if ticket is None:
-            self.metrics.admission_refused.labels(reason="load").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy; retry with backoff")
-        assert ticket is not None
-        return ticket
-
-    async def _serve_admitted(self, variant: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
-                              ticket: Ticket) -> None:
         try:
             first = await anext(requests)
         except StopAsyncIteration:
@@ -200,13 +185,40 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             peer=context.peer() or "",
             node=first.node,
             group=self.cache.group_of(first.node),
-            sync_ticket=ticket,
         )
+        # Checked (authenticated, on the TLS port) before admission: a stream that will be refused
+        # never takes or waits for a place, and authenticated streams are admitted first, so a
+        # flood of streams nobody vouches for cannot starve the reconnects of real proxies.
+        authenticated = False
         if self._stream_check is not None:
             try:
-                await self._stream_check(conn, context)
+                authenticated = bool(await self._stream_check(conn, context))
             except StreamRefused as exc:
                 await context.abort(exc.code, exc.message)
+        ticket = await self._admit(context, priority=authenticated)
+        conn.sync_ticket = ticket
+        try:
+            await self._serve_admitted(variant, conn, first, requests, context)
+        finally:
+            ticket.release()
+
+    async def _admit(self, context: grpc.aio.ServicerContext, *, priority: bool = False) -> Ticket:
+        """A place among the syncing streams, or RESOURCE_EXHAUSTED (R49): never an unbounded wait."""
+        wait = self.options.admission_wait
+        if self._rate is not None and not await self._rate.acquire(wait):
+            self.metrics.admission_refused.labels(reason="rate").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many new streams; retry with backoff")
+        if self.admission is None:
+            return FREE
+        ticket = await self.admission.admit(wait, priority=priority)
+        if ticket is None:
+            self.metrics.admission_refused.labels(reason="load").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy; retry with backoff")
+        assert ticket is not None
+        return ticket
+
+    async def _serve_admitted(self, variant: str, conn: Connection, first: Any, requests: AsyncIterator[Any],
+                              context: grpc.aio.ServicerContext) -> None:
         self.connections[conn.conn_id] = conn
         self.metrics.connected.labels(version="").inc()
         self.cache.watch(conn.group, conn.wake)
@@ -254,7 +266,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if not req.type_url:
             conn.fatal = ("INVALID_ARGUMENT", "type_url is required on ADS (R2)")
             return
+        if req.type_url not in conn.subs and len(conn.subs) >= self.options.max_types_per_stream:
+            conn.fatal = ("RESOURCE_EXHAUSTED", "too many resource types on one stream")
+            return
         kind = sotw.on_request(conn, req).kind if variant == "sotw" else delta.on_request(conn, req)
+        if len(conn.subs[req.type_url].names) > self.options.max_names_per_type:
+            conn.fatal = ("RESOURCE_EXHAUSTED", "too many resource names subscribed on one stream")
+            return
         if kind == "nack":
             sub = conn.subs[req.type_url]
             self.metrics.rejected(req.type_url)

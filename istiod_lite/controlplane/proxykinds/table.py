@@ -75,6 +75,10 @@ class ProxyKindTable:
             elif type(group) in self._updated:
                 cache.set_snapshot(group, self._generator_of(group).snapshot(group), trigger_time)
 
+    def release(self, group: Hashable) -> None:
+        """The group's last proxy left (the cache has forgotten it): its generator drops its state."""
+        self._generator_of(group).release(group)
+
     def on_demand(self, cache: SnapshotCache, group: Hashable) -> None:
         """The first proxy of ``group`` connected (the cache has no snapshot for it): compute it."""
         cache.set_snapshot(group, self._generator_of(group).snapshot(group))
