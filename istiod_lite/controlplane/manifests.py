@@ -7,6 +7,13 @@ runs ``istiod-lite waypoint run`` (our pilot-agent) instead of ``pilot-agent pro
 Everything is built as dicts: user strings (names, labels, namespaces) are values in the tree and
 are never pasted into YAML or JSON text, so a hostile name cannot inject fields.  The objects are
 complete "apply configurations" for server-side apply (``waypoint_controller``).
+
+Ownership (``is_ours``): the controller writes only objects it created.  A Gateway's name is chosen
+by whoever may create Gateways; without this check a Gateway named like an application's Service or
+ServiceAccount would have the controller rewrite that object and hang it off the Gateway, whose
+deletion then garbage-collects it.  As Istio's deployment controller, "ours" is marked by the label
+``gateway.istio.io/managed`` (Istio checks only that the label is there; here its value must be ours,
+so an object of Istio's other gateway controller is not taken over either).
 """
 
 from __future__ import annotations
@@ -63,6 +70,35 @@ def owner_reference(gateway: Gateway) -> dict[str, Any]:
     """The Gateway as controller owner: its objects are garbage-collected with it."""
     return {"apiVersion": GATEWAY_API_VERSION, "kind": "Gateway", "name": gateway.name,
             "uid": gateway.metadata.uid, "controller": True}
+
+
+def foreign_reason(live: dict[str, Any], gateway: Gateway) -> str:
+    """Why the existing object ``live`` (as the API server answers a GET) may not be written for
+    ``gateway``; empty when it is ours: it carries our managed label, and no controller other than a
+    Gateway of that name owns it.  A controller reference to a Gateway of the same name but another uid
+    is an earlier Gateway of that name, whose objects ours were: applying by the same field manager
+    moves the reference over."""
+    meta = live.get("metadata") or {}
+    if (meta.get("labels") or {}).get(MANAGED_LABEL) != MANAGED_VALUE:
+        return f"no label {MANAGED_LABEL}={MANAGED_VALUE}"
+    for ref in meta.get("ownerReferences") or []:
+        if not ref.get("controller"):
+            continue
+        group = str(ref.get("apiVersion") or "").split("/")[0]
+        if (group, ref.get("kind"), ref.get("name")) != (GATEWAY_API_VERSION.split("/")[0], "Gateway", gateway.name):
+            return f"controlled by {ref.get('kind')} {ref.get('name')}"
+    return ""
+
+
+def is_ours(live: dict[str, Any], gateway: Gateway) -> bool:
+    """Whether the existing object ``live`` may be written for ``gateway`` (see ``foreign_reason``)."""
+    return not foreign_reason(live, gateway)
+
+
+def conflict_message(kind: str, namespace: str, name: str, why: str) -> str:
+    """What the Gateway's ``Programmed`` condition says about an object that is not ours."""
+    return (f"{kind} {namespace}/{name} already exists and is not managed by istiod-lite ({why}): nothing was "
+            f"deployed for this Gateway; rename the Gateway or remove the {kind}")
 
 
 def _labels(gateway: Gateway) -> dict[str, str]:
@@ -188,18 +224,24 @@ def render_root_cert_configmap(namespace: str, root_cert_pem: str) -> dict[str, 
             "data": {ROOT_CERT_KEY: root_cert_pem}}
 
 
-def render_gateway_status(gateway: Gateway, cluster_ip: str, *, transition_time: str) -> dict[str, Any]:
+def render_gateway_status(gateway: Gateway, cluster_ip: str, *, transition_time: str,
+                          conflict: str = "") -> dict[str, Any]:
     """The status apply configuration: ``addresses`` = the Service's clusterIP once it has one;
-    Accepted is True, Programmed is True once the address is known."""
+    Accepted is True, Programmed is True once the address is known.  ``conflict`` (a
+    ``conflict_message``) makes Programmed False with reason ``Invalid`` (Gateway API's reason for a
+    Gateway that cannot be programmed as specified: its name is taken) and no address."""
     generation = gateway.metadata.generation
-    programmed = bool(cluster_ip)
+    programmed = bool(cluster_ip) and not conflict
+    if conflict:
+        reason, message = "Invalid", conflict
+    elif programmed:
+        reason, message = "Programmed", "Resource programmed, assigned to service(s)"
+    else:
+        reason, message = "Pending", "Waiting for the waypoint Service to get an address"
     conditions = [
         {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "Resource accepted",
          "observedGeneration": generation, "lastTransitionTime": transition_time},
-        {"type": "Programmed", "status": "True" if programmed else "False",
-         "reason": "Programmed" if programmed else "Pending",
-         "message": "Resource programmed, assigned to service(s)" if programmed
-         else "Waiting for the waypoint Service to get an address",
+        {"type": "Programmed", "status": "True" if programmed else "False", "reason": reason, "message": message,
          "observedGeneration": generation, "lastTransitionTime": transition_time},
     ]
     status: dict[str, Any] = {"conditions": conditions}

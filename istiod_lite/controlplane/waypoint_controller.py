@@ -8,6 +8,15 @@ with ``asyncio.to_thread`` from the event loop) does, for the snapshot's Gateway
   ``force=true``) of the ServiceAccount, Deployment and Service from ``manifests.render_waypoint``;
   owner references to the Gateway let the garbage collector delete them with it, so nothing is
   ever deleted here;
+* **only objects that are ours**: before applying, each object is read (``GET``); one that exists
+  without our managed label, or controlled by something else (``manifests.foreign_reason``), is
+  someone else's, and then *none* of the Gateway's objects is applied (a waypoint Deployment would
+  otherwise run as a foreign ServiceAccount of the same name, with its identity) and the Gateway's
+  ``Programmed`` condition is False with reason ``Invalid`` naming the object.  The conflict is looked at again at every
+  reconcile and clears once the object is gone (or labelled ours).  An object that is ours is applied
+  with the ``resourceVersion`` just read, so one replaced between the read and the apply is refused
+  (409) rather than taken over; an object created in that gap is not caught (server-side apply has
+  no "create only"; Istio has the same gap);
 * a status apply on the Gateway's ``status`` subresource: ``addresses`` = the Service's clusterIP
   (from the apply answer) and the conditions Accepted / Programmed;
 * the ConfigMap ``istio-ca-root-cert`` (key ``root-cert.pem``) in every namespace of the snapshot
@@ -18,7 +27,8 @@ keyed by object), so re-running on an unchanged snapshot sends nothing; the appl
 idempotent too.  ``invalidate()`` drops the cache (call it periodically to repair objects changed
 behind the controller's back).  A failed apply is logged, counted in the result and retried at the next reconcile.
 RBAC needed (deploy/rbac.yaml): ``create`` + ``patch`` on serviceaccounts, services, configmaps and
-deployments.apps (an apply that creates needs ``create`` too), ``patch`` on gateways/status.
+deployments.apps (an apply that creates needs ``create`` too), ``get`` on serviceaccounts, services and
+deployments.apps (the ownership check), ``patch`` on gateways/status.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from istiod_lite.controlplane.manifests import (
+    conflict_message,
+    foreign_reason,
     is_waypoint,
     render_gateway_status,
     render_root_cert_configmap,
@@ -56,10 +68,10 @@ _PATHS: dict[tuple[str, str], tuple[str, str]] = {
 
 
 class ApplyError(Exception):
-    """The API server refused an apply (HTTP status and the start of its answer)."""
+    """The API server refused a request (HTTP status and the start of its answer)."""
 
-    def __init__(self, path: str, status: int, body: str) -> None:
-        super().__init__(f"apply {path}: HTTP {status}: {body[:300]}")
+    def __init__(self, path: str, status: int, body: str, *, verb: str = "apply") -> None:
+        super().__init__(f"{verb} {path}: HTTP {status}: {body[:300]}")
         self.status = status
 
 
@@ -84,6 +96,8 @@ class ReconcileResult:
     applied: list[str] = field(default_factory=list)
     unchanged: int = 0
     errors: list[str] = field(default_factory=list)
+    #: One ``conflict_message`` per Gateway left undeployed because an object of its name is not ours.
+    conflicts: list[str] = field(default_factory=list)
 
 
 def _now() -> str:
@@ -108,8 +122,8 @@ class WaypointController:
         self._clock = clock
         #: (path) -> (JSON of the last successfully applied body, the answer's object).
         self._applied: dict[str, tuple[str, dict[str, Any]]] = {}
-        #: Gateway (ns, name) -> (uid, generation, address) of the status last written.
-        self._status: dict[tuple[str, str], tuple[str, int, str]] = {}
+        #: Gateway (ns, name) -> (uid, generation, address, conflict) of the status last written.
+        self._status: dict[tuple[str, str], tuple[str, int, str, str]] = {}
 
     def reconcile(self, snapshot: ConfigSnapshot) -> ReconcileResult:
         """Bring the cluster in line with the snapshot's waypoint Gateways (see the module docstring)."""
@@ -122,14 +136,7 @@ class WaypointController:
         live: set[tuple[str, str]] = set()
         for gw in gateways:
             live.add((gw.namespace, gw.name))
-            cluster_ip = ""
-            for obj in render_waypoint(gw, image=self.options.image, istiod_address=self.options.istiod_address,
-                                       trust_domain=self.options.trust_domain):
-                answer = self._apply(obj, result)
-                if obj["kind"] == "Service" and answer is not None:
-                    ip = (answer.get("spec") or {}).get("clusterIP") or ""
-                    cluster_ip = "" if ip == "None" else str(ip)
-            self._write_status(gw, cluster_ip, result)
+            self._reconcile_gateway(gw, result)
         for key in [k for k in self._status if k not in live]:
             del self._status[key]
         return result
@@ -141,13 +148,50 @@ class WaypointController:
         self._status.clear()
 
     # -- internals -------------------------------------------------------------------------------
-    def _write_status(self, gw: Gateway, cluster_ip: str, result: ReconcileResult) -> None:
-        want = (gw.metadata.uid, gw.metadata.generation, cluster_ip)
+    def _reconcile_gateway(self, gw: Gateway, result: ReconcileResult) -> None:
+        """Check that every object to write is ours, then apply them all, then the status."""
+        objs = render_waypoint(gw, image=self.options.image, istiod_address=self.options.istiod_address,
+                               trust_domain=self.options.trust_domain)
+        # Objects whose body was applied already were ours then: only the others are read.
+        versions: dict[str, str] = {}
+        for obj in objs:
+            path = object_path(obj)
+            if self._is_cached(path, obj):
+                continue
+            try:
+                existing = self._get(path)
+            except Exception as exc:  # cannot tell whose it is: write nothing for this Gateway
+                log.warning("waypoint controller: %s", exc)
+                result.errors.append(str(exc))
+                self._write_status(gw, "", "", result)
+                return
+            why = foreign_reason(existing, gw) if existing is not None else ""
+            if existing is None:
+                versions[path] = ""
+            elif not why:
+                versions[path] = str((existing.get("metadata") or {}).get("resourceVersion") or "")
+            else:
+                meta = obj["metadata"]
+                conflict = conflict_message(obj["kind"], meta["namespace"], meta["name"], why)
+                log.warning("waypoint controller: Gateway %s/%s: %s", gw.namespace, gw.name, conflict)
+                result.conflicts.append(conflict)
+                self._write_status(gw, "", conflict, result)
+                return
+        cluster_ip = ""
+        for obj in objs:
+            answer = self._apply(obj, result, resource_version=versions.get(object_path(obj), ""))
+            if obj["kind"] == "Service" and answer is not None:
+                ip = (answer.get("spec") or {}).get("clusterIP") or ""
+                cluster_ip = "" if ip == "None" else str(ip)
+        self._write_status(gw, cluster_ip, "", result)
+
+    def _write_status(self, gw: Gateway, cluster_ip: str, conflict: str, result: ReconcileResult) -> None:
+        want = (gw.metadata.uid, gw.metadata.generation, cluster_ip, conflict)
         key = (gw.namespace, gw.name)
         if self._status.get(key) == want:
             result.unchanged += 1
             return
-        body = render_gateway_status(gw, cluster_ip, transition_time=self._clock())
+        body = render_gateway_status(gw, cluster_ip, transition_time=self._clock(), conflict=conflict)
         path = object_path(body, subresource="status")
         try:
             self._patch(path, body)
@@ -158,17 +202,26 @@ class WaypointController:
         self._status[key] = want
         result.applied.append(path)
 
-    def _apply(self, obj: dict[str, Any], result: ReconcileResult) -> dict[str, Any] | None:
+    def _is_cached(self, path: str, obj: dict[str, Any]) -> bool:
+        cached = self._applied.get(path)
+        return cached is not None and cached[0] == json.dumps(obj, sort_keys=True)
+
+    def _apply(self, obj: dict[str, Any], result: ReconcileResult, *, resource_version: str = ""
+               ) -> dict[str, Any] | None:
         """Apply ``obj`` unless the same body was applied already; returns the server's object
-        (the cached one when nothing was sent), None on failure."""
+        (the cached one when nothing was sent), None on failure.  ``resource_version`` (of the object
+        read just before) is sent as a precondition: the apply fails if the object changed since."""
         path = object_path(obj)
         text = json.dumps(obj, sort_keys=True)
         cached = self._applied.get(path)
         if cached is not None and cached[0] == text:
             result.unchanged += 1
             return cached[1]
+        body = obj
+        if resource_version:
+            body = {**obj, "metadata": {**obj["metadata"], "resourceVersion": resource_version}}
         try:
-            answer = self._patch(path, obj)
+            answer = self._patch(path, body)
         except Exception as exc:
             log.warning("waypoint controller: %s", exc)
             result.errors.append(str(exc))
@@ -180,21 +233,40 @@ class WaypointController:
 
     def _patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """One server-side apply; the body is a dict, serialised as JSON (valid YAML) by the client."""
-        method, url, headers, _body, _post = self._api.param_serialize(
-            "PATCH", path, query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-            header_params={"Content-Type": APPLY_CONTENT_TYPE, "Accept": "application/json"},
+        status, data = self._call("PATCH", path, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                                  headers={"Content-Type": APPLY_CONTENT_TYPE}, body=body)
+        if status not in (200, 201):
+            raise ApplyError(path, status, data)
+        return _as_object(data)
+
+    def _get(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path`` as the API server has it now; None when it does not exist."""
+        status, data = self._call("GET", path)
+        if status == 404:
+            return None
+        if status != 200:
+            raise ApplyError(path, status, data, verb="get")
+        return _as_object(data)
+
+    def _call(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
+              headers: dict[str, str] | None = None, body: dict[str, Any] | None = None) -> tuple[int, str]:
+        """One request through the ``kubernetes`` client: (HTTP status, answer text)."""
+        method, url, hdrs, _body, _post = self._api.param_serialize(
+            method, path, query_params=query or [], header_params={**(headers or {}), "Accept": "application/json"},
             body=body, auth_settings=["BearerToken"])
-        resp = self._api.call_api(method, url, header_params=headers, body=body,
+        resp = self._api.call_api(method, url, header_params=hdrs, body=body,
                                   _request_timeout=self.options.request_timeout)
         raw = resp.response
         try:
             data = raw.read().decode("utf-8", "replace")
         finally:
             raw.release_conn()
-        if resp.status not in (200, 201):
-            raise ApplyError(path, resp.status, data)
-        answer = json.loads(data) if data else {}
-        return answer if isinstance(answer, dict) else {}
+        return int(resp.status), data
+
+
+def _as_object(data: str) -> dict[str, Any]:
+    answer = json.loads(data) if data else {}
+    return answer if isinstance(answer, dict) else {}
 
 
 def reconcile_waypoints(snapshot: ConfigSnapshot, api_client: Any, options: WaypointControllerOptions

@@ -224,6 +224,52 @@ async def test_waypoint_controller_deploys_the_waypoint(tmp_path: Path) -> None:
             await cp.stop(grace=0)
 
 
+async def test_waypoint_controller_refuses_a_foreign_service_until_it_is_gone(tmp_path: Path) -> None:
+    """A waypoint Gateway named like the application's Service ``reviews``: the Service is left as it is and
+    the Gateway says why; deleting the Service (a watch event, a new snapshot) lets the waypoint deploy."""
+    from istiod_lite.controlplane.waypoint_controller import WaypointControllerOptions
+
+    gw_path = ("gateway.networking.k8s.io/v1", "Gateway", "bookinfo", "reviews")
+
+    def programmed() -> dict[str, Any]:
+        gw = kube.get(*gw_path) or {}
+        return next((c for c in gw.get("status", {}).get("conditions", []) if c["type"] == "Programmed"), {})
+
+    with FakeKubeApiServer() as kube:
+        for doc in bookinfo_docs():
+            kube.apply(doc)
+        victim = kube.get("v1", "Service", "bookinfo", "reviews")
+        assert victim is not None
+        kube.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "metadata": {"name": "reviews", "namespace": "bookinfo"},
+                    "spec": {"gatewayClassName": "istio-waypoint",
+                             "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}})
+        opts = KubeSourceOptions(kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig"), sync_timeout=10.0,
+                                 backoff_initial=0.05, backoff_max=0.2)
+        cp = ControlPlane(ControlPlaneOptions(
+            config_dir=None, kube=opts, grpc_addr="127.0.0.1:0", monitoring_addr="127.0.0.1:0",
+            debounce=DebounceOptions(quiet=0.02, max_delay=1.0),
+            waypoint_controller=WaypointControllerOptions(image="istiod-lite:test",
+                                                          istiod_address="istiod-lite.istio-system.svc")))
+        await cp.start()
+        try:
+            deadline = time.monotonic() + 10
+            while programmed().get("reason") != "Invalid":
+                assert time.monotonic() < deadline, "the conflict was never reported"
+                await asyncio.sleep(0.05)
+            assert "Service bookinfo/reviews" in programmed()["message"]
+            assert kube.get("v1", "Service", "bookinfo", "reviews") == victim
+            assert kube.get("apps/v1", "Deployment", "bookinfo", "reviews") is None
+            kube.delete("v1", "Service", "bookinfo", "reviews")
+            deadline = time.monotonic() + 10
+            while programmed().get("status") != "True":
+                assert time.monotonic() < deadline, "the conflict never cleared"
+                await asyncio.sleep(0.05)
+            assert kube.get("apps/v1", "Deployment", "bookinfo", "reviews") is not None
+        finally:
+            await cp.stop(grace=0)
+
+
 async def test_secure_xds_authenticates_cluster_tokens_by_token_review(tmp_path: Path) -> None:
     """In cluster mode the secure port (CA + ADS) asks the cluster's TokenReview about pod tokens, for
     audience istio-ca, and checks the audiences the API server answers."""

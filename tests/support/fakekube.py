@@ -36,7 +36,8 @@ Server-side apply (for the waypoint controller and the status reporter): ``PATCH
 ownership is tracked per field manager at the granularity of status's top-level keys: a key a
 manager applied before and leaves out now is removed unless another manager applied it).  An
 apply carrying ``metadata.resourceVersion`` that is not the stored one is 409 Conflict (optimistic
-concurrency, as a real server).  ``get``/``objects`` read the store.  ``resource_requests()``
+concurrency, as a real server).  ``GET .../namespaces/NS/PLURAL/NAME`` answers the stored object
+(404 ``NotFound`` when absent; recorded as ``get``).  ``get``/``objects`` read the store.  ``resource_requests()``
 reports such a request as ``patch`` (``plural/status`` for the subresource) plus ``create`` when the
 apply created the object, as RBAC authorises it.  Istio kinds, Gateways, Services and Deployments
 have a status subresource (``STATUS_SUBRESOURCE``); ``apply`` keeps their stored status when the
@@ -454,6 +455,10 @@ class FakeKubeApiServer:
                 plural = f"{o['plural']}/status" if o["sub"] else o["plural"]
                 out.add(("patch", f"{plural}.{group}" if group else plural))
                 continue
+            if r.method == "GET" and o is not None and not o["sub"]:
+                group = "" if o["cv"] else o["group"]
+                out.add(("get", f"{o['plural']}.{group}" if group else o["plural"]))
+                continue
             m = _RESOURCE_PATH.fullmatch(r.path)
             if m is None:
                 continue
@@ -477,6 +482,22 @@ class FakeKubeApiServer:
         res = self._resource_of({"apiVersion": api_version, "kind": kind})
         with self._lock:
             return [json.loads(json.dumps(o)) for (n, _, _), o in sorted(self._objects.items()) if n == res.name]
+
+    def _get_object(self, request: RecordedRequest) -> tuple[int, Any] | None:
+        """``GET .../namespaces/NS/PLURAL/NAME``: the stored object, or 404 with a NotFound ``Status``."""
+        m = _OBJECT_PATH.fullmatch(request.path)
+        if m is None or request.method != "GET" or m["sub"]:
+            return None
+        group, version = ("", "v1") if m["cv"] else (m["group"], m["version"])
+        res = self.resources.get((group, version, m["plural"]))
+        if res is None or res.name in self.missing:
+            return 404, _status_object(404, "NotFound", f"the server could not find the requested resource "
+                                                        f"({request.path})")
+        with self._lock:
+            obj = self._objects.get((res.name, m["ns"], m["name"]))
+            if obj is None:
+                return 404, _status_object(404, "NotFound", f'{res.plural} "{m["name"]}" not found')
+            return 200, json.loads(json.dumps(obj))
 
     def _server_side_apply(self, request: RecordedRequest) -> tuple[int, Any] | None:
         """``PATCH`` with ``application/apply-patch+yaml`` on an object or its ``status``.
@@ -595,6 +616,9 @@ class FakeKubeApiServer:
         served = self._serve_resource(request)
         if served is not None:
             return served
+        fetched = self._get_object(request)
+        if fetched is not None:
+            return fetched
         applied = self._server_side_apply(request)
         if applied is not None:
             return applied

@@ -12,6 +12,8 @@ import pytest
 from istiod_lite.controlplane.manifests import (
     GATEWAY_NAME_LABEL,
     MANAGED_LABEL,
+    MANAGED_VALUE,
+    is_ours,
     render_waypoint,
 )
 from istiod_lite.controlplane.waypoint_controller import (
@@ -254,7 +256,9 @@ def test_recorded_verbs(kube: FakeKubeApiServer, tmp_path: Path) -> None:
     assert kube.resource_requests() == {
         (verb, res) for verb in ("create", "patch")
         for res in ("serviceaccounts", "services", "configmaps", "deployments.apps")
-    } | {("patch", "gateways/status.gateway.networking.k8s.io")}
+    } | {("patch", "gateways/status.gateway.networking.k8s.io")} | {
+        # the ownership check reads each waypoint object first (not the ConfigMap: always istiod's)
+        ("get", res) for res in ("serviceaccounts", "services", "deployments.apps")}
 
 
 def test_gateway_status_is_pending_until_the_service_has_an_address() -> None:
@@ -274,12 +278,15 @@ def test_gateway_status_is_pending_until_the_service_has_an_address() -> None:
 def test_headless_service_leaves_the_gateway_pending(kube: FakeKubeApiServer, tmp_path: Path) -> None:
     """A Service answered with clusterIP None (no address yet): Programmed=False, no addresses."""
     kube.apply(gateway_obj())
-    kube.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "waypoint", "namespace": "default"},
+    kube.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "waypoint", "namespace": "default",
+                                                                     "labels": {MANAGED_LABEL: MANAGED_VALUE}},
                 "spec": {"clusterIP": "None"}})
-    controller(kube, tmp_path).reconcile(snapshot(gateway_obj()))
+    result = controller(kube, tmp_path).reconcile(snapshot(gateway_obj()))
+    assert result.conflicts == []
     gw = kube.get("gateway.networking.k8s.io/v1", "Gateway", "default", "waypoint")
     assert gw is not None and "addresses" not in gw["status"]
-    assert {c["type"]: c["status"] for c in gw["status"]["conditions"]} == {"Accepted": "True", "Programmed": "False"}
+    assert {c["type"]: (c["status"], c["reason"]) for c in gw["status"]["conditions"]} == {
+        "Accepted": ("True", "Accepted"), "Programmed": ("False", "Pending")}
 
 
 def test_hostile_strings_reach_the_api_server_as_values(kube: FakeKubeApiServer, tmp_path: Path) -> None:
@@ -295,3 +302,143 @@ def test_hostile_strings_reach_the_api_server_as_values(kube: FakeKubeApiServer,
     (c,) = sent["spec"]["template"]["spec"]["containers"]
     assert c["image"] == evil and "privileged" not in c and sent["kind"] == "Deployment"
     assert c["args"][c["args"].index("--trust-domain") + 1] == "td\n: x"
+
+
+# -- objects that are not ours (issue 14) ----------------------------------------------------------
+def victim_service() -> dict[str, Any]:
+    """The application's own Service ``reviews``: its selector and ports, no managed label."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "reviews", "namespace": "default", "labels": {"app": "reviews"}},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.9.9", "selector": {"app": "reviews"},
+                     "ports": [{"name": "http", "port": 9080, "targetPort": 9080, "protocol": "TCP"}]}}
+
+
+def conditions(kube: FakeKubeApiServer, name: str) -> dict[str, dict[str, Any]]:
+    gw = kube.get("gateway.networking.k8s.io/v1", "Gateway", "default", name)
+    assert gw is not None
+    return {c["type"]: c for c in gw["status"]["conditions"]}
+
+
+def test_foreign_service_is_left_alone_and_reported(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    """A waypoint Gateway named like an existing Service must not take it over: the Service stays byte for
+    byte as it was (no ownerReference to the Gateway, whose deletion would garbage-collect it), nothing
+    else is deployed under that name, and the Gateway says why it is not programmed."""
+    before = kube.apply(victim_service())
+    kube.apply(gateway_obj(name="reviews", uid="attacker-uid"))
+    result = controller(kube, tmp_path).reconcile(snapshot(gateway_obj(name="reviews", uid="attacker-uid")))
+    assert kube.get("v1", "Service", "default", "reviews") == before
+    # all or nothing: a waypoint Deployment running as ServiceAccount ``reviews`` would get its identity
+    assert kube.get("apps/v1", "Deployment", "default", "reviews") is None
+    assert kube.get("v1", "ServiceAccount", "default", "reviews") is None
+    assert not [r for r in kube.requests if r.method == "PATCH" and "/reviews" in r.path
+                and not r.path.endswith("/status")]
+    assert result.conflicts and "Service default/reviews" in result.conflicts[0]
+    conds = conditions(kube, "reviews")
+    assert conds["Accepted"]["status"] == "True"
+    assert (conds["Programmed"]["status"], conds["Programmed"]["reason"]) == ("False", "Invalid")
+    assert "Service default/reviews" in conds["Programmed"]["message"]
+    assert "gateway.istio.io/managed" in conds["Programmed"]["message"]
+    gw = kube.get("gateway.networking.k8s.io/v1", "Gateway", "default", "reviews")
+    assert gw is not None and "addresses" not in gw["status"]
+
+
+def test_foreign_service_account_blocks_the_deployment(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    """The application's ServiceAccount: no waypoint may run under its identity, and it is not relabelled."""
+    before = kube.apply({"apiVersion": "v1", "kind": "ServiceAccount",
+                         "metadata": {"name": "reviews", "namespace": "default"}})
+    kube.apply(gateway_obj(name="reviews"))
+    result = controller(kube, tmp_path).reconcile(snapshot(gateway_obj(name="reviews")))
+    assert kube.get("v1", "ServiceAccount", "default", "reviews") == before
+    assert kube.get("apps/v1", "Deployment", "default", "reviews") is None
+    assert kube.get("v1", "Service", "default", "reviews") is None
+    assert len(result.conflicts) == 1 and "ServiceAccount default/reviews" in result.conflicts[0]
+    assert "ServiceAccount default/reviews" in conditions(kube, "reviews")["Programmed"]["message"]
+
+
+def test_conflict_clears_once_the_foreign_object_is_gone(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    kube.apply(victim_service())
+    kube.apply(gateway_obj(name="reviews"))
+    ctl = controller(kube, tmp_path)
+    snap = snapshot(gateway_obj(name="reviews"))
+    assert ctl.reconcile(snap).conflicts
+    before = len(kube.requests)
+    again = ctl.reconcile(snap)  # still there: still refused, the unchanged status is not rewritten
+    assert again.conflicts and not [r for r in kube.requests[before:] if r.method == "PATCH"]
+    kube.delete("v1", "Service", "default", "reviews")
+    result = ctl.reconcile(snap)
+    assert result.conflicts == [] and result.errors == []
+    svc = kube.get("v1", "Service", "default", "reviews")
+    assert svc is not None and svc["spec"]["selector"] == {GATEWAY_NAME_LABEL: "reviews"}
+    assert kube.get("apps/v1", "Deployment", "default", "reviews") is not None
+    conds = conditions(kube, "reviews")
+    assert (conds["Programmed"]["status"], conds["Programmed"]["reason"]) == ("True", "Programmed")
+
+
+def test_an_object_labelled_ours_is_updated(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    """An object carrying our managed label (left by a previous controller, or a Gateway of that name
+    deleted and created again) is ours: applied normally, with the version just read as a precondition,
+    and its controller reference moved to the current Gateway."""
+    old = kube.apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+        "name": "waypoint", "namespace": "default", "labels": {MANAGED_LABEL: MANAGED_VALUE},
+        "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": "waypoint",
+                             "uid": "previous-gateway", "controller": True}]},
+        "spec": {"template": {"spec": {"containers": [{"name": "istio-proxy", "image": "old"}]}}}})
+    kube.apply(gateway_obj())
+    result = controller(kube, tmp_path).reconcile(snapshot(gateway_obj()))
+    assert result.conflicts == [] and result.errors == []
+    dep = kube.get("apps/v1", "Deployment", "default", "waypoint")
+    assert dep is not None and dep["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
+    assert [r["uid"] for r in dep["metadata"]["ownerReferences"]] == ["gw-uid-1"]
+    (sent,) = [r.body for r in kube.requests if r.method == "PATCH" and r.path.endswith("/deployments/waypoint")]
+    assert sent["metadata"]["resourceVersion"] == old["metadata"]["resourceVersion"]
+    # objects that did not exist are created without a precondition
+    (svc,) = [r.body for r in kube.requests if r.method == "PATCH" and r.path.endswith("/services/waypoint")]
+    assert "resourceVersion" not in svc["metadata"]
+
+
+def test_object_replaced_between_read_and_apply_is_not_taken_over(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    """The apply carries the version read: an object replaced in between (a 409) is left alone."""
+    kube.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
+        "name": "waypoint", "namespace": "default", "labels": {MANAGED_LABEL: MANAGED_VALUE}}})
+    kube.apply(gateway_obj())
+    swapped: list[dict[str, Any]] = []
+
+    def replace_after_read(request: Any) -> tuple[int, Any]:
+        obj = kube.get("v1", "ServiceAccount", "default", "waypoint")
+        if not swapped:  # between our GET and our apply, someone else's object takes the name
+            swapped.append(kube.apply({"apiVersion": "v1", "kind": "ServiceAccount",
+                                       "metadata": {"name": "waypoint", "namespace": "default"}}))
+        return 200, obj
+
+    kube.add_route("GET", r"/api/v1/namespaces/default/serviceaccounts/waypoint", replace_after_read)
+    result = controller(kube, tmp_path).reconcile(snapshot(gateway_obj()))
+    assert result.errors and "409" in result.errors[0]
+    assert kube.get("v1", "ServiceAccount", "default", "waypoint") == swapped[0]
+
+
+def test_foreign_controller_owner_is_a_conflict(kube: FakeKubeApiServer, tmp_path: Path) -> None:
+    owned = {"apiVersion": "v1", "kind": "Service", "metadata": {
+        "name": "waypoint", "namespace": "default", "labels": {MANAGED_LABEL: MANAGED_VALUE},
+        "ownerReferences": [{"apiVersion": "example.com/v1", "kind": "App", "name": "shop", "uid": "x",
+                             "controller": True}]}, "spec": {"selector": {"app": "shop"}}}
+    before = kube.apply(owned)
+    kube.apply(gateway_obj())
+    (conflict,) = controller(kube, tmp_path).reconcile(snapshot(gateway_obj())).conflicts
+    assert "controlled by App shop" in conflict
+    assert kube.get("v1", "Service", "default", "waypoint") == before
+
+
+def test_is_ours() -> None:
+    gw = gateway(name="wp")
+    mine = {MANAGED_LABEL: MANAGED_VALUE}
+    ref = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": "wp", "uid": "other",
+           "controller": True}
+    assert is_ours({"metadata": {"labels": mine}}, gw)
+    assert is_ours({"metadata": {"labels": mine, "ownerReferences": [ref]}}, gw)
+    assert is_ours({"metadata": {"labels": mine, "ownerReferences": [{**ref, "name": "x", "controller": False}]}}, gw)
+    assert not is_ours({"metadata": {}}, gw)
+    assert not is_ours({"metadata": {"labels": {"app": "wp"}}}, gw)
+    # Istio's other gateway controller's objects are not ours either
+    assert not is_ours({"metadata": {"labels": {MANAGED_LABEL: "istio.io-gateway-controller"}}}, gw)
+    assert not is_ours({"metadata": {"labels": mine, "ownerReferences": [{**ref, "name": "x"}]}}, gw)
+    assert not is_ours({"metadata": {"labels": mine, "ownerReferences": [{**ref, "kind": "ReplicaSet"}]}}, gw)
