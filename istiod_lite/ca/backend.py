@@ -5,6 +5,10 @@ certificate signature) and must stay off the event loop.  ``cryptography`` keeps
 of the X.509 work, so a thread protects the loop's latency but adds no throughput (two threads
 were slower than one: GIL hand-offs); worker processes add throughput on multi-core hosts
 (``bench/bench_ca.py`` measures both).  The service sees one interface, ``SigningBackend``.
+
+Only *offline* authenticators run here (client certificate, JWT): microseconds of CPU.  A
+Kubernetes TokenReview waits on the network, so it never runs here; the service asks
+``reviewgate`` and then calls ``sign`` with the identity it got.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ class SigningBackend(Protocol):
 
     async def create_certificate(self, csr_pem: str, ttl_seconds: int, metadata: Mapping[str, str],
                                  peer_cert_der: bytes | None) -> list[str]:
-        """Authenticate the caller, then sign; raise ``CaError``."""
+        """Authenticate the caller (offline authenticators only), then sign; raise ``CaError``."""
+        ...
+
+    async def sign(self, csr_pem: str, ttl_seconds: int, spiffe: str) -> list[str]:
+        """Sign for an identity the service established itself (TokenReview); raise ``CaError``."""
         ...
 
     async def start(self) -> None:
@@ -56,6 +64,10 @@ class ThreadBackend:
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, authenticate_and_sign, self._authority, self._authenticators, csr_pem, ttl_seconds,
             metadata, peer_cert_der)
+
+    async def sign(self, csr_pem: str, ttl_seconds: int, spiffe: str) -> list[str]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._authority.sign_csr, csr_pem, spiffe, ttl_seconds)
 
     async def start(self) -> None:
         pass

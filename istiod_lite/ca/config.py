@@ -7,6 +7,7 @@ from it (keys never cross the process boundary; each worker reads them from ``ca
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from istiod_lite.ca.authn import (
 from istiod_lite.ca.authority import CertificateAuthority, SigningOptions
 from istiod_lite.ca.jwk import load_verification_keys
 from istiod_lite.ca.keystore import CaMaterial, KeyType, load_or_create
+from istiod_lite.ca.reviewgate import ReviewGate
 from istiod_lite.ca.tokenreview import TokenReviewAuthenticator, TokenReviewConfig
 from istiod_lite.ca.tokens import LOCAL_ISSUER, local_issuer
 
@@ -69,20 +71,29 @@ def trusted_issuers(config: CaConfig) -> list[TrustedIssuer]:
     return [TrustedIssuer(iss, tuple(k for t in group for k in t.keys)) for iss, group in pooled.items()]
 
 
-def build_authenticators(config: CaConfig, material: CaMaterial) -> Authenticators:
+def build_authenticators(config: CaConfig, material: CaMaterial, *, token_review: bool = True) -> Authenticators:
     """Istio's order: client certificate (renewal) first, then bearer JWTs, then TokenReview.
 
     TokenReview comes after the offline JWT check so that a token we can verify locally (our own
-    issuer, ``--jwks`` keys) never costs an API-server round trip.
+    issuer, ``--jwks`` keys) never costs an API-server round trip.  ``token_review=False`` builds
+    the offline chain only: what the signing thread and worker processes run, TokenReviews going
+    through ``reviewgate.ReviewGate`` instead (``build_review_gate``).
     """
     chain: list[Authenticator] = [ClientCertAuthenticator(material.signing_cert, config.trust_domain)]
     issuers = trusted_issuers(config)
     if issuers:
         chain.append(JwtAuthenticator(issuers, config.trust_domain, config.audiences, config.leeway))
-    if config.token_review is not None:
+    if token_review and config.token_review is not None:
         chain.append(TokenReviewAuthenticator.from_config(config.token_review, config.trust_domain,
                                                           config.audiences))
     return Authenticators(chain)
+
+
+def build_review_gate(config: CaConfig, record: Callable[[str], None] = lambda outcome: None) -> ReviewGate | None:
+    """The TokenReview gate when ``config.token_review`` is set; ``record`` counts its outcomes."""
+    if config.token_review is None:
+        return None
+    return ReviewGate.from_config(config.token_review, config.trust_domain, config.audiences, record)
 
 
 def build_authority(config: CaConfig, material: CaMaterial) -> CertificateAuthority:

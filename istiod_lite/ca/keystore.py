@@ -18,6 +18,9 @@ reuses the same root (workloads keep trusting it).  A *partial* bundle is fatal,
 missing key next to a present certificate means something went wrong and guessing would mint a
 second root.  Writes are atomic (temp file + ``os.replace``) and serialised by a lock file, so two
 processes starting together agree on one root.
+
+Nothing is read from a directory, or a file, that another user owns or could have written, nor
+through a symbolic link (``safefiles``): a planted issuer key would mint tokens for any identity.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from istiod_lite.ca import safefiles
 from istiod_lite.ca.errors import CaMaterialError
 from istiod_lite.ca.jwk import jwks_document
 
@@ -122,14 +126,23 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
         os.close(dir_fd)
 
 
+def _prepare_dir(ca_dir: Path) -> None:
+    """Create ``ca_dir`` (0700) if missing; refuse one that is not ours alone (``safefiles``)."""
+    ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    safefiles.check_directory(ca_dir)
+
+
 @contextlib.contextmanager
 def _locked(ca_dir: Path) -> Iterator[None]:
-    with open(ca_dir / _LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    fd = safefiles.open_lock(ca_dir / _LOCK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def generate_key(key_type: KeyType) -> SigningKey:
@@ -177,10 +190,10 @@ def load_or_create(ca_dir: Path, key_type: KeyType = "ec-p256", trust_domain: st
     ``key_type`` and ``trust_domain`` only matter when a root is generated; an existing bundle is
     used as it is.  Raises ``CaMaterialError`` for a partial or inconsistent bundle.
     """
-    ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _prepare_dir(ca_dir)
     now = now or dt.datetime.now(dt.UTC)
     with _locked(ca_dir):
-        present = [n for n in PLUGIN_FILES if (ca_dir / n).exists()]
+        present = [n for n in PLUGIN_FILES if safefiles.exists(ca_dir / n)]
         if not present:
             _write_self_signed(ca_dir, generate_key(key_type), trust_domain, now)
         elif len(present) != len(PLUGIN_FILES):
@@ -208,12 +221,12 @@ def load_or_create_issuer_key(ca_dir: Path, *, _already_locked: bool = False) ->
     and with a plug-in CA alike.
     """
     if not _already_locked:
-        ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _prepare_dir(ca_dir)
         with _locked(ca_dir):
             return load_or_create_issuer_key(ca_dir, _already_locked=True)
     key_path = ca_dir / ISSUER_KEY
-    if key_path.exists():
-        loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if safefiles.exists(key_path):
+        loaded = serialization.load_pem_private_key(safefiles.read(key_path, private=True), password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey) or loaded.curve.name != "secp256r1":
             raise CaMaterialError(f"{key_path} is not an EC P-256 private key")
         key = loaded
@@ -222,13 +235,13 @@ def load_or_create_issuer_key(ca_dir: Path, *, _already_locked: bool = False) ->
         write_atomic(key_path, _key_pem(key), 0o600)
     jwks = jwks_document([key.public_key()]).encode()
     jwks_path = ca_dir / ISSUER_JWKS
-    if not jwks_path.exists() or jwks_path.read_bytes() != jwks:
+    if not safefiles.exists(jwks_path) or safefiles.read(jwks_path, private=False) != jwks:
         write_atomic(jwks_path, jwks, 0o644)
     return key
 
 
 def _read_certs(path: Path) -> list[x509.Certificate]:
-    data = path.read_bytes()
+    data = safefiles.read(path, private=False)
     if not data.strip():
         return []
     try:
@@ -263,7 +276,7 @@ def _load_bundle(ca_dir: Path, issuer_key: ec.EllipticCurvePrivateKey) -> CaMate
         raise CaMaterialError(f"{ca_dir / CA_CERT}: expected exactly one certificate, found {len(certs)}")
     signing_cert = certs[0]
     try:
-        key = serialization.load_pem_private_key((ca_dir / CA_KEY).read_bytes(), password=None)
+        key = serialization.load_pem_private_key(safefiles.read(ca_dir / CA_KEY, private=True), password=None)
     except (ValueError, TypeError) as exc:
         raise CaMaterialError(f"{ca_dir / CA_KEY}: cannot load private key ({exc})") from exc
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):

@@ -11,6 +11,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = ("ok", "unauthenticated", "invalid_argument", "permission_denied", "internal")
+REVIEW_OUTCOMES = ("accepted", "refused", "cached", "refused_cached", "shed_queue_full", "shed_peer_limit")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -36,8 +37,17 @@ class CaMetrics:
                                 "status code returned, lower case).", ["outcome"], registry=r)
         self.duration = Histogram("istiod_lite_ca_request_duration_seconds", "CreateCertificate handling time, "
                                   "authentication and signing included.", buckets=_LATENCY_BUCKETS, registry=r)
+        self.token_reviews = Counter(
+            "istiod_lite_ca_token_reviews", "Bearer tokens that reached the TokenReview gate, by outcome: accepted or "
+            "refused by the API server, answered from the cache (cached, refused_cached), or refused unsent because "
+            "every slot or the peer's share was taken (shed_queue_full, shed_peer_limit).", ["outcome"], registry=r)
         for outcome in OUTCOMES:
             self.requests.labels(outcome=outcome)
+        for outcome in REVIEW_OUTCOMES:
+            self.token_reviews.labels(outcome=outcome)
+
+    def token_review(self, outcome: str) -> None:
+        self.token_reviews.labels(outcome=outcome).inc()
 
     def failed(self, code: grpc.StatusCode) -> None:
         self.requests.labels(outcome=code.name.lower()).inc()

@@ -22,9 +22,16 @@ from prometheus_client import CollectorRegistry
 
 from istiod_lite.ca.authority import CertificateAuthority
 from istiod_lite.ca.backend import SigningBackend, ThreadBackend
-from istiod_lite.ca.config import CaConfig, build_authenticators, build_authority, load_material
+from istiod_lite.ca.config import (
+    CaConfig,
+    build_authenticators,
+    build_authority,
+    build_review_gate,
+    load_material,
+)
 from istiod_lite.ca.keystore import CaMaterial
 from istiod_lite.ca.metrics import CaMetrics
+from istiod_lite.ca.reviewgate import ReviewGate
 from istiod_lite.ca.servercert import server_credentials
 from istiod_lite.ca.service import CaService
 from istiod_lite.ca.workers import WorkerPoolBackend
@@ -37,6 +44,9 @@ class CaRuntime:
     authority: CertificateAuthority
     backend: SigningBackend
     service: CaService
+    #: TokenReviews, bounded and off the signing path; ``None`` without ``config.token_review``.
+    #: The secure xDS port shares it (one API-server budget per process).
+    review_gate: ReviewGate | None = None
 
     @classmethod
     def create(cls, config: CaConfig, *, registry: CollectorRegistry | None = None,
@@ -50,14 +60,18 @@ class CaRuntime:
         """
         material = load_material(config)
         authority = build_authority(config, material)
-        authenticators = build_authenticators(config, material)  # also validates --jwks files early
+        # Offline authenticators only (also validates --jwks files early); TokenReviews go through
+        # the gate, never the signer (reviewgate.py).
+        authenticators = build_authenticators(config, material, token_review=False)
+        metrics = CaMetrics(registry)
+        review_gate = build_review_gate(config, metrics.token_review)
         backend: SigningBackend
         if processes > 0:
             backend = WorkerPoolBackend(config, material, workers=processes)
         else:
             backend = ThreadBackend(authority, authenticators)
-        service = CaService(backend, CaMetrics(registry))
-        return cls(config, material, authority, backend, service)
+        service = CaService(backend, metrics, review_gate=review_gate)
+        return cls(config, material, authority, backend, service, review_gate)
 
     async def start(self) -> None:
         """Start the signing workers (if any), so a broken worker set-up fails at start-up."""
@@ -73,3 +87,5 @@ class CaRuntime:
 
     async def close(self) -> None:
         await self.backend.close()
+        if self.review_gate is not None:
+            self.review_gate.close()

@@ -9,6 +9,11 @@ Like istiod, a request that did not arrive over TLS has no caller and is refused
 (``security.Authenticate`` returns nothing without TLS); ``require_tls=False`` exists for tests of
 the plaintext path only.  ``ImpersonatedIdentity`` (ztunnel acting for a pod) is refused as
 Istio refuses it without a node authorizer; ``CertSigner`` is ignored, as with Istio's built-in CA.
+
+Authentication happens in two steps so that a network round trip never holds the signer: the
+backend tries the offline authenticators (client certificate, JWT) and signs; only if they all
+refuse, and a TokenReview gate is configured, does the token go to ``reviewgate`` (its own
+bounded threads, per-peer share) and the backend then signs for the identity the API server named.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import grpc
 from google.protobuf import struct_pb2
 
 from istiod_lite._generated.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from istiod_lite.ca.authn import AuthenticationError
 from istiod_lite.ca.backend import SigningBackend
 from istiod_lite.ca.errors import CaError
 from istiod_lite.ca.metrics import CaMetrics
+from istiod_lite.ca.reviewgate import ReviewGate
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +65,9 @@ class CaService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[mi
     """The servicer; register with ``add_to_server``."""
 
     def __init__(self, backend: SigningBackend, metrics: CaMetrics | None = None, *,
-                 require_tls: bool = True) -> None:
+                 require_tls: bool = True, review_gate: ReviewGate | None = None) -> None:
         self.backend = backend
+        self.review_gate = review_gate
         self.metrics = metrics or CaMetrics()
         self._require_tls = require_tls
         roots_expiry = min(r.not_valid_after_utc for r in backend.material.roots)
@@ -77,8 +85,7 @@ class CaService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[mi
             metadata, peer_der = caller_credentials(context, self._require_tls)
             if _impersonation(request.metadata):
                 raise CaError(grpc.StatusCode.UNAUTHENTICATED, "impersonation requested; no node authorizer")
-            chain = await self.backend.create_certificate(request.csr, request.validity_duration, metadata,
-                                                          peer_der)
+            chain = await self._issue(request, metadata, peer_der, context.peer())
         except CaError as exc:
             self.metrics.failed(exc.code)
             log.warning("CreateCertificate from %s refused (%s): %s", context.peer(), exc.code.name, exc.reason)
@@ -90,3 +97,20 @@ class CaService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[mi
         self.metrics.succeeded()
         self.metrics.duration.observe(time.perf_counter() - start)
         return ca_pb2.IstioCertificateResponse(cert_chain=chain)
+
+    async def _issue(self, request: ca_pb2.IstioCertificateRequest, metadata: dict[str, str],
+                     peer_der: bytes | None, peer: str) -> list[str]:
+        """Offline authentication and signing in the backend; TokenReview (gated) only if that refused."""
+        try:
+            return await self.backend.create_certificate(request.csr, request.validity_duration, metadata, peer_der)
+        except CaError as exc:
+            if exc.code != grpc.StatusCode.UNAUTHENTICATED or self.review_gate is None:
+                raise
+            offline = exc.reason
+        try:
+            identity = await self.review_gate.authenticate(metadata, peer)
+        except AuthenticationError as exc:
+            raise CaError(grpc.StatusCode.UNAUTHENTICATED, f"{offline}; tokenreview: {exc.reason}") from None
+        if identity is None:
+            raise CaError(grpc.StatusCode.UNAUTHENTICATED, f"{offline}; tokenreview: no credential")
+        return await self.backend.sign(request.csr, request.validity_duration, identity.spiffe)

@@ -21,24 +21,26 @@ erroring API server, is an ``AuthenticationError`` (fail closed) whose reason is
 token never appears in a reason or a log line (the TokenReview objects echo it, so they are never
 formatted either).
 
-It runs where the other authenticators run: in the CA's signing thread or worker processes, and in
-a thread for secure-port xDS streams.  The synchronous client is therefore fine, but a round trip
-holds that thread, so:
+The review itself is synchronous (a blocking HTTP round trip) and runs in the threads of
+``reviewgate.ReviewGate``, never in the CA's signing thread or worker processes: a review waits on
+the network, and a signer stuck behind it would hold up every other caller (issue 14: 100 random
+tokens delayed a legitimate CSR by 9 s).  The gate bounds concurrency, queue length and each
+peer's share.  Here:
 
 * the client timeout is short (``timeout``, 3 s) and there is no client-side retry (the workload's
   agent retries the CSR with back-off anyway);
 * after a *transport* failure (timeout, connection refused) reviews are refused without a call for
   ``failure_backoff`` seconds, so a black-holed API server costs one timeout per back-off period,
-  not one per queued request (which would stall local-token and renewal requests behind them);
+  not one per queued request;
 * successful reviews are cached (``cache_ttl``, 60 s, never past the token's own ``exp``; at most
   ``cache_size`` entries, least recently used evicted; keyed by SHA-256 of the token, so the cache
   holds no token), protecting the API server from agents that retry or open several streams.
   The cost: a token revoked in the cluster is still accepted for up to ``cache_ttl``; the API
   server's own webhook token cache (``--authentication-token-webhook-cache-ttl``) defaults to 2 min.
-  Refusals are not cached: the next attempt of a workload whose token just became valid must not
-  wait.  Reviews in flight are bounded by the threads that authenticate (the CA's one signing
-  thread or one per worker process, and the few default-executor threads of secure xDS), so an
-  attacker sending random tokens cannot flood the API server either.
+* the API server's *verdict* against a token (not authenticated, wrong audience or user) is cached
+  too, briefly (``negative_cache_ttl``, 5 s, same size bound): a caller replaying one bad token
+  costs one review per 5 s, while a workload whose token was refused by mistake waits at most
+  that long.  HTTP errors and transport failures are not the token's fault and are not cached.
 
 ``kubernetes`` is imported only when a TokenReview authenticator is built: it costs ~0.35 s of
 start-up that a YAML-directory deployment never needs.
@@ -55,7 +57,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from istiod_lite.ca.authn import DEFAULT_AUDIENCE, AuthenticationError, bearer_token
 from istiod_lite.ca.identity import Identity
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 log = logging.getLogger(__name__)
+V = TypeVar("V")
 
 #: Istio requires the reviewed user to be in this group (``kube_jwt.go``).
 SERVICE_ACCOUNTS_GROUP = "system:serviceaccounts"
@@ -74,6 +77,14 @@ DEFAULT_TIMEOUT = 3.0
 DEFAULT_CACHE_TTL = 60.0
 DEFAULT_CACHE_SIZE = 4096
 DEFAULT_FAILURE_BACKOFF = 2.0
+DEFAULT_NEGATIVE_CACHE_TTL = 5.0
+#: Reviews running at once (threads of the review gate); a TokenReview is I/O, the GIL is free.
+DEFAULT_MAX_CONCURRENT = 4
+#: Reviews waiting for a thread; beyond this a caller is refused at once (at 50 ms per review
+#: the last one waits ~0.8 s).
+DEFAULT_MAX_QUEUE = 64
+#: Reviews one peer host may have running or waiting: one attacker cannot fill the queue alone.
+DEFAULT_PER_PEER = 8
 
 
 @dataclass(frozen=True)
@@ -91,24 +102,31 @@ class TokenReviewConfig:
     cache_ttl: float = DEFAULT_CACHE_TTL
     cache_size: int = DEFAULT_CACHE_SIZE
     failure_backoff: float = DEFAULT_FAILURE_BACKOFF
+    negative_cache_ttl: float = DEFAULT_NEGATIVE_CACHE_TTL
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    max_queue: int = DEFAULT_MAX_QUEUE
+    per_peer: int = DEFAULT_PER_PEER
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
             raise ValueError("token review timeout must be positive")
-        if self.cache_ttl < 0 or self.cache_size < 0 or self.failure_backoff < 0:
-            raise ValueError("token review cache_ttl, cache_size and failure_backoff must not be negative")
+        if min(self.cache_ttl, self.cache_size, self.failure_backoff, self.negative_cache_ttl, self.max_queue) < 0:
+            raise ValueError("token review cache_ttl, cache_size, failure_backoff, negative_cache_ttl and "
+                             "max_queue must not be negative")
+        if self.max_concurrent < 1 or self.per_peer < 1:
+            raise ValueError("token review max_concurrent and per_peer must be at least 1")
 
 
-class ReviewCache:
-    """Successful reviews by token hash: a thread-safe LRU whose entries expire (monotonic clock)."""
+class ReviewCache(Generic[V]):
+    """Review outcomes by token hash: a thread-safe LRU whose entries expire (monotonic clock)."""
 
     def __init__(self, size: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._size = size
         self._clock = clock
-        self._entries: collections.OrderedDict[bytes, tuple[Identity, float]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[bytes, tuple[V, float]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: bytes) -> Identity | None:
+    def get(self, key: bytes) -> V | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -119,11 +137,11 @@ class ReviewCache:
             self._entries.move_to_end(key)
             return entry[0]
 
-    def put(self, key: bytes, identity: Identity, ttl: float) -> None:
+    def put(self, key: bytes, value: V, ttl: float) -> None:
         if self._size == 0 or ttl <= 0:
             return
         with self._lock:
-            self._entries[key] = (identity, self._clock() + ttl)
+            self._entries[key] = (value, self._clock() + ttl)
             self._entries.move_to_end(key)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
@@ -145,6 +163,11 @@ def _token_expiry(token: str) -> float | None:
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def _key(token: str) -> bytes:
+    """Caches are keyed by the token's hash, so they hold no token."""
+    return hashlib.sha256(token.encode()).digest()
 
 
 def _looks_like_jwt(token: str) -> bool:
@@ -222,7 +245,8 @@ class TokenReviewAuthenticator:
     def __init__(self, api_client: ApiClient, trust_domain: str, audiences: Sequence[str] = (DEFAULT_AUDIENCE,), *,
                  timeout: float = DEFAULT_TIMEOUT, cache_ttl: float = DEFAULT_CACHE_TTL,
                  cache_size: int = DEFAULT_CACHE_SIZE, failure_backoff: float = DEFAULT_FAILURE_BACKOFF,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+                 negative_cache_ttl: float = DEFAULT_NEGATIVE_CACHE_TTL, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         from kubernetes.client import AuthenticationV1Api
 
         if not audiences:
@@ -233,7 +257,9 @@ class TokenReviewAuthenticator:
         self._audiences = list(dict.fromkeys(audiences))
         self._timeout = timeout
         self._cache_ttl = cache_ttl
-        self._cache = ReviewCache(cache_size, clock)
+        self._cache: ReviewCache[Identity] = ReviewCache(cache_size, clock)
+        self._negative_ttl = negative_cache_ttl
+        self._refused: ReviewCache[str] = ReviewCache(cache_size, clock)
         self._failure_backoff = failure_backoff
         self._clock = clock
         self._wall_clock = wall_clock
@@ -245,19 +271,48 @@ class TokenReviewAuthenticator:
                     audiences: Sequence[str] = (DEFAULT_AUDIENCE,)) -> TokenReviewAuthenticator:
         return cls(api_client_from_config(config), trust_domain, audiences, timeout=config.timeout,
                    cache_ttl=config.cache_ttl, cache_size=config.cache_size,
-                   failure_backoff=config.failure_backoff)
+                   failure_backoff=config.failure_backoff, negative_cache_ttl=config.negative_cache_ttl)
 
     def authenticate(self, metadata: Mapping[str, str], peer_cert_der: bytes | None) -> Identity | None:
-        token = bearer_token(metadata)
+        """The whole check, blocking (for a caller already off the event loop)."""
+        token = self.reviewable_token(metadata)
         if token is None:
             return None
-        if not _looks_like_jwt(token):
+        return self.cached(token) or self.review(token)
+
+    @staticmethod
+    def reviewable_token(metadata: Mapping[str, str]) -> str | None:
+        """The bearer token if it may be sent for review; ``None`` without one.  Cheap (no I/O).
+
+        Raises ``AuthenticationError`` for a malformed header or a token that is not JWT-shaped.
+        """
+        token = bearer_token(metadata)
+        if token is not None and not _looks_like_jwt(token):
             raise AuthenticationError("bearer token is not a JWT (not sent for review)")
-        key = hashlib.sha256(token.encode()).digest()
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        identity = identity_from_status(self._review(token), self._audiences, self._trust_domain)
+        return token
+
+    def cached(self, token: str) -> Identity | None:
+        """A recent verdict on ``token``, without I/O: its identity, ``None`` (unknown), or
+        ``AuthenticationError`` when the API server refused it within ``negative_cache_ttl``."""
+        key = _key(token)
+        identity = self._cache.get(key)
+        if identity is not None:
+            return identity
+        refused = self._refused.get(key)
+        if refused is not None:
+            raise AuthenticationError(f"token refused by a review less than {self._negative_ttl:g} s ago "
+                                      f"({refused})")
+        return None
+
+    def review(self, token: str) -> Identity:
+        """Ask the API server (blocking); remember the verdict."""
+        status = self._review(token)
+        key = _key(token)
+        try:
+            identity = identity_from_status(status, self._audiences, self._trust_domain)
+        except AuthenticationError as exc:
+            self._refused.put(key, exc.reason, self._negative_ttl)
+            raise
         ttl = self._cache_ttl
         expiry = _token_expiry(token)
         if expiry is not None:

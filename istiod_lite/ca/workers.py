@@ -51,7 +51,7 @@ def worker_main(config: CaConfig, sock: socket.socket) -> None:
     try:
         material = load_material(config)
         authority = build_authority(config, material)
-        authenticators = build_authenticators(config, material)
+        authenticators = build_authenticators(config, material, token_review=False)
     except Exception as exc:
         _send(sock, ("fatal", f"{type(exc).__name__}: {exc}"))
         return
@@ -83,8 +83,12 @@ def worker_main(config: CaConfig, sock: socket.socket) -> None:
 def _handle(authority: CertificateAuthority, authenticators: Authenticators, body: bytes) -> tuple[object, ...]:
     from istiod_lite.ca.backend import authenticate_and_sign
 
-    csr, ttl, metadata, peer_der = pickle.loads(body)
+    request = pickle.loads(body)
     try:
+        if request[0] == "sign":  # identity established by the serving process (TokenReview)
+            _, csr, ttl, spiffe = request
+            return ("ok", authority.sign_csr(csr, spiffe, ttl))
+        _, csr, ttl, metadata, peer_der = request
         return ("ok", authenticate_and_sign(authority, authenticators, csr, ttl, metadata, peer_der))
     except CaError as exc:
         return ("err", exc.code.name, exc.reason)
@@ -193,12 +197,18 @@ class WorkerPoolBackend:
 
     async def create_certificate(self, csr_pem: str, ttl_seconds: int, metadata: Mapping[str, str],
                                  peer_cert_der: bytes | None) -> list[str]:
+        return await self._submit(("authenticate", csr_pem, ttl_seconds, dict(metadata), peer_cert_der))
+
+    async def sign(self, csr_pem: str, ttl_seconds: int, spiffe: str) -> list[str]:
+        return await self._submit(("sign", csr_pem, ttl_seconds, spiffe))
+
+    async def _submit(self, request: tuple[object, ...]) -> list[str]:
         if len(self._workers) < self._size or not all(w.alive for w in self._workers):
             await self.start()
         worker = min(self._workers, key=lambda w: len(w.pending))
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         worker.pending.append(future)
-        worker.send(_encode((csr_pem, ttl_seconds, dict(metadata), peer_cert_der)))
+        worker.send(_encode(request))
         return await future
 
     async def close(self) -> None:

@@ -173,7 +173,9 @@ class ControlPlane:
             self.ca = CaRuntime.create(self.options.ca, registry=self.ads.metrics.registry,
                                        processes=self.options.ca_workers)
             await self.ca.start()
-            self._xds_auth = XdsAuthenticator(build_authenticators(self.options.ca, self.ca.material))
+            # Offline chain in a thread; TokenReviews through the CA's gate (shared bounds).
+            offline = build_authenticators(self.options.ca, self.ca.material, token_review=False)
+            self._xds_auth = XdsAuthenticator(offline, self.ca.review_gate)
         if self.options.secure_grpc_addr:
             if self.ca is None:
                 raise ValueError("the secure port needs a CA (--ca-dir)")

@@ -3,7 +3,9 @@
 Every ADS stream on it must authenticate (bearer token, or a mesh client certificate where the
 TLS stack asked for one) before a single resource is sent, and the node's ``NAMESPACE`` and
 ``SERVICE_ACCOUNT`` metadata must name the authenticated identity: a waypoint cannot read another
-namespace's config by claiming it in its bootstrap.  Verification runs off the event loop.
+namespace's config by claiming it in its bootstrap.  Verification runs off the event loop: the
+offline authenticators in a thread, Kubernetes TokenReviews (if configured) through the CA's
+``ReviewGate``, which bounds them for both services together.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import logging
 
 import grpc
 
-from istiod_lite.ca.authn import Authenticators
+from istiod_lite.ca.authn import AuthenticationError, Authenticators
 from istiod_lite.ca.errors import CaError
+from istiod_lite.ca.identity import Identity
+from istiod_lite.ca.reviewgate import ReviewGate
 from istiod_lite.ca.service import caller_credentials
 from istiod_lite.xds.connection import Connection
 from istiod_lite.xds.server import StreamRefused
@@ -30,14 +34,30 @@ def _meta(conn: Connection, key: str) -> str:
 class XdsAuthenticator:
     """``AdsServer`` stream check for the secure port."""
 
-    def __init__(self, authenticators: Authenticators) -> None:
+    def __init__(self, authenticators: Authenticators, review_gate: ReviewGate | None = None) -> None:
         self._authenticators = authenticators
+        self._review_gate = review_gate
         self.refused = 0
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Identity:
+        metadata, peer_der = caller_credentials(context, require_tls=True)
+        try:
+            return await asyncio.to_thread(self._authenticators.authenticate, metadata, peer_der)
+        except CaError as exc:
+            if self._review_gate is None:
+                raise
+            offline = exc.reason
+        try:
+            identity = await self._review_gate.authenticate(metadata, context.peer())
+        except AuthenticationError as exc:
+            raise CaError(grpc.StatusCode.UNAUTHENTICATED, f"{offline}; tokenreview: {exc.reason}") from None
+        if identity is None:
+            raise CaError(grpc.StatusCode.UNAUTHENTICATED, f"{offline}; tokenreview: no credential")
+        return identity
 
     async def __call__(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
         try:
-            metadata, peer_der = caller_credentials(context, require_tls=True)
-            identity = await asyncio.to_thread(self._authenticators.authenticate, metadata, peer_der)
+            identity = await self._authenticate(context)
         except CaError as exc:
             self.refused += 1
             log.warning("xDS stream from %s (%s) refused: %s", conn.peer, conn.node_id, exc.reason)

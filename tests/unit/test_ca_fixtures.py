@@ -48,6 +48,12 @@ def p256() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write a private key as an operator must (0600): the CA refuses one others could read."""
+    path.write_bytes(data)
+    path.chmod(0o600)
+
+
 def build_csr(key: Any = None, *, uris: Iterable[str] = (SPIFFE,), dns: Iterable[str] = (), cn: str | None = None,
               extra: Iterable[tuple[x509.ExtensionType, bool]] = (), names: Iterable[x509.GeneralName] = ()) -> str:
     """A PEM CSR; by default P-256 with the single URI SAN ``SPIFFE`` (what Istio's agent sends)."""
@@ -146,7 +152,7 @@ def make_intermediate_bundle(ca_dir: Path, *, inter_ttl: dt.timedelta = dt.timed
         .sign(root_key, hashes.SHA384())
     )
     (ca_dir / CA_CERT).write_text(pem(inter))
-    (ca_dir / CA_KEY).write_bytes(key_pem(inter_key))
+    write_private(ca_dir / CA_KEY, key_pem(inter_key))
     (ca_dir / CERT_CHAIN).write_text(pem(inter) + (pem(root) if include_root_in_chain else ""))
     (ca_dir / ROOT_CERT).write_text(pem(root))
     return root, inter

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from istiod_lite.ca.keystore import (
     load_or_create,
     load_or_create_issuer_key,
 )
-from tests.unit.test_ca_fixtures import key_pem, make_intermediate_bundle, p256, pem
+from tests.unit.test_ca_fixtures import key_pem, make_intermediate_bundle, p256, pem, write_private
 
 
 def _mode(path: Path) -> int:
@@ -94,7 +95,7 @@ def test_partial_bundle_is_fatal(tmp_path: Path, missing: str) -> None:
 
 def test_key_not_matching_cert(tmp_path: Path) -> None:
     make_intermediate_bundle(tmp_path / "ca")
-    (tmp_path / "ca" / CA_KEY).write_bytes(key_pem(p256()))
+    write_private(tmp_path / "ca" / CA_KEY, key_pem(p256()))
     with pytest.raises(CaMaterialError, match="does not match"):
         load_or_create(tmp_path / "ca")
 
@@ -125,7 +126,7 @@ def test_leaf_as_signing_cert_is_refused(tmp_path: Path) -> None:
     bundle = tmp_path / "bad"
     bundle.mkdir()
     (bundle / CA_CERT).write_text(leaf_pem)
-    (bundle / CA_KEY).write_bytes(key_pem(key))
+    write_private(bundle / CA_KEY, key_pem(key))
     (bundle / CERT_CHAIN).write_text("")
     (bundle / ROOT_CERT).write_text(ca.material.root_pem)
     with pytest.raises(CaMaterialError, match="not a CA"):
@@ -152,3 +153,110 @@ def test_jwk_thumbprint_matches_rfc7638_example() -> None:
     key = rsa.RSAPublicNumbers(65537, int.from_bytes(base64.urlsafe_b64decode(n + "=="), "big")
                                ).public_key()
     assert public_jwk(key)["kid"] == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+# -- who may have put the files there (issue 14, finding 4) -----------------------------------------
+
+_OTHER_UID = 54321
+
+
+def _chown_or_skip(path: Path, uid: int) -> None:
+    try:
+        os.chown(path, uid, -1, follow_symlinks=False)
+    except PermissionError as exc:
+        pytest.skip(f"cannot give {path} to uid {uid} to simulate another user: {exc}")
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777, 0o757])
+def test_directory_writable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    ca_dir = tmp_path / "ca"
+    ca_dir.mkdir()
+    ca_dir.chmod(mode)
+    with pytest.raises(CaMaterialError, match=rf"{ca_dir}.*writable by group or others"):
+        load_or_create(ca_dir)
+    with pytest.raises(CaMaterialError, match="writable by group or others"):
+        load_or_create_issuer_key(ca_dir)  # `token create` reads the same directory
+    assert list(ca_dir.iterdir()) == []  # nothing was generated in it
+
+
+def test_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    ca_dir = tmp_path / "ca"
+    ca_dir.mkdir(mode=0o700)
+    _chown_or_skip(ca_dir, _OTHER_UID)
+    with pytest.raises(CaMaterialError, match=rf"{ca_dir}.*owned by uid {_OTHER_UID}"):
+        load_or_create(ca_dir)
+
+
+def test_existing_ca_in_a_directory_taken_over_is_refused(tmp_path: Path) -> None:
+    ca_dir = tmp_path / "ca"
+    load_or_create(ca_dir)
+    _chown_or_skip(ca_dir, _OTHER_UID)
+    with pytest.raises(CaMaterialError, match="owned by uid"):
+        load_or_create(ca_dir)
+
+
+@pytest.mark.parametrize("name", [CA_KEY, ISSUER_KEY, ROOT_CERT])
+def test_file_owned_by_another_user_is_refused(tmp_path: Path, name: str) -> None:
+    ca_dir = tmp_path / "ca"
+    load_or_create(ca_dir)
+    _chown_or_skip(ca_dir / name, _OTHER_UID)
+    with pytest.raises(CaMaterialError, match=rf"{ca_dir / name}.*owned by uid {_OTHER_UID}"):
+        load_or_create(ca_dir)
+
+
+@pytest.mark.parametrize("name", [CA_KEY, ISSUER_KEY])
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_key_readable_by_others_is_refused(tmp_path: Path, name: str, mode: int) -> None:
+    ca_dir = tmp_path / "ca"
+    load_or_create(ca_dir)
+    (ca_dir / name).chmod(mode)
+    with pytest.raises(CaMaterialError, match=rf"{ca_dir / name}.*0o?{mode:o}.*0600"):
+        load_or_create(ca_dir)
+
+
+def test_certificate_writable_by_others_is_refused(tmp_path: Path) -> None:
+    ca_dir = tmp_path / "ca"
+    load_or_create(ca_dir)
+    (ca_dir / ROOT_CERT).chmod(0o666)
+    with pytest.raises(CaMaterialError, match=rf"{ca_dir / ROOT_CERT}.*writable by group or others"):
+        load_or_create(ca_dir)
+
+
+@pytest.mark.parametrize("name", [CA_KEY, ISSUER_KEY, CA_CERT, ROOT_CERT])
+def test_symlinked_file_is_refused(tmp_path: Path, name: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    load_or_create(elsewhere)
+    ca_dir = tmp_path / "ca"
+    load_or_create(ca_dir)
+    (ca_dir / name).unlink()
+    (ca_dir / name).symlink_to(elsewhere / name)
+    with pytest.raises(CaMaterialError, match=rf"{ca_dir / name}.*symbolic link"):
+        load_or_create(ca_dir)
+
+
+def test_dangling_key_symlink_is_refused_not_replaced(tmp_path: Path) -> None:
+    # A dangling link must not read as "no key yet": writing through it would plant our key elsewhere,
+    # and generating a new issuer key would silently change every token's signer.
+    ca_dir = tmp_path / "ca"
+    load_or_create(ca_dir)
+    (ca_dir / ISSUER_KEY).unlink()
+    (ca_dir / ISSUER_KEY).symlink_to(tmp_path / "planted")
+    with pytest.raises(CaMaterialError, match="symbolic link"):
+        load_or_create(ca_dir)
+    assert not (tmp_path / "planted").exists()
+
+
+def test_symlinked_directory_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    load_or_create(real)
+    (tmp_path / "ca").symlink_to(real)
+    with pytest.raises(CaMaterialError, match=rf"{tmp_path / 'ca'}.*symbolic link"):
+        load_or_create(tmp_path / "ca")
+
+
+def test_group_readable_directory_and_certificates_are_accepted(tmp_path: Path) -> None:
+    ca_dir = tmp_path / "ca"
+    load_or_create(ca_dir)
+    ca_dir.chmod(0o755)
+    (ca_dir / ROOT_CERT).chmod(0o644)
+    assert load_or_create(ca_dir).self_signed

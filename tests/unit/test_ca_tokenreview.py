@@ -268,7 +268,7 @@ def test_slow_api_server_times_out_then_backs_off(kube: FakeKubeApiServer, make_
 
 def test_reasons_and_logs_never_contain_the_token(kube: FakeKubeApiServer, make_auth: Any,
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    auth = make_auth(timeout=0.2, failure_backoff=0)
+    auth = make_auth(timeout=0.2, failure_backoff=0, negative_cache_ttl=0)
     caplog.set_level(logging.DEBUG)
     token = fake_jwt()
     kube.add_token(token, FakeTokenUser("system:serviceaccount:default:sleep", SA_GROUPS, status_audiences=("x",)))
@@ -303,12 +303,29 @@ def test_success_is_cached(kube: FakeKubeApiServer, make_auth: Any) -> None:
     assert len(kube.token_reviews()) == 3
 
 
-def test_refusals_are_not_cached(kube: FakeKubeApiServer, auth: TokenReviewAuthenticator) -> None:
+def test_refusals_are_cached_briefly(kube: FakeKubeApiServer, make_auth: Any) -> None:
+    # A replayed bad token costs one review per negative_cache_ttl; a workload refused by mistake
+    # (token not yet known to the API server) waits at most that long.
+    clock = FakeClock()
+    auth = make_auth(negative_cache_ttl=5, clock=clock)
     token = fake_jwt()
     refusal(auth, token)
     kube.add_token(token, FakeTokenUser.service_account("default", "sleep"))
+    clock.now += 4.9
+    assert "refused by a review" in refusal(auth, token)
+    assert len(kube.token_reviews()) == 1
+    clock.now += 0.1
     assert auth.authenticate(bearer(token), None) == Identity(TD, "default", "sleep")
     assert len(kube.token_reviews()) == 2
+
+
+def test_http_errors_are_not_cached_as_refusals(kube: FakeKubeApiServer, auth: TokenReviewAuthenticator) -> None:
+    token = fake_jwt()
+    kube.add_token(token, FakeTokenUser.service_account("default", "sleep"))
+    kube.fail_status = 503
+    refusal(auth, token)
+    kube.fail_status = None
+    assert auth.authenticate(bearer(token), None) == Identity(TD, "default", "sleep")
 
 
 def test_cache_entry_never_outlives_the_token(kube: FakeKubeApiServer, make_auth: Any) -> None:
@@ -355,7 +372,8 @@ def test_config_is_picklable_and_validated(tmp_path: Path) -> None:
     config = CaConfig(ca_dir=tmp_path, token_review=TokenReviewConfig(kubeconfig=tmp_path / "kc", context="c"))
     assert pickle.loads(pickle.dumps(config)) == config
     assert CaConfig(ca_dir=tmp_path).token_review is None  # off unless configured
-    for bad in ({"timeout": 0}, {"cache_ttl": -1}, {"cache_size": -1}, {"failure_backoff": -1}):
+    for bad in ({"timeout": 0}, {"cache_ttl": -1}, {"cache_size": -1}, {"failure_backoff": -1},
+                {"negative_cache_ttl": -1}, {"max_queue": -1}, {"max_concurrent": 0}, {"per_peer": 0}):
         with pytest.raises(ValueError):
             TokenReviewConfig(**bad)
 
