@@ -55,7 +55,9 @@ STATIC_RULES: tuple[Rule, ...] = (
     # the waypoint controller applies a waypoint's ServiceAccount, Service and Deployment, and the
     # istio-ca-root-cert ConfigMaps (controlplane/waypoint_controller.py)
     Rule("", ("serviceaccounts", "services", "configmaps"), ("create", "patch")),
-    Rule("apps", ("deployments",), ("create", "patch")),
+    Rule("", ("serviceaccounts", "services"), ("get",),
+         "read before writing: an existing object without the managed label is not ours to change"),
+    Rule("apps", ("deployments",), ("create", "patch", "get")),
 )
 
 
