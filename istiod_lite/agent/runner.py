@@ -45,6 +45,7 @@ from istiod_lite.agent.certs import (
     fetch_certificate,
     spiffe_id,
 )
+from istiod_lite.agent.filesecrets import DEFAULT_CREDENTIAL_DIRS
 from istiod_lite.agent.rotation import CertRotator, RotationPolicy
 from istiod_lite.agent.sds import SdsServer
 from istiod_lite.agent.supervisor import EXIT_FAILED, EXIT_OK, EnvoySupervisor, SupervisorOptions
@@ -115,6 +116,8 @@ class AgentConfig:
     #: Where the bootstrap, the SDS and xDS sockets and the PID file go (``None``: a private temp
     #: dir, removed on exit).  Keep it short: a socket path must fit in 107 bytes.
     work_dir: Path | None = None
+    #: The only directories DestinationRule file credentials are read from (``filesecrets``).
+    credential_dirs: tuple[Path, ...] = tuple(Path(d) for d in DEFAULT_CREDENTIAL_DIRS)
     rotation: RotationPolicy = field(default_factory=RotationPolicy)
 
     @property
@@ -144,7 +147,7 @@ class WaypointAgent:
         self._own_work_dir = config.work_dir is None
         self.work_dir = config.work_dir or Path(tempfile.mkdtemp(prefix="istiod-lite-waypoint-"))
         self.bootstrap_path = self.work_dir / "bootstrap.json"
-        self.sds = SdsServer(self.work_dir / "sds" / "socket")
+        self.sds = SdsServer(self.work_dir / "sds" / "socket", credential_dirs=config.credential_dirs)
         # Istio's ./etc/istio/proxy/XDS.  The proxy itself is built by ``run``, once the root
         # certificate it trusts has been read; the path is checked now, like the SDS one.
         self.xds_socket_path = self.work_dir / "proxy" / "XDS"
