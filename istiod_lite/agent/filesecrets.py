@@ -60,7 +60,7 @@ SYSTEM_CA_BUNDLES: tuple[str, ...] = (
 #: Where DestinationRule credentials may be read from unless ``--credential-dir`` is given: Istio's
 #: conventional mount points, ``/etc/certs`` (where Istio's DestinationRule examples mount user
 #: certificates, ``sidecar.istio.io/userVolumeMount``) and ``/etc/istio`` (the proxy's own mounts).
-DEFAULT_CREDENTIAL_DIRS: tuple[str, ...] = ("/etc/certs", "/etc/istio")
+DEFAULT_CREDENTIAL_DIRS: tuple[Path, ...] = (Path("/etc/certs"), Path("/etc/istio"))
 #: A file's identity and content version as ``stat`` sees it; None: it cannot be stat'ed.
 Signature = tuple[tuple[int, int, int, int, int] | None, ...]
 
@@ -221,7 +221,7 @@ class FileSecrets:
     """The file secrets Envoy asked for, with their last good content; files are read only under
     ``credential_dirs`` (``None``: anywhere)."""
 
-    credential_dirs: Sequence[Path] | None = tuple(Path(d) for d in DEFAULT_CREDENTIAL_DIRS)
+    credential_dirs: Sequence[Path] | None = DEFAULT_CREDENTIAL_DIRS
     _watched: dict[str, _Watched] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -117,7 +117,7 @@ class AgentConfig:
     #: dir, removed on exit).  Keep it short: a socket path must fit in 107 bytes.
     work_dir: Path | None = None
     #: The only directories DestinationRule file credentials are read from (``filesecrets``).
-    credential_dirs: tuple[Path, ...] = tuple(Path(d) for d in DEFAULT_CREDENTIAL_DIRS)
+    credential_dirs: tuple[Path, ...] = DEFAULT_CREDENTIAL_DIRS
     rotation: RotationPolicy = field(default_factory=RotationPolicy)
 
     @property

@@ -80,7 +80,7 @@ class SdsServer:
     ``FILE_POLL_INTERVAL``; read again before every sleep, so a change applies from the next one)."""
 
     def __init__(self, socket_path: Path, *, file_poll_interval: float | None = None,
-                 credential_dirs: Sequence[Path] = tuple(Path(d) for d in DEFAULT_CREDENTIAL_DIRS)) -> None:
+                 credential_dirs: Sequence[Path] = DEFAULT_CREDENTIAL_DIRS) -> None:
         check_socket_path(socket_path, "SDS socket")
         self.socket_path = socket_path
         self.cache = SnapshotCache(lambda node: _GROUP)

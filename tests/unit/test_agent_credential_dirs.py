@@ -72,6 +72,6 @@ async def test_the_system_bundle_is_always_allowed(tmp_path: Path, monkeypatch: 
 
 
 def test_credential_dir_flag() -> None:
-    assert config_from_args(parse()).credential_dirs == tuple(Path(d) for d in DEFAULT_CREDENTIAL_DIRS)
+    assert config_from_args(parse()).credential_dirs == DEFAULT_CREDENTIAL_DIRS
     config = config_from_args(parse("--credential-dir", "/a", "--credential-dir", "/b/"))
     assert config.credential_dirs == (Path("/a"), Path("/b"))
