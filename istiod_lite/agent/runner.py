@@ -50,6 +50,7 @@ from istiod_lite.agent.rotation import CertRotator, RotationPolicy
 from istiod_lite.agent.sds import SdsServer
 from istiod_lite.agent.supervisor import EXIT_FAILED, EXIT_OK, EnvoySupervisor, SupervisorOptions
 from istiod_lite.agent.uds import check_socket_path
+from istiod_lite.agent.workdir import prepare_work_dir, write_file
 from istiod_lite.agent.xdsproxy import XdsProxy, XdsProxyConfig
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,10 @@ class WaypointAgent:
         """Run until ``stop`` is set (returns 0) or something fails for good (returns 1)."""
         c = self.config
         try:
-            self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self._own_work_dir:
+                self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            else:
+                prepare_work_dir(self.work_dir)
             root = await asyncio.to_thread(load_root_cert, c.root_cert)
         except (OSError, ValueError) as exc:
             log.error("cannot start: %s", exc)
@@ -259,9 +263,7 @@ class WaypointAgent:
         log.error("certificate rotation stopped unexpectedly: %r; shutting down", exc)
 
     def _write_bootstrap(self) -> None:
-        tmp = self.bootstrap_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.bootstrap(), indent=2, sort_keys=True))
-        tmp.replace(self.bootstrap_path)
+        write_file(self.bootstrap_path, json.dumps(self.bootstrap(), indent=2, sort_keys=True).encode())
 
     async def _supervise(self, stop: asyncio.Event) -> int:
         """Run the supervisor; if the rotator dies (a bug), stop Envoy and fail."""
