@@ -19,6 +19,11 @@ A file that is missing, unreadable or invalid is logged and *not served*: Envoy 
 warming (``initial_fetch_timeout: 0s``) and the secret is served as soon as a change makes the file
 valid.  A secret that was valid and then breaks keeps its last good version (withdrawing it would
 not make any connection work).  Secrets no stream asks for any more are dropped after two polls.
+
+Only files under the agent's credential directories are read (``--credential-dir``, default
+``DEFAULT_CREDENTIAL_DIRS``), checked on the file's real path at every read: a DestinationRule is
+written by a namespace's users, and must not make the agent hand Envoy any file the agent can read
+(on a single host, the CA's key).  The system bundle (``file-root:system``) is always allowed.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +39,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+
+from istiod_lite.safetext import safe
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,10 @@ SYSTEM_CA_BUNDLES: tuple[str, ...] = (
     "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",  # CentOS, RHEL 7
     "/etc/ssl/cert.pem",  # Alpine
 )
+#: Where DestinationRule credentials may be read from unless ``--credential-dir`` is given: Istio's
+#: conventional mount points, ``/etc/certs`` (where Istio's DestinationRule examples mount user
+#: certificates, ``sidecar.istio.io/userVolumeMount``) and ``/etc/istio`` (the proxy's own mounts).
+DEFAULT_CREDENTIAL_DIRS: tuple[Path, ...] = (Path("/etc/certs"), Path("/etc/istio"))
 #: A file's identity and content version as ``stat`` sees it; None: it cannot be stat'ed.
 Signature = tuple[tuple[int, int, int, int, int] | None, ...]
 
@@ -107,6 +118,18 @@ def signature(source: FileSecretSource) -> Signature:
     return tuple(out)
 
 
+def allowed_path(path: Path, credential_dirs: Sequence[Path]) -> Path:
+    """``path``'s real location (symlinks and ``..`` resolved), if that lies under one of the
+    ``credential_dirs`` (themselves resolved); ``FileSecretError`` otherwise.  Reading the returned
+    path, not ``path``, means a symlink swapped after the check does not lead outside."""
+    real = Path(os.path.realpath(path))
+    if any(real.is_relative_to(os.path.realpath(d)) for d in credential_dirs):
+        return real
+    dirs = ", ".join(map(str, credential_dirs)) or "none"
+    raise FileSecretError(f"{path} is outside the credential directories ({dirs}); the agent reads "
+                          "DestinationRule credentials only there (agent flag --credential-dir)")
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -124,8 +147,13 @@ def _certificates(path: Path, data: bytes) -> list[x509.Certificate]:
     return certs
 
 
-def load_secret(source: FileSecretSource) -> secret_pb2.Secret:
-    """Read and check ``source``'s files; the secret, inline (blocking: run it in a thread)."""
+def load_secret(source: FileSecretSource, credential_dirs: Sequence[Path] | None = None) -> secret_pb2.Secret:
+    """Read and check ``source``'s files; the secret, inline (blocking: run it in a thread).
+
+    ``credential_dirs``: the only directories files may be read from (``None``: anywhere, for
+    callers that chose the paths themselves); the system bundle is always allowed."""
+    if credential_dirs is not None and source.name != FILE_ROOT_PREFIX + SYSTEM_ROOTS:
+        source = FileSecretSource(source.name, tuple(allowed_path(p, credential_dirs) for p in source.paths))
     if source.is_root:
         (ca_path,) = source.paths
         ca = _read(ca_path)
@@ -158,7 +186,7 @@ class _Watched:
     idle_polls: int = 0
 
 
-def _refresh(w: _Watched, first: bool) -> bool:
+def _refresh(w: _Watched, first: bool, credential_dirs: Sequence[Path] | None) -> bool:
     """Re-read ``w`` if its files changed (always when ``first``); True if its served secret changed.
 
     Blocking (stat and read): run in a thread."""
@@ -169,29 +197,31 @@ def _refresh(w: _Watched, first: bool) -> bool:
         return False
     w.signature = sig
     try:
-        secret = load_secret(w.source)
+        secret = load_secret(w.source, credential_dirs)
     except FileSecretError as exc:
         if str(exc) != w.error:
             w.error = str(exc)
             if w.secret is None:
                 log.warning("SDS secret %s not served: %s (Envoy waits for it; re-read when the files change)",
-                            w.source.name, exc)
+                            safe(w.source.name), safe(exc))
             else:
-                log.warning("SDS secret %s: %s; keeping the last good version", w.source.name, exc)
+                log.warning("SDS secret %s: %s; keeping the last good version", safe(w.source.name), safe(exc))
         return False
     w.error = ""
     if w.secret is not None and w.secret == secret:
         return False
-    log.info("SDS secret %s %s from %s", w.source.name, "loaded" if w.secret is None else "changed",
-             ", ".join(map(str, w.source.paths)))
+    log.info("SDS secret %s %s from %s", safe(w.source.name), "loaded" if w.secret is None else "changed",
+             safe(", ".join(map(str, w.source.paths))))
     w.secret = secret
     return True
 
 
 @dataclass
 class FileSecrets:
-    """The file secrets Envoy asked for, with their last good content."""
+    """The file secrets Envoy asked for, with their last good content; files are read only under
+    ``credential_dirs`` (``None``: anywhere)."""
 
+    credential_dirs: Sequence[Path] | None = DEFAULT_CREDENTIAL_DIRS
     _watched: dict[str, _Watched] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -217,13 +247,14 @@ class FileSecrets:
                 try:
                     w = _Watched(parse_name(name))
                 except FileSecretError as exc:
-                    log.warning("SDS secret not served: %s", exc)
+                    log.warning("SDS secret not served: %s", safe(exc))
                     w = _Watched(None, error=str(exc))
                 self._watched[name] = w
                 new.append(w)
             if not new:
                 return False
-            changed = await asyncio.to_thread(lambda: [_refresh(w, first=True) for w in new])
+            dirs = self.credential_dirs
+            changed = await asyncio.to_thread(lambda: [_refresh(w, True, dirs) for w in new])
             return any(changed)
 
     async def poll(self, wanted: set[str] | None = None) -> bool:
@@ -238,7 +269,7 @@ class FileSecrets:
                     if w.idle_polls >= 2:
                         del self._watched[name]
                         removed = removed or w.secret is not None
-                        log.info("SDS secret %s no longer requested; stopped watching it", name)
-            current = list(self._watched.values())
-            changed = await asyncio.to_thread(lambda: [_refresh(w, first=False) for w in current])
+                        log.info("SDS secret %s no longer requested; stopped watching it", safe(name))
+            current, dirs = list(self._watched.values()), self.credential_dirs
+            changed = await asyncio.to_thread(lambda: [_refresh(w, False, dirs) for w in current])
             return removed or any(changed)

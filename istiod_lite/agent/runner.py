@@ -45,10 +45,12 @@ from istiod_lite.agent.certs import (
     fetch_certificate,
     spiffe_id,
 )
+from istiod_lite.agent.filesecrets import DEFAULT_CREDENTIAL_DIRS
 from istiod_lite.agent.rotation import CertRotator, RotationPolicy
 from istiod_lite.agent.sds import SdsServer
 from istiod_lite.agent.supervisor import EXIT_FAILED, EXIT_OK, EnvoySupervisor, SupervisorOptions
 from istiod_lite.agent.uds import check_socket_path
+from istiod_lite.agent.workdir import prepare_work_dir, write_file
 from istiod_lite.agent.xdsproxy import XdsProxy, XdsProxyConfig
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,8 @@ class AgentConfig:
     #: Where the bootstrap, the SDS and xDS sockets and the PID file go (``None``: a private temp
     #: dir, removed on exit).  Keep it short: a socket path must fit in 107 bytes.
     work_dir: Path | None = None
+    #: The only directories DestinationRule file credentials are read from (``filesecrets``).
+    credential_dirs: tuple[Path, ...] = DEFAULT_CREDENTIAL_DIRS
     rotation: RotationPolicy = field(default_factory=RotationPolicy)
 
     @property
@@ -144,7 +148,7 @@ class WaypointAgent:
         self._own_work_dir = config.work_dir is None
         self.work_dir = config.work_dir or Path(tempfile.mkdtemp(prefix="istiod-lite-waypoint-"))
         self.bootstrap_path = self.work_dir / "bootstrap.json"
-        self.sds = SdsServer(self.work_dir / "sds" / "socket")
+        self.sds = SdsServer(self.work_dir / "sds" / "socket", credential_dirs=config.credential_dirs)
         # Istio's ./etc/istio/proxy/XDS.  The proxy itself is built by ``run``, once the root
         # certificate it trusts has been read; the path is checked now, like the SDS one.
         self.xds_socket_path = self.work_dir / "proxy" / "XDS"
@@ -193,7 +197,10 @@ class WaypointAgent:
         """Run until ``stop`` is set (returns 0) or something fails for good (returns 1)."""
         c = self.config
         try:
-            self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self._own_work_dir:
+                self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            else:
+                prepare_work_dir(self.work_dir)
             root = await asyncio.to_thread(load_root_cert, c.root_cert)
         except (OSError, ValueError) as exc:
             log.error("cannot start: %s", exc)
@@ -256,9 +263,7 @@ class WaypointAgent:
         log.error("certificate rotation stopped unexpectedly: %r; shutting down", exc)
 
     def _write_bootstrap(self) -> None:
-        tmp = self.bootstrap_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.bootstrap(), indent=2, sort_keys=True))
-        tmp.replace(self.bootstrap_path)
+        write_file(self.bootstrap_path, json.dumps(self.bootstrap(), indent=2, sort_keys=True).encode())
 
     async def _supervise(self, stop: asyncio.Event) -> int:
         """Run the supervisor; if the rotator dies (a bug), stop Envoy and fail."""

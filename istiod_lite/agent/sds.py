@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from istiod_lite.agent.bootstrap import DEFAULT_SECRET, ROOT_SECRET
 from istiod_lite.agent.certs import IssuedCertificate
-from istiod_lite.agent.filesecrets import FileSecrets, is_file_secret
+from istiod_lite.agent.filesecrets import DEFAULT_CREDENTIAL_DIRS, FileSecrets, is_file_secret
 from istiod_lite.agent.uds import check_socket_path, start_on_socket
 from istiod_lite.xds import wire
 from istiod_lite.xds.cache import SnapshotCache
@@ -79,7 +79,8 @@ class SdsServer:
     ``file_poll_interval``: seconds between checks of the watched secret files (default
     ``FILE_POLL_INTERVAL``; read again before every sleep, so a change applies from the next one)."""
 
-    def __init__(self, socket_path: Path, *, file_poll_interval: float | None = None) -> None:
+    def __init__(self, socket_path: Path, *, file_poll_interval: float | None = None,
+                 credential_dirs: Sequence[Path] = DEFAULT_CREDENTIAL_DIRS) -> None:
         check_socket_path(socket_path, "SDS socket")
         self.socket_path = socket_path
         self.cache = SnapshotCache(lambda node: _GROUP)
@@ -89,7 +90,7 @@ class SdsServer:
         self._server: grpc.aio.Server | None = None
         self._poller: asyncio.Task[None] | None = None
         self.current: IssuedCertificate | None = None
-        self.files = FileSecrets()
+        self.files = FileSecrets(credential_dirs=tuple(credential_dirs))
         self.file_poll_interval = FILE_POLL_INTERVAL if file_poll_interval is None else file_poll_interval
 
     def register(self, server: grpc.aio.Server) -> None:

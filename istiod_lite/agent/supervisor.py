@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from istiod_lite.agent.rotation import Backoff
+from istiod_lite.agent.workdir import write_file
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class EnvoySupervisor:
         self.process = proc
         self.starts += 1
         if o.pid_path is not None:
-            o.pid_path.write_text(f"{proc.pid}\n")
+            write_file(o.pid_path, f"{proc.pid}\n".encode(), mode=0o644)
         log.info("Envoy started (pid %d): %s", proc.pid, " ".join(self.command()))
         return proc
 

@@ -32,6 +32,8 @@ async def start_on_socket(server: grpc.aio.Server, path: Path) -> None:
     A stale socket left by a previous run is removed first (gRPC would refuse to bind over it).
     Raises ``OSError`` for the directory and ``RuntimeError`` when gRPC cannot bind.
     """
+    if path.parent.is_symlink():  # chmod and bind would follow it out of the work dir
+        raise OSError(f"{path.parent} is a symbolic link")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)  # mkdir's mode is masked by the umask and ignored for existing dirs
     path.unlink(missing_ok=True)

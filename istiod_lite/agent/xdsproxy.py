@@ -46,6 +46,7 @@ import grpc
 from istiod_lite.agent.bootstrap import DEFAULT_CLUSTER_ID
 from istiod_lite.agent.certs import TokenError, read_token, tls_server_name
 from istiod_lite.agent.uds import check_socket_path, start_on_socket
+from istiod_lite.safetext import safe
 from istiod_lite.xds.server import ADS_SERVICE
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class XdsProxy:
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 self.last_error = (code, details)
-                log.warning("xDS stream to %s ended: %s: %s", self.config.upstream, code.name, details)
+                log.warning("xDS stream to %s ended: %s: %s", self.config.upstream, code.name, safe(details, 1024))
                 await context.abort(code, details)
             finally:
                 pump.cancel()

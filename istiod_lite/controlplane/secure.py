@@ -20,6 +20,7 @@ from istiod_lite.ca.errors import CaError
 from istiod_lite.ca.identity import Identity
 from istiod_lite.ca.reviewgate import ReviewGate
 from istiod_lite.ca.service import caller_credentials
+from istiod_lite.safetext import safe
 from istiod_lite.xds.connection import Connection
 from istiod_lite.xds.server import StreamRefused
 
@@ -60,13 +61,14 @@ class XdsAuthenticator:
             identity = await self._authenticate(context)
         except CaError as exc:
             self.refused += 1
-            log.warning("xDS stream from %s (%s) refused: %s", conn.peer, conn.node_id, exc.reason)
+            log.warning("xDS stream from %s (%s) refused: %s", safe(conn.peer), safe(conn.node_id), safe(exc.reason))
             raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, "authentication failure") from None
         namespace, sa = _meta(conn, "NAMESPACE"), _meta(conn, "SERVICE_ACCOUNT")
         if namespace != identity.namespace or (sa and sa != identity.service_account) or not sa:
             self.refused += 1
             log.warning("xDS stream from %s refused: node %s claims %s/%s but authenticated as %s",
-                        conn.peer, conn.node_id, namespace or "-", sa or "-", identity.spiffe)
+                        safe(conn.peer), safe(conn.node_id), safe(namespace or "-"), safe(sa or "-"),
+                        safe(identity.spiffe))
             raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED,
                                 "node metadata NAMESPACE/SERVICE_ACCOUNT do not match the caller's identity")
-        log.info("xDS stream %s authenticated as %s", conn.conn_id, identity.spiffe)
+        log.info("xDS stream %s authenticated as %s", safe(conn.conn_id), safe(identity.spiffe))

@@ -15,12 +15,22 @@ from prometheus_client import CollectorRegistry
 from istiod_lite.addresses import split_host_port
 from istiod_lite.monitoring.exposition import CONTENT_TYPE, render
 
+#: The only callers served /debug/*: this host's own loopback addresses.  Not all of 127.0.0.0/8:
+#: Istio's sidecars re-originate passthrough traffic from 127.0.0.6 (and other tools bind other
+#: 127.x addresses for remote clients), so an address there may carry a remote caller.
+_DEBUG_CALLERS = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
+
 
 def _loopback(remote: str | None) -> bool:
+    if remote is None:
+        return False
     try:
-        return remote is not None and ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
+        addr = ipaddress.ip_address(remote.split("%", 1)[0])
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # a dual-stack socket reports 127.0.0.1 as ::ffff:127.0.0.1
+    return addr in _DEBUG_CALLERS
 
 
 class MonitoringServer:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
 
+from istiod_lite.safetext import safe
 from istiod_lite.xds.resources import ResourceSnapshot
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class SnapshotCache:
             try:
                 self._on_demand(group)
             except Exception:  # the owner's bug must not kill the stream
-                log.exception("on-demand computation for group %s failed", group)
+                log.exception("on-demand computation for group %s failed", safe(group))
 
     def unwatch(self, group: Hashable, event: asyncio.Event) -> None:
         g = self._groups.get(group)

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from istiod_lite.safetext import safe
 from istiod_lite.xds import delta, sotw, wire
 from istiod_lite.xds.admission import FREE, LoadAdmission, Ticket, TokenBucket
 from istiod_lite.xds.cache import SnapshotCache
@@ -222,7 +223,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.connections[conn.conn_id] = conn
         self.metrics.connected.labels(version="").inc()
         self.cache.watch(conn.group, conn.wake)
-        log.info("%s stream %s connected (group %s, peer %s)", variant, conn.conn_id, conn.group, conn.peer)
+        log.info("%s stream %s connected (group %s, peer %s)", variant, safe(conn.conn_id), safe(conn.group),
+                 safe(conn.peer))
         reader = asyncio.create_task(self._read(variant, conn, first, requests))
         try:
             await self._write_loop(variant, conn, context)
@@ -235,7 +237,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             if not self.connections:
                 self.memo.clear()  # nothing left to share it with
             self.metrics.connected.labels(version="").dec()
-            log.info("%s stream %s closed", variant, conn.conn_id)
+            log.info("%s stream %s closed", variant, safe(conn.conn_id))
         if conn.fatal is not None:
             code = getattr(grpc.StatusCode, conn.fatal[0])
             try:
@@ -243,7 +245,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             except grpc.aio.AbortError:
                 raise
             except Exception:  # a stuck peer cannot even take the status; the stream is gone anyway
-                log.debug("stream %s: could not send status %s", conn.conn_id, code)
+                log.debug("stream %s: could not send status %s", safe(conn.conn_id), code)
 
     async def _read(self, variant: str, conn: Connection, first: Any, requests: AsyncIterator[Any]) -> None:
         try:
@@ -256,7 +258,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         except Exception as exc:  # malformed input must end this stream only
-            log.warning("stream %s: bad request: %s", conn.conn_id, exc)
+            log.warning("stream %s: bad request: %s", safe(conn.conn_id), safe(exc))
             conn.fatal = ("INVALID_ARGUMENT", "malformed request")
         finally:
             conn.closed = True
@@ -276,7 +278,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if kind == "nack":
             sub = conn.subs[req.type_url]
             self.metrics.rejected(req.type_url)
-            log.warning("%s NACK from %s: %s", short(req.type_url), conn.node_id, sub.last_error)
+            log.warning("%s NACK from %s: %s", safe(short(req.type_url)), safe(conn.node_id),
+                        safe(sub.last_error, 1024))
         elif kind == "stale":
             self.metrics.stale_nonce(req.type_url)
         if conn.sync_ticket.held and kind in ("ack", "nack") and self._initially_synced(conn):
@@ -342,7 +345,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             try:
                 await asyncio.wait_for(context.write(resp), timeout=self.options.write_timeout)
             except TimeoutError:
-                log.warning("stream %s: write blocked for %.0fs; closing", conn.conn_id, self.options.write_timeout)
+                log.warning("stream %s: write blocked for %.0fs; closing", safe(conn.conn_id),
+                            self.options.write_timeout)
                 conn.fatal = ("UNAVAILABLE", "stream too slow")
                 return False
             except Exception:

@@ -179,7 +179,7 @@ def test_signature_sees_rewrites_and_renames(pki: Pki) -> None:
 # -- FileSecrets: lazy load, polling, last good, pruning ------------------------------------------
 
 async def test_loaded_on_request_then_only_on_change(pki: Pki) -> None:
-    files = FileSecrets()
+    files = FileSecrets(credential_dirs=None)
     assert files.secrets() == {}
     assert await files.request(["default", "ROOTCA", pki.root_name, pki.cert_name])
     assert set(files.secrets()) == {pki.root_name, pki.cert_name}  # only file secrets, read at once
@@ -195,7 +195,7 @@ async def test_missing_file_is_not_served_until_it_appears(pki: Pki, tmp_path: P
                                                            ) -> None:
     later = tmp_path / "later.pem"
     name = f"file-root:{later}"
-    files = FileSecrets()
+    files = FileSecrets(credential_dirs=None)
     assert not await files.request([name])
     assert files.secrets() == {}
     assert "No such file" in files.watched()[name]
@@ -210,7 +210,7 @@ async def test_missing_file_is_not_served_until_it_appears(pki: Pki, tmp_path: P
 
 
 async def test_broken_file_keeps_the_last_good_version(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
-    files = FileSecrets()
+    files = FileSecrets(credential_dirs=None)
     assert await files.request([pki.root_name])
     good = files.secrets()[pki.root_name]
     touch_later(pki.ca_path, b"half-written")
@@ -224,21 +224,21 @@ async def test_broken_file_keeps_the_last_good_version(pki: Pki, caplog: pytest.
 
 
 async def test_same_content_rewritten_is_no_change(pki: Pki) -> None:
-    files = FileSecrets()
+    files = FileSecrets(credential_dirs=None)
     await files.request([pki.root_name])
     touch_later(pki.ca_path, pki.ca_path.read_bytes())
     assert not await files.poll()
 
 
 async def test_malformed_name_is_never_served() -> None:
-    files = FileSecrets()
+    files = FileSecrets(credential_dirs=None)
     assert not await files.request(["file-cert:/no-key.pem"])
     assert "expected file-cert:" in files.watched()["file-cert:/no-key.pem"]
     assert not await files.poll()
 
 
 async def test_unrequested_secrets_are_dropped_after_two_polls(pki: Pki) -> None:
-    files = FileSecrets()
+    files = FileSecrets(credential_dirs=None)
     await files.request([pki.root_name, pki.cert_name])
     assert not await files.poll({pki.root_name})  # first poll without cert_name: kept
     assert set(files.secrets()) == {pki.root_name, pki.cert_name}
@@ -254,12 +254,12 @@ async def test_concurrent_requests_read_once(pki: Pki, monkeypatch: pytest.Monke
     reads: list[str] = []
     real = filesecrets.load_secret
 
-    def counting(source: FileSecretSource) -> secret_pb2.Secret:
+    def counting(source: FileSecretSource, credential_dirs: object = None) -> secret_pb2.Secret:
         reads.append(source.name)
         return real(source)
 
     monkeypatch.setattr(filesecrets, "load_secret", counting)
-    files = FileSecrets()
+    files = FileSecrets(credential_dirs=None)
     results = await asyncio.gather(*(files.request([pki.root_name]) for _ in range(5)))
     assert results.count(True) == 1 and reads == [pki.root_name]
 
@@ -269,7 +269,7 @@ async def test_concurrent_requests_read_once(pki: Pki, monkeypatch: pytest.Monke
 @pytest.fixture
 async def sds(pki: Pki) -> AsyncIterator[SdsServer]:
     with tempfile.TemporaryDirectory(prefix="sds-") as d:  # short: the socket path limit
-        server = SdsServer(Path(d) / "sds" / "socket", file_poll_interval=3600)
+        server = SdsServer(Path(d) / "sds" / "socket", file_poll_interval=3600, credential_dirs=[pki.dir])
         server.update(workload_cert(pki))
         await server.start()
         try:
@@ -338,7 +338,7 @@ async def test_sotw_missing_file_is_pushed_when_it_appears(sds: SdsServer, pki: 
 
 async def test_poller_pushes_without_help(pki: Pki) -> None:
     with tempfile.TemporaryDirectory(prefix="sds-") as d:
-        server = SdsServer(Path(d) / "sds" / "socket", file_poll_interval=0.05)
+        server = SdsServer(Path(d) / "sds" / "socket", file_poll_interval=0.05, credential_dirs=[pki.dir])
         server.update(workload_cert(pki))
         await server.start()
         try:

@@ -16,6 +16,7 @@ from istiod_lite.controlplane.nodes import bind_ip_of, waypoint_of
 from istiod_lite.controlplane.proxykinds.base import Generator, KindContext, ProxyKind
 from istiod_lite.controlplane.snapshots import VersionedCache
 from istiod_lite.model import ConfigSnapshot
+from istiod_lite.safetext import safe
 from istiod_lite.translator import WaypointAssembly, find_waypoints
 from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.core.output import LISTENER
@@ -88,7 +89,7 @@ class WaypointGenerator(Generator[WaypointProxies]):
             if group not in self._absent:
                 self._absent.add(group)
                 log.warning("proxy of waypoint %s (%s) is connected but the waypoint is not in the config; "
-                            "serving it nothing", group.waypoint, group.address)
+                            "serving it nothing", safe(group.waypoint), safe(group.address))
             return EMPTY
         terminate = self._terminate.get(group)
         if terminate is None:
