@@ -19,9 +19,6 @@ pytestmark = pytest.mark.e2e
 FORGED = "203.0.113.7"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 6d, open: in main_internal RBAC's direct_remote_ip is the internal "
-                   "listener's address, not the tunnel's source, so ipBlocks/source.ip match nothing (the positive "
-                   "control times out); remoteIpBlocks [127.0.0.1] does match (remote_ip is the restored source)")
 async def test_forged_x_forwarded_for_does_not_pass_an_ip_blocks_allow(
         tmp_path: Path, backends_factory: BackendsFactory) -> None:
     pods = await backends_factory(1, names=["cart-1"])

@@ -216,12 +216,12 @@ def test_service_accounts_default_to_the_policy_namespace() -> None:
         peer({"safe_regex": {"regex": r"spiffe://.+/ns/other/(.+/|)sa/api\.v1(/.+)?"}})]}}]
 
 
-def test_ip_blocks_are_direct_remote_ip_and_remote_ip_blocks_remote_ip() -> None:
+def test_ip_blocks_are_the_tunnel_source_and_remote_ip_blocks_remote_ip() -> None:
     ids = prin("rules: [{from: [{source: {ipBlocks: [10.1.2.3, 10.0.0.0/8], remoteIpBlocks: ['fd00::/64']}}]}]")
     assert ids == [
         {"or_ids": {"ids": [{"remote_ip": {"address_prefix": "fd00::", "prefix_len": 64}}]}},
-        {"or_ids": {"ids": [{"direct_remote_ip": {"address_prefix": "10.1.2.3", "prefix_len": 32}},
-                            {"direct_remote_ip": {"address_prefix": "10.0.0.0", "prefix_len": 8}}]}}]
+        {"or_ids": {"ids": [{"source_ip": {"address_prefix": "10.1.2.3", "prefix_len": 32}},
+                            {"source_ip": {"address_prefix": "10.0.0.0", "prefix_len": 8}}]}}]
 
 
 def _jwt(claim: str, **match: Any) -> dict[str, Any]:
@@ -248,7 +248,7 @@ def test_source_field_order() -> None:
     ids = prin("rules: [{from: [{source: {ipBlocks: [1.1.1.1], remoteIpBlocks: [2.2.2.2], namespaces: [n], "
                "requestPrincipals: [i/s], principals: [p]}}]}]")
     first = [next(iter(i["or_ids"]["ids"][0])) if "or_ids" in i else "request" for i in ids]
-    assert first == ["filter_state", "request", "filter_state", "remote_ip", "direct_remote_ip"]
+    assert first == ["filter_state", "request", "filter_state", "remote_ip", "source_ip"]
     assert ids[2]["or_ids"]["ids"][0]["filter_state"]["string_match"]["safe_regex"]["regex"] == ".*/ns/n/.*"
 
 
@@ -267,7 +267,7 @@ rules: [{when: [{key: source.ip, values: [10.0.0.1]}, {key: source.namespace, va
                 {key: source.principal, values: [td/ns/x/sa/y]}, {key: source.serviceAccount, values: [sa1]},
                 {key: remote.ip, values: [10.9.0.0/16]}]}]""")
     assert ids == [
-        {"or_ids": {"ids": [{"direct_remote_ip": {"address_prefix": "10.0.0.1", "prefix_len": 32}}]}},
+        {"or_ids": {"ids": [{"source_ip": {"address_prefix": "10.0.0.1", "prefix_len": 32}}]}},
         {"or_ids": {"ids": [peer({"safe_regex": {"regex": ".*/ns/ns1/.*"}})]}},
         {"or_ids": {"ids": [peer({"exact": "spiffe://td/ns/x/sa/y"})]}},
         {"or_ids": {"ids": [peer({"safe_regex": {"regex": "spiffe://.+/ns/shop/(.+/|)sa/sa1(/.+)?"}})]}},
@@ -326,7 +326,7 @@ rules:
     for p in policy["permissions"]:
         assert p["and_rules"]["rules"][-1] == {"or_rules": {"rules": [{"destination_port": 80}]}}
     for p in policy["principals"]:
-        assert p["and_ids"]["ids"][-1]["or_ids"]["ids"][0]["direct_remote_ip"]["address_prefix"] == "1.2.3.4"
+        assert p["and_ids"]["ids"][-1]["or_ids"]["ids"][0]["source_ip"]["address_prefix"] == "1.2.3.4"
 
 
 # --- policies, actions, filters ------------------------------------------------------------------
@@ -409,7 +409,7 @@ def test_tcp_deny_drops_only_the_http_condition() -> None:
     policy = only_policy(fs, tcp=True)
     assert first_permission_rules(policy) == [{"or_rules": {"rules": [{"destination_port": 80}]}}]
     assert first_principal_ids(policy) == [{"or_ids": {"ids": [
-        {"direct_remote_ip": {"address_prefix": "1.1.1.1", "prefix_len": 32}}]}}]
+        {"source_ip": {"address_prefix": "1.1.1.1", "prefix_len": 32}}]}}]
 
 
 def test_tcp_deny_with_request_principals_only_becomes_wider() -> None:

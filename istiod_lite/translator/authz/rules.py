@@ -190,7 +190,12 @@ def _trust_domains(v: str, lim: Limits) -> list[Principal]:
 
 
 def _direct_ip(v: str, lim: Limits) -> list[Principal]:
-    return [Principal(direct_remote_ip=m.cidr(v))]
+    """``ipBlocks`` / ``source.ip``: the address the HBONE tunnel came from.  Istio's sidecars use
+    ``direct_remote_ip``, but inside ``main_internal`` that is the internal listener's own address
+    (no IP: nothing matched, so an ipBlocks DENY failed open); Envoy's ``source_ip`` (deprecated,
+    still served by Envoy 1.40) is the connection's remote address as ``original_dst`` restored it
+    from the tunnel, and never honours ``x-forwarded-for`` (tests/e2e/test_authz_xff.py)."""
+    return [Principal(source_ip=m.cidr(v))]
 
 
 def _remote_ip(v: str, lim: Limits) -> list[Principal]:
