@@ -50,7 +50,7 @@ class FakeWaypoint:
     idx: int
     #: type URL -> name -> version: kept across streams, as Envoy keeps its config.
     held: dict[str, dict[str, str]] = field(default_factory=dict)
-    #: Set when the current stream has answered CDS and LDS and holds both (cleared on each new stream).
+    #: Set while the current stream has answered CDS and LDS and holds both (cleared when it ends).
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     #: Index of the address the current (or last) stream went to.
     address: int = 0
@@ -106,10 +106,12 @@ class FakeWaypoint:
                     self.failures = 0
                     self.synced.set()
         except asyncio.InvalidStateError:  # refused before a write landed: raise its status as a read would
+            self.synced.clear()
             code = await call.code()
             self.closed.append(Closed(time.monotonic(), code, self.address, self.counts()))
             raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), await call.details()) from None
         except grpc.aio.AioRpcError as exc:
+            self.synced.clear()  # no longer connected (it still holds its config)
             self.closed.append(Closed(time.monotonic(), exc.code(), self.address, self.counts()))
             raise
         finally:
