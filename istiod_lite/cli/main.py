@@ -94,7 +94,16 @@ def _serve(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        logging.getLogger("istiod_lite").info("shutting down")
+        log = logging.getLogger("istiod_lite")
+        log.info("shutting down: draining xDS streams over %.1fs (a second signal skips the rest)",
+                 args.shutdown_drain_duration)
+        drain = asyncio.ensure_future(cp.drain(args.shutdown_drain_duration))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, drain.cancel)
+        try:
+            await drain
+        except asyncio.CancelledError:
+            log.warning("drain cut short by a second signal")
         await cp.stop()
 
     asyncio.run(run())
@@ -238,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="streams building or writing a push at once (istiod: PILOT_PUSH_THROTTLE)")
     s.add_argument("--max-connection-age", type=float, default=1800.0, metavar="SECONDS",
                    help="close xDS connections after this age (gRPC adds jitter) to rebalance replicas; 0 = never")
+    s.add_argument("--shutdown-drain-duration", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT: fail /ready, stop accepting, and close the open xDS streams with "
+                        "UNAVAILABLE spread evenly over this time (proxies keep their config and reconnect to "
+                        "another replica), then exit; as istiod's --shutdownDuration, which cuts them all at "
+                        "its end. Keep it below the pod's terminationGracePeriodSeconds (30 s by default)")
     s.set_defaults(func=_serve)
 
     from istiod_lite.cli.hbone_cmd import add_hbone_parser

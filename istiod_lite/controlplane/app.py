@@ -133,6 +133,8 @@ class ControlPlane:
                                             loopz=self.ads.load_status)
         self.config_metrics = ConfigMetrics(self.ads.metrics.registry)
         self.grpc_port = 0
+        #: Set by ``drain``: ``/ready`` fails from then on.
+        self._draining = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _start_controller(self) -> None:
@@ -210,6 +212,24 @@ class ControlPlane:
             len(self.errors), ", ".join(str(w.ref) for w in find_waypoints(self.config)) or "none",
         )
 
+    async def drain(self, period: float) -> None:
+        """Leave gracefully before ``stop``: proxies move to other replicas without losing config.
+
+        In order: ``/ready`` fails at once (the replica leaves its Service's endpoints); the gRPC
+        servers stop accepting (GOAWAY on every connection, listeners closed: a new stream,
+        plaintext or TLS, and a CA request go to another replica, a client that tries here gets
+        UNAVAILABLE); the open ADS streams are closed with UNAVAILABLE one by one, spread evenly
+        over ``period`` (``AdsServer.drain``), each keeping its config.  istiod's ``--shutdownDuration``
+        (10 s) is a gRPC graceful stop: GOAWAY, then every stream still open (ADS streams never end
+        by themselves) is cut when it runs out, so every proxy reconnects at the same moment.
+        """
+        self._draining = True
+        tail = 2.0  # after the last close: its in-flight write, then the streams are cancelled
+        servers = [s for s in (self._grpc, self._secure, self._mtls) if s is not None]
+        stopping = [asyncio.ensure_future(s.stop(period + tail + 1.0)) for s in servers]
+        await self.ads.drain(period, tail=tail)
+        await asyncio.gather(*stopping)
+
     async def stop(self, grace: float = 1.0) -> None:
         self._pending_reconcile = None
         if self._reconcile_task is not None:
@@ -258,8 +278,9 @@ class ControlPlane:
 
     @property
     def ready(self) -> bool:
-        """Serving a complete config, and every background task it needs is alive (``/ready``)."""
-        return self.cache.ready and self._supervisor.healthy
+        """Serving a complete config, every background task it needs is alive, and not shutting
+        down (``/ready``)."""
+        return self.cache.ready and self._supervisor.healthy and not self._draining
 
     @property
     def monitoring_port(self) -> int:

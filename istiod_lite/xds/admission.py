@@ -100,9 +100,11 @@ class LoadAdmission:
         self.sync_timeout = sync_timeout
         self.syncing = 0
         self.refused = 0
+        #: Set by ``close`` (the server is draining): every stream is refused from then on.
+        self.closed = False
         #: Waiters, first come first served within each class; authenticated ones go first.
-        self._waiters: collections.deque[asyncio.Future[Ticket]] = collections.deque()
-        self._priority: collections.deque[asyncio.Future[Ticket]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[Ticket | None]] = collections.deque()
+        self._priority: collections.deque[asyncio.Future[Ticket | None]] = collections.deque()
         if lag is not None and self.max_lag > 0:
             lag.listeners.append(self._dispatch)  # lag back under the threshold: admit waiters
 
@@ -110,7 +112,19 @@ class LoadAdmission:
     def waiting(self) -> int:
         return sum(1 for q in (self._priority, self._waiters) for w in q if not w.done())
 
+    def close(self) -> None:
+        """Refuse every waiting and future stream (shutdown): a waiter would otherwise sit out its
+        whole ``max_wait`` on a server that is about to go, instead of retrying elsewhere now."""
+        self.closed = True
+        for queue in (self._priority, self._waiters):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+
     def _room(self) -> bool:
+        if self.closed:
+            return False
         if self.max_syncing and self.syncing >= self.max_syncing:
             return False
         # The lag guard never blocks the only candidate: progress even when something else is slow.
@@ -139,16 +153,20 @@ class LoadAdmission:
         """A ticket once there is room, or ``None`` after ``max_wait`` seconds (refuse the stream).
 
         ``priority`` (authenticated streams): admitted before every waiting unauthenticated one."""
+        if self.closed:
+            return None
         ahead = self._priority if priority else (self._priority or self._waiters)
         if not ahead and self._room():
             return self._grant()
-        waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Ticket | None] = asyncio.get_running_loop().create_future()
         (self._priority if priority else self._waiters).append(waiter)
         try:
             await asyncio.wait({waiter}, timeout=max(0.0, max_wait))
         except asyncio.CancelledError:  # the stream went away while waiting
             if waiter.done() and not waiter.cancelled():
-                waiter.result().release()
+                ticket = waiter.result()
+                if ticket is not None:
+                    ticket.release()
             else:
                 waiter.cancel()
                 self._forget(waiter)
@@ -158,9 +176,9 @@ class LoadAdmission:
             self._forget(waiter)
             self.refused += 1
             return None
-        return waiter.result()
+        return waiter.result()  # None: closed while waiting
 
-    def _forget(self, waiter: asyncio.Future[Ticket]) -> None:
+    def _forget(self, waiter: asyncio.Future[Ticket | None]) -> None:
         for queue in (self._priority, self._waiters):
             with contextlib.suppress(ValueError):  # already taken by ``_dispatch``
                 queue.remove(waiter)

@@ -82,6 +82,8 @@ class XdsServerOptions:
 
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+#: The status message of a stream closed or refused because this server is shutting down.
+DRAINING = "control plane shutting down; reconnect to another replica"
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
@@ -118,6 +120,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                                      lambda: self.admission.waiting if self.admission else 0)
         self._push_slots = asyncio.Semaphore(max(1, self.options.max_concurrent_pushes))
         self.memo = PushMemo()
+        #: Set by ``drain``: no stream is admitted any more, and the open ones are being closed.
+        self.draining = False
+        #: Set while no stream is open (``drain`` waits for it).
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add ADS to ``server`` with a serializer that accepts pre-encoded responses (wire.py)."""
@@ -153,6 +160,38 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                             "max_new_streams_per_second": self.options.max_new_streams_per_second}
         return out
 
+    async def drain(self, period: float, *, tail: float = 2.0) -> None:
+        """Shutdown: refuse new streams and close the open ones, spread evenly over ``period``.
+
+        Each open stream is ended with UNAVAILABLE (retriable: Envoy and gRPC clients reconnect with
+        backoff, through a Service to another replica) after whatever it is writing, never with a
+        response: a proxy keeps the config it holds and, on Delta, tells the next server what it holds
+        (R33), so it is sent only what differs.  Closing them one by one instead of all at once keeps
+        the reconnects from arriving on the other replicas as one storm.  Returns once every stream
+        has ended, or ``tail`` seconds after the last was told to (a write blocked on a stuck peer:
+        the caller's server stop cancels it).
+        """
+        self.draining = True
+        if self.admission is not None:
+            self.admission.close()
+        streams = sorted(self.connections.values(), key=lambda c: (c.connected_at, c.conn_id))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        if streams:
+            log.info("draining %d xDS streams over %.1fs", len(streams), period)
+        for i, conn in enumerate(streams):
+            # Stream i closes at start + i * period / n: the first at once, the last one step before the end.
+            delay = start + period * i / len(streams) - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if conn.fatal is None and not conn.closed:
+                conn.fatal = ("UNAVAILABLE", DRAINING)
+                conn.wake.set()  # the writer ends the stream once its current push is written
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_streams.wait(), tail)
+        if self.connections:
+            log.warning("%d xDS streams still open after the drain", len(self.connections))
+
     # -- gRPC methods --------------------------------------------------------------------------
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
@@ -172,6 +211,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             # Never answer before the first complete config exists: an empty LDS/CDS would
             # delete everything a reconnecting Envoy holds (R48).
             await context.abort(grpc.StatusCode.UNAVAILABLE, "control plane is not ready")
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
         if self.admission is not None:
             self.lag.start()
         try:
@@ -197,6 +238,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             except StreamRefused as exc:
                 await context.abort(exc.code, exc.message)
         ticket = await self._admit(context, priority=authenticated)
+        if self.draining:  # admitted just as the drain began: it would not be closed by it
+            ticket.release()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
         conn.sync_ticket = ticket
         try:
             await self._serve_admitted(variant, conn, first, requests, context)
@@ -212,6 +256,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if self.admission is None:
             return FREE
         ticket = await self.admission.admit(wait, priority=priority)
+        if ticket is None and self.draining:  # refused because the server is going away
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
         if ticket is None:
             self.metrics.admission_refused.labels(reason="load").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy; retry with backoff")
@@ -221,6 +267,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def _serve_admitted(self, variant: str, conn: Connection, first: Any, requests: AsyncIterator[Any],
                               context: grpc.aio.ServicerContext) -> None:
         self.connections[conn.conn_id] = conn
+        self._no_streams.clear()
         self.metrics.connected.labels(version="").inc()
         self.cache.watch(conn.group, conn.wake)
         log.info("%s stream %s connected (group %s, peer %s)", variant, safe(conn.conn_id), safe(conn.group),
@@ -236,6 +283,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             self.connections.pop(conn.conn_id, None)
             if not self.connections:
                 self.memo.clear()  # nothing left to share it with
+                self._no_streams.set()
             self.metrics.connected.labels(version="").dec()
             log.info("%s stream %s closed", variant, safe(conn.conn_id))
         if conn.fatal is not None:

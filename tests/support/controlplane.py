@@ -65,9 +65,10 @@ def waypoint_resources(cp: ControlPlane) -> dict[WaypointRef, dict[str, list[Ver
 class ServerProcess:
     """``istiod-lite serve`` as a child process; ``grpc_port``/``monitoring_port`` are free ports."""
 
-    def __init__(self, config_dir: Path, log_path: Path) -> None:
+    def __init__(self, config_dir: Path, log_path: Path, extra_args: Sequence[str] = ()) -> None:
         self.config_dir = config_dir
         self.log_path = log_path
+        self.extra_args = tuple(extra_args)
         self.grpc_port = free_port()
         self.monitoring_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -76,9 +77,9 @@ class ServerProcess:
         cmd = [
             sys.executable, "-m", "istiod_lite.cli.main", "serve", "--config", str(self.config_dir),
             "--grpc-addr", f"127.0.0.1:{self.grpc_port}", "--monitoring-addr", f"127.0.0.1:{self.monitoring_port}",
-            "--debounce-quiet", "0.05",
+            "--debounce-quiet", "0.05", *self.extra_args,
         ]
-        log = open(self.log_path, "wb")  # noqa: SIM115 (closed by the child's lifetime)
+        log = open(self.log_path, "ab")  # noqa: SIM115 (closed by the child's lifetime)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
         deadline = asyncio.get_running_loop().time() + timeout
         async with aiohttp.ClientSession() as http:
@@ -99,13 +100,22 @@ class ServerProcess:
         except OSError:
             return "(no log)"
 
+    async def terminate(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (the server drains, then exits) and wait up to ``timeout`` for the exit code;
+        None if it had to be killed."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.proc.poll() is None:
+            if asyncio.get_running_loop().time() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
     async def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        for _ in range(50):
-            if self.proc.poll() is not None:
-                return
-            await asyncio.sleep(0.1)
-        self.proc.kill()
-        self.proc.wait()
+        if self.proc is not None and self.proc.poll() is None:
+            await self.terminate(15.0)
