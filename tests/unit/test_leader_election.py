@@ -101,7 +101,8 @@ async def test_a_clean_stop_releases_the_lease_for_an_immediate_takeover(tmp_pat
                 await asyncio.sleep(0.3)
                 assert leaders([a, b]) == ["a"]
                 await a.stop()  # release
-                assert (kube.lease(NS, LEASE) or {})["spec"]["holderIdentity"] == ""
+                # released (or already taken by b, which may have been retrying at that very moment)
+                assert (kube.lease(NS, LEASE) or {})["spec"]["holderIdentity"] in ("", "b")
                 stopped = time.monotonic()
                 took = await wait_for(lambda: b.is_leader, 3, "b never took the released lease") - stopped
                 assert took < 2 * RETRY + 0.2, f"takeover after a release took {took:.2f} s"
