@@ -13,6 +13,7 @@ from pathlib import Path
 
 from istiod_lite.agent.bootstrap import WaypointIdentity, waypoint_bootstrap
 from istiod_lite.controlplane.debounce import DebounceOptions
+from istiod_lite.controlplane.leader import LeaderElectionOptions, default_namespace
 from istiod_lite.model.meshconfig import MeshConfig, MeshConfigInvalid, load_mesh_config
 from istiod_lite.xds.server import XdsServerOptions
 
@@ -25,6 +26,13 @@ def _mesh(path: str | None) -> MeshConfig | None:
         return load_mesh_config(path)
     except (MeshConfigInvalid, OSError) as exc:
         raise SystemExit(f"error: --mesh-config {path}: {exc}") from None
+
+
+def _leader_election(args: argparse.Namespace) -> LeaderElectionOptions:
+    """Kubernetes' proportions (15 s lease, 10 s renew deadline, 2 s retry) for any ``--lease-duration``."""
+    lease = float(args.lease_duration)
+    return LeaderElectionOptions(namespace=args.leader_election_namespace or default_namespace(),
+                                 lease_duration=lease, renew_deadline=lease * 2 / 3, retry_period=lease * 2 / 15)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -63,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         waypoint_controller=WaypointControllerOptions(image=args.waypoint_image, istiod_address=args.istiod_address,
                                                       trust_domain=args.trust_domain)
         if kube is not None and args.waypoint_image else None,
+        leader_election=_leader_election(args) if kube is not None and args.leader_elect else None,
         grpc_addr="" if args.no_plaintext else args.grpc_addr,
         secure_grpc_addr=secure,
         ca=ca,
@@ -218,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "'istiod-lite waypoint run' in IMAGE, Service) and write its status")
     s.add_argument("--istiod-address", default="istiod-lite.istio-system.svc", metavar="HOST",
                    help="how deployed waypoints reach this server (port 15012 is appended)")
+    s.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
+                   help="with a cluster: only the replica holding the Lease istiod-lite-leader writes to it (status, "
+                        "waypoint controller); every replica serves xDS and the CA (default: on)")
+    s.add_argument("--leader-election-namespace", default="", metavar="NS",
+                   help="namespace of the leader Lease (default: the pod's, POD_NAMESPACE, else istio-system)")
+    s.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS",
+                   help="how long a leader's Lease lasts without renewal: the longest takeover after a leader "
+                        "dies (renew deadline 2/3 and retry 2/15 of it, Kubernetes' defaults at 15 s)")
     s.add_argument("--no-cluster-config", action="store_true",
                    help="use the cluster only for TokenReview, not as a config source")
     s.add_argument("--token-review-in-cluster", action="store_true",

@@ -24,6 +24,7 @@ from istiod_lite.ca.runtime import CaRuntime
 from istiod_lite.controlplane.affects import affected_types, push_reason
 from istiod_lite.controlplane.config_metrics import ConfigMetrics
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
+from istiod_lite.controlplane.leader import LeaderElectionOptions, LeaderElector
 from istiod_lite.controlplane.memtrim import MemoryTrimmer
 from istiod_lite.controlplane.proxykinds import PROXY_KINDS, KindContext, ProxyKind, ProxyKindTable
 from istiod_lite.controlplane.secure import XdsAuthenticator
@@ -35,6 +36,7 @@ from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.monitoring.http import MonitoringServer
 from istiod_lite.sources import DirectorySource, KubeSource, KubeSourceOptions, MergedSource, Source, SourceUpdate
 from istiod_lite.sources.kube import api_client_for
+from istiod_lite.sources.kube_status import StatusReporter
 from istiod_lite.translator import find_waypoints
 from istiod_lite.translator.diagnostics import diagnose
 from istiod_lite.xds.cache import SnapshotCache
@@ -77,6 +79,9 @@ class ControlPlaneOptions:
     waypoint_controller: WaypointControllerOptions | None = None
     #: Istio MeshConfig (``--mesh-config``): access logging defaults, providers, root namespace.
     mesh: MeshConfig | None = None
+    #: With ``kube``: only the replica holding this Lease writes to the cluster (status, waypoint
+    #: controller); every replica serves.  None = this replica always writes.
+    leader_election: LeaderElectionOptions | None = None
 
 
 def build_source(options: ControlPlaneOptions) -> Source:
@@ -127,6 +132,7 @@ class ControlPlane:
         self._controller: WaypointController | None = None
         self._pending_reconcile: ConfigSnapshot | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
+        self.elector: LeaderElector | None = None
         #: Source, debouncer, memory trimmer, reconcile: a task that dies fails ``/ready`` at once.
         self._supervisor = TaskSupervisor()
         self._monitoring = MonitoringServer(lambda: self.ready, self.ads.status, self.ads.metrics.registry,
@@ -199,6 +205,7 @@ class ControlPlane:
             await self._mtls.start()
         await self._monitoring.start(self.options.monitoring_addr)
         self._start_controller()
+        self._start_leader_election()
         self._reconcile_soon(self.config)
         self._supervisor.spawn(self.source.run(self._on_source_update), "source")
         self._supervisor.spawn(self._debouncer.run(), "debounce")
@@ -231,6 +238,8 @@ class ControlPlane:
         await asyncio.gather(*stopping)
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.elector is not None:  # writes stop, and the lease goes to another replica at once
+            await self.elector.stop()
         self._pending_reconcile = None
         if self._reconcile_task is not None:
             with contextlib.suppress(Exception):
@@ -244,10 +253,45 @@ class ControlPlane:
         await self._monitoring.stop()
         self.ads.stop_monitoring()
 
+    def _start_leader_election(self) -> None:
+        """Cluster mode with several replicas: gate the writers on the Lease (docs/kubernetes.md)."""
+        opts = self.options.leader_election
+        if opts is None or self.options.kube is None:
+            return
+        self.elector = LeaderElector(api_client_for(self.options.kube), opts, on_started=self._on_elected,
+                                     on_stopped=self._on_deposed, registry=self.ads.metrics.registry)
+        if self._controller is not None:
+            self._controller.may_write = lambda: self._may_write
+        for reporter in self._status_reporters():
+            reporter.set_write_gate(lambda: self._may_write)
+        self._supervisor.spawn(self.elector.run(), "leader-election", long_running=False)
+
+    @property
+    def _may_write(self) -> bool:
+        return self.elector is None or self.elector.is_leader
+
+    def _status_reporters(self) -> list[StatusReporter]:
+        sources = [self.source, *getattr(self.source, "sources", ())]
+        return [s.status_reporter for s in sources if isinstance(s, KubeSource) and s.status_reporter is not None]
+
+    def _on_elected(self) -> None:
+        """Leader now: what the previous leader left is not known, so re-apply the current snapshot."""
+        if self._controller is not None:
+            self._controller.invalidate()
+        for reporter in self._status_reporters():
+            reporter.resume()
+        self._reconcile_soon(self.config)
+
+    def _on_deposed(self) -> None:
+        """Not the leader any more: no new reconcile (the writes of one in flight are refused)."""
+        self._pending_reconcile = None
+        if self._reconcile_task is not None:
+            self._reconcile_task.cancel()
+
     def _reconcile_soon(self, snapshot: ConfigSnapshot) -> None:
         """Hand the snapshot to the waypoint controller (cluster mode): it applies off the loop,
-        one reconcile at a time, always with the newest snapshot."""
-        if self._controller is None:
+        one reconcile at a time, always with the newest snapshot; only on the leader."""
+        if self._controller is None or not self._may_write:
             return
         self._pending_reconcile = snapshot
         if self._reconcile_task is None or self._reconcile_task.done():
@@ -255,7 +299,7 @@ class ControlPlane:
 
     async def _reconcile_loop(self) -> None:
         assert self._controller is not None
-        while self._pending_reconcile is not None:
+        while self._pending_reconcile is not None and self._may_write:
             snapshot, self._pending_reconcile = self._pending_reconcile, None
             try:
                 result = await asyncio.to_thread(self._controller.reconcile, snapshot)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from istiod_lite.controlplane.leader import DEFAULT_LEASE_NAME
 from istiod_lite.model.kind_declaration import DeclaredKind, StatusWriter
 from istiod_lite.model.registry import declared_kinds
 
@@ -28,6 +29,7 @@ _HEADER = """\
 # creates the object is also authorised as create, on what it deploys for a waypoint Gateway and on
 # the istio-ca-root-cert ConfigMaps, and patch on the status of the kinds whose status istiod-lite
 # writes: a waypoint Gateway's address, and why an Istio resource was rejected (sources/kube_status.py).
+# The Role (istio-system only) is leader election's Lease (controlplane/leader.py): only the leader writes.
 """
 
 
@@ -39,12 +41,16 @@ class Rule:
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
     comment: str = ""
+    #: ``resourceNames``: only these objects (empty = any).
+    names: tuple[str, ...] = ()
 
     def render(self) -> str:
         lines = [f"  # {self.comment}"] if self.comment else []
         lines += [f"  - apiGroups: [{_quote(self.group)}]",
-                  f"    resources: [{', '.join(self.resources)}]",
-                  f"    verbs: [{', '.join(self.verbs)}]"]
+                  f"    resources: [{', '.join(self.resources)}]"]
+        if self.names:
+            lines.append(f"    resourceNames: [{', '.join(self.names)}]")
+        lines.append(f"    verbs: [{', '.join(self.verbs)}]")
         return "\n".join(lines) + "\n"
 
 
@@ -58,6 +64,13 @@ STATIC_RULES: tuple[Rule, ...] = (
     Rule("", ("serviceaccounts", "services"), ("get",),
          "read before writing: an existing object without the managed label is not ours to change"),
     Rule("apps", ("deployments",), ("create", "patch", "get")),
+)
+
+#: The Role in istiod-lite's namespace: leader election (controlplane/leader.py).  ``create`` cannot
+#: be limited to a name (the object does not exist yet); reading and renewing are, to the one Lease.
+LEASE_RULES: tuple[Rule, ...] = (
+    Rule("coordination.k8s.io", ("leases",), ("create",), "leader election: only the leader writes to the cluster"),
+    Rule("coordination.k8s.io", ("leases",), ("get", "update"), names=(DEFAULT_LEASE_NAME,)),
 )
 
 
@@ -89,6 +102,7 @@ def cluster_role_rules(kinds: tuple[DeclaredKind, ...] | None = None) -> list[Ru
 def render_rbac(kinds: tuple[DeclaredKind, ...] | None = None) -> str:
     """The text of deploy/rbac.yaml: the ServiceAccount, the ClusterRole and its binding."""
     rules = "".join(r.render() for r in cluster_role_rules(kinds))
+    lease_rules = "".join(r.render() for r in LEASE_RULES)
     return f"""{_HEADER}apiVersion: v1
 kind: ServiceAccount
 metadata:
@@ -108,6 +122,27 @@ metadata:
 roleRef:
   apiGroup: rbac.authorization.k8s.io
   kind: ClusterRole
+  name: {SERVICE_ACCOUNT}
+subjects:
+  - kind: ServiceAccount
+    name: {SERVICE_ACCOUNT}
+    namespace: {NAMESPACE}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: {SERVICE_ACCOUNT}
+  namespace: {NAMESPACE}
+rules:
+{lease_rules}---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: {SERVICE_ACCOUNT}
+  namespace: {NAMESPACE}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
   name: {SERVICE_ACCOUNT}
 subjects:
   - kind: ServiceAccount

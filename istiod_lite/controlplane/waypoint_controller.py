@@ -25,7 +25,10 @@ with ``asyncio.to_thread`` from the event loop) does, for the snapshot's Gateway
 Requests are sent only when the desired object changed since the last successful apply (a cache
 keyed by object), so re-running on an unchanged snapshot sends nothing; the apply itself is
 idempotent too.  ``invalidate()`` drops the cache (call it periodically to repair objects changed
-behind the controller's back).  A failed apply is logged, counted in the result and retried at the next reconcile.
+behind the controller's back).  With several replicas only the leader writes: ``may_write`` (set by
+the control plane to the elector's ``is_leader``) is checked right before every write, and a
+reconcile stops at the first write it refuses (``ReconcileResult.interrupted``).
+A failed apply is logged, counted in the result and retried at the next reconcile.
 RBAC needed (deploy/rbac.yaml): ``create`` + ``patch`` on serviceaccounts, services, configmaps and
 deployments.apps (an apply that creates needs ``create`` too), ``get`` on serviceaccounts, services and
 deployments.apps (the ownership check), ``patch`` on gateways/status.
@@ -67,6 +70,10 @@ _PATHS: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
+class NotLeader(Exception):
+    """A write was about to be sent by a replica that is not (or no longer) the leader."""
+
+
 class ApplyError(Exception):
     """The API server refused a request (HTTP status and the start of its answer)."""
 
@@ -98,6 +105,8 @@ class ReconcileResult:
     errors: list[str] = field(default_factory=list)
     #: One ``conflict_message`` per Gateway left undeployed because an object of its name is not ours.
     conflicts: list[str] = field(default_factory=list)
+    #: Stopped early: this replica stopped being the leader (nothing more was written).
+    interrupted: bool = False
 
 
 def _now() -> str:
@@ -124,6 +133,8 @@ class WaypointController:
         self._applied: dict[str, tuple[str, dict[str, Any]]] = {}
         #: Gateway (ns, name) -> (uid, generation, address, conflict) of the status last written.
         self._status: dict[tuple[str, str], tuple[str, int, str, str]] = {}
+        #: Asked right before every write: only the leader writes (``controlplane/leader.py``).
+        self.may_write: Callable[[], bool] = lambda: True
 
     def reconcile(self, snapshot: ConfigSnapshot) -> ReconcileResult:
         """Bring the cluster in line with the snapshot's waypoint Gateways (see the module docstring)."""
@@ -132,9 +143,13 @@ class WaypointController:
         if self.options.root_cert_pem is not None:
             namespaces = {ns.name for ns in snapshot.of_kind(Namespace)} | {g.namespace for g in gateways}
             for ns in sorted(namespaces):
+                if result.interrupted:
+                    return result
                 self._apply(render_root_cert_configmap(ns, self.options.root_cert_pem), result)
         live: set[tuple[str, str]] = set()
         for gw in gateways:
+            if result.interrupted:
+                return result
             live.add((gw.namespace, gw.name))
             self._reconcile_gateway(gw, result)
         for key in [k for k in self._status if k not in live]:
@@ -195,6 +210,9 @@ class WaypointController:
         path = object_path(body, subresource="status")
         try:
             self._patch(path, body)
+        except NotLeader:
+            result.interrupted = True
+            return
         except Exception as exc:
             log.warning("waypoint controller: %s", exc)
             result.errors.append(str(exc))
@@ -222,6 +240,9 @@ class WaypointController:
             body = {**obj, "metadata": {**obj["metadata"], "resourceVersion": resource_version}}
         try:
             answer = self._patch(path, body)
+        except NotLeader:
+            result.interrupted = True
+            return None
         except Exception as exc:
             log.warning("waypoint controller: %s", exc)
             result.errors.append(str(exc))
@@ -233,6 +254,8 @@ class WaypointController:
 
     def _patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """One server-side apply; the body is a dict, serialised as JSON (valid YAML) by the client."""
+        if not self.may_write():
+            raise NotLeader(path)
         status, data = self._call("PATCH", path, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
                                   headers={"Content-Type": APPLY_CONTENT_TYPE}, body=body)
         if status not in (200, 201):

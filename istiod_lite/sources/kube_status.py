@@ -39,6 +39,10 @@ How it stays cheap and harmless (docs/kubernetes.md):
 * **Never in the way**: a failed write is logged and dropped: 403 (RBAC), 404 (object or CRD gone),
   409 (the object changed since: its newer event is re-evaluated), 422; 429/5xx/connection errors
   are retried a few times with backoff.  Nothing here can raise into the source.
+* **Only the leader writes** (several replicas, ``controlplane/leader.py``): ``set_write_gate``
+  installs a test made right before every write; while it says no, observations keep collecting
+  (the newest per object) and nothing is sent; ``resume()`` (on becoming leader) writes what is
+  pending.  An observation the gate stopped mid-way goes back to the pending map.
 * **Optimistic concurrency**: the apply carries the observed ``resourceVersion``, so a status about
   an older version of the object is never written over a newer one.
 """
@@ -174,6 +178,8 @@ class StatusReporter:
         self._busy = False
         self._thread: threading.Thread | None = None
         self._rbac_logged = False
+        #: Writes happen only while this says True (the leader); always, without leader election.
+        self._may_write: Callable[[], bool] = lambda: True
         self.stats = ReporterStats()
 
     # -- called by the source (must never block or raise) ----------------------------------------
@@ -202,6 +208,17 @@ class StatusReporter:
             self._retries.pop(key, None)
             self._done.pop(key, None)
 
+    def set_write_gate(self, may_write: Callable[[], bool]) -> None:
+        """Write only while ``may_write()`` (checked right before each write, from the writer thread)."""
+        with self._cond:
+            self._may_write = may_write
+            self._cond.notify_all()
+
+    def resume(self) -> None:
+        """The gate opened (this replica became the leader): write what is pending."""
+        with self._cond:
+            self._cond.notify_all()
+
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
@@ -226,6 +243,9 @@ class StatusReporter:
         with self._cond:
             self._busy = False
             while not self._stop:
+                if (self._pending or self._retries) and not self._may_write():
+                    self._cond.wait(1.0)  # not the leader: ``resume()`` wakes us
+                    continue
                 if self._pending:
                     key = next(iter(self._pending))
                     self._busy = True
@@ -258,6 +278,10 @@ class StatusReporter:
             done = self._done.get(obs.key)
         if have == want or done == (obs.uid, want):
             self.stats.skipped += 1
+            return
+        if not self._may_write():  # leadership lost since ``_next``: keep it for the next leader term
+            with self._cond:
+                self._pending.setdefault(obs.key, obs)
             return
         try:
             status = self._write(obs, want)

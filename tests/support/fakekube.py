@@ -43,6 +43,12 @@ apply created the object, as RBAC authorises it.  Istio kinds, Gateways, Service
 have a status subresource (``STATUS_SUBRESOURCE``); ``apply`` keeps their stored status when the
 applied object has none, and keeps ``metadata.generation`` as a real server does.
 
+Leases (``coordination.k8s.io/v1``, for leader election): ``GET .../namespaces/NS/leases/NAME``,
+``POST .../namespaces/NS/leases`` (409 ``AlreadyExists`` when present) and ``PUT .../leases/NAME``
+(409 ``Conflict`` when ``metadata.resourceVersion`` is not the stored one, 404 when absent), kept
+apart from the watched kinds (nothing watches them); ``lease(ns, name)`` reads one, and
+``resource_requests()`` reports them as ``get``/``create``/``update``.
+
 To extend further, register a handler with
 ``add_route(method, path_regex, handler)``: the handler gets the ``RecordedRequest`` and returns
 ``(status, json_body)``.  Routes are matched against the path without the query string, in
@@ -130,6 +136,8 @@ _OBJECT_PATH = re.compile(
     r"/(?:api/(?P<cv>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
     r"/(?P<name>[^/]+)(?:/(?P<sub>status))?")
 
+_LEASE_PATH = re.compile(r"/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases(?:/(?P<name>[^/]+))?")
+
 
 class _Server(http.server.ThreadingHTTPServer):
     #: A watching client opens one connection per kind at once; the default backlog of 5 drops SYNs
@@ -205,6 +213,8 @@ class FakeKubeApiServer:
 
     def __init__(self, *, client_token: str = DEFAULT_CLIENT_TOKEN, host: str = "127.0.0.1") -> None:
         self.client_token = client_token
+        #: More bearer tokens accepted as clients (several replicas told apart in ``requests``).
+        self.client_tokens: set[str] = set()
         self.tokens: dict[str, FakeTokenUser] = {}
         self.requests: list[RecordedRequest] = []
         self.fail_status: int | None = None
@@ -227,6 +237,8 @@ class FakeKubeApiServer:
         self._next_uid = 0
         #: (resource name, ns, name) -> field manager -> top-level ``status`` keys it applied.
         self._status_owners: dict[tuple[str, str, str], dict[str, set[str]]] = {}
+        #: (namespace, name) -> Lease.
+        self._leases: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._httpd = _Server((check_loopback(host), 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -455,6 +467,13 @@ class FakeKubeApiServer:
                 plural = f"{o['plural']}/status" if o["sub"] else o["plural"]
                 out.add(("patch", f"{plural}.{group}" if group else plural))
                 continue
+            if r.method in ("POST", "PUT") and (o is not None or r.method == "POST"):
+                target = o or _RESOURCE_PATH.fullmatch(r.path)
+                if target is not None:
+                    group = "" if target["cv"] else target["group"]
+                    verb = "create" if r.method == "POST" else "update"
+                    out.add((verb, f"{target['plural']}.{group}" if group else target["plural"]))
+                    continue
             if r.method == "GET" and o is not None and not o["sub"]:
                 group = "" if o["cv"] else o["group"]
                 out.add(("get", f"{o['plural']}.{group}" if group else o["plural"]))
@@ -590,6 +609,48 @@ class FakeKubeApiServer:
             self._emit(res.name, {"type": "ADDED" if old is None else "MODIFIED", "object": new}, m["ns"])
             return (201 if old is None else 200), new
 
+    def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The stored Lease (None if absent)."""
+        with self._lock:
+            obj = self._leases.get((namespace, name))
+        return json.loads(json.dumps(obj)) if obj is not None else None
+
+    def _serve_lease(self, request: RecordedRequest) -> tuple[int, Any] | None:
+        """GET/PUT of ``.../leases/NAME`` and POST of ``.../leases``, with optimistic concurrency."""
+        m = _LEASE_PATH.fullmatch(request.path)
+        if m is None:
+            return None
+        ns, name = m["ns"], m["name"]
+        with self._lock:
+            if request.method == "GET" and name:
+                lease = self._leases.get((ns, name))
+                if lease is None:
+                    return 404, _status_object(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found')
+                return 200, json.loads(json.dumps(lease))
+            body = request.body
+            if request.method not in ("POST", "PUT") or not isinstance(body, dict):
+                return 400, _status_object(400, "BadRequest", "a Lease object is required")
+            meta = dict(body.get("metadata") or {})
+            name = name or str(meta.get("name") or "")
+            old = self._leases.get((ns, name))
+            if request.method == "POST":
+                if old is not None:
+                    return 409, _status_object(409, "AlreadyExists", f'leases.coordination.k8s.io "{name}" '
+                                                                     f'already exists')
+            elif old is None:
+                return 404, _status_object(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found')
+            elif meta.get("resourceVersion") != old["metadata"]["resourceVersion"]:
+                return 409, _status_object(409, "Conflict", f'Operation cannot be fulfilled on '
+                                           f'leases.coordination.k8s.io "{name}": the object has been modified; '
+                                           f'please apply your changes to the latest version and try again')
+            self._rv += 1
+            meta.update(name=name, namespace=ns, resourceVersion=str(self._rv))
+            meta.setdefault("uid", f"uid-lease-{ns}-{name}")
+            lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
+                     "spec": json.loads(json.dumps(body.get("spec") or {}))}
+            self._leases[(ns, name)] = lease
+            return (201 if old is None else 200), json.loads(json.dumps(lease))
+
     # -- inspection --------------------------------------------------------------------------------
     def token_reviews(self) -> list[Any]:
         """Bodies of the TokenReview requests received so far."""
@@ -604,7 +665,8 @@ class FakeKubeApiServer:
             fail_status, delay = self.fail_status, self.delay
         if delay:
             time.sleep(delay)
-        if request.headers.get("authorization") != f"Bearer {self.client_token}":
+        accepted = {f"Bearer {t}" for t in {self.client_token, *self.client_tokens}}
+        if request.headers.get("authorization") not in accepted:
             return 401, _status_object(401, "Unauthorized", "Unauthorized")
         if fail_status is not None:
             return fail_status, _status_object(fail_status, "InternalError", "injected failure")
@@ -613,6 +675,9 @@ class FakeKubeApiServer:
                 return handler(request)
         if request.method == "POST" and request.path == TOKEN_REVIEW_PATH:
             return self._token_review(request.body)
+        leased = self._serve_lease(request)
+        if leased is not None:
+            return leased
         served = self._serve_resource(request)
         if served is not None:
             return served

@@ -41,8 +41,8 @@ def find(kind: str, name: str) -> dict[str, Any]:
 def test_every_manifest_parses_and_lives_in_istio_system() -> None:
     docs = manifests()
     kinds = {d["kind"] for d in docs}
-    assert kinds == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
-                     "PodDisruptionBudget", "CustomResourceDefinition"}
+    assert kinds == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                     "Deployment", "Service", "PodDisruptionBudget", "CustomResourceDefinition"}
     for d in docs:
         assert d["apiVersion"] and d["metadata"]["name"]
         if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
@@ -137,3 +137,27 @@ def test_cluster_role_covers_exactly_the_requests_sent(tmp_path: Path) -> None:
         assert controller.reconcile(ConfigSnapshot.build([parse_object(gw)])).errors == []
         used = kube.resource_requests()
     assert used == granted
+
+
+async def test_role_grants_exactly_the_lease_requests_of_leader_election(tmp_path: Path) -> None:
+    """The Role in istio-system: create, get and update of the one Lease, and nothing else."""
+    import asyncio
+
+    from istiod_lite.controlplane.leader import LeaderElectionOptions, LeaderElector
+
+    role = find("Role", "istiod-lite")
+    binding = find("RoleBinding", "istiod-lite")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "istiod-lite"}
+    granted = {(verb, f"{r}.{g}") for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for verb in rule["verbs"]}
+    assert all(rule.get("resourceNames", ["istiod-lite-leader"]) == ["istiod-lite-leader"] for rule in role["rules"])
+    with FakeKubeApiServer() as kube:
+        api = api_client_for(KubeSourceOptions(kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig")))
+        elector = LeaderElector(api, LeaderElectionOptions(identity="a", lease_duration=1, renew_deadline=0.6,
+                                                           retry_period=0.05))
+        task = asyncio.create_task(elector.run())
+        while elector.transitions == 0 or len(kube.requests) < 4:  # created, then read and renewed
+            await asyncio.sleep(0.02)
+        await elector.stop()
+        await task
+        assert kube.resource_requests() == granted
