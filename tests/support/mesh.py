@@ -125,6 +125,9 @@ class Mesh:
                 envoy=EnvoySettings(binary=envoy_binary(), admin_port=free_port(), concurrency=1,
                                     output_path=work / "envoy.out", termination_drain_duration=0.5),
                 work_dir=work,
+                # DestinationRule file credentials of the tests live under the test's directory
+                # (in a pod: the agent's --credential-dir, by default /etc/certs and /etc/istio).
+                credential_dirs=(self.tmp,),
             )
             agent = WaypointAgent(config)
             import asyncio
