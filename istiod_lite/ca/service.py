@@ -31,6 +31,7 @@ from istiod_lite.ca.backend import SigningBackend
 from istiod_lite.ca.errors import CaError
 from istiod_lite.ca.metrics import CaMetrics
 from istiod_lite.ca.reviewgate import ReviewGate
+from istiod_lite.safetext import safe
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,13 @@ class CaService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[mi
             chain = await self._issue(request, metadata, peer_der, context.peer())
         except CaError as exc:
             self.metrics.failed(exc.code)
-            log.warning("CreateCertificate from %s refused (%s): %s", context.peer(), exc.code.name, exc.reason)
+            # The reason may quote what the caller sent (a CSR's SANs, a token's claims): escaped.
+            log.warning("CreateCertificate from %s refused (%s): %s", safe(context.peer() or ""), exc.code.name,
+                        safe(exc.reason))
             await context.abort(exc.code, exc.public_message)
         except Exception:
             self.metrics.failed(grpc.StatusCode.INTERNAL)
-            log.exception("CreateCertificate from %s failed", context.peer())
+            log.exception("CreateCertificate from %s failed", safe(context.peer() or ""))
             await context.abort(grpc.StatusCode.INTERNAL, CaError(grpc.StatusCode.INTERNAL, "").public_message)
         self.metrics.succeeded()
         self.metrics.duration.observe(time.perf_counter() - start)

@@ -63,6 +63,7 @@ from istiod_lite.ca.authn import DEFAULT_AUDIENCE, AuthenticationError, bearer_t
 from istiod_lite.ca.identity import Identity
 from istiod_lite.ca.jwk import b64url_decode
 from istiod_lite.ca.jws import MAX_TOKEN_BYTES
+from istiod_lite.safetext import safe
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -346,7 +347,8 @@ class TokenReviewAuthenticator:
     def _transport_failed(self, what: str) -> NoReturn:
         with self._lock:
             self._unavailable_until = self._clock() + self._failure_backoff
-        log.warning("Kubernetes TokenReview failed (%s); refusing reviews for %.1f s", what, self._failure_backoff)
+        log.warning("Kubernetes TokenReview failed (%s); refusing reviews for %.1f s", safe(what),
+                    self._failure_backoff)
         raise AuthenticationError(f"token review failed: {what}") from None
 
     def close(self) -> None:
