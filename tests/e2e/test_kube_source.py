@@ -175,19 +175,24 @@ async def test_rejected_virtual_service_gets_a_condition_while_a_real_envoy_keep
                     await asyncio.wait_for(task, 15)
 
 
-async def test_waypoint_controller_deploys_the_waypoint(tmp_path: Path) -> None:
+def controller_plane(kube: FakeKubeApiServer, tmp_path: Path) -> ControlPlane:
+    """A control plane watching ``kube`` with the waypoint controller on (not started)."""
     from istiod_lite.controlplane.waypoint_controller import WaypointControllerOptions
 
+    opts = KubeSourceOptions(kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig"), sync_timeout=10.0,
+                             backoff_initial=0.05, backoff_max=0.2)
+    return ControlPlane(ControlPlaneOptions(
+        config_dir=None, kube=opts, grpc_addr="127.0.0.1:0", monitoring_addr="127.0.0.1:0",
+        debounce=DebounceOptions(quiet=0.02, max_delay=1.0),
+        waypoint_controller=WaypointControllerOptions(image="istiod-lite:test",
+                                                      istiod_address="istiod-lite.istio-system.svc")))
+
+
+async def test_waypoint_controller_deploys_the_waypoint(tmp_path: Path) -> None:
     with FakeKubeApiServer() as kube:
         for doc in bookinfo_docs():
             kube.apply(doc)
-        opts = KubeSourceOptions(kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig"), sync_timeout=10.0,
-                                 backoff_initial=0.05, backoff_max=0.2)
-        cp = ControlPlane(ControlPlaneOptions(
-            config_dir=None, kube=opts, grpc_addr="127.0.0.1:0", monitoring_addr="127.0.0.1:0",
-            debounce=DebounceOptions(quiet=0.02, max_delay=1.0),
-            waypoint_controller=WaypointControllerOptions(image="istiod-lite:test",
-                                                          istiod_address="istiod-lite.istio-system.svc")))
+        cp = controller_plane(kube, tmp_path)
         await cp.start()
         try:
             deadline = time.monotonic() + 10
@@ -227,8 +232,6 @@ async def test_waypoint_controller_deploys_the_waypoint(tmp_path: Path) -> None:
 async def test_waypoint_controller_refuses_a_foreign_service_until_it_is_gone(tmp_path: Path) -> None:
     """A waypoint Gateway named like the application's Service ``reviews``: the Service is left as it is and
     the Gateway says why; deleting the Service (a watch event, a new snapshot) lets the waypoint deploy."""
-    from istiod_lite.controlplane.waypoint_controller import WaypointControllerOptions
-
     gw_path = ("gateway.networking.k8s.io/v1", "Gateway", "bookinfo", "reviews")
 
     def programmed() -> dict[str, Any]:
@@ -244,13 +247,7 @@ async def test_waypoint_controller_refuses_a_foreign_service_until_it_is_gone(tm
                     "metadata": {"name": "reviews", "namespace": "bookinfo"},
                     "spec": {"gatewayClassName": "istio-waypoint",
                              "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}})
-        opts = KubeSourceOptions(kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig"), sync_timeout=10.0,
-                                 backoff_initial=0.05, backoff_max=0.2)
-        cp = ControlPlane(ControlPlaneOptions(
-            config_dir=None, kube=opts, grpc_addr="127.0.0.1:0", monitoring_addr="127.0.0.1:0",
-            debounce=DebounceOptions(quiet=0.02, max_delay=1.0),
-            waypoint_controller=WaypointControllerOptions(image="istiod-lite:test",
-                                                          istiod_address="istiod-lite.istio-system.svc")))
+        cp = controller_plane(kube, tmp_path)
         await cp.start()
         try:
             deadline = time.monotonic() + 10
