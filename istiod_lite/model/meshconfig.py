@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from istiod_lite.model.base import IstioModel
 from istiod_lite.model.errors import ConfigError, errors_from_validation
+from istiod_lite.model.networking_dr import LocalityLoadBalancerSetting
 from istiod_lite.model.types import DurationField
 
 DEFAULT_ROOT_NAMESPACE: Final = "istio-system"
@@ -222,6 +223,15 @@ class MeshConfig(IstioModel):
     extension_providers: tuple[ExtensionProvider, ...] = ()
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
     path_normalization: ProxyPathNormalization = Field(default_factory=ProxyPathNormalization)
+    #: Shared fields read by several translator stages (issue 15): the mesh trust domain and the
+    #: domains treated as equal to it, the ``exportTo`` defaults (Istio: ``["*"]`` each), and the
+    #: mesh-wide locality load-balancing setting (a DestinationRule's own setting overrides it).
+    trust_domain: str = "cluster.local"
+    trust_domain_aliases: tuple[str, ...] = ()
+    default_service_export_to: tuple[str, ...] = ("*",)
+    default_virtual_service_export_to: tuple[str, ...] = ("*",)
+    default_destination_rule_export_to: tuple[str, ...] = ("*",)
+    locality_lb_setting: LocalityLoadBalancerSetting | None = None
 
     @field_validator("root_namespace")
     @classmethod
