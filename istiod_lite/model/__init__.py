@@ -6,6 +6,7 @@ Importing this package registers every kind, so ``parse_object`` understands all
 from istiod_lite.model import (
     core,  # noqa: F401  (registers kinds)
     gateway,  # noqa: F401
+    gateway_routes,  # noqa: F401
     networking,  # noqa: F401
     security,  # noqa: F401
     telemetry,  # noqa: F401

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model import gateway as gw
+from istiod_lite.model import gateway_routes as gr
 from istiod_lite.model.core import Service
 from istiod_lite.model.networking import (
     ClientTLSSettings,
@@ -32,7 +33,8 @@ from istiod_lite.translator.binding import service_model
 from istiod_lite.translator.binding.waypoints import WAYPOINT_CLASS, Bindings, WaypointRef, bindings_of
 from istiod_lite.translator.core import tables
 from istiod_lite.translator.routing import httproute
-from istiod_lite.translator.routing.httproute import CORE_GROUPS, ISTIO_GROUP, mesh_routes
+from istiod_lite.translator.routing.httproute import CORE_GROUPS, ISTIO_GROUP
+from istiod_lite.translator.routing.mesh_routes import MESH_ROUTE_KINDS, mesh_routes
 from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views
 
 _SUPPORTED_REDIRECT_CODES = frozenset({0, 301, 302, 303, 307, 308})
@@ -41,7 +43,7 @@ _SUPPORTED_REDIRECT_CODES = frozenset({0, 301, 302, 303, 307, 308})
 def route_warnings(snapshot: ConfigSnapshot) -> list[str]:
     """One message per ignored piece of routing config, sorted."""
     out = list(tables.ROUTE_WARNINGS.of(snapshot))
-    if snapshot.by_kind.get("HTTPRoute") or snapshot.by_kind.get("ServiceEntry"):
+    if snapshot.by_kind.get("ServiceEntry") or any(snapshot.by_kind.get(k) for k in MESH_ROUTE_KINDS):
         out += tables.MESH_WARNINGS.of(snapshot)
     return sorted(out)
 
@@ -119,12 +121,17 @@ def _build_mesh(snapshot: ConfigSnapshot) -> tuple[str, ...]:
     out = list(mesh_routes(snapshot).problems)
     for route in snapshot.of_kind(gw.HTTPRoute):
         out += _route_warnings(snapshot, route, serving)
+    others: list[gr.GRPCRoute | gr.TCPRoute | gr.TLSRoute] = [
+        *snapshot.of_kind(gr.GRPCRoute), *snapshot.of_kind(gr.TCPRoute), *snapshot.of_kind(gr.TLSRoute)]
+    for other in others:
+        out += _parent_warnings(snapshot, other, serving)
+        out += _other_route_warnings(snapshot, other)
     out += _precedence_warnings(snapshot, bindings)
     out += _service_entry_warnings(snapshot, bindings)
     return tuple(sorted(set(out)))
 
 
-def _parent_target(snapshot: ConfigSnapshot, route: gw.HTTPRoute, p: gw.ParentReference
+def _parent_target(snapshot: ConfigSnapshot, route: gr.MeshRoute, p: gw.ParentReference
                    ) -> tuple[str, Service | ServiceEntry | None]:
     """(description, object) of a mesh parent; ("", None) for a parent that is not a mesh parent."""
     ns = p.namespace or route.namespace
@@ -135,9 +142,10 @@ def _parent_target(snapshot: ConfigSnapshot, route: gw.HTTPRoute, p: gw.ParentRe
     return "", None
 
 
-def _route_warnings(snapshot: ConfigSnapshot, route: gw.HTTPRoute, serving: dict[str, list[WaypointRef]]
-                    ) -> list[str]:
-    what = f"HTTPRoute {route.namespace}/{route.name}"
+def _parent_warnings(snapshot: ConfigSnapshot, route: gr.MeshRoute, serving: dict[str, list[WaypointRef]]
+                     ) -> list[str]:
+    """Parents that do not resolve, are not served by a waypoint, or cannot carry the route's kind."""
+    what = f"{route.kind} {route.namespace}/{route.name}"
     out = []
     for i, p in enumerate(route.spec.parent_refs):
         where = f"{what}: parentRefs[{i}]"
@@ -153,6 +161,8 @@ def _route_warnings(snapshot: ConfigSnapshot, route: gw.HTTPRoute, serving: dict
             ports = [v.ports for h in hosts for v in _views(target, h)]
             if ports and not any(pi.number == p.port for ps in ports for pi in ps):
                 out.append(f"{where}: port {p.port} is not a port of {desc}; the route never matches")
+        if not isinstance(route, gw.HTTPRoute):
+            out += _chain_kind_warning(route, target, hosts, p.port, desc, where)
         for host in hosts:
             refs = serving.get(host, [])
             if not refs:
@@ -162,6 +172,36 @@ def _route_warnings(snapshot: ConfigSnapshot, route: gw.HTTPRoute, serving: dict
                     allowed = " and ".join(sorted({ref.namespace, target.namespace}))
                     out.append(f"{where}: waypoint {ref} applies routes for {host} only from namespace {allowed}; "
                                "ignored there")
+            if isinstance(route, gr.TLSRoute) and route.spec.hostnames and host not in route.spec.hostnames:
+                out.append(f"{where}: waypoints apply a TLSRoute to {host} only when its hostnames name exactly "
+                           f"that host (or none); it never applies there")
+    return out
+
+
+def _chain_kind_warning(route: gr.GRPCRoute | gr.TCPRoute | gr.TLSRoute, target: Service | ServiceEntry,
+                        hosts: tuple[str, ...], port: int | None, desc: str, where: str) -> list[str]:
+    """A GRPCRoute needs an HTTP port of the parent (appProtocol ``grpc``/``http2`` or a ``grpc-``
+    name, for HTTP/2 to the backends), a TCPRoute/TLSRoute a TCP one (``tcp``, ``tls``...)."""
+    ports = [pi for h in hosts for v in _views(target, h) for pi in v.served_ports()
+             if port is None or pi.number == port]
+    if not ports:
+        return []
+    if isinstance(route, gr.GRPCRoute):
+        if not any("http" in pi.chain_kinds for pi in ports):
+            return [f"{where}: {desc} has no HTTP port (name it grpc-* or set appProtocol: grpc); "
+                    "the route never applies"]
+        return []
+    if not any("tcp" in pi.chain_kinds for pi in ports):
+        proto = "tls" if isinstance(route, gr.TLSRoute) else "tcp"
+        return [f"{where}: {desc} has no TCP port (name it {proto}-* or set appProtocol: {proto}); "
+                "the route never applies"]
+    return []
+
+
+def _route_warnings(snapshot: ConfigSnapshot, route: gw.HTTPRoute, serving: dict[str, list[WaypointRef]]
+                    ) -> list[str]:
+    what = f"HTTPRoute {route.namespace}/{route.name}"
+    out = _parent_warnings(snapshot, route, serving)
     for i, rule in enumerate(route.spec.rules):
         if rule.session_persistence is not None:
             out.append(f"{what}: rules[{i}].sessionPersistence is not supported (Istio does not convert it); "
@@ -180,7 +220,35 @@ def _route_warnings(snapshot: ConfigSnapshot, route: gw.HTTPRoute, serving: dict
     return out
 
 
-def _missing_service(snapshot: ConfigSnapshot, route: gw.HTTPRoute, group: str, kind: str, name: str,
+def _other_route_warnings(snapshot: ConfigSnapshot, route: gr.GRPCRoute | gr.TCPRoute | gr.TLSRoute) -> list[str]:
+    """GRPCRoute, TCPRoute and TLSRoute rules: missing backends and mirrors, unsupported settings."""
+    what = f"{route.kind} {route.namespace}/{route.name}"
+    share = "requests gets 500" if isinstance(route, gr.GRPCRoute) else "connections is refused"
+    out = []
+    rules: tuple[gr.GRPCRouteRule | gr.L4RouteRule, ...] = route.spec.rules
+    for i, rule in enumerate(rules):
+        for j, b in enumerate(rule.backend_refs):
+            if b.weight > 0 and _missing_service(snapshot, route, b.group, b.kind, b.name, b.namespace):
+                out.append(f"{what}: rules[{i}].backendRefs[{j}] names Service {b.namespace or route.namespace}/"
+                           f"{b.name}, which does not exist; its share of {share}")
+        if not isinstance(rule, gr.GRPCRouteRule):
+            if rule.backend_refs and all(b.weight == 0 for b in rule.backend_refs):
+                out.append(f"{what}: rules[{i}] has no backend with a positive weight; every connection is refused")
+            continue
+        if rule.session_persistence is not None:
+            out.append(f"{what}: rules[{i}].sessionPersistence is not supported (Istio does not convert it); "
+                       "ignored")
+        for k, f in enumerate(rule.filters):
+            m = f.request_mirror
+            if m is not None and _missing_service(snapshot, route, m.backend_ref.group, m.backend_ref.kind,
+                                                  m.backend_ref.name, m.backend_ref.namespace):
+                out.append(f"{what}: rules[{i}].filters[{k}] mirrors to Service "
+                           f"{m.backend_ref.namespace or route.namespace}/{m.backend_ref.name}, which does not exist; "
+                           "the mirror is dropped")
+    return out
+
+
+def _missing_service(snapshot: ConfigSnapshot, route: gr.MeshRoute, group: str, kind: str, name: str,
                      namespace: str | None) -> bool:
     if kind != "Service" or group not in CORE_GROUPS or "." in name:
         return False
@@ -193,7 +261,7 @@ def _views(target: Service | ServiceEntry, host: str) -> list[service_model.Serv
     return [v for v in service_model.of_service_entry(target) if v.host == host]
 
 
-def _non_mesh_parent(snapshot: ConfigSnapshot, route: gw.HTTPRoute, p: gw.ParentReference, where: str) -> str:
+def _non_mesh_parent(snapshot: ConfigSnapshot, route: gr.MeshRoute, p: gw.ParentReference, where: str) -> str:
     ns = p.namespace or route.namespace
     if p.kind == "Gateway" and p.group == gw.GROUP:
         g = snapshot.get(gw.Gateway, ns, p.name)
@@ -208,7 +276,7 @@ def _non_mesh_parent(snapshot: ConfigSnapshot, route: gw.HTTPRoute, p: gw.Parent
 
 
 def _precedence_warnings(snapshot: ConfigSnapshot, bindings: Bindings) -> list[str]:
-    """VirtualServices a waypoint ignores because HTTPRoutes attach to the same service."""
+    """VirtualServices a waypoint ignores because Gateway API routes attach to the same service."""
     mesh = mesh_routes(snapshot)
     if not mesh.routes_by_host:
         return []
@@ -218,10 +286,13 @@ def _precedence_warnings(snapshot: ConfigSnapshot, bindings: Bindings) -> list[s
             attached = mesh.routes((ref.namespace, view.namespace), view.host)
             if not attached:
                 continue
-            names = ", ".join(f"{r.namespace}/{r.name}" for r in attached)
+            if all(isinstance(r, gw.HTTPRoute) for r in attached):
+                names = "HTTPRoute " + ", ".join(f"{r.namespace}/{r.name}" for r in attached)
+            else:
+                names = ", ".join(f"{r.kind} {r.namespace}/{r.name}" for r in attached)
             for vs in applicable_virtual_services(snapshot, ref, view):
                 out.append(f"VirtualService {vs.namespace}/{vs.name}: ignored for {view.host} on waypoint {ref}, "
-                           f"because HTTPRoute {names} attaches to it (Gateway API routes take precedence)")
+                           f"because {names} attaches to it (Gateway API routes take precedence)")
     return out
 
 

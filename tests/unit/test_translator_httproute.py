@@ -12,6 +12,7 @@ from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.config_warnings import route_warnings
 from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.translator.routing import httproute as rh
+from istiod_lite.translator.routing import mesh_routes as mr
 from istiod_lite.translator.waypoint import WaypointTranslator
 from tests.support.meshyaml import APP_WAYPOINT
 from tests.support.snapshots import chain_routes
@@ -137,7 +138,7 @@ def test_precedence_exact_prefix_regex_then_length_method_headers_queries() -> N
         {"matches": [{"path": {"type": "PathPrefix", "value": "/a/b"}}]},
         {"matches": [{"path": {"type": "Exact", "value": "/z"}}]},
         {"matches": []}]})
-    ordered = sorted(routes, key=rh.precedence_key)
+    ordered = sorted(routes, key=mr.precedence_key)
     assert [r.name for r in ordered] == [f"app.r.{i}" for i in (5, 4, 3, 2, 1, 0, 6)]
 
 
@@ -204,7 +205,7 @@ def test_routes_of_one_namespace_merge_oldest_first_and_a_parent_port_restricts_
     ported = _route({"parentRefs": [{"group": "", "kind": "Service", "name": "side", "port": 8080}],
                      "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}, name="ported")
     snap = ConfigSnapshot.build([older, newer, ported], 1)
-    mesh = rh.mesh_routes(snap)
+    mesh = mr.mesh_routes(snap)
     (vs,) = mesh.virtual_services(["app"], "echo.app.svc.cluster.local")
     assert vs.name == "app~echo.app.svc.cluster.local"
     assert [r.route[0].destination.host.split(".")[0] for r in vs.spec.http] == ["side", "echo"]  # tie: older first

@@ -99,10 +99,12 @@ def referenced_hosts(vs: VirtualService) -> Iterator[str]:
                 yield qualify(m.destination.host, ns)
     for tcp in vs.spec.tcp:
         for rd in tcp.route:
-            yield qualify(rd.destination.host, ns)
+            if rd.destination.host:  # empty: an unroutable Gateway API backend
+                yield qualify(rd.destination.host, ns)
     for tls in vs.spec.tls:
         for rd in tls.route:
-            yield qualify(rd.destination.host, ns)
+            if rd.destination.host:
+                yield qualify(rd.destination.host, ns)
 
 
 def _port_kind(svc: ServiceInfo | None, port: int) -> str:

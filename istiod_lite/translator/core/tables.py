@@ -21,8 +21,16 @@ from istiod_lite.translator.core.memo import Derived, PerObject
 
 if TYPE_CHECKING:
     from istiod_lite.model import gateway as gw
+    from istiod_lite.model import gateway_routes as gr
     from istiod_lite.model.core import Pod, Service
-    from istiod_lite.model.networking import DestinationRule, HTTPRoute, ServiceEntry, VirtualService
+    from istiod_lite.model.networking import (
+        DestinationRule,
+        HTTPRoute,
+        ServiceEntry,
+        TCPRoute,
+        TLSRoute,
+        VirtualService,
+    )
     from istiod_lite.model.security import AuthorizationPolicy, RequestAuthentication
     from istiod_lite.translator.authz.attach import AttachIndex
     from istiod_lite.translator.authz.generate import AuthzTranslators
@@ -31,16 +39,16 @@ if TYPE_CHECKING:
     from istiod_lite.translator.binding.service_model import ServiceInfo
     from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef
     from istiod_lite.translator.core.index import SnapshotIndex, WorkloadEntryIndex
-    from istiod_lite.translator.routing.httproute import MeshRoutes
+    from istiod_lite.translator.routing.mesh_routes import MeshRoutes
 
 # --- kinds read together --------------------------------------------------------------------------
 
 #: Everything waypoint binding reads: a change to any other kind re-uses the previous bindings.
 BINDING_KINDS: Final = ("Service", "Pod", "Namespace", "Gateway", "GatewayClass", "ServiceEntry", "WorkloadEntry")
-#: What mesh HTTPRoutes are built from (their ServiceEntry parents included).
-ROUTE_KINDS: Final = ("HTTPRoute", "ServiceEntry")
+#: What mesh routes (Gateway API routes with Service/ServiceEntry parents) are built from.
+ROUTE_KINDS: Final = ("HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute", "ServiceEntry")
 #: What the mesh-route and ServiceEntry warnings read.
-MESH_WARNING_KINDS: Final = tuple(dict.fromkeys((*BINDING_KINDS, "HTTPRoute", "VirtualService")))
+MESH_WARNING_KINDS: Final = tuple(dict.fromkeys((*BINDING_KINDS, *ROUTE_KINDS, "VirtualService")))
 
 # --- lookup tables (index.py) ---------------------------------------------------------------------
 
@@ -69,13 +77,22 @@ VS_QUALIFIED_HOSTS: Final[PerObject[VirtualService, tuple[str, ...]]] = PerObjec
 #: Which services, workloads and entries each waypoint serves.
 BINDINGS: Final[Derived[Bindings]] = Derived("bindings", reads=BINDING_KINDS)
 
-# --- routes (route_httproute.py, waypoint.py) -----------------------------------------------------
+# --- routes (routing/mesh_routes.py, httproute.py, grpcroute.py, l4route.py, waypoint.py) ---------
 
-#: Mesh HTTPRoutes converted to VirtualServices, by host.
+#: Mesh routes converted to VirtualServices, by host.
 MESH_ROUTES: Final[Derived[MeshRoutes]] = Derived("mesh-routes", reads=ROUTE_KINDS)
 #: One HTTPRoute converted (None if it cannot be), with its problems.
 CONVERTED_ROUTE: Final[PerObject[gw.HTTPRoute, tuple[tuple[HTTPRoute, ...] | None, tuple[str, ...]]]] = (
     PerObject("converted-route"))
+#: One GRPCRoute converted (None if it cannot be), with its problems.
+CONVERTED_GRPC_ROUTE: Final[PerObject[gr.GRPCRoute, tuple[tuple[HTTPRoute, ...] | None, tuple[str, ...]]]] = (
+    PerObject("converted-grpc-route"))
+#: One TCPRoute's rules converted (None if it cannot be), with its problems.
+CONVERTED_TCP_ROUTE: Final[PerObject[gr.TCPRoute, tuple[tuple[TCPRoute, ...] | None, tuple[str, ...]]]] = (
+    PerObject("converted-tcp-route"))
+#: One TLSRoute's rules converted (None if it cannot be), with its problems.
+CONVERTED_TLS_ROUTE: Final[PerObject[gr.TLSRoute, tuple[tuple[TLSRoute, ...] | None, tuple[str, ...]]]] = (
+    PerObject("converted-tls-route"))
 #: A VirtualService's referenced hosts (route and mirror destinations).
 VS_REFERENCED_HOSTS: Final[PerObject[VirtualService, tuple[str, ...]]] = PerObject("vs-referenced-hosts")
 #: namespace -> every host its mesh routes name.

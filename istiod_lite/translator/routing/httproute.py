@@ -27,21 +27,18 @@ Facts: istio/istio ``pilot/pkg/config/kube/gateway/route_collections.go`` (``HTT
   cancelled plus the codes, ``backoff``.  ``timeouts.request`` -> the route timeout;
   ``timeouts.backendRequest`` -> the per-try timeout when a retry is configured, else the route
   timeout (it then replaces ``request``: Istio's ``convertHTTPRoute`` does exactly this).
-* Merging: every HTTPRoute of one namespace attached to the same (host, parent port) becomes one
-  VirtualService named ``<ns>~[<port>~]<host>``, routes concatenated oldest route first (then
-  namespace/name) and stably sorted by Gateway API precedence: Exact > PathPrefix > RegularExpression,
-  then longer path, then a method match, then more header matches, then more query matches.
+* Merging (with GRPCRoutes) into one VirtualService per (namespace, parent port, host):
+  ``mesh_routes.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Literal
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model import gateway as gw
-from istiod_lite.model.base import ObjectMeta
+from istiod_lite.model.base import Resource
 from istiod_lite.model.networking import (
     CorsPolicy,
     Destination,
@@ -60,13 +57,10 @@ from istiod_lite.model.networking import (
     RegexRewrite,
     ServiceEntry,
     StringMatch,
-    VirtualService,
-    VirtualServiceSpec,
 )
 from istiod_lite.model.types import Duration
 from istiod_lite.translator.core import names, tables
 from istiod_lite.translator.routing.route_actions import PREFIX_MARKER
-from istiod_lite.translator.routing.routes import GATEWAY_SEMANTICS, ROUTE_SEMANTICS
 
 ISTIO_GROUP = "networking.istio.io"
 CORE_GROUPS = ("", "core")
@@ -88,7 +82,7 @@ def is_service_entry_parent(p: gw.ParentReference) -> bool:
     return p.kind == "ServiceEntry" and p.group == ISTIO_GROUP
 
 
-def parent_hosts(snapshot: ConfigSnapshot, route: gw.HTTPRoute, p: gw.ParentReference) -> tuple[str, ...]:
+def parent_hosts(snapshot: ConfigSnapshot, route: Resource, p: gw.ParentReference) -> tuple[str, ...]:
     """The hosts a mesh parent stands for (``()`` for other parents or a missing ServiceEntry)."""
     ns = p.namespace or route.namespace
     if is_service_parent(p):
@@ -315,110 +309,9 @@ def _converted(route: gw.HTTPRoute) -> tuple[tuple[HTTPRoute, ...] | None, tuple
     return convert(route, problems), tuple(problems)
 
 
-# --------------------------------------------------------------------------- precedence and merging
-
-
-def _uri_rank(m: HTTPMatchRequest) -> tuple[int, int]:
-    uri = m.uri
-    if uri is None:
-        return -1, 0
-    if uri.exact is not None:
-        return 3, len(uri.exact)
-    if uri.prefix is not None:
-        return 2, len(uri.prefix)
-    return 1, len(uri.regex or "")
-
-
-def precedence_key(r: HTTPRoute) -> tuple[int, int, int, int, int, int]:
-    """``sortHTTPRoutes`` as an ascending key: routes without a match last; then path kind, path
-    length, method, header count and query count, each "more specific first"."""
-    if not r.match:
-        return (1, 0, 0, 0, 0, 0)
-    m = r.match[0]
-    rank, length = _uri_rank(m)
-    return (0, -rank, -length, 0 if m.method is not None else 1, -len(m.headers), -len(m.query_params))
-
-
-def _with_port(routes: Iterable[HTTPRoute], port: int) -> list[HTTPRoute]:
-    """``augmentPortMatch``: a parent port restricts every match (a catch-all gets a port-only match)."""
-    out = []
-    for r in routes:
-        matches = tuple(m.model_copy(update={"port": port}) for m in r.match) or \
-            (HTTPMatchRequest.model_construct(port=port),)
-        out.append(r.model_copy(update={"match": matches}))
-    return out
-
-
-@dataclass(frozen=True)
-class MeshRoutes:
-    """Every mesh route of a snapshot, by the host it attaches to."""
-
-    #: host -> the merged VirtualServices (one per route namespace and parent port).
-    vs_by_host: Mapping[str, tuple[VirtualService, ...]]
-    #: host -> the HTTPRoutes attached to it (the converted ones' inputs, for memo keys).
-    routes_by_host: Mapping[str, tuple[gw.HTTPRoute, ...]]
-    #: Routes (or parts) Istio would refuse or could not honour.
-    problems: tuple[str, ...]
-
-    def virtual_services(self, namespaces: Iterable[str], host: str) -> list[VirtualService]:
-        """The host's mesh routes from ``namespaces`` (Istio: the waypoint's and the service's),
-        oldest first (then namespace/name), as a waypoint's VirtualServices are ordered."""
-        wanted = set(namespaces)
-        found = [vs for vs in self.vs_by_host.get(host, ()) if vs.namespace in wanted]
-        return sorted(found, key=lambda v: (v.metadata.creation_timestamp, v.namespace, v.name))
-
-    def routes(self, namespaces: Iterable[str], host: str) -> tuple[gw.HTTPRoute, ...]:
-        wanted = set(namespaces)
-        return tuple(r for r in self.routes_by_host.get(host, ()) if r.namespace in wanted)
-
-
-_NO_ROUTES = MeshRoutes({}, {}, ())
-
-
-def mesh_routes(snapshot: ConfigSnapshot) -> MeshRoutes:
-    """The snapshot's mesh routes, built once per distinct (HTTPRoute, ServiceEntry) maps."""
-    if not snapshot.by_kind.get("HTTPRoute"):
-        return _NO_ROUTES
-    return tables.MESH_ROUTES.of(snapshot)
-
-
-def _route_order(r: gw.HTTPRoute) -> tuple[str, str, str]:
-    return r.metadata.creation_timestamp, r.namespace, r.name
-
-
-@tables.MESH_ROUTES.computed_by
-def _build(snapshot: ConfigSnapshot) -> MeshRoutes:
-    problems: list[str] = []
-    groups: dict[tuple[str, int | None, str], list[tuple[gw.HTTPRoute, list[HTTPRoute]]]] = {}
-    attached: dict[str, list[gw.HTTPRoute]] = {}
-    for route in sorted(snapshot.of_kind(gw.HTTPRoute), key=_route_order):
-        parents = [(p, h) for p in route.spec.parent_refs for h in parent_hosts(snapshot, route, p)]
-        if not parents:
-            continue
-        converted, found = tables.CONVERTED_ROUTE.of(route)
-        problems += found
-        if converted is None:
-            continue
-        seen: set[tuple[str, int | None, str]] = set()
-        for p, host in parents:
-            key = (route.namespace, p.port, host)
-            if key in seen:
-                continue
-            seen.add(key)
-            routes = _with_port(converted, p.port) if p.port is not None else list(converted)
-            groups.setdefault(key, []).append((route, routes))
-            if not attached.get(host) or attached[host][-1] is not route:
-                attached.setdefault(host, []).append(route)
-    by_host: dict[str, list[VirtualService]] = {}
-    for (ns, port, host), members in groups.items():
-        http = [r for _, routes in members for r in routes]  # members are oldest first already
-        http.sort(key=precedence_key)  # stable: ties keep route age, then rule order
-        name = "~".join((ns, str(port), host) if port is not None else (ns, host))
-        meta = ObjectMeta(name=name, namespace=ns, creation_timestamp=members[0][0].metadata.creation_timestamp,
-                          annotations={ROUTE_SEMANTICS: GATEWAY_SEMANTICS})
-        spec = VirtualServiceSpec.model_construct(hosts=(host,), gateways=("mesh",), http=tuple(http))
-        vs = VirtualService.model_construct(api_version=f"{ISTIO_GROUP}/v1", kind="VirtualService", metadata=meta,
-                                            spec=spec, status=None)
-        by_host.setdefault(host, []).append(vs)
-    return MeshRoutes({h: tuple(v) for h, v in by_host.items()}, {h: tuple(v) for h, v in attached.items()},
-                      tuple(sorted(set(problems))))
+#: The helpers GRPCRoute and TCPRoute/TLSRoute conversion share with HTTPRoute's (Istio's
+#: ``buildDestination``, ``createHeadersFilter``, ``createMirrorFilter``).
+destination = _destination
+header_ops = _header_ops
+with_headers = _with_headers
+mirror_policy = _mirror

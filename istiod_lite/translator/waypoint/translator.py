@@ -45,7 +45,7 @@ from istiod_lite.translator.core.index import index_of, virtual_services_for
 from istiod_lite.translator.core.output import LISTENER, Encoded, EnvoyResources, Resource
 from istiod_lite.translator.listeners import inbound
 from istiod_lite.translator.routing import route_actions, routes, tcp_routes
-from istiod_lite.translator.routing.httproute import mesh_routes
+from istiod_lite.translator.routing.mesh_routes import mesh_routes
 from istiod_lite.translator.shape import cluster_templates, hbone
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
