@@ -118,7 +118,7 @@ class GrpcPod:
         self.server = grpc.aio.server()
         self.server.add_generic_rpc_handlers((self._Handler(self),))
 
-    class _Handler(grpc.GenericRpcHandler):
+    class _Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
         def __init__(self, pod: GrpcPod) -> None:
             self.pod = pod
 
