@@ -158,7 +158,8 @@ def test_a_route_istio_refuses_does_not_take_a_service_from_its_virtual_services
         {"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "x.io", "kind": "K", "name": "n"}}],
          "backendRefs": BACKEND}]})
     vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-          "metadata": {"name": "v", "namespace": "app"}, "spec": {"hosts": ["echo"], "http": [{"route": [{"destination": {"host": "b"}}]}]}}
+          "metadata": {"name": "v", "namespace": "app"},
+          "spec": {"hosts": ["echo"], "http": [{"route": [{"destination": {"host": "b"}}]}]}}
     snap = _snapshot(tmp_path, *SERVICES, yaml.safe_dump(bad), yaml.safe_dump(vs))
     (wp,) = find_waypoints(snap)
     view = next(v for v in bound_views(bindings_of(snap), wp.ref) if v.host == "echo.app.svc.cluster.local")
