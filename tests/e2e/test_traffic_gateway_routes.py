@@ -5,7 +5,8 @@
   routed by method (A -> v1, B -> v2), a request header set by the route reaches the backend, a
   response header added by the route reaches the client, a service match is split 80/20 per call,
   and a method no rule matches reaches no backend.
-* TCP: connections to a Service split 80/20 between two other Services; its own pod gets none.
+* TCP: connections to a Service split 80/20 between two other Services; its own pod gets none
+  until the TCPRoute is removed.
 * TLS: the client's TLS (SNI = the service's name) passes through the waypoint untouched to the
   TLSRoute's backend, whose self-signed certificate (made here) is the only one the client trusts;
   a TLSRoute naming another hostname does not apply, so that service keeps its own pod.
@@ -288,7 +289,8 @@ async def test_tcproute_splits_connections_between_services(tmp_path: Path) -> N
     (cfg / "mesh.yaml").write_text(
         SHOP_WAYPOINT.format(wp=wp) + _service("db", vip, "tcp", 9000, port, "db")
         + _service("db-a", vip_a, "tcp", 9000, port, "db-a") + _service("db-b", vip_b, "tcp", 9000, port, "db-b")
-        + _pod("db-own", own_ip, "db") + _pod("db-a", ip_a, "db-a") + _pod("db-b", ip_b, "db-b") + TCP_ROUTE)
+        + _pod("db-own", own_ip, "db") + _pod("db-a", ip_a, "db-a") + _pod("db-b", ip_b, "db-b"))
+    (cfg / "route.yaml").write_text(TCP_ROUTE)
     async with StreamPod("db-own", own_ip, port) as own, StreamPod("db-a", ip_a, port) as a, \
             StreamPod("db-b", ip_b, port) as b, ambient_mesh(tmp_path, cfg) as mesh, \
             mesh.waypoint("shop", "waypoint", wp), mesh.client([(vip, 9000)], wp) as local:
@@ -309,6 +311,17 @@ async def test_tcproute_splits_connections_between_services(tmp_path: Path) -> N
             counts[name] += 1
         assert_split(counts, "db-a", "db-b")
         assert (own.connections, a.connections, b.connections) == (0, counts["db-a"], counts["db-b"])
+
+        # Removing the TCPRoute gives the service its own pod back (the default tcp_proxy).
+        (cfg / "route.yaml").unlink()
+
+        async def default_route() -> bool:
+            try:
+                return (await exchange(addr, "again")).startswith("db-own ")
+            except (OSError, TimeoutError):
+                return False
+
+        await wait_until(default_route, timeout=15, message="the service's own pod once the TCPRoute is gone")
 
 
 def _self_signed(host: str, directory: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
