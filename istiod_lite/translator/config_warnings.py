@@ -30,10 +30,10 @@ from istiod_lite.model.networking import (
 )
 from istiod_lite.translator.binding import service_model
 from istiod_lite.translator.binding.waypoints import WAYPOINT_CLASS, Bindings, WaypointRef, bindings_of
+from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
 from istiod_lite.translator.core import tables
 from istiod_lite.translator.routing import httproute
 from istiod_lite.translator.routing.httproute import CORE_GROUPS, ISTIO_GROUP, mesh_routes
-from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
 from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views, destination_rule
 
 _SUPPORTED_REDIRECT_CODES = frozenset({0, 301, 302, 303, 307, 308})

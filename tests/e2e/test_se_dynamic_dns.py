@@ -95,7 +95,7 @@ class TlsEcho:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert, key)
         self.snis: list[str | None] = []
-        self.ctx.sni_callback = lambda _sock, sni, _ctx: self.snis.append(sni)  # type: ignore[assignment,misc]
+        self.ctx.sni_callback = lambda _sock, sni, _ctx: self.snis.append(sni)
         self._server: asyncio.Server | None = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -25,7 +25,7 @@ _NOERROR, _FORMERR, _NXDOMAIN = 0, 1, 3
 
 def _read_name(packet: bytes, offset: int) -> tuple[str, int]:
     """The (uncompressed) question name at ``offset`` and the offset after it."""
-    labels = []
+    labels: list[str] = []
     while True:
         if offset >= len(packet):
             raise ValueError("truncated name")

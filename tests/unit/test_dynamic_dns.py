@@ -17,9 +17,8 @@ from envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import sni_dy
 
 from istiod_lite.cli.main import build_parser
 from istiod_lite.model import ConfigSnapshot, parse_object
-from istiod_lite.model.registry import ResourceInvalid
 from istiod_lite.model.networking import ServiceEntry
-
+from istiod_lite.model.registry import ResourceInvalid
 from istiod_lite.translator import WaypointAssembly, WaypointRef
 from istiod_lite.translator.clusters.dynamic_dns import DynamicDnsOptions, dns_cache_config, parse_resolver
 from istiod_lite.translator.diagnostics import diagnose
@@ -28,7 +27,8 @@ from tests.support.dnsserver import TYPE_A, answer
 WP = WaypointRef("egress", "waypoint")
 BASE = [
     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "egress"}},
-    {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "waypoint", "namespace": "egress"},
+    {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+     "metadata": {"name": "waypoint", "namespace": "egress"},
      "spec": {"gatewayClassName": "istio-waypoint", "addresses": [{"type": "IPAddress", "value": "127.0.1.1"}],
               "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}},
 ]
