@@ -10,12 +10,16 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from istiod_lite.agent.bootstrap import WaypointIdentity, waypoint_bootstrap
 from istiod_lite.controlplane.debounce import DebounceOptions
 from istiod_lite.controlplane.leader import LeaderElectionOptions, default_namespace
 from istiod_lite.model.meshconfig import MeshConfig, MeshConfigInvalid, load_mesh_config
 from istiod_lite.xds.server import XdsServerOptions
+
+if TYPE_CHECKING:
+    from istiod_lite.translator.clusters.dynamic_dns import DynamicDnsOptions
 
 
 def _mesh(path: str | None) -> MeshConfig | None:
@@ -26,6 +30,35 @@ def _mesh(path: str | None) -> MeshConfig | None:
         return load_mesh_config(path)
     except (MeshConfigInvalid, OSError) as exc:
         raise SystemExit(f"error: --mesh-config {path}: {exc}") from None
+
+
+#: Istio's environment variable (istiod reads it at start) for serving TLS ports of DYNAMIC_DNS entries.
+WILDCARD_TLS_ENV = "ENABLE_WILDCARD_HOST_SERVICE_ENTRIES_FOR_TLS"
+
+
+def _env_bool(name: str) -> bool:
+    """A boolean environment variable as Go's ``strconv.ParseBool`` reads it (unset/invalid: false)."""
+    return os.environ.get(name, "") in ("1", "t", "T", "TRUE", "true", "True")
+
+
+def _add_dynamic_dns_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--enable-wildcard-host-service-entries-for-tls", dest="wildcard_tls",
+                   action=argparse.BooleanOptionalAction, default=_env_bool(WILDCARD_TLS_ENV),
+                   help="serve the TLS ports of DYNAMIC_DNS (wildcard) ServiceEntries on waypoints by SNI "
+                        f"(default: ${WILDCARD_TLS_ENV}, else off as in Istio: the SNI is the client's word)")
+    p.add_argument("--dynamic-dns-resolver", action="append", default=[], metavar="IP[:PORT]",
+                   help="name server for the waypoints' dynamic forward proxy DNS caches (repeatable); "
+                        "default: none set, Envoy resolves with the proxy's system configuration, as with istiod")
+
+
+def _dynamic_dns(args: argparse.Namespace) -> DynamicDnsOptions:
+    from istiod_lite.translator.clusters.dynamic_dns import DynamicDnsOptions, parse_resolver
+
+    try:
+        resolvers = tuple(parse_resolver(r) for r in args.dynamic_dns_resolver)
+    except ValueError as exc:
+        raise SystemExit(f"error: --dynamic-dns-resolver: {exc}") from None
+    return DynamicDnsOptions(wildcard_tls=args.wildcard_tls, resolvers=resolvers)
 
 
 def _leader_election(args: argparse.Namespace) -> LeaderElectionOptions:
@@ -80,6 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
         ca_workers=args.ca_workers,
         trust_domain=args.trust_domain,
         mesh=_mesh(args.mesh_config),
+        dynamic_dns=_dynamic_dns(args),
         monitoring_addr=args.monitoring_addr,
         poll_interval=args.poll_interval,
         debounce=DebounceOptions(quiet=args.debounce_quiet, max_delay=args.debounce_max),
@@ -129,7 +163,7 @@ def _validate(args: argparse.Namespace) -> int:
     for err in update.errors:
         print(err)
     mesh = _mesh(getattr(args, "mesh_config", None))
-    found = diagnose(update.snapshot, mesh)
+    found = diagnose(update.snapshot, mesh, _dynamic_dns(args))
     for label, messages in (("binding", found.binding), ("ignored", found.routes),
                             ("authorization", found.authorization), ("telemetry", found.telemetry)):
         for message in messages:
@@ -157,7 +191,7 @@ def _translate(args: argparse.Namespace) -> int:
         print(f"error: no waypoint Gateway {ref} (class istio-waypoint) in {args.config}", file=sys.stderr)
         return 1
     # The very assembly the server serves each proxy of the waypoint (at the waypoint's address).
-    assembly = WaypointAssembly(ref, mesh=_mesh(args.mesh_config))
+    assembly = WaypointAssembly(ref, mesh=_mesh(args.mesh_config), dynamic_dns=_dynamic_dns(args))
     sys.stdout.write(render(assembly.proxy_resources(update.snapshot), args.output))
     return 0
 
@@ -269,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "UNAVAILABLE spread evenly over this time (proxies keep their config and reconnect to "
                         "another replica), then exit; as istiod's --shutdownDuration, which cuts them all at "
                         "its end. Keep it below the pod's terminationGracePeriodSeconds (30 s by default)")
+    _add_dynamic_dns_args(s)
     s.set_defaults(func=_serve)
 
     from istiod_lite.cli.hbone_cmd import add_hbone_parser
@@ -281,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--config", required=True, metavar="DIR")
     v.add_argument("--mesh-config", metavar="FILE",
                    help="Istio MeshConfig YAML (root namespace, ext_authz and telemetry providers for the checks)")
+    _add_dynamic_dns_args(v)
     v.set_defaults(func=_validate)
 
     t = sub.add_parser("translate", help="print a waypoint's Envoy resources")
@@ -288,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--waypoint", required=True, metavar="NS/NAME")
     t.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
     t.add_argument("--mesh-config", metavar="FILE", help="Istio MeshConfig YAML (access logging)")
+    _add_dynamic_dns_args(t)
     t.set_defaults(func=_translate)
 
     w = sub.add_parser("waypoint", help="waypoint proxy helpers")

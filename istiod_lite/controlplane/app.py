@@ -38,6 +38,7 @@ from istiod_lite.sources import DirectorySource, KubeSource, KubeSourceOptions, 
 from istiod_lite.sources.kube import api_client_for
 from istiod_lite.sources.kube_status import StatusReporter
 from istiod_lite.translator import find_waypoints
+from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
 from istiod_lite.translator.diagnostics import diagnose
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.connection import Connection
@@ -79,6 +80,9 @@ class ControlPlaneOptions:
     waypoint_controller: WaypointControllerOptions | None = None
     #: Istio MeshConfig (``--mesh-config``): access logging defaults, providers, root namespace.
     mesh: MeshConfig | None = None
+    #: How waypoints serve DYNAMIC_DNS ServiceEntries (``--enable-wildcard-host-service-entries-for-tls``,
+    #: ``--dynamic-dns-resolver``); the defaults are istiod's.
+    dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS
     #: With ``kube``: only the replica holding this Lease writes to the cluster (status, waypoint
     #: controller); every replica serves.  None = this replica always writes.
     leader_election: LeaderElectionOptions | None = None
@@ -112,7 +116,8 @@ class ControlPlane:
         self.options = options
         self.source: Source = source if source is not None else build_source(options)
         #: Which kind each connecting node is, and each kind's generator of resources.
-        self.proxies = ProxyKindTable(proxy_kinds, KindContext(options.trust_domain, options.mesh))
+        self.proxies = ProxyKindTable(proxy_kinds, KindContext(options.trust_domain, options.mesh,
+                                                               options.dynamic_dns))
         self.cache = SnapshotCache(self.proxies.group_of, on_demand=self._on_demand, on_release=self.proxies.release)
         self.ca: CaRuntime | None = None
         self._xds_auth: XdsAuthenticator | None = None
@@ -364,7 +369,7 @@ class ControlPlane:
         # No changed keys (the first load): every kind reads the new config.
         changed = {key.kind for key in update.changed} if update.changed else None
         self.proxies.update(self.config, changed)
-        found = diagnose(self.config, self.options.mesh)
+        found = diagnose(self.config, self.options.mesh, self.options.dynamic_dns)
         problems = set(found.binding)
         for p in sorted(problems - self._binding_problems):
             log.warning("binding: %s", p)

@@ -36,6 +36,10 @@ _PROTOCOLS = frozenset({"tcp", "udp", "grpc", "grpc-web", "http", "http_proxy", 
                         "mongo", "redis", "mysql"})
 _HTTP_PROTOCOLS = frozenset({"http", "http2", "http_proxy", "grpc", "grpc-web"})
 _TLS_PROTOCOLS = frozenset({"https", "tls"})
+#: Protocols a ``DYNAMIC_DNS`` entry may declare (Istio's webhook: HTTP, TLS, GRPC and HTTP2).
+_DYNAMIC_DNS_PROTOCOLS = frozenset({"http", "tls", "grpc", "http2"})
+#: The label that binds a resource to a waypoint (``istio.io/use-waypoint``; "none" opts out).
+_USE_WAYPOINT = "istio.io/use-waypoint"
 
 
 def _check_unix_path(path: str) -> str | None:
@@ -155,6 +159,8 @@ class ServiceEntrySpec(IstioModel):
                 errs.append(f"hosts must be FQDN if no endpoints are provided for resolution mode {res}")
             if res == "DNS_ROUND_ROBIN" and len(self.endpoints) > 1:
                 errs.append(f"there must only be 0 or 1 endpoint for resolution mode {res}")
+        if res == "DYNAMIC_DNS":
+            errs += self._check_dynamic_dns()
         for ep in self.endpoints if res in ("STATIC", "DNS", "DNS_ROUND_ROBIN") else ():
             if res == "STATIC" and ep.address and not ep.is_unix and not is_ip(ep.address):
                 errs.append(f"endpoint address {ep.address!r} is not a valid IP address")
@@ -163,6 +169,21 @@ class ServiceEntrySpec(IstioModel):
             if res == "STATIC" and ep.is_unix and len(port_names) != 1:
                 errs.append("exactly 1 service port required for unix endpoints")
             errs += [f"endpoint port {n} is not defined by the service entry" for n in ep.ports if n not in port_names]
+        return errs
+
+    def _check_dynamic_dns(self) -> list[str]:
+        """Istio's rules for ``DYNAMIC_DNS`` (Envoy's dynamic forward proxy resolves the name the
+        client sent): wildcard hosts only, no addresses, no endpoints, HTTP/TLS/GRPC/HTTP2 ports."""
+        errs = [f"host must be wildcarded for resolution mode DYNAMIC_DNS: {h}"
+                for h in self.hosts if not h.startswith("*")]
+        if self.addresses:
+            errs.append("addresses cannot be set for resolution type DYNAMIC_DNS (the destination comes from "
+                        "the request's host or SNI)")
+        if self.endpoints:
+            errs.append("endpoints cannot be set for resolution type DYNAMIC_DNS (the destination is resolved "
+                        "from the request's host or SNI)")
+        if any(p.protocol.lower() not in _DYNAMIC_DNS_PROTOCOLS for p in self.ports):
+            errs.append("only HTTP, TLS, GRPC, and HTTP2 protocols are supported for resolution type DYNAMIC_DNS")
         return errs
 
 
@@ -175,6 +196,16 @@ class ServiceEntry(Resource):
     kind: Literal["ServiceEntry"]
     spec: ServiceEntrySpec
     status: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_waypoint(self) -> ServiceEntry:
+        """Istio's webhook: a ``DYNAMIC_DNS`` entry bound to a waypoint must be ``MESH_EXTERNAL``."""
+        use = self.metadata.labels.get(_USE_WAYPOINT, "")
+        if (self.spec.resolution == "DYNAMIC_DNS" and self.spec.location == "MESH_INTERNAL"
+                and use and use.lower() != "none"):
+            raise ValueError("spec.location: MESH_INTERNAL with resolution type DYNAMIC_DNS is not supported "
+                             "when using waypoints")
+        return self
 
 
 # Endpoints, but also the inline endpoints of DNS ServiceEntry clusters that select them (CDS)

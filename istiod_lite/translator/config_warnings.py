@@ -10,8 +10,8 @@ not resolve (missing Service or ServiceEntry, a Gateway parent, an unknown kind)
 bound to no waypoint, a route from a namespace the service's waypoint does not take routes from,
 a parent port the service does not have, a backend Service that does not exist (its requests get
 500), a route Istio refuses to convert, and VirtualServices ignored because an HTTPRoute takes
-precedence.  Bound ServiceEntries that cannot be served (DYNAMIC_DNS, a host without address, a
-host already served) are reported too.
+precedence.  Bound ServiceEntries that cannot be served (a host without address, a host already
+served, ``DYNAMIC_DNS`` ports or settings a waypoint does not honour) are reported too.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from istiod_lite.model.networking import (
 )
 from istiod_lite.translator.binding import service_model
 from istiod_lite.translator.binding.waypoints import WAYPOINT_CLASS, Bindings, WaypointRef, bindings_of
+from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
 from istiod_lite.translator.core import tables
 from istiod_lite.translator.routing import httproute
 from istiod_lite.translator.routing.httproute import CORE_GROUPS, ISTIO_GROUP
 from istiod_lite.translator.routing.mesh_routes import MESH_ROUTE_KINDS, mesh_routes
-from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views
+from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views, destination_rule
 
 _SUPPORTED_REDIRECT_CODES = frozenset({0, 301, 302, 303, 307, 308})
 
@@ -302,15 +303,51 @@ def _service_entry_warnings(snapshot: ConfigSnapshot, bindings: Bindings) -> lis
         served = {v.host: v for v in bound_views(bindings, ref)}
         for se in entries:
             what = f"ServiceEntry {se.namespace}/{se.name}"
-            if se.spec.resolution == service_model.DYNAMIC_DNS:
-                out.append(f"{what}: resolution DYNAMIC_DNS is not supported on waypoints; not served by {ref}")
-                continue
+            dynamic = se.spec.resolution == service_model.DYNAMIC_DNS
             for view in service_model.of_service_entry(se):
                 owner = served.get(view.host)
                 if owner is not None and owner.source is not se:
                     out.append(f"{what}: host {view.host} is already served by waypoint {ref} for "
                                f"{type(owner.source).__name__} {owner.namespace}/{owner.source.name}; ignored")
+                elif dynamic and not view.vips:
+                    out.append(f"{what}: DYNAMIC_DNS host {view.host} has no address allocated in status.addresses; "
+                               f"waypoint {ref} matches traffic by address, so it is unreachable")
+                elif dynamic:
+                    out += _dynamic_dns_warnings(snapshot, ref, se, view)
                 elif not view.vips:
                     out.append(f"{what}: host {view.host} has no address (spec.addresses, or one allocated in "
                                f"status.addresses); waypoint {ref} matches traffic by address, so it is unreachable")
     return out
+
+
+def _dynamic_dns_warnings(snapshot: ConfigSnapshot, ref: WaypointRef, se: ServiceEntry,
+                          view: service_model.ServiceInfo) -> list[str]:
+    """What a waypoint does not honour of a ``DYNAMIC_DNS`` host (translator/waypoint/dynamic_dns.py)."""
+    what = f"ServiceEntry {se.namespace}/{se.name}"
+    served = set(view.served_ports())
+    out = [f"{what}: port {p.number} ({p.protocol.upper()}) of DYNAMIC_DNS host {view.host}: a waypoint serves only "
+           f"HTTP and TLS ports of such an entry; not served by {ref}" for p in view.ports if p not in served]
+    dr = destination_rule(snapshot, ref, view)
+    if dr is not None:
+        out.append(f"DestinationRule {dr.namespace}/{dr.name}: not applied to DYNAMIC_DNS host {view.host} on "
+                   f"waypoint {ref} (its dynamic forward proxy clusters take no traffic policy or subsets here)")
+    return out
+
+
+def dynamic_dns_warnings(snapshot: ConfigSnapshot, options: DynamicDnsOptions = DEFAULT_OPTIONS) -> list[str]:
+    """``DYNAMIC_DNS`` TLS ports left unserved because the server runs without ``wildcard_tls``
+    (Istio's ``ENABLE_WILDCARD_HOST_SERVICE_ENTRIES_FOR_TLS``, off by default), sorted."""
+    if options.wildcard_tls or not snapshot.by_kind.get("ServiceEntry"):
+        return []
+    out = []
+    for ref, entries in bindings_of(snapshot).service_entries.items():
+        for se in entries:
+            if se.spec.resolution != service_model.DYNAMIC_DNS:
+                continue
+            for p in se.spec.ports:
+                if service_model.se_protocol(p.protocol) == "tls":
+                    out.append(f"ServiceEntry {se.namespace}/{se.name}: TLS port {p.number} of a DYNAMIC_DNS entry is "
+                               f"served by waypoint {ref} only with --enable-wildcard-host-service-entries-for-tls "
+                               "(Istio's ENABLE_WILDCARD_HOST_SERVICE_ENTRIES_FOR_TLS: a client's SNI is not "
+                               "verified); not served")
+    return sorted(out)

@@ -16,7 +16,8 @@ from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.translator.authz import authz_problems
 from istiod_lite.translator.binding.waypoints import binding_problems
-from istiod_lite.translator.config_warnings import route_warnings
+from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
+from istiod_lite.translator.config_warnings import dynamic_dns_warnings, route_warnings
 from istiod_lite.translator.telemetry import telemetry_warnings
 
 
@@ -42,11 +43,13 @@ class Diagnostics:
         yield "telemetry", self.telemetry
 
 
-def diagnose(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None) -> Diagnostics:
-    """Run every warning pass over ``snapshot`` (each pass memoises on the kinds it reads)."""
+def diagnose(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None,
+             dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS) -> Diagnostics:
+    """Run every warning pass over ``snapshot`` (each pass memoises on the kinds it reads);
+    ``dynamic_dns``: the server's options for ``DYNAMIC_DNS`` entries (what it leaves unserved)."""
     return Diagnostics(
         binding=tuple(binding_problems(snapshot)),
-        routes=tuple(route_warnings(snapshot)),
+        routes=tuple(sorted([*route_warnings(snapshot), *dynamic_dns_warnings(snapshot, dynamic_dns)])),
         authorization=tuple(authz_problems(snapshot, mesh_config=mesh)),
         telemetry=tuple(telemetry_warnings(snapshot, mesh)),
     )

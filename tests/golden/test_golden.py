@@ -5,7 +5,8 @@ expected file is accepted by the real Envoy (``envoy --mode validate``).
 
 Layout: ``tests/golden/<case>/input/*.yaml`` and ``tests/golden/<case>/expected/<ns>.<name>.json``
 (one file per waypoint of the case); an optional ``tests/golden/<case>/mesh.yaml`` is the case's mesh
-config (Istio's MeshConfig: access-log defaults and extension providers).
+config (Istio's MeshConfig: access-log defaults and extension providers); an optional
+``tests/golden/<case>/options.yaml`` holds server options (``dynamicDns``: ``wildcardTls``, ``resolvers``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
@@ -24,12 +26,21 @@ from istiod_lite.cli.render import render
 from istiod_lite.model.meshconfig import MeshConfig, load_mesh_config
 from istiod_lite.sources import DirectorySource
 from istiod_lite.translator import WaypointAssembly, find_waypoints
+from istiod_lite.translator.clusters.dynamic_dns import DynamicDnsOptions, parse_resolver
 from istiod_lite.translator.diagnostics import diagnose
 from tests.support.envoy import envoy_validate, inline_rds
 
 HERE = Path(__file__).resolve().parent
 CASES = sorted(p.name for p in HERE.iterdir() if (p / "input").is_dir())
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+def _dynamic_dns(case: str) -> DynamicDnsOptions:
+    """The case's ``DYNAMIC_DNS`` server options (``options.yaml``), else the defaults."""
+    path = HERE / case / "options.yaml"
+    opts = (yaml.safe_load(path.read_text()) or {}).get("dynamicDns", {}) if path.exists() else {}
+    return DynamicDnsOptions(wildcard_tls=bool(opts.get("wildcardTls", False)),
+                             resolvers=tuple(parse_resolver(r) for r in opts.get("resolvers", ())))
 
 
 def _translate_case(case: str) -> dict[str, str]:
@@ -39,12 +50,13 @@ def _translate_case(case: str) -> dict[str, str]:
     mesh: MeshConfig | None = load_mesh_config(mesh_file) if mesh_file.exists() else None
     # What the server serves a proxy of the waypoint at the waypoint's own address: same object,
     # same methods (``WaypointAssembly``), so the expected files are what Envoy receives.
+    dynamic_dns = _dynamic_dns(case)
     out = {f"{w.ref.namespace}.{w.ref.name}.json": render(
-        WaypointAssembly(w.ref, mesh=mesh).proxy_resources(update.snapshot))
+        WaypointAssembly(w.ref, mesh=mesh, dynamic_dns=dynamic_dns).proxy_resources(update.snapshot))
            for w in find_waypoints(update.snapshot)}
     # Reported, never silently dropped: bindings that do not fit, policies that do not attach or
     # fail closed, route settings the waypoint ignores, Telemetry upstream Envoy cannot honour.
-    found = diagnose(update.snapshot, mesh)
+    found = diagnose(update.snapshot, mesh, dynamic_dns)
     for name, messages in (("binding-problems.txt", sorted(found.binding)),
                            ("authz-problems.txt", sorted(found.authorization)),
                            ("ignored.txt", found.routes), ("telemetry-ignored.txt", found.telemetry)):
@@ -96,7 +108,7 @@ def test_every_rds_name_is_served_in_the_same_snapshot(case: str) -> None:
     mesh_file = HERE / case / "mesh.yaml"
     mesh = load_mesh_config(mesh_file) if mesh_file.exists() else None
     for w in find_waypoints(update.snapshot):
-        res = WaypointAssembly(w.ref, mesh=mesh).proxy_resources(update.snapshot)
+        res = WaypointAssembly(w.ref, mesh=mesh, dynamic_dns=_dynamic_dns(case)).proxy_resources(update.snapshot)
         assert rds_names(res.listeners.values()) == set(res.routes), w.ref
 
 

@@ -20,6 +20,7 @@ from istiod_lite.controlplane.debounce import DebounceOptions
 from istiod_lite.controlplane.proxykinds import PROXY_KINDS, ProxyKind, WaypointGenerator
 from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.translator.binding.waypoints import WaypointRef
+from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
 from istiod_lite.xds.resources import VersionedResource
 from tests.support.ports import free_port
 
@@ -28,11 +29,14 @@ from tests.support.ports import free_port
 async def control_plane(
     config_dir: Path, *, quiet: float = 0.05, ca_dir: Path | None = None, plaintext: bool = True,
     mesh: MeshConfig | None = None, proxy_kinds: Sequence[ProxyKind[Any]] = PROXY_KINDS,
+    dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS,
 ) -> AsyncIterator[ControlPlane]:
     """An in-process control plane on ephemeral loopback ports, polling the directory quickly.
 
     With ``ca_dir``: the CA and the secure (TLS, authenticated) xDS port too (``cp.secure_port``).
-    ``proxy_kinds``: the kinds of proxy it serves (a test may register its own).
+    ``proxy_kinds``: the kinds of proxy it serves (a test may register its own); ``dynamic_dns``:
+    the server's DYNAMIC_DNS options (``serve --enable-wildcard-host-service-entries-for-tls``,
+    ``--dynamic-dns-resolver``).
     """
     cp = ControlPlane(
         ControlPlaneOptions(
@@ -44,6 +48,7 @@ async def control_plane(
             ca=CaConfig(ca_dir=ca_dir) if ca_dir is not None else None,
             secure_grpc_addr="127.0.0.1:0" if ca_dir is not None else "",
             mesh=mesh,
+            dynamic_dns=dynamic_dns,
         ),
         proxy_kinds=proxy_kinds,
     )

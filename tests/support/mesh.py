@@ -33,6 +33,7 @@ from istiod_lite.controlplane.app import ControlPlane
 from istiod_lite.envoy_binary import envoy_binary
 from istiod_lite.hbone import Endpoint, FileCredentials, HboneConfig, HboneProxy, InboundTerminator, OutboundTunnel
 from istiod_lite.model.meshconfig import MeshConfig
+from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
 from tests.support.controlplane import control_plane
 from tests.support.ports import alloc_pod_ip, free_port
 
@@ -176,7 +177,8 @@ class Mesh:
 
 @contextlib.asynccontextmanager
 async def ambient_mesh(tmp_path: Path, config_dir: Path, *, quiet: float = 0.05,
-                       mesh: MeshConfig | None = None) -> AsyncIterator[Mesh]:
+                       mesh: MeshConfig | None = None,
+                       dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS) -> AsyncIterator[Mesh]:
     ca_dir = tmp_path / "ca"
-    async with control_plane(config_dir, quiet=quiet, ca_dir=ca_dir, mesh=mesh) as cp:
+    async with control_plane(config_dir, quiet=quiet, ca_dir=ca_dir, mesh=mesh, dynamic_dns=dynamic_dns) as cp:
         yield Mesh(cp, ca_dir, tmp_path)

@@ -70,8 +70,14 @@ def test_one_view_per_host_with_the_entry_addresses_or_the_allocated_ones() -> N
                                           {"value": "240.240.0.2", "host": "b.example.com"}]})
     assert [v.vips for v in service_model.of_service_entry(allocated)] == [("240.240.0.1",), ("240.240.0.2",)]
     dynamic = _se({"hosts": ["*.example.com"], "resolution": "DYNAMIC_DNS",
-                   "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]})
-    assert service_model.of_service_entry(dynamic) == ()  # not served (reported by config_warnings)
+                   "ports": [{"number": 80, "name": "http", "protocol": "HTTP"},
+                             {"number": 443, "name": "tls", "protocol": "TLS"},
+                             {"number": 8080, "name": "grpc", "protocol": "GRPC"}]},
+                  status={"addresses": [{"value": "240.240.0.3", "host": "*.example.com"}]})
+    (view,) = service_model.of_service_entry(dynamic)
+    assert (view.host, view.vips, view.resolution) == ("*.example.com", ("240.240.0.3",), "DYNAMIC_DNS")
+    # A waypoint serves exactly the HTTP and TLS ports of a DYNAMIC_DNS entry (config_warnings reports the rest).
+    assert [p.number for p in view.served_ports()] == [80, 443]
 
 
 def _addresses(cla: Any) -> list[tuple[str, int]]:

@@ -18,6 +18,7 @@ from envoy.config.core.v3 import base_pb2
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig
+from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
 from istiod_lite.xds.resources import ResourceSnapshot
 
 #: A kind's group key type: frozen (hashable), compared and never parsed; ``str()`` of it names
@@ -31,6 +32,8 @@ class KindContext:
 
     trust_domain: str = "cluster.local"
     mesh: MeshConfig | None = None
+    #: How waypoints serve DYNAMIC_DNS ServiceEntries (server options).
+    dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS
 
 
 class Generator(ABC, Generic[Group]):

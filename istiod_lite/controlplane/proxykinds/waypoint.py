@@ -74,7 +74,8 @@ class WaypointGenerator(Generator[WaypointProxies]):
             wp = self._waypoints.get(ref)
             if wp is None:
                 wp = self._waypoints[ref] = _Waypoint(WaypointAssembly(ref, self._context.trust_domain,
-                                                                        self._context.mesh, encoded=True))
+                                                                        self._context.mesh, encoded=True,
+                                                                        dynamic_dns=self._context.dynamic_dns))
             wp.shared = wp.versions.versioned(wp.assembly.shared(config))
         for ref in set(self._waypoints) - refs:
             del self._waypoints[ref]

@@ -14,7 +14,8 @@ Facts (``pilot/pkg/serviceregistry/serviceentry/conversion.go`` ``convertService
   addresses the IP allocator wrote to ``status.addresses`` for that host are used;
 * resolution: ``NONE`` -> passthrough (ORIGINAL_DST), ``STATIC`` -> client-side load balancing
   (EDS), ``DNS`` -> STRICT_DNS, ``DNS_ROUND_ROBIN`` -> LOGICAL_DNS, ``DYNAMIC_DNS`` -> dynamic
-  forward proxy (not supported here: such entries are skipped and reported).
+  dynamic forward proxy (``clusters/dynamic_dns.py``): wildcard hosts whose HTTP and TLS ports only
+  are served by a waypoint (``buildWaypointInboundVIP``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from istiod_lite.translator.core import names
 
 #: ServiceEntry resolutions and what Istio builds for them.
 STATIC, DNS, DNS_ROUND_ROBIN, NONE, DYNAMIC_DNS = "STATIC", "DNS", "DNS_ROUND_ROBIN", "NONE", "DYNAMIC_DNS"
+#: The port protocols a waypoint serves for a ``DYNAMIC_DNS`` entry (exactly HTTP and TLS).
+DYNAMIC_DNS_PROTOCOLS = frozenset({"http", "tls"})
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,10 @@ class ServiceInfo:
         return next((p for p in self.ports if p.number == number), None)
 
     def served_ports(self) -> tuple[PortInfo, ...]:
-        """Ports a waypoint handles (every one but UDP)."""
+        """Ports a waypoint handles: every one but UDP; for ``DYNAMIC_DNS``, HTTP and TLS ones only
+        (Istio builds no cluster for its HTTP2/GRPC ports on a waypoint)."""
+        if self.resolution == DYNAMIC_DNS:
+            return tuple(p for p in self.ports if p.protocol in DYNAMIC_DNS_PROTOCOLS)
         return tuple(p for p in self.ports if p.chain_kinds)
 
     def metadata(self) -> list[dict[str, str]]:
@@ -110,10 +116,8 @@ def _allocated(status: Mapping[str, Any] | None, host: str) -> tuple[str, ...]:
 
 
 def of_service_entry(se: ServiceEntry) -> tuple[ServiceInfo, ...]:
-    """One view per host, in the order of ``hosts`` (DYNAMIC_DNS entries give none: unsupported)."""
+    """One view per host, in the order of ``hosts``."""
     spec = se.spec
-    if spec.resolution == DYNAMIC_DNS:
-        return ()
     ports = tuple(PortInfo(p.number, p.name, se_protocol(p.protocol), p.target_port) for p in spec.ports)
     addresses = tuple(_vip(a) for a in spec.addresses)
     return tuple(

@@ -50,11 +50,15 @@ def kube_service_for_host(snapshot: ConfigSnapshot, host: str) -> Service | None
 
 
 def service_for_host(snapshot: ConfigSnapshot, host: str) -> ServiceInfo | None:
-    """The service (Kubernetes Service, else the oldest ServiceEntry declaring ``host``), if any."""
+    """The service (Kubernetes Service, else the oldest ServiceEntry declaring ``host``), if any.
+    A ``DYNAMIC_DNS`` entry is none: its dynamic forward proxy clusters exist only on the waypoint
+    it is bound to (translator/waypoint/dynamic_dns.py), not as another waypoint's route target."""
     svc = kube_service_for_host(snapshot, host)
     if svc is not None:
         return service_model.of_service(svc)
     for se in service_entries_by_host(snapshot).get(host, ()):
+        if se.spec.resolution == service_model.DYNAMIC_DNS:
+            continue
         for info in service_model.of_service_entry(se):
             if info.host == host:
                 return info

@@ -30,11 +30,13 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2 as net_sfs_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2 as inputs
 from envoy.extensions.request_id.uuid.v3 import uuid_pb2
+from envoy.type.v3 import range_pb2
 from xds.core.v3 import cidr_pb2, extension_pb2
 from xds.type.matcher.v3 import ip_pb2, matcher_pb2
 
@@ -56,6 +58,10 @@ class PortChains:
     port: int
     http_chain: listener_components_pb2.FilterChain | None
     tcp_chain: listener_components_pb2.FilterChain | None
+    #: A TLS port (``tls``/``https``): the TLS inspector, when there is one, reads its ClientHello.
+    tls: bool = False
+    #: Its TCP chain reads the SNI (SNI dynamic forward proxy): ``main_internal`` needs the TLS inspector.
+    sni: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,11 @@ class ServiceChains:
     ports: tuple[PortChains, ...]
 
 
-def http_filters(authz: Sequence[hcm_pb2.HttpFilter] = ()) -> list[hcm_pb2.HttpFilter]:
+def http_filters(authz: Sequence[hcm_pb2.HttpFilter] = (),
+                 before_router: Sequence[hcm_pb2.HttpFilter] = ()) -> list[hcm_pb2.HttpFilter]:
     """Istio's waypoint HTTP filter order (upstream-Envoy subset): authorization, grpc_stats, fault,
-    cors, router.  Fault and CORS are empty here; routes configure them per route."""
+    cors, [``before_router``: the dynamic forward proxy of a wildcard host], router.  Fault and
+    CORS are empty here; routes configure them per route."""
     gs = grpc_stats_pb2.FilterConfig(emit_filter_state=True)
     gs.stats_for_all_methods.value = False
     gs.stats_for_all_methods.SetInParent()
@@ -75,6 +83,7 @@ def http_filters(authz: Sequence[hcm_pb2.HttpFilter] = ()) -> list[hcm_pb2.HttpF
         hcm_pb2.HttpFilter(name="envoy.filters.http.grpc_stats", typed_config=packed(gs)),
         hcm_pb2.HttpFilter(name="envoy.filters.http.fault", typed_config=packed(fault_pb2.HTTPFault())),
         hcm_pb2.HttpFilter(name="envoy.filters.http.cors", typed_config=packed(cors_pb2.Cors())),
+        *before_router,
         hbone.router_filter(),
     ]
 
@@ -128,6 +137,7 @@ def _template(path_normalization: PathNormalizationType) -> hcm_pb2.HttpConnecti
 def http_connection_manager(
     port: int, route_config_name: str, h2: bool, authz: Sequence[hcm_pb2.HttpFilter] = (),
     access_logs: Sequence[accesslog_pb2.AccessLog] = (), path_normalization: PathNormalizationType = "BASE",
+    before_router: Sequence[hcm_pb2.HttpFilter] = (),
 ) -> hcm_pb2.HttpConnectionManager:
     """The chain's HCM, taking its routes over RDS (``route_config_name``); ``access_logs`` (from
     ``telemetry.access_logs_for``) are added as given.  ``path_normalization``: MeshConfig
@@ -138,7 +148,7 @@ def http_connection_manager(
     hcm.rds.route_config_name = route_config_name  # the template holds the config source
     if not _DEFAULT_FILTERS:
         _DEFAULT_FILTERS.extend(http_filters())
-    hcm.http_filters.extend(http_filters(authz) if authz else _DEFAULT_FILTERS)
+    hcm.http_filters.extend(http_filters(authz, before_router) if authz or before_router else _DEFAULT_FILTERS)
     if h2:
         hcm.http2_protocol_options.SetInParent()
     if access_logs:
@@ -150,12 +160,13 @@ def http_chain(name: str, port: int, h2: bool,
                authz: Sequence[hcm_pb2.HttpFilter] = (), prefix: Sequence[listener_components_pb2.Filter] = (),
                access_logs: Sequence[accesslog_pb2.AccessLog] = (),
                path_normalization: PathNormalizationType = "BASE",
+               before_router: Sequence[hcm_pb2.HttpFilter] = (),
                ) -> listener_components_pb2.FilterChain:
     """An HTTP chain named ``name`` whose routes are the RouteConfiguration of the same name (RDS)."""
     chain = listener_components_pb2.FilterChain(name=name)
     chain.filters.extend(prefix)
     chain.filters.add(name=hbone.HCM, typed_config=packed(
-        http_connection_manager(port, name, h2, authz, access_logs, path_normalization)))
+        http_connection_manager(port, name, h2, authz, access_logs, path_normalization, before_router)))
     return chain
 
 
@@ -245,6 +256,24 @@ def _cidr(ip: str) -> cidr_pb2.CidrRange:
     return r
 
 
+def _tls_inspector(services: Sequence[ServiceChains]) -> listener_components_pb2.ListenerFilter:
+    """Istio's TLS inspector of ``main_internal``, off for ports no service declares TLS on.
+
+    Deviation: Istio adds it whenever a service has a TLS port; here only when a chain reads the
+    SNI (a ``DYNAMIC_DNS`` TLS port), the one case where something uses what it finds."""
+    tls = {pc.port for s in services for pc in s.ports if pc.tls}
+    others = sorted({pc.port for s in services for pc in s.ports} - tls)
+    out = listener_components_pb2.ListenerFilter(name="envoy.filters.listener.tls_inspector",
+                                                 typed_config=packed(tls_inspector_pb2.TlsInspector()))
+    rules = [listener_components_pb2.ListenerFilterChainMatchPredicate(
+        destination_port_range=range_pb2.Int32Range(start=p, end=p + 1)) for p in others]
+    if len(rules) == 1:
+        out.filter_disabled.CopyFrom(rules[0])
+    elif rules:
+        out.filter_disabled.or_match.rules.extend(rules)
+    return out
+
+
 def main_internal_listener(
     services: Sequence[ServiceChains], workload_ips: Sequence[str], authz: Sequence[hcm_pb2.HttpFilter] = (),
     tcp_authz: Sequence[listener_components_pb2.Filter] = (), path_normalization: PathNormalizationType = "BASE",
@@ -258,6 +287,8 @@ def main_internal_listener(
     if workload_ips or any(pc.http_chain and pc.tcp_chain for s in services for pc in s.ports):
         lst.listener_filters.add(name="envoy.filters.listener.http_inspector",
                                  typed_config=packed(http_inspector_pb2.HttpInspector()))
+    if any(pc.sni for s in services for pc in s.ports):
+        lst.listener_filters.append(_tls_inspector(services))
     ipm = ip_pb2.IPMatcher()
     for svc in services:
         if not svc.vips or not svc.ports:

@@ -260,11 +260,14 @@ def _operation(r: rc.Route, vs_name: str, port: int) -> str:
     return f"{vs_name}:{port}{path}"
 
 
-def route_configuration(name: str, vhost_name: str, routes: Sequence[rc.Route]) -> route_pb2.RouteConfiguration:
+def route_configuration(name: str, vhost_name: str, routes: Sequence[rc.Route],
+                        domains: Sequence[str] = ("*",)) -> route_pb2.RouteConfiguration:
+    """``domains``: ``*``, except for a ``DYNAMIC_DNS`` host: only names under its wildcard, so a
+    client cannot send the forward proxy anywhere else (``buildRouteVHostDomains``)."""
     rcfg = route_pb2.RouteConfiguration(name=name)
     rcfg.validate_clusters.value = False
     rcfg.validate_clusters.SetInParent()
     rcfg.max_direct_response_body_size_bytes.value = MAX_DIRECT_RESPONSE_BODY
-    vh = rcfg.virtual_hosts.add(name=vhost_name, domains=["*"])
+    vh = rcfg.virtual_hosts.add(name=vhost_name, domains=list(domains))
     vh.routes.extend(routes)
     return rcfg

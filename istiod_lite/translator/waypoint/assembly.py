@@ -18,6 +18,7 @@ from envoy.config.listener.v3 import listener_pb2
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig, ProxyPathNormalization
 from istiod_lite.translator.binding.waypoints import WaypointRef, bindings_of
+from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
 from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.translator.shape import hbone
 from istiod_lite.translator.telemetry import TelemetryMemo
@@ -34,16 +35,18 @@ class WaypointAssembly:
     only the services it touches).  ``mesh`` is fixed for the instance; ``path_normalization``
     defaults to ``mesh.pathNormalization`` when ``mesh`` is given, else BASE.  ``encoded``: the
     per-service resources come out as ``Encoded`` bytes (the server; ``WaypointTranslator``).
+    ``dynamic_dns``: how ``DYNAMIC_DNS`` entries are served (server options, default as istiod).
     """
 
     def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
-                 path_normalization: ProxyPathNormalization | None = None, encoded: bool = False) -> None:
+                 path_normalization: ProxyPathNormalization | None = None, encoded: bool = False,
+                 dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS) -> None:
         if path_normalization is None and mesh is not None:
             path_normalization = mesh.path_normalization
         self.ref = ref
         self.trust_domain = trust_domain
         self.mesh = mesh
-        self.translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh, encoded)
+        self.translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh, encoded, dynamic_dns)
         self._telemetry = TelemetryMemo(ref)
 
     def shared(self, snapshot: ConfigSnapshot) -> EnvoyResources:
@@ -74,7 +77,8 @@ class WaypointAssembly:
 def translate_waypoint(
     snapshot: ConfigSnapshot, ref: WaypointRef, bind_ip: str | None = None,
     trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
-    path_normalization: ProxyPathNormalization | None = None,
+    path_normalization: ProxyPathNormalization | None = None, dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS,
 ) -> EnvoyResources:
     """One-shot ``WaypointAssembly(...).proxy_resources(snapshot, bind_ip)`` (tests, offline use)."""
-    return WaypointAssembly(ref, trust_domain, mesh, path_normalization).proxy_resources(snapshot, bind_ip)
+    return WaypointAssembly(ref, trust_domain, mesh, path_normalization,
+                            dynamic_dns=dynamic_dns).proxy_resources(snapshot, bind_ip)

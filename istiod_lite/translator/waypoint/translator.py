@@ -40,6 +40,7 @@ from istiod_lite.translator.binding import protocols, service_model
 from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef, bindings_of
 from istiod_lite.translator.clusters import endpoints, for_service, outbound, policy_select
+from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
 from istiod_lite.translator.core import names, tables
 from istiod_lite.translator.core.index import index_of, virtual_services_for
 from istiod_lite.translator.core.output import LISTENER, Encoded, EnvoyResources, Resource
@@ -47,6 +48,7 @@ from istiod_lite.translator.listeners import inbound
 from istiod_lite.translator.routing import route_actions, routes, tcp_routes
 from istiod_lite.translator.routing.mesh_routes import mesh_routes
 from istiod_lite.translator.shape import cluster_templates, hbone
+from istiod_lite.translator.waypoint import dynamic_dns
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 #: Kinds a waypoint's translation reads every object of, besides its bound services and workloads:
@@ -145,9 +147,11 @@ class WaypointTranslator:
 
     def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN,
                  path_normalization: ProxyPathNormalization | None = None, mesh: MeshConfig | None = None,
-                 encoded: bool = False) -> None:
+                 encoded: bool = False, dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS) -> None:
         self.ref = ref
         self.encoded = encoded
+        #: How ``DYNAMIC_DNS`` entries are served (server options; fixed, so the memos stay right).
+        self.dynamic_dns = dynamic_dns
         #: Authorization reads the mesh config (root namespace, ext_authz providers).  It may be
         #: replaced between translations: it is part of every memo key (path normalization is not).
         self.mesh = mesh
@@ -220,7 +224,8 @@ class WaypointTranslator:
             if cached is not None and cached[0].same_as(inputs):
                 frag = cached[1]
             else:
-                frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization)
+                frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization,
+                                         self.dynamic_dns)
                 if self.encoded:
                     frag = _Fragment(frag.resources.encoded(), frag.chains)
                 if cached is not None:
@@ -417,17 +422,25 @@ def _attached_routes(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object
 def _service_fragment(
     snapshot: ConfigSnapshot, sv: ServiceInfo, dr: DestinationRule | None, vss: list[VirtualService],
     owned: dict[str, ServiceInfo], waypoint_namespace: str, az: AuthzFilters | None = None,
-    path_normalization: PathNormalizationType = "BASE",
+    path_normalization: PathNormalizationType = "BASE", dynamic: DynamicDnsOptions = DEFAULT_OPTIONS,
 ) -> _Fragment:
     """One service's clusters, endpoints, route configurations and chains: inbound-vip clusters per
     port (and DR subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
     the TCP chain's route, and the outbound clusters of route targets it does not own."""
-    resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned)
     out = EnvoyResources()
+    if sv.resolution == service_model.DYNAMIC_DNS and not sv.vips:
+        return _Fragment(out, inbound.ServiceChains(sv.vips, ()))  # unreachable: nothing to build
+    resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned)
     meta = cluster_templates.service_metadata(sv.metadata())
     port_chains = []
     slots = discovered(az if az is not None else EMPTY, sv.host)
     for port in sv.served_ports():
+        if sv.resolution == service_model.DYNAMIC_DNS:
+            dfp = dynamic_dns.port_chains(out, sv, port, vss, resolver, waypoint_namespace, slots,
+                                          path_normalization, dynamic)
+            if dfp is not None:
+                port_chains.append(dfp)
+            continue
         http_chain: listener_components_pb2.FilterChain | None = None
         tcp_chain: listener_components_pb2.FilterChain | None = None
         for kind in port.chain_kinds:
@@ -451,7 +464,8 @@ def _service_fragment(
                 tcp_chain = inbound.with_network_filters(
                     tcp_routes.tcp_chain(cluster, vss, sv.host, port.number, resolver), slots.tcp)
                 out.extension_configs.update(slots.tcp_configs)
-        port_chains.append(inbound.PortChains(port.number, http_chain, tcp_chain))
+        port_chains.append(inbound.PortChains(port.number, http_chain, tcp_chain,
+                                              tls=port.protocol in ("tls", "https")))
     resolver.include(_referenced(vss))
     if resolver.outbound:
         out.merge(resolver.outbound_resources())
