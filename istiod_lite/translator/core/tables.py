@@ -22,7 +22,7 @@ from istiod_lite.translator.core.memo import Derived, PerObject
 if TYPE_CHECKING:
     from istiod_lite.model import gateway as gw
     from istiod_lite.model.core import Pod, Service
-    from istiod_lite.model.networking import DestinationRule, HTTPRoute, ServiceEntry, VirtualService
+    from istiod_lite.model.networking import HTTPRoute, ServiceEntry, VirtualService
     from istiod_lite.model.security import AuthorizationPolicy, RequestAuthentication
     from istiod_lite.translator.authz.attach import AttachIndex
     from istiod_lite.translator.authz.generate import AuthzTranslators
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from istiod_lite.translator.authz.rbac import CompiledPolicy
     from istiod_lite.translator.binding.service_model import ServiceInfo
     from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef
+    from istiod_lite.translator.core.destination_rules import DestinationRuleIndexes
     from istiod_lite.translator.core.index import SnapshotIndex, WorkloadEntryIndex
     from istiod_lite.translator.routing.httproute import MeshRoutes
 
@@ -53,9 +54,9 @@ PODS_BY_LABEL: Final[Derived[Mapping[tuple[str, str, str], tuple[Pod, ...]]]] = 
 VS_BY_HOST: Final[Derived[tuple[Mapping[tuple[str, str], tuple[VirtualService, ...]],
                                 Mapping[str, tuple[VirtualService, ...]]]]] = Derived(
     "vs-by-host", reads=("VirtualService",))
-#: (namespace, host) -> the DestinationRule that applies.
-DESTINATION_RULES: Final[Derived[Mapping[tuple[str, str], DestinationRule]]] = Derived(
-    "destination-rules", reads=("DestinationRule",))
+#: The DestinationRules in Istio's order, with their pools per MeshConfig (destination_rules.py).
+DESTINATION_RULE_INDEXES: Final[Derived[DestinationRuleIndexes]] = Derived(
+    "destination-rule-indexes", reads=("DestinationRule",))
 #: WorkloadEntries with an address, by label.
 WORKLOAD_ENTRIES: Final[Derived[WorkloadEntryIndex]] = Derived("workload-entries", reads=("WorkloadEntry",))
 #: host -> the ServiceEntries declaring it, oldest first.
