@@ -17,6 +17,7 @@ from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.translator.authz import authz_problems
 from istiod_lite.translator.binding.waypoints import binding_problems
 from istiod_lite.translator.config_warnings import route_warnings
+from istiod_lite.translator.export_warnings import export_warnings
 from istiod_lite.translator.telemetry import telemetry_warnings
 
 
@@ -27,7 +28,8 @@ class Diagnostics:
 
     #: Waypoint bindings that do not fit (never used).
     binding: tuple[str, ...] = ()
-    #: Route, DestinationRule and ServiceEntry settings a waypoint ignores.
+    #: Route, DestinationRule and ServiceEntry settings a waypoint ignores, and rules it does not
+    #: apply because of exportTo, precedence or merging (``export_warnings``).
     routes: tuple[str, ...] = ()
     #: Authorization a waypoint does not attach or enforces differently (fail-closed parts).
     authorization: tuple[str, ...] = ()
@@ -46,7 +48,7 @@ def diagnose(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None) -> Diagno
     """Run every warning pass over ``snapshot`` (each pass memoises on the kinds it reads)."""
     return Diagnostics(
         binding=tuple(binding_problems(snapshot)),
-        routes=tuple(route_warnings(snapshot)),
+        routes=tuple(sorted(route_warnings(snapshot) + export_warnings(snapshot, mesh))),
         authorization=tuple(authz_problems(snapshot, mesh_config=mesh)),
         telemetry=tuple(telemetry_warnings(snapshot, mesh)),
     )

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef
     from istiod_lite.translator.core.destination_rules import DestinationRuleIndexes
     from istiod_lite.translator.core.index import SnapshotIndex, WorkloadEntryIndex
+    from istiod_lite.translator.export_warnings import PerMesh
     from istiod_lite.translator.routing.httproute import MeshRoutes
 
 # --- kinds read together --------------------------------------------------------------------------
@@ -108,6 +109,11 @@ SERVICE_VIEW: Final[PerObject[Service, ServiceInfo]] = PerObject("service-view")
 ROUTE_WARNINGS: Final[Derived[tuple[str, ...]]] = Derived("route-warnings", reads=("VirtualService", "DestinationRule"))
 #: Ignored mesh-route and ServiceEntry config.
 MESH_WARNINGS: Final[Derived[tuple[str, ...]]] = Derived("mesh-warnings", reads=MESH_WARNING_KINDS)
+
+#: Why DestinationRules / VirtualServices / Services are not applied or seen (export_warnings.py):
+#: one holder per snapshot, keeping the messages per MeshConfig.
+EXPORT_WARNINGS: Final[Derived[PerMesh]] = Derived(
+    "export-warnings", reads=(*BINDING_KINDS, "VirtualService", "DestinationRule", "HTTPRoute"))
 
 # --- authorization (authz/) -----------------------------------------------------------------------
 
