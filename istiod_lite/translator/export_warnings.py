@@ -152,10 +152,15 @@ def _dr_warnings(snapshot: ConfigSnapshot, ref: WaypointRef, view: ServiceInfo, 
                            f"(host {resolved.matched_host}) and has a workloadSelector, which waypoint clusters "
                            "ignore, so no DestinationRule applies")
             else:
-                out.append(f"{what} is not applied to {target}: a more specific DestinationRule in namespace "
-                           f"{dr.namespace} hides it and is not exported to namespace {ref.namespace}")
+                hider = _hidden_by(snapshot, mesh, dr, host, view.host)
+                out.append(f"{what} is not applied to {target}: in namespace {dr.namespace} the more specific "
+                           f"host {hider} matches first and its rule is not exported to namespace {ref.namespace}")
             continue
-        if dr.namespace == resolved.namespace:
+        hider = _hidden_by(snapshot, mesh, dr, host, view.host) if dr.namespace != resolved.namespace else None
+        if hider is not None:
+            out.append(f"{what} is not applied to {target}: in namespace {dr.namespace} the more specific host "
+                       f"{hider} matches first and its rule is not exported to namespace {ref.namespace}")
+        elif dr.namespace == resolved.namespace:
             if host != resolved.matched_host:
                 reason = "its host is more specific"
             else:
@@ -165,6 +170,15 @@ def _dr_warnings(snapshot: ConfigSnapshot, ref: WaypointRef, view: ServiceInfo, 
             out.append(f"{what} is not applied to {target}: {winner} in namespace {resolved.namespace} applies, "
                        f"as {_STEP[resolved.step]}")
     return out
+
+
+def _hidden_by(snapshot: ConfigSnapshot, mesh: MeshConfig, dr: DestinationRule, host: str, service_host: str
+               ) -> str | None:
+    """The more specific host of ``dr``'s namespace's exported rules that matches ``service_host``
+    before ``dr``'s own ``host`` (None if ``dr``'s host is the best match there)."""
+    pool = policy_select.dr_index(snapshot, mesh).exported.get(dr.namespace)
+    m = pool.most_specific(service_host) if pool is not None else None
+    return m[0] if m is not None and m[0] != host else None
 
 
 def _vs_warnings(snapshot: ConfigSnapshot, ref: WaypointRef, view: ServiceInfo, mesh: MeshConfig) -> list[str]:
