@@ -24,9 +24,9 @@ from istiod_lite.translator.core.destination_rules import (
     export_set,
     indexes_of,
     is_private_only,
-    resolve_shortname,
 )
 from istiod_lite.translator.core.index import host_matches, index_of, matching_virtual_services
+from istiod_lite.translator.core.names import resolve_shortname
 from istiod_lite.translator.routing.httproute import mesh_routes
 from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views
 

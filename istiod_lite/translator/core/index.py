@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod
-from istiod_lite.model.networking import ServiceEntry, VirtualService, WorkloadEntry
 from istiod_lite.model.meshconfig import MeshConfig
+from istiod_lite.model.networking import ServiceEntry, VirtualService, WorkloadEntry
 from istiod_lite.translator.core import names, tables, visibility
 
 
