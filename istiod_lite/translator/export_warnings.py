@@ -189,11 +189,9 @@ def _vs_warnings(snapshot: ConfigSnapshot, ref: WaypointRef, view: ServiceInfo, 
             desc = visibility.describe(vs.spec.export_to, mesh.default_virtual_service_export_to)
             out.append(f"{_name(vs)} is not exported to namespace {ref.namespace} ({desc}); its routes are not "
                        f"applied to {target}")
-    applied = applicable_virtual_services(snapshot, ref, view, mesh)
-    resolver = outbound.DestinationResolver(snapshot, ref.namespace, {}, mesh)
-    for vs in applied:
+    for vs in applicable_virtual_services(snapshot, ref, view, mesh):
         for host in sorted(set(tables.VS_REFERENCED_HOSTS.of(vs))):
-            if outbound.service_for_host(snapshot, host) is not None and resolver.service(host) is None:
+            if outbound.host_visible(snapshot, host, ref.namespace, mesh) is False:
                 out.append(f"{_name(vs)} routes to {host}, which is not exported to namespace {ref.namespace}: "
                            f"waypoint {ref} resolves it as an unknown host (no outbound cluster)")
     return out

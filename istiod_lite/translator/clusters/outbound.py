@@ -82,6 +82,18 @@ def visible_service_for_host(snapshot: ConfigSnapshot, host: str, namespace: str
     return None
 
 
+def host_visible(snapshot: ConfigSnapshot, host: str, namespace: str, mesh: MeshConfig | None = None) -> bool | None:
+    """Whether proxies of ``namespace`` see a service of ``host`` (None: no service has it); the
+    cheap test behind ``visible_service_for_host`` (no view is built)."""
+    svc = kube_service_for_host(snapshot, host)
+    entries = service_entries_by_host(snapshot).get(host, ())
+    if svc is None and not entries:
+        return None
+    if svc is not None and visibility.service_visible(svc, namespace, mesh):
+        return True
+    return any(visibility.service_visible(se, namespace, mesh) for se in entries)
+
+
 def source_for_host(snapshot: ConfigSnapshot, host: str) -> object:
     """The config object ``service_for_host`` reads (for memo keys; None if there is none)."""
     svc = kube_service_for_host(snapshot, host)
