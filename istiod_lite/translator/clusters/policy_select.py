@@ -57,7 +57,6 @@ from istiod_lite.translator.core import visibility
 from istiod_lite.translator.core.destination_rules import (
     ConsolidatedRule,
     DestinationRuleIndex,
-    Pool,
     indexes_of,
 )
 
@@ -142,10 +141,6 @@ def exported_to(entry: ConsolidatedRule, namespace: str) -> bool:
     """``getExportedDestinationRuleFromNamespace``'s test."""
     e = entry.export_to
     return not e or visibility.PUBLIC in e or namespace in e
-
-
-def pool_match(pool: Pool | None, host: str) -> tuple[str, tuple[ConsolidatedRule, ...]] | None:
-    return pool.most_specific(host) if pool is not None else None
 
 
 @dataclass(frozen=True)
