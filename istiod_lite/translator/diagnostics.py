@@ -18,6 +18,7 @@ from istiod_lite.translator.authz import authz_problems
 from istiod_lite.translator.binding.waypoints import binding_problems
 from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
 from istiod_lite.translator.config_warnings import dynamic_dns_warnings, route_warnings
+from istiod_lite.translator.export_warnings import export_warnings
 from istiod_lite.translator.telemetry import telemetry_warnings
 
 
@@ -28,7 +29,8 @@ class Diagnostics:
 
     #: Waypoint bindings that do not fit (never used).
     binding: tuple[str, ...] = ()
-    #: Route, DestinationRule and ServiceEntry settings a waypoint ignores.
+    #: Route, DestinationRule and ServiceEntry settings a waypoint ignores, and rules it does not
+    #: apply because of exportTo, precedence or merging (``export_warnings``).
     routes: tuple[str, ...] = ()
     #: Authorization a waypoint does not attach or enforces differently (fail-closed parts).
     authorization: tuple[str, ...] = ()
@@ -49,7 +51,8 @@ def diagnose(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None,
     ``dynamic_dns``: the server's options for ``DYNAMIC_DNS`` entries (what it leaves unserved)."""
     return Diagnostics(
         binding=tuple(binding_problems(snapshot)),
-        routes=tuple(sorted([*route_warnings(snapshot), *dynamic_dns_warnings(snapshot, dynamic_dns)])),
+        routes=tuple(sorted([*route_warnings(snapshot), *dynamic_dns_warnings(snapshot, dynamic_dns),
+                             *export_warnings(snapshot, mesh)])),
         authorization=tuple(authz_problems(snapshot, mesh_config=mesh)),
         telemetry=tuple(telemetry_warnings(snapshot, mesh)),
     )

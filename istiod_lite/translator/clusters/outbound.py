@@ -12,7 +12,11 @@ Facts: docs/istio-waypoint-shape.md §1.5 and §4 (``getWaypointDestinationClust
 * "known" covers Kubernetes Services (by FQDN) and ServiceEntry hosts (the oldest entry declaring
   the host wins, as Istio's ``ServiceForHostname``);
 * an empty host (a Gateway API backend of a kind Istio cannot route to) -> ``UnknownService``, a
-  cluster that never exists (the route answers 500 under gateway semantics).
+  cluster that never exists (the route answers 500 under gateway semantics);
+* only services exported to the waypoint's namespace are known (``exportTo``, ``core/visibility``):
+  a route to one that is not is resolved as to an unknown host (``inbound-vip|P|http|H``, no
+  outbound cluster), as Istio's waypoint scope does not list it; its DestinationRule is the one
+  the waypoint's namespace resolves (``policy_select.waypoint_destination_rule``).
 
 One ``DestinationResolver`` per service fragment: it records the outbound targets its routes
 name (and, as Istio, every other non-owned service its VirtualServices reference), so the
@@ -25,13 +29,14 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Service
+from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.model.networking import ConsistentHashLB, Destination, DestinationRule, VirtualService
 from istiod_lite.translator.binding import service_model
 from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.clusters import for_service
-from istiod_lite.translator.clusters.policy_select import destination_hash
-from istiod_lite.translator.core import names
-from istiod_lite.translator.core.index import index_of, qualify, service_entries_by_host
+from istiod_lite.translator.clusters.policy_select import ResolvedRule, destination_hash, waypoint_destination_rule
+from istiod_lite.translator.core import names, visibility
+from istiod_lite.translator.core.index import qualify, service_entries_by_host
 from istiod_lite.translator.core.output import EnvoyResources
 
 _SUFFIX = ".svc." + names.DEFAULT_DOMAIN
@@ -65,6 +70,34 @@ def service_for_host(snapshot: ConfigSnapshot, host: str) -> ServiceInfo | None:
     return None
 
 
+def visible_service_for_host(snapshot: ConfigSnapshot, host: str, namespace: str, mesh: MeshConfig | None = None
+                             ) -> ServiceInfo | None:
+    """The service of ``host`` as proxies of ``namespace`` see it: the Kubernetes Service, else the
+    oldest ServiceEntry declaring the host, among those exported to ``namespace``."""
+    svc = kube_service_for_host(snapshot, host)
+    if svc is not None and visibility.service_visible(svc, namespace, mesh):
+        return service_model.of_service(svc)
+    for se in service_entries_by_host(snapshot).get(host, ()):
+        if not visibility.service_visible(se, namespace, mesh):
+            continue
+        for info in service_model.of_service_entry(se):
+            if info.host == host:
+                return info
+    return None
+
+
+def host_visible(snapshot: ConfigSnapshot, host: str, namespace: str, mesh: MeshConfig | None = None) -> bool | None:
+    """Whether proxies of ``namespace`` see a service of ``host`` (None: no service has it); the
+    cheap test behind ``visible_service_for_host`` (no view is built)."""
+    svc = kube_service_for_host(snapshot, host)
+    entries = service_entries_by_host(snapshot).get(host, ())
+    if svc is None and not entries:
+        return None
+    if svc is not None and visibility.service_visible(svc, namespace, mesh):
+        return True
+    return any(visibility.service_visible(se, namespace, mesh) for se in entries)
+
+
 def source_for_host(snapshot: ConfigSnapshot, host: str) -> object:
     """The config object ``service_for_host`` reads (for memo keys; None if there is none)."""
     svc = kube_service_for_host(snapshot, host)
@@ -80,13 +113,6 @@ def host_namespace(host: str) -> str:
         return ""
     _, _, ns = host[: -len(_SUFFIX)].partition(".")
     return ns
-
-
-def destination_rule_for_host(drs: Mapping[tuple[str, str], DestinationRule], waypoint_namespace: str, host: str
-                              ) -> DestinationRule | None:
-    """The DestinationRule of ``host`` (``drs``: the snapshot index's table): its service's
-    namespace first, then the waypoint's (as ``waypoint.destination_rule`` for owned services)."""
-    return drs.get((host_namespace(host), host)) or drs.get((waypoint_namespace, host))
 
 
 def referenced_hosts(vs: VirtualService) -> Iterator[str]:
@@ -123,18 +149,22 @@ class DestinationResolver:
     """Resolves destinations for one service's routes (``routes.Targets``) and collects the
     outbound services they need."""
 
-    def __init__(self, snapshot: ConfigSnapshot, waypoint_namespace: str, owned: Mapping[str, ServiceInfo]) -> None:
+    def __init__(self, snapshot: ConfigSnapshot, waypoint_namespace: str, owned: Mapping[str, ServiceInfo],
+                 mesh: MeshConfig | None = None) -> None:
         self.snapshot = snapshot
         self.waypoint_namespace = waypoint_namespace
         #: host -> the services this waypoint owns (shared by every fragment of one translation).
         self.owned = owned
+        self.mesh = mesh
         #: host -> every non-owned service a route named (sorted when built).
         self.outbound: dict[str, ServiceInfo] = {}
-        self._drs = index_of(snapshot).destination_rules
 
     def service(self, host: str) -> ServiceInfo | None:
+        """The service of ``host`` as the waypoint sees it (None: unknown or not exported to it)."""
         view = self.owned.get(host)
-        return view if view is not None else service_for_host(self.snapshot, host)
+        if view is not None:
+            return view if visibility.service_visible(view.source, self.waypoint_namespace, self.mesh) else None
+        return visible_service_for_host(self.snapshot, host, self.waypoint_namespace, self.mesh)
 
     def cluster(self, dest: Destination, namespace: str, listen_port: int) -> str:
         if not dest.host:
@@ -161,12 +191,16 @@ class DestinationResolver:
         service its VirtualServices reference, whether or not a route survives)."""
         for host in hosts:
             if host not in self.owned and host not in self.outbound:
-                svc = service_for_host(self.snapshot, host)
+                svc = visible_service_for_host(self.snapshot, host, self.waypoint_namespace, self.mesh)
                 if svc is not None:
                     self.outbound[host] = svc
 
+    def resolved_rule(self, host: str) -> ResolvedRule:
+        """How the waypoint's namespace resolves ``host``'s DestinationRule (``policy_select``)."""
+        return waypoint_destination_rule(self.snapshot, self.waypoint_namespace, self.service(host), self.mesh)
+
     def destination_rule(self, host: str) -> DestinationRule | None:
-        return destination_rule_for_host(self._drs, self.waypoint_namespace, host)
+        return self.resolved_rule(host).rule
 
     def consistent_hash(self, dest: Destination, namespace: str) -> ConsistentHashLB | None:
         dr = self.destination_rule(qualify(dest.host, namespace))

@@ -12,6 +12,25 @@ Istio's rules, kept exactly because they surprise:
   the subset, else the top-level port-level settings (only when the destination names a port),
   else the top-level load balancer.
 
+Which DestinationRule applies at all (``resolve_destination_rule``, ``waypoint_destination_rule``)
+is Istio's ``PushContext.destinationRule`` over the pools of ``core/destination_rules.py``, for a
+waypoint as for any proxy of its namespace (``DefaultSidecarScopeForGateway``):
+
+1. the waypoint's namespace: its namespace-local rules (public or private), most specific host
+   first; if the waypoint runs in the root namespace, only the root namespace's private rules;
+2. the service's namespace: its exported rules, most specific host, kept only if exported to the
+   waypoint's namespace (``exportTo`` empty, ``*`` or naming it);
+3. the root namespace (MeshConfig ``rootNamespace``): the same, for its exported rules.
+
+The first step that finds a host match decides, even if what it found then applies nothing (in
+step 1, a match whose rules all have a ``workloadSelector``; in steps 2-3, a more specific host
+whose rules are not exported to the waypoint hides a less specific one that is).  Of the entries
+found, the last one without a ``workloadSelector`` applies (``SidecarScope.DestinationRule``):
+selector-scoped rules never apply to a waypoint's clusters here (Istio applies a matching one to
+outbound clusters only; the waypoint's own labels are not known to the translator).  A service that
+is not exported to the waypoint's namespace has no DestinationRule there at all (the waypoint's
+scope does not list it).
+
 Pure functions of the model objects; the cluster builder (``cluster_policy``) turns a ``Policy``
 into Envoy fields.
 """
@@ -20,6 +39,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from istiod_lite.model import ConfigSnapshot
+from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.model.networking import (
     ClientTLSSettings,
     ConnectionPoolSettings,
@@ -31,6 +52,95 @@ from istiod_lite.model.networking import (
     RetryBudget,
     TrafficPolicy,
 )
+from istiod_lite.translator.binding.service_model import ServiceInfo
+from istiod_lite.translator.core import visibility
+from istiod_lite.translator.core.destination_rules import (
+    ConsolidatedRule,
+    DestinationRuleIndex,
+    indexes_of,
+)
+
+
+@dataclass(frozen=True)
+class ResolvedRule:
+    """The DestinationRule a proxy namespace applies to one host, and how it was found.
+
+    ``rule``: the rule whose settings apply (a merged copy when several merged), None if none;
+    ``sources``: the rules it is made of (memo keys: identity-stable across snapshots);
+    ``found``: every entry of the host match that decided (some may not apply); ``namespace``:
+    where it was found ("" if nowhere); ``step``: ``proxy``, ``service`` or ``root``."""
+
+    rule: DestinationRule | None
+    sources: tuple[DestinationRule, ...] = ()
+    found: tuple[ConsolidatedRule, ...] = ()
+    namespace: str = ""
+    step: str = ""
+    matched_host: str = ""
+
+    @property
+    def entry(self) -> ConsolidatedRule | None:
+        return next((e for e in self.found if e.rule is self.rule), None)
+
+
+NO_RULE = ResolvedRule(None)
+
+
+def dr_index(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None) -> DestinationRuleIndex:
+    """The snapshot's DestinationRule pools for ``mesh`` (root namespace, default exportTo)."""
+    m = visibility.mesh_or_default(mesh)
+    return indexes_of(snapshot).get(m.root_namespace, m.default_destination_rule_export_to)
+
+
+def resolve_destination_rule(snapshot: ConfigSnapshot, proxy_namespace: str, service_namespace: str, host: str,
+                             mesh: MeshConfig | None = None) -> ResolvedRule:
+    """``PushContext.destinationRule`` + ``SidecarScope.DestinationRule`` (rules above)."""
+    idx = dr_index(snapshot, mesh)
+    key = (proxy_namespace, service_namespace, host)
+    hit = idx.lookups.get(key)
+    if hit is None:
+        hit = idx.lookups.setdefault(key, _lookup(idx, proxy_namespace, service_namespace, host))
+    assert isinstance(hit, ResolvedRule)
+    return hit
+
+
+def waypoint_destination_rule(snapshot: ConfigSnapshot, proxy_namespace: str, service: ServiceInfo | None,
+                              mesh: MeshConfig | None = None) -> ResolvedRule:
+    """The DestinationRule a waypoint of ``proxy_namespace`` applies to ``service``: none when the
+    service is unknown or not exported to that namespace."""
+    if service is None or not visibility.service_visible(service.source, proxy_namespace, mesh):
+        return NO_RULE
+    return resolve_destination_rule(snapshot, proxy_namespace, service.namespace, service.host, mesh)
+
+
+def _applied(found: tuple[ConsolidatedRule, ...], namespace: str, step: str, matched: str) -> ResolvedRule:
+    entry = next((e for e in reversed(found) if not e.has_selector), None)
+    if entry is None:
+        return ResolvedRule(None, (), found, namespace, step, matched)
+    return ResolvedRule(entry.rule, entry.sources, found, namespace, step, matched)
+
+
+def _lookup(idx: DestinationRuleIndex, proxy_ns: str, service_ns: str, host: str) -> ResolvedRule:
+    root = idx.root_namespace
+    first = idx.root_local if proxy_ns == root else idx.namespace_local.get(proxy_ns)
+    if first is not None and (m := first.most_specific(host)) is not None:
+        return _applied(m[1], proxy_ns, "proxy", m[0])
+    for ns, step in ((service_ns, "service"), (root, "root")):
+        if not ns:
+            continue
+        pool = idx.exported.get(ns)
+        m = pool.most_specific(host) if pool is not None else None
+        if m is None:
+            continue
+        out = tuple(e for e in m[1] if exported_to(e, proxy_ns))
+        if out:
+            return _applied(out, ns, step, m[0])
+    return NO_RULE
+
+
+def exported_to(entry: ConsolidatedRule, namespace: str) -> bool:
+    """``getExportedDestinationRuleFromNamespace``'s test."""
+    e = entry.export_to
+    return not e or visibility.PUBLIC in e or namespace in e
 
 
 @dataclass(frozen=True)

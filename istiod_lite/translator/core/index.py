@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod
-from istiod_lite.model.networking import DestinationRule, ServiceEntry, VirtualService, WorkloadEntry
-from istiod_lite.translator.core import names, tables
+from istiod_lite.model.meshconfig import MeshConfig
+from istiod_lite.model.networking import ServiceEntry, VirtualService, WorkloadEntry
+from istiod_lite.translator.core import names, tables, visibility
 
 
 def qualify(host: str, namespace: str) -> str:
-    """Short names in Istio configs are relative to the config's namespace."""
-    return host if "." in host else names.service_fqdn(host, namespace)
+    """Short names in Istio configs are relative to the config's namespace (``*`` and IP
+    addresses stay as written: ``ResolveShortnameToFQDN``)."""
+    return names.resolve_shortname(host, namespace)
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,6 @@ class SnapshotIndex:
     vs_by_host: Mapping[tuple[str, str], tuple[VirtualService, ...]]
     #: namespace -> mesh-bound VirtualServices with a wildcard host (matched per service).
     vs_wildcard: Mapping[str, tuple[VirtualService, ...]]
-    #: (namespace, fully qualified host) -> the DestinationRule (oldest first wins, as in Istio).
-    destination_rules: Mapping[tuple[str, str], DestinationRule]
 
     def selected_pods(self, namespace: str, selector: Mapping[str, str]) -> list[Pod]:
         """Pods in ``namespace`` with an IP whose labels include every ``selector`` entry."""
@@ -43,8 +43,9 @@ class SnapshotIndex:
 
 
 def index_of(snapshot: ConfigSnapshot) -> SnapshotIndex:
-    """The three tables, each memoised on its own kind: a VirtualService edit re-indexes only the
-    VirtualServices (2,000 pods are not re-indexed for it)."""
+    """The tables, each memoised on its own kind: a VirtualService edit re-indexes only the
+    VirtualServices (2,000 pods are not re-indexed for it).  DestinationRules have their own index
+    (``destination_rules.py``: it depends on the MeshConfig too)."""
     return tables.SNAPSHOT_INDEX.of(snapshot)
 
 
@@ -52,8 +53,7 @@ def index_of(snapshot: ConfigSnapshot) -> SnapshotIndex:
 def _compose(snapshot: ConfigSnapshot) -> SnapshotIndex:
     pods = tables.PODS_BY_LABEL.of(snapshot)
     vs_by_host, vs_wildcard = tables.VS_BY_HOST.of(snapshot)
-    drs = tables.DESTINATION_RULES.of(snapshot)
-    return SnapshotIndex(pods_by_label=pods, vs_by_host=vs_by_host, vs_wildcard=vs_wildcard, destination_rules=drs)
+    return SnapshotIndex(pods_by_label=pods, vs_by_host=vs_by_host, vs_wildcard=vs_wildcard)
 
 
 @tables.PODS_BY_LABEL.computed_by
@@ -90,17 +90,6 @@ def _qualified_hosts(vs: VirtualService) -> tuple[str, ...]:
     return tuple(sorted({qualify(h, vs.namespace) for h in vs.spec.hosts}))
 
 
-@tables.DESTINATION_RULES.computed_by
-def _dr_table(snapshot: ConfigSnapshot) -> Mapping[tuple[str, str], DestinationRule]:
-    drs: dict[tuple[str, str], DestinationRule] = {}
-    for dr in sorted(snapshot.of_kind(DestinationRule),
-                     key=lambda d: (d.metadata.creation_timestamp, d.namespace, d.name)):
-        if dr.spec.workload_selector is not None:
-            continue  # Istio ignores selector-scoped DRs for waypoint clusters
-        drs.setdefault((dr.namespace, qualify(dr.spec.host, dr.namespace)), dr)
-    return drs
-
-
 def host_matches(pattern: str, host: str) -> bool:
     if pattern == "*":
         return True
@@ -109,17 +98,29 @@ def host_matches(pattern: str, host: str) -> bool:
     return pattern == host
 
 
-def virtual_services_for(index: SnapshotIndex, namespaces: tuple[str, ...], host: str) -> list[VirtualService]:
-    """Mesh VirtualServices from ``namespaces`` whose hosts match ``host``, ordered as Istio merges
-    them (creation time, then namespace/name)."""
+def matching_virtual_services(index: SnapshotIndex, namespaces: tuple[str, ...], host: str) -> list[VirtualService]:
+    """Mesh VirtualServices from ``namespaces`` whose hosts match ``host``, visible or not, in
+    creation order (then name, then namespace: ``configCompareByCreationTime``)."""
     found: dict[tuple[str, str], VirtualService] = {}
     for ns in dict.fromkeys(namespaces):
         for vs in index.vs_by_host.get((ns, host), ()):
             found[(vs.namespace, vs.name)] = vs
         for vs in index.vs_wildcard.get(ns, ()):
-            if any(host_matches(qualify(h, vs.namespace), host) for h in vs.spec.hosts):
+            if any(host_matches(h, host) for h in tables.VS_QUALIFIED_HOSTS.of(vs)):
                 found[(vs.namespace, vs.name)] = vs
-    return sorted(found.values(), key=lambda v: (v.metadata.creation_timestamp, v.namespace, v.name))
+    return sorted(found.values(), key=lambda v: (v.metadata.creation_timestamp, v.name, v.namespace))
+
+
+def virtual_services_for(index: SnapshotIndex, namespaces: tuple[str, ...], host: str,
+                         mesh: MeshConfig | None = None) -> list[VirtualService]:
+    """The mesh VirtualServices a proxy of namespace ``namespaces[0]`` (a waypoint's) applies to
+    ``host``: those of ``namespaces`` matching it that are exported to that namespace, in Istio's
+    order (``VirtualServicesForGateway``: its own private ones, those exported to it by name, the
+    public ones; each in creation order)."""
+    client = namespaces[0]
+    keyed = [(b, i, vs) for i, vs in enumerate(matching_virtual_services(index, namespaces, host))
+             if (b := visibility.vs_bucket(vs, client, mesh)) is not None]
+    return [vs for _, _, vs in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
 def workload_entry_labels(we: WorkloadEntry) -> Mapping[str, str]:

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from istiod_lite.model import gateway_routes as gr
     from istiod_lite.model.core import Pod, Service
     from istiod_lite.model.networking import (
-        DestinationRule,
         HTTPRoute,
         ServiceEntry,
         TCPRoute,
@@ -38,7 +37,9 @@ if TYPE_CHECKING:
     from istiod_lite.translator.authz.rbac import CompiledPolicy
     from istiod_lite.translator.binding.service_model import ServiceInfo
     from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef
+    from istiod_lite.translator.core.destination_rules import DestinationRuleIndexes
     from istiod_lite.translator.core.index import SnapshotIndex, WorkloadEntryIndex
+    from istiod_lite.translator.export_warnings import PerMesh
     from istiod_lite.translator.routing.mesh_routes import MeshRoutes
 
 # --- kinds read together --------------------------------------------------------------------------
@@ -61,9 +62,9 @@ PODS_BY_LABEL: Final[Derived[Mapping[tuple[str, str, str], tuple[Pod, ...]]]] = 
 VS_BY_HOST: Final[Derived[tuple[Mapping[tuple[str, str], tuple[VirtualService, ...]],
                                 Mapping[str, tuple[VirtualService, ...]]]]] = Derived(
     "vs-by-host", reads=("VirtualService",))
-#: (namespace, host) -> the DestinationRule that applies.
-DESTINATION_RULES: Final[Derived[Mapping[tuple[str, str], DestinationRule]]] = Derived(
-    "destination-rules", reads=("DestinationRule",))
+#: The DestinationRules in Istio's order, with their pools per MeshConfig (destination_rules.py).
+DESTINATION_RULE_INDEXES: Final[Derived[DestinationRuleIndexes]] = Derived(
+    "destination-rule-indexes", reads=("DestinationRule",))
 #: WorkloadEntries with an address, by label.
 WORKLOAD_ENTRIES: Final[Derived[WorkloadEntryIndex]] = Derived("workload-entries", reads=("WorkloadEntry",))
 #: host -> the ServiceEntries declaring it, oldest first.
@@ -124,6 +125,11 @@ SERVICE_VIEW: Final[PerObject[Service, ServiceInfo]] = PerObject("service-view")
 ROUTE_WARNINGS: Final[Derived[tuple[str, ...]]] = Derived("route-warnings", reads=("VirtualService", "DestinationRule"))
 #: Ignored mesh-route and ServiceEntry config.
 MESH_WARNINGS: Final[Derived[tuple[str, ...]]] = Derived("mesh-warnings", reads=MESH_WARNING_KINDS)
+
+#: Why DestinationRules / VirtualServices / Services are not applied or seen (export_warnings.py):
+#: one holder per snapshot, keeping the messages per MeshConfig.
+EXPORT_WARNINGS: Final[Derived[PerMesh]] = Derived(
+    "export-warnings", reads=(*BINDING_KINDS, "VirtualService", "DestinationRule", "HTTPRoute"))
 
 # --- authorization (authz/) -----------------------------------------------------------------------
 

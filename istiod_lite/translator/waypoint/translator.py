@@ -60,30 +60,40 @@ DEFAULT_TRUST_DOMAIN = "cluster.local"
 _READ_KINDS = kinds_read_whole_by_waypoints()
 
 
-def applicable_virtual_services(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo) -> list[VirtualService]:
-    """VirtualServices from the waypoint's or the service's namespace, bound to ``mesh``, whose
-    hosts match the service; ordered by creation time then name, as Istio merges them."""
-    return virtual_services_for(index_of(snapshot), (ref.namespace, sv.namespace), sv.host)
+def applicable_virtual_services(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo,
+                                mesh: MeshConfig | None = None) -> list[VirtualService]:
+    """VirtualServices from the waypoint's or the service's namespace, bound to ``mesh``, exported
+    to the waypoint's namespace, whose hosts match the service; in Istio's order (the waypoint
+    namespace's private ones, those exported to it by name, the public ones; each by creation
+    time, then name)."""
+    return virtual_services_for(index_of(snapshot), (ref.namespace, sv.namespace), sv.host, mesh)
 
 
-def service_routes(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo
+def service_routes(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo, mesh: MeshConfig | None = None
                    ) -> tuple[list[VirtualService], tuple[object, ...]]:
     """The VirtualServices that route ``sv`` on this waypoint and the config objects they come
     from (for the memo): the HTTPRoutes attached to it from the waypoint's or the service's
     namespace, converted, if there are any (they take precedence); else its VirtualServices."""
     namespaces = (ref.namespace, sv.namespace)
-    mesh = mesh_routes(snapshot)
-    attached = mesh.routes(namespaces, sv.host)
+    routes = mesh_routes(snapshot)
+    attached = routes.routes(namespaces, sv.host)
     if attached:
-        return mesh.virtual_services(namespaces, sv.host), attached
-    vss = applicable_virtual_services(snapshot, ref, sv)
+        return routes.virtual_services(namespaces, sv.host), attached
+    vss = applicable_virtual_services(snapshot, ref, sv, mesh)
     return vss, tuple(vss)
 
 
-def destination_rule(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo) -> DestinationRule | None:
-    """The DestinationRule for the service: the service's namespace wins over the waypoint's."""
-    drs = index_of(snapshot).destination_rules
-    return drs.get((sv.namespace, sv.host)) or drs.get((ref.namespace, sv.host))
+def resolved_destination_rule(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo,
+                              mesh: MeshConfig | None = None) -> policy_select.ResolvedRule:
+    """How the waypoint's namespace resolves the service's DestinationRule (``policy_select``:
+    the waypoint's namespace, then the service's, then the root namespace; exportTo; merging)."""
+    return policy_select.waypoint_destination_rule(snapshot, ref.namespace, sv, mesh)
+
+
+def destination_rule(snapshot: ConfigSnapshot, ref: WaypointRef, sv: ServiceInfo,
+                     mesh: MeshConfig | None = None) -> DestinationRule | None:
+    """The DestinationRule whose settings the waypoint applies to the service (None: none)."""
+    return resolved_destination_rule(snapshot, ref, sv, mesh).rule
 
 
 def bound_views(bindings: Bindings, ref: WaypointRef) -> list[ServiceInfo]:
@@ -208,24 +218,28 @@ class WaypointTranslator:
         rebuilt = 0
         authz_hosts: set[str] = set()
         for sv in views:
-            dr = destination_rule(snapshot, ref, sv)
-            vss, route_inputs = service_routes(snapshot, ref, sv)
+            resolved = resolved_destination_rule(snapshot, ref, sv, self.mesh)
+            dr = resolved.rule
+            vss, route_inputs = service_routes(snapshot, ref, sv, self.mesh)
             # Routes may name other services of this waypoint: whether those are owned, and their
             # ports, matter too.  Converted HTTPRoutes are new objects per snapshot: the
             # HTTPRoutes themselves stand for them.
             az = authz_for_service(snapshot, ref, sv.source.namespace, sv.source.name,
                                    kind="ServiceEntry" if sv.is_service_entry else "Service", mesh_config=self.mesh)
             authz_hosts.update(c.host for c in az.clusters)
-            inputs = _Inputs((sv.source, dr, az, self.mesh, *_authz_objects(snapshot, ref.namespace, az),
-                              *route_inputs, _TARGET_END,
-                              *endpoints.endpoint_inputs(snapshot, sv), *_target_objects(snapshot, ref, vss, owned)),
+            # The DestinationRules the applied one is made of (a merged copy is a new object
+            # whenever any DestinationRule changes; its sources are not).
+            inputs = _Inputs((sv.source, *resolved.sources, _TARGET_END, az, self.mesh,
+                              *_authz_objects(snapshot, ref.namespace, az, self.mesh),
+                              *route_inputs, _TARGET_END, *endpoints.endpoint_inputs(snapshot, sv),
+                              *_target_objects(snapshot, ref, vss, owned, self.mesh)),
                              _target_signature(vss, owned))
             cached = self._fragments.get(sv.host)
             if cached is not None and cached[0].same_as(inputs):
                 frag = cached[1]
             else:
                 frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization,
-                                         self.dynamic_dns)
+                                         self.mesh, self.dynamic_dns)
                 if self.encoded:
                     frag = _Fragment(frag.resources.encoded(), frag.chains)
                 if cached is not None:
@@ -239,7 +253,7 @@ class WaypointTranslator:
         workload_ips = bindings.workload_ips(ref)
         direct = authz_for_direct(snapshot, ref, mesh_config=self.mesh)
         if direct.clusters:  # usually already there: Gateway-wide policies apply to every service too
-            out.merge(_authz_resources(snapshot, ref.namespace, direct))
+            out.merge(_authz_resources(snapshot, ref.namespace, direct, self.mesh))
             authz_hosts.update(c.host for c in direct.clusters)
         self._authz_hosts = tuple(sorted(authz_hosts))
         # Authorization is in ECDS resources: the listener names the slots only (authz/discovery.py).
@@ -292,19 +306,21 @@ _TARGET_END = object()
 
 
 def _target_objects(
-    snapshot: ConfigSnapshot, ref: WaypointRef, vss: list[VirtualService], owned: dict[str, ServiceInfo]
+    snapshot: ConfigSnapshot, ref: WaypointRef, vss: list[VirtualService], owned: dict[str, ServiceInfo],
+    mesh: MeshConfig | None = None,
 ) -> tuple[object, ...]:
     """What a fragment reads about its route targets, for the memo: per target host, whether it is
-    owned, its Service or ServiceEntry and DestinationRule (ports, protocols, consistent hash);
-    for a target this waypoint does not own also what its endpoints come from (its outbound
-    endpoints)."""
+    owned, its Service or ServiceEntry (ports, protocols, exportTo) and the DestinationRules its
+    applied one is made of (consistent hash, subsets); for a target this waypoint does not own also
+    what its endpoints come from (its outbound endpoints)."""
     out: list[object] = []
     hosts = _referenced(vss)
-    drs = index_of(snapshot).destination_rules if hosts else {}
+    resolver = outbound.DestinationResolver(snapshot, ref.namespace, owned, mesh) if hosts else None
     for host in hosts:
+        assert resolver is not None
         view = owned.get(host)
         out += (view is not None, view.source if view is not None else outbound.source_for_host(snapshot, host),
-                outbound.destination_rule_for_host(drs, ref.namespace, host))
+                *resolver.resolved_rule(host).sources, _TARGET_END)
         target = outbound.service_for_host(snapshot, host) if view is None else None
         if target is not None:
             out += endpoints.endpoint_inputs(snapshot, target)
@@ -422,7 +438,8 @@ def _attached_routes(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object
 def _service_fragment(
     snapshot: ConfigSnapshot, sv: ServiceInfo, dr: DestinationRule | None, vss: list[VirtualService],
     owned: dict[str, ServiceInfo], waypoint_namespace: str, az: AuthzFilters | None = None,
-    path_normalization: PathNormalizationType = "BASE", dynamic: DynamicDnsOptions = DEFAULT_OPTIONS,
+    path_normalization: PathNormalizationType = "BASE", mesh: MeshConfig | None = None,
+    dynamic: DynamicDnsOptions = DEFAULT_OPTIONS,
 ) -> _Fragment:
     """One service's clusters, endpoints, route configurations and chains: inbound-vip clusters per
     port (and DR subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
@@ -430,7 +447,7 @@ def _service_fragment(
     out = EnvoyResources()
     if sv.resolution == service_model.DYNAMIC_DNS and not sv.vips:
         return _Fragment(out, inbound.ServiceChains(sv.vips, ()))  # unreachable: nothing to build
-    resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned)
+    resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned, mesh)
     meta = cluster_templates.service_metadata(sv.metadata())
     port_chains = []
     slots = discovered(az if az is not None else EMPTY, sv.host)
@@ -470,40 +487,48 @@ def _service_fragment(
     if resolver.outbound:
         out.merge(resolver.outbound_resources())
     if az is not None and az.clusters:
-        out.merge(_authz_resources(snapshot, waypoint_namespace, az))
+        out.merge(_authz_resources(snapshot, waypoint_namespace, az, mesh))
     return _Fragment(out, inbound.ServiceChains(sv.vips, tuple(port_chains)))
 
 
-def _authz_objects(snapshot: ConfigSnapshot, waypoint_namespace: str, az: AuthzFilters) -> tuple[object, ...]:
+def _authz_rule(snapshot: ConfigSnapshot, waypoint_namespace: str, svc: ServiceInfo | None,
+                mesh: MeshConfig | None) -> policy_select.ResolvedRule:
+    """The DestinationRule of a service authorization calls (resolved for the waypoint's namespace;
+    the service is found by host whatever its exportTo, as Istio's ``LookupCluster`` does)."""
+    if svc is None:
+        return policy_select.NO_RULE
+    return policy_select.resolve_destination_rule(snapshot, waypoint_namespace, svc.namespace, svc.host, mesh)
+
+
+def _authz_objects(snapshot: ConfigSnapshot, waypoint_namespace: str, az: AuthzFilters,
+                   mesh: MeshConfig | None = None) -> tuple[object, ...]:
     """What ``_authz_resources`` reads, for the memo: per called host its Service/ServiceEntry,
-    DestinationRule and endpoint sources."""
+    DestinationRule sources and endpoint sources."""
     if not az.clusters:
         return ()
     out: list[object] = []
-    drs = index_of(snapshot).destination_rules
     for host in sorted({c.host for c in az.clusters}):
         svc = outbound.service_for_host(snapshot, host)
-        out += (outbound.source_for_host(snapshot, host), outbound.destination_rule_for_host(drs, waypoint_namespace,
-                                                                                             host))
+        out += (outbound.source_for_host(snapshot, host), *_authz_rule(snapshot, waypoint_namespace, svc, mesh).sources,
+                _TARGET_END)
         if svc is not None:
             out += endpoints.endpoint_inputs(snapshot, svc)
         out.append(_TARGET_END)
     return tuple(out)
 
 
-def _authz_resources(snapshot: ConfigSnapshot, waypoint_namespace: str, az: AuthzFilters) -> EnvoyResources:
+def _authz_resources(snapshot: ConfigSnapshot, waypoint_namespace: str, az: AuthzFilters,
+                     mesh: MeshConfig | None = None) -> EnvoyResources:
     """The clusters the authorization filters call (ext_authz services, remote JWKS hosts): a known
     service's outbound clusters (even one this waypoint serves), else a cluster straight to the
     host (``authz.request_cluster``; docs/authz.md)."""
     out = EnvoyResources()
-    drs = index_of(snapshot).destination_rules
     for req in sorted(az.clusters, key=lambda c: c.name):
         if req.name in out.clusters:
             continue
         svc = outbound.service_for_host(snapshot, req.host)
         if svc is not None:
-            for_service.add_outbound(out, snapshot, svc,
-                                          outbound.destination_rule_for_host(drs, waypoint_namespace, req.host))
+            for_service.add_outbound(out, snapshot, svc, _authz_rule(snapshot, waypoint_namespace, svc, mesh).rule)
         if req.name not in out.clusters:  # not a service, not one of its ports, or a DNS one without endpoints
             out.clusters[req.name] = request_cluster(req)
     return out
