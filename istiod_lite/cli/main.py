@@ -1,4 +1,5 @@
-"""``istiod-lite`` command line: serve, validate, translate, token, waypoint (bootstrap, run), hbone, demo."""
+"""``istiod-lite`` command line: serve, validate, translate, explain, analyze, token, waypoint (bootstrap, run), hbone,
+demo."""
 
 from __future__ import annotations
 
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_token_parser(sub)
     add_hbone_parser(sub)
+    from istiod_lite.cli.explain_cmd import add_explain_parsers
+
+    add_explain_parsers(sub)
 
     v = sub.add_parser("validate", help="validate a config directory; exit 1 on any error")
     v.add_argument("--config", required=True, metavar="DIR")
