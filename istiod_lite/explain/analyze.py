@@ -30,6 +30,7 @@ from istiod_lite.explain import service as explain
 from istiod_lite.explain.messages import MessageType
 from istiod_lite.explain.model import ServiceExplanation
 from istiod_lite.model import ConfigError, ConfigSnapshot
+from istiod_lite.model import gateway as gw
 from istiod_lite.model.core import Service
 from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.model.networking import DestinationRule, ServiceEntry, VirtualService
@@ -37,6 +38,7 @@ from istiod_lite.translator.binding import service_model
 from istiod_lite.translator.binding.waypoints import (
     NOT_ALLOWED,
     TRAFFIC_TYPE_MISMATCH,
+    WAYPOINT_CLASS,
     WAYPOINT_MISSING,
     bindings_of,
 )
@@ -100,12 +102,6 @@ def _schema(e: ConfigError) -> AnalysisMessage:
                            e.name, where)
 
 
-def _detail(f: Finding) -> str:
-    """A message without its "Kind ns/name: " subject (the origin says it)."""
-    prefix = f"{f.kind} {f.namespace}/{f.name}: "
-    return f.message.split(prefix, 1)[1] if f.kind and prefix in f.message else f.message
-
-
 _BINDING_OUTCOMES = {WAYPOINT_MISSING: m.WAYPOINT_NOT_FOUND, TRAFFIC_TYPE_MISMATCH: m.WAYPOINT_TRAFFIC_TYPE_MISMATCH,
                      NOT_ALLOWED: m.WAYPOINT_ATTACHMENT_DENIED}
 
@@ -123,7 +119,12 @@ def _binding(snapshot: ConfigSnapshot) -> list[AnalysisMessage]:
                                               "exist; no service of the namespace is bound", "Namespace", "", ns))
             continue
         label = f" (label on {d.label_on})" if d.label_on.startswith("Namespace ") else ""
-        out.append(AnalysisMessage(mtype, d.message.split(": ", 1)[1] + label, kind, ns, name))
+        text = d.message.split(": ", 1)[1]
+        gateway = snapshot.get(gw.Gateway, d.requested.namespace, d.requested.name) if d.requested else None
+        if d.outcome == WAYPOINT_MISSING and gateway is not None:
+            text = (f"istio.io/use-waypoint names Gateway {d.requested}, which is of class "
+                    f"{gateway.spec.gateway_class_name!r}, not {WAYPOINT_CLASS!r}: not a waypoint")
+        out.append(AnalysisMessage(mtype, text + label, kind, ns, name))
     return out
 
 
@@ -147,6 +148,7 @@ _RULES: Sequence[tuple[str, re.Pattern[str], MessageType | None]] = [
     ("authorization", re.compile(r"which waypoints do not enforce"), m.POLICY_NOT_ON_WAYPOINT),
     ("authorization", re.compile(r""), m.AUTHORIZATION_ENFORCED_DIFFERENTLY),
     ("telemetry", re.compile(r"does not exist"), m.REFERENCED_RESOURCE_NOT_FOUND),
+    ("telemetry", re.compile(r"selector .*does not apply to waypoints"), m.POLICY_NOT_ON_WAYPOINT),
     ("telemetry", re.compile(r""), m.IGNORED_SETTING),
 ]
 
@@ -156,8 +158,8 @@ def _classify(f: Finding) -> AnalysisMessage | None:
         if category == f.category and pattern.search(f.message):
             if mtype is None:
                 return None
-            return AnalysisMessage(mtype, _detail(f), f.kind, f.namespace, f.name)
-    return AnalysisMessage(m.IGNORED_SETTING, _detail(f), f.kind, f.namespace, f.name)
+            return AnalysisMessage(mtype, f.detail, f.kind, f.namespace, f.name)
+    return AnalysisMessage(m.IGNORED_SETTING, f.detail, f.kind, f.namespace, f.name)
 
 
 #: Explanation entry codes -> message types; HTTPRoutes and policies with selectors are already

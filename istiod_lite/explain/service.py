@@ -82,14 +82,27 @@ def resolve(snapshot: ConfigSnapshot, target: str) -> list[ServiceInfo]:
         return [service_model.of_service(svc)]
     entries = sorted((se for se in snapshot.of_kind(ServiceEntry) if se.namespace == ns),
                      key=lambda se: (se.metadata.creation_timestamp, se.name))
-    by_host = [v for se in entries for v in service_model.of_service_entry(se) if v.host == name]
+    by_host = [v for se in entries for v in _views(se) if v.host == name]
     if by_host:
         return by_host
     se = snapshot.get(ServiceEntry, ns, name)
     if se is not None:
-        return list(service_model.of_service_entry(se))
+        return list(_views(se))
     raise TargetNotFound(f"no Service {ns}/{name}, no ServiceEntry with host {name} in namespace {ns} and no "
                          f"ServiceEntry {ns}/{name}")
+
+
+def _views(se: ServiceEntry) -> tuple[ServiceInfo, ...]:
+    """The translator's views of a ServiceEntry; for one it gives none (DYNAMIC_DNS, which waypoints do
+    not serve), views built the same way, so the explanation can say why it is not served."""
+    views = service_model.of_service_entry(se)
+    if views or not se.spec.hosts:
+        return views
+    ports = tuple(service_model.PortInfo(p.number, p.name, service_model.se_protocol(p.protocol), p.target_port)
+                  for p in se.spec.ports)
+    return tuple(ServiceInfo(host=h, name=h, namespace=se.namespace, vips=tuple(se.spec.addresses), ports=ports,
+                             resolution=se.spec.resolution, source=se, created=se.metadata.creation_timestamp)
+                 for h in se.spec.hosts)
 
 
 def explain_service(snapshot: ConfigSnapshot, target: str, mesh: MeshConfig | None = None
@@ -113,14 +126,8 @@ class _Notes:
 
     def notes(self, kind: str, namespace: str, name: str, host: str) -> tuple[str, ...]:
         """Messages about the object, without its subject prefix, minus those about other hosts."""
-        prefix = f"{kind} {namespace}/{name}: "
-        out = []
-        for f in self.about(kind, namespace, name):
-            text = f.message
-            if ": ignored for " in text and f" {host} " not in text:
-                continue
-            out.append(text.split(prefix, 1)[1] if prefix in text else text)
-        return tuple(out)
+        return tuple(f.detail for f in self.about(kind, namespace, name)
+                     if not (": ignored for " in f.message and f" {host} " not in f.message))
 
 
 def kind_of(view: ServiceInfo) -> str:
@@ -181,7 +188,7 @@ def waypoint_choice(snapshot: ConfigSnapshot, view: ServiceInfo, notes: _Notes |
     assert decision.outcome == BOUND
     served = next((v for v in bound_views(bindings_of(snapshot), ref) if v.host == view.host), None)
     if served is None or served.source is not view.source:
-        why = [f.message.split(": ", 1)[1] for f in (notes.about(kind, view.namespace, name) if notes else ())
+        why = [f.detail for f in (notes.about(kind, view.namespace, name) if notes else ())
                if view.host in f.message or "DYNAMIC_DNS" in f.message]
         reason = (f"{decision.label_on} has label {_label_text(decision)}, but the waypoint cannot serve "
                   f"{view.host}: " + ("; ".join(why) or "another service already has this host"))
@@ -440,5 +447,5 @@ def explain_all(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None,
     services = sorted(snapshot.of_kind(Service), key=lambda s: (s.namespace, s.name))
     views = [service_model.of_service(s) for s in services]
     views += [v for se in sorted(snapshot.of_kind(ServiceEntry), key=lambda s: (s.namespace, s.name))
-              for v in service_model.of_service_entry(se)]
+              for v in _views(se)]
     return [_explain(snapshot, v, mesh or MeshConfig(), notes) for v in views]

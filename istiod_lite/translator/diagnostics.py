@@ -63,6 +63,18 @@ class Finding:
     def is_about(self, kind: str, namespace: str, name: str) -> bool:
         return (self.kind, self.namespace, self.name) == (kind, namespace, name)
 
+    @property
+    def detail(self) -> str:
+        """The message after its subject ("Kind ns/name: " or "Kind ns/name "), for a reader who
+        already knows the subject; a scope before the subject ("TCP chains: ") is kept."""
+        if not self.kind:
+            return self.message
+        subject = f"{self.kind} {self.namespace}/{self.name}"
+        head, sep, tail = self.message.partition(subject)
+        if not sep:
+            return self.message
+        return head + tail.removeprefix(":").lstrip()
+
 
 def finding(category: str, message: str) -> Finding:
     """``message`` with its subject parsed from its leading "Kind ns/name"."""
