@@ -175,7 +175,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from istiod_lite.cli.demo import run_demo
 
-    return asyncio.run(run_demo(Path(args.config), requests=args.requests, keep_running=args.keep_running))
+    return asyncio.run(run_demo(Path(args.config), requests=args.requests, keep_running=args.keep_running,
+                                verbose=args.verbose))
 
 
 def _proxy_status(args: argparse.Namespace) -> int:
@@ -317,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "examples" / "bookinfo"))
     d.add_argument("--requests", type=int, default=200)
     d.add_argument("--keep-running", action="store_true")
+    d.add_argument("--verbose", action="store_true",
+                   help="log lines of every component on the terminal (default: into a log directory named at the end)")
     d.set_defaults(func=_demo)
     return p
 

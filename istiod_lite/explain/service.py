@@ -242,7 +242,8 @@ class _Context:
                                          "take precedence over VirtualServices on a waypoint", SHADOWED))
             else:
                 applied.append(Entry("VirtualService", vs.namespace, vs.name,
-                                     f"routes {host} (VirtualService {i + 1} of {len(used_vs)}, merged oldest first)",
+                                     f"routes {host} (VirtualService {i + 1} of {len(used_vs)}, merged oldest first)"
+                                     + route_summary(vs, host),
                                      notes=self.notes.notes("VirtualService", vs.namespace, vs.name, host)))
         used_ids = {id(v) for v in used_vs}
         for vs in sorted(naming_vs, key=_order):
@@ -449,3 +450,24 @@ def explain_all(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None,
     views += [v for se in sorted(snapshot.of_kind(ServiceEntry), key=lambda s: (s.namespace, s.name))
               for v in _views(se)]
     return [_explain(snapshot, v, mesh or MeshConfig(), notes) for v in views]
+
+
+def route_summary(vs: VirtualService, host: str) -> str:
+    """``: http[0]: 80% -> subset v1, 20% -> subset v2`` for a VirtualService's first HTTP rules (at
+    most three), so a reader sees where requests go without opening the YAML."""
+    parts = []
+    for i, rule in enumerate(vs.spec.http[:3]):
+        dests = []
+        total = sum(d.weight or 0 for d in rule.route)
+        for d in rule.route:
+            target = qualify(d.destination.host, vs.namespace)
+            where = " ".join(x for x in ("" if target == host else target,
+                                         f"subset {d.destination.subset}" if d.destination.subset else "") if x)
+            share = f"{100 * (d.weight or 0) / total:g}% -> " if len(rule.route) > 1 and total else ""
+            dests.append(f"{share}{where or 'the service'}")
+        what = ", ".join(dests) or ("redirect" if rule.redirect else "direct response" if rule.direct_response
+                                    else "no destination")
+        parts.append(f"http[{i}]{' (with match)' if rule.match else ''}: {what}")
+    if len(vs.spec.http) > 3:
+        parts.append(f"... {len(vs.spec.http) - 3} more")
+    return (": " + "; ".join(parts)) if parts else ""
