@@ -215,6 +215,12 @@ class _Context:
             return f"namespace {self.ref.namespace}"
         return f"its own namespace ({self.ref.namespace}) and the service's ({self.view.namespace})"
 
+    def _move_text(self) -> str:
+        assert self.ref is not None
+        if self.ref.namespace == self.view.namespace:
+            return f"; create it in namespace {self.ref.namespace} instead"
+        return "; create it in one of those instead"
+
     # -- routes ------------------------------------------------------------------------------------
     def routes(self) -> tuple[list[Entry], list[Entry]]:
         host, ref = self.view.host, self.ref
@@ -259,7 +265,8 @@ class _Context:
             else:
                 not_applied.append(Entry("VirtualService", vs.namespace, vs.name,
                                          f"it is in namespace {vs.namespace}; waypoint {ref} takes VirtualServices "
-                                         f"for {host} only from {self._namespaces_text()}", WRONG_NAMESPACE))
+                                         f"for {host} only from {self._namespaces_text()}"
+                                         f"{self._move_text()}", WRONG_NAMESPACE))
         attached_ids = {id(r) for r in attached}
         for r in sorted(naming_routes, key=_order):
             if id(r) in attached_ids:
@@ -269,7 +276,7 @@ class _Context:
             elif r.namespace not in self.namespaces:
                 not_applied.append(Entry("HTTPRoute", r.namespace, r.name,
                                          f"it is in namespace {r.namespace}; waypoint {ref} applies routes for {host} "
-                                         f"only from {self._namespaces_text()}", WRONG_NAMESPACE))
+                                         f"only from {self._namespaces_text()}{self._move_text()}", WRONG_NAMESPACE))
             else:
                 why = "; ".join(self.notes.notes("HTTPRoute", r.namespace, r.name, host)) or "it does not convert"
                 not_applied.append(Entry("HTTPRoute", r.namespace, r.name, f"not converted: {why}", NOT_CONVERTED))
@@ -307,7 +314,7 @@ class _Context:
             return self._no_waypoint("traffic policy"), NO_WAYPOINT
         if dr.namespace not in self.namespaces:
             return (f"it is in namespace {dr.namespace}; waypoint {ref} takes the DestinationRule for {host} only "
-                    f"from {self._namespaces_text()}", WRONG_NAMESPACE)
+                    f"from {self._namespaces_text()}{self._move_text()}", WRONG_NAMESPACE)
         if chosen is not None:
             return (f"superseded by DestinationRule {chosen.namespace}/{chosen.name} (the service's namespace wins "
                     "over the waypoint's; within a namespace the oldest wins)", SUPERSEDED)
