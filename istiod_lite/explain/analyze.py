@@ -233,22 +233,25 @@ def _virtual_services(snapshot: ConfigSnapshot) -> list[AnalysisMessage]:
 
 
 def _subsets(snapshot: ConfigSnapshot) -> list[AnalysisMessage]:
+    services = {}
+    for svc in snapshot.of_kind(Service):
+        view = service_model.of_service(svc)
+        services[view.host] = (svc, view)
     out = []
     for dr in sorted(snapshot.of_kind(DestinationRule), key=lambda d: (d.namespace, d.name)):
         if dr.spec.workload_selector is not None or not dr.spec.subsets:
             continue
-        host = qualify(dr.spec.host, dr.namespace)
-        for svc in snapshot.of_kind(Service):
-            view = service_model.of_service(svc)
-            if view.host != host:
-                continue
-            for name in explain.empty_subsets(snapshot, view, dr):
-                subset = dr.spec.subset(name)
-                labels = ", ".join(f"{k}={v}" for k, v in sorted(subset.labels.items())) if subset else ""
-                out.append(AnalysisMessage(m.SUBSET_SELECTS_NO_POD,
-                                           f"subset {name} ({labels}) selects no pod of Service {svc.namespace}/"
-                                           f"{svc.name}; requests routed to it fail", "DestinationRule",
-                                           dr.namespace, dr.name))
+        found = services.get(qualify(dr.spec.host, dr.namespace))
+        if found is None:
+            continue
+        svc, view = found
+        for name in explain.empty_subsets(snapshot, view, dr):
+            subset = dr.spec.subset(name)
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(subset.labels.items())) if subset else ""
+            out.append(AnalysisMessage(m.SUBSET_SELECTS_NO_POD,
+                                       f"subset {name} ({labels}) selects no pod of Service {svc.namespace}/"
+                                       f"{svc.name}; requests routed to it fail", "DestinationRule",
+                                       dr.namespace, dr.name))
     return out
 
 

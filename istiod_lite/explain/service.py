@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from istiod_lite.explain.lookup import Lookup, order
 from istiod_lite.explain.model import Entry, ServiceExplanation, WaypointChoice
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model import gateway as gw
@@ -45,9 +46,8 @@ from istiod_lite.translator.binding.waypoints import (
     bindings_of,
 )
 from istiod_lite.translator.clusters.endpoints import service_pods
-from istiod_lite.translator.core.index import host_matches, qualify
+from istiod_lite.translator.core.index import qualify
 from istiod_lite.translator.diagnostics import Finding, diagnose, findings
-from istiod_lite.translator.routing import httproute
 from istiod_lite.translator.routing.httproute import mesh_routes
 from istiod_lite.translator.telemetry.apply import applicable_telemetries
 from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views, destination_rule
@@ -109,32 +109,15 @@ def explain_service(snapshot: ConfigSnapshot, target: str, mesh: MeshConfig | No
                     ) -> list[ServiceExplanation]:
     """One explanation per service host ``target`` names (raises ``TargetNotFound``)."""
     views = resolve(snapshot, target)
-    notes = _Notes(findings(diagnose(snapshot, mesh)))
+    notes = Lookup(snapshot, findings(diagnose(snapshot, mesh)))
     return [_explain(snapshot, view, mesh or MeshConfig(), notes) for view in views]
-
-
-class _Notes:
-    """The diagnostics messages, by the object they are about."""
-
-    def __init__(self, found: Iterable[Finding]) -> None:
-        self._by: dict[tuple[str, str, str], list[Finding]] = {}
-        for f in found:
-            self._by.setdefault((f.kind, f.namespace, f.name), []).append(f)
-
-    def about(self, kind: str, namespace: str, name: str) -> list[Finding]:
-        return self._by.get((kind, namespace, name), [])
-
-    def notes(self, kind: str, namespace: str, name: str, host: str) -> tuple[str, ...]:
-        """Messages about the object, without its subject prefix, minus those about other hosts."""
-        return tuple(f.detail for f in self.about(kind, namespace, name)
-                     if not (": ignored for " in f.message and f" {host} " not in f.message))
 
 
 def kind_of(view: ServiceInfo) -> str:
     return "ServiceEntry" if view.is_service_entry else "Service"
 
 
-def _explain(snapshot: ConfigSnapshot, view: ServiceInfo, mesh: MeshConfig, notes: _Notes) -> ServiceExplanation:
+def _explain(snapshot: ConfigSnapshot, view: ServiceInfo, mesh: MeshConfig, notes: Lookup) -> ServiceExplanation:
     kind = kind_of(view)
     choice, ref = waypoint_choice(snapshot, view, notes)
     applied: list[Entry] = []
@@ -157,7 +140,7 @@ def _label_text(decision: BindingDecision) -> str:
     return ", ".join(f"{k}={v}" for k, v in decision.labels) or f"{USE_WAYPOINT}"
 
 
-def waypoint_choice(snapshot: ConfigSnapshot, view: ServiceInfo, notes: _Notes | None = None
+def waypoint_choice(snapshot: ConfigSnapshot, view: ServiceInfo, notes: Lookup | None = None
                     ) -> tuple[WaypointChoice, WaypointRef | None]:
     """The waypoint serving ``view`` (or None) and why, from the binding decision."""
     kind, name = kind_of(view), view.source.name
@@ -186,7 +169,8 @@ def waypoint_choice(snapshot: ConfigSnapshot, view: ServiceInfo, notes: _Notes |
         return WaypointChoice(str(ref), decision.outcome, f"{decision.label_on} has label {_label_text(decision)}, "
                                                           f"but {detail}", decision.label_on, labels), None
     assert decision.outcome == BOUND
-    served = next((v for v in bound_views(bindings_of(snapshot), ref) if v.host == view.host), None)
+    served = notes.served(ref, view.host) if notes is not None else next(
+        (v for v in bound_views(bindings_of(snapshot), ref) if v.host == view.host), None)
     if served is None or served.source is not view.source:
         why = [f.detail for f in (notes.about(kind, view.namespace, name) if notes else ())
                if view.host in f.message or "DYNAMIC_DNS" in f.message]
@@ -201,7 +185,7 @@ class _Context:
     """One service's view of the config: each method gives (applied, not applied) entries for one kind."""
 
     def __init__(self, snapshot: ConfigSnapshot, view: ServiceInfo, ref: WaypointRef | None, mesh: MeshConfig,
-                 notes: _Notes) -> None:
+                 notes: Lookup) -> None:
         self.snapshot, self.view, self.ref, self.mesh, self.notes = snapshot, view, ref, mesh, notes
         self.namespaces = (ref.namespace, view.namespace) if ref is not None else ()
         self.root = mesh.root_namespace
@@ -224,10 +208,8 @@ class _Context:
     # -- routes ------------------------------------------------------------------------------------
     def routes(self) -> tuple[list[Entry], list[Entry]]:
         host, ref = self.view.host, self.ref
-        naming_vs = [vs for vs in self.snapshot.of_kind(VirtualService)
-                     if any(host_matches(qualify(h, vs.namespace), host) for h in vs.spec.hosts)]
-        naming_routes = [r for r in self.snapshot.of_kind(gw.HTTPRoute)
-                         if any(host in httproute.parent_hosts(self.snapshot, r, p) for p in r.spec.parent_refs)]
+        naming_vs = self.notes.virtual_services.naming(host)
+        naming_routes = self.notes.http_routes.naming(host)
         applied: list[Entry] = []
         not_applied: list[Entry] = []
         attached: tuple[gw.HTTPRoute, ...] = ()
@@ -252,7 +234,7 @@ class _Context:
                                      + route_summary(vs, host),
                                      notes=self.notes.notes("VirtualService", vs.namespace, vs.name, host)))
         used_ids = {id(v) for v in used_vs}
-        for vs in sorted(naming_vs, key=_order):
+        for vs in naming_vs:
             if id(vs) in used_ids:
                 continue
             if not vs.spec.applies_to_mesh:
@@ -268,7 +250,7 @@ class _Context:
                                          f"for {host} only from {self._namespaces_text()}"
                                          f"{self._move_text()}", WRONG_NAMESPACE))
         attached_ids = {id(r) for r in attached}
-        for r in sorted(naming_routes, key=_order):
+        for r in naming_routes:
             if id(r) in attached_ids:
                 continue
             if ref is None:
@@ -297,8 +279,8 @@ class _Context:
                                  f"{what} for {host} (its namespace, {chosen.namespace}, is the "
                                  f"{'service' if chosen.namespace == self.view.namespace else 'waypoint'}'s)",
                                  notes=tuple(notes)))
-        for dr in sorted(self.snapshot.of_kind(DestinationRule), key=_order):
-            if dr is chosen or not host_matches(qualify(dr.spec.host, dr.namespace), host):
+        for dr in self.notes.destination_rules.naming(host):
+            if dr is chosen:
                 continue
             reason, code = self._dr_absence(dr, chosen)
             not_applied.append(Entry("DestinationRule", dr.namespace, dr.name, reason, code))
@@ -344,22 +326,21 @@ class _Context:
                                          f"targetRefs {own_kind} {own_name}, but no waypoint serves {view.host}: "
                                          "nothing enforces it (ztunnel ignores targetRefs policies)", NO_WAYPOINT))
         pods = self._pod_labels()
-        for pol in sorted(index.untargeted, key=_order):
-            if pol.namespace not in (view.namespace, self.root):
-                continue
-            selector = pol.spec.selector
+        scoped = [p for ns in dict.fromkeys((self.root, view.namespace)) for p in self.notes.untargeted(kind, ns)]
+        for other in sorted(scoped, key=order):
+            selector = other.spec.selector
             if selector is not None:
-                if pol.namespace != view.namespace or not any(
+                if other.namespace != view.namespace or not any(
                         all(labels.get(k) == v for k, v in selector.match_labels.items()) for labels in pods):
                     continue
-                not_applied.append(Entry(kind, pol.namespace, pol.name,
+                not_applied.append(Entry(kind, other.namespace, other.name,
                                          f"spec.selector selects this service's pods, not the service: ztunnel "
                                          f"enforces its L4 part on them, {'the waypoint' if ref else 'a waypoint'} "
                                          f"does not enforce it; use targetRefs ({own_kind} {own_name}) to apply it "
                                          "on the waypoint", SELECTOR))
             else:
-                scope = "mesh-wide (root namespace)" if pol.namespace == self.root else "namespace-wide"
-                not_applied.append(Entry(kind, pol.namespace, pol.name,
+                scope = "mesh-wide (root namespace)" if other.namespace == self.root else "namespace-wide"
+                not_applied.append(Entry(kind, other.namespace, other.name,
                                          f"no spec.targetRefs: {scope}, enforced by ztunnel at L4 only, not by "
                                          f"waypoints; use targetRefs ({own_kind} {own_name}) to apply it on the "
                                          "waypoint", NAMESPACE_WIDE))
@@ -395,9 +376,9 @@ class _Context:
                          notes=self.notes.notes("Telemetry", t.namespace, t.name, view.host)) for t in chosen]
         ids = {id(t) for t in chosen}
         not_applied: list[Entry] = []
-        targeting = [t for t in self.snapshot.of_kind(Telemetry) if t.namespace == view.namespace and any(
+        targeting = [t for t in self.notes.telemetries(view.namespace) if any(
             attach.target_kind(r) == own_kind and r.name == own_name for r in t.spec.targets)]
-        for t in sorted(targeting, key=_order):
+        for t in targeting:
             if id(t) in ids:
                 continue
             if ref is None:
@@ -407,8 +388,8 @@ class _Context:
                 not_applied.append(Entry("Telemetry", t.namespace, t.name,
                                          "superseded: an older Telemetry targets the same service (only the oldest "
                                          "applies)", SUPERSEDED))
-        for t in sorted(self.snapshot.of_kind(Telemetry), key=_order):
-            if t.namespace != view.namespace or id(t) in ids or t.spec.targets:
+        for t in self.notes.telemetries(view.namespace):
+            if id(t) in ids or t.spec.targets:
                 continue
             if t.spec.selector is not None:
                 not_applied.append(Entry("Telemetry", t.namespace, t.name,
@@ -433,11 +414,6 @@ class _Context:
         return f"namespace-wide in the waypoint's namespace ({t.namespace})"
 
 
-def _order(obj: VirtualService | gw.HTTPRoute | DestinationRule | AuthorizationPolicy | RequestAuthentication
-           | Telemetry) -> tuple[str, str, str]:
-    return (obj.metadata.creation_timestamp, obj.namespace, obj.name)
-
-
 def empty_subsets(snapshot: ConfigSnapshot, view: ServiceInfo, dr: DestinationRule) -> list[str]:
     """Subsets of ``dr`` that select no pod of the Service (Services with a selector only: a
     ServiceEntry's endpoints are not pods)."""
@@ -451,7 +427,7 @@ def explain_all(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None,
                 found: Iterable[Finding] | None = None) -> list[ServiceExplanation]:
     """Every Service and ServiceEntry host, in namespace/name order (for ``analyze``); ``found``: the
     diagnostics findings, if the caller has them already."""
-    notes = _Notes(findings(diagnose(snapshot, mesh)) if found is None else found)
+    notes = Lookup(snapshot, findings(diagnose(snapshot, mesh)) if found is None else found)
     services = sorted(snapshot.of_kind(Service), key=lambda s: (s.namespace, s.name))
     views = [service_model.of_service(s) for s in services]
     views += [v for se in sorted(snapshot.of_kind(ServiceEntry), key=lambda s: (s.namespace, s.name))
