@@ -4,7 +4,11 @@ Starts the control plane on a YAML directory with its CA, a waypoint per waypoin
 agent gets a certificate from the CA and runs a real Envoy fed over secure xDS), a tiny HTTP "pod"
 for every Pod in the config (ambient pods behind a ztunnel stand-in on <podIP>:15008), then sends
 requests to each service's VIP through an HBONE client tunnel to its waypoint and prints which pods
-answered — e.g. the 80/20 canary of ``examples/bookinfo``.
+answered — e.g. the 80/20 canary of ``examples/bookinfo`` — and ends with ``explain service`` on the
+canary: which waypoint serves it, and which config made the split.
+
+Only the story goes to stdout: every component's log lines (and each Envoy's output) go to files in
+a log directory named at the end, or to the terminal with ``--verbose``.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import logging
 import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
@@ -32,6 +38,8 @@ from istiod_lite.ca.runtime import CaRuntime
 from istiod_lite.ca.tokens import create_token
 from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 from istiod_lite.envoy_binary import envoy_binary
+from istiod_lite.explain import explain_service
+from istiod_lite.explain.render import service_text
 from istiod_lite.hbone import Endpoint, FileCredentials, HboneConfig, HboneProxy, InboundTerminator, OutboundTunnel
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod, Service
@@ -97,8 +105,50 @@ def _pod_credentials(ca: CaRuntime, directory: Path, namespace: str, sa: str) ->
     return FileCredentials(directory / "cert.pem", directory / "key.pem", directory / "root.pem")
 
 
-async def run_demo(config_dir: Path, requests: int = 200, keep_running: bool = False) -> int:
+@contextlib.contextmanager
+def _logs_to(path: Path | None) -> Iterator[None]:
+    """Route every log record to ``path`` (the terminal stays for the story) while the demo runs;
+    None keeps the handlers as they are (``--verbose``)."""
+    if path is None:
+        yield
+        return
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers = [handler]
+    try:
+        yield
+    finally:
+        root.handlers = saved
+        handler.close()
+
+
+def _explain_canary(config: ConfigSnapshot, config_dir: Path, shown: list[Service]) -> None:
+    """``explain service`` on the first service shown whose routes come from config (the canary)."""
+    for svc in shown:
+        target = f"{svc.namespace}/{svc.name}"
+        found = explain_service(config, target)
+        if any(e.kind in ("VirtualService", "HTTPRoute") for x in found for e in x.applied):
+            print(f"\nwhy: istiod-lite explain service {target} --config {config_dir}")
+            print("".join(f"  {line}\n" for line in service_text(found).splitlines()), end="")
+            return
+
+
+async def run_demo(config_dir: Path, requests: int = 200, keep_running: bool = False, verbose: bool = False) -> int:
+    log_dir = None if verbose else Path(tempfile.mkdtemp(prefix="istiod-lite-demo-logs-"))
+    try:
+        with _logs_to(log_dir / "istiod-lite.log" if log_dir else None):
+            return await _run_demo(config_dir, requests, keep_running, log_dir)
+    finally:
+        if log_dir is not None:
+            print(f"\nlogs: {log_dir} (istiod-lite.log: control plane, agent, hbone; *.envoy.log: each Envoy)")
+            sys.stdout.flush()
+
+
+async def _run_demo(config_dir: Path, requests: int, keep_running: bool, log_dir: Path | None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="istiod-lite-demo-"))
+    envoy_logs = log_dir or workdir
     ca_dir = workdir / "ca"
     cp = ControlPlane(ControlPlaneOptions(config_dir=config_dir, grpc_addr="", monitoring_addr="127.0.0.1:0",
                                           secure_grpc_addr="127.0.0.1:0", ca=CaConfig(ca_dir=ca_dir)))
@@ -133,7 +183,7 @@ async def run_demo(config_dir: Path, requests: int = 200, keep_running: bool = F
                 token_file=token, xds_address=f"127.0.0.1:{cp.secure_port}", ca_address=f"127.0.0.1:{cp.secure_port}",
                 root_cert=ca_dir / ROOT_CERT, work_dir=agent_dir,
                 envoy=EnvoySettings(binary=envoy_binary(), admin_port=_free_port(), concurrency=1,
-                                    output_path=workdir / f"{wp.ref.namespace}-{wp.ref.name}.log"),
+                                    output_path=envoy_logs / f"{wp.ref.namespace}-{wp.ref.name}.envoy.log"),
             ))
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop))
@@ -160,6 +210,7 @@ async def run_demo(config_dir: Path, requests: int = 200, keep_running: bool = F
                 for wp, _, vip, port in tunnels)),
             _pod_credentials(cp.ca, workdir / "client", "default", "sleep"), concurrency=1))
         print("client: a ztunnel stand-in tunnels each service VIP to its waypoint over HBONE (mTLS, HTTP/2 CONNECT)")
+        shown: list[Service] = []
         async with ClientSession(timeout=ClientTimeout(total=10)) as http:
             for (wp, svc, vip, port), local in zip(tunnels, client.outbound_addresses, strict=True):
                 counts: collections.Counter[str] = collections.Counter()
@@ -168,8 +219,10 @@ async def run_demo(config_dir: Path, requests: int = 200, keep_running: bool = F
                     async with http.get(f"http://{local}/") as resp:
                         counts[resp.headers.get("x-pod", f"HTTP {resp.status}")] += 1
                 print(f"\n{svc.namespace}/{svc.name} ({vip}:{port}) via waypoint {wp.ref}, {requests} requests:")
+                shown.append(svc)
                 for name, n in sorted(counts.items()):
                     print(f"  {name:<28} {n:>5}  {100 * n / requests:5.1f}%  {'#' * (50 * n // requests)}")
+        _explain_canary(cp.config, config_dir, shown)
         print(f"\nsee the Envoy config: istiod-lite translate --config {config_dir} --waypoint "
               f"{waypoints[0].ref if waypoints else 'NS/NAME'}")
         if keep_running:

@@ -1,4 +1,5 @@
-"""``istiod-lite`` command line: serve, validate, translate, token, waypoint (bootstrap, run), hbone, demo."""
+"""``istiod-lite`` command line: serve, validate, translate, explain, analyze, token, waypoint (bootstrap, run), hbone,
+demo."""
 
 from __future__ import annotations
 
@@ -208,7 +209,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from istiod_lite.cli.demo import run_demo
 
-    return asyncio.run(run_demo(Path(args.config), requests=args.requests, keep_running=args.keep_running))
+    return asyncio.run(run_demo(Path(args.config), requests=args.requests, keep_running=args.keep_running,
+                                verbose=args.verbose))
 
 
 def _proxy_status(args: argparse.Namespace) -> int:
@@ -311,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_token_parser(sub)
     add_hbone_parser(sub)
+    from istiod_lite.cli.explain_cmd import add_explain_parsers
+
+    add_explain_parsers(sub)
 
     v = sub.add_parser("validate", help="validate a config directory; exit 1 on any error")
     v.add_argument("--config", required=True, metavar="DIR")
@@ -350,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "examples" / "bookinfo"))
     d.add_argument("--requests", type=int, default=200)
     d.add_argument("--keep-running", action="store_true")
+    d.add_argument("--verbose", action="store_true",
+                   help="log lines of every component on the terminal (default: into a log directory named at the end)")
     d.set_defaults(func=_demo)
     return p
 

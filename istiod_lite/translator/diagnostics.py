@@ -9,6 +9,7 @@ here, so a new pass is added once and appears everywhere.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -43,6 +44,52 @@ class Diagnostics:
         yield "route", self.routes
         yield "authorization", self.authorization
         yield "telemetry", self.telemetry
+
+
+#: Every message names its subject first ("Kind ns/name: ..."), possibly after a scope such as
+#: "TCP chains: "; a message about no single object (e.g. several CUSTOM providers) has none.
+_SUBJECT = re.compile(r"^(?:[A-Za-z ]+: )?([A-Z][A-Za-z]+) ([a-z0-9][-a-z0-9.]*)/([^\s:;,]+)")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnostics message with the object it is about, for tools (``explain``, ``analyze``)
+    that attach messages to objects; the text is exactly the message the server logs."""
+
+    category: str
+    message: str
+    #: The subject object; ("", "", "") when the message is about no single object.
+    kind: str = ""
+    namespace: str = ""
+    name: str = ""
+
+    def is_about(self, kind: str, namespace: str, name: str) -> bool:
+        return (self.kind, self.namespace, self.name) == (kind, namespace, name)
+
+    @property
+    def detail(self) -> str:
+        """The message after its subject ("Kind ns/name: " or "Kind ns/name "), for a reader who
+        already knows the subject; a scope before the subject ("TCP chains: ") is kept."""
+        if not self.kind:
+            return self.message
+        subject = f"{self.kind} {self.namespace}/{self.name}"
+        head, sep, tail = self.message.partition(subject)
+        if not sep:
+            return self.message
+        return head + tail.removeprefix(":").lstrip()
+
+
+def finding(category: str, message: str) -> Finding:
+    """``message`` with its subject parsed from its leading "Kind ns/name"."""
+    m = _SUBJECT.match(message)
+    if m is None:
+        return Finding(category, message)
+    return Finding(category, message, m.group(1), m.group(2), m.group(3))
+
+
+def findings(found: Diagnostics) -> list[Finding]:
+    """Every message of ``found`` as a ``Finding``, category by category."""
+    return [finding(category, message) for category, messages in found.categories() for message in messages]
 
 
 def diagnose(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None,

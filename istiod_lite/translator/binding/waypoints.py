@@ -16,7 +16,10 @@ Facts: docs/istio-waypoint-shape.md §1.2-1.3.
 * Cross-namespace binding needs the waypoint's HBONE listener to allow it
   (``allowedRoutes.namespaces.from``: ``Same`` by default, ``All``, or ``Selector``).
 
-A binding that does not fit is reported (``binding_problems``) and not used.
+A binding that does not fit is reported (``binding_problems``) and not used.  Every Service and
+ServiceEntry also gets a ``BindingDecision`` (``binding_decision``): which label on which object asked
+for which waypoint, and the outcome; ``istiod-lite explain`` and ``analyze`` read it, so they and the
+problem messages come from the very same decision.
 """
 
 from __future__ import annotations
@@ -115,6 +118,44 @@ def _selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, s
     return True
 
 
+#: ``BindingDecision.outcome`` values.
+BOUND = "Bound"
+#: No ``istio.io/use-waypoint`` label on the object nor on its namespace.
+UNLABELLED = "NoLabel"
+#: ``istio.io/use-waypoint: none`` (or empty) on the object or its namespace.
+OPTED_OUT = "OptedOut"
+#: The label names a waypoint Gateway that does not exist (or is not of class ``istio-waypoint``).
+WAYPOINT_MISSING = "WaypointNotFound"
+#: The waypoint's ``istio.io/waypoint-for`` does not take this kind of traffic.
+TRAFFIC_TYPE_MISMATCH = "UnsupportedTrafficType"
+#: The waypoint's HBONE listener ``allowedRoutes`` refuses the object's namespace.
+NOT_ALLOWED = "AttachmentDenied"
+
+
+@dataclass(frozen=True)
+class BindingDecision:
+    """Why a Service or ServiceEntry is (or is not) bound to a waypoint."""
+
+    kind: str
+    namespace: str
+    name: str
+    #: One of the outcome constants above (named after Istio's ``WaypointBound`` reasons where it has one).
+    outcome: str
+    #: The waypoint the labels ask for (None when unlabelled or opted out).
+    requested: WaypointRef | None = None
+    #: Where the deciding label is: ``"Service ns/name"``, ``"Namespace ns"``, ... ("" when unlabelled).
+    label_on: str = ""
+    #: The deciding labels as written (``istio.io/use-waypoint`` and, if set, ``-namespace``).
+    labels: tuple[tuple[str, str], ...] = ()
+    #: The problem message (as in ``binding_problems``; also set for an inherited label that does not
+    #: fit, which is silently not a binding for workloads but still worth explaining).
+    message: str = ""
+
+    @property
+    def bound(self) -> bool:
+        return self.outcome == BOUND
+
+
 @dataclass
 class Bindings:
     """Result of binding every service and workload of a snapshot (computed once per snapshot)."""
@@ -126,6 +167,8 @@ class Bindings:
     service_entries: dict[WaypointRef, list[ServiceEntry]] = field(default_factory=dict)
     workload_entries: dict[WaypointRef, list[WorkloadEntry]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: (kind, namespace, name) -> the decision for every Service and ServiceEntry.
+    decisions: dict[tuple[str, str, str], BindingDecision] = field(default_factory=dict)
 
     def workload_ips(self, ref: WaypointRef) -> list[str]:
         """Addresses of the workloads (pods and WorkloadEntries) bound to ``ref``, sorted, unique."""
@@ -167,41 +210,59 @@ def compute_bindings(snapshot: ConfigSnapshot) -> Bindings:
             key = (ref, obj_ns, kind)
             verdict = inherited_verdicts.get(key)
             if verdict is None:
-                verdict = inherited_verdicts[key] = _admit(ref, obj_ns, what, kind, inherited)
+                verdict = inherited_verdicts[key] = _admit(ref, obj_ns, what, kind, inherited)[0] == BOUND
             return verdict
-        return _admit(ref, obj_ns, what, kind, inherited)
+        return _admit(ref, obj_ns, what, kind, inherited)[0] == BOUND
 
-    def _admit(ref: WaypointRef, obj_ns: str, what: str, kind: str, inherited: bool) -> bool:
+    def _admit(ref: WaypointRef, obj_ns: str, what: str, kind: str, inherited: bool) -> tuple[str, str]:
+        """(outcome, message); the message is also a reported problem unless the rules stay silent."""
+        outcome, message, reported = _fit(ref, obj_ns, what, kind)
+        if message and (reported or not inherited):
+            out.problems.append(message)
+        return outcome, message
+
+    def _fit(ref: WaypointRef, obj_ns: str, what: str, kind: str) -> tuple[str, str, bool]:
         wp = out.waypoints.get(ref)
         if wp is None:
-            if not inherited:
-                out.problems.append(f"{what}: {USE_WAYPOINT} names waypoint {ref}, which does not exist")
-            return False
+            # An inherited label naming no waypoint is not reported (Istio is silent too).
+            return WAYPOINT_MISSING, f"{what}: {USE_WAYPOINT} names waypoint {ref}, which does not exist", False
         fits = wp.serves_services() if kind == "service" else wp.serves_workloads()
         if not fits:
-            if kind == "service" or not inherited:
-                out.problems.append(f"{what}: waypoint {ref} is for {wp.traffic_type!r} traffic, not {kind}s; "
-                                    "not bound")
-            return False
+            return (TRAFFIC_TYPE_MISMATCH, f"{what}: waypoint {ref} is for {wp.traffic_type!r} traffic, not {kind}s; "
+                    "not bound", kind == "service")
         if obj_ns != ref.namespace:
             allowed = wp.allowed_from == "All" or (
                 wp.allowed_from == "Selector" and _selector_matches(wp.allowed_selector, ns_labels(obj_ns)))
             if not allowed:
-                out.problems.append(f"{what}: waypoint {ref} does not allow bindings from namespace {obj_ns} "
-                                    f"(its HBONE listener allows {wp.allowed_from}); not bound")
-                return False
-        return True
+                return (NOT_ALLOWED, f"{what}: waypoint {ref} does not allow bindings from namespace {obj_ns} "
+                        f"(its HBONE listener allows {wp.allowed_from}); not bound", True)
+        return BOUND, "", False
+
+    def decide(kind: str, obj_ns: str, obj_name: str, labels: Mapping[str, str]) -> WaypointRef | None:
+        """A Service's or ServiceEntry's decision, recorded; the waypoint it binds to, or None."""
+        label_on, source = f"{kind} {obj_ns}/{obj_name}", labels
+        req = _requested(labels, obj_ns)
+        inherited = req is None
+        if req is None:
+            label_on, source = f"Namespace {obj_ns}", ns_labels(obj_ns)
+            req = _requested(source, obj_ns)
+        written = tuple((k, source[k]) for k in (USE_WAYPOINT, USE_WAYPOINT_NAMESPACE) if k in source)
+        if req is None:
+            decision = BindingDecision(kind, obj_ns, obj_name, UNLABELLED)
+        elif not isinstance(req, WaypointRef):
+            decision = BindingDecision(kind, obj_ns, obj_name, OPTED_OUT, label_on=label_on, labels=written)
+        else:
+            outcome, message = _admit(req, obj_ns, f"{kind} {obj_ns}/{obj_name}", "service", inherited)
+            decision = BindingDecision(kind, obj_ns, obj_name, outcome, req, label_on, written, message)
+        out.decisions[(kind, obj_ns, obj_name)] = decision
+        return decision.requested if decision.bound else None
 
     for svc in snapshot.of_kind(Service):
         if svc.metadata.labels.get("gateway.istio.io/managed") == "istio.io-mesh-controller":
             continue  # a waypoint's own Service never uses a waypoint
-        req = _requested(svc.metadata.labels, svc.namespace)
-        inherited = req is None
-        if req is None:
-            req = _requested(ns_labels(svc.namespace), svc.namespace)
-        if isinstance(req, WaypointRef) and admit(req, svc.namespace, f"Service {svc.namespace}/{svc.name}",
-                                                  "service", inherited):
-            out.services[req].append(svc)
+        bound = decide("Service", svc.namespace, svc.name, svc.metadata.labels)
+        if bound is not None:
+            out.services[bound].append(svc)
     ns_requests: dict[str, WaypointRef | str | None] = {}
     for pod in snapshot.of_kind(Pod):
         labels = pod.metadata.labels
@@ -218,13 +279,9 @@ def compute_bindings(snapshot: ConfigSnapshot) -> Bindings:
                                                               "workload", inherited):
             out.workloads[req].append(pod)
     for se in snapshot.of_kind(ServiceEntry):
-        req = _requested(se.metadata.labels, se.namespace)
-        inherited = req is None
-        if req is None:
-            req = _requested(ns_labels(se.namespace), se.namespace)
-        if isinstance(req, WaypointRef) and admit(req, se.namespace, f"ServiceEntry {se.namespace}/{se.name}",
-                                                  "service", inherited):
-            out.service_entries[req].append(se)
+        bound = decide("ServiceEntry", se.namespace, se.name, se.metadata.labels)
+        if bound is not None:
+            out.service_entries[bound].append(se)
     for we in snapshot.of_kind(WorkloadEntry):
         labels = we.metadata.labels
         req = _requested(labels, we.namespace) if USE_WAYPOINT in labels else None
@@ -271,6 +328,12 @@ def bound_workloads(snapshot: ConfigSnapshot, ref: WaypointRef) -> list[Pod]:
 
 def binding_problems(snapshot: ConfigSnapshot) -> list[str]:
     return list(bindings_of(snapshot).problems)
+
+
+def binding_decision(snapshot: ConfigSnapshot, kind: str, namespace: str, name: str) -> BindingDecision | None:
+    """The decision for Service or ServiceEntry ``namespace/name`` (None if there is no such object,
+    or it is a waypoint's own Service)."""
+    return bindings_of(snapshot).decisions.get((kind, namespace, name))
 
 
 #: Everything binding reads: a change to any other kind re-uses the previous bindings object.
