@@ -48,7 +48,7 @@ from istiod_lite.translator.binding.waypoints import (
 from istiod_lite.translator.clusters.endpoints import service_pods
 from istiod_lite.translator.core.index import qualify
 from istiod_lite.translator.diagnostics import Finding, diagnose, findings
-from istiod_lite.translator.routing.httproute import mesh_routes
+from istiod_lite.translator.routing.mesh_routes import mesh_routes
 from istiod_lite.translator.telemetry.apply import applicable_telemetries
 from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views, destination_rule
 
