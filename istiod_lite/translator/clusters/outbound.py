@@ -29,6 +29,7 @@ from istiod_lite.model.networking import ConsistentHashLB, Destination, Destinat
 from istiod_lite.translator.binding import service_model
 from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.clusters import for_service
+from istiod_lite.translator.clusters.locality_lb import LbContext
 from istiod_lite.translator.clusters.policy_select import destination_hash
 from istiod_lite.translator.core import names
 from istiod_lite.translator.core.index import index_of, qualify, service_entries_by_host
@@ -117,8 +118,11 @@ class DestinationResolver:
     """Resolves destinations for one service's routes (``routes.Targets``) and collects the
     outbound services they need."""
 
-    def __init__(self, snapshot: ConfigSnapshot, waypoint_namespace: str, owned: Mapping[str, ServiceInfo]) -> None:
+    def __init__(self, snapshot: ConfigSnapshot, waypoint_namespace: str, owned: Mapping[str, ServiceInfo],
+                 lb_context: LbContext | None = None) -> None:
         self.snapshot = snapshot
+        #: The mesh config and proxy locality the outbound clusters' endpoints are built for.
+        self.lb_context = lb_context
         self.waypoint_namespace = waypoint_namespace
         #: host -> the services this waypoint owns (shared by every fragment of one translation).
         self.owned = owned
@@ -170,5 +174,6 @@ class DestinationResolver:
         """Clusters and endpoints of every outbound target named so far (sorted by host)."""
         out = EnvoyResources()
         for host in sorted(self.outbound):
-            for_service.add_outbound(out, self.snapshot, self.outbound[host], self.destination_rule(host))
+            for_service.add_outbound(out, self.snapshot, self.outbound[host], self.destination_rule(host),
+                                     self.lb_context)
         return out

@@ -21,7 +21,7 @@ from istiod_lite.translator.core.memo import Derived, PerObject
 
 if TYPE_CHECKING:
     from istiod_lite.model import gateway as gw
-    from istiod_lite.model.core import Pod, Service
+    from istiod_lite.model.core import EndpointSlice, Pod, Service
     from istiod_lite.model.networking import DestinationRule, HTTPRoute, ServiceEntry, VirtualService
     from istiod_lite.model.security import AuthorizationPolicy, RequestAuthentication
     from istiod_lite.translator.authz.attach import AttachIndex
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from istiod_lite.translator.authz.rbac import CompiledPolicy
     from istiod_lite.translator.binding.service_model import ServiceInfo
     from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef
+    from istiod_lite.translator.clusters.locality import Locality
     from istiod_lite.translator.core.index import SnapshotIndex, WorkloadEntryIndex
     from istiod_lite.translator.routing.httproute import MeshRoutes
 
@@ -56,6 +57,13 @@ VS_BY_HOST: Final[Derived[tuple[Mapping[tuple[str, str], tuple[VirtualService, .
 #: (namespace, host) -> the DestinationRule that applies.
 DESTINATION_RULES: Final[Derived[Mapping[tuple[str, str], DestinationRule]]] = Derived(
     "destination-rules", reads=("DestinationRule",))
+#: (namespace, service name) -> its EndpointSlices (``kubernetes.io/service-name``), by name.
+ENDPOINT_SLICES: Final[Derived[Mapping[tuple[str, str], tuple[EndpointSlice, ...]]]] = Derived(
+    "endpoint-slices", reads=("EndpointSlice",))
+#: IP -> pods with that IP (an EndpointSlice endpoint without a targetRef; a proxy by its address).
+PODS_BY_IP: Final[Derived[Mapping[str, tuple[Pod, ...]]]] = Derived("pods-by-ip", reads=("Pod",))
+#: node name -> the locality its topology labels give (nodes without any: absent).
+NODE_LOCALITIES: Final[Derived[Mapping[str, Locality]]] = Derived("node-localities", reads=("Node",))
 #: WorkloadEntries with an address, by label.
 WORKLOAD_ENTRIES: Final[Derived[WorkloadEntryIndex]] = Derived("workload-entries", reads=("WorkloadEntry",))
 #: host -> the ServiceEntries declaring it, oldest first.

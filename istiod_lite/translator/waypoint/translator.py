@@ -40,6 +40,8 @@ from istiod_lite.translator.binding import protocols, service_model
 from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef, bindings_of
 from istiod_lite.translator.clusters import endpoints, for_service, outbound, policy_select
+from istiod_lite.translator.clusters.locality import ProxyLocality
+from istiod_lite.translator.clusters.locality_lb import LbContext
 from istiod_lite.translator.core import names, tables
 from istiod_lite.translator.core.index import index_of, virtual_services_for
 from istiod_lite.translator.core.output import LISTENER, Encoded, EnvoyResources, Resource
@@ -132,7 +134,7 @@ class WaypointTranslator:
     """Translates one waypoint, re-using the fragment of every service whose inputs did not change.
 
     Pure in the sense that matters: the output is a function of (snapshot, ref, trust domain,
-    path normalization) only; the memo just skips recomputing fragments that would come out
+    path normalization, proxy locality) only; the memo just skips recomputing fragments that would come out
     identical.  One instance per waypoint.  ``connect_terminate`` and telemetry are not included: see
     ``waypoint_assembly.WaypointAssembly``, which adds them.
 
@@ -141,12 +143,17 @@ class WaypointTranslator:
     messages (the server: what it keeps per service is then about its wire size, not 7-12x that).
     ``main_internal`` (the largest resource: every chain) is kept serialised too; the waypoint-wide
     resources stay messages.  Same bytes either way.
+
+    ``proxy``: where the proxies it translates for are (locality load balancing gives their
+    endpoints priorities relative to it); fixed for the instance, so the memos stay correct; the
+    server keeps one translator per distinct value (``controlplane/proxykinds/waypoint.py``).
     """
 
     def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN,
                  path_normalization: ProxyPathNormalization | None = None, mesh: MeshConfig | None = None,
-                 encoded: bool = False) -> None:
+                 encoded: bool = False, proxy: ProxyLocality | None = None) -> None:
         self.ref = ref
+        self.proxy = proxy or ProxyLocality()
         self.encoded = encoded
         #: Authorization reads the mesh config (root namespace, ext_authz providers).  It may be
         #: replaced between translations: it is part of every memo key (path normalization is not).
@@ -189,6 +196,9 @@ class WaypointTranslator:
         self._last = (key, out)
         return out
 
+    def _lb_context(self) -> LbContext:
+        return LbContext(self.mesh, self.proxy)
+
     def _authz_key(self, snapshot: ConfigSnapshot) -> tuple[object, ...]:
         """The Services/ServiceEntries of the hosts authorization calls (ext_authz, remote JWKS):
         not among the kinds the shortcut compares whole, and not bound to this waypoint."""
@@ -220,7 +230,8 @@ class WaypointTranslator:
             if cached is not None and cached[0].same_as(inputs):
                 frag = cached[1]
             else:
-                frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization)
+                frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization,
+                                         self._lb_context())
                 if self.encoded:
                     frag = _Fragment(frag.resources.encoded(), frag.chains)
                 if cached is not None:
@@ -234,7 +245,7 @@ class WaypointTranslator:
         workload_ips = bindings.workload_ips(ref)
         direct = authz_for_direct(snapshot, ref, mesh_config=self.mesh)
         if direct.clusters:  # usually already there: Gateway-wide policies apply to every service too
-            out.merge(_authz_resources(snapshot, ref.namespace, direct))
+            out.merge(_authz_resources(snapshot, ref.namespace, direct, self._lb_context()))
             authz_hosts.update(c.host for c in direct.clusters)
         self._authz_hosts = tuple(sorted(authz_hosts))
         # Authorization is in ECDS resources: the listener names the slots only (authz/discovery.py).
@@ -417,12 +428,12 @@ def _attached_routes(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object
 def _service_fragment(
     snapshot: ConfigSnapshot, sv: ServiceInfo, dr: DestinationRule | None, vss: list[VirtualService],
     owned: dict[str, ServiceInfo], waypoint_namespace: str, az: AuthzFilters | None = None,
-    path_normalization: PathNormalizationType = "BASE",
+    path_normalization: PathNormalizationType = "BASE", lb_context: LbContext | None = None,
 ) -> _Fragment:
     """One service's clusters, endpoints, route configurations and chains: inbound-vip clusters per
     port (and DR subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
     the TCP chain's route, and the outbound clusters of route targets it does not own."""
-    resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned)
+    resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned, lb_context)
     out = EnvoyResources()
     meta = cluster_templates.service_metadata(sv.metadata())
     port_chains = []
@@ -432,7 +443,7 @@ def _service_fragment(
         tcp_chain: listener_components_pb2.FilterChain | None = None
         for kind in port.chain_kinds:
             cluster = names.inbound_vip_cluster(port.number, sv.host, kind)
-            for_service.add_inbound_vip(out, snapshot, sv, meta, port, kind, dr)
+            for_service.add_inbound_vip(out, snapshot, sv, meta, port, kind, dr, lb_context)
             if kind == "http":
                 scope = routes.RouteScope(port.number, waypoint_namespace, resolver)
                 route_list = routes.http_routes(vss, scope)
@@ -456,7 +467,7 @@ def _service_fragment(
     if resolver.outbound:
         out.merge(resolver.outbound_resources())
     if az is not None and az.clusters:
-        out.merge(_authz_resources(snapshot, waypoint_namespace, az))
+        out.merge(_authz_resources(snapshot, waypoint_namespace, az, lb_context))
     return _Fragment(out, inbound.ServiceChains(sv.vips, tuple(port_chains)))
 
 
@@ -477,7 +488,8 @@ def _authz_objects(snapshot: ConfigSnapshot, waypoint_namespace: str, az: AuthzF
     return tuple(out)
 
 
-def _authz_resources(snapshot: ConfigSnapshot, waypoint_namespace: str, az: AuthzFilters) -> EnvoyResources:
+def _authz_resources(snapshot: ConfigSnapshot, waypoint_namespace: str, az: AuthzFilters,
+                     lb_context: LbContext | None = None) -> EnvoyResources:
     """The clusters the authorization filters call (ext_authz services, remote JWKS hosts): a known
     service's outbound clusters (even one this waypoint serves), else a cluster straight to the
     host (``authz.request_cluster``; docs/authz.md)."""
@@ -489,7 +501,7 @@ def _authz_resources(snapshot: ConfigSnapshot, waypoint_namespace: str, az: Auth
         svc = outbound.service_for_host(snapshot, req.host)
         if svc is not None:
             for_service.add_outbound(out, snapshot, svc,
-                                          outbound.destination_rule_for_host(drs, waypoint_namespace, req.host))
+                                     outbound.destination_rule_for_host(drs, waypoint_namespace, req.host), lb_context)
         if req.name not in out.clusters:  # not a service, not one of its ports, or a DNS one without endpoints
             out.clusters[req.name] = request_cluster(req)
     return out
