@@ -5,7 +5,8 @@ expected file is accepted by the real Envoy (``envoy --mode validate``).
 
 Layout: ``tests/golden/<case>/input/*.yaml`` and ``tests/golden/<case>/expected/<ns>.<name>.json``
 (one file per waypoint of the case); an optional ``tests/golden/<case>/mesh.yaml`` is the case's mesh
-config (Istio's MeshConfig: access-log defaults and extension providers).
+config (Istio's MeshConfig: access-log defaults and extension providers).  The proxy is located as
+the server locates it: the pod at the waypoint's address and its node, if the case has them.
 """
 
 from __future__ import annotations
@@ -23,13 +24,21 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from istiod_lite.cli.render import render
 from istiod_lite.model.meshconfig import MeshConfig, load_mesh_config
 from istiod_lite.sources import DirectorySource
-from istiod_lite.translator import WaypointAssembly, find_waypoints
+from istiod_lite.model import ConfigSnapshot
+from istiod_lite.translator import WaypointAssembly, find_waypoints, proxy_locality_of
+from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.diagnostics import diagnose
 from tests.support.envoy import envoy_validate, inline_rds
 
 HERE = Path(__file__).resolve().parent
 CASES = sorted(p.name for p in HERE.iterdir() if (p / "input").is_dir())
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+def _assembly(snapshot: ConfigSnapshot, ref: WaypointRef, mesh: MeshConfig | None) -> WaypointAssembly:
+    """The assembly for a proxy at the waypoint's own address, located from the config."""
+    address = WaypointAssembly(ref).default_address(snapshot)
+    return WaypointAssembly(ref, mesh=mesh, proxy=proxy_locality_of(snapshot, ref, address, mesh))
 
 
 def _translate_case(case: str) -> dict[str, str]:
@@ -40,7 +49,7 @@ def _translate_case(case: str) -> dict[str, str]:
     # What the server serves a proxy of the waypoint at the waypoint's own address: same object,
     # same methods (``WaypointAssembly``), so the expected files are what Envoy receives.
     out = {f"{w.ref.namespace}.{w.ref.name}.json": render(
-        WaypointAssembly(w.ref, mesh=mesh).proxy_resources(update.snapshot))
+        _assembly(update.snapshot, w.ref, mesh).proxy_resources(update.snapshot))
            for w in find_waypoints(update.snapshot)}
     # Reported, never silently dropped: bindings that do not fit, policies that do not attach or
     # fail closed, route settings the waypoint ignores, Telemetry upstream Envoy cannot honour.
@@ -96,7 +105,7 @@ def test_every_rds_name_is_served_in_the_same_snapshot(case: str) -> None:
     mesh_file = HERE / case / "mesh.yaml"
     mesh = load_mesh_config(mesh_file) if mesh_file.exists() else None
     for w in find_waypoints(update.snapshot):
-        res = WaypointAssembly(w.ref, mesh=mesh).proxy_resources(update.snapshot)
+        res = _assembly(update.snapshot, w.ref, mesh).proxy_resources(update.snapshot)
         assert rds_names(res.listeners.values()) == set(res.routes), w.ref
 
 

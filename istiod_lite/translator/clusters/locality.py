@@ -98,18 +98,19 @@ def pod_locality(snapshot: ConfigSnapshot, pod: Pod) -> Locality | None:
     own = label_locality(pod.metadata.labels)
     if own is not None:
         return own
-    return tables.NODE_LOCALITIES.of(snapshot).get(pod.spec.node_name) if pod.spec.node_name else None
+    parts = tables.NODE_LOCALITIES.of(snapshot).get(pod.spec.node_name) if pod.spec.node_name else None
+    return locality(*parts) if parts is not None else None
 
 
 @tables.NODE_LOCALITIES.computed_by
-def _node_localities(snapshot: ConfigSnapshot) -> Mapping[str, Locality]:
-    out: dict[str, Locality] = {}
+def _node_localities(snapshot: ConfigSnapshot) -> Mapping[str, tuple[str, str, str]]:
+    out: dict[str, tuple[str, str, str]] = {}
     for node in snapshot.of_kind(Node):
         labels = node.metadata.labels
-        loc = locality(labels.get(REGION) or labels.get(_BETA_REGION, ""),
-                       labels.get(ZONE) or labels.get(_BETA_ZONE, ""), labels.get(SUBZONE, ""))
-        if loc is not None:
-            out[node.name] = loc
+        parts = (labels.get(REGION) or labels.get(_BETA_REGION, ""), labels.get(ZONE) or labels.get(_BETA_ZONE, ""),
+                 labels.get(SUBZONE, ""))
+        if any(parts):
+            out[node.name] = parts
     return out
 
 

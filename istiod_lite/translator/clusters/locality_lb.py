@@ -151,7 +151,7 @@ def _envoy_parts(g: endpoint_components_pb2.LocalityLbEndpoints) -> tuple[str, s
 
 def _matches(parts: tuple[str, str, str], rule: str) -> bool:
     """``LocalityMatch``: ``*`` or an omitted zone/subzone matches anything."""
-    r = (rule.split("/") + ["", ""])[:3]
+    r = [*rule.split("/"), "", ""][:3]
     return (r[0] == "*" or parts[0] == r[0]) and all(
         r[i] in ("*", "") or parts[i] == r[i] for i in (1, 2))
 
@@ -256,13 +256,16 @@ def _apply_failover_priorities(groups: list[Group], proxy_labels: Mapping[str, s
     return out
 
 
+_UNKNOWN = ProxyLocality()
+
+
 @dataclass(frozen=True)
 class LbContext:
     """What locality load balancing reads besides the cluster's own policy: the mesh config and
     where the proxy is (unknown by default: then only settings that need no locality change anything)."""
 
     mesh: MeshConfig | None = None
-    proxy: ProxyLocality = ProxyLocality()
+    proxy: ProxyLocality = _UNKNOWN
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from istiod_lite.translator.authz.rbac import CompiledPolicy
     from istiod_lite.translator.binding.service_model import ServiceInfo
     from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef
-    from istiod_lite.translator.clusters.locality import Locality
     from istiod_lite.translator.core.index import SnapshotIndex, WorkloadEntryIndex
     from istiod_lite.translator.routing.httproute import MeshRoutes
 
@@ -62,8 +61,8 @@ ENDPOINT_SLICES: Final[Derived[Mapping[tuple[str, str], tuple[EndpointSlice, ...
     "endpoint-slices", reads=("EndpointSlice",))
 #: IP -> pods with that IP (an EndpointSlice endpoint without a targetRef; a proxy by its address).
 PODS_BY_IP: Final[Derived[Mapping[str, tuple[Pod, ...]]]] = Derived("pods-by-ip", reads=("Pod",))
-#: node name -> the locality its topology labels give (nodes without any: absent).
-NODE_LOCALITIES: Final[Derived[Mapping[str, Locality]]] = Derived("node-localities", reads=("Node",))
+#: node name -> (region, zone, subzone) from its topology labels (nodes without any: absent).
+NODE_LOCALITIES: Final[Derived[Mapping[str, tuple[str, str, str]]]] = Derived("node-localities", reads=("Node",))
 #: WorkloadEntries with an address, by label.
 WORKLOAD_ENTRIES: Final[Derived[WorkloadEntryIndex]] = Derived("workload-entries", reads=("WorkloadEntry",))
 #: host -> the ServiceEntries declaring it, oldest first.
