@@ -22,9 +22,9 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from istiod_lite.cli.render import render
+from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig, load_mesh_config
 from istiod_lite.sources import DirectorySource
-from istiod_lite.model import ConfigSnapshot
 from istiod_lite.translator import WaypointAssembly, find_waypoints, proxy_locality_of
 from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.diagnostics import diagnose

@@ -15,6 +15,7 @@ from google.protobuf import struct_pb2
 
 from istiod_lite.controlplane.proxykinds import KindContext, WaypointGenerator, WaypointKind, WaypointProxies
 from istiod_lite.model import ConfigSnapshot
+from istiod_lite.model.core import Pod, Service
 from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.model.networking_dr import LoadBalancerSettings, LocalityLoadBalancerSetting
 from istiod_lite.sources import DirectorySource
@@ -22,7 +23,7 @@ from istiod_lite.translator import WaypointAssembly, proxy_locality_of
 from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.clusters import locality, locality_lb
 from istiod_lite.translator.clusters.locality import ProxyLocality
-from istiod_lite.translator.clusters.locality_lb import Group, LocalityLb
+from istiod_lite.translator.clusters.locality_lb import Group, LabelsOf, LocalityLb
 from istiod_lite.xds import typeurls
 
 REF = WaypointRef("app", "waypoint")
@@ -113,7 +114,7 @@ def test_locality_labels_parse_as_istio_sanitises_them() -> None:
 def test_pod_locality_label_beats_its_node() -> None:
     snap = load(BASE.replace("labels: {app: echo}}\nspec: {nodeName: node-a}",
                              "labels: {app: echo, istio-locality: us.west}}\nspec: {nodeName: node-a}"))
-    pods = {p.name: p for p in snap.of_kind(locality.Pod)}
+    pods = {p.name: p for p in snap.of_kind(Pod)}
     assert locality.pod_locality(snap, pods["echo-a"]) == locality.locality("us", "west")
     assert locality.pod_locality(snap, pods["echo-b"]) == locality.locality("eu", "b")
 
@@ -125,8 +126,8 @@ def test_proxy_located_by_its_pod_and_node_else_its_node_metadata() -> None:
     # the registry's pod wins over anything the node says, and its labels (not the node's) are kept
     assert at_pod == ProxyLocality(locality.locality("eu", "b"), ((locality.HOSTNAME, "node-b"), (locality.ZONE, "b")))
     # no pod at that address (or not in the proxy's namespace): node metadata labels, then node.locality
-    assert locality.proxy_locality(snap, "10.0.0.8", {"team": "x", locality.ZONE: "z"}, "us/east/", "app",
-                                   keys) == ProxyLocality(locality.locality("", "z"), (("team", "x"), (locality.ZONE, "z")))
+    by_node = locality.proxy_locality(snap, "10.0.0.8", {"team": "x", locality.ZONE: "z"}, "us/east/", "app", keys)
+    assert by_node == ProxyLocality(locality.locality("", "z"), (("team", "x"), (locality.ZONE, "z")))
     assert locality.proxy_locality(snap, "10.0.0.9", {}, "us/east/", "other", keys).locality == \
         locality.locality("us", "east")
     assert locality.proxy_locality(snap, "10.0.0.8", {"istio-locality": "ap.1"}, "us/east/").locality == \
@@ -164,7 +165,7 @@ def test_traffic_distribution(spec: str, svc_annotation: str, ns_annotation: str
                         f"{{networking.istio.io/traffic-distribution: '{svc_annotation}'}}}}\nspec:\n"
                         + (f"  trafficDistribution: {spec}\n" if spec else "") + "  clusterIP")
     snap = load(text)
-    svc = next(iter(snap.of_kind(locality_lb.Service)))
+    svc = next(iter(snap.of_kind(Service)))
     got = locality_lb.traffic_distribution(snap, svc)
     assert got == {"zone": locality_lb._SAME_ZONE, "node": locality_lb._SAME_NODE, None: None}[want]
 
@@ -178,7 +179,11 @@ def _group(region: str, zone: str, *addresses: tuple[str, dict[str, str]]) -> Gr
         e.endpoint.address.socket_address.address = a
         e.load_balancing_weight.value = 1
     g.load_balancing_weight.value = len(addresses)
-    return Group(g, [lambda labels=labels: labels for _, labels in addresses])
+    return Group(g, [_const(labels) for _, labels in addresses])
+
+
+def _const(labels: dict[str, str]) -> LabelsOf:
+    return lambda: labels
 
 
 def _prios(out: list[endpoint_components_pb2.LocalityLbEndpoints]) -> dict[str, int]:
