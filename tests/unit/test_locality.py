@@ -363,3 +363,18 @@ def test_server_translates_once_per_place() -> None:
     gen.release(in_a1)
     gen.update(snap)
     assert len(gen._waypoints) == 1  # nobody connected: translated once, for an unknown place
+
+
+def test_only_failover_priority_labels_split_proxies() -> None:
+    """Proxies differing in labels no ``failoverPriority`` names share a translation."""
+    assert locality_lb.failover_priority_labels(load(BASE), None) == frozenset()
+    text = BASE.replace("    outlierDetection: {consecutive5xxErrors: 1}",
+                        "    outlierDetection: {consecutive5xxErrors: 1}\n"
+                        "    loadBalancer: {localityLbSetting: {failoverPriority: [team, 'tier=gold']}}")
+    mesh = MeshConfig(locality_lb_setting=LocalityLoadBalancerSetting(failover_priority=("rack",)))
+    assert locality_lb.failover_priority_labels(load(text), mesh) == {"team", "tier", "rack"}
+    close = BASE.replace("  clusterIP: 10.96.0.1", "  trafficDistribution: PreferClose\n  clusterIP: 10.96.0.1")
+    assert locality.HOSTNAME in locality_lb.failover_priority_labels(load(close), None)
+    snap = load(text + WAYPOINT_POD.format(node="node-a", ip="10.0.0.9").replace(
+        "gateway-name: waypoint}", "gateway-name: waypoint, team: red, pod-template-hash: abc}"))
+    assert proxy_locality_of(snap, REF, "10.0.0.9").labels == (("team", "red"),)

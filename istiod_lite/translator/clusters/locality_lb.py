@@ -46,6 +46,7 @@ from istiod_lite.translator.clusters.locality import (
     Locality,
     ProxyLocality,
 )
+from istiod_lite.translator.core import tables
 
 #: Istio's annotation for a traffic distribution (services without the field, ServiceEntries, namespaces).
 TRAFFIC_DISTRIBUTION_ANNOTATION = "networking.istio.io/traffic-distribution"
@@ -286,20 +287,26 @@ def cluster_lb(snapshot: ConfigSnapshot, mesh: MeshConfig | None, source: object
 def failover_priority_labels(snapshot: ConfigSnapshot, mesh: MeshConfig | None) -> frozenset[str]:
     """Every label a ``failoverPriority`` may compare (DestinationRules', the mesh's, and the
     traffic-distribution ones when any service asks for one): the proxy labels its endpoints
-    depend on, so that proxies differing in other labels share a translation."""
+    depend on, so that proxies differing in other labels share a translation.  The config's part
+    is computed once per snapshot (the server asks for every connected proxy)."""
+    mesh_setting = mesh.locality_lb_setting if mesh is not None else None
+    config_keys = tables.FAILOVER_PRIORITY_LABELS.of(snapshot)
+    if mesh_setting is None or not mesh_setting.failover_priority:
+        return config_keys
+    return config_keys | {k.partition("=")[0] for k in mesh_setting.failover_priority}
+
+
+@tables.FAILOVER_PRIORITY_LABELS.computed_by
+def _config_failover_labels(snapshot: ConfigSnapshot) -> frozenset[str]:
     keys: set[str] = set()
-    settings: list[LocalityLoadBalancerSetting | None] = [mesh.locality_lb_setting if mesh is not None else None]
     for dr in snapshot.of_kind(DestinationRule):
-        tp = dr.spec.traffic_policy
-        policies = [tp] + [ss.traffic_policy for ss in dr.spec.subsets]
+        policies = [dr.spec.traffic_policy, *(ss.traffic_policy for ss in dr.spec.subsets)]
         for p in policies:
             if p is None:
                 continue
-            lbs = [p.load_balancer] + [pls.load_balancer for pls in p.port_level_settings]
-            settings += [x.locality_lb_setting for x in lbs if x is not None]
-    for s in settings:
-        if s is not None:
-            keys.update(k.partition("=")[0] for k in s.failover_priority)
+            for lb in (p.load_balancer, *(pls.load_balancer for pls in p.port_level_settings)):
+                if lb is not None and lb.locality_lb_setting is not None:
+                    keys.update(k.partition("=")[0] for k in lb.locality_lb_setting.failover_priority)
     if any(traffic_distribution(snapshot, svc) is not None for svc in
            (*snapshot.of_kind(Service), *snapshot.of_kind(ServiceEntry))):
         keys.update(_SAME_NODE.failover_priority)

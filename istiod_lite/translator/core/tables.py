@@ -63,6 +63,9 @@ ENDPOINT_SLICES: Final[Derived[Mapping[tuple[str, str], tuple[EndpointSlice, ...
 PODS_BY_IP: Final[Derived[Mapping[str, tuple[Pod, ...]]]] = Derived("pods-by-ip", reads=("Pod",))
 #: node name -> (region, zone, subzone) from its topology labels (nodes without any: absent).
 NODE_LOCALITIES: Final[Derived[Mapping[str, tuple[str, str, str]]]] = Derived("node-localities", reads=("Node",))
+#: Labels the config's DestinationRules and traffic distributions make a ``failoverPriority`` compare.
+FAILOVER_PRIORITY_LABELS: Final[Derived[frozenset[str]]] = Derived(
+    "failover-priority-labels", reads=("DestinationRule", "Service", "ServiceEntry", "Namespace"))
 #: WorkloadEntries with an address, by label.
 WORKLOAD_ENTRIES: Final[Derived[WorkloadEntryIndex]] = Derived("workload-entries", reads=("WorkloadEntry",))
 #: host -> the ServiceEntries declaring it, oldest first.
