@@ -7,18 +7,20 @@ that pod's Node (``topology.kubernetes.io/zone``); the backends' from their pods
 * without outlier detection, locality load balancing is not applied (Istio requires it: Envoy
   would never leave priority 0) and traffic goes to both zones;
 * with outlier detection, traffic stays in the waypoint's zone;
-* the local pods stop: they are ejected and traffic fails over to the other zone.
+* the local pods stop: they are ejected and traffic fails over to the other zone (every answer
+  from it; a few requests may fail while Envoy still tries an ejected host, see the test).
 """
 
 from __future__ import annotations
 
 import collections
+import re
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.e2e.test_traffic_dr import DR, get, serving, wait_for_policy
+from tests.e2e.test_traffic_dr import CLUSTER, DR, get, serving, stats, wait_for_policy
 from tests.support.backends import BackendGroup, BackendsFactory
 from tests.support.mesh import ambient_mesh, exclusive_ip
 from tests.support.meshyaml import SHOP_WAYPOINT
@@ -106,13 +108,21 @@ async def test_traffic_stays_in_zone_then_fails_over(tmp_path: Path, backends_fa
         print(f"outlierDetection, both zones up: {dict(kept)}")
         assert set(kept) == local, kept
 
-        # The local pods stop: ejected on their first failures, traffic moves to zone b.
+        # The local pods stop: each is ejected on its first failure (a request meanwhile may fail:
+        # Envoy ejects on its main thread), then all traffic moves to zone b.
         for name in sorted(local):
             await pods.by_name[name].aclose()
+        active = f"cluster.{CLUSTER}.outlier_detection.ejections_active"
 
-        async def remote_only() -> bool:
-            return set(await spread(10)) <= remote
-        await wait_until(remote_only, timeout=20, message="traffic failed over to the other zone")
+        async def both_ejected() -> bool:
+            await spread(1)
+            return (await stats(admin, rf"^{re.escape(active)}$")).get(active) == 2
+        await wait_until(both_ejected, timeout=20, message="the stopped pods ejected")
         moved = await spread(40)
         print(f"zone a stopped: {dict(moved)}")
-        assert set(moved) == remote, moved
+        # Every answer now comes from zone b.  Envoy (1 worker) sometimes keeps picking an ejected
+        # priority-0 host for a while after the ejection (its cx_connect_fail keeps growing while its
+        # health flag says failed_outlier_check); the retry then goes to zone b, and a request whose
+        # retries all land on it fails: a few such 503s are tolerated, nothing else.
+        assert set(moved) <= remote | {"503"} and moved["503"] <= 4, moved
+        assert sum(moved[p] for p in remote) >= 36, moved
