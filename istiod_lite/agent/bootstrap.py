@@ -47,6 +47,10 @@ class WaypointIdentity:
     cluster_id: str = DEFAULT_CLUSTER_ID
     domain: str = "cluster.local"
     extra_labels: dict[str, str] = field(default_factory=dict)
+    #: ``region/zone/subzone`` sent as Envoy's ``node.locality``; unset: the pod's locality label
+    #: (``topology.istio.io/locality``, else ``istio-locality``; dots for slashes), as Istio's agent
+    #: does.  istiod prefers the locality of the proxy's pod's node when it knows the pod.
+    locality: str = ""
 
     @property
     def effective_service_account(self) -> str:
@@ -62,6 +66,15 @@ class WaypointIdentity:
     @property
     def node_id(self) -> str:
         return f"waypoint~{self.ip}~{self.effective_pod_name}.{self.namespace}~{self.namespace}.svc.{self.domain}"
+
+    def node_locality(self) -> dict[str, str]:
+        """Envoy's ``node.locality`` (empty when unknown)."""
+        label = self.locality or self.extra_labels.get("topology.istio.io/locality") \
+            or self.extra_labels.get("istio-locality", "")
+        if not label:
+            return {}
+        parts = [*(label.split("/") if "/" in label else label.split(".")), "", ""]
+        return {k: v for k, v in zip(("region", "zone", "sub_zone"), parts, strict=False) if v}
 
     def metadata(self) -> dict[str, Any]:
         labels = {GATEWAY_NAME_LABEL: self.name, **self.extra_labels}
@@ -284,6 +297,7 @@ def waypoint_bootstrap(
             "id": identity.node_id,
             "cluster": f"{identity.name}.{identity.namespace}",
             "metadata": identity.metadata(),
+            **({"locality": loc} if (loc := identity.node_locality()) else {}),
         },
         "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
         "dynamic_resources": {

@@ -32,6 +32,22 @@ def bind_ip_of(node: base_pb2.Node) -> str:
     return "0.0.0.0"
 
 
+def labels_of(node: base_pb2.Node) -> dict[str, str]:
+    """The string values of the node metadata's LABELS (the proxy's pod labels, as Istio's agent sends them)."""
+    labels = node.metadata.fields.get("LABELS")
+    if labels is None or not labels.HasField("struct_value"):
+        return {}
+    return {k: v.string_value for k, v in labels.struct_value.fields.items() if v.HasField("string_value")}
+
+
+def locality_of(node: base_pb2.Node) -> str:
+    """The node's own ``locality`` as ``region/zone/subzone`` ("" when it sent none)."""
+    loc = node.locality
+    if not (loc.region or loc.zone or loc.sub_zone):
+        return ""
+    return f"{loc.region}/{loc.zone}/{loc.sub_zone}"
+
+
 def waypoint_of(node: base_pb2.Node) -> WaypointRef | None:
     """The waypoint Gateway a node is a replica of: the gateway-name label in metadata LABELS, in
     metadata NAMESPACE (else the node id's ``NAME.NAMESPACE`` field); None if either is missing."""

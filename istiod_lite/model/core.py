@@ -1,4 +1,4 @@
-"""Kubernetes core kinds: Namespace, Service, Pod, ServiceAccount, EndpointSlice.
+"""Kubernetes core kinds: Namespace, Node, Service, Pod, ServiceAccount, EndpointSlice.
 
 Lenient on purpose (see ``base.KubeModel``): a real manifest with containers, probes and resources
 loads, and only the fields the control plane reads are kept.
@@ -25,6 +25,14 @@ class Namespace(KubeResource):
     kind: Literal["Namespace"]
 
 
+# Endpoint locality: a pod's region/zone/subzone are its node's topology labels (as istiod reads them).
+@register(KindDeclaration("nodes", frozenset({EDS}), WaypointRead.WHOLE, crd=False))
+class Node(KubeResource):
+    KIND: ClassVar[str] = "Node"
+    NAMESPACED: ClassVar[bool] = False
+    kind: Literal["Node"]
+
+
 class ServicePort(KubeModel):
     name: str = ""
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
@@ -41,6 +49,9 @@ class ServiceSpec(KubeModel):
     selector: dict[str, str] | None = None
     ports: tuple[ServicePort, ...] = ()
     external_name: str = ""
+    #: ``PreferClose`` / ``PreferSameZone`` / ``PreferSameNode``: locality-aware load balancing
+    #: without a DestinationRule (translator/clusters/locality_lb.py).
+    traffic_distribution: str | None = None
 
     @field_validator("ports")
     @classmethod
@@ -154,6 +165,7 @@ class Endpoint(KubeModel):
     conditions: EndpointConditions = Field(default_factory=EndpointConditions)
     target_ref: ObjectReference | None = None
     node_name: str = ""
+    zone: str = ""
 
 
 class EndpointPort(KubeModel):
@@ -163,8 +175,9 @@ class EndpointPort(KubeModel):
     app_protocol: str = ""
 
 
-# Endpoints only; waypoints compute endpoints from Pods and WorkloadEntries and do not read it.
-@register(KindDeclaration("endpointslices", frozenset({EDS}), WaypointRead.NONE, crd=False))
+# Endpoints of a Service: with a selector from its slices when it has any (else from the pods it
+# selects), without one from its slices only (translator/clusters/endpoints.py).
+@register(KindDeclaration("endpointslices", frozenset({EDS}), WaypointRead.WHOLE, crd=False))
 class EndpointSlice(KubeResource):
     KIND: ClassVar[str] = "EndpointSlice"
     GROUP: ClassVar[str] = "discovery.k8s.io"

@@ -102,9 +102,18 @@ def _dr_warnings(dr: DestinationRule) -> list[str]:
                            "the cluster stays unready")
         if tp.tunnel is not None:
             out.append(f"{what}: {where}.tunnel is not supported on waypoints; ignored")
-        lbs = [tp.load_balancer, *(p.load_balancer for p in tp.port_level_settings)]
-        if any(lb is not None and lb.locality_lb_setting is not None for lb in lbs):
-            out.append(f"{what}: {where} localityLbSetting is not applied by istiod-lite; ignored")
+        # a subset's policy inherits the top-level outlier detection (policy_select.cluster_policy)
+        top = dr.spec.traffic_policy
+        od_default = top.outlier_detection if top is not None and tp is not top else None
+        settings = [(where, tp.load_balancer, tp.outlier_detection or od_default)]
+        settings += [(f"{where}.portLevelSettings[{i}]", p.load_balancer, p.outlier_detection)
+                     for i, p in enumerate(tp.port_level_settings)]
+        for lb_where, lb, od in settings:
+            loc = lb.locality_lb_setting if lb is not None else None
+            if loc is not None and loc.enabled is not False and not loc.distribute \
+                    and (loc.failover or loc.failover_priority) and od is None:
+                out.append(f"{what}: {lb_where}.loadBalancer.localityLbSetting failover needs outlierDetection "
+                           "(Envoy never leaves a healthy-looking priority otherwise); not applied")
     return out
 
 

@@ -7,6 +7,7 @@ Layout: ``tests/golden/<case>/input/*.yaml`` and ``tests/golden/<case>/expected/
 (one file per waypoint of the case); an optional ``tests/golden/<case>/mesh.yaml`` is the case's mesh
 config (Istio's MeshConfig: access-log defaults and extension providers); an optional
 ``tests/golden/<case>/options.yaml`` holds server options (``dynamicDns``: ``wildcardTls``, ``resolvers``).
+The proxy is located as the server locates it: the pod at the waypoint's address and its node, if the case has them.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from istiod_lite.cli.render import render
+from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig, load_mesh_config
 from istiod_lite.sources import DirectorySource
-from istiod_lite.translator import WaypointAssembly, find_waypoints
+from istiod_lite.translator import WaypointAssembly, find_waypoints, proxy_locality_of
+from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.clusters.dynamic_dns import DynamicDnsOptions, parse_resolver
 from istiod_lite.translator.diagnostics import diagnose
 from tests.support.envoy import envoy_validate, inline_rds
@@ -43,6 +46,14 @@ def _dynamic_dns(case: str) -> DynamicDnsOptions:
                              resolvers=tuple(parse_resolver(r) for r in opts.get("resolvers", ())))
 
 
+def _assembly(snapshot: ConfigSnapshot, ref: WaypointRef, mesh: MeshConfig | None,
+              dynamic_dns: DynamicDnsOptions | None = None) -> WaypointAssembly:
+    """The assembly for a proxy at the waypoint's own address, located from the config."""
+    address = WaypointAssembly(ref).default_address(snapshot)
+    return WaypointAssembly(ref, mesh=mesh, proxy=proxy_locality_of(snapshot, ref, address, mesh),
+                            dynamic_dns=dynamic_dns or DynamicDnsOptions())
+
+
 def _translate_case(case: str) -> dict[str, str]:
     update = DirectorySource(HERE / case / "input").load()
     assert not update.errors, [str(e) for e in update.errors]
@@ -52,7 +63,7 @@ def _translate_case(case: str) -> dict[str, str]:
     # same methods (``WaypointAssembly``), so the expected files are what Envoy receives.
     dynamic_dns = _dynamic_dns(case)
     out = {f"{w.ref.namespace}.{w.ref.name}.json": render(
-        WaypointAssembly(w.ref, mesh=mesh, dynamic_dns=dynamic_dns).proxy_resources(update.snapshot))
+        _assembly(update.snapshot, w.ref, mesh, dynamic_dns).proxy_resources(update.snapshot))
            for w in find_waypoints(update.snapshot)}
     # Reported, never silently dropped: bindings that do not fit, policies that do not attach or
     # fail closed, route settings the waypoint ignores, Telemetry upstream Envoy cannot honour.
@@ -108,7 +119,7 @@ def test_every_rds_name_is_served_in_the_same_snapshot(case: str) -> None:
     mesh_file = HERE / case / "mesh.yaml"
     mesh = load_mesh_config(mesh_file) if mesh_file.exists() else None
     for w in find_waypoints(update.snapshot):
-        res = WaypointAssembly(w.ref, mesh=mesh, dynamic_dns=_dynamic_dns(case)).proxy_resources(update.snapshot)
+        res = _assembly(update.snapshot, w.ref, mesh, _dynamic_dns(case)).proxy_resources(update.snapshot)
         assert rds_names(res.listeners.values()) == set(res.routes), w.ref
 
 

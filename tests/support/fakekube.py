@@ -105,6 +105,7 @@ class FakeResource:
 RESOURCES: tuple[FakeResource, ...] = (
     FakeResource("", "v1", "namespaces", "Namespace", namespaced=False),
     FakeResource("", "v1", "services", "Service"),
+    FakeResource("", "v1", "nodes", "Node", namespaced=False),
     FakeResource("", "v1", "pods", "Pod"),
     FakeResource("", "v1", "serviceaccounts", "ServiceAccount"),
     FakeResource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),

@@ -121,3 +121,17 @@ def test_sds_secret_config_is_istios() -> None:
     source = config["sds_config"]
     assert source["initial_fetch_timeout"] == "0s"
     assert source["api_config_source"]["api_type"] == "GRPC"
+
+
+def test_node_locality_from_the_locality_label_or_set() -> None:
+    """Istio's agent sends ``node.locality`` from the pod's locality label; istiod uses it only when
+    it cannot find the proxy's pod and node itself."""
+    assert "locality" not in waypoint_bootstrap(IDENTITY, "127.0.0.1:15010")["node"]
+    labelled = WaypointIdentity(name="waypoint", namespace="ns1", extra_labels={"istio-locality": "eu.eu-a"})
+    boot = waypoint_bootstrap(labelled, "127.0.0.1:15010")
+    assert boot["node"]["locality"] == {"region": "eu", "zone": "eu-a"}
+    assert as_proto(boot).node.locality.zone == "eu-a"
+    explicit = WaypointIdentity(name="waypoint", namespace="ns1", locality="us/us-1/rack4",
+                                extra_labels={"istio-locality": "eu.eu-a"})
+    assert waypoint_bootstrap(explicit, "127.0.0.1:15010")["node"]["locality"] == {
+        "region": "us", "zone": "us-1", "sub_zone": "rack4"}

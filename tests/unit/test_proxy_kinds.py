@@ -32,7 +32,7 @@ from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Service
 from istiod_lite.model.meshconfig import load_mesh_config
 from istiod_lite.sources import DirectorySource
-from istiod_lite.translator import EnvoyResources, WaypointAssembly, find_waypoints
+from istiod_lite.translator import EnvoyResources, WaypointAssembly, find_waypoints, proxy_locality_of
 from istiod_lite.translator.binding.waypoints import WaypointRef
 from istiod_lite.translator.core import output
 from istiod_lite.xds import typeurls
@@ -119,8 +119,9 @@ def test_waypoint_group_is_the_assembly_of_its_proxy(case: str) -> None:
     gen = WaypointKind().generator(KindContext(mesh=mesh))
     gen.update(snapshot)
     for w in find_waypoints(snapshot):
-        assembly = WaypointAssembly(w.ref, mesh=mesh)
-        address = assembly.default_address(snapshot)
+        address = WaypointAssembly(w.ref).default_address(snapshot)
+        # located as the generator locates it: the pod at its address and that pod's node
+        assembly = WaypointAssembly(w.ref, mesh=mesh, proxy=proxy_locality_of(snapshot, w.ref, address, mesh))
         served = gen.snapshot(WaypointProxies(w.ref, address))
         assert served.types == to_resource_snapshot(assembly.proxy_resources(snapshot, address)).types
 

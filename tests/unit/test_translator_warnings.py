@@ -40,7 +40,7 @@ spec:
   host: echo
   trafficPolicy:
     tls: {mode: SIMPLE, credentialName: echo-cert}
-    loadBalancer: {localityLbSetting: {enabled: true}}
+    loadBalancer: {localityLbSetting: {failover: [{from: eu, to: us}]}}
   subsets:
   - name: v1
     labels: {v: '1'}
@@ -57,7 +57,7 @@ def test_every_ignored_piece_is_reported_once() -> None:
     assert "http[2] delegates" in text
     assert "tcp[0].match[0] uses sourceLabels/sourceNamespace" in text
     assert "DestinationRule app/dr: trafficPolicy.tls.credentialName" in text
-    assert "trafficPolicy localityLbSetting" in text
+    assert "trafficPolicy.loadBalancer.localityLbSetting failover needs outlierDetection" in text
     assert "subsets[0].trafficPolicy.tunnel" in text
     assert "ingress-only" not in text  # not bound to the mesh: never reaches a waypoint
     assert len(warnings) == 7

@@ -43,7 +43,8 @@ from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.networking import DestinationRule
 from istiod_lite.translator.binding import protocols
 from istiod_lite.translator.binding.service_model import DNS, DNS_ROUND_ROBIN, NONE, PortInfo, ServiceInfo
-from istiod_lite.translator.clusters import endpoints
+from istiod_lite.translator.clusters import endpoints, locality_lb
+from istiod_lite.translator.clusters.locality_lb import EndpointLb, LbContext
 from istiod_lite.translator.clusters.policy_apply import service_cluster
 from istiod_lite.translator.clusters.policy_select import cluster_policy
 from istiod_lite.translator.core import names
@@ -62,23 +63,31 @@ def dr_path(dr: DestinationRule) -> str:
 
 
 def _add(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, port: PortInfo, name: str,
-         meta: struct_pb2.Struct, dr: DestinationRule | None, subset: str, subset_meta: str, outbound: bool) -> None:
+         meta: struct_pb2.Struct, dr: DestinationRule | None, subset: str, subset_meta: str, outbound: bool,
+         ctx: LbContext | None) -> None:
     policy = cluster_policy(dr, port.number, subset)
     config = dr_path(dr) if dr is not None and (outbound or policy is not None) else ""
     c = service_cluster(name, meta, policy, h2=protocols.is_h2(port.protocol),
                         auto=port.protocol == "unsupported", plain_transport=PASSTHROUGH, subset=subset_meta,
                         config=config, alpn_override=outbound)
     labels = dr.spec.subset(subset).labels if dr is not None and subset else None  # type: ignore[union-attr]
+    lb: EndpointLb | None = None
+    if svc.resolution != NONE and c.type == _C.EDS:
+        ctx = ctx or LbContext()
+        loc_lb = locality_lb.cluster_lb(snapshot, ctx.mesh, svc.source, policy.load_balancer if policy else None)
+        locality_lb.apply_to_cluster(c, loc_lb)
+        if loc_lb is not None:
+            lb = EndpointLb(loc_lb, ctx.proxy, c.HasField("outlier_detection"))
     if svc.resolution == NONE and c.type == _C.EDS:
         _passthrough(c, port)
     elif svc.resolution in _DNS_TYPES and c.type == _C.EDS:
-        cla = endpoints.service_load_assignment(name, snapshot, svc, port, labels, hbone=False)
+        cla = endpoints.service_load_assignment(name, snapshot, svc, port, labels, hbone=False, lb=lb)
         if not cla.endpoints:
             return  # Istio does not build a DNS cluster without endpoints
         _dns(c, _DNS_TYPES[svc.resolution], cla)
     out.clusters[name] = c
     if c.HasField("eds_cluster_config"):  # ORIGINAL_DST and DNS clusters have no EDS endpoints
-        out.endpoints[name] = endpoints.service_load_assignment(name, snapshot, svc, port, labels, hbone=True)
+        out.endpoints[name] = endpoints.service_load_assignment(name, snapshot, svc, port, labels, hbone=True, lb=lb)
 
 
 def _passthrough(c: cluster_pb2.Cluster, port: PortInfo) -> None:
@@ -102,23 +111,25 @@ def _dns(c: cluster_pb2.Cluster, kind: int, cla: endpoint_pb2.ClusterLoadAssignm
 
 
 def add_inbound_vip(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, meta: struct_pb2.Struct,
-                    port: PortInfo, kind: str, dr: DestinationRule | None) -> None:
-    """``inbound-vip|P|<kind>|H`` and one cluster per DestinationRule subset (``<kind>/<subset>``)."""
+                    port: PortInfo, kind: str, dr: DestinationRule | None, ctx: LbContext | None = None) -> None:
+    """``inbound-vip|P|<kind>|H`` and one cluster per DestinationRule subset (``<kind>/<subset>``);
+    ``ctx``: the mesh config and proxy locality that locality load balancing reads."""
     _add(out, snapshot, svc, port, names.inbound_vip_cluster(port.number, svc.host, kind), meta, dr, "", kind,
-         outbound=False)
+         outbound=False, ctx=ctx)
     for ss in dr.spec.subsets if dr is not None else ():
         _add(out, snapshot, svc, port, names.inbound_vip_cluster(port.number, svc.host, kind, ss.name), meta, dr,
-             ss.name, f"{kind}/{ss.name}", outbound=False)
+             ss.name, f"{kind}/{ss.name}", outbound=False, ctx=ctx)
 
 
-def add_outbound(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, dr: DestinationRule | None) -> None:
+def add_outbound(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, dr: DestinationRule | None,
+                 ctx: LbContext | None = None) -> None:
     """``outbound|P||H`` for every non-UDP port of a route target, plus its subsets."""
     meta = cluster_templates.service_metadata(svc.metadata())
     for port in svc.ports:
         if port.protocol == "udp":
             continue
         _add(out, snapshot, svc, port, names.outbound_cluster(port.number, svc.host), meta, dr, "", "",
-             outbound=True)
+             outbound=True, ctx=ctx)
         for ss in dr.spec.subsets if dr is not None else ():
             _add(out, snapshot, svc, port, names.outbound_cluster(port.number, svc.host, ss.name), meta, dr,
-                 ss.name, ss.name, outbound=True)
+                 ss.name, ss.name, outbound=True, ctx=ctx)

@@ -34,6 +34,7 @@ from istiod_lite.model.networking import ConsistentHashLB, Destination, Destinat
 from istiod_lite.translator.binding import service_model
 from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.clusters import for_service
+from istiod_lite.translator.clusters.locality_lb import LbContext
 from istiod_lite.translator.clusters.policy_select import ResolvedRule, destination_hash, waypoint_destination_rule
 from istiod_lite.translator.core import names, visibility
 from istiod_lite.translator.core.index import qualify, service_entries_by_host
@@ -150,12 +151,14 @@ class DestinationResolver:
     outbound services they need."""
 
     def __init__(self, snapshot: ConfigSnapshot, waypoint_namespace: str, owned: Mapping[str, ServiceInfo],
-                 mesh: MeshConfig | None = None) -> None:
+                 mesh: MeshConfig | None = None, lb_context: LbContext | None = None) -> None:
         self.snapshot = snapshot
+        #: The mesh config and proxy locality the outbound clusters' endpoints are built for.
+        self.lb_context = lb_context
         self.waypoint_namespace = waypoint_namespace
         #: host -> the services this waypoint owns (shared by every fragment of one translation).
         self.owned = owned
-        self.mesh = mesh
+        self.mesh = mesh if mesh is not None else (lb_context.mesh if lb_context is not None else None)
         #: host -> every non-owned service a route named (sorted when built).
         self.outbound: dict[str, ServiceInfo] = {}
 
@@ -210,5 +213,6 @@ class DestinationResolver:
         """Clusters and endpoints of every outbound target named so far (sorted by host)."""
         out = EnvoyResources()
         for host in sorted(self.outbound):
-            for_service.add_outbound(out, self.snapshot, self.outbound[host], self.destination_rule(host))
+            for_service.add_outbound(out, self.snapshot, self.outbound[host], self.destination_rule(host),
+                                     self.lb_context)
         return out

@@ -22,7 +22,7 @@ from istiod_lite.translator.core.memo import Derived, PerObject
 if TYPE_CHECKING:
     from istiod_lite.model import gateway as gw
     from istiod_lite.model import gateway_routes as gr
-    from istiod_lite.model.core import Pod, Service
+    from istiod_lite.model.core import EndpointSlice, Pod, Service
     from istiod_lite.model.networking import (
         HTTPRoute,
         ServiceEntry,
@@ -65,6 +65,16 @@ VS_BY_HOST: Final[Derived[tuple[Mapping[tuple[str, str], tuple[VirtualService, .
 #: The DestinationRules in Istio's order, with their pools per MeshConfig (destination_rules.py).
 DESTINATION_RULE_INDEXES: Final[Derived[DestinationRuleIndexes]] = Derived(
     "destination-rule-indexes", reads=("DestinationRule",))
+#: (namespace, service name) -> its EndpointSlices (``kubernetes.io/service-name``), by name.
+ENDPOINT_SLICES: Final[Derived[Mapping[tuple[str, str], tuple[EndpointSlice, ...]]]] = Derived(
+    "endpoint-slices", reads=("EndpointSlice",))
+#: IP -> pods with that IP (an EndpointSlice endpoint without a targetRef; a proxy by its address).
+PODS_BY_IP: Final[Derived[Mapping[str, tuple[Pod, ...]]]] = Derived("pods-by-ip", reads=("Pod",))
+#: node name -> (region, zone, subzone) from its topology labels (nodes without any: absent).
+NODE_LOCALITIES: Final[Derived[Mapping[str, tuple[str, str, str]]]] = Derived("node-localities", reads=("Node",))
+#: Labels the config's DestinationRules and traffic distributions make a ``failoverPriority`` compare.
+FAILOVER_PRIORITY_LABELS: Final[Derived[frozenset[str]]] = Derived(
+    "failover-priority-labels", reads=("DestinationRule", "Service", "ServiceEntry", "Namespace"))
 #: WorkloadEntries with an address, by label.
 WORKLOAD_ENTRIES: Final[Derived[WorkloadEntryIndex]] = Derived("workload-entries", reads=("WorkloadEntry",))
 #: host -> the ServiceEntries declaring it, oldest first.

@@ -13,12 +13,16 @@ the memos inside only skip recomputing what would come out identical.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.config.listener.v3 import listener_pb2
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig, ProxyPathNormalization
 from istiod_lite.translator.binding.waypoints import WaypointRef, bindings_of
 from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
+from istiod_lite.translator.clusters.locality import ProxyLocality, proxy_locality
+from istiod_lite.translator.clusters.locality_lb import failover_priority_labels
 from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.translator.shape import hbone
 from istiod_lite.translator.telemetry import TelemetryMemo
@@ -36,17 +40,20 @@ class WaypointAssembly:
     defaults to ``mesh.pathNormalization`` when ``mesh`` is given, else BASE.  ``encoded``: the
     per-service resources come out as ``Encoded`` bytes (the server; ``WaypointTranslator``).
     ``dynamic_dns``: how ``DYNAMIC_DNS`` entries are served (server options, default as istiod).
+    ``proxy``: the proxies' locality (``proxy_locality_of`` finds it); one assembly per value.
     """
 
     def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
                  path_normalization: ProxyPathNormalization | None = None, encoded: bool = False,
-                 dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS) -> None:
+                 proxy: ProxyLocality | None = None, dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS) -> None:
         if path_normalization is None and mesh is not None:
             path_normalization = mesh.path_normalization
         self.ref = ref
         self.trust_domain = trust_domain
         self.mesh = mesh
-        self.translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh, encoded, dynamic_dns)
+        self.proxy = proxy
+        self.translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh, encoded, proxy,
+                                             dynamic_dns)
         self._telemetry = TelemetryMemo(ref)
 
     def shared(self, snapshot: ConfigSnapshot) -> EnvoyResources:
@@ -72,6 +79,15 @@ class WaypointAssembly:
         out.listeners[hbone.CONNECT_TERMINATE] = self.connect_terminate(
             address if address is not None else self.default_address(snapshot))
         return out.sorted()
+
+
+def proxy_locality_of(snapshot: ConfigSnapshot, ref: WaypointRef, address: str, mesh: MeshConfig | None = None,
+                      node_labels: Mapping[str, str] | None = None, node_locality: str = "") -> ProxyLocality:
+    """Where a proxy of ``ref`` at ``address`` is, as istiod finds it: the pod at that address
+    and its node, else what the proxy's node metadata says (``locality.proxy_locality``); with
+    only the labels some ``failoverPriority`` compares."""
+    return proxy_locality(snapshot, address, node_labels or {}, node_locality, ref.namespace,
+                          failover_priority_labels(snapshot, mesh))
 
 
 def translate_waypoint(

@@ -41,6 +41,8 @@ from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef, bindings_of
 from istiod_lite.translator.clusters import endpoints, for_service, outbound, policy_select
 from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
+from istiod_lite.translator.clusters.locality import ProxyLocality
+from istiod_lite.translator.clusters.locality_lb import LbContext
 from istiod_lite.translator.core import names, tables
 from istiod_lite.translator.core.index import index_of, virtual_services_for
 from istiod_lite.translator.core.output import LISTENER, Encoded, EnvoyResources, Resource
@@ -144,7 +146,7 @@ class WaypointTranslator:
     """Translates one waypoint, re-using the fragment of every service whose inputs did not change.
 
     Pure in the sense that matters: the output is a function of (snapshot, ref, trust domain,
-    path normalization) only; the memo just skips recomputing fragments that would come out
+    path normalization, proxy locality) only; the memo just skips recomputing fragments that would come out
     identical.  One instance per waypoint.  ``connect_terminate`` and telemetry are not included: see
     ``waypoint_assembly.WaypointAssembly``, which adds them.
 
@@ -153,12 +155,18 @@ class WaypointTranslator:
     messages (the server: what it keeps per service is then about its wire size, not 7-12x that).
     ``main_internal`` (the largest resource: every chain) is kept serialised too; the waypoint-wide
     resources stay messages.  Same bytes either way.
+
+    ``proxy``: where the proxies it translates for are (locality load balancing gives their
+    endpoints priorities relative to it); fixed for the instance, so the memos stay correct; the
+    server keeps one translator per distinct value (``controlplane/proxykinds/waypoint.py``).
     """
 
     def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN,
                  path_normalization: ProxyPathNormalization | None = None, mesh: MeshConfig | None = None,
-                 encoded: bool = False, dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS) -> None:
+                 encoded: bool = False, proxy: ProxyLocality | None = None,
+                 dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS) -> None:
         self.ref = ref
+        self.proxy = proxy or ProxyLocality()
         self.encoded = encoded
         #: How ``DYNAMIC_DNS`` entries are served (server options; fixed, so the memos stay right).
         self.dynamic_dns = dynamic_dns
@@ -203,6 +211,9 @@ class WaypointTranslator:
         self._last = (key, out)
         return out
 
+    def _lb_context(self) -> LbContext:
+        return LbContext(self.mesh, self.proxy)
+
     def _authz_key(self, snapshot: ConfigSnapshot) -> tuple[object, ...]:
         """The Services/ServiceEntries of the hosts authorization calls (ext_authz, remote JWKS):
         not among the kinds the shortcut compares whole, and not bound to this waypoint."""
@@ -239,7 +250,7 @@ class WaypointTranslator:
                 frag = cached[1]
             else:
                 frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization,
-                                         self.mesh, self.dynamic_dns)
+                                         self._lb_context(), self.dynamic_dns)
                 if self.encoded:
                     frag = _Fragment(frag.resources.encoded(), frag.chains)
                 if cached is not None:
@@ -253,7 +264,7 @@ class WaypointTranslator:
         workload_ips = bindings.workload_ips(ref)
         direct = authz_for_direct(snapshot, ref, mesh_config=self.mesh)
         if direct.clusters:  # usually already there: Gateway-wide policies apply to every service too
-            out.merge(_authz_resources(snapshot, ref.namespace, direct, self.mesh))
+            out.merge(_authz_resources(snapshot, ref.namespace, direct, self._lb_context()))
             authz_hosts.update(c.host for c in direct.clusters)
         self._authz_hosts = tuple(sorted(authz_hosts))
         # Authorization is in ECDS resources: the listener names the slots only (authz/discovery.py).
@@ -438,16 +449,17 @@ def _attached_routes(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object
 def _service_fragment(
     snapshot: ConfigSnapshot, sv: ServiceInfo, dr: DestinationRule | None, vss: list[VirtualService],
     owned: dict[str, ServiceInfo], waypoint_namespace: str, az: AuthzFilters | None = None,
-    path_normalization: PathNormalizationType = "BASE", mesh: MeshConfig | None = None,
+    path_normalization: PathNormalizationType = "BASE", lb_context: LbContext | None = None,
     dynamic: DynamicDnsOptions = DEFAULT_OPTIONS,
 ) -> _Fragment:
     """One service's clusters, endpoints, route configurations and chains: inbound-vip clusters per
     port (and DR subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
     the TCP chain's route, and the outbound clusters of route targets it does not own."""
+    mesh = lb_context.mesh if lb_context is not None else None
     out = EnvoyResources()
     if sv.resolution == service_model.DYNAMIC_DNS and not sv.vips:
         return _Fragment(out, inbound.ServiceChains(sv.vips, ()))  # unreachable: nothing to build
-    resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned, mesh)
+    resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned, mesh, lb_context)
     meta = cluster_templates.service_metadata(sv.metadata())
     port_chains = []
     slots = discovered(az if az is not None else EMPTY, sv.host)
@@ -462,7 +474,7 @@ def _service_fragment(
         tcp_chain: listener_components_pb2.FilterChain | None = None
         for kind in port.chain_kinds:
             cluster = names.inbound_vip_cluster(port.number, sv.host, kind)
-            for_service.add_inbound_vip(out, snapshot, sv, meta, port, kind, dr)
+            for_service.add_inbound_vip(out, snapshot, sv, meta, port, kind, dr, lb_context)
             if kind == "http":
                 scope = routes.RouteScope(port.number, waypoint_namespace, resolver)
                 route_list = routes.http_routes(vss, scope)
@@ -487,7 +499,7 @@ def _service_fragment(
     if resolver.outbound:
         out.merge(resolver.outbound_resources())
     if az is not None and az.clusters:
-        out.merge(_authz_resources(snapshot, waypoint_namespace, az, mesh))
+        out.merge(_authz_resources(snapshot, waypoint_namespace, az, lb_context))
     return _Fragment(out, inbound.ServiceChains(sv.vips, tuple(port_chains)))
 
 
@@ -518,7 +530,7 @@ def _authz_objects(snapshot: ConfigSnapshot, waypoint_namespace: str, az: AuthzF
 
 
 def _authz_resources(snapshot: ConfigSnapshot, waypoint_namespace: str, az: AuthzFilters,
-                     mesh: MeshConfig | None = None) -> EnvoyResources:
+                     lb_context: LbContext | None = None) -> EnvoyResources:
     """The clusters the authorization filters call (ext_authz services, remote JWKS hosts): a known
     service's outbound clusters (even one this waypoint serves), else a cluster straight to the
     host (``authz.request_cluster``; docs/authz.md)."""
@@ -528,7 +540,8 @@ def _authz_resources(snapshot: ConfigSnapshot, waypoint_namespace: str, az: Auth
             continue
         svc = outbound.service_for_host(snapshot, req.host)
         if svc is not None:
-            for_service.add_outbound(out, snapshot, svc, _authz_rule(snapshot, waypoint_namespace, svc, mesh).rule)
+            rule = _authz_rule(snapshot, waypoint_namespace, svc, lb_context.mesh if lb_context else None).rule
+            for_service.add_outbound(out, snapshot, svc, rule, lb_context)
         if req.name not in out.clusters:  # not a service, not one of its ports, or a DNS one without endpoints
             out.clusters[req.name] = request_cluster(req)
     return out
