@@ -102,6 +102,11 @@ def _dr_warnings(dr: DestinationRule) -> list[str]:
         lbs = [tp.load_balancer, *(p.load_balancer for p in tp.port_level_settings)]
         if any(lb is not None and lb.locality_lb_setting is not None for lb in lbs):
             out.append(f"{what}: {where} localityLbSetting is not applied by istiod-lite; ignored")
+        if any(lb is not None and lb.zone_aware_lb_setting is not None for lb in lbs):
+            out.append(f"{what}: {where} zoneAwareLbSetting is not applied by istiod-lite; ignored")
+        if tp.retry_budget is not None and tp.retry_budget.budget_interval is not None:
+            out.append(f"{what}: {where}.retryBudget.budgetInterval is not in the Envoy API istiod-lite "
+                       "builds against; ignored (Envoy's default interval applies)")
     return out
 
 
