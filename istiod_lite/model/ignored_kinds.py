@@ -51,10 +51,12 @@ IGNORED_KINDS: Final[dict[tuple[str, str], str]] = {
     ("networking.istio.io", "ProxyConfig"): _UNSUPPORTED,
     ("networking.istio.io", "EnvoyFilter"): _UNSUPPORTED,
     ("extensions.istio.io", "WasmPlugin"): _UNSUPPORTED,
+    ("extensions.istio.io", "TrafficExtension"): _UNSUPPORTED,
     ("gateway.networking.k8s.io", "ReferenceGrant"): "not evaluated: istiod-lite's mesh routes do not "
                                                      "check cross-namespace grants (docs/istio-compat.md)",
     ("gateway.networking.k8s.io", "BackendTLSPolicy"): _UNSUPPORTED + "; use a DestinationRule's tls",
     ("gateway.networking.k8s.io", "ListenerSet"): "attaches listeners to ingress Gateways, not waypoints",
+    ("gateway.networking.k8s.io", "UDPRoute"): "not implemented by Istio (waypoints carry no UDP)",
 }
 
 
