@@ -60,6 +60,10 @@ IGNORED_KINDS: Final[dict[tuple[str, str], str]] = {
 }
 
 
+#: Ignored kinds that are not namespaced (every other one defaults to ``default``, as on apply).
+CLUSTER_SCOPED: Final = frozenset({"ClusterRole", "ClusterRoleBinding"})
+
+
 def ignored_reason(api_version: str, kind: str) -> str | None:
     """Why ``apiVersion``/``kind`` is ignored, or None when it is not an ignored kind (any version
     of the group counts: these kinds are never parsed, so their version does not matter)."""
@@ -67,4 +71,4 @@ def ignored_reason(api_version: str, kind: str) -> str | None:
     return IGNORED_KINDS.get((group, kind))
 
 
-__all__ = ["IGNORED_KINDS", "ignored_reason"]
+__all__ = ["CLUSTER_SCOPED", "IGNORED_KINDS", "ignored_reason"]

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from istiod_lite.model.base import Resource
 from istiod_lite.model.errors import ConfigError, errors_from_validation
-from istiod_lite.model.ignored_kinds import ignored_reason
+from istiod_lite.model.ignored_kinds import CLUSTER_SCOPED, ignored_reason
 from istiod_lite.model.kind_declaration import DeclaredKind, KindDeclaration, WaypointRead
 
 _BY_API: dict[tuple[str, str], type[Resource]] = {}
@@ -87,6 +87,8 @@ def parse_object(obj: Any, *, source: str = "", doc_index: int | None = None) ->
         raise ResourceInvalid([ConfigError("apiVersion and kind are required strings", **ctx)])  # type: ignore[arg-type]
     cls = _BY_API.get((api_version, kind))
     if cls is None and (reason := ignored_reason(api_version, kind)) is not None:
+        if not namespace and kind not in CLUSTER_SCOPED:
+            ctx["namespace"] = "default"
         raise KindIgnored(ConfigError(f"{api_version}/{kind} is ignored: {reason}", **ctx))  # type: ignore[arg-type]
     if cls is None:
         known = sorted(v for (v, k) in _BY_API if k == kind)

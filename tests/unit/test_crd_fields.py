@@ -53,7 +53,7 @@ CRD_KINDS, CRD_PATHS = _load()
 def _model_for(key: str) -> type[BaseModel] | None:
     group, _, kind = key.partition("/")
     cls = known_kinds().get(kind)
-    return cls if cls is not None and cls.GROUP == group else None
+    return cls if cls is not None and group == cls.GROUP else None
 
 
 MODELLED = sorted(k for k in CRD_KINDS if _model_for(k) is not None)
