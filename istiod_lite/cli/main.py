@@ -163,6 +163,8 @@ def _validate(args: argparse.Namespace) -> int:
     update = DirectorySource(Path(args.config)).load()
     for err in update.errors:
         print(err)
+    for notice in update.notices:
+        print(f"warning: ignored: {notice}", file=sys.stderr)
     mesh = _mesh(getattr(args, "mesh_config", None))
     found = diagnose(update.snapshot, mesh, _dynamic_dns(args))
     for label, messages in (("binding", found.binding), ("ignored", found.routes),
@@ -170,7 +172,8 @@ def _validate(args: argparse.Namespace) -> int:
         for message in messages:
             print(f"warning: {label}: {message}", file=sys.stderr)
     n = len(update.snapshot)
-    print(f"{n} resource(s) valid, {len(update.errors)} error(s)", file=sys.stderr)
+    ignored = f", {len(update.notices)} ignored" if update.notices else ""
+    print(f"{n} resource(s) valid, {len(update.errors)} error(s){ignored}", file=sys.stderr)
     return 1 if update.errors else 0
 
 

@@ -431,9 +431,44 @@ class RouteGroupKind(IstioModel):
     kind: Kind
 
 
+class LabelSelectorRequirement(IstioModel):
+    """``metav1.LabelSelectorRequirement``: In/NotIn need values, Exists/DoesNotExist take none."""
+
+    key: Annotated[str, bounded_str(317)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> LabelSelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            fail([f"values must be non-empty when operator is {self.operator}"])
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            fail([f"values must be empty when operator is {self.operator}"])
+        return self
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        present = self.key in labels
+        if self.operator == "In":
+            return present and labels[self.key] in self.values
+        if self.operator == "NotIn":
+            return not present or labels[self.key] not in self.values
+        return present == (self.operator == "Exists")
+
+
+class LabelSelector(IstioModel):
+    """``metav1.LabelSelector``: every label and every expression must match; empty matches all."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return (all(labels.get(k) == v for k, v in self.match_labels.items())
+                and all(e.matches(labels) for e in self.match_expressions))
+
+
 class RouteNamespaces(IstioModel):
     from_: Literal["All", "Same", "Selector"] = Field(default="Same", alias="from")
-    selector: dict[str, Any] | None = None
+    selector: LabelSelector | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RouteNamespaces:
@@ -474,11 +509,15 @@ class Listener(IstioModel):
 
     @model_validator(mode="after")
     def _check(self) -> Listener:
+        # Gateway API v1.6: an HTTPS listener may omit ``tls`` (certificates can come from elsewhere,
+        # e.g. ListenerSets); a given one must terminate.  A TLS listener must name its mode.
         errs = []
         if self.protocol in ("HTTP", "TCP", "UDP") and self.tls is not None:
             errs.append(f"tls must not be specified for protocol {self.protocol}")
-        if self.protocol == "HTTPS" and self.tls is None:
-            errs.append("tls must be specified for protocol HTTPS")
+        if self.protocol == "HTTPS" and self.tls is not None and self.tls.mode != "Terminate":
+            errs.append("tls mode must be Terminate for protocol HTTPS")
+        if self.protocol == "TLS" and self.tls is None:
+            errs.append("tls mode must be set for protocol TLS")
         if self.protocol in ("TCP", "UDP") and self.hostname is not None:
             errs.append(f"hostname must not be specified for protocol {self.protocol}")
         fail(errs)
@@ -511,13 +550,76 @@ class GatewayInfrastructure(IstioModel):
     parameters_ref: ParametersReference | None = None
 
 
+class ObjectReference(IstioModel):
+    """A namespaced reference to any object (``caCertificateRefs`` entries: group and kind required)."""
+
+    group: Group
+    kind: Kind
+    name: ObjectName
+    namespace: Namespace | None = None
+
+
+class FrontendTLSValidation(IstioModel):
+    """``FrontendTLSValidation``: client certificates checked against these CAs (mTLS from clients)."""
+
+    ca_certificate_refs: tuple[ObjectReference, ...] = Field(min_length=1, max_length=16)
+    mode: Literal["AllowValidOnly", "AllowInsecureFallback"] = "AllowValidOnly"
+
+
+class TLSConfig(IstioModel):
+    validation: FrontendTLSValidation | None = None
+
+
+class TLSPortConfig(IstioModel):
+    port: PortNumber
+    tls: TLSConfig
+
+
+class FrontendTLSConfig(IstioModel):
+    default: TLSConfig
+    per_port: tuple[TLSPortConfig, ...] = Field(default=(), max_length=64)
+
+    @model_validator(mode="after")
+    def _check(self) -> FrontendTLSConfig:
+        ports = [p.port for p in self.per_port]
+        if len(set(ports)) != len(ports):
+            fail(["Port for TLS configuration must be unique within the Gateway"])
+        return self
+
+
+class GatewayBackendTLS(IstioModel):
+    """``GatewayBackendTLS``: the client certificate the Gateway presents to TLS backends."""
+
+    client_certificate_ref: SecretObjectReference | None = None
+
+
+class GatewayTLSSettings(IstioModel):
+    """``spec.tls`` (Gateway API v1.5+): Gateway-wide frontend (client validation) and backend TLS."""
+
+    backend: GatewayBackendTLS | None = None
+    frontend: FrontendTLSConfig | None = None
+
+
+class ListenerNamespaces(IstioModel):
+    from_: Literal["All", "Selector", "Same", "None"] = Field(default="None", alias="from")
+    selector: LabelSelector | None = None
+
+
+class AllowedListeners(IstioModel):
+    """``spec.allowedListeners``: which namespaces' ListenerSets may attach to this Gateway."""
+
+    namespaces: ListenerNamespaces = Field(default_factory=ListenerNamespaces)
+
+
 class GatewaySpec(IstioModel):
     gateway_class_name: ObjectName
     listeners: tuple[Listener, ...] = Field(default=(), max_length=64)
     addresses: tuple[GatewaySpecAddress, ...] = Field(default=(), max_length=16)
     infrastructure: GatewayInfrastructure | None = None
+    #: Experimental before v1.5 (now ``tls.backend``); kept so older manifests still load.
     backend_tls: dict[str, Any] | None = Field(default=None, alias="backendTLS")
-    allowed_listeners: dict[str, Any] | None = None
+    allowed_listeners: AllowedListeners | None = None
+    tls: GatewayTLSSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> GatewaySpec:

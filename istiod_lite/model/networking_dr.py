@@ -29,7 +29,7 @@ from istiod_lite.model.networking_common import (
     is_ip,
 )
 from istiod_lite.model.registry import register
-from istiod_lite.model.types import DurationField, IntPercentage, NonNegativeInt, bounded_float
+from istiod_lite.model.types import DurationField, IntPercentage, NonNegativeInt, bounded_float, bounded_int
 
 _TOPOLOGY_LABELS = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone")
 
@@ -56,6 +56,14 @@ class TCPSettings(IstioModel):
         return self
 
 
+class HTTP2KeepAlive(IstioModel):
+    """``ConnectionPoolSettings.HTTPSettings.ConnectionKeepalive``: HTTP/2 PINGs on upstream
+    connections (Envoy's ``http2_protocol_options.connection_keepalive``); both fields required."""
+
+    interval: MsDuration
+    timeout: MsDuration
+
+
 class HTTPSettings(IstioModel):
     http1_max_pending_requests: NonNegativeInt | None = Field(default=None, alias="http1MaxPendingRequests")
     http2_max_requests: NonNegativeInt | None = Field(default=None, alias="http2MaxRequests")
@@ -67,6 +75,7 @@ class HTTPSettings(IstioModel):
     )
     use_client_protocol: bool = False
     max_concurrent_streams: NonNegativeInt | None = None
+    http2_keep_alive: HTTP2KeepAlive | None = Field(default=None, alias="http2KeepAlive")
 
     @model_validator(mode="after")
     def _check(self) -> HTTPSettings:
@@ -231,6 +240,32 @@ class LocalityLoadBalancerSetting(IstioModel):
         return self
 
 
+class ZoneAwareLoadBalancerSetting(IstioModel):
+    """``ZoneAwareLoadBalancerSetting`` (Istio 1.31): Envoy's zone-aware routing instead of
+    ``localityLbSetting``; ``failover`` orders regions only (``agent.ValidateZoneAwareLbSetting``)."""
+
+    enabled: bool | None = None
+    failover: tuple[LocalityFailover, ...] = ()
+    failover_priority: tuple[str, ...] = ()
+    min_cluster_size: Annotated[int, bounded_int(1, 2**32 - 1)] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ZoneAwareLoadBalancerSetting:
+        errs = [f"'failover_priority' for zone aware lb must not use topology label '{p}'; "
+                "region- and zone-level routing are handled automatically"
+                for p in self.failover_priority if p in _TOPOLOGY_LABELS]
+        for f in self.failover:
+            if f.from_ == f.to:
+                errs.append("zone aware lb failover settings must specify different regions")
+            if "/" in f.from_ or "/" in f.to:
+                errs.append("zone aware lb failover only specifies region; zone and subzone failover "
+                            "are handled automatically")
+            if "*" in f.from_ or "*" in f.to:
+                errs.append("zone aware lb failover region should not contain '*' wildcard")
+        fail(errs)
+        return self
+
+
 class WarmupConfiguration(IstioModel):
     duration: MsDuration
     minimum_percent: Annotated[float, bounded_float(0.0, 100.0)] | None = None
@@ -247,6 +282,7 @@ class LoadBalancerSettings(IstioModel):
     simple: Literal["UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"] | None = None
     consistent_hash: ConsistentHashLB | None = None
     locality_lb_setting: LocalityLoadBalancerSetting | None = None
+    zone_aware_lb_setting: ZoneAwareLoadBalancerSetting | None = None
     #: Deprecated: use ``warmup``.
     warmup_duration_secs: MsDuration | None = None
     warmup: WarmupConfiguration | None = None
@@ -255,6 +291,8 @@ class LoadBalancerSettings(IstioModel):
     def _check(self) -> LoadBalancerSettings:
         if self.simple is not None and self.consistent_hash is not None:
             raise ValueError("only one of simple or consistentHash may be set")
+        if self.locality_lb_setting is not None and self.zone_aware_lb_setting is not None:
+            raise ValueError("only one of localityLbSetting and zoneAwareLbSetting can be set")
         return self
 
 
@@ -269,6 +307,8 @@ class OutlierDetection(IstioModel):
     min_health_percent: IntPercentage = 0
     #: Deprecated: use ``consecutive5xxErrors`` / ``consecutiveGatewayErrors``.
     consecutive_errors: int = 0
+    #: Response codes counted as errors (Envoy's ``HttpProtocolOptions.outlier_detection``).
+    outlier_detection_http_error_codes: tuple[Annotated[int, bounded_int(100, 599)], ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> OutlierDetection:
@@ -334,6 +374,9 @@ class ProxyProtocol(IstioModel):
 class RetryBudget(IstioModel):
     percent: Annotated[float, bounded_float(0.0, 100.0)] | None = None
     min_retry_concurrency: UInt32 | None = None
+    #: Envoy's ``RetryBudget.budget_interval``, which the Envoy API this project builds against lacks:
+    #: accepted and reported as ignored (translator/config_warnings.py).
+    budget_interval: DurationField | None = None
 
 
 class PortTrafficPolicy(IstioModel):

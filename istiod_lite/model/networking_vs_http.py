@@ -97,12 +97,15 @@ class HTTPRedirect(IstioModel):
     derive_port: Literal["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"] | None = None
     scheme: str = ""
     redirect_code: UInt32 = 0
+    #: Istio 1.31: replace the matched prefix instead of the whole path (wins over ``uri``).
+    prefix_rewrite: str = ""
 
     @model_validator(mode="after")
     def _check(self) -> HTTPRedirect:
         if self.port is not None and self.derive_port is not None:
             raise ValueError("only one of port or derivePort may be set")
-        if not (self.uri or self.authority or self.scheme or self.port is not None or self.derive_port):
+        if not (self.uri or self.prefix_rewrite or self.authority or self.scheme or self.port is not None
+                or self.derive_port):
             raise ValueError("redirect must specify URI, authority, scheme, or port")
         if self.redirect_code and not 300 <= self.redirect_code <= 399:
             raise ValueError(f"{self.redirect_code} is not a valid redirect code, must be 3xx")

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from istiod_lite.model.base import Resource
 from istiod_lite.model.errors import ConfigError, errors_from_validation
+from istiod_lite.model.ignored_kinds import CLUSTER_SCOPED, ignored_reason
 from istiod_lite.model.kind_declaration import DeclaredKind, KindDeclaration, WaypointRead
 
 _BY_API: dict[tuple[str, str], type[Resource]] = {}
@@ -63,6 +64,15 @@ class UnknownKind(Exception):
     """apiVersion/kind is not one we serve; the document is reported and skipped."""
 
 
+class KindIgnored(Exception):
+    """A kind real manifests carry that waypoints have no use for (``model/ignored_kinds.py``):
+    ``notice`` says which object and why; it is reported as ignored, not as an error."""
+
+    def __init__(self, notice: ConfigError) -> None:
+        super().__init__(str(notice))
+        self.notice = notice
+
+
 def parse_object(obj: Any, *, source: str = "", doc_index: int | None = None) -> Resource:
     """Validate one decoded document.  Raises ``ResourceInvalid`` carrying every error found."""
     if not isinstance(obj, dict):
@@ -76,6 +86,10 @@ def parse_object(obj: Any, *, source: str = "", doc_index: int | None = None) ->
     if not isinstance(api_version, str) or not isinstance(kind, str):
         raise ResourceInvalid([ConfigError("apiVersion and kind are required strings", **ctx)])  # type: ignore[arg-type]
     cls = _BY_API.get((api_version, kind))
+    if cls is None and (reason := ignored_reason(api_version, kind)) is not None:
+        if not namespace and kind not in CLUSTER_SCOPED:
+            ctx["namespace"] = "default"
+        raise KindIgnored(ConfigError(f"{api_version}/{kind} is ignored: {reason}", **ctx))  # type: ignore[arg-type]
     if cls is None:
         known = sorted(v for (v, k) in _BY_API if k == kind)
         hint = f" (supported apiVersions: {', '.join(known)})" if known else ""

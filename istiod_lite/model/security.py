@@ -148,6 +148,25 @@ def check_service_account(value: str) -> str | None:
     return None
 
 
+def check_wildcard_value(value: str) -> str | None:
+    """``security.CheckWildcardValues``: at most one ``*``, and only as the whole value, a prefix or a suffix."""
+    stars = value.count("*")
+    if stars > 1:
+        return f"at most one wildcard is allowed, found {value!r}"
+    if stars == 1 and not (value.startswith("*") or value.endswith("*")):
+        return f"wildcard is only allowed at the start or end, found {value!r}"
+    return None
+
+
+def check_trust_domain(value: str) -> str | None:
+    """``security.CheckTrustDomainValues`` (``from.source.trustDomains``): a wildcard value without ``/``."""
+    if err := check_wildcard_value(value):
+        return err
+    if "/" in value:
+        return f"trust domain must not contain '/', found {value!r}"
+    return None
+
+
 MATCH_ONE_TEMPLATE: Final = "{*}"
 MATCH_ANY_TEMPLATE: Final = "{**}"
 #: RFC 3986 ``pchar`` (what Envoy's URI template matcher accepts as a literal segment).
@@ -197,6 +216,7 @@ IPBlock = Annotated[str, _checked(check_ip_block)]
 PortString = Annotated[str, _checked(check_port_string)]
 PathValue = Annotated[str, _checked(check_path_template)]
 ServiceAccountValue = Annotated[str, _checked(check_service_account)]
+TrustDomainValue = Annotated[str, _checked(check_trust_domain)]
 ServiceAccounts = Annotated[
     tuple[ServiceAccountValue, ...], _max_items(16, "may not have more than 16 values")
 ]
@@ -214,7 +234,7 @@ PLAIN_KEYS: Final = frozenset({
 MAP_KEY_PREFIXES: Final = (
     "request.headers", "request.experimental.inline.headers", "request.auth.claims", "experimental.envoy.filters.",
 )
-CONDITION_KEYS: Final = IP_KEYS | PLAIN_KEYS | {"source.serviceAccount", "destination.port"}
+CONDITION_KEYS: Final = IP_KEYS | PLAIN_KEYS | {"source.serviceAccount", "destination.port", "source.trustDomain"}
 
 
 def _check_map_key(key: str) -> str | None:
@@ -249,6 +269,8 @@ def _check_condition_value(key: str, value: str) -> str | None:
         return check_port_string(value)
     if key == "source.serviceAccount":
         return check_service_account(value)
+    if key == "source.trustDomain":
+        return check_wildcard_value(value)
     return None
 
 
@@ -375,8 +397,8 @@ class Source(IstioModel):
     service_accounts: ServiceAccounts = ()
     not_service_accounts: ServiceAccounts = ()
     #: The peer's SPIFFE trust domain (``spiffe://<td>/...``); ``*`` wildcards as elsewhere.
-    trust_domains: tuple[MatchValue, ...] = ()
-    not_trust_domains: tuple[MatchValue, ...] = ()
+    trust_domains: tuple[TrustDomainValue, ...] = ()
+    not_trust_domains: tuple[TrustDomainValue, ...] = ()
 
     @property
     def is_empty(self) -> bool:
@@ -518,7 +540,8 @@ _CUSTOM_UNSUPPORTED_SOURCE = (
     ("request_principals", "RequestPrincipals"), ("not_request_principals", "NotRequestPrincipals"),
     ("trust_domains", "TrustDomains"), ("not_trust_domains", "NotTrustDomains"),
 )
-_CUSTOM_UNSUPPORTED_KEYS = frozenset({"source.namespace", "source.serviceAccount", "source.principal"})
+_CUSTOM_UNSUPPORTED_KEYS = frozenset({"source.namespace", "source.serviceAccount", "source.principal",
+                                      "source.trustDomain"})
 
 
 def _alias(model: type[IstioModel], field: str) -> str:
@@ -869,5 +892,7 @@ __all__ = [
     "check_path_template",
     "check_port_string",
     "check_service_account",
+    "check_trust_domain",
+    "check_wildcard_value",
     "is_path_template",
 ]

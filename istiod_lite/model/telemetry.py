@@ -84,17 +84,25 @@ class EnvironmentTag(IstioModel):
     default_value: str = ""
 
 
+class FormatterTag(IstioModel):
+    """``CustomTag.Formatter``: an access-log substitution format (``%REQ(x-user)%``) as the tag value."""
+
+    value: str = Field(min_length=1)
+
+
 class CustomTag(IstioModel):
-    """``Tracing.CustomTag``: exactly one of literal, header or environment."""
+    """``Tracing.CustomTag``: exactly one of literal, header, environment or formatter."""
 
     literal: Literal_ | None = None
     header: HeaderTag | None = None
     environment: EnvironmentTag | None = None
+    formatter: FormatterTag | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> CustomTag:
-        if (self.literal is not None) + (self.header is not None) + (self.environment is not None) != 1:
-            raise ValueError("custom tag must set exactly one of literal, header or environment")
+        kinds = (self.literal, self.header, self.environment, self.formatter)
+        if sum(k is not None for k in kinds) != 1:
+            raise ValueError("custom tag must set exactly one of literal, header, environment or formatter")
         return self
 
 
@@ -106,6 +114,9 @@ class Tracing(IstioModel):
     custom_tags: dict[str, CustomTag] = Field(default_factory=dict)
     use_request_id_for_trace_sampling: bool | None = None
     enable_istio_tags: bool | None = None
+    #: Istio 1.30+: Envoy's ``Tracing.no_context_propagation``, absent from the Envoy API this project
+    #: builds against; accepted and reported as ignored (``telemetry_warnings``).
+    disable_context_propagation: bool | None = None
 
     @field_validator("random_sampling_percentage")
     @classmethod

@@ -31,6 +31,9 @@ class SourceUpdate:
     #: The source already waited for its input to be quiet (the directory's settle period), so
     #: the control plane need not wait for another quiet period before pushing it.
     settled: bool = False
+    #: Documents of kinds waypoints have no use for, reported as ignored (not errors; they never
+    #: change the snapshot or the revision).
+    notices: tuple[ConfigError, ...] = ()
 
 
 #: What a running source calls with every new revision.

@@ -52,7 +52,7 @@ class Publisher:
 
     def publish(
         self, resources: dict[ResourceKey, Resource], errors: tuple[ConfigError, ...],
-        candidates: Iterable[ResourceKey] | None = None,
+        candidates: Iterable[ResourceKey] | None = None, notices: tuple[ConfigError, ...] = (),
     ) -> SourceUpdate:
         """Publish ``resources`` (everything served now) with ``errors`` (every current error, in order).
 
@@ -75,8 +75,9 @@ class Publisher:
                 continue
             changed.add(key)
         self._log_errors(prev, errors)
+        self._log_notices(prev, notices)
         if prev is not None and not changed and errors == prev.errors:
-            self._current = dataclasses.replace(prev, changed=frozenset(), settled=False)
+            self._current = dataclasses.replace(prev, changed=frozenset(), settled=False, notices=notices)
             return self._current
         revision = prev.revision + 1 if prev is not None else 1
         if prev is None:
@@ -85,7 +86,7 @@ class Publisher:
             snapshot = ConfigSnapshot.build(resources.values(), revision, previous=prev_snap, changed=changed)
         else:
             snapshot = prev_snap
-        self._current = SourceUpdate(snapshot, frozenset(changed), errors, revision)
+        self._current = SourceUpdate(snapshot, frozenset(changed), errors, revision, notices=notices)
         if self._label is not None:
             self._log.info("%s revision %d: %d resources, %d changed, %d errors", self._label, revision,
                            len(snapshot), len(changed), len(errors))
@@ -101,6 +102,15 @@ class Publisher:
                 self._log.warning("config error: %s", err)
         for err in sorted(old_errors - set(errors), key=self._error_order):
             self._log.info("config error resolved: %s", err)
+
+    def _log_notices(self, prev: SourceUpdate | None, notices: tuple[ConfigError, ...]) -> None:
+        """Each ignored document once, when it first appears (they are not errors: info level)."""
+        if self._label is None:
+            return
+        old = set(prev.notices) if prev is not None else set()
+        for notice in notices:
+            if notice not in old:
+                self._log.info("config ignored: %s", notice)
 
     async def hand_over(self, on_update: UpdateHandler, update: SourceUpdate, *, settled: bool = False) -> None:
         """Await ``on_update(update)``; ``settled``: the source already waited for its input to be quiet.

@@ -245,7 +245,8 @@ class DirectorySource:
                 self._files = self._refresh(scan, force)
             self._scan = scan
             resources, owners, errors = self._serve()
-            update = self._publisher.publish(resources, errors)
+            notices = tuple(n for st in self._files.values() for n in st.parsed.ignored)
+            update = self._publisher.publish(resources, errors, notices=notices)
             self._record_contributions(resources, owners)
             return update
 

@@ -31,7 +31,7 @@ import yaml
 
 from istiod_lite.gcpause import gc_paused
 from istiod_lite.model import ConfigError, Resource, ResourceInvalid, ResourceKey, parse_object
-from istiod_lite.model.registry import kind_class
+from istiod_lite.model.registry import KindIgnored, kind_class
 from istiod_lite.sources.yamlevents import load_documents
 
 __all__ = ["ParsedFile", "SourceReadError", "digest_of", "parse_bytes", "parse_file", "read_source"]
@@ -53,6 +53,8 @@ class ParsedFile:
     failed: tuple[tuple[int, ResourceKey], ...] = ()
     #: The file as a whole could not be read or parsed; the caller keeps everything it defined before.
     fatal: bool = False
+    #: Documents of kinds waypoints have no use for (``model/ignored_kinds.py``): notices, not errors.
+    ignored: tuple[ConfigError, ...] = ()
 
     @classmethod
     def failure(cls, message: str, source: str) -> ParsedFile:
@@ -142,6 +144,7 @@ def _parse_bytes(data: bytes, source: str) -> ParsedFile:
     resources: list[tuple[int, Resource]] = []
     errors: list[ConfigError] = []
     failed: list[tuple[int, ResourceKey]] = []
+    ignored: list[ConfigError] = []
     for index, doc in enumerate(docs):
         if doc is None:
             continue
@@ -154,6 +157,9 @@ def _parse_bytes(data: bytes, source: str) -> ParsedFile:
         for prefix, obj in items:
             try:
                 resources.append((index, parse_object(obj, source=source, doc_index=index)))
+            except KindIgnored as exc:
+                ignored.append(_prefixed(exc.notice, prefix))
+                continue
             except ResourceInvalid as exc:
                 errors.extend(_prefixed(e, prefix) for e in exc.errors)
             except Exception as exc:  # validators are code too: contain anything, never crash the source
@@ -164,7 +170,7 @@ def _parse_bytes(data: bytes, source: str) -> ParsedFile:
             key = key_of(obj)
             if key is not None:
                 failed.append((index, key))
-    return ParsedFile(tuple(resources), tuple(errors), tuple(failed))
+    return ParsedFile(tuple(resources), tuple(errors), tuple(failed), ignored=tuple(ignored))
 
 
 def _keys_in(doc: Any) -> list[ResourceKey]:

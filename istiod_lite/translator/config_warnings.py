@@ -46,7 +46,38 @@ def route_warnings(snapshot: ConfigSnapshot) -> list[str]:
     out = list(tables.ROUTE_WARNINGS.of(snapshot))
     if snapshot.by_kind.get("ServiceEntry") or any(snapshot.by_kind.get(k) for k in MESH_ROUTE_KINDS):
         out += tables.MESH_WARNINGS.of(snapshot)
+    out += _waypoint_gateway_warnings(snapshot)
+    out += _unaddressed_service_warnings(snapshot)
     return sorted(out)
+
+
+def _unaddressed_service_warnings(snapshot: ConfigSnapshot) -> list[str]:
+    """Bound Services without a cluster IP: in a cluster the API server assigns one on create, but a
+    manifest applied as a YAML file (Istio's samples are) has none, and without an address the
+    waypoint cannot tell the service's traffic apart: its clusters are built, no listener chain is."""
+    bindings = bindings_of(snapshot)
+    return [f"Service {svc.namespace}/{svc.name}: spec.clusterIP is not set (the API server would assign one); "
+            f"waypoint {ref} builds no listener chain or routes for it"
+            for ref, services in sorted(bindings.services.items(), key=lambda kv: str(kv[0]))
+            for svc in services if not svc.vips and svc.spec.cluster_ip != "None"
+            and svc.spec.type in ("ClusterIP", "NodePort", "LoadBalancer")]
+
+
+def _waypoint_gateway_warnings(snapshot: ConfigSnapshot) -> list[str]:
+    """Gateway API settings a waypoint Gateway may carry but cannot use: it terminates HBONE only
+    (client TLS, ListenerSets and listener TLS are ingress features).  A few Gateways: not memoised."""
+    out = []
+    for g in snapshot.of_kind(gw.Gateway):
+        if g.spec.gateway_class_name != WAYPOINT_CLASS:
+            continue
+        what = f"Gateway {g.namespace}/{g.name}"
+        for field, value in (("spec.tls", g.spec.tls), ("spec.allowedListeners", g.spec.allowed_listeners),
+                             ("spec.backendTLS", g.spec.backend_tls)):
+            if value is not None:
+                out.append(f"{what}: {field} has no meaning for a waypoint; ignored")
+        out += [f"{what}: spec.listeners[{i}].tls has no meaning for a waypoint; ignored"
+                for i, li in enumerate(g.spec.listeners) if li.tls is not None]
+    return out
 
 
 @tables.ROUTE_WARNINGS.computed_by
@@ -114,6 +145,12 @@ def _dr_warnings(dr: DestinationRule) -> list[str]:
                     and (loc.failover or loc.failover_priority) and od is None:
                 out.append(f"{what}: {lb_where}.loadBalancer.localityLbSetting failover needs outlierDetection "
                            "(Envoy never leaves a healthy-looking priority otherwise); not applied")
+        lbs = [tp.load_balancer, *(p.load_balancer for p in tp.port_level_settings)]
+        if any(lb is not None and lb.zone_aware_lb_setting is not None for lb in lbs):
+            out.append(f"{what}: {where} zoneAwareLbSetting is not applied by istiod-lite; ignored")
+        if tp.retry_budget is not None and tp.retry_budget.budget_interval is not None:
+            out.append(f"{what}: {where}.retryBudget.budgetInterval is not in the Envoy API istiod-lite "
+                       "builds against; ignored (Envoy's default interval applies)")
     return out
 
 

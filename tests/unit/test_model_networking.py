@@ -82,6 +82,7 @@ baseEjectionTime maxEjectionPercent minHealthPercent consecutiveErrors
 mode clientCertificate privateKey caCertificates credentialName subjectAltNames sni insecureSkipVerify caCrl
 protocol targetHost targetPort version minRetryConcurrency
 addresses ports location resolution endpoints address network locality serviceAccount
+prefixRewrite http2KeepAlive zoneAwareLbSetting minClusterSize outlierDetectionHttpErrorCodes budgetInterval
 """
 ISTIO_FIELDS = set(_ISTIO_FIELD_NAMES.split())
 

@@ -82,7 +82,7 @@ def test_service_target_and_selector() -> None:
     ("targetRefs: [{kind: Deployment, name: x}]", "targetRef must be to one of"),
     ("tracing: [{randomSamplingPercentage: 101}]", "spec.tracing[0].randomSamplingPercentage"),
     ("tracing: [{}, {}]", "spec.tracing"),
-    ("tracing: [{customTags: {a: {}}}]", "exactly one of literal, header or environment"),
+    ("tracing: [{customTags: {a: {}}}]", "exactly one of literal, header, environment or formatter"),
     ("tracing: [{customTags: {a: {literal: {value: x}, header: {name: y}}}}]", "exactly one"),
     ("accessLogging: [{providers: [{name: ''}]}]", "spec.accessLogging[0].providers[0].name"),
     ("accessLogging: [{filter: {expression: '  '}}]", "filter expression must not be empty"),

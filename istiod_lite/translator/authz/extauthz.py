@@ -206,8 +206,9 @@ def _build(snapshot: ConfigSnapshot, name: str, cfg: EnvoyExtAuthzHttp | EnvoyEx
         kind = "grpc"
         grpc = grpc_service_pb2.GrpcService(timeout=timeout)
         grpc.envoy_grpc.cluster_name = cluster
-        # ``|`` is invalid in a gRPC authority: Istio's substitute.
-        grpc.envoy_grpc.authority = cluster.replace("|", "_.")
+        # The provider's hostname, as istiod sets it (istio/istio#46289): the ext_authz server sees
+        # the service it is, not a cluster name (``|`` is not even valid in an authority).
+        grpc.envoy_grpc.authority = host
         ea.grpc_service.CopyFrom(grpc)
         net = net_ext_authz_pb2.ExtAuthz(stat_prefix=rbac.TCP_STAT_PREFIX, failure_mode_allow=cfg.fail_open,
                                          transport_api_version=config_source_pb2.V3, grpc_service=grpc,

@@ -384,6 +384,7 @@ def _when_field(cond: Condition, loc: str, policy_ns: str) -> tuple[str, Field]:
                                            "connection.sni": _sni}
     principal_gens: dict[str, PrinGen] = {"source.ip": _direct_ip, "remote.ip": _remote_ip,
                                           "source.namespace": _namespaces, "source.principal": _principals,
+                                          "source.trustDomain": _trust_domains,
                                           "source.serviceAccount": _service_accounts(policy_ns)}
     if k in permission_gens:
         return "permission", f(permission_gens[k])

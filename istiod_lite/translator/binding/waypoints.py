@@ -26,11 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Namespace, Pod, Service
-from istiod_lite.model.gateway import Gateway, GatewayClass
+from istiod_lite.model.gateway import Gateway, GatewayClass, LabelSelector
 from istiod_lite.model.networking import ServiceEntry, WorkloadEntry
 from istiod_lite.model.networking_common import is_ip
 from istiod_lite.translator.core import tables
@@ -66,7 +65,7 @@ class Waypoint:
     traffic_type: str
     #: ``allowedRoutes.namespaces`` of the HBONE listener: ``from`` and the label selector.
     allowed_from: str = "Same"
-    allowed_selector: Mapping[str, Any] | None = None
+    allowed_selector: LabelSelector | None = None
 
     def serves_services(self) -> bool:
         return self.traffic_type in ("service", "all")
@@ -101,21 +100,9 @@ def find_waypoints(snapshot: ConfigSnapshot) -> list[Waypoint]:
     return out
 
 
-def _selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """A Kubernetes LabelSelector (matchLabels and matchExpressions)."""
-    if not selector:
-        return True
-    for k, v in (selector.get("matchLabels") or {}).items():
-        if labels.get(k) != v:
-            return False
-    for expr in selector.get("matchExpressions") or ():
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        present = key in labels
-        if (op == "In" and (not present or labels[key] not in values)) or \
-                (op == "NotIn" and present and labels[key] in values) or \
-                (op == "Exists" and not present) or (op == "DoesNotExist" and present):
-            return False
-    return True
+def _selector_matches(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
+    """A Kubernetes LabelSelector (matchLabels and matchExpressions); none matches everything."""
+    return selector is None or selector.matches(dict(labels))
 
 
 #: ``BindingDecision.outcome`` values.

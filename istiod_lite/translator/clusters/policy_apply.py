@@ -13,11 +13,14 @@ there; this module runs only for clusters a DestinationRule touches.
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.common.matcher.v3 import matcher_pb2
 from envoy.config.core.v3 import base_pb2, proxy_protocol_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.transport_sockets.internal_upstream.v3 import internal_upstream_pb2
 from envoy.extensions.transport_sockets.proxy_protocol.v3 import upstream_proxy_protocol_pb2 as pp_pb2
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, struct_pb2
 
 from istiod_lite.model.networking import ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection
@@ -69,13 +72,17 @@ def service_cluster(
     elif auto:
         opts = cluster_templates.downstream_protocol_options()
     cp = policy.connection_pool
-    opts = _apply_connection_pool(c, cp, policy, opts)
     http = cp.http if cp is not None else None
     if http is not None and http.h2_upgrade_policy == "UPGRADE" and not http.use_client_protocol:
+        # Before the pool settings, as Istio's applyH2Upgrade: HTTP/2-only options then apply.
         opts = opts or hpo_pb2.HttpProtocolOptions()
         opts.explicit_http_config.http2_protocol_options.SetInParent()
+    opts = _apply_connection_pool(c, cp, policy, opts)
     if policy.outlier_detection is not None:
         _apply_outlier_detection(c, policy.outlier_detection)
+        if policy.outlier_detection.outlier_detection_http_error_codes:
+            opts = opts or hpo_pb2.HttpProtocolOptions()
+            _apply_outlier_error_codes(opts, policy.outlier_detection.outlier_detection_http_error_codes)
     if policy.load_balancer is not None:
         _apply_load_balancer(c, policy.load_balancer)
     tls = policy.tls
@@ -126,6 +133,7 @@ def _apply_connection_pool(
     http, tcp = cp.http, cp.tcp
     idle: Duration | None = None
     max_per_conn = streams = 0
+    keepalive_h2 = http.http2_keep_alive if http is not None else None
     if http is not None:
         if http.http2_max_requests:
             t.max_requests.value = http.http2_max_requests
@@ -157,7 +165,7 @@ def _apply_connection_pool(
             if ka.interval is not None:
                 keepalive.keepalive_interval.value = ka.interval.seconds
                 keepalive.keepalive_interval.SetInParent()
-    if conn_duration is not None or idle is not None or max_per_conn or streams:
+    if conn_duration is not None or idle is not None or max_per_conn or streams or keepalive_h2 is not None:
         opts = opts or hpo_pb2.HttpProtocolOptions()
         common = opts.common_http_protocol_options
         common.SetInParent()
@@ -169,6 +177,11 @@ def _apply_connection_pool(
             set_duration(common.max_connection_duration, conn_duration)
         if streams and opts.explicit_http_config.HasField("http2_protocol_options"):
             opts.explicit_http_config.http2_protocol_options.max_concurrent_streams.value = streams
+        if keepalive_h2 is not None and opts.explicit_http_config.HasField("http2_protocol_options"):
+            # Only an HTTP/2 cluster pings, as in Istio; an HTTP/1 one keeps no PING settings.
+            ka_h2 = opts.explicit_http_config.http2_protocol_options.connection_keepalive
+            set_duration(ka_h2.interval, keepalive_h2.interval)
+            set_duration(ka_h2.timeout, keepalive_h2.timeout)
     if http is not None and http.use_client_protocol:
         # Istio keeps explicit HTTP/1 options here; it sets none (no header-case preservation).
         opts = opts or hpo_pb2.HttpProtocolOptions()
@@ -205,6 +218,20 @@ def _apply_outlier_detection(c: cluster_pb2.Cluster, o: OutlierDetection) -> Non
             od.enforcing_consecutive_local_origin_failure.value = 100
         od.enforcing_local_origin_success_rate.SetInParent()
     c.common_lb_config.healthy_panic_threshold.value = o.min_health_percent
+
+
+def _apply_outlier_error_codes(opts: hpo_pb2.HttpProtocolOptions, codes: tuple[int, ...]) -> None:
+    """``outlierDetectionHttpErrorCodes``: responses whose ``:status`` is one of ``codes`` count as
+    errors for outlier detection (one predicate, or an OR of them, as Istio builds it)."""
+    rules = [matcher_pb2.MatchPredicate(http_response_headers_match=matcher_pb2.HttpHeadersMatch(
+        headers=[route_components_pb2.HeaderMatcher(
+            name=":status", string_match=string_pb2.StringMatcher(exact=str(code)))]))
+        for code in codes]
+    em = opts.outlier_detection.error_matcher
+    if len(rules) == 1:
+        em.CopyFrom(rules[0])
+    else:
+        em.or_match.rules.extend(rules)
 
 
 def _apply_load_balancer(c: cluster_pb2.Cluster, lb: LoadBalancerSettings) -> None:

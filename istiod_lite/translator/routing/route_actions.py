@@ -263,7 +263,9 @@ def redirect(r: rc.Route, red: HTTPRedirect, listen_port: int, gateway: bool = F
         return False
     ra = r.redirect
     ra.host_redirect = red.authority
-    if gateway and red.uri.startswith(PREFIX_MARKER):
+    if red.prefix_rewrite:
+        ra.prefix_rewrite = red.prefix_rewrite
+    elif gateway and red.uri.startswith(PREFIX_MARKER):
         ra.prefix_rewrite = red.uri[len(PREFIX_MARKER):]
     else:
         ra.path_redirect = red.uri

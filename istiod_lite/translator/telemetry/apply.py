@@ -458,6 +458,9 @@ def telemetry_warnings(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None)
                 out.append(f"{where}: only the first tracing provider ({tr.providers[0].name}) is used")
             if tr.providers:
                 out += tracing.provider_problems(m, [tr.providers[0].name], where)
+            if tr.disable_context_propagation:
+                out.append(f"{where}: tracing[0].disableContextPropagation is not in the Envoy API istiod-lite "
+                           "builds against; ignored (trace context is propagated)")
         for al in spec.access_logging:
             for p in al.providers:
                 provider = m.provider(p.name)

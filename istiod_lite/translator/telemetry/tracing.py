@@ -284,6 +284,8 @@ def custom_tags(tags: Mapping[str, CustomTag]) -> list[custom_tag_pb2.CustomTag]
         elif t.environment is not None:
             ct.environment.name = t.environment.name
             ct.environment.default_value = t.environment.default_value
+        elif t.formatter is not None:
+            ct.value = t.formatter.value
         out.append(ct)
     return out
 
