@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from istiod_lite.addresses import is_ip, split_host_port
+
 #: The agent's access-log service, which the translator's metrics loggers name.
 from istiod_lite.translator.telemetry.metrics import STATS_CLUSTER
 
@@ -290,9 +291,10 @@ def waypoint_bootstrap(
             PROMETHEUS_LISTENER, status_address or identity.ip, prometheus_port, PROMETHEUS_PATH, PROMETHEUS_PATH,
             AGENT_PROMETHEUS_CLUSTER if prometheus_socket is not None else ADMIN_CLUSTER))
         if prometheus_socket is not None:
+            endpoint = {"endpoint": {"address": {"pipe": {"path": prometheus_socket}}}}
             clusters.append({"name": AGENT_PROMETHEUS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
-                             "load_assignment": {"cluster_name": AGENT_PROMETHEUS_CLUSTER, "endpoints": [
-                                 {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": prometheus_socket}}}}]}]}})
+                             "load_assignment": {"cluster_name": AGENT_PROMETHEUS_CLUSTER,
+                                                 "endpoints": [{"lb_endpoints": [endpoint]}]}})
     if listeners:
         clusters.append(_admin_cluster(admin_address, admin_port))
         static["listeners"] = listeners

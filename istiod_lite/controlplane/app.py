@@ -23,10 +23,10 @@ from istiod_lite.ca.config import CaConfig, build_authenticators
 from istiod_lite.ca.runtime import CaRuntime
 from istiod_lite.controlplane.affects import affected_types, push_reason
 from istiod_lite.controlplane.config_metrics import ConfigMetrics
-from istiod_lite.controlplane.pilot_metrics import PilotMetrics
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
 from istiod_lite.controlplane.leader import LeaderElectionOptions, LeaderElector
 from istiod_lite.controlplane.memtrim import MemoryTrimmer
+from istiod_lite.controlplane.pilot_metrics import PilotMetrics
 from istiod_lite.controlplane.proxykinds import PROXY_KINDS, KindContext, ProxyKind, ProxyKindTable
 from istiod_lite.controlplane.secure import XdsAuthenticator
 from istiod_lite.controlplane.supervision import TaskSupervisor

@@ -65,7 +65,7 @@ class PilotMetrics:
         """Count the events between ``old`` and ``new`` (``changed``: the keys that differ; every key
         of ``new`` when ``old`` is ``None``) and set the totals."""
         if old is None:
-            for key in new.keys():
+            for key in new.keys():  # noqa: SIM118 (a snapshot is not iterable)
                 self._event(key.kind, "add")
         else:
             for key in changed:

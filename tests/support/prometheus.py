@@ -151,5 +151,11 @@ async def prometheus_server(tmp_path: Path, jobs: Mapping[str, Sequence[str]],
         log.close()
 
 
-__all__ = ["PACKAGE_HINT", "Prometheus", "PromQLError", "prometheus_binary", "prometheus_server",
-           "require_prometheus"]
+__all__ = [
+    "PACKAGE_HINT",
+    "PromQLError",
+    "Prometheus",
+    "prometheus_binary",
+    "prometheus_server",
+    "require_prometheus",
+]

@@ -31,7 +31,7 @@ DEFAULT_MAX_PENDING: Final = 1024
 _BATCHES_PER_TURN: Final = 16
 
 
-class StatsCollector(als_pb2_grpc.AccessLogServiceServicer):
+class StatsCollector(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
     """``StreamAccessLogs`` into a bounded queue; one task aggregates into ``store``."""
 
     def __init__(self, socket_path: Path, store: IstioMetricsStore | None = None,
@@ -60,7 +60,7 @@ class StatsCollector(als_pb2_grpc.AccessLogServiceServicer):
                 self._configs.pop(next(iter(self._configs)))
         return self._configs[log_name]
 
-    async def StreamAccessLogs(  # noqa: N802 (gRPC method name)
+    async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage], context: grpc.aio.ServicerContext,
     ) -> als_pb2.StreamAccessLogsResponse:
         self.streams += 1

@@ -2,21 +2,29 @@
 
 What the waypoint really knows, and where each label comes from (the rest is Istio's ``unknown``):
 
-| label | source |
-|---|---|
-| ``source_principal`` | the HBONE peer's SPIFFE id (filter state ``io.istio.peer_principal``, from the client certificate on ``connect_terminate``) |
-| ``source_workload_namespace`` | the ``ns`` part of that SPIFFE id |
-| ``source_workload``, ``source_canonical_*``, ``source_app``, ``source_version``, ``source_cluster`` | **unknown**: upstream Envoy has no peer-metadata exchange and ztunnel sends no workload metadata; the caller's certificate names only namespace and service account |
-| ``destination_service`` | the host of the upstream cluster the route chose (``inbound-vip|P|http|H``, ``outbound|P|S|H``), else the chain's own service |
-| ``destination_service_name`` / ``_namespace`` | the chain's Service (name, namespace) for its own host; ``name.ns.svc.*`` hosts split; other hosts: the host and ``unknown`` |
-| ``destination_workload``, ``_workload_namespace``, ``destination_canonical_service``/``_revision``, ``destination_cluster`` | the chosen endpoint's ``istio.workload`` metadata (``name;namespace;canonical name;revision;cluster``, as Istio's EDS) |
-| ``destination_app`` / ``destination_version`` | the canonical service / revision (what Istio's proxy derives from that same metadata) |
-| ``destination_principal`` | **unknown**: the pod's certificate is checked on ``connect_originate``, a later hop whose peer the service chain's logger does not see |
-| ``request_protocol`` | ``grpc`` for ``content-type: application/grpc*``, else ``http``; ``tcp`` on TCP chains |
-| ``response_code`` | the response code sent downstream (``0`` when none was) |
-| ``grpc_response_status`` | ``grpc-status`` of the response trailers (or headers, trailers-only), gRPC only |
-| ``response_flags`` | Envoy's short flags (``UH``, ``NR``, ...), ``-`` when none |
-| ``connection_security_policy`` | ``mutual_tls`` (HBONE is always mTLS with a peer certificate), ``none`` without a peer identity |
+* ``source_principal``: the HBONE peer's SPIFFE id (filter state ``io.istio.peer_principal``, from
+  the client certificate on ``connect_terminate``); ``source_workload_namespace``: its ``ns`` part.
+* ``source_workload``, ``source_canonical_service``/``_revision``, ``source_app``,
+  ``source_version``, ``source_cluster``: **unknown**.  Upstream Envoy has no peer-metadata
+  exchange and ztunnel sends no workload metadata; the caller's certificate names only its
+  namespace and service account.
+* ``destination_service``: the host of the upstream cluster the route chose
+  (``inbound-vip|P|http|H``, ``outbound|P|S|H``), else the chain's own service;
+  ``destination_service_name``/``_namespace``: the chain's Service for its own host, the two first
+  labels of a ``name.ns.svc.*`` host, else the host and ``unknown``.
+* ``destination_workload``, ``_workload_namespace``, ``destination_canonical_service``/``_revision``,
+  ``destination_cluster``: the chosen endpoint's ``istio.workload`` metadata
+  (``name;namespace;canonical name;revision;cluster``, Istio's EDS form); ``destination_app`` /
+  ``destination_version``: the canonical service / revision (what Istio's proxy derives from that
+  same metadata).  No endpoint (no route, DNS host): ``unknown``.
+* ``destination_principal``: **unknown**.  The pod's certificate is checked on
+  ``connect_originate``, a later hop whose peer the service chain's logger does not see.
+* ``request_protocol``: ``grpc`` for ``content-type: application/grpc*``, else ``http``; ``tcp`` on
+  TCP chains.  ``response_code``: the code sent downstream (``0`` when none was).
+  ``grpc_response_status``: ``grpc-status`` of the trailers (or headers, trailers-only), gRPC only.
+* ``response_flags``: Envoy's short flags (``UH``, ``NR``, ...), ``-`` when none.
+* ``connection_security_policy``: ``mutual_tls`` (HBONE is mTLS with a client certificate),
+  ``none`` without a peer identity.
 """
 
 from __future__ import annotations
@@ -93,7 +101,7 @@ def _peer_principal(common: data_pb2.AccessLogCommon) -> str:
         return ""
     value = wrappers_pb2.StringValue()
     if obj.Is(wrappers_pb2.StringValue.DESCRIPTOR) and obj.Unpack(value):
-        return value.value
+        return str(value.value)
     return ""
 
 
@@ -188,5 +196,17 @@ def grpc_status(response: data_pb2.HTTPResponseProperties, protocol: str) -> str
     return response.response_trailers.get("grpc-status") or response.response_headers.get("grpc-status") or ""
 
 
-__all__ = ["HTTP_LABELS", "Labels", "REPORTER", "TCP_LABELS", "UNKNOWN", "base_labels", "cluster_host",
-           "for_metric", "grpc_status", "http_protocol", "response_flags", "spiffe_namespace"]
+__all__ = [
+    "HTTP_LABELS",
+    "REPORTER",
+    "TCP_LABELS",
+    "UNKNOWN",
+    "Labels",
+    "base_labels",
+    "cluster_host",
+    "for_metric",
+    "grpc_status",
+    "http_protocol",
+    "response_flags",
+    "spiffe_namespace",
+]

@@ -433,8 +433,9 @@ def _metrics_warnings(where: str, entries: Sequence[Metrics], mesh: MeshConfig) 
 def telemetry_warnings(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None) -> list[str]:
     """Telemetry (and mesh telemetry) settings a waypoint ignores or cannot honour, one message each,
     sorted: Telemetry ``metrics`` settings the metrics loggers cannot honour (custom metrics, tag
-    values that need CEL, client-side overrides, providers other than ``prometheus``; ``metrics.py``), tracing providers that do not exist or do not trace, more than one
-    tracing provider (Istio uses the first), access-log providers the waypoint cannot log with, and
+    values that need CEL, client-side overrides, providers other than ``prometheus``; ``metrics.py``),
+    tracing providers that do not exist or do not trace, more than one tracing provider (Istio uses the
+    first), access-log providers the waypoint cannot log with, and
     ``selector`` Telemetries (they never apply to a waypoint)."""
     m = mesh if mesh is not None else MeshConfig()
     out: list[str] = []

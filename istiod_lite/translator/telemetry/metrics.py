@@ -344,6 +344,17 @@ def entry_problems(where: str, entry: Metrics, mesh: MeshConfig) -> list[str]:
 
 
 __all__ = [
-    "ALL_METRICS", "HTTP_METRICS", "LogConfig", "MetricsSetting", "STATS_CLUSTER", "TCP_METRICS", "TagRule",
-    "entry_problems", "log_config", "metrics_setting", "parse_tag_value", "stats_logger", "with_tcp_reporting",
+    "ALL_METRICS",
+    "HTTP_METRICS",
+    "STATS_CLUSTER",
+    "TCP_METRICS",
+    "LogConfig",
+    "MetricsSetting",
+    "TagRule",
+    "entry_problems",
+    "log_config",
+    "metrics_setting",
+    "parse_tag_value",
+    "stats_logger",
+    "with_tcp_reporting",
 ]
