@@ -15,6 +15,7 @@ connection, reported whole at its end.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Final
 from envoy.data.accesslog.v3 import accesslog_pb2 as data_pb2
 
 from istiod_lite.agent.stats import labels as lb
-from istiod_lite.translator.telemetry.metrics import HTTP_METRICS, TCP_METRICS, LogConfig
+from istiod_lite.translator.telemetry.metrics import PEER_PRINCIPAL_KEY, TCP_METRICS, LogConfig
 
 #: Envoy's default histogram buckets (``HistogramSettingsImpl::defaultBuckets``).
 BUCKETS: Final = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
@@ -41,6 +42,9 @@ _HELP: Final[dict[str, str]] = {
 _HISTOGRAMS: Final = frozenset({"istio_request_duration_milliseconds", "istio_request_bytes",
                                 "istio_response_bytes"})
 DEFAULT_MAX_SERIES: Final = 20000
+#: The Telemetry API names of the HTTP metrics, in ``_http_labels``' order.
+_HTTP_ORDER: Final = ("REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE")
+_LABEL_CACHE_SIZE: Final = 10000
 DEFAULT_MAX_OPEN_CONNECTIONS: Final = 100000
 
 
@@ -51,10 +55,9 @@ class _Histogram:
     count: int = 0
 
     def observe(self, value: float) -> None:
-        for i, bound in enumerate(BUCKETS):
-            if value <= bound:
-                self.buckets[i] += 1
-                break
+        i = bisect.bisect_left(BUCKETS, value)  # the first bound >= value ("le")
+        if i < len(BUCKETS):
+            self.buckets[i] += 1
         self.total += value
         self.count += 1
 
@@ -97,6 +100,7 @@ class IstioMetricsStore:
             "istio_requests_total", *TCP_METRICS.values())}
         self._histograms: dict[str, dict[lb.Labels, _Histogram]] = {m: {} for m in _HISTOGRAMS}
         self._open: dict[str, _Connection] = {}
+        self._label_cache: dict[tuple[object, ...], tuple[lb.Labels | None, ...]] = {}
         self.entries = 0
         self.series_dropped = 0
         self.untracked_connections = 0
@@ -121,29 +125,49 @@ class IstioMetricsStore:
             hist = series[labels] = _Histogram()
         hist.observe(value)
 
-    def add_http(self, config: LogConfig, entry: data_pb2.HTTPAccessLogEntry) -> None:
-        self.entries += 1
+    def _http_labels(self, config: LogConfig, entry: data_pb2.HTTPAccessLogEntry, code: int
+                     ) -> tuple[lb.Labels | None, ...]:
+        """The label sets of the four HTTP metrics (``None``: disabled) for ``entry``, memoised on
+        everything they are computed from: a waypoint sees few distinct combinations, and building
+        them is most of an entry's cost."""
         common = entry.common_properties
+        peer = common.filter_state_objects.get(PEER_PRINCIPAL_KEY)
+        key = (config, peer.value if peer is not None else b"", tuple(sorted(common.custom_tags.items())),
+               common.upstream_cluster, code, common.response_flags.SerializeToString(),
+               entry.request.request_headers.get("content-type", ""),
+               entry.response.response_trailers.get("grpc-status", ""),
+               entry.response.response_headers.get("grpc-status", ""))
+        cached = self._label_cache.get(key)
+        if cached is not None:
+            return cached
         protocol = lb.http_protocol(entry.request)
         base = lb.base_labels(config, common, protocol)
-        code = entry.response.response_code.value if entry.response.HasField("response_code") else 0
         base["response_code"] = str(code)
         base["grpc_response_status"] = lb.grpc_status(entry.response, protocol)
         tags = common.custom_tags
-        names = {v: k for k, v in HTTP_METRICS.items()}
-        if "REQUEST_COUNT" not in config.disabled:
-            self._count("istio_requests_total",
-                        lb.for_metric(config, "REQUEST_COUNT", base, lb.HTTP_LABELS, tags), 1)
-        duration = common.duration if common.HasField("duration") else common.time_to_last_downstream_tx_byte
-        sizes = {
-            "istio_request_duration_milliseconds": duration.ToNanoseconds() / 1e6,
-            "istio_request_bytes": entry.request.request_headers_bytes + entry.request.request_body_bytes,
-            "istio_response_bytes": entry.response.response_headers_bytes + entry.response.response_body_bytes,
-        }
-        for metric, value in sizes.items():
-            name = names[metric]
-            if name not in config.disabled:
-                self._observe(metric, lb.for_metric(config, name, base, lb.HTTP_LABELS, tags), value)
+        out = tuple(None if name in config.disabled else lb.for_metric(config, name, base, lb.HTTP_LABELS, tags)
+                    for name in _HTTP_ORDER)
+        if len(self._label_cache) >= _LABEL_CACHE_SIZE:
+            self._label_cache.clear()
+        self._label_cache[key] = out
+        return out
+
+    def add_http(self, config: LogConfig, entry: data_pb2.HTTPAccessLogEntry) -> None:
+        self.entries += 1
+        common = entry.common_properties
+        code = entry.response.response_code.value if entry.response.HasField("response_code") else 0
+        count, duration_labels, request_labels, response_labels = self._http_labels(config, entry, code)
+        if count is not None:
+            self._count("istio_requests_total", count, 1)
+        if duration_labels is not None:
+            duration = common.duration if common.HasField("duration") else common.time_to_last_downstream_tx_byte
+            self._observe("istio_request_duration_milliseconds", duration_labels, duration.ToNanoseconds() / 1e6)
+        if request_labels is not None:
+            self._observe("istio_request_bytes", request_labels,
+                          entry.request.request_headers_bytes + entry.request.request_body_bytes)
+        if response_labels is not None:
+            self._observe("istio_response_bytes", response_labels,
+                          entry.response.response_headers_bytes + entry.response.response_body_bytes)
 
     def add_tcp(self, config: LogConfig, entry: data_pb2.TCPAccessLogEntry) -> None:
         """One TCP report: on connect (``TcpUpstreamConnected``: opened), periodic (bytes since the
