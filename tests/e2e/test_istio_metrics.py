@@ -228,7 +228,7 @@ async def test_istio_standard_metrics_with_prometheus(tmp_path: Path, backends_f
     targets_worker = [(vips["reviews"], 9080), (vips["ratings"], 9080)]
     async with SizedEchoPod(ip_echo, tcp_port), \
             ambient_mesh(tmp_path, cfg, mesh=mesh_config()) as mesh, \
-            mesh.waypoint("shop", "waypoint", wp, prometheus_port=PROM_PORT), \
+            mesh.waypoint("shop", "waypoint", wp, prometheus_port=PROM_PORT) as agent, \
             mesh.client(targets_web, wp, namespace="frontend", sa="web") as web, \
             mesh.client(targets_worker, wp, namespace="batch", sa="worker") as worker, \
             prometheus_server(tmp_path, {"waypoint": [f"{wp}:{PROM_PORT}"],
@@ -405,6 +405,17 @@ async def test_istio_standard_metrics_with_prometheus(tmp_path: Path, backends_f
 
         # --- control plane: Istio's pilot dashboard queries on :15014 ---
         await check_pilot_dashboard(prom)
+
+        # --- a collector that is gone never holds traffic up: Envoy's loggers do not wait for it ---
+        assert agent.stats is not None
+        received = agent.stats.received_entries
+        await agent.stats.stop()
+        start = time.monotonic()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            for _ in range(20):
+                assert (await get(http, web_reviews, {}))[0] == 200
+        assert time.monotonic() - start < 3, "requests slowed down without a collector"
+        assert agent.stats.received_entries == received
 
 
 def pre_count(pre: Counter[tuple[str, str, str, str]], service: str) -> int:
