@@ -123,7 +123,8 @@ class AgentConfig:
     credential_dirs: tuple[Path, ...] = DEFAULT_CREDENTIAL_DIRS
     rotation: RotationPolicy = field(default_factory=RotationPolicy)
     #: Istio's standard metrics: the access-log service the translator's metrics loggers stream to,
-    #: served on the Prometheus port with Envoy's stats (``stats/``).  False: Envoy's stats only.
+    #: served on the Prometheus port with Envoy's stats (``stats/``); only with a Prometheus port.
+    #: False: Envoy's stats only.
     istio_metrics: bool = True
 
     @property
@@ -161,11 +162,10 @@ class WaypointAgent:
         self.xds_proxy: XdsProxy | None = None
         self.stats: StatsCollector | None = None
         self.prometheus: PrometheusEndpoint | None = None
-        if config.istio_metrics:
+        if config.istio_metrics and config.envoy.prometheus_port:  # nothing would read them without the port
             self.stats = StatsCollector(self.work_dir / "stats" / "als")
-            if config.envoy.prometheus_port:
-                self.prometheus = PrometheusEndpoint(self.work_dir / "stats" / "prom", self.stats, "127.0.0.1",
-                                                     config.envoy.admin_port)
+            self.prometheus = PrometheusEndpoint(self.work_dir / "stats" / "prom", self.stats, "127.0.0.1",
+                                                 config.envoy.admin_port)
         self.supervisor = EnvoySupervisor(SupervisorOptions(
             binary=config.envoy.binary,
             bootstrap_path=self.bootstrap_path,
