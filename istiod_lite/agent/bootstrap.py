@@ -23,6 +23,9 @@ from typing import Any
 
 from istiod_lite.addresses import is_ip, split_host_port
 
+#: The agent's access-log service, which the translator's metrics loggers name.
+from istiod_lite.translator.telemetry.metrics import STATS_CLUSTER
+
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 DEFAULT_CLUSTER_ID = "Kubernetes"
 XDS_CLUSTER = "xds-grpc"
@@ -203,13 +206,17 @@ STATUS_LISTENER = "status"
 PROMETHEUS_PATH = "/stats/prometheus"
 PROMETHEUS_LISTENER = "envoy-prometheus"
 ADMIN_CLUSTER = "envoy-admin"
+#: The agent's merged Prometheus endpoint (Envoy's stats plus the Istio metrics) on a Unix socket.
+AGENT_PROMETHEUS_CLUSTER = "agent-prometheus"
 
 
-def _admin_route_listener(name: str, address: str, port: int, path: str, admin_path: str) -> dict[str, Any]:
+def _admin_route_listener(name: str, address: str, port: int, path: str, admin_path: str,
+                          cluster: str = ADMIN_CLUSTER) -> dict[str, Any]:
     """A listener that forwards exactly ``GET <path>`` (after path normalisation) to Envoy's admin
-    ``admin_path``; everything else is a 404, so no other admin endpoint is reachable."""
+    ``admin_path`` (or the same path on ``cluster``); everything else is a 404, so no other admin
+    endpoint is reachable."""
     route = {"match": {"path": path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
-             "route": {"cluster": ADMIN_CLUSTER, "prefix_rewrite": admin_path, "timeout": "5s"}}
+             "route": {"cluster": cluster, "prefix_rewrite": admin_path, "timeout": "5s"}}
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
                  "HttpConnectionManager",
@@ -259,6 +266,8 @@ def waypoint_bootstrap(
     status_port: int = 0,
     status_address: str | None = None,
     prometheus_port: int = 0,
+    stats_socket: str | None = None,
+    prometheus_socket: str | None = None,
 ) -> dict[str, Any]:
     """A complete bootstrap (as a dict, Envoy's JSON form).
 
@@ -267,7 +276,9 @@ def waypoint_bootstrap(
     xDS proxy) says where ``xds-grpc`` goes; ``sds_socket`` adds the ``sds-grpc`` cluster.
     ``status_port`` (Istio: 15021; 0: none) adds the readiness listener on ``status_address``
     (default: the proxy's own IP, which is what the kubelet probes); ``prometheus_port`` (Istio:
-    15090; 0: none) adds ``GET /stats/prometheus`` there for scraping.
+    15090; 0: none) adds ``GET /stats/prometheus`` there for scraping: Envoy's admin stats, or with
+    ``prometheus_socket`` the agent's merged endpoint (Envoy's stats and the Istio metrics).
+    ``stats_socket`` adds the agent's access-log service cluster the metrics loggers stream to.
     """
     if (xds_address is None) == (xds_socket is None):
         raise ValueError("give exactly one of xds_address and xds_socket")
@@ -281,14 +292,22 @@ def waypoint_bootstrap(
     clusters = [xds_cluster]
     if sds_socket is not None:
         clusters.append(sds_cluster(sds_socket))
+    if stats_socket is not None:
+        clusters.append(_pipe_cluster(STATS_CLUSTER, stats_socket))
     static: dict[str, Any] = {"clusters": clusters}
     listeners = []
     if status_port:
         listeners.append(_admin_route_listener(STATUS_LISTENER, status_address or identity.ip, status_port,
                                                READY_PATH, "/ready"))
     if prometheus_port:
-        listeners.append(_admin_route_listener(PROMETHEUS_LISTENER, status_address or identity.ip, prometheus_port,
-                                               PROMETHEUS_PATH, PROMETHEUS_PATH))
+        listeners.append(_admin_route_listener(
+            PROMETHEUS_LISTENER, status_address or identity.ip, prometheus_port, PROMETHEUS_PATH, PROMETHEUS_PATH,
+            AGENT_PROMETHEUS_CLUSTER if prometheus_socket is not None else ADMIN_CLUSTER))
+        if prometheus_socket is not None:
+            endpoint = {"endpoint": {"address": {"pipe": {"path": prometheus_socket}}}}
+            clusters.append({"name": AGENT_PROMETHEUS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+                             "load_assignment": {"cluster_name": AGENT_PROMETHEUS_CLUSTER,
+                                                 "endpoints": [{"lb_endpoints": [endpoint]}]}})
     if listeners:
         clusters.append(_admin_cluster(admin_address, admin_port))
         static["listeners"] = listeners

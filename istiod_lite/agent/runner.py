@@ -48,6 +48,8 @@ from istiod_lite.agent.certs import (
 from istiod_lite.agent.filesecrets import DEFAULT_CREDENTIAL_DIRS
 from istiod_lite.agent.rotation import CertRotator, RotationPolicy
 from istiod_lite.agent.sds import SdsServer
+from istiod_lite.agent.stats.collector import StatsCollector
+from istiod_lite.agent.stats.scrape import PrometheusEndpoint
 from istiod_lite.agent.supervisor import EXIT_FAILED, EXIT_OK, EnvoySupervisor, SupervisorOptions
 from istiod_lite.agent.uds import check_socket_path
 from istiod_lite.agent.workdir import prepare_work_dir, write_file
@@ -120,6 +122,10 @@ class AgentConfig:
     #: The only directories DestinationRule file credentials are read from (``filesecrets``).
     credential_dirs: tuple[Path, ...] = DEFAULT_CREDENTIAL_DIRS
     rotation: RotationPolicy = field(default_factory=RotationPolicy)
+    #: Istio's standard metrics: the access-log service the translator's metrics loggers stream to,
+    #: served on the Prometheus port with Envoy's stats (``stats/``); only with a Prometheus port.
+    #: False: Envoy's stats only.
+    istio_metrics: bool = True
 
     @property
     def spiffe(self) -> str:
@@ -154,6 +160,12 @@ class WaypointAgent:
         self.xds_socket_path = self.work_dir / "proxy" / "XDS"
         check_socket_path(self.xds_socket_path, "xDS proxy socket")
         self.xds_proxy: XdsProxy | None = None
+        self.stats: StatsCollector | None = None
+        self.prometheus: PrometheusEndpoint | None = None
+        if config.istio_metrics and config.envoy.prometheus_port:  # nothing would read them without the port
+            self.stats = StatsCollector(self.work_dir / "stats" / "als")
+            self.prometheus = PrometheusEndpoint(self.work_dir / "stats" / "prom", self.stats, "127.0.0.1",
+                                                 config.envoy.admin_port)
         self.supervisor = EnvoySupervisor(SupervisorOptions(
             binary=config.envoy.binary,
             bootstrap_path=self.bootstrap_path,
@@ -176,7 +188,9 @@ class WaypointAgent:
         c = self.config
         return waypoint_bootstrap(c.identity, None, admin_port=c.envoy.admin_port, delta=c.delta,
                                   sds_socket=str(self.sds.socket_path), xds_socket=str(self.xds_socket_path),
-                                  status_port=c.envoy.status_port, prometheus_port=c.envoy.prometheus_port)
+                                  status_port=c.envoy.status_port, prometheus_port=c.envoy.prometheus_port,
+                                  stats_socket=str(self.stats.socket_path) if self.stats else None,
+                                  prometheus_socket=str(self.prometheus.socket_path) if self.prometheus else None)
 
     def _xds_proxy_config(self, root: bytes) -> XdsProxyConfig:
         c = self.config
@@ -225,6 +239,14 @@ class WaypointAgent:
             except (OSError, RuntimeError) as exc:
                 log.error("cannot serve the xDS proxy on %s: %s", self.xds_socket_path, exc)
                 self.xds_proxy = None
+                return EXIT_FAILED
+            try:
+                if self.stats is not None:
+                    await self.stats.start()
+                if self.prometheus is not None:
+                    await self.prometheus.start()
+            except (OSError, RuntimeError) as exc:
+                log.error("cannot serve the Istio metrics: %s", exc)
                 return EXIT_FAILED
             self.rotator.start()
             early_exit = await self._first_certificate(stop)
@@ -297,6 +319,10 @@ class WaypointAgent:
         if self.rotator is not None:
             steps.append(self.rotator.stop)
         steps.append(self.sds.stop)
+        if self.prometheus is not None:
+            steps.append(self.prometheus.stop)
+        if self.stats is not None:
+            steps.append(self.stats.stop)
         if self._ca is not None:
             steps.append(self._ca.close)
         for step in steps:

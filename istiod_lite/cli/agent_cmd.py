@@ -111,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         cluster_id=args.cluster_id,
         work_dir=Path(args.work_dir) if args.work_dir else None,
         credential_dirs=tuple(Path(d) for d in args.credential_dir) or DEFAULT_CREDENTIAL_DIRS,
+        istio_metrics=not args.no_istio_metrics,
     )
 
 
@@ -175,7 +176,11 @@ def add_run_parser(waypoint_subparsers: argparse._SubParsersAction[argparse.Argu
     r.add_argument("--status-port", type=int, default=0,
                    help="Istio's status port on --ip: GET /healthz/ready is Envoy's readiness (Istio: 15021; 0: off)")
     r.add_argument("--prometheus-port", type=int, default=0,
-                   help="GET /stats/prometheus on --ip for scraping (Istio: 15090; 0: off)")
+                   help="GET /stats/prometheus on --ip for scraping (Istio: 15090; 0: off): Envoy's stats "
+                        "and Istio's standard metrics (istio_requests_total ...)")
+    r.add_argument("--no-istio-metrics", action="store_true",
+                   help="do not collect Istio's standard metrics (the access-log service Envoy's metrics "
+                        "loggers stream to); the Prometheus port then serves Envoy's stats only")
     r.add_argument("--work-dir", default="", metavar="DIR",
                    help="bootstrap, SDS socket, envoy.pid (default: a private temp dir removed on exit)")
     r.add_argument("--credential-dir", action="append", default=[], metavar="DIR",

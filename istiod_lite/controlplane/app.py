@@ -26,6 +26,7 @@ from istiod_lite.controlplane.config_metrics import ConfigMetrics
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
 from istiod_lite.controlplane.leader import LeaderElectionOptions, LeaderElector
 from istiod_lite.controlplane.memtrim import MemoryTrimmer
+from istiod_lite.controlplane.pilot_metrics import PilotMetrics
 from istiod_lite.controlplane.proxykinds import PROXY_KINDS, KindContext, ProxyKind, ProxyKindTable
 from istiod_lite.controlplane.secure import XdsAuthenticator
 from istiod_lite.controlplane.supervision import TaskSupervisor
@@ -143,6 +144,8 @@ class ControlPlane:
         self._monitoring = MonitoringServer(lambda: self.ready, self.ads.status, self.ads.metrics.registry,
                                             loopz=self.ads.load_status)
         self.config_metrics = ConfigMetrics(self.ads.metrics.registry)
+        self.pilot_metrics = PilotMetrics(self.ads.metrics.registry)
+        self._loaded = False
         self.grpc_port = 0
         #: Set by ``drain``: ``/ready`` fails from then on.
         self._draining = False
@@ -343,6 +346,7 @@ class ControlPlane:
         metrics = self.ads.metrics
         metrics.debounce_time.observe(max(0.0, time.monotonic() - first_at))
         if update.changed and not affected_types(update.changed):
+            self._observe(update)
             self.config = update.snapshot  # e.g. only ServiceAccounts changed: no resource can differ
             self.errors = update.errors
             self.config_metrics.set_errors(self.errors)
@@ -351,9 +355,16 @@ class ControlPlane:
         try:
             self._install(update, trigger_time=first_at)
         except Exception:  # never let one bad rebuild kill the loop: the last good config stays
+            self.pilot_metrics.internal_errors.inc()
             log.exception("rebuild failed; keeping the previous config")
 
+    def _observe(self, update: SourceUpdate) -> None:
+        """Config/registry events and totals (``pilot_k8s_*_events``, ``pilot_services`` ...)."""
+        self.pilot_metrics.observe(self.config if self._loaded else None, update.snapshot, update.changed)
+        self._loaded = True
+
     def _install(self, update: SourceUpdate, trigger_time: float | None = None) -> None:
+        self._observe(update)
         self._reconcile_soon(update.snapshot)
         self.config = update.snapshot
         self.errors = update.errors  # each error was logged once, by the source that found it

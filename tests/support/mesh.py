@@ -110,8 +110,10 @@ class Mesh:
         return FileCredentials(out / "cert.pem", out / "key.pem", out / "root.pem")
 
     @contextlib.asynccontextmanager
-    async def waypoint(self, namespace: str, name: str, ip: str, sa: str | None = None) -> AsyncIterator[WaypointAgent]:
-        """A waypoint proxy as ``istiod-lite waypoint run`` runs it, bound to ``ip``."""
+    async def waypoint(self, namespace: str, name: str, ip: str, sa: str | None = None,
+                       prometheus_port: int = 0) -> AsyncIterator[WaypointAgent]:
+        """A waypoint proxy as ``istiod-lite waypoint run`` runs it, bound to ``ip`` (with Istio's
+        Prometheus port on ``ip:prometheus_port`` when given)."""
         with _short_dir("wp-") as work:
             identity = WaypointIdentity(name=name, namespace=namespace, ip=ip, service_account=sa or name)
             secure = self.cp.secure_port
@@ -124,7 +126,8 @@ class Mesh:
                 root_cert=self.root,
                 # A short termination drain: the drain request is still made, tests do not wait 5 s.
                 envoy=EnvoySettings(binary=envoy_binary(), admin_port=free_port(), concurrency=1,
-                                    output_path=work / "envoy.out", termination_drain_duration=0.5),
+                                    output_path=work / "envoy.out", termination_drain_duration=0.5,
+                                    prometheus_port=prometheus_port),
                 work_dir=work,
                 # DestinationRule file credentials of the tests live under the test's directory
                 # (in a pod: the agent's --credential-dir, by default /etc/certs and /etc/istio).

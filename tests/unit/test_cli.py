@@ -77,7 +77,7 @@ metadata: {name: mesh-default, namespace: istio-system}
 spec:
   metrics:
   - providers: [{name: prometheus}]
-    overrides: [{match: {metric: REQUEST_COUNT}, disabled: true}]
+    overrides: [{match: {metric: REQUEST_COUNT}, tagOverrides: {size: {value: "request.size > 10 ? 'big' : 'small'"}}}]
 """)
     mesh = tmp_path / "mesh.yaml"
     mesh.write_text("extensionProviders: [{name: prometheus, prometheus: {}}]\n")

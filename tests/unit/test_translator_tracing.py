@@ -192,7 +192,9 @@ def test_warnings_for_what_the_waypoint_cannot_honour() -> None:
     m = mesh(PROVIDERS + "- name: prom\n  prometheus: {}\n")
     snap = snapshot(
         telemetry_doc("metrics", "app", "{metrics: [{providers: [{name: prom}, {name: logs}], overrides: "
-                      "[{match: {metric: REQUEST_COUNT}, disabled: true}, {tagOverrides: {x: {operation: REMOVE}}}], "
+                      "[{match: {metric: REQUEST_COUNT}, disabled: true}, {tagOverrides: {x: {operation: REMOVE}}}, "
+                      "{match: {customMetric: my_metric}, disabled: true}, "
+                      "{tagOverrides: {y: {value: \"request.size > 10 ? 'big' : 'small'\"}}}], "
                       "reportingInterval: 10s}]}"),
         telemetry_doc("traces", "istio-system", "{tracing: [{providers: [{name: logs}, {name: zipkin}]}], "
                       "accessLogging: [{providers: [{name: otel}, {name: nope}]}]}"),
@@ -201,10 +203,13 @@ def test_warnings_for_what_the_waypoint_cannot_honour() -> None:
     w = telemetry.telemetry_warnings(snap, m)
     assert w == sorted(w)
     text = "\n".join(w)
-    assert "Telemetry app/metrics: metrics override REQUEST_COUNT disabled: true ignored" in text
-    assert "Telemetry app/metrics: metrics override ALL_METRICS tagOverrides x ignored" in text
+    # Istio's standard metrics honour disabled, REMOVE, literal/header tags and reportingInterval
+    # (translator/telemetry/metrics.py): only what needs CEL or istio.stats is reported.
+    assert "REQUEST_COUNT disabled" not in text and "tagOverrides x" not in text
+    assert "reportingInterval" not in text
+    assert "Telemetry app/metrics: metrics override customMetric my_metric ignored" in text
+    assert "Telemetry app/metrics: metrics override ALL_METRICS tagOverrides y value" in text
     assert "Telemetry app/metrics: metrics provider 'logs' is not a prometheus provider" in text
-    assert "Telemetry app/metrics: metrics reportingInterval ignored" in text
     assert "Telemetry istio-system/traces: only the first tracing provider (logs) is used" in text
     assert "Telemetry istio-system/traces: provider 'logs' does not support tracing" in text
     assert "access-log provider 'otel' is not an envoyFileAccessLog provider" in text

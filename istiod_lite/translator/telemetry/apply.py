@@ -27,8 +27,9 @@ available in upstream Envoy), so every expression Istio accepts (``response.code
 
 Tracing (``Telemetry.tracing``, ``enableTracing``, ``defaultProviders.tracing``) is built by
 ``tracing.py`` on the same attachment levels and applied with the access logs by
-``apply_telemetry`` / ``TelemetryMemo``.  ``Telemetry.metrics`` cannot be honoured on upstream Envoy
-(no ``istio.stats`` filter): ``telemetry_warnings`` reports what is ignored.
+``apply_telemetry`` / ``TelemetryMemo``.  ``Telemetry.metrics`` (Istio's standard metrics, with a
+``prometheus`` provider) adds a gRPC access logger per chain that the waypoint agent aggregates
+(``metrics.py``); ``telemetry_warnings`` reports what of it cannot be honoured.
 
 Pure: the output depends only on the snapshot, the mesh config and the arguments.
 """
@@ -57,7 +58,7 @@ from istiod_lite.translator.binding.waypoints import WaypointRef, bindings_of
 from istiod_lite.translator.core.output import EnvoyResources, as_message
 from istiod_lite.translator.core.protos import packed
 from istiod_lite.translator.shape import hbone
-from istiod_lite.translator.telemetry import tracing
+from istiod_lite.translator.telemetry import metrics, tracing
 
 #: An Envoy ``config.accesslog.v3.AccessLog`` (what HCM and tcp_proxy ``access_log`` hold).
 AccessLog: TypeAlias = accesslog_pb2.AccessLog
@@ -299,7 +300,7 @@ def _wants_telemetry(snapshot: ConfigSnapshot, mesh: MeshConfig | None) -> bool:
     if telemetry_inputs(snapshot):
         return True
     return mesh is not None and bool(default_providers(mesh) or mesh.enable_tracing
-                                     or mesh.default_providers.tracing)
+                                     or mesh.default_providers.tracing or mesh.default_providers.metrics)
 
 
 def _telemetry_listener(resources: EnvoyResources, snapshot: ConfigSnapshot, mesh: MeshConfig | None,
@@ -311,7 +312,7 @@ def _telemetry_listener(resources: EnvoyResources, snapshot: ConfigSnapshot, mes
         return None, ()
     m = mesh if mesh is not None else MeshConfig()
     views = _views_by_host(snapshot, ref)
-    per_host: dict[str, tuple[list[AccessLog], tracing.ChainTracing]] = {}
+    per_host: dict[str, tuple[list[AccessLog], tracing.ChainTracing, metrics.MetricsSetting | None]] = {}
     listener = listener_pb2.Listener()
     listener.CopyFrom(as_message(main))  # the server's translator keeps it serialised
     changed = False
@@ -324,9 +325,9 @@ def _telemetry_listener(resources: EnvoyResources, snapshot: ConfigSnapshot, mes
         if host not in per_host:
             telemetries = applicable_telemetries(snapshot, m, ref, views[host])
             per_host[host] = (access_logs_for(snapshot, mesh, ref, views[host]),
-                              tracing.chain_tracing(telemetries, m, ref))
-        logs, traced = per_host[host]
-        new = with_access_logs(chain, logs)
+                              tracing.chain_tracing(telemetries, m, ref), metrics.metrics_setting(telemetries, m))
+        logs, traced, stats = per_host[host]
+        new = _with_metrics(with_access_logs(chain, logs), stats, views[host])
         if traced.tracing is not None and new.filters and new.filters[-1].name == hbone.HCM:
             if new is chain:
                 new = listener_components_pb2.FilterChain()
@@ -343,6 +344,23 @@ def _telemetry_listener(resources: EnvoyResources, snapshot: ConfigSnapshot, mes
     if not changed:
         return None, ()
     return listener, tuple(sorted(collectors, key=lambda c: (c.host, c.port)))
+
+
+def _with_metrics(chain: listener_components_pb2.FilterChain, setting: metrics.MetricsSetting | None,
+                  service: ServiceInfo) -> listener_components_pb2.FilterChain:
+    """``chain`` with the metrics logger of ``setting`` (none: unchanged) after its other loggers;
+    a TCP chain also gets Istio's TCP reporting (``metrics.with_tcp_reporting``)."""
+    if setting is None or not chain.filters or chain.filters[-1].name not in (hbone.HCM, hbone.TCP_PROXY):
+        return chain
+    tcp = chain.filters[-1].name == hbone.TCP_PROXY
+    out = with_access_logs(chain, [metrics.stats_logger(setting, service, tcp)])
+    if tcp:
+        last = out.filters[-1]
+        proxy = tcp_proxy_pb2.TcpProxy()
+        last.typed_config.Unpack(proxy)
+        metrics.with_tcp_reporting(proxy, setting)
+        last.typed_config.CopyFrom(packed(proxy))
+    return out
 
 
 def _with(resources: EnvoyResources, listener: listener_pb2.Listener | None, collectors: EnvoyResources | None
@@ -408,40 +426,16 @@ class TelemetryMemo:
         return out
 
 
-def _metrics_warnings(where: str, metrics: Sequence[Metrics], mesh: MeshConfig) -> list[str]:
-    out = []
-    for entry in metrics:
-        for p in entry.providers:
-            provider = mesh.provider(p.name)
-            if provider is None:
-                out.append(f"{where}: metrics provider {p.name!r} is not in the mesh config's extensionProviders")
-            elif provider.prometheus is None:
-                out.append(f"{where}: metrics provider {p.name!r} is not a prometheus provider; the waypoint "
-                           "only exports Envoy's stats on /stats/prometheus")
-        for o in entry.overrides:
-            what = (o.match.custom_metric or o.match.metric or "ALL_METRICS") if o.match else "ALL_METRICS"
-            mode = f" ({o.match.mode})" if o.match and o.match.mode != "CLIENT_AND_SERVER" else ""
-            if o.disabled is not None:
-                out.append(f"{where}: metrics override {what}{mode} disabled: {str(o.disabled).lower()} ignored: "
-                           f"{_NO_ISTIO_STATS}")
-            if o.tag_overrides:
-                out.append(f"{where}: metrics override {what}{mode} tagOverrides "
-                           f"{', '.join(sorted(o.tag_overrides))} ignored: {_NO_ISTIO_STATS}")
-        if entry.reporting_interval:
-            out.append(f"{where}: metrics reportingInterval ignored: Prometheus scrapes the waypoint's Envoy stats")
-    return out
-
-
-_NO_ISTIO_STATS: Final = ("upstream Envoy has no istio.stats filter; the waypoint's Envoy stats on "
-                          "/stats/prometheus are always on and keep their labels")
+def _metrics_warnings(where: str, entries: Sequence[Metrics], mesh: MeshConfig) -> list[str]:
+    return [p for entry in entries for p in metrics.entry_problems(where, entry, mesh)]
 
 
 def telemetry_warnings(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None) -> list[str]:
     """Telemetry (and mesh telemetry) settings a waypoint ignores or cannot honour, one message each,
-    sorted: Telemetry ``metrics`` overrides (upstream Envoy has no ``istio.stats`` filter, so
-    ``disabled`` and ``tagOverrides`` cannot be applied), ``reportingInterval``, metrics providers
-    other than ``prometheus``, tracing providers that do not exist or do not trace, more than one
-    tracing provider (Istio uses the first), access-log providers the waypoint cannot log with, and
+    sorted: Telemetry ``metrics`` settings the metrics loggers cannot honour (custom metrics, tag
+    values that need CEL, client-side overrides, providers other than ``prometheus``; ``metrics.py``),
+    tracing providers that do not exist or do not trace, more than one tracing provider (Istio uses the
+    first), access-log providers the waypoint cannot log with, and
     ``selector`` Telemetries (they never apply to a waypoint)."""
     m = mesh if mesh is not None else MeshConfig()
     out: list[str] = []
