@@ -18,14 +18,22 @@ from istiod_lite.model.meshconfig import MeshConfig, MeshConfigInvalid, load_mes
 from istiod_lite.xds.server import XdsServerOptions
 
 
-def _mesh(path: str | None) -> MeshConfig | None:
-    """The ``--mesh-config`` file, or None; an invalid file is a start-up error with its field path."""
+def _mesh(path: str | None, *, log: bool = False) -> MeshConfig | None:
+    """The ``--mesh-config`` file, or None; an invalid file is a start-up error with its field path.
+    ``log``: fields it sets that are unknown or that the waypoint ignores are logged once (serve)."""
     if not path:
         return None
     try:
-        return load_mesh_config(path)
+        mesh = load_mesh_config(path)
     except (MeshConfigInvalid, OSError) as exc:
         raise SystemExit(f"error: --mesh-config {path}: {exc}") from None
+    if log:
+        from istiod_lite.model.meshconfig_fields import mesh_config_warnings
+
+        logger = logging.getLogger("istiod_lite")
+        for line in mesh_config_warnings(mesh):
+            logger.warning("--mesh-config %s: %s", path, line)
+    return mesh
 
 
 def _leader_election(args: argparse.Namespace) -> LeaderElectionOptions:
@@ -35,11 +43,23 @@ def _leader_election(args: argparse.Namespace) -> LeaderElectionOptions:
                                  lease_duration=lease, renew_deadline=lease * 2 / 3, retry_period=lease * 2 / 15)
 
 
+def _trust_domain(flag: str | None, mesh: MeshConfig | None) -> str:
+    """``--trust-domain``, else the mesh config's ``trustDomain`` (istiod reads only the latter);
+    both set and different is a start-up error rather than certificates and policies disagreeing."""
+    from_mesh = mesh.trust_domain if mesh is not None and "trust_domain" in mesh.model_fields_set else None
+    if flag and from_mesh and flag != from_mesh:
+        raise SystemExit(f"error: --trust-domain {flag} differs from the mesh config's trustDomain {from_mesh}")
+    return flag or from_mesh or "cluster.local"
+
+
 def _serve(args: argparse.Namespace) -> int:
     from istiod_lite.ca.config import CaConfig, JwksSource
     from istiod_lite.ca.tokenreview import TokenReviewConfig
     from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
     from istiod_lite.controlplane.waypoint_controller import WaypointControllerOptions
+
+    mesh = _mesh(args.mesh_config, log=True)
+    trust_domain = _trust_domain(args.trust_domain, mesh)
 
     ca = None
     if args.ca_dir:
@@ -51,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.kubeconfig or args.token_review_in_cluster or args.in_cluster:
             review = TokenReviewConfig(kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
                                        context=args.kube_context)
-        ca = CaConfig(ca_dir=Path(args.ca_dir), trust_domain=args.trust_domain, jwks=tuple(jwks), token_review=review)
+        ca = CaConfig(ca_dir=Path(args.ca_dir), trust_domain=trust_domain, jwks=tuple(jwks), token_review=review)
     secure = args.secure_grpc_addr if ca is not None else ""
     if secure.startswith(":"):
         secure = "0.0.0.0" + secure
@@ -69,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
         config_dir=Path(args.config) if args.config else None,
         kube=kube,
         waypoint_controller=WaypointControllerOptions(image=args.waypoint_image, istiod_address=args.istiod_address,
-                                                      trust_domain=args.trust_domain)
+                                                      trust_domain=trust_domain)
         if kube is not None and args.waypoint_image else None,
         leader_election=_leader_election(args) if kube is not None and args.leader_elect else None,
         grpc_addr="" if args.no_plaintext else args.grpc_addr,
@@ -78,8 +98,8 @@ def _serve(args: argparse.Namespace) -> int:
         server_sans=tuple(args.server_san),
         mtls_grpc_addr=args.mtls_grpc_addr if ca is not None else "",
         ca_workers=args.ca_workers,
-        trust_domain=args.trust_domain,
-        mesh=_mesh(args.mesh_config),
+        trust_domain=trust_domain,
+        mesh=mesh,
         monitoring_addr=args.monitoring_addr,
         poll_interval=args.poll_interval,
         debounce=DebounceOptions(quiet=args.debounce_quiet, max_delay=args.debounce_max),
@@ -129,6 +149,11 @@ def _validate(args: argparse.Namespace) -> int:
     for err in update.errors:
         print(err)
     mesh = _mesh(getattr(args, "mesh_config", None))
+    if mesh is not None:
+        from istiod_lite.model.meshconfig_fields import mesh_config_warnings
+
+        for line in mesh_config_warnings(mesh):
+            print(f"warning: meshconfig: {line}", file=sys.stderr)
     found = diagnose(update.snapshot, mesh)
     for label, messages in (("binding", found.binding), ("ignored", found.routes),
                             ("authorization", found.authorization), ("telemetry", found.telemetry)):
@@ -209,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trust tokens from this issuer, verified with the keys in FILE (JWKS or PEM); repeatable")
     s.add_argument("--server-san", action="append", default=[], metavar="NAME",
                    help="extra DNS name or IP in the secure port's certificate; repeatable")
-    s.add_argument("--trust-domain", default="cluster.local")
+    s.add_argument("--trust-domain", default=None,
+                   help="SPIFFE trust domain (default: the mesh config's trustDomain, else cluster.local)")
     s.add_argument("--mesh-config", metavar="FILE",
                    help="Istio MeshConfig YAML (accessLogFile, accessLogEncoding, defaultProviders, "
                         "extensionProviders, "

@@ -178,7 +178,8 @@ def _duration(d: Duration | None, default_s: int | None) -> tuple[int, int] | No
 def _headers(headers: Iterable[HttpHeader]) -> list[base_pb2.HeaderValueOption]:
     return [base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=h.name, value=h.value),
-        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD) for h in headers]
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD) for h in headers
+        if h.value is not None]  # envName headers: istiod's environment is not read (listed as ignored)
 
 
 def _zipkin(provider: ExtensionProvider, host: str, cluster: str) -> zipkin_pb2.ZipkinConfig:
@@ -220,7 +221,7 @@ def _otel(provider: ExtensionProvider, host: str, cluster: str, service_name: st
             if timeout is not None:
                 grpc.timeout.seconds, grpc.timeout.nanos = timeout
             grpc.initial_metadata.extend(base_pb2.HeaderValue(key=h.name, value=h.value)
-                                         for h in o.grpc.initial_metadata)
+                                         for h in o.grpc.initial_metadata if h.value is not None)
         oc.grpc_service.CopyFrom(grpc)
     return oc
 

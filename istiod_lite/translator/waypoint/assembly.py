@@ -36,12 +36,16 @@ class WaypointAssembly:
     per-service resources come out as ``Encoded`` bytes (the server; ``WaypointTranslator``).
     """
 
-    def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
+    def __init__(self, ref: WaypointRef, trust_domain: str | None = None, mesh: MeshConfig | None = None,
                  path_normalization: ProxyPathNormalization | None = None, encoded: bool = False) -> None:
         if path_normalization is None and mesh is not None:
             path_normalization = mesh.path_normalization
+        if trust_domain is None:
+            trust_domain = mesh.trust_domain if mesh is not None else DEFAULT_TRUST_DOMAIN
         self.ref = ref
         self.trust_domain = trust_domain
+        #: MeshConfig ``trustDomainAliases``: peers of these domains pass the HBONE SAN check too.
+        self.aliases = mesh.trust_domain_aliases if mesh is not None else ()
         self.mesh = mesh
         self.translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh, encoded)
         self._telemetry = TelemetryMemo(ref)
@@ -56,7 +60,7 @@ class WaypointAssembly:
     def connect_terminate(self, address: str) -> listener_pb2.Listener:
         """The per-proxy listener: HBONE termination on the proxy's own address (so several
         waypoints can share one host)."""
-        return hbone.connect_terminate(address, self.trust_domain)
+        return hbone.connect_terminate(address, self.trust_domain, self.aliases)
 
     def default_address(self, snapshot: ConfigSnapshot) -> str:
         """The waypoint's first address (Gateway status, else spec), else ``0.0.0.0``."""
@@ -73,7 +77,7 @@ class WaypointAssembly:
 
 def translate_waypoint(
     snapshot: ConfigSnapshot, ref: WaypointRef, bind_ip: str | None = None,
-    trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
+    trust_domain: str | None = None, mesh: MeshConfig | None = None,
     path_normalization: ProxyPathNormalization | None = None,
 ) -> EnvoyResources:
     """One-shot ``WaypointAssembly(...).proxy_resources(snapshot, bind_ip)`` (tests, offline use)."""

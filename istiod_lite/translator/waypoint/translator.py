@@ -166,7 +166,9 @@ class WaypointTranslator:
         self._static.routes[inbound.DIRECT_HTTP] = inbound.direct_route_configuration()
         self._static.clusters[hbone.MAIN_INTERNAL] = hbone.main_internal_cluster()
         self._static.clusters[hbone.ENCAP] = hbone.encap_cluster()
-        self._static.clusters[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_cluster(trust_domain, ref.namespace)
+        self._static.clusters[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_cluster(
+            trust_domain, ref.namespace, mesh.trust_domain_aliases if mesh is not None else (),
+            mesh.connect_timeout if mesh is not None else None)
 
     def translate(self, snapshot: ConfigSnapshot) -> EnvoyResources:
         ref = self.ref
