@@ -550,7 +550,8 @@ class MeshConfig(IstioModel):
 BUILTIN_PROVIDERS: Final = {
     "prometheus": ExtensionProvider(name="prometheus", prometheus=Prometheus()),
     "stackdriver": ExtensionProvider(name="stackdriver", stackdriver=Stackdriver()),
-    ENVOY_PROVIDER: ExtensionProvider(name=ENVOY_PROVIDER, envoy_file_access_log=EnvoyFileAccessLog(path="/dev/stdout")),
+    ENVOY_PROVIDER: ExtensionProvider(name=ENVOY_PROVIDER,
+                                      envoy_file_access_log=EnvoyFileAccessLog(path="/dev/stdout")),
 }
 DEFAULT_CONNECT_TIMEOUT: Final = Duration(10 * 1_000_000_000)
 
@@ -580,9 +581,9 @@ def _strip(data: Any, loc: tuple[int | str, ...]) -> bool:
     in ``loc`` (validator and union names) match no key and are skipped."""
     node = data
     for part in loc[:-1]:
-        if isinstance(node, dict) and isinstance(part, str) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
             node = node[part]
     last = loc[-1] if loc else None
     if isinstance(node, dict) and last in node:

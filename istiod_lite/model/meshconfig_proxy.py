@@ -12,7 +12,7 @@ proto3 JSON is what istiod reads: enums by name (or number), wrapper types as pl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BeforeValidator, Field, model_validator
 
@@ -47,9 +47,23 @@ def one_of(model: IstioModel, fields: Sequence[str], what: str) -> None:
         raise ValueError(f"only one of {what} may be set")
 
 
-AuthenticationPolicy = proto_enum("NONE", "MUTUAL_TLS", "INHERIT")
-ForwardClientCertDetails = proto_enum("UNDEFINED", "SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET",
-                                      "ALWAYS_FORWARD_ONLY")
+def by_number(literal: Any) -> Any:
+    """A validator for ``Annotated[Literal[...], by_number(...)]``: proto enum numbers to names."""
+    names = get_args(literal)
+
+    def check(v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(names):
+            return names[v]
+        return v
+
+    return BeforeValidator(check)
+
+
+_AuthenticationPolicy = Literal["NONE", "MUTUAL_TLS", "INHERIT"]
+AuthenticationPolicy = Annotated[_AuthenticationPolicy, by_number(_AuthenticationPolicy)]
+_ForwardClientCertDetails = Literal["UNDEFINED", "SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET",
+                                    "ALWAYS_FORWARD_ONLY"]
+ForwardClientCertDetails = Annotated[_ForwardClientCertDetails, by_number(_ForwardClientCertDetails)]
 
 
 class TracingZipkin(IstioModel):
@@ -114,7 +128,7 @@ class Tracing(IstioModel):
     custom_tags: dict[str, TracingCustomTag] = Field(default_factory=dict)
     max_path_tag_length: UInt32 = 0
     #: Percentage 0.0-100.0 of requests traced (istiod: over 100 means 1.0; 0 means unset).
-    sampling: float = 0.0
+    sampling: float = Field(default=0.0, ge=0.0, le=100.0)
     tls_settings: ClientTLSSettings | None = None
     enable_istio_tags: bool | None = None
 

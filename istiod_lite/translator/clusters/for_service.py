@@ -41,6 +41,7 @@ from google.protobuf import struct_pb2
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.networking import DestinationRule
+from istiod_lite.model.types import Duration
 from istiod_lite.translator.binding import protocols
 from istiod_lite.translator.binding.service_model import DNS, DNS_ROUND_ROBIN, NONE, PortInfo, ServiceInfo
 from istiod_lite.translator.clusters import endpoints
@@ -62,12 +63,13 @@ def dr_path(dr: DestinationRule) -> str:
 
 
 def _add(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, port: PortInfo, name: str,
-         meta: struct_pb2.Struct, dr: DestinationRule | None, subset: str, subset_meta: str, outbound: bool) -> None:
+         meta: struct_pb2.Struct, dr: DestinationRule | None, subset: str, subset_meta: str, outbound: bool,
+         connect_timeout: Duration | None = None) -> None:
     policy = cluster_policy(dr, port.number, subset)
     config = dr_path(dr) if dr is not None and (outbound or policy is not None) else ""
     c = service_cluster(name, meta, policy, h2=protocols.is_h2(port.protocol),
                         auto=port.protocol == "unsupported", plain_transport=PASSTHROUGH, subset=subset_meta,
-                        config=config, alpn_override=outbound)
+                        config=config, alpn_override=outbound, connect_timeout=connect_timeout)
     labels = dr.spec.subset(subset).labels if dr is not None and subset else None  # type: ignore[union-attr]
     if svc.resolution == NONE and c.type == _C.EDS:
         _passthrough(c, port)
@@ -102,23 +104,26 @@ def _dns(c: cluster_pb2.Cluster, kind: int, cla: endpoint_pb2.ClusterLoadAssignm
 
 
 def add_inbound_vip(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, meta: struct_pb2.Struct,
-                    port: PortInfo, kind: str, dr: DestinationRule | None) -> None:
-    """``inbound-vip|P|<kind>|H`` and one cluster per DestinationRule subset (``<kind>/<subset>``)."""
+                    port: PortInfo, kind: str, dr: DestinationRule | None,
+                    connect_timeout: Duration | None = None) -> None:
+    """``inbound-vip|P|<kind>|H`` and one cluster per DestinationRule subset (``<kind>/<subset>``);
+    ``connect_timeout``: the mesh's ``connectTimeout`` (None: istiod's default)."""
     _add(out, snapshot, svc, port, names.inbound_vip_cluster(port.number, svc.host, kind), meta, dr, "", kind,
-         outbound=False)
+         outbound=False, connect_timeout=connect_timeout)
     for ss in dr.spec.subsets if dr is not None else ():
         _add(out, snapshot, svc, port, names.inbound_vip_cluster(port.number, svc.host, kind, ss.name), meta, dr,
-             ss.name, f"{kind}/{ss.name}", outbound=False)
+             ss.name, f"{kind}/{ss.name}", outbound=False, connect_timeout=connect_timeout)
 
 
-def add_outbound(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, dr: DestinationRule | None) -> None:
+def add_outbound(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, dr: DestinationRule | None,
+                 connect_timeout: Duration | None = None) -> None:
     """``outbound|P||H`` for every non-UDP port of a route target, plus its subsets."""
     meta = cluster_templates.service_metadata(svc.metadata())
     for port in svc.ports:
         if port.protocol == "udp":
             continue
         _add(out, snapshot, svc, port, names.outbound_cluster(port.number, svc.host), meta, dr, "", "",
-             outbound=True)
+             outbound=True, connect_timeout=connect_timeout)
         for ss in dr.spec.subsets if dr is not None else ():
             _add(out, snapshot, svc, port, names.outbound_cluster(port.number, svc.host, ss.name), meta, dr,
-                 ss.name, ss.name, outbound=True)
+                 ss.name, ss.name, outbound=True, connect_timeout=connect_timeout)

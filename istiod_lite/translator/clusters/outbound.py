@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Service
 from istiod_lite.model.networking import ConsistentHashLB, Destination, DestinationRule, VirtualService
+from istiod_lite.model.types import Duration
 from istiod_lite.translator.binding import service_model
 from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.clusters import for_service
@@ -117,8 +118,11 @@ class DestinationResolver:
     """Resolves destinations for one service's routes (``routes.Targets``) and collects the
     outbound services they need."""
 
-    def __init__(self, snapshot: ConfigSnapshot, waypoint_namespace: str, owned: Mapping[str, ServiceInfo]) -> None:
+    def __init__(self, snapshot: ConfigSnapshot, waypoint_namespace: str, owned: Mapping[str, ServiceInfo],
+                 connect_timeout: Duration | None = None) -> None:
         self.snapshot = snapshot
+        #: The mesh's ``connectTimeout`` for the outbound clusters (None: istiod's default).
+        self.connect_timeout = connect_timeout
         self.waypoint_namespace = waypoint_namespace
         #: host -> the services this waypoint owns (shared by every fragment of one translation).
         self.owned = owned
@@ -170,5 +174,6 @@ class DestinationResolver:
         """Clusters and endpoints of every outbound target named so far (sorted by host)."""
         out = EnvoyResources()
         for host in sorted(self.outbound):
-            for_service.add_outbound(out, self.snapshot, self.outbound[host], self.destination_rule(host))
+            for_service.add_outbound(out, self.snapshot, self.outbound[host], self.destination_rule(host),
+                                     self.connect_timeout)
         return out

@@ -116,8 +116,8 @@ AP_ATTACHMENTS: Final[Derived[AttachIndex[AuthorizationPolicy]]] = Derived(
 RA_ATTACHMENTS: Final[Derived[AttachIndex[RequestAuthentication]]] = Derived(
     "request-authentication-attachments", reads=("RequestAuthentication",))
 #: One AuthorizationPolicy compiled to RBAC, per (proxy limits, trust-domain bundle).
-COMPILED_POLICIES: Final[PerObject[AuthorizationPolicy, dict[tuple[Limits, tuple[str, ...]], CompiledPolicy]]] = PerObject(
-    "compiled-policies")
+COMPILED_POLICIES: Final[PerObject[AuthorizationPolicy, dict[tuple[Limits, tuple[str, ...]], CompiledPolicy]]] = (
+    PerObject("compiled-policies"))
 #: The authorization translators (one per settings) with their per-chain memos.  They read no kind
 #: whole: each checks what its chains read itself, so they pass from snapshot to snapshot (a policy
 #: edit rebuilds only the chains it attaches to).

@@ -295,6 +295,14 @@ def _sampling(tr: hcm_pb2.HttpConnectionManager.Tracing, percent: float) -> None
     tr.random_sampling.value = percent
 
 
+def mesh_sampling(mesh: MeshConfig) -> float:
+    """The sampling % where no Telemetry sets one: MeshConfig ``defaultConfig.tracing.sampling``
+    when set (non-zero), else istiod's ``PILOT_TRACE_SAMPLING`` default (istiod's
+    ``proxyConfigSamplingValue``)."""
+    t = mesh.default_config.tracing
+    return t.sampling if t is not None and t.sampling else DEFAULT_SAMPLING
+
+
 def chain_tracing(telemetries: Sequence[Telemetry], mesh: MeshConfig, ref: WaypointRef) -> ChainTracing:
     """The tracing of one service's HTTP chains (``configureTracingFromTelemetry``)."""
     spec = tracing_spec(telemetries, mesh)
@@ -302,7 +310,7 @@ def chain_tracing(telemetries: Sequence[Telemetry], mesh: MeshConfig, ref: Waypo
     if spec is None:
         if not mesh.enable_tracing:
             return NO_TRACING
-        _sampling(tr, DEFAULT_SAMPLING)
+        _sampling(tr, mesh_sampling(mesh))
         tr.custom_tags.extend(sorted(istio_tags(ref), key=lambda t: t.tag))
         return ChainTracing(tr)
     if spec.disabled or spec.provider is None:
@@ -315,7 +323,7 @@ def chain_tracing(telemetries: Sequence[Telemetry], mesh: MeshConfig, ref: Waypo
     if max_tag_length:
         tr.max_path_tag_length.value = max_tag_length
     pct = spec.random_sampling_percentage
-    _sampling(tr, DEFAULT_SAMPLING if pct is None else pct)
+    _sampling(tr, mesh_sampling(mesh) if pct is None else pct)
     tags = (istio_tags(ref) if spec.enable_istio_tags else []) + custom_tags(spec.custom_tags)
     tr.custom_tags.extend(sorted(tags, key=lambda t: t.tag))
     return ChainTracing(tr, spec.use_request_id_for_trace_sampling, collector)
@@ -380,6 +388,7 @@ __all__ = [
     "custom_tags",
     "entries",
     "istio_tags",
+    "mesh_sampling",
     "provider_config",
     "provider_problems",
     "resolve_host",

@@ -34,6 +34,7 @@ from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig, PathNormalizationType, ProxyPathNormalization
 from istiod_lite.model.networking import DestinationRule, VirtualService
 from istiod_lite.model.registry import kinds_read_whole_by_waypoints
+from istiod_lite.model.types import Duration
 from istiod_lite.translator.authz import EMPTY, AuthzFilters, authz_for_direct, authz_for_service, request_cluster
 from istiod_lite.translator.authz.discovery import DIRECT_SCOPE, discovered
 from istiod_lite.translator.binding import protocols, service_model
@@ -222,7 +223,8 @@ class WaypointTranslator:
             if cached is not None and cached[0].same_as(inputs):
                 frag = cached[1]
             else:
-                frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization)
+                frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization,
+                                         self.mesh.connect_timeout if self.mesh is not None else None)
                 if self.encoded:
                     frag = _Fragment(frag.resources.encoded(), frag.chains)
                 if cached is not None:
@@ -419,12 +421,12 @@ def _attached_routes(snapshot: ConfigSnapshot, ref: WaypointRef) -> tuple[object
 def _service_fragment(
     snapshot: ConfigSnapshot, sv: ServiceInfo, dr: DestinationRule | None, vss: list[VirtualService],
     owned: dict[str, ServiceInfo], waypoint_namespace: str, az: AuthzFilters | None = None,
-    path_normalization: PathNormalizationType = "BASE",
+    path_normalization: PathNormalizationType = "BASE", connect_timeout: Duration | None = None,
 ) -> _Fragment:
     """One service's clusters, endpoints, route configurations and chains: inbound-vip clusters per
     port (and DR subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
     the TCP chain's route, and the outbound clusters of route targets it does not own."""
-    resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned)
+    resolver = outbound.DestinationResolver(snapshot, waypoint_namespace, owned, connect_timeout)
     out = EnvoyResources()
     meta = cluster_templates.service_metadata(sv.metadata())
     port_chains = []
@@ -434,7 +436,7 @@ def _service_fragment(
         tcp_chain: listener_components_pb2.FilterChain | None = None
         for kind in port.chain_kinds:
             cluster = names.inbound_vip_cluster(port.number, sv.host, kind)
-            for_service.add_inbound_vip(out, snapshot, sv, meta, port, kind, dr)
+            for_service.add_inbound_vip(out, snapshot, sv, meta, port, kind, dr, connect_timeout)
             if kind == "http":
                 scope = routes.RouteScope(port.number, waypoint_namespace, resolver)
                 route_list = routes.http_routes(vss, scope)
