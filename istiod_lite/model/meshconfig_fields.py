@@ -260,7 +260,7 @@ def _labelled(path: str, provider: str) -> str:
 
 def ignored_fields(mesh: MeshConfig) -> list[tuple[str, str]]:
     """``(path, why)`` of every field the mesh config sets that the waypoint does not use."""
-    return [(p, e.note) for p, e in _walk(mesh, "", "")]
+    return sorted((p, e.note) for p, e in _walk(mesh, "", ""))
 
 
 def mesh_config_warnings(mesh: MeshConfig) -> list[str]:

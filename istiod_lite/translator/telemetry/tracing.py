@@ -165,6 +165,15 @@ def resolve_host(service: str) -> str:
     return host
 
 
+#: Istio tracing provider kinds upstream Envoy on a waypoint cannot export to here.
+_UNSUPPORTED_TRACERS: Final = ("lightstep", "datadog", "stackdriver", "opencensus", "skywalking")
+
+
+def _camel_kind(kind: str) -> str:
+    head, *rest = kind.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
 def supports_tracing(provider: ExtensionProvider) -> bool:
     return provider.zipkin is not None or provider.opentelemetry is not None
 
@@ -370,6 +379,9 @@ def provider_problems(mesh: MeshConfig, names_: Iterable[str], where: str) -> li
         if p is None:
             out.append(f"{where}: tracing provider {name!r} is not in the mesh config's extensionProviders "
                        "(no tracing)")
+        elif p.kind in _UNSUPPORTED_TRACERS:
+            out.append(f"{where}: tracing provider {name!r} is a {_camel_kind(p.kind)} provider, which the waypoint "
+                       "cannot trace to (only zipkin and opentelemetry; no tracing)")
         elif not supports_tracing(p):
             out.append(f"{where}: provider {name!r} does not support tracing (no tracing)")
     return out
