@@ -40,7 +40,9 @@ def _prefix_match(value: str, pattern: str) -> bool:
 
 
 def _in_bundle(td: str, bundle: tuple[str, ...]) -> bool:
-    return any(td == p or p == "*" or _prefix_match(td, p) or _suffix_match(td, p) for p in bundle)
+    """Istio's trust-domain ``stringMatch``: exact, ``*``, or a prefix/suffix pattern on either side."""
+    return any(td == p or p == "*" or _prefix_match(td, p) or _prefix_match(p, td) or _suffix_match(td, p)
+               or _suffix_match(p, td) for p in bundle)
 
 
 def expand_principal(principal: str, bundle: tuple[str, ...]) -> list[str]:

@@ -1,0 +1,71 @@
+"""MeshConfig trustDomain/trustDomainAliases on the waypoint: policy principals expand to every
+domain of the bundle (istiod's trust-domain bundle) and the HBONE SAN checks accept peers of every
+domain; Telemetry naming the built-in ``prometheus`` provider is not reported."""
+
+from __future__ import annotations
+
+import pytest
+
+from istiod_lite.model.meshconfig import parse_mesh_config
+from istiod_lite.translator.authz.trustdomain import bundle_of, expand_principal, expand_principals
+from istiod_lite.translator.shape import hbone
+
+BUNDLE = ("td2", "td1")
+
+
+@pytest.mark.parametrize(("principal", "expected"), [
+    ("td2/ns/foo/sa/bar", ["td2/ns/foo/sa/bar", "td1/ns/foo/sa/bar"]),
+    ("td1/ns/foo/sa/bar", ["td2/ns/foo/sa/bar", "td1/ns/foo/sa/bar"]),
+    ("cluster.local/ns/foo/sa/bar", ["td2/ns/foo/sa/bar", "td1/ns/foo/sa/bar"]),  # the local domain
+    ("other/ns/foo/sa/bar", ["other/ns/foo/sa/bar"]),  # not in the bundle: as written
+    ("*/ns/foo/sa/bar", ["*/ns/foo/sa/bar"]),  # trust domain not enforced
+    ("sa/bar", ["sa/bar"]),  # not a SPIFFE principal
+    ("*2/ns/foo/sa/bar", ["*2/ns/foo/sa/bar", "td1/ns/foo/sa/bar"]),  # suffix pattern kept for the domain it matches
+])
+def test_expand_principal(principal: str, expected: list[str]) -> None:
+    assert expand_principal(principal, BUNDLE) == expected
+
+
+def test_no_mesh_config_keeps_principals() -> None:
+    assert expand_principals(("cluster.local/ns/a/sa/b",), bundle_of(None)) == ("cluster.local/ns/a/sa/b",)
+    assert bundle_of(parse_mesh_config({})) == ("cluster.local",)
+    assert bundle_of({"trustDomain": "td2", "trustDomainAliases": ["td1", "td2"]}) == ("td2", "td1")
+
+
+def _uri_prefixes(ctx: object) -> list[str]:
+    vc = ctx.combined_validation_context.default_validation_context  # type: ignore[attr-defined]
+    return [m.matcher.prefix for m in vc.match_typed_subject_alt_names]
+
+
+def test_connect_terminate_accepts_every_trust_domain_of_the_bundle() -> None:
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    lst = hbone.connect_terminate("127.0.0.1", "td2", ("td1", "td2"))
+    tls = tls_pb2.DownstreamTlsContext()
+    lst.filter_chains[0].transport_socket.typed_config.Unpack(tls)
+    assert _uri_prefixes(tls.common_tls_context) == ["spiffe://td2/", "spiffe://td1/"]
+    assert tls.require_client_certificate.value
+
+
+def test_connect_originate_accepts_aliases_and_takes_the_mesh_connect_timeout() -> None:
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    mesh = parse_mesh_config({"connectTimeout": "1.5s"})
+    c = hbone.connect_originate_cluster("td2", "shop", ("td1",), mesh.connect_timeout)
+    assert (c.connect_timeout.seconds, c.connect_timeout.nanos) == (1, 500_000_000)
+    tls = tls_pb2.UpstreamTlsContext()
+    c.transport_socket.typed_config.Unpack(tls)
+    assert _uri_prefixes(tls.common_tls_context) == ["spiffe://td2/", "spiffe://td1/", "spiffe://td2/ns/shop/sa/"]
+
+
+def test_telemetry_naming_the_builtin_prometheus_is_not_reported() -> None:
+    from istiod_lite.model.telemetry import Telemetry
+    from istiod_lite.translator.telemetry import telemetry_warnings
+    from tests.unit.test_translator_telemetry import snapshot, telemetry_doc
+
+    snap = snapshot(telemetry_doc("mesh", "istio-system", "{metrics: [{providers: [{name: prometheus}]}]}"),
+                    telemetry_doc("sd", "app", "{metrics: [{providers: [{name: stackdriver}]}]}"))
+    assert len(snap.of_kind(Telemetry)) == 2
+    warnings = telemetry_warnings(snap, parse_mesh_config({}))
+    assert not [w for w in warnings if "'prometheus'" in w], warnings
+    assert [w for w in warnings if "'stackdriver'" in w and "not a prometheus provider" in w], warnings
