@@ -539,6 +539,11 @@ class MeshConfig(IstioModel):
         """``connectTimeout``, else Istio's default (10s)."""
         return self.connect_timeout if self.connect_timeout is not None else DEFAULT_CONNECT_TIMEOUT
 
+    def trust_domain_or(self, default: str) -> str:
+        """``trustDomain`` when the mesh config sets it, else ``default`` (the server's
+        ``--trust-domain``; ``serve`` refuses the two set and different)."""
+        return self.trust_domain if "trust_domain" in self.model_fields_set else default
+
     @property
     def trust_domains(self) -> tuple[str, ...]:
         """The trust domain, then its aliases (istiod's trust-domain bundle order)."""

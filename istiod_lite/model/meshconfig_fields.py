@@ -119,6 +119,7 @@ FIELDS: Final[dict[str, FieldSupport]] = {
     "defaultConfig": _BY,
     "defaultConfig.tracing": _BY,
     "defaultConfig.tracing.sampling": _h("random sampling % where no Telemetry sets randomSamplingPercentage"),
+    # (defaultConfig.proxyHeaders: see below, field by field)
     # --- ignored ----------------------------------------------------------------------------
     "defaultServiceExportTo": _i(_EXPORT),
     "defaultVirtualServiceExportTo": _i(_EXPORT),
@@ -201,7 +202,21 @@ FIELDS: Final[dict[str, FieldSupport]] = {
     "defaultConfig.caCertificatesPem": _i(_AGENT),
     "defaultConfig.image": _i(_INSTALL),
     "defaultConfig.privateKeyProvider": _i(_AGENT),
-    "defaultConfig.proxyHeaders": _i("the waypoint's HTTP connection managers keep istiod's default headers"),
+    "defaultConfig.proxyHeaders": _BY,
+    "defaultConfig.proxyHeaders.server": _h("Server header: name (value) or passed through (disabled), on "
+                                            "connect_terminate and the HTTP chains"),
+    "defaultConfig.proxyHeaders.requestId": _h("generate_request_id false when disabled, on connect_terminate and "
+                                               "the HTTP chains"),
+    "defaultConfig.proxyHeaders.forwardedClientCert": _h("connect_terminate's forward_client_cert_details"),
+    "defaultConfig.proxyHeaders.envoyDebugHeaders": _h("router suppress_envoy_headers on the HTTP chains"),
+    "defaultConfig.proxyHeaders.xForwardedPort": _h("append_x_forwarded_port on the HTTP chains"),
+    "defaultConfig.proxyHeaders.setCurrentClientCertDetails": _i("istiod keeps connect_terminate's fixed subject/"
+                                                                 "uri/dns details on a waypoint"),
+    "defaultConfig.proxyHeaders.attemptCount": _i("the waypoint's routes set no x-envoy-attempt-count"),
+    "defaultConfig.proxyHeaders.metadataExchangeHeaders": _i("a waypoint has no metadata-exchange headers"),
+    "defaultConfig.proxyHeaders.preserveHttp1HeaderCase": _i("HTTP/1 header case is not preserved (upstream "
+                                                             "Envoy's header formatter extension is not configured)"),
+    "defaultConfig.proxyHeaders.xForwardedHost": _i("x-forwarded-host is not appended on the waypoint's routes"),
     "defaultConfig.fileFlushInterval": _i(_AGENT),
     "defaultConfig.fileFlushMinSizeKb": _i(_AGENT),
     "defaultConfig.statsCompression": _i(_AGENT),

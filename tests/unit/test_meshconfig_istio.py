@@ -201,3 +201,17 @@ def test_trust_domain_flag_and_mesh_config_agree() -> None:
     assert _trust_domain(None, None) == "cluster.local"
     with pytest.raises(SystemExit, match="differs"):
         _trust_domain("other", mesh)
+
+
+def test_serve_logs_unknown_and_ignored_fields_once_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from istiod_lite.cli.main import _mesh
+
+    with caplog.at_level(logging.WARNING, logger="istiod_lite"):
+        mesh = _mesh(str(FIXTURES / "ambient.yaml"), log=True)
+    assert mesh is not None
+    lines = [r.getMessage() for r in caplog.records]
+    for path in IGNORED_BY_PROFILE["ambient"]:
+        assert sum(f": {path}: ignored: " in ln for ln in lines) == 1, (path, lines)
+    assert len(lines) == len(IGNORED_BY_PROFILE["ambient"])

@@ -69,3 +69,22 @@ def test_telemetry_naming_the_builtin_prometheus_is_not_reported() -> None:
     warnings = telemetry_warnings(snap, parse_mesh_config({}))
     assert not [w for w in warnings if "'prometheus'" in w], warnings
     assert [w for w in warnings if "'stackdriver'" in w and "not a prometheus provider" in w], warnings
+
+
+def test_proxy_headers_mapping() -> None:
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+    from istiod_lite.translator.shape.proxy_headers import DEFAULT_HEADERS, header_settings
+
+    assert header_settings(None) == DEFAULT_HEADERS
+    assert header_settings(parse_mesh_config({"defaultConfig": {"proxyHeaders": {}}})) == DEFAULT_HEADERS
+    off = header_settings(parse_mesh_config({"defaultConfig": {"proxyHeaders": {
+        "server": {"disabled": True}, "forwardedClientCert": "FORWARD_ONLY"}}}))
+    assert (off.server_name, off.pass_through_server) == ("", True)
+    assert off.forward_client_cert == hcm_pb2.HttpConnectionManager.FORWARD_ONLY
+    lst = hbone.connect_terminate("127.0.0.1", "td", (), off)
+    hcm = hcm_pb2.HttpConnectionManager()
+    lst.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    assert hcm.server_header_transformation == hcm_pb2.HttpConnectionManager.PASS_THROUGH
+    assert hcm.forward_client_cert_details == hcm_pb2.HttpConnectionManager.FORWARD_ONLY
+    assert hcm.server_name == ""

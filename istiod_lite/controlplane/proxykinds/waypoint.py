@@ -73,8 +73,10 @@ class WaypointGenerator(Generator[WaypointProxies]):
         for ref in sorted(refs):
             wp = self._waypoints.get(ref)
             if wp is None:
-                wp = self._waypoints[ref] = _Waypoint(WaypointAssembly(ref, self._context.trust_domain,
-                                                                        self._context.mesh, encoded=True))
+                mesh = self._context.mesh
+                wp = self._waypoints[ref] = _Waypoint(WaypointAssembly(
+                    ref, mesh.trust_domain_or(self._context.trust_domain) if mesh is not None
+                    else self._context.trust_domain, mesh, encoded=True))
             wp.shared = wp.versions.versioned(wp.assembly.shared(config))
         for ref in set(self._waypoints) - refs:
             del self._waypoints[ref]

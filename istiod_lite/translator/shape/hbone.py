@@ -32,6 +32,7 @@ from envoy.type.matcher.v3 import string_pb2
 from istiod_lite.model.types import Duration
 from istiod_lite.translator.core.protos import packed
 from istiod_lite.translator.shape.cluster_templates import DEFAULT_CONNECT_TIMEOUT_S, default_circuit_breakers
+from istiod_lite.translator.shape.proxy_headers import DEFAULT_HEADERS, HeaderSettings, apply_to_connect_terminate
 
 CONNECT_TERMINATE = "connect_terminate"
 CONNECT_ORIGINATE = "connect_originate"
@@ -108,14 +109,15 @@ def connect_authority_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name="connect_authority", typed_config=packed(cfg))
 
 
-def router_filter() -> hcm_pb2.HttpFilter:
-    router = router_pb2.Router(start_child_span=False)
+def router_filter(suppress_envoy_headers: bool = False) -> hcm_pb2.HttpFilter:
+    router = router_pb2.Router(start_child_span=False, suppress_envoy_headers=suppress_envoy_headers)
     return hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=packed(router))
 
 
-def connect_terminate(bind_ip: str, trust_domain: str, aliases: tuple[str, ...] = ()) -> listener_pb2.Listener:
+def connect_terminate(bind_ip: str, trust_domain: str, aliases: tuple[str, ...] = (),
+                      headers: HeaderSettings = DEFAULT_HEADERS) -> listener_pb2.Listener:
     """HBONE termination on ``bind_ip:15008``: mTLS required (a peer of the trust domain or one of
-    its ``aliases``), CONNECT routed to ``main_internal``."""
+    its ``aliases``), CONNECT routed to ``main_internal``; ``headers``: MeshConfig proxyHeaders."""
     lst = listener_pb2.Listener(
         name=CONNECT_TERMINATE,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=bind_ip, port_value=HBONE_PORT)),
@@ -150,6 +152,7 @@ def connect_terminate(bind_ip: str, trust_domain: str, aliases: tuple[str, ...] 
     hcm.set_current_client_cert_details.subject.value = True
     hcm.set_current_client_cert_details.uri = True
     hcm.set_current_client_cert_details.dns = True
+    apply_to_connect_terminate(hcm, headers)
     h2 = hcm.http2_protocol_options
     h2.allow_connect = True
     h2.max_concurrent_streams.value = 100

@@ -20,6 +20,7 @@ from istiod_lite.model.meshconfig import MeshConfig, ProxyPathNormalization
 from istiod_lite.translator.binding.waypoints import WaypointRef, bindings_of
 from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.translator.shape import hbone
+from istiod_lite.translator.shape.proxy_headers import header_settings
 from istiod_lite.translator.telemetry import TelemetryMemo
 from istiod_lite.translator.waypoint.translator import DEFAULT_TRUST_DOMAIN, WaypointTranslator
 
@@ -46,6 +47,7 @@ class WaypointAssembly:
         self.trust_domain = trust_domain
         #: MeshConfig ``trustDomainAliases``: peers of these domains pass the HBONE SAN check too.
         self.aliases = mesh.trust_domain_aliases if mesh is not None else ()
+        self.headers = header_settings(mesh)
         self.mesh = mesh
         self.translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh, encoded)
         self._telemetry = TelemetryMemo(ref)
@@ -60,7 +62,7 @@ class WaypointAssembly:
     def connect_terminate(self, address: str) -> listener_pb2.Listener:
         """The per-proxy listener: HBONE termination on the proxy's own address (so several
         waypoints can share one host)."""
-        return hbone.connect_terminate(address, self.trust_domain, self.aliases)
+        return hbone.connect_terminate(address, self.trust_domain, self.aliases, self.headers)
 
     def default_address(self, snapshot: ConfigSnapshot) -> str:
         """The waypoint's first address (Gateway status, else spec), else ``0.0.0.0``."""

@@ -48,6 +48,7 @@ from istiod_lite.translator.listeners import inbound
 from istiod_lite.translator.routing import route_actions, routes, tcp_routes
 from istiod_lite.translator.routing.httproute import mesh_routes
 from istiod_lite.translator.shape import cluster_templates, hbone
+from istiod_lite.translator.shape.proxy_headers import DEFAULT_HEADERS, HeaderSettings, header_settings
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 #: Kinds a waypoint's translation reads every object of, besides its bound services and workloads:
@@ -158,6 +159,8 @@ class WaypointTranslator:
         # Fixed for the instance, so the memos (all per instance) stay correct.
         self.path_normalization: PathNormalizationType = (
             path_normalization.normalization if path_normalization is not None else "BASE")
+        #: MeshConfig ``defaultConfig.proxyHeaders`` on the HTTP chains (fixed for the instance too).
+        self.headers = header_settings(mesh)
         self._fragments: dict[str, tuple[_Inputs, _Fragment]] = {}
         self.last_rebuilt = 0
         self._main_internal: tuple[tuple[object, ...], Resource] | None = None
@@ -224,7 +227,8 @@ class WaypointTranslator:
                 frag = cached[1]
             else:
                 frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization,
-                                         self.mesh.connect_timeout if self.mesh is not None else None)
+                                         self.mesh.connect_timeout if self.mesh is not None else None,
+                                         self.headers)
                 if self.encoded:
                     frag = _Fragment(frag.resources.encoded(), frag.chains)
                 if cached is not None:
@@ -255,7 +259,8 @@ class WaypointTranslator:
         else:
             listener = inbound.main_internal_listener(chains, workload_ips, authz=direct_slots.http,
                                                       tcp_authz=direct_slots.tcp,
-                                                      path_normalization=self.path_normalization)
+                                                      path_normalization=self.path_normalization,
+                                                      headers=self.headers)
             main = Encoded.of(LISTENER, listener) if self.encoded else listener
             self._main_internal = (key, main)
         out.by_type[LISTENER][hbone.MAIN_INTERNAL] = main
@@ -422,6 +427,7 @@ def _service_fragment(
     snapshot: ConfigSnapshot, sv: ServiceInfo, dr: DestinationRule | None, vss: list[VirtualService],
     owned: dict[str, ServiceInfo], waypoint_namespace: str, az: AuthzFilters | None = None,
     path_normalization: PathNormalizationType = "BASE", connect_timeout: Duration | None = None,
+    headers: HeaderSettings = DEFAULT_HEADERS,
 ) -> _Fragment:
     """One service's clusters, endpoints, route configurations and chains: inbound-vip clusters per
     port (and DR subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
@@ -449,7 +455,8 @@ def _service_fragment(
                     out.routes[cluster] = routes.route_configuration(cluster, f"inbound|http|{port.number}",
                                                                      route_list)
                 http_chain = inbound.http_chain(cluster, port.number, protocols.is_h2(port.protocol),
-                                                authz=slots.http, path_normalization=path_normalization)
+                                                authz=slots.http, path_normalization=path_normalization,
+                                                headers=headers)
                 out.extension_configs.update(slots.http_configs)
             else:
                 tcp_chain = inbound.with_network_filters(
