@@ -89,7 +89,8 @@ def _serve(args: argparse.Namespace) -> int:
         config_dir=Path(args.config) if args.config else None,
         kube=kube,
         waypoint_controller=WaypointControllerOptions(image=args.waypoint_image, istiod_address=args.istiod_address,
-                                                      trust_domain=trust_domain)
+                                                      trust_domain=trust_domain,
+                                                      proxy=mesh.default_config if mesh is not None else None)
         if kube is not None and args.waypoint_image else None,
         leader_election=_leader_election(args) if kube is not None and args.leader_elect else None,
         grpc_addr="" if args.no_plaintext else args.grpc_addr,

@@ -172,7 +172,8 @@ FIELDS: Final[dict[str, FieldSupport]] = {
     "defaultConfig.binaryPath": _i(_AGENT),
     "defaultConfig.serviceCluster": _i("the waypoint's cluster name comes from its Gateway"),
     "defaultConfig.tracingServiceName": _i("the waypoint's trace service name comes from its Gateway"),
-    "defaultConfig.drainDuration": _i(_AGENT),
+    "defaultConfig.drainDuration": _h("the agent's --drain-duration in the waypoint Deployments istiod-lite "
+                                      "renders (--waypoint-image)"),
     "defaultConfig.discoveryAddress": _i(_AGENT),
     "defaultConfig.discoveryRefreshDelay": _i("deprecated"),
     "defaultConfig.zipkinAddress": _i("deprecated"),
@@ -183,7 +184,8 @@ FIELDS: Final[dict[str, FieldSupport]] = {
     "defaultConfig.controlPlaneAuthPolicy": _i(_AGENT),
     "defaultConfig.customConfigFile": _i(_AGENT),
     "defaultConfig.statNameLength": _i(_AGENT),
-    "defaultConfig.concurrency": _i(_AGENT),
+    "defaultConfig.concurrency": _h("the agent's --concurrency (Envoy workers) in the waypoint Deployments "
+                                    "istiod-lite renders"),
     "defaultConfig.proxyBootstrapTemplatePath": _i(_AGENT),
     "defaultConfig.interceptionMode": _i(_SIDECAR),
     "defaultConfig.sds": _i("deprecated"),
@@ -194,10 +196,12 @@ FIELDS: Final[dict[str, FieldSupport]] = {
     "defaultConfig.statusPort": _i(_AGENT),
     "defaultConfig.extraStatTags": _i("upstream Envoy has no istio.stats filter to tag"),
     "defaultConfig.gatewayTopology": _i("ingress gateway setting; waypoints do not trust X-Forwarded-For hops"),
-    "defaultConfig.terminationDrainDuration": _i(_AGENT),
+    "defaultConfig.terminationDrainDuration": _h("the agent's --termination-drain-duration in the waypoint "
+                                                 "Deployments istiod-lite renders"),
     "defaultConfig.meshId": _i(_AGENT),
     "defaultConfig.readinessProbe": _i(_SIDECAR),
-    "defaultConfig.proxyStatsMatcher": _i(_AGENT),
+    "defaultConfig.proxyStatsMatcher": _h("already satisfied: a waypoint's Envoy keeps every stat (istiod-lite sets "
+                                          "no stats inclusion list), so each inclusion holds"),
     "defaultConfig.holdApplicationUntilProxyStarts": _i(_SIDECAR),
     "defaultConfig.caCertificatesPem": _i(_AGENT),
     "defaultConfig.image": _i(_INSTALL),

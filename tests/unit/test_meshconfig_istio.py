@@ -150,10 +150,11 @@ def test_docs_list_every_table_entry_with_its_status() -> None:
 
 def test_ignored_fields_are_listed_once_each() -> None:
     mesh = parse_mesh_config({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
-                              "defaultConfig": {"concurrency": 2, "tracing": {"sampling": 10, "zipkin": {}}},
+                              "defaultConfig": {"concurrency": 2, "proxyMetadata": {"A": "b"},
+                                                "tracing": {"sampling": 10, "zipkin": {}}},
                               "trustDomainAliases": ["old"]})
     assert [p for p, _ in ignored_fields(mesh)] == [
-        "defaultConfig.concurrency", "defaultConfig.tracing.zipkin", "outboundTrafficPolicy"]
+        "defaultConfig.proxyMetadata", "defaultConfig.tracing.zipkin", "outboundTrafficPolicy"]
 
 
 def test_validate_prints_unknown_and_ignored_fields_once_as_warnings(tmp_path: Path) -> None:
@@ -215,3 +216,33 @@ def test_serve_logs_unknown_and_ignored_fields_once_at_start(caplog: pytest.LogC
     for path in IGNORED_BY_PROFILE["ambient"]:
         assert sum(f": {path}: ignored: " in ln for ln in lines) == 1, (path, lines)
     assert len(lines) == len(IGNORED_BY_PROFILE["ambient"])
+
+
+def test_default_config_shapes_the_rendered_waypoint_agent() -> None:
+    """drainDuration, terminationDrainDuration and concurrency reach the agent's flags in the
+    Deployments the waypoint controller renders (as Istio's injection uses ProxyConfig)."""
+    from istiod_lite.controlplane.manifests import waypoint_args
+    from istiod_lite.model.gateway import Gateway
+
+    gw = Gateway.model_validate({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "waypoint", "namespace": "shop"},
+        "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008,
+                                                                       "protocol": "HBONE"}]}})
+    default = waypoint_args(gw, istiod_address="istiod", trust_domain="td")
+    assert default[default.index("--drain-duration") + 1] == "45s"
+    assert "--concurrency" not in default
+    proxy = parse_mesh_config({"defaultConfig": {"drainDuration": "7s", "terminationDrainDuration": "3s",
+                                                 "concurrency": 4}}).default_config
+    args = waypoint_args(gw, istiod_address="istiod", trust_domain="td", proxy=proxy)
+    assert args[args.index("--drain-duration") + 1] == "7s"
+    assert args[args.index("--termination-drain-duration") + 1] == "3s"
+    assert args[args.index("--concurrency") + 1] == "4"
+    import argparse
+
+    from istiod_lite.cli.agent_cmd import add_run_parser  # the agent accepts exactly these flags
+
+    parser = argparse.ArgumentParser()
+    add_run_parser(parser.add_subparsers(dest="c"))
+    ns = parser.parse_args(["run", *[a.replace("$(INSTANCE_IP)", "127.0.0.1") for a in args[2:]]])
+    assert ns.concurrency == 4
