@@ -238,9 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trust-domain", default=None,
                    help="SPIFFE trust domain (default: the mesh config's trustDomain, else cluster.local)")
     s.add_argument("--mesh-config", metavar="FILE",
-                   help="Istio MeshConfig YAML (accessLogFile, accessLogEncoding, defaultProviders, "
-                        "extensionProviders, "
-                        "rootNamespace)")
+                   help="Istio MeshConfig YAML (the istio ConfigMap's mesh key); unknown and ignored fields "
+                        "are logged once at start (docs/meshconfig.md)")
     s.add_argument("--mtls-grpc-addr", default="", metavar="HOST:PORT",
                    help="also serve the CA and xDS on an mTLS-only port (client certificate renewals); off by default")
     s.add_argument("--kubeconfig", metavar="FILE",
@@ -307,14 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate a config directory; exit 1 on any error")
     v.add_argument("--config", required=True, metavar="DIR")
     v.add_argument("--mesh-config", metavar="FILE",
-                   help="Istio MeshConfig YAML (root namespace, ext_authz and telemetry providers for the checks)")
+                   help="Istio MeshConfig YAML: checked (wrong types are errors; unknown and ignored fields are "
+                        "warnings) and used for the checks (docs/meshconfig.md)")
     v.set_defaults(func=_validate)
 
     t = sub.add_parser("translate", help="print a waypoint's Envoy resources")
     t.add_argument("--config", required=True, metavar="DIR")
     t.add_argument("--waypoint", required=True, metavar="NS/NAME")
     t.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
-    t.add_argument("--mesh-config", metavar="FILE", help="Istio MeshConfig YAML (access logging)")
+    t.add_argument("--mesh-config", metavar="FILE", help="Istio MeshConfig YAML (docs/meshconfig.md)")
     t.set_defaults(func=_translate)
 
     w = sub.add_parser("waypoint", help="waypoint proxy helpers")

@@ -46,8 +46,7 @@ def _i(note: str) -> FieldSupport:
 
 _BY: Final = FieldSupport(BY_FIELD)
 _SIDECAR: Final = "sidecar/gateway setting; a waypoint has no such listener"
-_AGENT: Final = ("per-proxy agent setting; the waypoint agent (istiod-lite waypoint run) does not read the "
-                 "mesh config")
+_AGENT: Final = "per-proxy agent setting that istiod-lite's waypoint agent does not take from the mesh config"
 _INSTALL: Final = "installation/istiod setting, not part of the waypoint's xDS"
 _EXPORT: Final = "exportTo defaults are not applied yet (issue 15 exportTo stage)"
 _TELEMETRY_KIND: Final = ("provider kind the waypoint cannot export to with upstream Envoy; a Telemetry naming it "
