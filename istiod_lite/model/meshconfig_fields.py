@@ -115,6 +115,7 @@ FIELDS: Final[dict[str, FieldSupport]] = {
                              "principals"),
     "connectTimeout": _h("connect timeout of every service cluster a DestinationRule does not set, and of "
                          "connect_originate"),
+    "hboneIdleTimeout": _h("idle timeout of connect_originate's HBONE connections to ztunnel (default 1h)"),
     "defaultConfig": _BY,
     "defaultConfig.tracing": _BY,
     "defaultConfig.tracing.sampling": _h("random sampling % where no Telemetry sets randomSamplingPercentage"),
@@ -127,8 +128,6 @@ FIELDS: Final[dict[str, FieldSupport]] = {
     "proxyListenPort": _i(_SIDECAR),
     "proxyInboundListenPort": _i(_SIDECAR),
     "proxyHttpPort": _i(_SIDECAR),
-    "hboneIdleTimeout": _i("HBONE pool idle timeout of sidecars/ztunnel; the waypoint's connect_originate keeps "
-                           "istiod's fixed 1h"),
     "protocolDetectionTimeout": _i("no protocol sniffing on a waypoint (protocols come from Service ports)"),
     "tcpKeepalive": _i("mesh-wide upstream TCP keepalive is not applied (a DestinationRule's is)"),
     "ingressClass": _i(_INSTALL),

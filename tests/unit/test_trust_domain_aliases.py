@@ -49,10 +49,14 @@ def test_connect_terminate_accepts_every_trust_domain_of_the_bundle() -> None:
 
 def test_connect_originate_accepts_aliases_and_takes_the_mesh_connect_timeout() -> None:
     from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
 
-    mesh = parse_mesh_config({"connectTimeout": "1.5s"})
-    c = hbone.connect_originate_cluster("td2", "shop", ("td1",), mesh.connect_timeout)
+    mesh = parse_mesh_config({"connectTimeout": "1.5s", "hboneIdleTimeout": "15s"})
+    c = hbone.connect_originate_cluster("td2", "shop", ("td1",), mesh.connect_timeout, mesh.hbone_idle_timeout)
     assert (c.connect_timeout.seconds, c.connect_timeout.nanos) == (1, 500_000_000)
+    opts = hpo_pb2.HttpProtocolOptions()
+    c.typed_extension_protocol_options[hbone.HTTP_PROTOCOL_OPTIONS].Unpack(opts)
+    assert opts.common_http_protocol_options.idle_timeout.seconds == 15
     tls = tls_pb2.UpstreamTlsContext()
     c.transport_socket.typed_config.Unpack(tls)
     assert _uri_prefixes(tls.common_tls_context) == ["spiffe://td2/", "spiffe://td1/", "spiffe://td2/ns/shop/sa/"]

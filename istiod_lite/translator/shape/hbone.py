@@ -39,6 +39,8 @@ CONNECT_ORIGINATE = "connect_originate"
 MAIN_INTERNAL = "main_internal"
 ENCAP = "encap"
 HBONE_PORT = 15008
+#: MeshConfig ``hboneIdleTimeout`` default: idle HBONE connections to ztunnel are closed after 1h.
+HBONE_IDLE_TIMEOUT_S = 3600
 SDS_CLUSTER = "sds-grpc"
 SECRET_DEFAULT = "default"
 SECRET_ROOTCA = "ROOTCA"
@@ -220,10 +222,12 @@ def encap_cluster() -> cluster_pb2.Cluster:
 
 
 def connect_originate_cluster(trust_domain: str, waypoint_namespace: str, aliases: tuple[str, ...] = (),
-                              connect_timeout: Duration | None = None) -> cluster_pb2.Cluster:
+                              connect_timeout: Duration | None = None,
+                              idle_timeout: Duration | None = None) -> cluster_pb2.Cluster:
     """HBONE to the destination pod's port 15008, mTLS with the waypoint's own certificate; the
     destination may be in the trust domain or one of its ``aliases``.  ``connect_timeout``: the
-    mesh's ``connectTimeout`` (istiod's default 10s when None)."""
+    mesh's ``connectTimeout`` (istiod's default 10s when None); ``idle_timeout``: the mesh's
+    ``hboneIdleTimeout``, how long idle HBONE connections to ztunnel are kept (default 1h)."""
     c = cluster_pb2.Cluster(name=CONNECT_ORIGINATE, type=cluster_pb2.Cluster.ORIGINAL_DST,
                             lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED, alt_stat_name=f"{CONNECT_ORIGINATE};",
                             circuit_breakers=default_circuit_breakers())
@@ -236,7 +240,12 @@ def connect_originate_cluster(trust_domain: str, waypoint_namespace: str, aliase
     c.original_dst_lb_config.metadata_key.key = ORIGINAL_DST_KEY
     c.original_dst_lb_config.metadata_key.path.add(key="waypoint")
     opts = hpo_pb2.HttpProtocolOptions()
-    opts.common_http_protocol_options.idle_timeout.seconds = 3600
+    if idle_timeout is None:
+        opts.common_http_protocol_options.idle_timeout.seconds = HBONE_IDLE_TIMEOUT_S
+    else:
+        idle = opts.common_http_protocol_options.idle_timeout
+        idle.seconds, idle.nanos = divmod(idle_timeout.nanos, 1_000_000_000)
+        idle.SetInParent()
     opts.explicit_http_config.http2_protocol_options.allow_connect = True
     c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(packed(opts))
     tls = tls_pb2.UpstreamTlsContext(common_tls_context=common_tls_context(

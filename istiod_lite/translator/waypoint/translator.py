@@ -172,7 +172,7 @@ class WaypointTranslator:
         self._static.clusters[hbone.ENCAP] = hbone.encap_cluster()
         self._static.clusters[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_cluster(
             trust_domain, ref.namespace, mesh.trust_domain_aliases if mesh is not None else (),
-            mesh.connect_timeout if mesh is not None else None)
+            mesh.connect_timeout if mesh is not None else None, mesh.hbone_idle_timeout if mesh is not None else None)
 
     def translate(self, snapshot: ConfigSnapshot) -> EnvoyResources:
         ref = self.ref
