@@ -1,11 +1,15 @@
-"""Istio's ``MeshConfig`` (mesh/v1alpha1/config.proto): the subset istiod-lite reads (telemetry,
-root namespace, path normalisation, ext_authz providers for CUSTOM authorization).
+"""Istio's ``MeshConfig`` (mesh/v1alpha1/config.proto, Istio 1.30): every field, with its type.
 
 Not a registered kind: in Istio it is the ``mesh`` key of the ``istio`` ConfigMap (or a file given
-to istiod with ``--meshConfig``), one per mesh, not a Kubernetes object the sources watch.  Strict
-like the Istio kinds, so ``accessLogFiles`` (a typo) is an error rather than logging silently off.
-Fields of MeshConfig that istiod-lite does not use yet are rejected too, so an operator who relies
-on one learns that it is not honoured.
+to istiod with ``--meshConfig``), one per mesh, not a Kubernetes object the sources watch.
+
+Loaded leniently, as istiod loads it (``parse_mesh_config``): a known field of the wrong type is an
+error with its path, an unknown field is stripped and reported as a warning with its path (so the
+mesh config Istio's installer renders loads as is).  The models themselves stay strict
+``IstioModel``s, so the Istio kinds that share types with it (``localityLbSetting``, ``tls``,
+``defaultHttpRetryPolicy``) keep rejecting unknown fields.  Which fields a waypoint honours and why
+the others are ignored: ``meshconfig_fields.py`` (listed by ``validate`` and at server start).
+``defaultConfig`` (ProxyConfig) is in ``meshconfig_proxy.py``.
 """
 
 from __future__ import annotations

@@ -152,6 +152,8 @@ class WaypointTranslator:
         self.encoded = encoded
         #: Authorization reads the mesh config (root namespace, ext_authz providers).  It may be
         #: replaced between translations: it is part of every memo key (path normalization is not).
+        #: What the static clusters and the HTTP chains take from it (trust domain aliases,
+        #: connectTimeout for connect_originate, hboneIdleTimeout, proxyHeaders) is read here once.
         self.mesh = mesh
         #: Hosts the last translation's authorization filters call (their services are memo inputs).
         self._authz_hosts: tuple[str, ...] = ()
