@@ -7,7 +7,12 @@ from __future__ import annotations
 import pytest
 
 from istiod_lite.model.meshconfig import parse_mesh_config
-from istiod_lite.translator.authz.trustdomain import bundle_of, expand_principal, expand_principals
+from istiod_lite.translator.authz.trustdomain import (
+    bundle_of,
+    expand_principal,
+    expand_principals,
+    expand_trust_domains,
+)
 from istiod_lite.translator.shape import hbone
 
 BUNDLE = ("td2", "td1")
@@ -24,6 +29,12 @@ BUNDLE = ("td2", "td1")
 ])
 def test_expand_principal(principal: str, expected: list[str]) -> None:
     assert expand_principal(principal, BUNDLE) == expected
+
+
+def test_trust_domains_values_expand_to_the_bundle() -> None:
+    assert expand_trust_domains(("td1", "other"), BUNDLE) == ("td2", "td1", "other")
+    assert expand_trust_domains(("other",), BUNDLE) == ("other",)
+    assert expand_trust_domains(("td1",), ()) == ("td1",)
 
 
 def test_no_mesh_config_keeps_principals() -> None:

@@ -42,7 +42,7 @@ from envoy.type.matcher.v3 import filter_state_pb2, path_pb2
 from istiod_lite.model.security import Condition, Operation, Rule, Source, is_path_template
 from istiod_lite.translator.authz import matchers as m
 from istiod_lite.translator.authz.matchers import Limits, Unsupported
-from istiod_lite.translator.authz.trustdomain import expand_principals
+from istiod_lite.translator.authz.trustdomain import expand_principals, expand_trust_domains
 from istiod_lite.translator.core.protos import packed
 
 Permission: TypeAlias = rbac_pb2.Permission
@@ -362,7 +362,8 @@ def _source_fields(src: Source, loc: str, policy_ns: str, bundle: tuple[str, ...
     rest: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], PrinGen], ...] = (
             ("serviceAccounts", "notServiceAccounts", src.service_accounts, src.not_service_accounts,
              _service_accounts(policy_ns)),
-            ("trustDomains", "notTrustDomains", src.trust_domains, src.not_trust_domains, _trust_domains),
+            ("trustDomains", "notTrustDomains", expand_trust_domains(src.trust_domains, bundle),
+             expand_trust_domains(src.not_trust_domains, bundle), _trust_domains),
             ("namespaces", "notNamespaces", src.namespaces, src.not_namespaces, _namespaces),
             ("remoteIpBlocks", "notRemoteIpBlocks", src.remote_ip_blocks, src.not_remote_ip_blocks, _remote_ip),
             ("ipBlocks", "notIpBlocks", src.ip_blocks, src.not_ip_blocks, _direct_ip))

@@ -6,7 +6,9 @@ MeshConfig ``trustDomainAliases`` names domains treated as the mesh's own: a pol
 (the trust domain first, then the aliases), so a peer certified in any of them matches.  This is
 applied to ``principals``/``notPrincipals`` and ``source.principal`` conditions, as istiod's
 ``MigrateTrustDomain`` does; everything else (``*/ns/...``, malformed values, other domains) is
-kept as written.  Pure functions of their arguments.
+kept as written.  A ``trustDomains``/``notTrustDomains`` value naming a domain of the bundle
+stands for all of them (the bundle's ``ExpandTrustDomainAliases``).  Pure functions of their
+arguments.
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ def expand_principal(principal: str, bundle: tuple[str, ...]) -> list[str]:
     return out
 
 
+def expand_trust_domains(values: tuple[str, ...], bundle: tuple[str, ...]) -> tuple[str, ...]:
+    """``trustDomains`` values: one that names a domain of the bundle stands for all of them
+    (istiod's ``ExpandTrustDomainAliases``); duplicates dropped, order kept."""
+    out = [d for v in values for d in (bundle if v in bundle else (v,))]
+    return tuple(dict.fromkeys(out))
+
+
 def expand_principals(values: tuple[str, ...], bundle: tuple[str, ...]) -> tuple[str, ...]:
     """Every value expanded (``expand_principal``), in order."""
     if not bundle:
@@ -68,4 +77,4 @@ def expand_principals(values: tuple[str, ...], bundle: tuple[str, ...]) -> tuple
     return tuple(p for v in values for p in expand_principal(v, bundle))
 
 
-__all__ = ["CLUSTER_LOCAL", "bundle_of", "expand_principal", "expand_principals"]
+__all__ = ["CLUSTER_LOCAL", "bundle_of", "expand_principal", "expand_principals", "expand_trust_domains"]
