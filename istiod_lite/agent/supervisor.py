@@ -61,6 +61,7 @@ class SupervisorOptions:
     #: Envoy's stdout/stderr go here (appended); ``None`` inherits the agent's.
     output_path: Path | None = None
     log_level: str = "warning"
+    #: Envoy's ``--concurrency``; 0 leaves Envoy's default (one worker per hardware thread).
     concurrency: int = 2
     extra_args: tuple[str, ...] = ()
     #: After SIGTERM, how long Envoy may take to exit before SIGKILL.
@@ -120,7 +121,7 @@ class EnvoySupervisor:
             "--disable-hot-restart",
             "--admin-address-path", str(o.admin_address_path),
             "-l", o.log_level,
-            "--concurrency", str(o.concurrency),
+            *(("--concurrency", str(o.concurrency)) if o.concurrency > 0 else ()),
             *(("--drain-time-s", str(o.drain_time)) if o.drain_time > 0 else ()),
             *(("--drain-strategy", o.drain_strategy) if o.drain_strategy else ()),
             *o.extra_args,

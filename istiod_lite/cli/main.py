@@ -23,14 +23,22 @@ if TYPE_CHECKING:
     from istiod_lite.translator.clusters.dynamic_dns import DynamicDnsOptions
 
 
-def _mesh(path: str | None) -> MeshConfig | None:
-    """The ``--mesh-config`` file, or None; an invalid file is a start-up error with its field path."""
+def _mesh(path: str | None, *, log: bool = False) -> MeshConfig | None:
+    """The ``--mesh-config`` file, or None; an invalid file is a start-up error with its field path.
+    ``log``: fields it sets that are unknown or that the waypoint ignores are logged once (serve)."""
     if not path:
         return None
     try:
-        return load_mesh_config(path)
+        mesh = load_mesh_config(path)
     except (MeshConfigInvalid, OSError) as exc:
         raise SystemExit(f"error: --mesh-config {path}: {exc}") from None
+    if log:
+        from istiod_lite.model.meshconfig_fields import mesh_config_warnings
+
+        logger = logging.getLogger("istiod_lite")
+        for line in mesh_config_warnings(mesh):
+            logger.warning("--mesh-config %s: %s", path, line)
+    return mesh
 
 
 #: Istio's environment variable (istiod reads it at start) for serving TLS ports of DYNAMIC_DNS entries.
@@ -69,11 +77,23 @@ def _leader_election(args: argparse.Namespace) -> LeaderElectionOptions:
                                  lease_duration=lease, renew_deadline=lease * 2 / 3, retry_period=lease * 2 / 15)
 
 
+def _trust_domain(flag: str | None, mesh: MeshConfig | None) -> str:
+    """``--trust-domain``, else the mesh config's ``trustDomain`` (istiod reads only the latter);
+    both set and different is a start-up error rather than certificates and policies disagreeing."""
+    from_mesh = mesh.trust_domain if mesh is not None and "trust_domain" in mesh.model_fields_set else None
+    if flag and from_mesh and flag != from_mesh:
+        raise SystemExit(f"error: --trust-domain {flag} differs from the mesh config's trustDomain {from_mesh}")
+    return flag or from_mesh or "cluster.local"
+
+
 def _serve(args: argparse.Namespace) -> int:
     from istiod_lite.ca.config import CaConfig, JwksSource
     from istiod_lite.ca.tokenreview import TokenReviewConfig
     from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
     from istiod_lite.controlplane.waypoint_controller import WaypointControllerOptions
+
+    mesh = _mesh(args.mesh_config, log=True)
+    trust_domain = _trust_domain(args.trust_domain, mesh)
 
     ca = None
     if args.ca_dir:
@@ -85,7 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.kubeconfig or args.token_review_in_cluster or args.in_cluster:
             review = TokenReviewConfig(kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
                                        context=args.kube_context)
-        ca = CaConfig(ca_dir=Path(args.ca_dir), trust_domain=args.trust_domain, jwks=tuple(jwks), token_review=review)
+        ca = CaConfig(ca_dir=Path(args.ca_dir), trust_domain=trust_domain, jwks=tuple(jwks), token_review=review)
     secure = args.secure_grpc_addr if ca is not None else ""
     if secure.startswith(":"):
         secure = "0.0.0.0" + secure
@@ -103,7 +123,8 @@ def _serve(args: argparse.Namespace) -> int:
         config_dir=Path(args.config) if args.config else None,
         kube=kube,
         waypoint_controller=WaypointControllerOptions(image=args.waypoint_image, istiod_address=args.istiod_address,
-                                                      trust_domain=args.trust_domain)
+                                                      trust_domain=trust_domain,
+                                                      proxy=mesh.default_config if mesh is not None else None)
         if kube is not None and args.waypoint_image else None,
         leader_election=_leader_election(args) if kube is not None and args.leader_elect else None,
         grpc_addr="" if args.no_plaintext else args.grpc_addr,
@@ -112,8 +133,8 @@ def _serve(args: argparse.Namespace) -> int:
         server_sans=tuple(args.server_san),
         mtls_grpc_addr=args.mtls_grpc_addr if ca is not None else "",
         ca_workers=args.ca_workers,
-        trust_domain=args.trust_domain,
-        mesh=_mesh(args.mesh_config),
+        trust_domain=trust_domain,
+        mesh=mesh,
         dynamic_dns=_dynamic_dns(args),
         monitoring_addr=args.monitoring_addr,
         poll_interval=args.poll_interval,
@@ -166,6 +187,11 @@ def _validate(args: argparse.Namespace) -> int:
     for notice in update.notices:
         print(f"warning: ignored: {notice}", file=sys.stderr)
     mesh = _mesh(getattr(args, "mesh_config", None))
+    if mesh is not None:
+        from istiod_lite.model.meshconfig_fields import mesh_config_warnings
+
+        for line in mesh_config_warnings(mesh):
+            print(f"warning: meshconfig: {line}", file=sys.stderr)
     found = diagnose(update.snapshot, mesh, _dynamic_dns(args))
     for label, messages in (("binding", found.binding), ("ignored", found.routes),
                             ("authorization", found.authorization), ("telemetry", found.telemetry)):
@@ -248,11 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trust tokens from this issuer, verified with the keys in FILE (JWKS or PEM); repeatable")
     s.add_argument("--server-san", action="append", default=[], metavar="NAME",
                    help="extra DNS name or IP in the secure port's certificate; repeatable")
-    s.add_argument("--trust-domain", default="cluster.local")
+    s.add_argument("--trust-domain", default=None,
+                   help="SPIFFE trust domain (default: the mesh config's trustDomain, else cluster.local)")
     s.add_argument("--mesh-config", metavar="FILE",
-                   help="Istio MeshConfig YAML (accessLogFile, accessLogEncoding, defaultProviders, "
-                        "extensionProviders, "
-                        "rootNamespace)")
+                   help="Istio MeshConfig YAML (the istio ConfigMap's mesh key); unknown and ignored fields "
+                        "are logged once at start (docs/meshconfig.md)")
     s.add_argument("--mtls-grpc-addr", default="", metavar="HOST:PORT",
                    help="also serve the CA and xDS on an mTLS-only port (client certificate renewals); off by default")
     s.add_argument("--kubeconfig", metavar="FILE",
@@ -323,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate a config directory; exit 1 on any error")
     v.add_argument("--config", required=True, metavar="DIR")
     v.add_argument("--mesh-config", metavar="FILE",
-                   help="Istio MeshConfig YAML (root namespace, ext_authz and telemetry providers for the checks)")
+                   help="Istio MeshConfig YAML: checked (wrong types are errors; unknown and ignored fields are "
+                        "warnings) and used for the checks (docs/meshconfig.md)")
     _add_dynamic_dns_args(v)
     v.set_defaults(func=_validate)
 
@@ -331,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, metavar="DIR")
     t.add_argument("--waypoint", required=True, metavar="NS/NAME")
     t.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
-    t.add_argument("--mesh-config", metavar="FILE", help="Istio MeshConfig YAML (access logging)")
+    t.add_argument("--mesh-config", metavar="FILE", help="Istio MeshConfig YAML (docs/meshconfig.md)")
     _add_dynamic_dns_args(t)
     t.set_defaults(func=_translate)
 

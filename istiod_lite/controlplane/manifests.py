@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from istiod_lite.model.gateway import Gateway
+from istiod_lite.model.meshconfig_proxy import ProxyConfig
 
 WAYPOINT_CLASS = "istio-waypoint"
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
@@ -112,17 +113,34 @@ def _metadata(gateway: Gateway, labels: dict[str, str]) -> dict[str, Any]:
     return meta
 
 
-def waypoint_args(gateway: Gateway, *, istiod_address: str, trust_domain: str) -> list[str]:
-    """The agent's command line (``istiod-lite waypoint run ...``); one argv element per value."""
+def _proxy_args(proxy: ProxyConfig | None) -> tuple[str, str, list[str]]:
+    """MeshConfig ``defaultConfig`` fields the agent takes as flags: drain duration, termination
+    drain duration, and ``--concurrency`` (0: Envoy's default, one worker per hardware thread)."""
+    drain, termination, extra = DRAIN_DURATION, TERMINATION_DRAIN_DURATION, []
+    if proxy is not None:
+        if proxy.drain_duration is not None and proxy.drain_duration.nanos > 0:
+            drain = str(proxy.drain_duration)
+        if proxy.termination_drain_duration is not None:
+            termination = str(proxy.termination_drain_duration)
+        if proxy.concurrency is not None:
+            extra = ["--concurrency", str(max(0, proxy.concurrency))]
+    return drain, termination, extra
+
+
+def waypoint_args(gateway: Gateway, *, istiod_address: str, trust_domain: str,
+                  proxy: ProxyConfig | None = None) -> list[str]:
+    """The agent's command line (``istiod-lite waypoint run ...``); one argv element per value.
+    ``proxy``: MeshConfig ``defaultConfig`` (drainDuration, terminationDrainDuration, concurrency)."""
     istiod = f"{istiod_address}:{ISTIOD_SECURE_PORT}"
+    drain, termination, extra = _proxy_args(proxy)
     return ["waypoint", "run",
             "--name", gateway.name, "--namespace", gateway.namespace, "--service-account", gateway.name,
             "--token-file", TOKEN_PATH, "--xds-address", istiod, "--ca-address", istiod,
             "--root-cert", ROOT_CERT_PATH, "--ip", "$(INSTANCE_IP)", "--trust-domain", trust_domain,
             "--admin-port", str(ENVOY_ADMIN_PORT), "--status-port", str(STATUS_PORT),
             "--prometheus-port", str(PROMETHEUS_PORT),
-            "--drain-duration", DRAIN_DURATION, "--drain-strategy", DRAIN_STRATEGY,
-            "--termination-drain-duration", TERMINATION_DRAIN_DURATION]
+            "--drain-duration", drain, "--drain-strategy", DRAIN_STRATEGY,
+            "--termination-drain-duration", termination, *extra]
 
 
 def render_service_account(gateway: Gateway) -> dict[str, Any]:
@@ -130,7 +148,8 @@ def render_service_account(gateway: Gateway) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(gateway, _labels(gateway))}
 
 
-def render_deployment(gateway: Gateway, *, image: str, istiod_address: str, trust_domain: str) -> dict[str, Any]:
+def render_deployment(gateway: Gateway, *, image: str, istiod_address: str, trust_domain: str,
+                      proxy: ProxyConfig | None = None) -> dict[str, Any]:
     """One ``istio-proxy`` container running the waypoint agent with a projected ``istio-ca`` token."""
     labels = _labels(gateway)
     pod_labels = {**labels, DATAPLANE_MODE_LABEL: "none", "sidecar.istio.io/inject": "false",
@@ -139,7 +158,7 @@ def render_deployment(gateway: Gateway, *, image: str, istiod_address: str, trus
     container: dict[str, Any] = {
         "name": "istio-proxy",
         "image": image,
-        "args": waypoint_args(gateway, istiod_address=istiod_address, trust_domain=trust_domain),
+        "args": waypoint_args(gateway, istiod_address=istiod_address, trust_domain=trust_domain, proxy=proxy),
         "env": [
             {"name": "INSTANCE_IP", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
@@ -207,12 +226,15 @@ def render_service(gateway: Gateway) -> dict[str, Any]:
     }
 
 
-def render_waypoint(gateway: Gateway, *, image: str, istiod_address: str, trust_domain: str) -> list[dict[str, Any]]:
-    """ServiceAccount, Deployment and Service for a waypoint Gateway (empty for any other class)."""
+def render_waypoint(gateway: Gateway, *, image: str, istiod_address: str, trust_domain: str,
+                    proxy: ProxyConfig | None = None) -> list[dict[str, Any]]:
+    """ServiceAccount, Deployment and Service for a waypoint Gateway (empty for any other class);
+    ``proxy``: MeshConfig ``defaultConfig`` for the agent's flags."""
     if not is_waypoint(gateway):
         return []
     return [render_service_account(gateway),
-            render_deployment(gateway, image=image, istiod_address=istiod_address, trust_domain=trust_domain),
+            render_deployment(gateway, image=image, istiod_address=istiod_address, trust_domain=trust_domain,
+                              proxy=proxy),
             render_service(gateway)]
 
 

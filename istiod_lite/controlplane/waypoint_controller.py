@@ -54,6 +54,7 @@ from istiod_lite.controlplane.manifests import (
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Namespace
 from istiod_lite.model.gateway import Gateway
+from istiod_lite.model.meshconfig_proxy import ProxyConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class WaypointControllerOptions:
     #: istiod-lite's Service host name (port 15012 is appended), e.g. ``istiod-lite.istio-system.svc``.
     istiod_address: str
     trust_domain: str = "cluster.local"
+    #: MeshConfig ``defaultConfig``: the agent's drain durations and concurrency (None: defaults).
+    proxy: ProxyConfig | None = None
     #: PEM of the CA root, published as ConfigMap ``istio-ca-root-cert``; None = publish nothing.
     root_cert_pem: str | None = None
     request_timeout: float = 10.0
@@ -166,7 +169,7 @@ class WaypointController:
     def _reconcile_gateway(self, gw: Gateway, result: ReconcileResult) -> None:
         """Check that every object to write is ours, then apply them all, then the status."""
         objs = render_waypoint(gw, image=self.options.image, istiod_address=self.options.istiod_address,
-                               trust_domain=self.options.trust_domain)
+                               trust_domain=self.options.trust_domain, proxy=self.options.proxy)
         # Objects whose body was applied already were ours then: only the others are read.
         versions: dict[str, str] = {}
         for obj in objs:

@@ -78,6 +78,17 @@ def _short_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _ForeignPeerConfig(HboneConfig):
+    """A client ztunnel whose own certificate is of another trust domain (an aliased or foreign
+    peer): it accepts any SPIFFE certificate, its own and the waypoint's (the waypoint's SAN check
+    on it is what such a test exercises)."""
+
+    @property
+    def peer_san_prefix(self) -> str:
+        return "spiffe://"
+
+
 @dataclass
 class Mesh:
     cp: ControlPlane
@@ -94,12 +105,13 @@ class Mesh:
         path.write_text(create_token(self.ca_dir, namespace, sa) + "\n")
         return path
 
-    def credentials(self, namespace: str, sa: str) -> FileCredentials:
-        """A CA-issued certificate for ``spiffe://td/ns/<namespace>/sa/<sa>``, as files."""
+    def credentials(self, namespace: str, sa: str, trust_domain: str | None = None) -> FileCredentials:
+        """A CA-issued certificate for ``spiffe://td/ns/<namespace>/sa/<sa>``, as files; ``trust_domain``
+        (default: the mesh's) lets a test act as a peer of an aliased or foreign trust domain."""
         assert self.cp.ca is not None
         authority = self.cp.ca.authority
         key = ec.generate_private_key(ec.SECP256R1())
-        spiffe = f"spiffe://{self.trust_domain}/ns/{namespace}/sa/{sa}"
+        spiffe = f"spiffe://{trust_domain or self.trust_domain}/ns/{namespace}/sa/{sa}"
         leaf = authority.issue(key.public_key(), x509.UniformResourceIdentifier(spiffe), dt.timedelta(hours=2))
         out = self.tmp / f"creds-{namespace}-{sa}-{free_port()}"
         out.mkdir(parents=True)
@@ -151,14 +163,15 @@ class Mesh:
 
     @contextlib.asynccontextmanager
     async def client(self, targets: Sequence[tuple[str, int]], waypoint_ip: str, namespace: str = "client",
-                     sa: str = "client") -> AsyncIterator[dict[tuple[str, int], str]]:
+                     sa: str = "client", trust_domain: str | None = None) -> AsyncIterator[dict[tuple[str, int], str]]:
         """The client's ztunnel: one local ``127.0.0.1:port`` per (VIP, port), tunnelled to the waypoint.
 
         Yields {(vip, port): "127.0.0.1:<local port>"}.
         """
         tunnels = tuple(OutboundTunnel(Endpoint("127.0.0.1", 0), Endpoint(vip, port), Endpoint(waypoint_ip, HBONE_PORT))
                         for vip, port in targets)
-        proxy = HboneProxy(HboneConfig(outbound=tunnels), self.credentials(namespace, sa), concurrency=1)
+        config = HboneConfig(outbound=tunnels) if trust_domain is None else _ForeignPeerConfig(outbound=tunnels)
+        proxy = HboneProxy(config, self.credentials(namespace, sa, trust_domain), concurrency=1)
         await proxy.start()
         try:
             yield dict(zip(targets, (str(a) for a in proxy.outbound_addresses), strict=True))

@@ -137,7 +137,6 @@ def test_mesh_config_accepts_typed_ext_authz_providers() -> None:
     ({"envoyExtAuthzHttp": {"service": "a.b.svc.cluster.local", "port": 80, "pathPrefix": "check"}}, "pathPrefix"),
     ({"envoyExtAuthzHttp": {"service": "ns/", "port": 80}}, "service"),
     ({"envoyExtAuthzHttp": {"service": "a", "port": 80, "includeHeadersInCheck": "x"}}, "includeHeadersInCheck"),
-    ({"envoyExtAuthzGrpc": {"service": "a", "port": 80, "pathPrefix": "/x"}}, "pathPrefix"),
     ({"envoyExtAuthzGrpc": {"service": "a", "port": 80}, "zipkin": {"service": "z", "port": 9411}}, "exactly one"),
 ])
 def test_mesh_config_rejects_bad_ext_authz_providers(provider: dict[str, Any], fragment: str) -> None:

@@ -156,7 +156,6 @@ def test_tracing_provider_fields() -> None:
 
 
 @pytest.mark.parametrize(("doc", "message"), [
-    ({"accessLogFiles": "/dev/stdout"}, "accessLogFiles"),
     ({"accessLogEncoding": "XML"}, "accessLogEncoding"),
     ({"accessLogEncoding": "JSON", "accessLogFormat": "not json"}, "not valid JSON"),
     ({"extensionProviders": [{"name": "x"}]}, "exactly one of"),
@@ -168,12 +167,12 @@ def test_tracing_provider_fields() -> None:
     ({"extensionProviders": [{"name": "o", "opentelemetry": {"service": "o", "port": 4317, "http": {},
                                                              "grpc": {}}}]}, "only one of http or grpc"),
     ({"extensionProviders": [{"name": "o", "opentelemetry": {"service": "o", "port": 4318, "http": {
-        "headers": [{"name": "x-token", "envName": "TOKEN"}]}}}]}, "envName"),
+        "headers": [{"name": "x-token", "envName": "TOKEN", "value": "v"}]}}}]}, "only one of value or envName"),
     ({"extensionProviders": [{"name": "o", "opentelemetry": {"service": "o", "port": 4318, "http": {
         "timeout": "soon"}}}]}, "timeout"),
     ({"extensionProviders": [{"name": "z", "zipkin": {"service": "z", "port": 9411,
                                                       "traceContextOption": "W3C"}}]}, "traceContextOption"),
-    ({"defaultConfig": {"tracing": {"sampling": 100}}}, "defaultConfig"),
+    ({"defaultConfig": {"tracing": {"sampling": "lots"}}}, "defaultConfig.tracing.sampling"),
 ])
 def test_mesh_config_rejected(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(MeshConfigInvalid) as info:

@@ -114,8 +114,11 @@ class WaypointGenerator(Generator[WaypointProxies]):
     def _translated(self, config: ConfigSnapshot, key: _Key) -> _Waypoint:
         wp = self._waypoints.get(key)
         if wp is None:
-            wp = self._waypoints[key] = _Waypoint(WaypointAssembly(key[0], self._context.trust_domain,
-                                                                    self._context.mesh, encoded=True, proxy=key[1],
+            mesh = self._context.mesh
+            trust_domain = (mesh.trust_domain_or(self._context.trust_domain) if mesh is not None
+                            else self._context.trust_domain)
+            wp = self._waypoints[key] = _Waypoint(WaypointAssembly(key[0], trust_domain, mesh, encoded=True,
+                                                                    proxy=key[1],
                                                                     dynamic_dns=self._context.dynamic_dns))
         wp.shared = wp.versions.versioned(wp.assembly.shared(config))
         return wp

@@ -28,7 +28,7 @@ from istiod_lite.model.gateway import Gateway
 from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.model.networking import ServiceEntry
 from istiod_lite.model.security import AuthorizationPolicy, RequestAuthentication
-from istiod_lite.translator.authz import attach, extauthz, jwt, rbac
+from istiod_lite.translator.authz import attach, extauthz, jwt, rbac, trustdomain
 from istiod_lite.translator.authz.attach import DEFAULT_ROOT_NAMESPACE, WAYPOINT_CLASS, target_kind
 from istiod_lite.translator.authz.extauthz import ClusterRequest, Providers
 from istiod_lite.translator.authz.matchers import DEFAULT_LIMITS, Limits
@@ -81,6 +81,8 @@ class AuthzTranslator:
         self.root_namespace = root_namespace
         self.mesh_config = mesh_config
         self.limits = limits
+        #: The trust domain and its aliases principals are expanded to (istiod's trust-domain bundle).
+        self.bundle = trustdomain.bundle_of(mesh_config)
         self.multiple_custom_providers = multiple_custom_providers
         self._lock = threading.Lock()
         #: chain key -> (the indexes it was checked against, its target keys, its filters)
@@ -144,7 +146,7 @@ class AuthzTranslator:
             if ra.spec.targets:
                 targeted_ras[(ra.namespace, ra.name)] = ra
                 out += self._target_problems(snapshot, "RequestAuthentication", ra)
-        compiled = [rbac.compile_policy(ap, self.limits) for ap in targeted_aps.values()]
+        compiled = [rbac.compile_policy(ap, self.limits, self.bundle) for ap in targeted_aps.values()]
         for cp in compiled:
             out += cp.problems
             # An ALLOW rule dropped, or a DENY/AUDIT rule widened, wherever the policy reaches a TCP chain.
@@ -285,7 +287,7 @@ class AuthzTranslator:
 
     def _build(self, aps: tuple[AuthorizationPolicy, ...], ras: tuple[RequestAuthentication, ...],
                providers: Providers | None, inputs: tuple[object, ...]) -> AuthzFilters:
-        compiled = [rbac.compile_policy(ap, self.limits) for ap in aps]
+        compiled = [rbac.compile_policy(ap, self.limits, self.bundle) for ap in aps]
         http: list[HttpFilter] = []
         tcp: list[NetworkFilter] = []
         http_roles: list[str] = []

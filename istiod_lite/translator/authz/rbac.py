@@ -76,7 +76,7 @@ def _what(ap: AuthorizationPolicy) -> str:
     return f"AuthorizationPolicy {ap.namespace}/{ap.name}"
 
 
-def _compile(ap: AuthorizationPolicy, limits: Limits) -> CompiledPolicy:
+def _compile(ap: AuthorizationPolicy, limits: Limits, bundle: tuple[str, ...]) -> CompiledPolicy:
     action: Action = ap.spec.action
     provider = ap.spec.provider.name if action == "CUSTOM" and ap.spec.provider is not None else ""
     key_provider = provider if action == "CUSTOM" else None
@@ -85,7 +85,7 @@ def _compile(ap: AuthorizationPolicy, limits: Limits) -> CompiledPolicy:
     outputs: dict[bool, list[tuple[str, Policy]]] = {False: [], True: []}
     for for_tcp in (False, True):
         for i, rule in enumerate(ap.spec.rules):
-            res = compile_rule(rule, i, ap.namespace, action, for_tcp, limits)
+            res = compile_rule(rule, i, ap.namespace, action, for_tcp, limits, bundle)
             if res.policy is not None:
                 outputs[for_tcp].append((policy_key(ap.namespace, ap.name, i, key_provider), res.policy))
             if not for_tcp:
@@ -111,17 +111,18 @@ def _compile(ap: AuthorizationPolicy, limits: Limits) -> CompiledPolicy:
 
 
 @tables.COMPILED_POLICIES.computed_by
-def _no_compilations(ap: AuthorizationPolicy) -> dict[Limits, CompiledPolicy]:
+def _no_compilations(ap: AuthorizationPolicy) -> dict[tuple[Limits, tuple[str, ...]], CompiledPolicy]:
     return {}
 
 
-def compile_policy(ap: AuthorizationPolicy, limits: Limits) -> CompiledPolicy:
-    """``ap`` compiled, once per policy object and limits, kept while the object lives
-    (snapshots keep an unchanged resource's object)."""
+def compile_policy(ap: AuthorizationPolicy, limits: Limits, bundle: tuple[str, ...] = ()) -> CompiledPolicy:
+    """``ap`` compiled, once per policy object, limits and trust-domain bundle (the mesh's trust
+    domain and aliases, ``trustdomain.bundle_of``), kept while the object lives (snapshots keep an
+    unchanged resource's object)."""
     by_limits = tables.COMPILED_POLICIES.of(ap)
-    out = by_limits.get(limits)
+    out = by_limits.get((limits, bundle))
     if out is None:
-        out = by_limits.setdefault(limits, _compile(ap, limits))
+        out = by_limits.setdefault((limits, bundle), _compile(ap, limits, bundle))
     return out
 
 

@@ -42,6 +42,7 @@ from envoy.type.matcher.v3 import filter_state_pb2, path_pb2
 from istiod_lite.model.security import Condition, Operation, Rule, Source, is_path_template
 from istiod_lite.translator.authz import matchers as m
 from istiod_lite.translator.authz.matchers import Limits, Unsupported
+from istiod_lite.translator.authz.trustdomain import expand_principals, expand_trust_domains
 from istiod_lite.translator.core.protos import packed
 
 Permission: TypeAlias = rbac_pb2.Permission
@@ -348,10 +349,11 @@ def _operation_fields(op: Operation, loc: str, widen: bool) -> list[Field]:
             for k, nk, vs, nvs, g, w, http in spec if vs or nvs]
 
 
-def _source_fields(src: Source, loc: str, policy_ns: str) -> list[Field]:
+def _source_fields(src: Source, loc: str, policy_ns: str, bundle: tuple[str, ...] = ()) -> list[Field]:
     out: list[Field] = []
     if src.principals or src.not_principals:
-        out.append(Field("principals", src.principals, src.not_principals, f"{loc}.principals",
+        out.append(Field("principals", expand_principals(src.principals, bundle),
+                         expand_principals(src.not_principals, bundle), f"{loc}.principals",
                          f"{loc}.notPrincipals", False, gen=_principals))
     if src.request_principals or src.not_request_principals:
         out.append(Field("requestPrincipals", src.request_principals, src.not_request_principals,
@@ -360,7 +362,8 @@ def _source_fields(src: Source, loc: str, policy_ns: str) -> list[Field]:
     rest: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], PrinGen], ...] = (
             ("serviceAccounts", "notServiceAccounts", src.service_accounts, src.not_service_accounts,
              _service_accounts(policy_ns)),
-            ("trustDomains", "notTrustDomains", src.trust_domains, src.not_trust_domains, _trust_domains),
+            ("trustDomains", "notTrustDomains", expand_trust_domains(src.trust_domains, bundle),
+             expand_trust_domains(src.not_trust_domains, bundle), _trust_domains),
             ("namespaces", "notNamespaces", src.namespaces, src.not_namespaces, _namespaces),
             ("remoteIpBlocks", "notRemoteIpBlocks", src.remote_ip_blocks, src.not_remote_ip_blocks, _remote_ip),
             ("ipBlocks", "notIpBlocks", src.ip_blocks, src.not_ip_blocks, _direct_ip))
@@ -370,14 +373,18 @@ def _source_fields(src: Source, loc: str, policy_ns: str) -> list[Field]:
     return out
 
 
-def _when_field(cond: Condition, loc: str, policy_ns: str) -> tuple[str, Field]:
-    """(``"permission"`` or ``"principal"``, the field) for one ``when`` condition."""
+def _when_field(cond: Condition, loc: str, policy_ns: str, bundle: tuple[str, ...] = ()) -> tuple[str, Field]:
+    """(``"permission"`` or ``"principal"``, the field) for one ``when`` condition; ``bundle``:
+    ``source.principal`` values are expanded to the trust domain's aliases."""
     k = cond.key
     vloc, nloc = f"{loc}.values", f"{loc}.notValues"
     http_only = k.startswith(_HTTP_ONLY_WHEN)
 
     def f(gen: PermGen | PrinGen | None = None,
           extended: Callable[[tuple[str, ...], Limits], Permission | Principal] | None = None) -> Field:
+        if k == "source.principal":
+            return Field(k, expand_principals(cond.values, bundle), expand_principals(cond.not_values, bundle),
+                         vloc, nloc, http_only, gen=gen, extended=extended)
         return Field(k, cond.values, cond.not_values, vloc, nloc, http_only, gen=gen, extended=extended)
 
     permission_gens: dict[str, PermGen] = {"destination.ip": _dest_ip, "destination.port": _ports,
@@ -468,18 +475,20 @@ def _negate(x: Permission | Principal, is_perm: bool) -> Permission | Principal:
     return Permission(not_rule=x) if is_perm else Principal(not_id=x)
 
 
-def compile_rule(rule: Rule, index: int, policy_ns: str, action: Action, for_tcp: bool, lim: Limits) -> RuleResult:
-    """Istio's ``model.New`` + ``Generate`` for one rule, with the fail-closed rules above."""
+def compile_rule(rule: Rule, index: int, policy_ns: str, action: Action, for_tcp: bool, lim: Limits,
+                 bundle: tuple[str, ...] = ()) -> RuleResult:
+    """Istio's ``model.New`` + ``MigrateTrustDomain`` (``bundle``: the mesh's trust domain and
+    aliases) + ``Generate`` for one rule, with the fail-closed rules above."""
     loc = f"spec.rules[{index}]"
     perm_when: list[Field] = []
     prin_when: list[Field] = []
     for k, cond in enumerate(rule.when):
-        side, fld = _when_field(cond, f"{loc}.when[{k}]", policy_ns)
+        side, fld = _when_field(cond, f"{loc}.when[{k}]", policy_ns, bundle)
         (perm_when if side == "permission" else prin_when).append(fld)
     widen = action in ("DENY", "AUDIT")
     perm_sets = [_operation_fields(op, f"{loc}.to[{j}].operation", widen) + perm_when
                  for j, op in enumerate(rule.operations)] or [list(perm_when)]
-    prin_sets = [_source_fields(src, f"{loc}.from[{j}].source", policy_ns) + prin_when
+    prin_sets = [_source_fields(src, f"{loc}.from[{j}].source", policy_ns, bundle) + prin_when
                  for j, src in enumerate(rule.sources)] or [list(prin_when)]
 
     result = RuleResult(policy=None)

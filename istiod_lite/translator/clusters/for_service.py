@@ -65,11 +65,12 @@ def dr_path(dr: DestinationRule) -> str:
 def _add(out: EnvoyResources, snapshot: ConfigSnapshot, svc: ServiceInfo, port: PortInfo, name: str,
          meta: struct_pb2.Struct, dr: DestinationRule | None, subset: str, subset_meta: str, outbound: bool,
          ctx: LbContext | None) -> None:
+    connect_timeout = ctx.mesh.connect_timeout if ctx is not None and ctx.mesh is not None else None
     policy = cluster_policy(dr, port.number, subset)
     config = dr_path(dr) if dr is not None and (outbound or policy is not None) else ""
     c = service_cluster(name, meta, policy, h2=protocols.is_h2(port.protocol),
                         auto=port.protocol == "unsupported", plain_transport=PASSTHROUGH, subset=subset_meta,
-                        config=config, alpn_override=outbound)
+                        config=config, alpn_override=outbound, connect_timeout=connect_timeout)
     labels = dr.spec.subset(subset).labels if dr is not None and subset else None  # type: ignore[union-attr]
     lb: EndpointLb | None = None
     if svc.resolution != NONE and c.type == _C.EDS:

@@ -56,16 +56,23 @@ def internal_upstream(inner: base_pb2.TransportSocket) -> base_pb2.TransportSock
 def service_cluster(
     name: str, services: struct_pb2.Struct, policy: Policy | None, *, h2: bool, auto: bool,
     plain_transport: base_pb2.TransportSocket, subset: str = "", config: str = "", alpn_override: bool = False,
+    connect_timeout: Duration | None = None,
 ) -> cluster_pb2.Cluster:
     """One service cluster: the template, then ``policy`` (None: Istio's defaults only).
 
     ``plain_transport``: the transport socket used when the policy sets no TLS/PROXY (prebuilt by
     the caller, so the common case is a copy).  ``alpn_override``: outbound clusters get Istio's
-    ``istio.alpn_override: "false"`` metadata when they originate TLS."""
+    ``istio.alpn_override: "false"`` metadata when they originate TLS.  ``connect_timeout``: the
+    mesh's ``connectTimeout`` (None: istiod's default 10s); a DestinationRule's own overrides it."""
     if policy is None:
-        return cluster_templates.eds_cluster(name, services, transport_socket=plain_transport, h2=h2, auto=auto,
-                                    subset=subset, config=config)
+        c = cluster_templates.eds_cluster(name, services, transport_socket=plain_transport, h2=h2, auto=auto,
+                                          subset=subset, config=config)
+        if connect_timeout is not None:
+            set_duration(c.connect_timeout, connect_timeout)
+        return c
     c = cluster_templates.eds_cluster(name, services, subset=subset, config=config)
+    if connect_timeout is not None:
+        set_duration(c.connect_timeout, connect_timeout)
     opts: hpo_pb2.HttpProtocolOptions | None = None
     if h2:
         opts = cluster_templates.h2_protocol_options()

@@ -148,9 +148,9 @@ AP_ATTACHMENTS: Final[Derived[AttachIndex[AuthorizationPolicy]]] = Derived(
     "authorization-policy-attachments", reads=("AuthorizationPolicy",))
 RA_ATTACHMENTS: Final[Derived[AttachIndex[RequestAuthentication]]] = Derived(
     "request-authentication-attachments", reads=("RequestAuthentication",))
-#: One AuthorizationPolicy compiled to RBAC, per proxy limits.
-COMPILED_POLICIES: Final[PerObject[AuthorizationPolicy, dict[Limits, CompiledPolicy]]] = PerObject(
-    "compiled-policies")
+#: One AuthorizationPolicy compiled to RBAC, per (proxy limits, trust-domain bundle).
+COMPILED_POLICIES: Final[PerObject[AuthorizationPolicy, dict[tuple[Limits, tuple[str, ...]], CompiledPolicy]]] = (
+    PerObject("compiled-policies"))
 #: The authorization translators (one per settings) with their per-chain memos.  They read no kind
 #: whole: each checks what its chains read itself, so they pass from snapshot to snapshot (a policy
 #: edit rebuilds only the chains it attaches to).

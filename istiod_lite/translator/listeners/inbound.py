@@ -44,6 +44,7 @@ from istiod_lite.model.meshconfig import PathNormalizationType
 from istiod_lite.translator.core.protos import packed, string_value
 from istiod_lite.translator.routing import routes
 from istiod_lite.translator.shape import hbone
+from istiod_lite.translator.shape.proxy_headers import DEFAULT_HEADERS, HeaderSettings, apply_to_chain_hcm
 
 MAIN_INTERNAL = hbone.MAIN_INTERNAL
 DIRECT_HTTP = "direct-http"
@@ -71,7 +72,8 @@ class ServiceChains:
 
 
 def http_filters(authz: Sequence[hcm_pb2.HttpFilter] = (),
-                 before_router: Sequence[hcm_pb2.HttpFilter] = ()) -> list[hcm_pb2.HttpFilter]:
+                 before_router: Sequence[hcm_pb2.HttpFilter] = (), suppress_envoy_headers: bool = False
+                 ) -> list[hcm_pb2.HttpFilter]:
     """Istio's waypoint HTTP filter order (upstream-Envoy subset): authorization, grpc_stats, fault,
     cors, [``before_router``: the dynamic forward proxy of a wildcard host], router.  Fault and
     CORS are empty here; routes configure them per route."""
@@ -84,7 +86,7 @@ def http_filters(authz: Sequence[hcm_pb2.HttpFilter] = (),
         hcm_pb2.HttpFilter(name="envoy.filters.http.fault", typed_config=packed(fault_pb2.HTTPFault())),
         hcm_pb2.HttpFilter(name="envoy.filters.http.cors", typed_config=packed(cors_pb2.Cors())),
         *before_router,
-        hbone.router_filter(),
+        hbone.router_filter(suppress_envoy_headers),
     ]
 
 
@@ -138,17 +140,23 @@ def http_connection_manager(
     port: int, route_config_name: str, h2: bool, authz: Sequence[hcm_pb2.HttpFilter] = (),
     access_logs: Sequence[accesslog_pb2.AccessLog] = (), path_normalization: PathNormalizationType = "BASE",
     before_router: Sequence[hcm_pb2.HttpFilter] = (),
+    headers: HeaderSettings = DEFAULT_HEADERS,
 ) -> hcm_pb2.HttpConnectionManager:
     """The chain's HCM, taking its routes over RDS (``route_config_name``); ``access_logs`` (from
     ``telemetry.access_logs_for``) are added as given.  ``path_normalization``: MeshConfig
-    ``pathNormalization.normalization`` (default BASE)."""
+    ``pathNormalization.normalization`` (default BASE); ``headers``: MeshConfig proxyHeaders."""
     hcm = hcm_pb2.HttpConnectionManager()
     hcm.CopyFrom(_template(path_normalization))  # a C-level copy of the fixed part: far cheaper than rebuilding it
     hcm.stat_prefix = f"inbound_0.0.0.0_{port};"
     hcm.rds.route_config_name = route_config_name  # the template holds the config source
     if not _DEFAULT_FILTERS:
         _DEFAULT_FILTERS.extend(http_filters())
-    hcm.http_filters.extend(http_filters(authz, before_router) if authz or before_router else _DEFAULT_FILTERS)
+    if headers.suppress_envoy_headers:
+        hcm.http_filters.extend(http_filters(authz, before_router, suppress_envoy_headers=True))
+    else:
+        hcm.http_filters.extend(http_filters(authz, before_router) if authz or before_router
+                                else _DEFAULT_FILTERS)
+    apply_to_chain_hcm(hcm, headers)
     if h2:
         hcm.http2_protocol_options.SetInParent()
     if access_logs:
@@ -161,12 +169,14 @@ def http_chain(name: str, port: int, h2: bool,
                access_logs: Sequence[accesslog_pb2.AccessLog] = (),
                path_normalization: PathNormalizationType = "BASE",
                before_router: Sequence[hcm_pb2.HttpFilter] = (),
+               headers: HeaderSettings = DEFAULT_HEADERS,
                ) -> listener_components_pb2.FilterChain:
     """An HTTP chain named ``name`` whose routes are the RouteConfiguration of the same name (RDS)."""
     chain = listener_components_pb2.FilterChain(name=name)
     chain.filters.extend(prefix)
     chain.filters.add(name=hbone.HCM, typed_config=packed(
-        http_connection_manager(port, name, h2, authz, access_logs, path_normalization, before_router)))
+        http_connection_manager(port, name, h2, authz, access_logs, path_normalization, before_router,
+                                headers)))
     return chain
 
 
@@ -210,13 +220,13 @@ def direct_route_configuration() -> route_pb2.RouteConfiguration:
 
 def direct_chains(
     authz: Sequence[hcm_pb2.HttpFilter] = (), tcp_authz: Sequence[listener_components_pb2.Filter] = (),
-    path_normalization: PathNormalizationType = "BASE",
+    path_normalization: PathNormalizationType = "BASE", headers: HeaderSettings = DEFAULT_HEADERS,
 ) -> tuple[listener_components_pb2.FilterChain, ...]:
     """``direct-tcp`` and ``direct-http``; the latter's routes are ``direct_route_configuration``."""
     return (
         with_network_filters(tcp_chain(DIRECT_TCP, hbone.ENCAP, prefix=[_reexport_original_dst()]), tcp_authz),
         http_chain(DIRECT_HTTP, 0, h2=False, authz=authz, prefix=[_reexport_original_dst()],
-                   path_normalization=path_normalization),
+                   path_normalization=path_normalization, headers=headers),
     )
 
 
@@ -277,6 +287,7 @@ def _tls_inspector(services: Sequence[ServiceChains]) -> listener_components_pb2
 def main_internal_listener(
     services: Sequence[ServiceChains], workload_ips: Sequence[str], authz: Sequence[hcm_pb2.HttpFilter] = (),
     tcp_authz: Sequence[listener_components_pb2.Filter] = (), path_normalization: PathNormalizationType = "BASE",
+    headers: HeaderSettings = DEFAULT_HEADERS,
 ) -> listener_pb2.Listener:
     """The internal listener: services in the given order (Istio: by creation time)."""
     lst = listener_pb2.Listener(name=MAIN_INTERNAL, traffic_direction=base_pb2.INBOUND)
@@ -307,7 +318,7 @@ def main_internal_listener(
         rm = ipm.range_matchers.add()
         rm.ranges.extend(_cidr(ip) for ip in sorted(set(workload_ips)))
         rm.on_match.matcher.CopyFrom(_app_protocol_matcher(DIRECT_HTTP, DIRECT_TCP))
-    lst.filter_chains.extend(direct_chains(authz, tcp_authz, path_normalization))
+    lst.filter_chains.extend(direct_chains(authz, tcp_authz, path_normalization, headers))
     tree = lst.filter_chain_matcher.matcher_tree
     tree.input.name = "ip"
     tree.input.typed_config.CopyFrom(packed(inputs.DestinationIPInput()))

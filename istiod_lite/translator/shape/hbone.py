@@ -29,14 +29,18 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from istiod_lite.model.types import Duration
 from istiod_lite.translator.core.protos import packed
 from istiod_lite.translator.shape.cluster_templates import DEFAULT_CONNECT_TIMEOUT_S, default_circuit_breakers
+from istiod_lite.translator.shape.proxy_headers import DEFAULT_HEADERS, HeaderSettings, apply_to_connect_terminate
 
 CONNECT_TERMINATE = "connect_terminate"
 CONNECT_ORIGINATE = "connect_originate"
 MAIN_INTERNAL = "main_internal"
 ENCAP = "encap"
 HBONE_PORT = 15008
+#: MeshConfig ``hboneIdleTimeout`` default: idle HBONE connections to ztunnel are closed after 1h.
+HBONE_IDLE_TIMEOUT_S = 3600
 SDS_CLUSTER = "sds-grpc"
 SECRET_DEFAULT = "default"
 SECRET_ROOTCA = "ROOTCA"
@@ -67,15 +71,18 @@ def sds_config() -> config_source_pb2.ConfigSource:
     return cs
 
 
-def common_tls_context(trust_domain: str, extra_san_prefixes: tuple[str, ...] = ()) -> tls_pb2.CommonTlsContext:
-    """Istio's HBONE TLS: workload cert ``default``, root ``ROOTCA``, peer SAN in the trust domain,
-    ALPN h2, TLS 1.3 only."""
+def common_tls_context(trust_domain: str, extra_san_prefixes: tuple[str, ...] = (),
+                       aliases: tuple[str, ...] = ()) -> tls_pb2.CommonTlsContext:
+    """Istio's HBONE TLS: workload cert ``default``, root ``ROOTCA``, peer SAN in the trust domain
+    or one of its ``aliases`` (MeshConfig ``trustDomainAliases``: istiod's
+    ``TrustDomainsForValidation``, trust domain first, duplicates dropped), ALPN h2, TLS 1.3 only."""
     ctx = tls_pb2.CommonTlsContext(alpn_protocols=["h2"])
     ctx.tls_params.tls_minimum_protocol_version = common_pb2.TlsParameters.TLSv1_3
     ctx.tls_params.tls_maximum_protocol_version = common_pb2.TlsParameters.TLSv1_3
     ctx.tls_certificate_sds_secret_configs.add(name=SECRET_DEFAULT, sds_config=sds_config())
     combined = ctx.combined_validation_context
-    for prefix in (f"spiffe://{trust_domain}/", *extra_san_prefixes):
+    domains = tuple(dict.fromkeys((trust_domain, *aliases)))
+    for prefix in (*(f"spiffe://{td}/" for td in domains), *extra_san_prefixes):
         combined.default_validation_context.match_typed_subject_alt_names.add(
             san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=string_pb2.StringMatcher(prefix=prefix))
     combined.validation_context_sds_secret_config.name = SECRET_ROOTCA
@@ -104,19 +111,21 @@ def connect_authority_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name="connect_authority", typed_config=packed(cfg))
 
 
-def router_filter() -> hcm_pb2.HttpFilter:
-    router = router_pb2.Router(start_child_span=False)
+def router_filter(suppress_envoy_headers: bool = False) -> hcm_pb2.HttpFilter:
+    router = router_pb2.Router(start_child_span=False, suppress_envoy_headers=suppress_envoy_headers)
     return hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=packed(router))
 
 
-def connect_terminate(bind_ip: str, trust_domain: str) -> listener_pb2.Listener:
-    """HBONE termination on ``bind_ip:15008``: mTLS required, CONNECT routed to ``main_internal``."""
+def connect_terminate(bind_ip: str, trust_domain: str, aliases: tuple[str, ...] = (),
+                      headers: HeaderSettings = DEFAULT_HEADERS) -> listener_pb2.Listener:
+    """HBONE termination on ``bind_ip:15008``: mTLS required (a peer of the trust domain or one of
+    its ``aliases``), CONNECT routed to ``main_internal``; ``headers``: MeshConfig proxyHeaders."""
     lst = listener_pb2.Listener(
         name=CONNECT_TERMINATE,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=bind_ip, port_value=HBONE_PORT)),
     )
     lst.connection_balance_config.exact_balance.SetInParent()
-    tls = tls_pb2.DownstreamTlsContext(common_tls_context=common_tls_context(trust_domain))
+    tls = tls_pb2.DownstreamTlsContext(common_tls_context=common_tls_context(trust_domain, aliases=aliases))
     tls.require_client_certificate.value = True
     chain = lst.filter_chains.add(name="default")
     chain.transport_socket.name = "tls"
@@ -145,6 +154,7 @@ def connect_terminate(bind_ip: str, trust_domain: str) -> listener_pb2.Listener:
     hcm.set_current_client_cert_details.subject.value = True
     hcm.set_current_client_cert_details.uri = True
     hcm.set_current_client_cert_details.dns = True
+    apply_to_connect_terminate(hcm, headers)
     h2 = hcm.http2_protocol_options
     h2.allow_connect = True
     h2.max_concurrent_streams.value = 100
@@ -211,22 +221,35 @@ def encap_cluster() -> cluster_pb2.Cluster:
     return _internal_cluster(ENCAP, CONNECT_ORIGINATE)
 
 
-def connect_originate_cluster(trust_domain: str, waypoint_namespace: str) -> cluster_pb2.Cluster:
-    """HBONE to the destination pod's port 15008, mTLS with the waypoint's own certificate."""
+def connect_originate_cluster(trust_domain: str, waypoint_namespace: str, aliases: tuple[str, ...] = (),
+                              connect_timeout: Duration | None = None,
+                              idle_timeout: Duration | None = None) -> cluster_pb2.Cluster:
+    """HBONE to the destination pod's port 15008, mTLS with the waypoint's own certificate; the
+    destination may be in the trust domain or one of its ``aliases``.  ``connect_timeout``: the
+    mesh's ``connectTimeout`` (istiod's default 10s when None); ``idle_timeout``: the mesh's
+    ``hboneIdleTimeout``, how long idle HBONE connections to ztunnel are kept (default 1h)."""
     c = cluster_pb2.Cluster(name=CONNECT_ORIGINATE, type=cluster_pb2.Cluster.ORIGINAL_DST,
                             lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED, alt_stat_name=f"{CONNECT_ORIGINATE};",
                             circuit_breakers=default_circuit_breakers())
-    c.connect_timeout.seconds = DEFAULT_CONNECT_TIMEOUT_S
+    if connect_timeout is None:
+        c.connect_timeout.seconds = DEFAULT_CONNECT_TIMEOUT_S
+    else:
+        c.connect_timeout.seconds, c.connect_timeout.nanos = divmod(connect_timeout.nanos, 1_000_000_000)
     c.cleanup_interval.seconds = 60
     c.original_dst_lb_config.upstream_port_override.value = HBONE_PORT
     c.original_dst_lb_config.metadata_key.key = ORIGINAL_DST_KEY
     c.original_dst_lb_config.metadata_key.path.add(key="waypoint")
     opts = hpo_pb2.HttpProtocolOptions()
-    opts.common_http_protocol_options.idle_timeout.seconds = 3600
+    if idle_timeout is None:
+        opts.common_http_protocol_options.idle_timeout.seconds = HBONE_IDLE_TIMEOUT_S
+    else:
+        idle = opts.common_http_protocol_options.idle_timeout
+        idle.seconds, idle.nanos = divmod(idle_timeout.nanos, 1_000_000_000)
+        idle.SetInParent()
     opts.explicit_http_config.http2_protocol_options.allow_connect = True
     c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(packed(opts))
     tls = tls_pb2.UpstreamTlsContext(common_tls_context=common_tls_context(
-        trust_domain, (f"spiffe://{trust_domain}/ns/{waypoint_namespace}/sa/",)))
+        trust_domain, (f"spiffe://{trust_domain}/ns/{waypoint_namespace}/sa/",), aliases))
     c.transport_socket.name = "tls"
     c.transport_socket.typed_config.CopyFrom(packed(tls))
     return c

@@ -220,8 +220,12 @@ def _logger_for(provider: ExtensionProvider, mesh: MeshConfig) -> file_pb2.FileA
         return _file_logger(path, mesh.access_log_format or None, None)
     fmt = fal.log_format
     if fmt is not None and fmt.labels is not None:
-        return _file_logger(fal.path, None, dict(fmt.labels))
-    return _file_logger(fal.path, fmt.text if fmt is not None else None, None)
+        fl = _file_logger(fal.path, None, dict(fmt.labels))
+    else:
+        fl = _file_logger(fal.path, fmt.text if fmt is not None else None, None)
+    if fal.omit_empty_values:  # Istio: the provider's omitEmptyValues -> log_format.omit_empty_values
+        fl.log_format.omit_empty_values = True
+    return fl
 
 
 def access_log(setting: ProviderSetting, mesh: MeshConfig) -> AccessLog | None:

@@ -165,6 +165,15 @@ def resolve_host(service: str) -> str:
     return host
 
 
+#: Istio tracing provider kinds upstream Envoy on a waypoint cannot export to here.
+_UNSUPPORTED_TRACERS: Final = ("lightstep", "datadog", "stackdriver", "opencensus", "skywalking")
+
+
+def _camel_kind(kind: str) -> str:
+    head, *rest = kind.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
 def supports_tracing(provider: ExtensionProvider) -> bool:
     return provider.zipkin is not None or provider.opentelemetry is not None
 
@@ -178,7 +187,8 @@ def _duration(d: Duration | None, default_s: int | None) -> tuple[int, int] | No
 def _headers(headers: Iterable[HttpHeader]) -> list[base_pb2.HeaderValueOption]:
     return [base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=h.name, value=h.value),
-        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD) for h in headers]
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD) for h in headers
+        if h.value is not None]  # envName headers: istiod's environment is not read (listed as ignored)
 
 
 def _zipkin(provider: ExtensionProvider, host: str, cluster: str) -> zipkin_pb2.ZipkinConfig:
@@ -220,7 +230,7 @@ def _otel(provider: ExtensionProvider, host: str, cluster: str, service_name: st
             if timeout is not None:
                 grpc.timeout.seconds, grpc.timeout.nanos = timeout
             grpc.initial_metadata.extend(base_pb2.HeaderValue(key=h.name, value=h.value)
-                                         for h in o.grpc.initial_metadata)
+                                         for h in o.grpc.initial_metadata if h.value is not None)
         oc.grpc_service.CopyFrom(grpc)
     return oc
 
@@ -296,6 +306,14 @@ def _sampling(tr: hcm_pb2.HttpConnectionManager.Tracing, percent: float) -> None
     tr.random_sampling.value = percent
 
 
+def mesh_sampling(mesh: MeshConfig) -> float:
+    """The sampling % where no Telemetry sets one: MeshConfig ``defaultConfig.tracing.sampling``
+    when set (non-zero), else istiod's ``PILOT_TRACE_SAMPLING`` default (istiod's
+    ``proxyConfigSamplingValue``)."""
+    t = mesh.default_config.tracing
+    return t.sampling if t is not None and t.sampling else DEFAULT_SAMPLING
+
+
 def chain_tracing(telemetries: Sequence[Telemetry], mesh: MeshConfig, ref: WaypointRef) -> ChainTracing:
     """The tracing of one service's HTTP chains (``configureTracingFromTelemetry``)."""
     spec = tracing_spec(telemetries, mesh)
@@ -303,7 +321,7 @@ def chain_tracing(telemetries: Sequence[Telemetry], mesh: MeshConfig, ref: Waypo
     if spec is None:
         if not mesh.enable_tracing:
             return NO_TRACING
-        _sampling(tr, DEFAULT_SAMPLING)
+        _sampling(tr, mesh_sampling(mesh))
         tr.custom_tags.extend(sorted(istio_tags(ref), key=lambda t: t.tag))
         return ChainTracing(tr)
     if spec.disabled or spec.provider is None:
@@ -316,7 +334,7 @@ def chain_tracing(telemetries: Sequence[Telemetry], mesh: MeshConfig, ref: Waypo
     if max_tag_length:
         tr.max_path_tag_length.value = max_tag_length
     pct = spec.random_sampling_percentage
-    _sampling(tr, DEFAULT_SAMPLING if pct is None else pct)
+    _sampling(tr, mesh_sampling(mesh) if pct is None else pct)
     tags = (istio_tags(ref) if spec.enable_istio_tags else []) + custom_tags(spec.custom_tags)
     tr.custom_tags.extend(sorted(tags, key=lambda t: t.tag))
     return ChainTracing(tr, spec.use_request_id_for_trace_sampling, collector)
@@ -363,6 +381,9 @@ def provider_problems(mesh: MeshConfig, names_: Iterable[str], where: str) -> li
         if p is None:
             out.append(f"{where}: tracing provider {name!r} is not in the mesh config's extensionProviders "
                        "(no tracing)")
+        elif p.kind in _UNSUPPORTED_TRACERS:
+            out.append(f"{where}: tracing provider {name!r} is a {_camel_kind(p.kind)} provider, which the waypoint "
+                       "cannot trace to (only zipkin and opentelemetry; no tracing)")
         elif not supports_tracing(p):
             out.append(f"{where}: provider {name!r} does not support tracing (no tracing)")
     return out
@@ -381,6 +402,7 @@ __all__ = [
     "custom_tags",
     "entries",
     "istio_tags",
+    "mesh_sampling",
     "provider_config",
     "provider_problems",
     "resolve_host",

@@ -25,6 +25,7 @@ from istiod_lite.translator.clusters.locality import ProxyLocality, proxy_locali
 from istiod_lite.translator.clusters.locality_lb import failover_priority_labels
 from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.translator.shape import hbone
+from istiod_lite.translator.shape.proxy_headers import header_settings
 from istiod_lite.translator.telemetry import TelemetryMemo
 from istiod_lite.translator.waypoint.translator import DEFAULT_TRUST_DOMAIN, WaypointTranslator
 
@@ -43,13 +44,18 @@ class WaypointAssembly:
     ``proxy``: the proxies' locality (``proxy_locality_of`` finds it); one assembly per value.
     """
 
-    def __init__(self, ref: WaypointRef, trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
+    def __init__(self, ref: WaypointRef, trust_domain: str | None = None, mesh: MeshConfig | None = None,
                  path_normalization: ProxyPathNormalization | None = None, encoded: bool = False,
                  proxy: ProxyLocality | None = None, dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS) -> None:
         if path_normalization is None and mesh is not None:
             path_normalization = mesh.path_normalization
+        if trust_domain is None:
+            trust_domain = mesh.trust_domain if mesh is not None else DEFAULT_TRUST_DOMAIN
         self.ref = ref
         self.trust_domain = trust_domain
+        #: MeshConfig ``trustDomainAliases``: peers of these domains pass the HBONE SAN check too.
+        self.aliases = mesh.trust_domain_aliases if mesh is not None else ()
+        self.headers = header_settings(mesh)
         self.mesh = mesh
         self.proxy = proxy
         self.translator = WaypointTranslator(ref, trust_domain, path_normalization, mesh, encoded, proxy,
@@ -66,7 +72,7 @@ class WaypointAssembly:
     def connect_terminate(self, address: str) -> listener_pb2.Listener:
         """The per-proxy listener: HBONE termination on the proxy's own address (so several
         waypoints can share one host)."""
-        return hbone.connect_terminate(address, self.trust_domain)
+        return hbone.connect_terminate(address, self.trust_domain, self.aliases, self.headers)
 
     def default_address(self, snapshot: ConfigSnapshot) -> str:
         """The waypoint's first address (Gateway status, else spec), else ``0.0.0.0``."""
@@ -92,7 +98,7 @@ def proxy_locality_of(snapshot: ConfigSnapshot, ref: WaypointRef, address: str, 
 
 def translate_waypoint(
     snapshot: ConfigSnapshot, ref: WaypointRef, bind_ip: str | None = None,
-    trust_domain: str = DEFAULT_TRUST_DOMAIN, mesh: MeshConfig | None = None,
+    trust_domain: str | None = None, mesh: MeshConfig | None = None,
     path_normalization: ProxyPathNormalization | None = None, dynamic_dns: DynamicDnsOptions = DEFAULT_OPTIONS,
 ) -> EnvoyResources:
     """One-shot ``WaypointAssembly(...).proxy_resources(snapshot, bind_ip)`` (tests, offline use)."""

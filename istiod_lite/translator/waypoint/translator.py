@@ -50,6 +50,7 @@ from istiod_lite.translator.listeners import inbound
 from istiod_lite.translator.routing import route_actions, routes, tcp_routes
 from istiod_lite.translator.routing.mesh_routes import mesh_routes
 from istiod_lite.translator.shape import cluster_templates, hbone
+from istiod_lite.translator.shape.proxy_headers import DEFAULT_HEADERS, HeaderSettings, header_settings
 from istiod_lite.translator.waypoint import dynamic_dns
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
@@ -172,6 +173,8 @@ class WaypointTranslator:
         self.dynamic_dns = dynamic_dns
         #: Authorization reads the mesh config (root namespace, ext_authz providers).  It may be
         #: replaced between translations: it is part of every memo key (path normalization is not).
+        #: What the static clusters and the HTTP chains take from it (trust domain aliases,
+        #: connectTimeout for connect_originate, hboneIdleTimeout, proxyHeaders) is read here once.
         self.mesh = mesh
         #: Hosts the last translation's authorization filters call (their services are memo inputs).
         self._authz_hosts: tuple[str, ...] = ()
@@ -179,6 +182,8 @@ class WaypointTranslator:
         # Fixed for the instance, so the memos (all per instance) stay correct.
         self.path_normalization: PathNormalizationType = (
             path_normalization.normalization if path_normalization is not None else "BASE")
+        #: MeshConfig ``defaultConfig.proxyHeaders`` on the HTTP chains (fixed for the instance too).
+        self.headers = header_settings(mesh)
         self._fragments: dict[str, tuple[_Inputs, _Fragment]] = {}
         self.last_rebuilt = 0
         self._main_internal: tuple[tuple[object, ...], Resource] | None = None
@@ -188,7 +193,9 @@ class WaypointTranslator:
         self._static.routes[inbound.DIRECT_HTTP] = inbound.direct_route_configuration()
         self._static.clusters[hbone.MAIN_INTERNAL] = hbone.main_internal_cluster()
         self._static.clusters[hbone.ENCAP] = hbone.encap_cluster()
-        self._static.clusters[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_cluster(trust_domain, ref.namespace)
+        self._static.clusters[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_cluster(
+            trust_domain, ref.namespace, mesh.trust_domain_aliases if mesh is not None else (),
+            mesh.connect_timeout if mesh is not None else None, mesh.hbone_idle_timeout if mesh is not None else None)
 
     def translate(self, snapshot: ConfigSnapshot) -> EnvoyResources:
         ref = self.ref
@@ -250,7 +257,7 @@ class WaypointTranslator:
                 frag = cached[1]
             else:
                 frag = _service_fragment(snapshot, sv, dr, vss, owned, ref.namespace, az, self.path_normalization,
-                                         self._lb_context(), self.dynamic_dns)
+                                         self._lb_context(), self.dynamic_dns, self.headers)
                 if self.encoded:
                     frag = _Fragment(frag.resources.encoded(), frag.chains)
                 if cached is not None:
@@ -281,7 +288,8 @@ class WaypointTranslator:
         else:
             listener = inbound.main_internal_listener(chains, workload_ips, authz=direct_slots.http,
                                                       tcp_authz=direct_slots.tcp,
-                                                      path_normalization=self.path_normalization)
+                                                      path_normalization=self.path_normalization,
+                                                      headers=self.headers)
             main = Encoded.of(LISTENER, listener) if self.encoded else listener
             self._main_internal = (key, main)
         out.by_type[LISTENER][hbone.MAIN_INTERNAL] = main
@@ -451,6 +459,7 @@ def _service_fragment(
     owned: dict[str, ServiceInfo], waypoint_namespace: str, az: AuthzFilters | None = None,
     path_normalization: PathNormalizationType = "BASE", lb_context: LbContext | None = None,
     dynamic: DynamicDnsOptions = DEFAULT_OPTIONS,
+    headers: HeaderSettings = DEFAULT_HEADERS,
 ) -> _Fragment:
     """One service's clusters, endpoints, route configurations and chains: inbound-vip clusters per
     port (and DR subset) with the DR's traffic policy, HTTP routes from its routes (else the default route),
@@ -487,7 +496,8 @@ def _service_fragment(
                     out.routes[cluster] = routes.route_configuration(cluster, f"inbound|http|{port.number}",
                                                                      route_list)
                 http_chain = inbound.http_chain(cluster, port.number, protocols.is_h2(port.protocol),
-                                                authz=slots.http, path_normalization=path_normalization)
+                                                authz=slots.http, path_normalization=path_normalization,
+                                                headers=headers)
                 out.extension_configs.update(slots.http_configs)
             else:
                 tcp_chain = inbound.with_network_filters(
