@@ -5,14 +5,16 @@ Every answer is read from a translator decision, never decided again here:
 * the waypoint: ``binding_decision`` (the label, the object carrying it, the outcome) and
   ``bound_views`` (a bound ServiceEntry host the waypoint still cannot serve);
 * routes: ``service_routes`` / ``applicable_virtual_services`` and ``mesh_routes`` (HTTPRoutes win);
-* the DestinationRule: ``destination_rule``;
+* the DestinationRule: ``waypoint_destination_rule`` (each source rule of a merged one), and why
+  every other rule naming the host does not apply: ``export_warnings.rule_outcomes`` (exportTo,
+  precedence, merge), the same records the ``validate`` warnings are made from;
 * AuthorizationPolicy / RequestAuthentication: the attach index (``for_service``);
 * Telemetry: ``applicable_telemetries``;
 * notes on what a waypoint ignores in an applied object: the diagnostics (``diagnose``) about it.
 
 Objects that name the service and are *not* in those answers are listed with the first reason, in a
 fixed order of checks, that explains their absence (no waypoint, not for the mesh, wrong namespace,
-selector instead of targetRefs, shadowed, superseded).
+selector instead of targetRefs, not exported, shadowed, superseded).
 """
 
 from __future__ import annotations
