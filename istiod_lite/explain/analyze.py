@@ -11,6 +11,11 @@ Where the messages come from (nothing is decided anew here):
   an HTTPRoute from the wrong namespace, unsupported settings, policies with selectors, ...;
 * ``explain`` over every service: config that names a service no waypoint serves (ISTL0004), config
   in a namespace the service's waypoint does not read (ISTL0006), superseded objects (ISTL0011);
+* the exportTo / precedence / merge outcomes (``export_warnings.rule_outcomes``, the structured form
+  of those diagnostics, which are therefore not classified again): not exported (ISTL0013),
+  shadowed by a namespace searched first or an unexported more specific host (ISTL0014; a
+  root-namespace rule overridden, or a same-namespace rule superseded: ISTL0011), merge losses
+  (ISTL0015);
 * VirtualService rules (IST0101 for a destination host or subset that does not exist, IST0130 for
   a rule after a catch-all, IST0131 for a repeated match) and DestinationRule subsets that select
   no pod (ISTL0012).
@@ -34,6 +39,7 @@ from istiod_lite.model import gateway as gw
 from istiod_lite.model.core import Service
 from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.model.networking import DestinationRule, ServiceEntry, VirtualService
+from istiod_lite.translator import export_warnings as ew
 from istiod_lite.translator.binding import service_model
 from istiod_lite.translator.binding.waypoints import (
     NOT_ALLOWED,
@@ -44,6 +50,7 @@ from istiod_lite.translator.binding.waypoints import (
 )
 from istiod_lite.translator.core.index import host_matches, qualify
 from istiod_lite.translator.diagnostics import Finding, diagnose, findings
+from istiod_lite.translator.export_warnings import RuleOutcome, rule_outcomes
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,11 @@ def analyze(snapshot: ConfigSnapshot, errors: Iterable[ConfigError] = (), mesh: 
     refs = reference or {}
     out: list[AnalysisMessage] = [_schema(e) for e in errors]
     found = findings(diagnose(snapshot, mesh))
+    outcomes = rule_outcomes(snapshot, mesh)
+    structured = {o.message for o in outcomes}
     out += _binding(snapshot)
-    out += [msg for f in found if (msg := _classify(f)) is not None]
+    out += [msg for f in found if f.message not in structured and (msg := _classify(f)) is not None]
+    out += [_outcome(o, mesh or MeshConfig()) for o in outcomes]
     out += _from_explanations(explain.explain_all(snapshot, mesh, found))
     out += _virtual_services(snapshot)
     out += _subsets(snapshot)
@@ -139,10 +149,11 @@ _RULES: Sequence[tuple[str, re.Pattern[str], MessageType | None]] = [
     ("binding", re.compile(r""), m.IGNORED_SETTING),
     ("route", re.compile(r"does not exist"), m.REFERENCED_RESOURCE_NOT_FOUND),
     ("route", re.compile(r"is not bound to a waypoint"), m.L7_CONFIG_WITHOUT_WAYPOINT),
-    ("route", re.compile(r"because HTTPRoute .* attaches to it"), m.SHADOWED_BY_HTTPROUTE),
+    ("route", re.compile(r"because (HTTP|GRPC|TCP|TLS)Route .* attaches to it"), m.SHADOWED_BY_HTTPROUTE),
     ("route", re.compile(r"applies routes for \S+ only from namespace"), m.CONFIG_IN_WRONG_NAMESPACE),
     ("route", re.compile(r"has no address"), m.SERVICE_ENTRY_ADDRESSES_REQUIRED),
-    ("route", re.compile(r"already served by waypoint|DYNAMIC_DNS"), m.SERVICE_ENTRY_NOT_SERVABLE),
+    ("route", re.compile(r"already served by waypoint|of DYNAMIC_DNS host|of a DYNAMIC_DNS entry"),
+     m.SERVICE_ENTRY_NOT_SERVABLE),
     ("route", re.compile(r""), m.IGNORED_SETTING),
     ("authorization", re.compile(r"does not exist"), m.REFERENCED_RESOURCE_NOT_FOUND),
     ("authorization", re.compile(r"which waypoints do not enforce"), m.POLICY_NOT_ON_WAYPOINT),
@@ -162,10 +173,30 @@ def _classify(f: Finding) -> AnalysisMessage | None:
     return AnalysisMessage(m.IGNORED_SETTING, f.detail, f.kind, f.namespace, f.name)
 
 
+def _outcome(o: RuleOutcome, mesh: MeshConfig) -> AnalysisMessage:
+    """One exportTo / precedence / merge outcome as a message on its subject."""
+    if o.reason in (ew.NOT_EXPORTED, ew.SERVICE_NOT_EXPORTED, ew.TARGET_NOT_EXPORTED):
+        mtype = m.CONFIG_NOT_EXPORTED
+    elif o.reason == ew.MERGE_DROP:
+        mtype = m.DESTINATION_RULE_MERGE_LOSS
+    elif o.reason in (ew.MORE_SPECIFIC, ew.NOT_MERGED) or (
+            o.reason == ew.EARLIER_NAMESPACE and o.namespace == mesh.root_namespace):
+        mtype = m.CONFIG_SUPERSEDED
+    else:
+        mtype = m.CONFIG_SHADOWED
+    host = f" (host {o.rule_host})" if o.rule_host and o.rule_host != o.host else ""
+    return AnalysisMessage(mtype, f"for {o.host} on waypoint {o.waypoint}{host}: {o.why}", o.kind, o.namespace,
+                           o.name)
+
+
 #: Explanation entry codes -> message types; HTTPRoutes and policies with selectors are already
 #: reported by the diagnostics, so only the other kinds are taken from explanations.
 _ENTRY_TYPES = {explain.NO_WAYPOINT: m.L7_CONFIG_WITHOUT_WAYPOINT, explain.WRONG_NAMESPACE: m.CONFIG_IN_WRONG_NAMESPACE,
                 explain.SUPERSEDED: m.CONFIG_SUPERSEDED}
+
+
+#: Route kinds whose problems the diagnostics report already.
+_REPORTED_KINDS = frozenset(("HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute"))
 
 
 def _from_explanations(explanations: Iterable[ServiceExplanation]) -> list[AnalysisMessage]:
@@ -173,8 +204,10 @@ def _from_explanations(explanations: Iterable[ServiceExplanation]) -> list[Analy
     for x in explanations:
         for e in x.not_applied:
             mtype = _ENTRY_TYPES.get(e.code)
-            if mtype is None or e.kind == "HTTPRoute":
+            if mtype is None or e.kind in _REPORTED_KINDS:
                 continue
+            if e.kind in ("DestinationRule", "VirtualService") and e.code == explain.SUPERSEDED:
+                continue  # an outcome (``_outcome``)
             why = e.reason
             if e.code == explain.NO_WAYPOINT:
                 why = f"{x.host} is served by no waypoint ({x.choice.reason}); nothing applies this {e.kind}"

@@ -12,6 +12,7 @@ from typing import Generic, TypeVar
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model import gateway as gw
+from istiod_lite.model import gateway_routes as gr
 from istiod_lite.model.networking import DestinationRule, VirtualService
 from istiod_lite.model.security import AuthorizationPolicy, RequestAuthentication
 from istiod_lite.model.telemetry import Telemetry
@@ -20,13 +21,14 @@ from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.binding.waypoints import WaypointRef, bindings_of
 from istiod_lite.translator.core.index import host_matches, qualify
 from istiod_lite.translator.diagnostics import Finding
+from istiod_lite.translator.export_warnings import RuleOutcome
 from istiod_lite.translator.routing import httproute
 from istiod_lite.translator.waypoint import bound_views
 
-T = TypeVar("T", VirtualService, DestinationRule, gw.HTTPRoute, Telemetry)
+T = TypeVar("T", VirtualService, DestinationRule, gr.MeshRoute, Telemetry)
 
 
-def order(obj: VirtualService | DestinationRule | gw.HTTPRoute | Telemetry | AuthorizationPolicy
+def order(obj: VirtualService | DestinationRule | gr.MeshRoute | Telemetry | AuthorizationPolicy
           | RequestAuthentication) -> tuple[str, str, str]:
     """Creation time, then namespace/name: the order Istio merges and picks in."""
     return (obj.metadata.creation_timestamp, obj.namespace, obj.name)
@@ -51,17 +53,24 @@ class _ByHost(Generic[T]):
 
 
 class Lookup:
-    """What names each host, which hosts each waypoint serves, and the diagnostics by subject."""
+    """What names each host, which hosts each waypoint serves, the diagnostics by subject, and the
+    exportTo/precedence outcomes (``export_warnings.rule_outcomes``) by waypoint and host.
 
-    def __init__(self, snapshot: ConfigSnapshot, found: Iterable[Finding]) -> None:
+    The diagnostics that are outcomes are not notes: ``explain`` reads the outcomes themselves (a
+    note on an object would otherwise tell about other services and waypoints)."""
+
+    def __init__(self, snapshot: ConfigSnapshot, found: Iterable[Finding], outcomes: Iterable[RuleOutcome] = ()
+                 ) -> None:
         self.snapshot = snapshot
         self.virtual_services: _ByHost[VirtualService] = _ByHost(
             (qualify(h, vs.namespace), vs) for vs in snapshot.of_kind(VirtualService) for h in vs.spec.hosts)
         self.destination_rules: _ByHost[DestinationRule] = _ByHost(
             (qualify(dr.spec.host, dr.namespace), dr) for dr in snapshot.of_kind(DestinationRule))
-        self.http_routes: _ByHost[gw.HTTPRoute] = _ByHost(
-            (h, r) for r in snapshot.of_kind(gw.HTTPRoute) for p in r.spec.parent_refs
-            for h in httproute.parent_hosts(snapshot, r, p))
+        routes: list[gr.MeshRoute] = [*snapshot.of_kind(gw.HTTPRoute), *snapshot.of_kind(gr.GRPCRoute),
+                                      *snapshot.of_kind(gr.TCPRoute), *snapshot.of_kind(gr.TLSRoute)]
+        #: Every Gateway API route kind, by the hosts of its parents.
+        self.routes: _ByHost[gr.MeshRoute] = _ByHost(
+            (h, r) for r in routes for p in r.spec.parent_refs for h in httproute.parent_hosts(snapshot, r, p))
         self.telemetry_by_namespace: dict[str, list[Telemetry]] = {}
         for t in sorted(snapshot.of_kind(Telemetry), key=order):
             self.telemetry_by_namespace.setdefault(t.namespace, []).append(t)
@@ -71,9 +80,21 @@ class Lookup:
             for pol in sorted(policies, key=order):
                 self._untargeted.setdefault((kind, pol.namespace), []).append(pol)
         self._served: dict[WaypointRef, dict[str, ServiceInfo]] = {}
+        self._outcomes: dict[tuple[WaypointRef, str], list[RuleOutcome]] = {}
+        for o in outcomes:
+            self._outcomes.setdefault((o.waypoint, o.host), []).append(o)
+        hidden = {o.message for o in self._outcomes_all()}
         self._findings: dict[tuple[str, str, str], list[Finding]] = {}
         for f in found:
-            self._findings.setdefault((f.kind, f.namespace, f.name), []).append(f)
+            if f.message not in hidden:
+                self._findings.setdefault((f.kind, f.namespace, f.name), []).append(f)
+
+    def _outcomes_all(self) -> list[RuleOutcome]:
+        return [o for found in self._outcomes.values() for o in found]
+
+    def outcomes(self, ref: WaypointRef, host: str) -> list[RuleOutcome]:
+        """Why waypoint ``ref`` does not apply DestinationRules / VirtualServices (or parts) to ``host``."""
+        return self._outcomes.get((ref, host), [])
 
     def served(self, ref: WaypointRef, host: str) -> ServiceInfo | None:
         """The view waypoint ``ref`` serves ``host`` with (the oldest definition of a host wins)."""

@@ -63,8 +63,8 @@ L7_CONFIG_WITHOUT_WAYPOINT = MessageType("ISTL0004", "L7ConfigWithoutWaypoint", 
                                          "Routing, traffic policy, L7 security or telemetry names a service no "
                                          "waypoint serves: nothing applies it.")
 SHADOWED_BY_HTTPROUTE = MessageType("ISTL0005", "ShadowedByHTTPRoute", WARNING,
-                                    "A VirtualService is ignored on a waypoint because an HTTPRoute attaches to the "
-                                    "same service.")
+                                    "A VirtualService is ignored on a waypoint because a Gateway API route (HTTPRoute, "
+                                    "GRPCRoute, TCPRoute or TLSRoute) attaches to the same service.")
 CONFIG_IN_WRONG_NAMESPACE = MessageType("ISTL0006", "ConfigInWrongNamespace", WARNING,
                                         "Config for a waypoint-served service is in a namespace the waypoint does not "
                                         "read it from (only its own and the service's).")
@@ -83,9 +83,20 @@ CONFIG_SUPERSEDED = MessageType("ISTL0011", "ConfigSuperseded", INFO,
 SUBSET_SELECTS_NO_POD = MessageType("ISTL0012", "DestinationRuleSubsetSelectsNoPod", WARNING,
                                     "A DestinationRule subset's labels select no pod of the service: requests routed "
                                     "to it fail (503).")
+CONFIG_NOT_EXPORTED = MessageType("ISTL0013", "ConfigNotExported", WARNING,
+                                  "A DestinationRule, VirtualService, route destination or the service itself is not "
+                                  "exported (exportTo) to the waypoint's namespace: the waypoint does not apply or see "
+                                  "it.")
+CONFIG_SHADOWED = MessageType("ISTL0014", "ConfigShadowed", WARNING,
+                              "A DestinationRule is hidden by another namespace's rule searched first (the "
+                              "waypoint's), or by a more specific host that is not exported to the waypoint.")
+DESTINATION_RULE_MERGE_LOSS = MessageType("ISTL0015", "DestinationRuleMergeLoss", WARNING,
+                                          "DestinationRules for the same host and exportTo are merged; a repeated "
+                                          "subset or a later trafficPolicy is ignored.")
 
 ALL: Final = (REFERENCED_RESOURCE_NOT_FOUND, SCHEMA_VALIDATION_ERROR, VIRTUAL_SERVICE_UNREACHABLE_RULE,
               VIRTUAL_SERVICE_INEFFECTIVE_MATCH, SERVICE_ENTRY_ADDRESSES_REQUIRED, WAYPOINT_NOT_FOUND,
               WAYPOINT_TRAFFIC_TYPE_MISMATCH, WAYPOINT_ATTACHMENT_DENIED, L7_CONFIG_WITHOUT_WAYPOINT,
               SHADOWED_BY_HTTPROUTE, CONFIG_IN_WRONG_NAMESPACE, SERVICE_ENTRY_NOT_SERVABLE, IGNORED_SETTING,
-              POLICY_NOT_ON_WAYPOINT, AUTHORIZATION_ENFORCED_DIFFERENTLY, CONFIG_SUPERSEDED, SUBSET_SELECTS_NO_POD)
+              POLICY_NOT_ON_WAYPOINT, AUTHORIZATION_ENFORCED_DIFFERENTLY, CONFIG_SUPERSEDED, SUBSET_SELECTS_NO_POD,
+              CONFIG_NOT_EXPORTED, CONFIG_SHADOWED, DESTINATION_RULE_MERGE_LOSS)

@@ -5,14 +5,16 @@ Every answer is read from a translator decision, never decided again here:
 * the waypoint: ``binding_decision`` (the label, the object carrying it, the outcome) and
   ``bound_views`` (a bound ServiceEntry host the waypoint still cannot serve);
 * routes: ``service_routes`` / ``applicable_virtual_services`` and ``mesh_routes`` (HTTPRoutes win);
-* the DestinationRule: ``destination_rule``;
+* the DestinationRule: ``waypoint_destination_rule`` (each source rule of a merged one), and why
+  every other rule naming the host does not apply: ``export_warnings.rule_outcomes`` (exportTo,
+  precedence, merge), the same records the ``validate`` warnings are made from;
 * AuthorizationPolicy / RequestAuthentication: the attach index (``for_service``);
 * Telemetry: ``applicable_telemetries``;
 * notes on what a waypoint ignores in an applied object: the diagnostics (``diagnose``) about it.
 
 Objects that name the service and are *not* in those answers are listed with the first reason, in a
 fixed order of checks, that explains their absence (no waypoint, not for the mesh, wrong namespace,
-selector instead of targetRefs, shadowed, superseded).
+selector instead of targetRefs, not exported, shadowed, superseded).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from istiod_lite.explain.lookup import Lookup, order
 from istiod_lite.explain.model import Entry, ServiceExplanation, WaypointChoice
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model import gateway as gw
+from istiod_lite.model import gateway_routes as gr
 from istiod_lite.model.core import Service
 from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.model.networking import DestinationRule, ServiceEntry, VirtualService
 from istiod_lite.model.security import AuthorizationPolicy, RequestAuthentication
 from istiod_lite.model.telemetry import Telemetry
+from istiod_lite.translator import export_warnings as ew
 from istiod_lite.translator.authz import attach
 from istiod_lite.translator.binding import service_model
 from istiod_lite.translator.binding.service_model import ServiceInfo
@@ -45,12 +49,14 @@ from istiod_lite.translator.binding.waypoints import (
     binding_decision,
     bindings_of,
 )
+from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS as DNS_OPTIONS
 from istiod_lite.translator.clusters.endpoints import service_pods
+from istiod_lite.translator.clusters.policy_select import NO_RULE, ResolvedRule, waypoint_destination_rule
 from istiod_lite.translator.core.index import qualify
 from istiod_lite.translator.diagnostics import Finding, diagnose, findings
 from istiod_lite.translator.routing.mesh_routes import mesh_routes
 from istiod_lite.translator.telemetry.apply import applicable_telemetries
-from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views, destination_rule
+from istiod_lite.translator.waypoint import applicable_virtual_services, bound_views
 
 #: ``Entry.code`` values of objects that do not apply.
 NO_WAYPOINT = "no-waypoint"
@@ -62,9 +68,31 @@ NAMESPACE_WIDE = "namespace-wide"
 SUPERSEDED = "superseded"
 NOT_CONVERTED = "not-converted"
 NOT_MATCHED = "not-matched"
+#: DestinationRule / VirtualService outcomes of the exportTo and precedence rules (``export_warnings``).
+NOT_EXPORTED = "not-exported"
+SERVICE_NOT_EXPORTED = "service-not-exported"
+SHADOWED_BY_NAMESPACE = "shadowed-by-namespace"
+SHADOWED_BY_HOST = "shadowed-by-host"
+SELECTOR_FIRST = "selector-rule-first"
+DYNAMIC_DNS_HOST = "dynamic-dns-host"
+#: ``RuleOutcome.reason`` -> ``Entry.code``.
+OUTCOME_CODES = {ew.NOT_EXPORTED: NOT_EXPORTED, ew.SERVICE_NOT_EXPORTED: SERVICE_NOT_EXPORTED,
+                 ew.EARLIER_NAMESPACE: SHADOWED_BY_NAMESPACE, ew.HIDDEN_BY_HOST: SHADOWED_BY_HOST,
+                 ew.MORE_SPECIFIC: SHADOWED_BY_HOST, ew.NOT_MERGED: SUPERSEDED, ew.SELECTOR_FIRST: SELECTOR_FIRST}
 #: ``WaypointChoice.outcome`` of a bound ServiceEntry host the waypoint cannot serve.
 NOT_SERVABLE = "NotServable"
 WAYPOINT_SERVICE = "WaypointService"
+
+
+#: How each Gateway API route kind's rules are ordered on a waypoint (``routing/mesh_routes.py``).
+_ROUTE_PRECEDENCE = {
+    "HTTPRoute": "merged with the HTTP and gRPC routes of its namespace for this host and port, rules by Gateway "
+                 "API precedence",
+    "GRPCRoute": "merged with the HTTP and gRPC routes of its namespace for this host and port, rules by Gateway "
+                 "API precedence",
+    "TCPRoute": "TCP traffic of its parent port; the first route's rule wins",
+    "TLSRoute": "TLS traffic by SNI on its parent port; the first matching route wins",
+}
 
 
 class TargetNotFound(LookupError):
@@ -93,23 +121,15 @@ def resolve(snapshot: ConfigSnapshot, target: str) -> list[ServiceInfo]:
 
 
 def _views(se: ServiceEntry) -> tuple[ServiceInfo, ...]:
-    """The translator's views of a ServiceEntry; for one it gives none (DYNAMIC_DNS, which waypoints do
-    not serve), views built the same way, so the explanation can say why it is not served."""
-    views = service_model.of_service_entry(se)
-    if views or not se.spec.hosts:
-        return views
-    ports = tuple(service_model.PortInfo(p.number, p.name, service_model.se_protocol(p.protocol), p.target_port)
-                  for p in se.spec.ports)
-    return tuple(ServiceInfo(host=h, name=h, namespace=se.namespace, vips=tuple(se.spec.addresses), ports=ports,
-                             resolution=se.spec.resolution, source=se, created=se.metadata.creation_timestamp)
-                 for h in se.spec.hosts)
+    """The translator's views of a ServiceEntry (one per host, ``DYNAMIC_DNS`` wildcards included)."""
+    return service_model.of_service_entry(se)
 
 
 def explain_service(snapshot: ConfigSnapshot, target: str, mesh: MeshConfig | None = None
                     ) -> list[ServiceExplanation]:
     """One explanation per service host ``target`` names (raises ``TargetNotFound``)."""
     views = resolve(snapshot, target)
-    notes = Lookup(snapshot, findings(diagnose(snapshot, mesh)))
+    notes = Lookup(snapshot, findings(diagnose(snapshot, mesh)), ew.rule_outcomes(snapshot, mesh))
     return [_explain(snapshot, view, mesh or MeshConfig(), notes) for view in views]
 
 
@@ -127,13 +147,39 @@ def _explain(snapshot: ConfigSnapshot, view: ServiceInfo, mesh: MeshConfig, note
         a, n = part()
         applied += a
         not_applied += n
-    service_notes = [f"port {p.number} ({p.protocol}) is not served by waypoints" for p in view.ports
-                     if not p.chain_kinds]
+    service_notes = _port_notes(view, ref)
+    if ref is not None:
+        service_notes += [f"{view.host} is {o.why}" for o in notes.outcomes(ref, view.host)
+                          if o.reason == ew.SERVICE_NOT_EXPORTED]
     if ref is not None and not view.vips:
         service_notes.append(f"{view.host} has no address: the waypoint matches traffic by address, so it is "
                              "unreachable through it")
     return ServiceExplanation(kind, view.namespace, view.source.name, view.host, choice, tuple(applied),
                               tuple(not_applied), tuple(service_notes))
+
+
+def _port_notes(view: ServiceInfo, ref: WaypointRef | None) -> list[str]:
+    """Ports a waypoint does not serve; for a ``DYNAMIC_DNS`` host, how the waypoint serves it (the
+    same rules as ``ServiceInfo.served_ports`` and the server's ``DynamicDnsOptions``, whose
+    defaults ``diagnose`` reports with)."""
+    served = set(view.served_ports())
+    if view.resolution != service_model.DYNAMIC_DNS:
+        return [f"port {p.number} ({p.protocol}) is not served by waypoints" for p in view.ports if p not in served]
+    by = f"waypoint {ref}" if ref is not None else "a waypoint"
+    out = [f"DYNAMIC_DNS: {by} forwards requests for any name matching {view.host} (dynamic forward proxy: the "
+           "HTTP Host header, or a TLS port's SNI, names the upstream, resolved by the waypoint itself)"]
+    for p in view.ports:
+        if p not in served:
+            out.append(f"port {p.number} ({p.protocol}) is not served: a waypoint serves only HTTP and TLS ports of "
+                       "a DYNAMIC_DNS entry")
+        elif p.protocol == "tls" and not DNS_OPTIONS.wildcard_tls:
+            out.append(f"port {p.number} (tls) is served only when the server runs with "
+                       "--enable-wildcard-host-service-entries-for-tls (a client's SNI is not verified); not served "
+                       "by default")
+        else:
+            out.append(f"port {p.number} ({p.protocol}) is served: {'SNI' if p.protocol == 'tls' else 'HTTP'} "
+                       "dynamic forward proxy")
+    return out
 
 
 def _label_text(decision: BindingDecision) -> str:
@@ -173,7 +219,7 @@ def waypoint_choice(snapshot: ConfigSnapshot, view: ServiceInfo, notes: Lookup |
         (v for v in bound_views(bindings_of(snapshot), ref) if v.host == view.host), None)
     if served is None or served.source is not view.source:
         why = [f.detail for f in (notes.about(kind, view.namespace, name) if notes else ())
-               if view.host in f.message or "DYNAMIC_DNS" in f.message]
+               if view.host in f.message]
         reason = (f"{decision.label_on} has label {_label_text(decision)}, but the waypoint cannot serve "
                   f"{view.host}: " + ("; ".join(why) or "another service already has this host"))
         return WaypointChoice(str(ref), NOT_SERVABLE, reason, decision.label_on, labels), None
@@ -209,34 +255,46 @@ class _Context:
     def routes(self) -> tuple[list[Entry], list[Entry]]:
         host, ref = self.view.host, self.ref
         naming_vs = self.notes.virtual_services.naming(host)
-        naming_routes = self.notes.http_routes.naming(host)
+        naming_routes = self.notes.routes.naming(host)
         applied: list[Entry] = []
         not_applied: list[Entry] = []
-        attached: tuple[gw.HTTPRoute, ...] = ()
+        attached: tuple[gr.MeshRoute, ...] = ()
         used_vs: list[VirtualService] = []
+        outcomes: dict[tuple[str, str], list[ew.RuleOutcome]] = {}
         if ref is not None:
             attached = mesh_routes(self.snapshot).routes(self.namespaces, host)
-            used_vs = applicable_virtual_services(self.snapshot, ref, self.view)
+            used_vs = applicable_virtual_services(self.snapshot, ref, self.view, self.mesh)
+            for o in self.notes.outcomes(ref, host):
+                if o.kind == "VirtualService":
+                    outcomes.setdefault((o.namespace, o.name), []).append(o)
         for i, r in enumerate(attached):
-            applied.append(Entry("HTTPRoute", r.namespace, r.name,
+            applied.append(Entry(r.kind, r.namespace, r.name,
                                  f"routes {host} (Gateway API route {i + 1} of {len(attached)}, oldest first; "
-                                 "HTTPRoutes take precedence over VirtualServices)",
-                                 notes=self.notes.notes("HTTPRoute", r.namespace, r.name, host)))
-        shadow = ", ".join(f"{r.namespace}/{r.name}" for r in attached)
+                                 f"{_ROUTE_PRECEDENCE[r.kind]}; Gateway API routes take precedence over "
+                                 "VirtualServices)",
+                                 notes=self.notes.notes(r.kind, r.namespace, r.name, host)))
+        if attached and all(r.kind == "HTTPRoute" for r in attached):
+            shadow = "HTTPRoute " + ", ".join(f"{r.namespace}/{r.name}" for r in attached)
+        else:
+            shadow = ", ".join(f"{r.kind} {r.namespace}/{r.name}" for r in attached)
         for i, vs in enumerate(used_vs):
             if attached:
                 not_applied.append(Entry("VirtualService", vs.namespace, vs.name,
-                                         f"shadowed: HTTPRoute {shadow} attaches to {host}, and Gateway API routes "
+                                         f"shadowed: {shadow} attaches to {host}, and Gateway API routes "
                                          "take precedence over VirtualServices on a waypoint", SHADOWED))
             else:
+                notes = self.notes.notes("VirtualService", vs.namespace, vs.name, host)
+                notes += tuple(o.why for o in outcomes.get((vs.namespace, vs.name), ())
+                               if o.reason == ew.TARGET_NOT_EXPORTED)
                 applied.append(Entry("VirtualService", vs.namespace, vs.name,
                                      f"routes {host} (VirtualService {i + 1} of {len(used_vs)}, merged oldest first)"
-                                     + route_summary(vs, host),
-                                     notes=self.notes.notes("VirtualService", vs.namespace, vs.name, host)))
+                                     + route_summary(vs, host), notes=notes))
         used_ids = {id(v) for v in used_vs}
         for vs in naming_vs:
             if id(vs) in used_ids:
                 continue
+            unexported = next((o for o in outcomes.get((vs.namespace, vs.name), ())
+                               if o.reason == ew.NOT_EXPORTED), None)
             if not vs.spec.applies_to_mesh:
                 not_applied.append(Entry("VirtualService", vs.namespace, vs.name,
                                          f"spec.gateways {list(vs.spec.gateways)} does not include 'mesh': it "
@@ -244,6 +302,11 @@ class _Context:
             elif ref is None:
                 not_applied.append(Entry("VirtualService", vs.namespace, vs.name, self._no_waypoint("routes"),
                                          NO_WAYPOINT))
+            elif unexported is not None:
+                not_applied.append(Entry("VirtualService", vs.namespace, vs.name, unexported.why, NOT_EXPORTED))
+            elif vs.namespace in self.namespaces and not self._service_visible():
+                not_applied.append(Entry("VirtualService", vs.namespace, vs.name, self._service_hidden_text(),
+                                         SERVICE_NOT_EXPORTED))
             else:
                 not_applied.append(Entry("VirtualService", vs.namespace, vs.name,
                                          f"it is in namespace {vs.namespace}; waypoint {ref} takes VirtualServices "
@@ -254,54 +317,114 @@ class _Context:
             if id(r) in attached_ids:
                 continue
             if ref is None:
-                not_applied.append(Entry("HTTPRoute", r.namespace, r.name, self._no_waypoint("routes"), NO_WAYPOINT))
+                not_applied.append(Entry(r.kind, r.namespace, r.name, self._no_waypoint("routes"), NO_WAYPOINT))
             elif r.namespace not in self.namespaces:
-                not_applied.append(Entry("HTTPRoute", r.namespace, r.name,
+                not_applied.append(Entry(r.kind, r.namespace, r.name,
                                          f"it is in namespace {r.namespace}; waypoint {ref} applies routes for {host} "
                                          f"only from {self._namespaces_text()}{self._move_text()}", WRONG_NAMESPACE))
             else:
-                why = "; ".join(self.notes.notes("HTTPRoute", r.namespace, r.name, host)) or "it does not convert"
-                not_applied.append(Entry("HTTPRoute", r.namespace, r.name, f"not converted: {why}", NOT_CONVERTED))
+                why = "; ".join(self.notes.notes(r.kind, r.namespace, r.name, host)) or "it does not convert"
+                not_applied.append(Entry(r.kind, r.namespace, r.name, f"not converted: {why}", NOT_CONVERTED))
         return applied, not_applied
+
+    def _service_visible(self) -> bool:
+        assert self.ref is not None
+        return not any(o.reason == ew.SERVICE_NOT_EXPORTED for o in self.notes.outcomes(self.ref, self.view.host))
+
+    def _service_hidden_text(self) -> str:
+        return (f"{kind_of(self.view)} {self.view.namespace}/{self.view.source.name} is not exported to the "
+                f"waypoint's namespace ({self.ref.namespace if self.ref else ''}): the waypoint applies neither its "
+                "VirtualServices nor its DestinationRules")
 
     # -- DestinationRule ---------------------------------------------------------------------------
     def destination_rules(self) -> tuple[list[Entry], list[Entry]]:
-        host, ref = self.view.host, self.ref
-        chosen = destination_rule(self.snapshot, ref, self.view) if ref is not None else None
+        """The DestinationRule ``policy_select.waypoint_destination_rule`` resolves (each source rule
+        of a merged one), and why each other rule naming the host does not apply (the outcomes of
+        ``export_warnings``, else the namespace or selector that rules it out)."""
+        host, ref, view = self.view.host, self.ref, self.view
+        resolved = waypoint_destination_rule(self.snapshot, ref.namespace, view, self.mesh) if ref else NO_RULE
+        sources = resolved.sources if resolved.rule is not None else ()
         applied: list[Entry] = []
         not_applied: list[Entry] = []
-        if chosen is not None:
-            subsets = ", ".join(s.name for s in chosen.spec.subsets)
-            what = "traffic policy" + (f" and subsets {subsets}" if subsets else "")
-            notes = list(self.notes.notes("DestinationRule", chosen.namespace, chosen.name, host))
-            notes += [f"subset {name} selects no pod" for name in empty_subsets(self.snapshot, self.view, chosen)]
-            applied.append(Entry("DestinationRule", chosen.namespace, chosen.name,
-                                 f"{what} for {host} (its namespace, {chosen.namespace}, is the "
-                                 f"{'service' if chosen.namespace == self.view.namespace else 'waypoint'}'s)",
-                                 notes=tuple(notes)))
-        for dr in self.notes.destination_rules.naming(host):
-            if dr is chosen:
+        dynamic = view.resolution == service_model.DYNAMIC_DNS
+        for i, src in enumerate(sources):
+            if dynamic:
+                not_applied.append(Entry("DestinationRule", src.namespace, src.name,
+                                         f"it is the rule found for {host} ({self._found_text(resolved)}), but "
+                                         "the DYNAMIC_DNS host's dynamic forward proxy clusters take no traffic "
+                                         "policy or subsets", DYNAMIC_DNS_HOST))
                 continue
-            reason, code = self._dr_absence(dr, chosen)
+            applied.append(self._applied_dr(resolved, i))
+        outcomes: dict[tuple[str, str], ew.RuleOutcome] = {}
+        if ref is not None:
+            for o in self.notes.outcomes(ref, host):
+                if o.kind == "DestinationRule" and o.reason != ew.MERGE_DROP:
+                    outcomes.setdefault((o.namespace, o.name), o)
+        for dr in self.notes.destination_rules.naming(host):
+            if any(dr is src for src in sources):
+                continue
+            reason, code = self._dr_absence(dr, outcomes.get((dr.namespace, dr.name)))
             not_applied.append(Entry("DestinationRule", dr.namespace, dr.name, reason, code))
         return applied, not_applied
 
-    def _dr_absence(self, dr: DestinationRule, chosen: DestinationRule | None) -> tuple[str, str]:
-        """Why a DestinationRule naming the host is not the one applied: (reason, code)."""
+    def _found_text(self, resolved: ResolvedRule) -> str:
+        ns = resolved.namespace
+        also = " (also the service's)" if ns == self.view.namespace else ""
+        where = {"proxy": f"the waypoint's namespace {ns}{also}, searched first",
+                 "service": f"the service's namespace {ns}, searched after the waypoint's",
+                 "root": f"the root namespace {ns}, the last resort"}[resolved.step]
+        host = resolved.matched_host
+        how = "exact host" if host == self.view.host else f"wildcard host {host}, the most specific match there"
+        return f"found in {where}; {how}"
+
+    def _applied_dr(self, resolved: ResolvedRule, i: int) -> Entry:
+        """Entry for source ``i`` of the applied rule: the first gives the settings, later ones
+        (merged: same host and exportTo, same namespace) add subsets; merge losses are notes."""
+        src, host = resolved.sources[i], self.view.host
+        entry = resolved.entry
+        drops = [d for d in (entry.drops if entry is not None else ()) if d.rule is src]
+        notes = list(self.notes.notes("DestinationRule", src.namespace, src.name, host))
+        notes += [d.detail for d in drops]
+        dropped = {d.subset for d in drops}
+        subsets = [s.name for s in src.spec.subsets if s.name not in dropped]
+        assert resolved.rule is not None
+        notes += [f"subset {name} selects no pod" for name in empty_subsets(self.snapshot, self.view, resolved.rule)
+                  if name in subsets]
+        if i == 0:
+            what = "traffic policy" + (f" and subsets {', '.join(subsets)}" if subsets else "")
+            merged = ""
+            if len(resolved.sources) > 1:
+                merged = "; merged with " + ", ".join(f"DestinationRule {s.namespace}/{s.name}"
+                                                      for s in resolved.sources[1:]) + " (same host and exportTo)"
+            reason = f"{what} for {host} ({self._found_text(resolved)}){merged}"
+        else:
+            first = resolved.sources[0]
+            adds = f"adds subsets {', '.join(subsets)}" if subsets else "adds nothing"
+            policy = " and its trafficPolicy" if src.spec.traffic_policy is not None and not any(
+                not d.subset for d in drops) else ""
+            reason = (f"merged into DestinationRule {first.namespace}/{first.name} (same host and exportTo; "
+                      f"oldest first): {adds}{policy}")
+        return Entry("DestinationRule", src.namespace, src.name, reason, notes=tuple(notes))
+
+    def _dr_absence(self, dr: DestinationRule, outcome: ew.RuleOutcome | None) -> tuple[str, str]:
+        """Why a DestinationRule naming the host is not applied: (reason, code)."""
         host, ref = self.view.host, self.ref
         if dr.spec.workload_selector is not None:
             return ("spec.workloadSelector scopes it to selected workloads' sidecars; waypoints ignore such "
                     "DestinationRules", SELECTOR)
         if ref is None:
             return self._no_waypoint("traffic policy"), NO_WAYPOINT
-        if dr.namespace not in self.namespaces:
-            return (f"it is in namespace {dr.namespace}; waypoint {ref} takes the DestinationRule for {host} only "
-                    f"from {self._namespaces_text()}{self._move_text()}", WRONG_NAMESPACE)
-        if chosen is not None:
-            return (f"superseded by DestinationRule {chosen.namespace}/{chosen.name} (the service's namespace wins "
-                    "over the waypoint's; within a namespace the oldest wins)", SUPERSEDED)
-        return (f"its host {dr.spec.host} is not looked up for {host} (the waypoint takes the DestinationRule whose "
-                "host is exactly the service's)", NOT_MATCHED)
+        if outcome is not None:
+            return outcome.why, OUTCOME_CODES[outcome.reason]
+        searched = dict.fromkeys((ref.namespace, self.view.namespace, self.root))
+        if dr.namespace not in searched:
+            within = ", ".join(searched)
+            return (f"it is in namespace {dr.namespace}; waypoint {ref} looks up the DestinationRule for {host} "
+                    f"only in namespaces {within} (its own, the service's, the root namespace, in that order)"
+                    f"{self._move_text()}", WRONG_NAMESPACE)
+        if not self._service_visible():
+            return self._service_hidden_text(), SERVICE_NOT_EXPORTED
+        return (f"its host {dr.spec.host} is not looked up for {host}", NOT_MATCHED)
 
     # -- AuthorizationPolicy / RequestAuthentication -----------------------------------------------
     def authorization(self) -> tuple[list[Entry], list[Entry]]:
@@ -427,7 +550,8 @@ def explain_all(snapshot: ConfigSnapshot, mesh: MeshConfig | None = None,
                 found: Iterable[Finding] | None = None) -> list[ServiceExplanation]:
     """Every Service and ServiceEntry host, in namespace/name order (for ``analyze``); ``found``: the
     diagnostics findings, if the caller has them already."""
-    notes = Lookup(snapshot, findings(diagnose(snapshot, mesh)) if found is None else found)
+    notes = Lookup(snapshot, findings(diagnose(snapshot, mesh)) if found is None else found,
+                   ew.rule_outcomes(snapshot, mesh))
     services = sorted(snapshot.of_kind(Service), key=lambda s: (s.namespace, s.name))
     views = [service_model.of_service(s) for s in services]
     views += [v for se in sorted(snapshot.of_kind(ServiceEntry), key=lambda s: (s.namespace, s.name))

@@ -40,19 +40,48 @@ from istiod_lite.translator.core.visibility import PRIVATE, PUBLIC
 
 
 @dataclass(frozen=True, eq=False)
+class MergeDrop:
+    """A part of ``rule`` that merging into ``first`` (same host and exportTo) ignores: its subset
+    ``subset`` (already defined by ``first``), or, with ``subset`` empty, its trafficPolicy."""
+
+    rule: DestinationRule
+    first: DestinationRule
+    host: str
+    subset: str = ""
+
+    @property
+    def detail(self) -> str:
+        """What is ignored and why (the message without its subject)."""
+        first_name = f"DestinationRule {self.first.namespace}/{self.first.name}"
+        if self.subset:
+            return (f"subset {self.subset!r} for host {self.host} is already defined by {first_name}, with which it "
+                    "is merged; the first definition wins, this one is ignored")
+        return (f"trafficPolicy for host {self.host} is ignored: merged with {first_name}, whose trafficPolicy wins "
+                "(the older rule's)")
+
+    @property
+    def message(self) -> str:
+        return f"DestinationRule {self.rule.namespace}/{self.rule.name}: {self.detail}"
+
+
+@dataclass(frozen=True, eq=False)
 class ConsolidatedRule:
     """One entry of a pool: a rule, or several merged (Istio's ``ConsolidatedDestRule``).
 
     ``rule`` is the rule whose settings apply: the first source itself, or a copy of it carrying
     the merged subsets and traffic policy.  ``sources`` are the rules it was made from (first
     first): the memo keys on them, since a merged copy is a new object whenever any rule changes.
-    ``notes`` say what merging dropped (for the warnings)."""
+    ``drops`` say what merging dropped (for the warnings and ``explain``)."""
 
     host: str
     rule: DestinationRule
     export_to: frozenset[str]
     sources: tuple[DestinationRule, ...]
-    notes: tuple[str, ...] = ()
+    drops: tuple[MergeDrop, ...] = ()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(d.message for d in self.drops)
 
     @property
     def has_selector(self) -> bool:
@@ -212,18 +241,13 @@ def _merged(into: ConsolidatedRule, dr: DestinationRule) -> ConsolidatedRule:
     first = into.sources[0]
     have = {s.name for s in spec.subsets}
     added = tuple(s for s in dr.spec.subsets if s.name not in have)
-    notes = list(into.notes)
-    what = f"DestinationRule {dr.namespace}/{dr.name}"
-    first_name = f"DestinationRule {first.namespace}/{first.name}"
-    notes += [f"{what}: subset {s.name!r} for host {into.host} is already defined by {first_name}, with "
-              f"which it is merged; the first definition wins, this one is ignored"
-              for s in dr.spec.subsets if s.name in have]
+    drops = list(into.drops)
+    drops += [MergeDrop(dr, first, into.host, s.name) for s in dr.spec.subsets if s.name in have]
     policy = spec.traffic_policy
     if policy is None:
         policy = dr.spec.traffic_policy
     elif dr.spec.traffic_policy is not None:
-        notes.append(f"{what}: trafficPolicy for host {into.host} is ignored: merged with {first_name}, whose "
-                     "trafficPolicy wins (the older rule's)")
+        drops.append(MergeDrop(dr, first, into.host))
     new_spec = spec.model_copy(update={"subsets": spec.subsets + added, "traffic_policy": policy})
     rule = into.rule.model_copy(update={"spec": new_spec})
-    return ConsolidatedRule(into.host, rule, into.export_to, (*into.sources, dr), tuple(notes))
+    return ConsolidatedRule(into.host, rule, into.export_to, (*into.sources, dr), tuple(drops))
