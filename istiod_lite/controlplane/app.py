@@ -21,6 +21,7 @@ import grpc
 
 from istiod_lite.ca.config import CaConfig, build_authenticators
 from istiod_lite.ca.runtime import CaRuntime
+from istiod_lite.controlplane import config_dump
 from istiod_lite.controlplane.affects import affected_types, push_reason
 from istiod_lite.controlplane.config_metrics import ConfigMetrics
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
@@ -136,7 +137,7 @@ class ControlPlane:
         #: Source, debouncer, memory trimmer, reconcile: a task that dies fails ``/ready`` at once.
         self._supervisor = TaskSupervisor()
         self._monitoring = MonitoringServer(lambda: self.ready, self.ads.status, self.ads.metrics.registry,
-                                            loopz=self.ads.load_status)
+                                            loopz=self.ads.load_status, config_dump=self.config_dump)
         self.config_metrics = ConfigMetrics(self.ads.metrics.registry)
         self.grpc_port = 0
         #: Set by ``drain``: ``/ready`` fails from then on.
@@ -325,6 +326,15 @@ class ControlPlane:
         """Serving a complete config, every background task it needs is alive, and not shutting
         down (``/ready``)."""
         return self.cache.ready and self._supervisor.healthy and not self._draining
+
+    async def config_dump(self, proxy_id: str) -> dict[str, Any] | None:
+        """``/debug/config_dump``: the streams ``proxy_id`` names (``controlplane/config_dump.py``),
+        taken on the loop (consistent with the streams' state), decoded in a thread; None = no match."""
+        chosen = config_dump.select(self.ads.connections.values(), proxy_id)
+        if not chosen:
+            return None
+        taken = [config_dump.take(c, self.ads.dump(c)) for c in chosen]
+        return await asyncio.to_thread(config_dump.render, taken)
 
     @property
     def monitoring_port(self) -> int:
