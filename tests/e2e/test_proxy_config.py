@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from istiod_lite.cli import proxy_config
 from istiod_lite.xds import typeurls
 from istiod_lite.xds.resources import ResourceSnapshot, VersionedResource
 from tests.e2e.test_envoy_xds import broken_listener
@@ -85,12 +86,13 @@ async def test_proxy_config_tables_json_and_nack(tmp_path: Path, backends_factor
                    for line in endpoints.splitlines())
         assert "not served by this server" in section(out, "SECRETS") + out.split("SECRETS", 1)[1]
 
-        # The pod's NS/NAME and the node id name the same proxy; one section at a time.
+        # The pod's NS/NAME and the node id name the same proxy; one section at a time (in process:
+        # the command's own functions, without a subprocess start each).
         pod = f"shop/{agent.config.identity.effective_pod_name}"
         for who in (pod, conn.node_id):
-            rc, only, err = await cli("proxy-config", who, "clusters", "--monitoring-addr", mon)
-            assert rc == 0, err
-            assert "CLUSTERS [CDS]" in only and "LISTENERS" not in only
+            dump = await asyncio.to_thread(proxy_config.fetch, mon, who)
+            only = proxy_config.text(dump, "clusters")
+            assert only.startswith(f"Proxy {conn.node_id} ") and "CLUSTERS [CDS]" in only and "LISTENERS" not in only
 
         # -o json: protobuf JSON of what was sent, byte-for-byte the server's resources.
         rc, js, err = await cli("proxy-config", "shop/waypoint", "routes", "-o", "json", "--monitoring-addr", mon)
@@ -118,11 +120,10 @@ async def test_proxy_config_tables_json_and_nack(tmp_path: Path, backends_factor
         assert "NACKED (ERROR)" in head and "broken" in head.split("Envoy:", 1)[1], head
         assert "\nbroken " in out  # what was sent, and rejected, is shown
 
-        # Unknown proxy: a clear error, exit 1; a malformed name: exit 2.
-        rc, out, err = await cli("proxy-config", "shop/nope", "--monitoring-addr", mon)
-        assert rc == 1 and "no connected proxy is 'shop/nope'" in err
-        rc, out, err = await cli("proxy-config", "nope", "--monitoring-addr", mon)
-        assert rc == 2
+        # Unknown proxy: a clear error (exit 1); a malformed name: exit 2.
+        with pytest.raises(proxy_config.ProxyConfigError, match="no connected proxy is 'shop/nope'"):
+            await asyncio.to_thread(proxy_config.fetch, mon, "shop/nope")
+        assert proxy_config.run("nope", "all", mon, "table") == 2
 
         # The endpoint is loopback-only and needs proxyID.
         async with aiohttp.ClientSession() as http, \
