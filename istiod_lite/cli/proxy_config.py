@@ -103,7 +103,7 @@ def _chain_destination(chain: dict[str, Any]) -> str:
 
 
 def listener_rows(resources: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for lst in resources:
         address, port = ("internal", "-") if "internal_listener" in lst else _address(lst.get("address"))
         chains = list(lst.get("filter_chains", ()))
@@ -140,7 +140,7 @@ def _config_name(meta: dict[str, Any] | None) -> str:
 
 
 def route_rows(resources: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for rc in resources:
         for vh in rc.get("virtual_hosts", ()):
             domains = vh.get("domains", ())
@@ -152,7 +152,7 @@ def route_rows(resources: list[dict[str, Any]]) -> list[tuple[str, ...]]:
 
 
 def cluster_rows(resources: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for c in resources:
         name = c.get("name", "")
         parts = name.split("|")
@@ -168,7 +168,7 @@ def cluster_rows(resources: list[dict[str, Any]]) -> list[tuple[str, ...]]:
 
 
 def endpoint_rows(resources: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for cla in resources:
         cluster = cla.get("cluster_name", "")
         for locality in cla.get("endpoints", ()):
@@ -181,7 +181,7 @@ def endpoint_rows(resources: list[dict[str, Any]]) -> list[tuple[str, ...]]:
 
 
 def secret_rows(resources: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for s in resources:
         kind = "Cert Chain" if "tls_certificate" in s else "CA" if "validation_context" in s else "-"
         rows.append((s.get("name", ""), kind))
