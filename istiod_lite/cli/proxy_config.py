@@ -145,7 +145,8 @@ def route_rows(resources: list[dict[str, Any]]) -> list[tuple[str, ...]]:
         for vh in rc.get("virtual_hosts", ()):
             domains = vh.get("domains", ())
             shown = ", ".join(domains[:3]) + (f" + {len(domains) - 3} more" if len(domains) > 3 else "")
-            for route in vh.get("routes", ()) or ({},):
+            routes: list[dict[str, Any]] = list(vh.get("routes", ())) or [{}]
+            for route in routes:
                 rows.append((rc.get("name", ""), vh.get("name", ""), shown or "-",
                              _match(route.get("match", {})) if route else "-", _config_name(route.get("metadata"))))
     return rows
