@@ -115,6 +115,42 @@ def _selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, s
     return True
 
 
+#: Reasons of the ``istio.io/WaypointBound`` condition, as istiod writes them on Services and
+#: ServiceEntries (pilot/pkg/serviceregistry/ambient/status.go and model.WaypointAccepted).
+BOUND = "WaypointAccepted"
+NOT_READY = "WaypointIsNotReady"
+ATTACHMENT_DENIED = "AttachmentDenied"
+UNSUPPORTED_TRAFFIC_TYPE = "UnsupportedTrafficType"
+
+
+@dataclass(frozen=True)
+class BindingVerdict:
+    """Why a Service or ServiceEntry that asks for a waypoint is (or is not) bound to it: the
+    structured form of a binding decision (``bound`` iff ``reason == BOUND``), for status writers
+    and explanations; ``problems`` keeps the same decisions as log lines."""
+
+    waypoint: WaypointRef
+    reason: str
+    message: str
+    #: The request came from the object's namespace's label, not its own.
+    inherited: bool
+
+    @property
+    def bound(self) -> bool:
+        return self.reason == BOUND
+
+
+def _verdict_message(reason: str, ref: WaypointRef, traffic_type: str = "", allowed_from: str = "") -> str:
+    if reason == BOUND:
+        return f"bound to waypoint {ref}"
+    if reason == NOT_READY:
+        return f"waypoint {ref} does not exist (no Gateway of class {WAYPOINT_CLASS} with that name)"
+    if reason == ATTACHMENT_DENIED:
+        return (f"waypoint {ref} does not accept services from this namespace (its HBONE listener's "
+                f"allowedRoutes.namespaces.from is {allowed_from})")
+    return f"waypoint {ref} is for {traffic_type!r} traffic, not service traffic"
+
+
 @dataclass
 class Bindings:
     """Result of binding every service and workload of a snapshot (computed once per snapshot)."""
@@ -126,6 +162,9 @@ class Bindings:
     service_entries: dict[WaypointRef, list[ServiceEntry]] = field(default_factory=dict)
     workload_entries: dict[WaypointRef, list[WorkloadEntry]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: ("Service" | "ServiceEntry", namespace, name) -> the verdict, for every service that asks
+    #: for a waypoint (own label or its namespace's; not those opted out with ``none``).
+    service_verdicts: dict[tuple[str, str, str], BindingVerdict] = field(default_factory=dict)
 
     def workload_ips(self, ref: WaypointRef) -> list[str]:
         """Addresses of the workloads (pods and WorkloadEntries) bound to ``ref``, sorted, unique."""
@@ -161,36 +200,46 @@ def compute_bindings(snapshot: ConfigSnapshot) -> Bindings:
 
     inherited_verdicts: dict[tuple[WaypointRef, str, str], bool] = {}
 
-    def admit(ref: WaypointRef, obj_ns: str, what: str, kind: str, inherited: bool) -> bool:
+    def admit(ref: WaypointRef, obj_ns: str, what: str, kind: str, inherited: bool,
+              key: tuple[str, str, str] | None = None) -> bool:
         if inherited and kind == "workload":
             # Thousands of pods inherit their namespace's label: decide once per namespace.
-            key = (ref, obj_ns, kind)
-            verdict = inherited_verdicts.get(key)
+            cache_key = (ref, obj_ns, kind)
+            verdict = inherited_verdicts.get(cache_key)
             if verdict is None:
-                verdict = inherited_verdicts[key] = _admit(ref, obj_ns, what, kind, inherited)
+                verdict = inherited_verdicts[cache_key] = _admit(ref, obj_ns, what, kind, inherited)
             return verdict
-        return _admit(ref, obj_ns, what, kind, inherited)
+        return _admit(ref, obj_ns, what, kind, inherited, key)
 
-    def _admit(ref: WaypointRef, obj_ns: str, what: str, kind: str, inherited: bool) -> bool:
+    def _admit(ref: WaypointRef, obj_ns: str, what: str, kind: str, inherited: bool,
+               key: tuple[str, str, str] | None = None) -> bool:
         wp = out.waypoints.get(ref)
+        reason = BOUND
         if wp is None:
+            reason = NOT_READY
             if not inherited:
                 out.problems.append(f"{what}: {USE_WAYPOINT} names waypoint {ref}, which does not exist")
-            return False
-        fits = wp.serves_services() if kind == "service" else wp.serves_workloads()
-        if not fits:
-            if kind == "service" or not inherited:
-                out.problems.append(f"{what}: waypoint {ref} is for {wp.traffic_type!r} traffic, not {kind}s; "
-                                    "not bound")
-            return False
-        if obj_ns != ref.namespace:
-            allowed = wp.allowed_from == "All" or (
+        else:
+            fits = wp.serves_services() if kind == "service" else wp.serves_workloads()
+            allowed = obj_ns == ref.namespace or wp.allowed_from == "All" or (
                 wp.allowed_from == "Selector" and _selector_matches(wp.allowed_selector, ns_labels(obj_ns)))
-            if not allowed:
+            # A service's attachment is checked before its traffic type, as istiod does (the reason
+            # it reports when both fail); a workload's the other way round (an inherited label
+            # naming a waypoint for services is no binding at all, and no problem).
+            if not allowed and (fits or kind == "service"):
+                reason = ATTACHMENT_DENIED
                 out.problems.append(f"{what}: waypoint {ref} does not allow bindings from namespace {obj_ns} "
                                     f"(its HBONE listener allows {wp.allowed_from}); not bound")
-                return False
-        return True
+            elif not fits:
+                reason = UNSUPPORTED_TRAFFIC_TYPE
+                if kind == "service" or not inherited:
+                    out.problems.append(f"{what}: waypoint {ref} is for {wp.traffic_type!r} traffic, not {kind}s; "
+                                        "not bound")
+        if key is not None:
+            out.service_verdicts[key] = BindingVerdict(
+                ref, reason, _verdict_message(reason, ref, wp.traffic_type if wp else "",
+                                              wp.allowed_from if wp else ""), inherited)
+        return reason == BOUND
 
     for svc in snapshot.of_kind(Service):
         if svc.metadata.labels.get("gateway.istio.io/managed") == "istio.io-mesh-controller":
@@ -200,7 +249,7 @@ def compute_bindings(snapshot: ConfigSnapshot) -> Bindings:
         if req is None:
             req = _requested(ns_labels(svc.namespace), svc.namespace)
         if isinstance(req, WaypointRef) and admit(req, svc.namespace, f"Service {svc.namespace}/{svc.name}",
-                                                  "service", inherited):
+                                                  "service", inherited, ("Service", svc.namespace, svc.name)):
             out.services[req].append(svc)
     ns_requests: dict[str, WaypointRef | str | None] = {}
     for pod in snapshot.of_kind(Pod):
@@ -223,7 +272,7 @@ def compute_bindings(snapshot: ConfigSnapshot) -> Bindings:
         if req is None:
             req = _requested(ns_labels(se.namespace), se.namespace)
         if isinstance(req, WaypointRef) and admit(req, se.namespace, f"ServiceEntry {se.namespace}/{se.name}",
-                                                  "service", inherited):
+                                                  "service", inherited, ("ServiceEntry", se.namespace, se.name)):
             out.service_entries[req].append(se)
     for we in snapshot.of_kind(WorkloadEntry):
         labels = we.metadata.labels
