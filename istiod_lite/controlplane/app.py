@@ -215,9 +215,10 @@ class ControlPlane:
         if self.options.kube is not None and self.options.ambient_status:
             root = self.options.mesh.root_namespace if self.options.mesh is not None else "istio-system"
             self.ambient_status = AmbientStatusWriter(api_client_for(self.options.kube), root_namespace=root)
+        self._start_leader_election()  # installs the write gates before any writer starts
+        if self.ambient_status is not None:
             self.ambient_status.update(self.config)
             self.ambient_status.start()
-        self._start_leader_election()
         self._reconcile_soon(self.config)
         self._supervisor.spawn(self.source.run(self._on_source_update), "source")
         self._supervisor.spawn(self._debouncer.run(), "debounce")
