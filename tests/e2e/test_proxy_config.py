@@ -94,6 +94,13 @@ async def test_proxy_config_tables_json_and_nack(tmp_path: Path, backends_factor
             only = proxy_config.text(dump, "clusters")
             assert only.startswith(f"Proxy {conn.node_id} ") and "CLUSTERS [CDS]" in only and "LISTENERS" not in only
 
+        # Every type the proxy holds decodes in the server (ECDS filter configs included).
+        whole = await asyncio.to_thread(proxy_config.fetch, mon, "shop/waypoint")
+        (p,) = whole["proxies"]
+        decoded = [r["resource"] for t in p["dump"] for r in t["resources"]]
+        assert {t["type"] for t in p["dump"]} >= {"LDS", "RDS", "CDS", "EDS", "ECDS"}
+        assert decoded and all(r is not None and "error" not in r for r in decoded)
+
         # -o json: protobuf JSON of what was sent, byte-for-byte the server's resources.
         rc, js, err = await cli("proxy-config", "shop/waypoint", "routes", "-o", "json", "--monitoring-addr", mon)
         assert rc == 0, err
