@@ -121,7 +121,7 @@ async def test_conditions_appear_change_and_clear_and_are_written_only_on_change
             # The HTTPRoute's Service parent, echoed, with istiod's controller name.
             route = kube.get(GW_API, "HTTPRoute", "bookinfo", "reviews")
             assert route is not None
-            await until(lambda: (kube.get(GW_API, "HTTPRoute", "bookinfo", "reviews") or {}).get("status"),
+            await until(lambda: bool((kube.get(GW_API, "HTTPRoute", "bookinfo", "reviews") or {}).get("status")),
                         "no HTTPRoute status")
             (parent,) = kube.get(GW_API, "HTTPRoute", "bookinfo", "reviews")["status"]["parents"]  # type: ignore[index]
             assert parent["controllerName"] == "istio.io/gateway-controller"
