@@ -1,5 +1,5 @@
 """``istiod-lite`` command line: serve, validate, translate, explain, analyze, token, waypoint (bootstrap, run), hbone,
-demo."""
+proxy-status, proxy-config, demo."""
 
 from __future__ import annotations
 
@@ -380,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps = sub.add_parser("proxy-status", help="sync state of every connected proxy (like istioctl proxy-status)")
     ps.add_argument("--monitoring-addr", default="127.0.0.1:15014", metavar="HOST:PORT")
     ps.set_defaults(func=_proxy_status)
+
+    from istiod_lite.cli.proxy_config import add_proxy_config_parser
+
+    add_proxy_config_parser(sub)
 
     d = sub.add_parser("demo", help="run the control plane, a real Envoy waypoint and demo pods; show traffic")
     d.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "examples" / "bookinfo"))

@@ -21,7 +21,9 @@ import grpc
 
 from istiod_lite.ca.config import CaConfig, build_authenticators
 from istiod_lite.ca.runtime import CaRuntime
+from istiod_lite.controlplane import config_dump
 from istiod_lite.controlplane.affects import affected_types, push_reason
+from istiod_lite.controlplane.ambient_status import AmbientStatusWriter
 from istiod_lite.controlplane.config_metrics import ConfigMetrics
 from istiod_lite.controlplane.debounce import DebounceOptions, Debouncer
 from istiod_lite.controlplane.leader import LeaderElectionOptions, LeaderElector
@@ -87,6 +89,10 @@ class ControlPlaneOptions:
     #: With ``kube``: only the replica holding this Lease writes to the cluster (status, waypoint
     #: controller); every replica serves.  None = this replica always writes.
     leader_election: LeaderElectionOptions | None = None
+    #: With ``kube``: write istiod's ambient binding status (``istio.io/WaypointBound`` on Services and
+    #: ServiceEntries, ``WaypointAccepted`` on AuthorizationPolicies, HTTPRoute parents, a waypoint's
+    #: attached services) into the cluster (``controlplane/ambient_status.py``).
+    ambient_status: bool = True
 
 
 def build_source(options: ControlPlaneOptions) -> Source:
@@ -136,13 +142,14 @@ class ControlPlane:
         self._binding_problems: set[str] = set()
         self._route_warnings: set[str] = set()
         self._controller: WaypointController | None = None
+        self.ambient_status: AmbientStatusWriter | None = None
         self._pending_reconcile: ConfigSnapshot | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
         self.elector: LeaderElector | None = None
         #: Source, debouncer, memory trimmer, reconcile: a task that dies fails ``/ready`` at once.
         self._supervisor = TaskSupervisor()
         self._monitoring = MonitoringServer(lambda: self.ready, self.ads.status, self.ads.metrics.registry,
-                                            loopz=self.ads.load_status)
+                                            loopz=self.ads.load_status, config_dump=self.config_dump)
         self.config_metrics = ConfigMetrics(self.ads.metrics.registry)
         self.pilot_metrics = PilotMetrics(self.ads.metrics.registry)
         self._loaded = False
@@ -213,7 +220,13 @@ class ControlPlane:
             await self._mtls.start()
         await self._monitoring.start(self.options.monitoring_addr)
         self._start_controller()
-        self._start_leader_election()
+        if self.options.kube is not None and self.options.ambient_status:
+            root = self.options.mesh.root_namespace if self.options.mesh is not None else "istio-system"
+            self.ambient_status = AmbientStatusWriter(api_client_for(self.options.kube), root_namespace=root)
+        self._start_leader_election()  # installs the write gates before any writer starts
+        if self.ambient_status is not None:
+            self.ambient_status.update(self.config)
+            self.ambient_status.start()
         self._reconcile_soon(self.config)
         self._supervisor.spawn(self.source.run(self._on_source_update), "source")
         self._supervisor.spawn(self._debouncer.run(), "debounce")
@@ -253,6 +266,8 @@ class ControlPlane:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reconcile_task, 10)
         await self._supervisor.stop()
+        if self.ambient_status is not None:
+            await asyncio.to_thread(self.ambient_status.close)
         for server in (self._grpc, self._secure, self._mtls):
             if server is not None:
                 await server.stop(grace)
@@ -272,6 +287,8 @@ class ControlPlane:
             self._controller.may_write = lambda: self._may_write
         for reporter in self._status_reporters():
             reporter.set_write_gate(lambda: self._may_write)
+        if self.ambient_status is not None:
+            self.ambient_status.set_write_gate(lambda: self._may_write)
         self._supervisor.spawn(self.elector.run(), "leader-election", long_running=False)
 
     @property
@@ -288,6 +305,8 @@ class ControlPlane:
             self._controller.invalidate()
         for reporter in self._status_reporters():
             reporter.resume()
+        if self.ambient_status is not None:
+            self.ambient_status.resume()
         self._reconcile_soon(self.config)
 
     def _on_deposed(self) -> None:
@@ -334,6 +353,15 @@ class ControlPlane:
         down (``/ready``)."""
         return self.cache.ready and self._supervisor.healthy and not self._draining
 
+    async def config_dump(self, proxy_id: str) -> dict[str, Any] | None:
+        """``/debug/config_dump``: the streams ``proxy_id`` names (``controlplane/config_dump.py``),
+        taken on the loop (consistent with the streams' state), decoded in a thread; None = no match."""
+        chosen = config_dump.select(self.ads.connections.values(), proxy_id)
+        if not chosen:
+            return None
+        taken = [config_dump.take(c, self.ads.dump(c)) for c in chosen]
+        return await asyncio.to_thread(config_dump.render, taken)
+
     @property
     def monitoring_port(self) -> int:
         return self._monitoring.port
@@ -348,6 +376,8 @@ class ControlPlane:
         if update.changed and not affected_types(update.changed):
             self._observe(update)
             self.config = update.snapshot  # e.g. only ServiceAccounts changed: no resource can differ
+            if self.ambient_status is not None:
+                self.ambient_status.update(self.config)  # a status-only change, e.g. our own write
             self.errors = update.errors
             self.config_metrics.set_errors(self.errors)
             return
@@ -367,6 +397,8 @@ class ControlPlane:
         self._observe(update)
         self._reconcile_soon(update.snapshot)
         self.config = update.snapshot
+        if self.ambient_status is not None:
+            self.ambient_status.update(self.config)  # evaluated and written in its own thread
         self.errors = update.errors  # each error was logged once, by the source that found it
         self.config_metrics.set_errors(self.errors)
         with gc_paused():  # translation builds long-lived, acyclic objects (see gcpause)

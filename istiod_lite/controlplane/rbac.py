@@ -28,7 +28,8 @@ _HEADER = """\
 # (controlplane/waypoint_controller.py) server-side apply = patch, plus create because an apply that
 # creates the object is also authorised as create, on what it deploys for a waypoint Gateway and on
 # the istio-ca-root-cert ConfigMaps, and patch on the status of the kinds whose status istiod-lite
-# writes: a waypoint Gateway's address, and why an Istio resource was rejected (sources/kube_status.py).
+# writes: a waypoint Gateway's address, why an Istio resource was rejected (sources/kube_status.py),
+# and istiod's ambient binding conditions (controlplane/ambient_status.py).
 # The Role (istio-system only) is leader election's Lease (controlplane/leader.py): only the leader writes.
 """
 
@@ -96,6 +97,10 @@ def cluster_role_rules(kinds: tuple[DeclaredKind, ...] | None = None) -> list[Ru
         written = [k for k in declared if k.declaration.status is writer]
         for i, (g, rs) in enumerate(_by_group(written, "{plural}/status")):
             rules.append(Rule(g, rs, ("patch",), comment if i == 0 else ""))
+    ambient = [k for k in declared if k.declaration.ambient_status]
+    for i, (g, rs) in enumerate(_by_group(ambient, "{plural}/status")):
+        rules.append(Rule(g, rs, ("patch",), "istiod's binding conditions (controlplane/ambient_status.py)"
+                          if i == 0 else ""))
     return rules
 
 

@@ -6,7 +6,7 @@ loads, and only the fields the control plane reads are kept.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -64,12 +64,20 @@ class ServiceSpec(KubeModel):
         return ports
 
 
+class ServiceStatus(KubeModel):
+    """Only ``conditions`` is kept: the ambient status writer compares its ``istio.io/WaypointBound``
+    condition with what is already there (controlplane/ambient_status.py), so it writes only on change."""
+
+    conditions: tuple[dict[str, Any], ...] = ()
+
+
 # Binding and addressing: which services a waypoint serves, their VIPs and ports.
-@register(KindDeclaration("services", XDS_TYPES, WaypointRead.BOUND, crd=False))
+@register(KindDeclaration("services", XDS_TYPES, WaypointRead.BOUND, crd=False, ambient_status=True))
 class Service(KubeResource):
     KIND: ClassVar[str] = "Service"
     kind: Literal["Service"]
     spec: ServiceSpec = Field(default_factory=ServiceSpec)
+    status: ServiceStatus | None = None
 
     @property
     def vips(self) -> tuple[str, ...]:

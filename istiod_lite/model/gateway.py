@@ -644,13 +644,16 @@ class StatusAddress(KubeModel):
 
 
 class GatewayStatus(KubeModel):
-    """Controller-written; kept lenient. Only ``addresses`` is read."""
+    """Controller-written; kept lenient. ``addresses`` is read for binding; ``conditions`` only by the
+    ambient status writer (to write only on change)."""
 
     addresses: tuple[StatusAddress, ...] = ()
+    conditions: tuple[dict[str, Any], ...] = ()
 
 
 # Binding and addressing: a waypoint is a Gateway; the waypoint controller writes its address into its status.
-@register(KindDeclaration("gateways", XDS_TYPES, WaypointRead.BOUND, status=StatusWriter.WAYPOINT_CONTROLLER))
+@register(KindDeclaration("gateways", XDS_TYPES, WaypointRead.BOUND, status=StatusWriter.WAYPOINT_CONTROLLER,
+                          ambient_status=True))
 class Gateway(Resource):
     KIND: ClassVar[str] = "Gateway"
     GROUP: ClassVar[str] = GROUP
@@ -687,7 +690,7 @@ class GatewayClass(Resource):
 
 # Routing: HTTP routes are served over RDS; attaching one replaces the service's VirtualServices, TCP
 # routes included (LDS); targets add clusters.
-@register(KindDeclaration("httproutes", frozenset({LDS, RDS, CDS, EDS}), WaypointRead.NARROWER))
+@register(KindDeclaration("httproutes", frozenset({LDS, RDS, CDS, EDS}), WaypointRead.NARROWER, ambient_status=True))
 class HTTPRoute(Resource):
     KIND: ClassVar[str] = "HTTPRoute"
     GROUP: ClassVar[str] = GROUP

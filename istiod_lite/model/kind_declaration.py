@@ -66,6 +66,9 @@ class KindDeclaration:
     #: watch tolerates its absence.  False for built-in Kubernetes kinds.
     crd: bool = True
     status: StatusWriter = StatusWriter.NONE
+    #: The ambient status writer (controlplane/ambient_status.py) also patches the kind's status:
+    #: istiod's binding conditions (needs ``patch`` on ``<plural>/status`` too).
+    ambient_status: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.affects) - XDS_TYPES

@@ -188,7 +188,8 @@ class ServiceEntrySpec(IstioModel):
 
 
 # Binding and addressing, like a Service (its hosts are served and routed to).
-@register(KindDeclaration("serviceentries", XDS_TYPES, WaypointRead.WHOLE, status=StatusWriter.REJECTIONS))
+@register(KindDeclaration("serviceentries", XDS_TYPES, WaypointRead.WHOLE, status=StatusWriter.REJECTIONS,
+                          ambient_status=True))
 class ServiceEntry(Resource):
     KIND: ClassVar[str] = "ServiceEntry"
     GROUP: ClassVar[str] = "networking.istio.io"

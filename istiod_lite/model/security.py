@@ -595,7 +595,7 @@ class AuthorizationPolicySpec(IstioModel):
 # Policy is enforced by filters whose configs are ECDS resources; the listener changes only when a
 # chain gains or loses a filter slot (docs/upstream-envoy.md, "Authorization over ECDS").
 @register(KindDeclaration("authorizationpolicies", frozenset({ECDS, LDS}), WaypointRead.WHOLE,
-                          status=StatusWriter.REJECTIONS))
+                          status=StatusWriter.REJECTIONS, ambient_status=True))
 class AuthorizationPolicy(Resource):
     KIND: ClassVar[str] = "AuthorizationPolicy"
     GROUP: ClassVar[str] = GROUP

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -35,7 +36,8 @@ def _loopback(remote: str | None) -> bool:
 
 class MonitoringServer:
     """/ready from ``ready()``, /debug/syncz from ``syncz()``, /metrics from ``registry``,
-    /debug/loopz from ``loopz(since)`` (event-loop lag samples since a wall time, and admission)."""
+    /debug/loopz from ``loopz(since)`` (event-loop lag samples since a wall time, and admission),
+    /debug/config_dump?proxyID=... from ``config_dump(proxy_id)`` (None: no such proxy, 404)."""
 
     def __init__(
         self,
@@ -44,10 +46,12 @@ class MonitoringServer:
         registry: CollectorRegistry | None = None,
         *,
         loopz: Callable[[float], dict[str, object]] | None = None,
+        config_dump: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
     ) -> None:
         self._ready_fn = ready
         self._syncz_fn = syncz
         self._loopz_fn = loopz
+        self._config_dump_fn = config_dump
         self._registry = registry
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -57,6 +61,7 @@ class MonitoringServer:
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/debug/syncz", self._syncz)
         app.router.add_get("/debug/loopz", self._loopz)
+        app.router.add_get("/debug/config_dump", self._config_dump)
         app.router.add_get("/metrics", self._metrics)
         return app
 
@@ -87,6 +92,22 @@ class MonitoringServer:
         except ValueError:
             return web.Response(status=400, text="since must be a number (unix time)\n")
         return web.Response(text=json.dumps(self._loopz_fn(since)), content_type="application/json")
+
+    async def _config_dump(self, req: web.Request) -> web.Response:
+        """What the server last sent a proxy (``proxyID``: node id, waypoint NS/NAME or pod NS/NAME).
+
+        Loopback only, like every debug endpoint: it shows whole configurations."""
+        if not _loopback(req.remote):
+            return web.Response(status=403, text="debug endpoints are served to loopback clients only\n")
+        if self._config_dump_fn is None:
+            return web.Response(status=404, text="no config dump here\n")
+        proxy_id = req.query.get("proxyID", "")
+        if not proxy_id:
+            return web.Response(status=400, text="proxyID is required (node id, waypoint NS/NAME or pod NS/NAME)\n")
+        dump = await self._config_dump_fn(proxy_id)
+        if dump is None:
+            return web.Response(status=404, text="no connected proxy matches proxyID\n")
+        return web.Response(text=json.dumps(dump, indent=2, sort_keys=True), content_type="application/json")
 
     async def start(self, addr: str) -> None:
         host, port = split_host_port(addr)

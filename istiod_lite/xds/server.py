@@ -25,6 +25,7 @@ from istiod_lite.xds import delta, sotw, wire
 from istiod_lite.xds.admission import FREE, LoadAdmission, Ticket, TokenBucket
 from istiod_lite.xds.cache import SnapshotCache
 from istiod_lite.xds.connection import Connection
+from istiod_lite.xds.dump import TypeDump, dump_connection
 from istiod_lite.xds.looplag import LoopLagMonitor
 from istiod_lite.xds.metrics import XdsMetrics
 from istiod_lite.xds.pushmemo import PushMemo
@@ -404,3 +405,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     def status(self) -> list[dict[str, object]]:
         return [c.status() for c in sorted(self.connections.values(), key=lambda c: c.conn_id)]
+
+    def dump(self, conn: Connection) -> list[TypeDump]:
+        """What ``conn`` was last sent, per type, with the bytes still held (``xds/dump.py``)."""
+        return dump_connection(conn, self.cache.get(conn.group))

@@ -223,8 +223,9 @@ async def test_waypoint_controller_deploys_the_waypoint(tmp_path: Path) -> None:
             svc = kube.get("v1", "Service", "bookinfo", "waypoint")
             assert gw is not None and svc is not None
             assert gw["status"]["addresses"] == [{"type": "IPAddress", "value": svc["spec"]["clusterIP"]}]
+            # the controller's conditions, beside the ambient status writer's (its own field manager)
             assert {c["type"]: c["status"] for c in gw["status"]["conditions"]} == {
-                "Accepted": "True", "Programmed": "True"}
+                "Accepted": "True", "Programmed": "True", "istio.io/AttachedServices": "True"}
         finally:
             await cp.stop(grace=0)
 
@@ -255,7 +256,10 @@ async def test_waypoint_controller_refuses_a_foreign_service_until_it_is_gone(tm
                 assert time.monotonic() < deadline, "the conflict was never reported"
                 await asyncio.sleep(0.05)
             assert "Service bookinfo/reviews" in programmed()["message"]
-            assert kube.get("v1", "Service", "bookinfo", "reviews") == victim
+            now = kube.get("v1", "Service", "bookinfo", "reviews")
+            assert now is not None  # untouched but for its status (istio.io/WaypointBound, the ambient writer's)
+            assert (now["spec"], now["metadata"]["labels"]) == (victim["spec"], victim["metadata"]["labels"])
+            assert [c["type"] for c in now["status"]["conditions"]] == ["istio.io/WaypointBound"]
             assert kube.get("apps/v1", "Deployment", "bookinfo", "reviews") is None
             kube.delete("v1", "Service", "bookinfo", "reviews")
             deadline = time.monotonic() + 10

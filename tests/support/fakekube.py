@@ -33,7 +33,8 @@ everything; ``resource_requests()`` gives (verb, resource) pairs for RBAC checks
 Server-side apply (for the waypoint controller and the status reporter): ``PATCH`` with
 ``application/apply-patch+yaml`` and a ``fieldManager`` on ``.../namespaces/NS/PLURAL/NAME`` or
 ``.../NAME/status`` stores the object (see ``_server_side_apply``; no managedFields; on ``status``,
-ownership is tracked per field manager at the granularity of status's top-level keys: a key a
+ownership is tracked per field manager at the granularity of status's top-level keys, and of each
+``conditions`` entry by its ``type`` (a list map, as on a real server): a key a
 manager applied before and leaves out now is removed unless another manager applied it).  An
 apply carrying ``metadata.resourceVersion`` that is not the stored one is 409 Conflict (optimistic
 concurrency, as a real server).  ``GET .../namespaces/NS/PLURAL/NAME`` answers the stored object
@@ -130,7 +131,8 @@ RESOURCES: tuple[FakeResource, ...] = (
 
 #: Resources whose ``status`` is a subresource: an apply to the object ignores ``status`` and an
 #: apply to ``.../status`` changes only ``status`` (as on a real API server).
-STATUS_SUBRESOURCE = frozenset({"gateways.gateway.networking.k8s.io", "deployments.apps", "services"} | {
+STATUS_SUBRESOURCE = frozenset({"gateways.gateway.networking.k8s.io", "httproutes.gateway.networking.k8s.io",
+                                "deployments.apps", "services"} | {
     r.name for r in RESOURCES if r.group.endswith(".istio.io")})
 APPLY_PATCH = "application/apply-patch+yaml"
 
@@ -141,6 +143,41 @@ _OBJECT_PATH = re.compile(
     r"/(?P<name>[^/]+)(?:/(?P<sub>status))?")
 
 _LEASE_PATH = re.compile(r"/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases(?:/(?P<name>[^/]+))?")
+
+
+def _status_fields(applied: dict[str, Any]) -> set[str]:
+    """The status fields an apply sets, as server-side apply tracks them: each top-level key, except
+    ``conditions`` (a list map keyed by ``type``, as in every Kubernetes status), one per type."""
+    out = {k for k in applied if k != "conditions"}
+    conds = applied.get("conditions")
+    if isinstance(conds, list):
+        out |= {f"conditions/{c.get('type')}" for c in conds if isinstance(c, dict)}
+    return out
+
+
+def _remove_status_field(status: dict[str, Any], field: str) -> None:
+    if field.startswith("conditions/"):
+        kept = [c for c in status.get("conditions") or [] if not (isinstance(c, dict)
+                                                                   and f"conditions/{c.get('type')}" == field)]
+        if kept:
+            status["conditions"] = kept
+        else:
+            status.pop("conditions", None)
+    else:
+        status.pop(field, None)
+
+
+def _merge_conditions(old: Any, applied: list[Any]) -> list[Any]:
+    """Applied conditions replace the stored ones of the same ``type``; the others stay."""
+    merged = [c for c in (old if isinstance(old, list) else []) if isinstance(c, dict)]
+    for c in applied:
+        t = c.get("type") if isinstance(c, dict) else None
+        idx = next((i for i, o in enumerate(merged) if o.get("type") == t), None)
+        if idx is None:
+            merged.append(c)
+        else:
+            merged[idx] = c
+    return merged
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -575,11 +612,16 @@ class FakeKubeApiServer:
                     return 400, _status_object(400, "BadRequest", "status must be an object")
                 owners = self._status_owners.setdefault(key, {})
                 status = dict(old.get("status") or {})
-                for k in owners.get(manager, set()) - set(applied):  # no longer applied: removed
+                fields = _status_fields(applied)
+                for k in owners.get(manager, set()) - fields:  # no longer applied: removed
                     if not any(k in keys for mgr, keys in owners.items() if mgr != manager):
-                        status.pop(k, None)
-                status.update(applied)
-                owners[manager] = set(applied)
+                        _remove_status_field(status, k)
+                for k, v in applied.items():
+                    if k == "conditions" and isinstance(v, list):
+                        status["conditions"] = _merge_conditions(status.get("conditions"), v)
+                    else:
+                        status[k] = v
+                owners[manager] = fields
                 new = {**old, "status": status}
             else:
                 old_meta = (old or {}).get("metadata") or {}

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from istiod_lite.ca.tokenreview import TokenReviewAuthenticator, TokenReviewConfig, api_client_from_config
+from istiod_lite.controlplane.ambient_status import AmbientStatusWriter
 from istiod_lite.controlplane.waypoint_controller import WaypointController, WaypointControllerOptions
 from istiod_lite.model import ConfigSnapshot, parse_object
 from istiod_lite.sources import KubeSource, KubeSourceOptions
@@ -135,6 +136,27 @@ def test_cluster_role_covers_exactly_the_requests_sent(tmp_path: Path) -> None:
             WaypointControllerOptions(image="istiod-lite:latest", istiod_address="istiod-lite.istio-system.svc",
                                       root_cert_pem="-----BEGIN CERTIFICATE-----\n"))
         assert controller.reconcile(ConfigSnapshot.build([parse_object(gw)])).errors == []
+        # istiod's ambient binding status: one object of every kind it writes, each needing a write
+        ambient = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc", "namespace": "default",
+                                                                "labels": {"istio.io/use-waypoint": "waypoint"}},
+             "spec": {"ports": [{"name": "http", "port": 80}]}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+             "metadata": {"name": "se", "namespace": "default", "labels": {"istio.io/use-waypoint": "waypoint"}},
+             "spec": {"hosts": ["a.example.com"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}},
+            {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+             "metadata": {"name": "ap", "namespace": "default"},
+             "spec": {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}]}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "route", "namespace": "default"},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "svc"}]}},
+        ]
+        stored = [kube.apply(doc) for doc in ambient]
+        stored_gw = kube.get("gateway.networking.k8s.io/v1", "Gateway", "default", "waypoint")
+        writer = AmbientStatusWriter(api_client_for(KubeSourceOptions(kubeconfig=kubeconfig)))
+        writer.evaluate(ConfigSnapshot.build([parse_object(d) for d in [*stored, stored_gw]]))
+        assert writer.stats.written == 5 and writer.stats.failed == 0, writer.stats
         used = kube.resource_requests()
     assert used == granted
 

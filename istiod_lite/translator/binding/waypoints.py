@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Namespace, Pod, Service
@@ -143,6 +144,43 @@ class BindingDecision:
         return self.outcome == BOUND
 
 
+#: Reasons of the ``istio.io/WaypointBound`` condition, as istiod writes them on Services and
+#: ServiceEntries (pilot/pkg/serviceregistry/ambient/status.go and model.WaypointAccepted), by outcome.
+WAYPOINT_BOUND_REASONS: Final[Mapping[str, str]] = {
+    BOUND: "WaypointAccepted",
+    WAYPOINT_MISSING: "WaypointIsNotReady",
+    NOT_ALLOWED: "AttachmentDenied",
+    TRAFFIC_TYPE_MISMATCH: "UnsupportedTrafficType",
+}
+ACCEPTED_REASON: Final = WAYPOINT_BOUND_REASONS[BOUND]
+
+
+@dataclass(frozen=True)
+class BindingVerdict:
+    """A binding decision as the status writer sees it: Istio's ``WaypointBound`` reason (``bound``
+    iff the reason is ``WaypointAccepted``) for a service that asks for a waypoint."""
+
+    waypoint: WaypointRef
+    reason: str
+    message: str
+    #: The request came from the object's namespace's label, not its own.
+    inherited: bool
+
+    @property
+    def bound(self) -> bool:
+        return self.reason == ACCEPTED_REASON
+
+
+def verdict_of(decision: BindingDecision) -> BindingVerdict | None:
+    """The status view of ``decision`` (None: unlabelled or opted out, no condition)."""
+    if decision.requested is None:
+        return None
+    message = f"bound to waypoint {decision.requested}" if decision.bound else decision.message
+    return BindingVerdict(decision.requested, WAYPOINT_BOUND_REASONS[decision.outcome], message,
+                          decision.label_on.startswith("Namespace "))
+
+
+
 @dataclass
 class Bindings:
     """Result of binding every service and workload of a snapshot (computed once per snapshot)."""
@@ -156,6 +194,17 @@ class Bindings:
     problems: list[str] = field(default_factory=list)
     #: (kind, namespace, name) -> the decision for every Service and ServiceEntry.
     decisions: dict[tuple[str, str, str], BindingDecision] = field(default_factory=dict)
+
+    @property
+    def service_verdicts(self) -> dict[tuple[str, str, str], BindingVerdict]:
+        """("Service" | "ServiceEntry", namespace, name) -> the status verdict, for every service
+        that asks for a waypoint (own label or its namespace's; not those opted out with ``none``)."""
+        out: dict[tuple[str, str, str], BindingVerdict] = {}
+        for key, decision in self.decisions.items():
+            verdict = verdict_of(decision)
+            if verdict is not None:
+                out[key] = verdict
+        return out
 
     def workload_ips(self, ref: WaypointRef) -> list[str]:
         """Addresses of the workloads (pods and WorkloadEntries) bound to ``ref``, sorted, unique."""
@@ -214,15 +263,17 @@ def compute_bindings(snapshot: ConfigSnapshot) -> Bindings:
             # An inherited label naming no waypoint is not reported (Istio is silent too).
             return WAYPOINT_MISSING, f"{what}: {USE_WAYPOINT} names waypoint {ref}, which does not exist", False
         fits = wp.serves_services() if kind == "service" else wp.serves_workloads()
+        allowed = obj_ns == ref.namespace or wp.allowed_from == "All" or (
+            wp.allowed_from == "Selector" and _selector_matches(wp.allowed_selector, ns_labels(obj_ns)))
+        # A service's attachment is checked before its traffic type, as istiod does (the reason it
+        # reports when both fail); a workload's the other way round (an inherited label naming a
+        # waypoint for services is no binding at all, and no problem).
+        if not allowed and (fits or kind == "service"):
+            return (NOT_ALLOWED, f"{what}: waypoint {ref} does not allow bindings from namespace {obj_ns} "
+                    f"(its HBONE listener allows {wp.allowed_from}); not bound", True)
         if not fits:
             return (TRAFFIC_TYPE_MISMATCH, f"{what}: waypoint {ref} is for {wp.traffic_type!r} traffic, not {kind}s; "
                     "not bound", kind == "service")
-        if obj_ns != ref.namespace:
-            allowed = wp.allowed_from == "All" or (
-                wp.allowed_from == "Selector" and _selector_matches(wp.allowed_selector, ns_labels(obj_ns)))
-            if not allowed:
-                return (NOT_ALLOWED, f"{what}: waypoint {ref} does not allow bindings from namespace {obj_ns} "
-                        f"(its HBONE listener allows {wp.allowed_from}); not bound", True)
         return BOUND, "", False
 
     def decide(kind: str, obj_ns: str, obj_name: str, labels: Mapping[str, str]) -> WaypointRef | None:
