@@ -3,7 +3,8 @@
 Every ADS stream on it must authenticate (bearer token, or a mesh client certificate where the
 TLS stack asked for one) before a single resource is sent, and the node's ``NAMESPACE`` metadata
 (and ``SERVICE_ACCOUNT``, when the node states one; ztunnel does not) must name the authenticated
-identity: a waypoint cannot read another namespace's config by claiming it in its bootstrap.  Verification runs off the event loop: the
+identity: a waypoint cannot read another namespace's config by claiming it in its bootstrap.
+Verification runs off the event loop: the
 offline authenticators in a thread, Kubernetes TokenReviews (if configured) through the CA's
 ``ReviewGate``, which bounds them for both services together.
 """

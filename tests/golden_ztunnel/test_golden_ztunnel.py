@@ -65,7 +65,8 @@ def test_golden_ztunnel(case: str) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_expected_json_parses_with_the_compiled_protos(case: str) -> None:
     """The expected JSON is valid for the workload API messages (unknown fields would fail)."""
-    for name, cls in (("addresses.json", workload_pb2.Address), ("authorizations.json", authorization_pb2.Authorization)):
+    types = (("addresses.json", workload_pb2.Address), ("authorizations.json", authorization_pb2.Authorization))
+    for name, cls in types:
         for doc in json.loads((HERE / case / "expected" / name).read_text()).values():
             msg = json_format.ParseDict(doc, cls())
             assert json_format.MessageToDict(msg, preserving_proto_field_name=True) == doc

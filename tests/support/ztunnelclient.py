@@ -11,6 +11,7 @@ response (a resource that does not decode is NACKed, as ztunnel does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -123,7 +124,7 @@ class ZtunnelClient:
         try:
             while True:
                 out.append(await asyncio.wait_for(self.updates.get(), seconds))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return out
 
     async def close(self) -> None:
@@ -132,10 +133,8 @@ class ZtunnelClient:
             self._call = None
         if self._reader is not None:
             self._reader.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await self._reader
-            except (asyncio.CancelledError, grpc.aio.AioRpcError):
-                pass
             self._reader = None
         while not self.updates.empty():
             self.updates.get_nowait()

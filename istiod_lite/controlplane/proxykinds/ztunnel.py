@@ -69,7 +69,7 @@ class ZtunnelGenerator(Generator[ZtunnelProxies]):
 
 
 def is_ztunnel(node: base_pb2.Node) -> bool:
-    return node.id.startswith("ztunnel~")
+    return str(node.id).startswith("ztunnel~")
 
 
 class ZtunnelKind(ProxyKind[ZtunnelProxies]):

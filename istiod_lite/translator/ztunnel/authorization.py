@@ -135,7 +135,8 @@ def _convert_rule(action: int, rule: Rule, namespace: str) -> tuple[list[pb.Rule
         if s is None:
             from_matches.append(pb.Match())
             continue
-        http.update(n for n, v in (("remoteIpBlocks", s.remote_ip_blocks), ("notRemoteIpBlocks", s.not_remote_ip_blocks),
+        http.update(n for n, v in (("remoteIpBlocks", s.remote_ip_blocks),
+                                   ("notRemoteIpBlocks", s.not_remote_ip_blocks),
                                    ("requestPrincipals", s.request_principals),
                                    ("notRequestPrincipals", s.not_request_principals)) if v)
         from_matches.append(pb.Match(
@@ -279,7 +280,8 @@ def convert_peer_authentication(root_namespace: str, pa: PeerAuthentication, ns_
         return None
     if not rules and not groups:
         return None
-    merge_strict = (root_pa is not None and root_mode == "STRICT" and (ns_pa is None or ns_mode in ("UNSET", "STRICT"))) \
+    merge_strict = (root_pa is not None and root_mode == "STRICT"
+                    and (ns_pa is None or ns_mode in ("UNSET", "STRICT"))) \
         or (ns_pa is not None and ns_mode == "STRICT")
     if merge_strict and found_non_strict:
         rules.append(pb.Rules(matches=[_deny_without_identity()]))
@@ -343,7 +345,8 @@ def build_authorizations(snapshot: ConfigSnapshot, root_namespace: str) -> Autho
         out.policies[name] = converted
         if converted.scope == pb.WORKLOAD_SELECTOR and policy.spec.selector is not None \
                 and policy.spec.selector.match_labels:
-            out.selector_policies.append(SelectorPolicy(policy.namespace, dict(policy.spec.selector.match_labels), name))
+            labels = dict(policy.spec.selector.match_labels)
+            out.selector_policies.append(SelectorPolicy(policy.namespace, labels, name))
     peer_authns = snapshot.of_kind(PeerAuthentication)
     for pa in peer_authns:
         out.peer_authns.setdefault(pa.namespace, []).append(pa)
@@ -364,7 +367,8 @@ def workload_policy_names(auth: Authorizations, root_namespace: str, namespace: 
     """The ``authorization_policies`` of a workload: selecting policies (sorted), then PeerAuthentication's."""
     names = sorted(p.name for p in auth.selector_policies if p.selects(namespace, labels, root_namespace))
     applicable = [p for p in auth.peer_authns.get(namespace, ())
-                  if p.spec.selector is None or all(labels.get(k) == v for k, v in p.spec.selector.match_labels.items())]
+                  if p.spec.selector is None
+                  or all(labels.get(k) == v for k, v in p.spec.selector.match_labels.items())]
     if namespace != root_namespace:
         applicable += [p for p in auth.peer_authns.get(root_namespace, ()) if p.spec.selector is None]
     return (*names, *peer_authn_policy_names(root_namespace, applicable))

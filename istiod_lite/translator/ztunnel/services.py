@@ -9,12 +9,13 @@ from istiod_lite.translator.binding.protocols import port_protocol
 from istiod_lite.translator.core import names as core_names
 from istiod_lite.translator.ztunnel.names import ZtunnelOptions, network_address
 
-_APP_PROTOCOLS = {"http": wl.HTTP11, "http2": wl.HTTP2, "grpc": wl.GRPC, "grpc-web": wl.GRPC, "tls": wl.TLS,
+_APP_PROTOCOLS: dict[str, wl.AppProtocol] = {"http": wl.HTTP11, "http2": wl.HTTP2, "grpc": wl.GRPC,
+                                             "grpc-web": wl.GRPC, "tls": wl.TLS,
                   "https": wl.TLS, "tcp": wl.TCP}
-_IP_FAMILIES = {("IPv4",): wl.IPV4_ONLY, ("IPv6",): wl.IPV6_ONLY}
+_IP_FAMILIES: dict[tuple[str, ...], wl.IPFamilies] = {("IPv4",): wl.IPV4_ONLY, ("IPv6",): wl.IPV6_ONLY}
 
 
-def app_protocol(protocol: str) -> int:
+def app_protocol(protocol: str) -> wl.AppProtocol:
     """Istio's protocol name (``http``, ``grpc``, ...) as the workload API's ``AppProtocol``."""
     return _APP_PROTOCOLS.get(protocol.lower(), wl.UNKNOWN)
 

@@ -151,7 +151,8 @@ class ZtunnelTranslator:
             wkey, wmsg = waypoint_of(s)
             name = namespaced(s.namespace, core_names.service_fqdn(s.name, s.namespace, opts.domain))
             addresses[name] = self._memoised(new, s, ("svc", id(s), wkey),
-                                             lambda s=s, wmsg=wmsg: wl.Address(service=svcs.kube_service(s, wmsg, opts)))
+                                             lambda s=s, wmsg=wmsg: wl.Address(
+                                                 service=svcs.kube_service(s, wmsg, opts)))
         for se in entries:
             wkey, wmsg = waypoint_of(se)
             built = self._memoised(new, se, ("se", id(se), wkey), lambda se=se, wmsg=wmsg: [
@@ -187,8 +188,8 @@ class ZtunnelTranslator:
             policies = workload_policy_names(auth, opts.root_namespace, we.namespace, labels)
             wkey, wmsg = waypoint_of(we)
             amb = ambient(labels, we.namespace)
-            key = ("we", id(we), tuple(id(o) for o in owners), policies, wkey, amb)
-            a = self._memoised(new, we, key, lambda we=we, owners=owners, policies=policies, wmsg=wmsg, amb=amb:
+            we_key = ("we", id(we), tuple(id(o) for o in owners), policies, wkey, amb)
+            a = self._memoised(new, we, we_key, lambda we=we, owners=owners, policies=policies, wmsg=wmsg, amb=amb:
                                wl.Address(workload=wls.workload_entry_workload(we, opts, owners=owners,
                                                                               policies=policies, waypoint=wmsg,
                                                                               ambient=amb)))
@@ -196,7 +197,8 @@ class ZtunnelTranslator:
         for se in entries:
             policies = workload_policy_names(auth, opts.root_namespace, se.namespace, se.metadata.labels)
             amb = ambient(se.metadata.labels, se.namespace)
-            built = self._memoised(new, se, ("se-wl", id(se), policies, amb), lambda se=se, policies=policies, amb=amb: [
+            se_key = ("se-wl", id(se), policies, amb)
+            built = self._memoised(new, se, se_key, lambda se=se, policies=policies, amb=amb: [
                 wl.Address(workload=x) for x in wls.service_entry_workloads(se, opts, policies=policies, ambient=amb)])
             for a in built:
                 addresses.setdefault(a.workload.uid, a)

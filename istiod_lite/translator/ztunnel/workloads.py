@@ -1,4 +1,6 @@
-"""``istio.workload.Workload`` from Pods, WorkloadEntries, ServiceEntry endpoints and EndpointSlices, as istiod builds them.
+"""``istio.workload.Workload`` from Pods, WorkloadEntries, ServiceEntry endpoints and EndpointSlices.
+
+Built as istiod builds them.
 
 Each builder takes what it needs already looked up (selecting services, policy names, waypoint,
 locality), so it is a pure function of its arguments and the translator can memoise it on them.
@@ -7,7 +9,6 @@ locality), so it is a pure function of its arguments and the translator can memo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Union
 
 from istiod_lite._generated.istio.workload import workload_pb2 as wl
 from istiod_lite.model.core import EndpointSlice, Pod, Service
@@ -25,7 +26,7 @@ from istiod_lite.translator.ztunnel.names import (
 )
 
 #: A service a workload belongs to.
-Owner = Union[Service, ServiceEntry]
+Owner = Service | ServiceEntry
 
 AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
 TUNNEL_LABEL = "networking.istio.io/tunnel"
@@ -68,7 +69,7 @@ def workload_name_of_pod(pod: Pod) -> str:
 
 
 def _locality(text: str) -> wl.Locality | None:
-    parts = (text.split("/") + ["", "", ""])[:3]
+    parts = [*text.split("/"), "", "", ""][:3]
     return wl.Locality(region=parts[0], zone=parts[1], subzone=parts[2]) if any(parts) else None
 
 
@@ -119,8 +120,9 @@ def pod_workload(pod: Pod, opts: ZtunnelOptions, *, owners: Sequence[Owner], pol
     """None for a pod that is finished or has no (valid) IP, as istiod skips them."""
     if pod.status.phase in ("Succeeded", "Failed") or not pod.ips:
         return None
-    addresses = [ip_bytes(ip) for ip in pod.ips]
-    if any(a is None for a in addresses):
+    parsed = [ip_bytes(ip) for ip in pod.ips]
+    addresses = [a for a in parsed if a is not None]
+    if len(addresses) != len(parsed):
         return None
     w = wl.Workload(uid=pod_uid(opts, pod.namespace, pod.name), name=pod.name, namespace=pod.namespace,
                     addresses=addresses, network=opts.network, cluster_id=opts.cluster_id,
@@ -230,8 +232,9 @@ def endpoint_slice_workloads(es: EndpointSlice, svc: Service, opts: ZtunnelOptio
         if ep.target_ref is not None and ep.target_ref.kind == "Pod":
             continue  # the Pod is its own, richer workload
         first = ep.addresses[0]
-        addresses = [ip_bytes(a) for a in ep.addresses]
-        if first in seen or any(a is None for a in addresses):
+        parsed = [ip_bytes(a) for a in ep.addresses]
+        addresses = [a for a in parsed if a is not None]
+        if first in seen or len(addresses) != len(parsed):
             continue
         seen.add(first)
         w = wl.Workload(uid=endpoint_slice_uid(opts, es.namespace, es.name, first), name=es.name,
