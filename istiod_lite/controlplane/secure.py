@@ -1,9 +1,10 @@
 """The secure port (Istio's 15012): the CA and ADS on one TLS gRPC server.
 
 Every ADS stream on it must authenticate (bearer token, or a mesh client certificate where the
-TLS stack asked for one) before a single resource is sent, and the node's ``NAMESPACE`` and
-``SERVICE_ACCOUNT`` metadata must name the authenticated identity: a waypoint cannot read another
-namespace's config by claiming it in its bootstrap.  Verification runs off the event loop: the
+TLS stack asked for one) before a single resource is sent, and the node's ``NAMESPACE`` metadata
+(and ``SERVICE_ACCOUNT``, when the node states one; ztunnel does not) must name the authenticated
+identity: a waypoint cannot read another namespace's config by claiming it in its bootstrap.
+Verification runs off the event loop: the
 offline authenticators in a thread, Kubernetes TokenReviews (if configured) through the CA's
 ``ReviewGate``, which bounds them for both services together.
 """
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 def _meta(conn: Connection, key: str) -> str:
     v = conn.node.metadata.fields.get(key)
     return str(v.string_value) if v is not None and v.HasField("string_value") else ""
+
+
+def node_matches_identity(namespace: str, service_account: str, identity: Identity) -> bool:
+    """As istiod: the node's namespace must be the caller's; its service account is compared only
+    when the node states one (ztunnel's node metadata carries none)."""
+    return namespace == identity.namespace and (not service_account or service_account == identity.service_account)
 
 
 class XdsAuthenticator:
@@ -64,7 +71,7 @@ class XdsAuthenticator:
             log.warning("xDS stream from %s (%s) refused: %s", safe(conn.peer), safe(conn.node_id), safe(exc.reason))
             raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, "authentication failure") from None
         namespace, sa = _meta(conn, "NAMESPACE"), _meta(conn, "SERVICE_ACCOUNT")
-        if namespace != identity.namespace or (sa and sa != identity.service_account) or not sa:
+        if not node_matches_identity(namespace, sa, identity):
             self.refused += 1
             log.warning("xDS stream from %s refused: node %s claims %s/%s but authenticated as %s",
                         safe(conn.peer), safe(conn.node_id), safe(namespace or "-"), safe(sa or "-"),

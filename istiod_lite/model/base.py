@@ -101,6 +101,8 @@ class ObjectMeta(KubeModel):
     generation: int = 0
     uid: str = ""
     owner_references: tuple[OwnerReference, ...] = ()
+    #: Set while an object is being deleted (a terminating pod is an unhealthy workload).
+    deletion_timestamp: str = ""
 
 
 class Resource(_SharedFieldsSet):

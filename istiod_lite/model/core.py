@@ -52,6 +52,10 @@ class ServiceSpec(KubeModel):
     #: ``PreferClose`` / ``PreferSameZone`` / ``PreferSameNode``: locality-aware load balancing
     #: without a DestinationRule (translator/clusters/locality_lb.py).
     traffic_distribution: str | None = None
+    #: Read for node proxies (ztunnel): IP families, node-local routing, not-ready endpoints.
+    ip_families: tuple[str, ...] = Field(default=(), alias="ipFamilies")
+    internal_traffic_policy: str = ""
+    publish_not_ready_addresses: bool = False
 
     @field_validator("ports")
     @classmethod
@@ -101,6 +105,8 @@ class PodSpec(KubeModel):
     service_account_name: str = "default"
     node_name: str = ""
     containers: tuple[Container, ...] = ()
+    #: Read for node proxies (ztunnel): a host-network pod shares its node's address.
+    host_network: bool = False
 
 
 class PodIP(KubeModel):

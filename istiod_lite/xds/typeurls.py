@@ -21,7 +21,16 @@ PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, RO
 #: Types whose SotW responses carry the full set (a missing resource means "deleted") and for
 #: which an empty subscription means legacy wildcard.
 FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
-WILDCARD_TYPES = FULL_STATE_TYPES
+#: Types for which a first Delta request naming nothing means wildcard (legacy wildcard, R21):
+#: LDS and CDS, plus any type a proxy kind declares (``declare_wildcard_type``).  Kept here as a
+#: set of opaque strings so the xDS layer needs no knowledge of who declares them.
+WILDCARD_TYPES: set[str] = set(FULL_STATE_TYPES)
+
+
+def declare_wildcard_type(type_url: str) -> None:
+    """Let a client's empty first request for ``type_url`` mean "everything" (as istiod treats
+    every type but EDS, RDS, SDS and ECDS); called once by the proxy kind that serves the type."""
+    WILDCARD_TYPES.add(type_url)
 
 SHORT_NAMES = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS", SECRET: "SDS",
                EXTENSION_CONFIG: "ECDS"}

@@ -15,10 +15,12 @@ from istiod_lite.controlplane.proxykinds.proxyless import ProxylessClients, Prox
 from istiod_lite.controlplane.proxykinds.table import ProxyKindTable
 from istiod_lite.controlplane.proxykinds.unrecognised import UnrecognisedKind, UnrecognisedProxies
 from istiod_lite.controlplane.proxykinds.waypoint import WaypointGenerator, WaypointKind, WaypointProxies
+from istiod_lite.controlplane.proxykinds.ztunnel import ZtunnelGenerator, ZtunnelKind, ZtunnelProxies
 
 PROXY_KINDS: tuple[ProxyKind[Any], ...] = (
     WaypointKind(),
     ProxylessGrpcKind(),
+    ZtunnelKind(),
     UnrecognisedKind(),
 )
 
@@ -35,4 +37,7 @@ __all__ = [
     "WaypointGenerator",
     "WaypointKind",
     "WaypointProxies",
+    "ZtunnelGenerator",
+    "ZtunnelKind",
+    "ZtunnelProxies",
 ]
