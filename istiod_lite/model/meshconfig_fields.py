@@ -48,7 +48,7 @@ _BY: Final = FieldSupport(BY_FIELD)
 _SIDECAR: Final = "sidecar/gateway setting; a waypoint has no such listener"
 _AGENT: Final = "per-proxy agent setting that istiod-lite's waypoint agent does not take from the mesh config"
 _INSTALL: Final = "installation/istiod setting, not part of the waypoint's xDS"
-_EXPORT: Final = "exportTo defaults are not applied yet (issue 15 exportTo stage)"
+_EXPORT: Final = "the exportTo of objects that set none (docs/istio-waypoint-shape.md §3.1)"
 _TELEMETRY_KIND: Final = ("provider kind the waypoint cannot export to with upstream Envoy; a Telemetry naming it "
                           "is reported by validate")
 
@@ -121,10 +121,10 @@ FIELDS: Final[dict[str, FieldSupport]] = {
     "defaultConfig.tracing.sampling": _h("random sampling % where no Telemetry sets randomSamplingPercentage"),
     # (defaultConfig.proxyHeaders: see below, field by field)
     # --- ignored ----------------------------------------------------------------------------
-    "defaultServiceExportTo": _i(_EXPORT),
-    "defaultVirtualServiceExportTo": _i(_EXPORT),
-    "defaultDestinationRuleExportTo": _i(_EXPORT),
-    "localityLbSetting": _i("mesh-wide locality load balancing is not applied yet (issue 15 locality stage)"),
+    "defaultServiceExportTo": _h(_EXPORT),
+    "defaultVirtualServiceExportTo": _h(_EXPORT),
+    "defaultDestinationRuleExportTo": _h(_EXPORT),
+    "localityLbSetting": _h("mesh-wide locality load balancing where no DestinationRule sets one (docs/locality.md)"),
     "proxyListenPort": _i(_SIDECAR),
     "proxyInboundListenPort": _i(_SIDECAR),
     "proxyHttpPort": _i(_SIDECAR),
