@@ -375,7 +375,8 @@ def _source_fields(src: Source, loc: str, policy_ns: str, bundle: tuple[str, ...
 
 def _when_field(cond: Condition, loc: str, policy_ns: str, bundle: tuple[str, ...] = ()) -> tuple[str, Field]:
     """(``"permission"`` or ``"principal"``, the field) for one ``when`` condition; ``bundle``:
-    ``source.principal`` values are expanded to the trust domain's aliases."""
+    ``source.principal`` and ``source.trustDomain`` values are expanded to the trust domain's
+    aliases (as the ``from.source`` fields are)."""
     k = cond.key
     vloc, nloc = f"{loc}.values", f"{loc}.notValues"
     http_only = k.startswith(_HTTP_ONLY_WHEN)
@@ -384,6 +385,9 @@ def _when_field(cond: Condition, loc: str, policy_ns: str, bundle: tuple[str, ..
           extended: Callable[[tuple[str, ...], Limits], Permission | Principal] | None = None) -> Field:
         if k == "source.principal":
             return Field(k, expand_principals(cond.values, bundle), expand_principals(cond.not_values, bundle),
+                         vloc, nloc, http_only, gen=gen, extended=extended)
+        if k == "source.trustDomain":
+            return Field(k, expand_trust_domains(cond.values, bundle), expand_trust_domains(cond.not_values, bundle),
                          vloc, nloc, http_only, gen=gen, extended=extended)
         return Field(k, cond.values, cond.not_values, vloc, nloc, http_only, gen=gen, extended=extended)
 
