@@ -189,22 +189,24 @@ async def test_dashboard_series_are_served_or_documented_not_applicable(tmp_path
                              message="the four NACKs and the stale nonce counted")
             # A config change: a push, triggered and counted as istiod counts it.
             canary = cfg / "30-reviews-canary.yaml"
-            canary.write_text(canary.read_text().replace("weight: 80", "weight: 70").replace("weight: 20", "weight: 30"))
-            exposed = await wait_until(lambda: _pushed(cp.monitoring_port), timeout=10,
+            text = canary.read_text()
+            canary.write_text(text.replace("weight: 80", "weight: 70").replace("weight: 20", "weight: 30"))
+            scraped = await wait_until(lambda: _pushed(cp.monitoring_port), timeout=10,
                                        message="the VirtualService update pushed")
             assert len(client.responses[ROUTE]) >= 2, "the edited route reached the client"
         finally:
             await client.close()
 
-    node = client.node.id
-    for type_url, short in SHORT.items():
+    assert scraped is not None
+    exposed, node = scraped, client.node.id
+    for short in SHORT.values():
         assert exposed.value(f"pilot_xds_{short}_reject", node=node, err="Internal") == 1
         assert exposed.value("pilot_total_xds_rejects", type=short) == 1
         assert (exposed.value("pilot_xds_pushes", type=short) or 0) >= 1
     assert exposed.value("pilot_xds_expired_nonce", type="cds") == 1
     assert exposed.value("pilot_xds", version="") == 1
     assert exposed.value("pilot_xds_send_time_count") == sum(
-        v for labels, v in exposed.samples["pilot_xds_pushes"])
+        v for _, v in exposed.samples["pilot_xds_pushes"])
     assert exposed.value("pilot_conflict_inbound_listener") == 0
     assert exposed.value("pilot_conflict_outbound_listener_tcp_over_current_tcp") == 0
     assert exposed.value("istio_build", component="pilot", tag=exposed.samples["istio_build"][0][0]["tag"]) == 1
