@@ -152,6 +152,7 @@ class ControlPlane:
                                             loopz=self.ads.load_status, config_dump=self.config_dump)
         self.config_metrics = ConfigMetrics(self.ads.metrics.registry)
         self.pilot_metrics = PilotMetrics(self.ads.metrics.registry)
+        self.ads.metrics.reject_listeners.append(self.pilot_metrics.rejected)
         self._loaded = False
         self.grpc_port = 0
         #: Set by ``drain``: ``/ready`` fails from then on.

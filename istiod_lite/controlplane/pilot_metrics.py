@@ -8,6 +8,12 @@ Events come from what the config sources hand over: each changed resource is an 
 kinds (as Istio: ``Services``, ``Pods``, ...) and under ``pilot_k8s_cfg_events`` for the config kinds
 (Istio's kind names: ``VirtualService``, ``Telemetry``, ...).  The first load counts every resource
 as an ``add``, as Istio's informers do at start.
+
+Also here: Istio's older per-type reject gauges (``pilot_xds_{cds,eds,lds,rds}_reject{node,err}``,
+kept by istiod for dashboards written before ``pilot_total_xds_rejects``), fed by the xDS server's
+NACK listener (the xDS layer knows type URLs, not Istio's metric names); the listener-conflict
+gauges, which stay 0 for waypoints (see ``CONFLICT_GAUGES``); and the process and Python runtime
+series (``process_*``, ``python_*``) that stand where istiod has ``go_*``.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from collections.abc import Iterable
 from importlib import metadata
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, ProcessCollector
 
 from istiod_lite.model import ConfigSnapshot, ResourceKey
 from istiod_lite.model.core import Service
 from istiod_lite.model.networking import ServiceEntry, VirtualService
+from istiod_lite.xds.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 #: Istio's registry event types (kind -> ``type`` label of ``pilot_k8s_reg_events``).
 REGISTRY_TYPES: Final[dict[str, str]] = {
@@ -29,6 +36,35 @@ REGISTRY_TYPES: Final[dict[str, str]] = {
 }
 #: Kinds that are neither registry nor Istio/Gateway config (no Istio event counts them).
 _UNCOUNTED: Final = frozenset({"ServiceAccount", "Secret", "ConfigMap"})
+
+#: The types istiod keeps a per-type reject gauge for, and the gauge's name.
+REJECT_GAUGES: Final[dict[str, str]] = {
+    CLUSTER: "pilot_xds_cds_reject", ENDPOINT: "pilot_xds_eds_reject", LISTENER: "pilot_xds_lds_reject",
+    ROUTE: "pilot_xds_rds_reject",
+}
+#: The ``err`` label: the NACK's ``error_detail.code`` as Go's ``codes.Code.String()`` spells it.
+GRPC_CODE_NAMES: Final = (
+    "OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound", "AlreadyExists",
+    "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange", "Unimplemented",
+    "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+)
+#: Distinct ``node`` values the reject gauges keep; NACKs from further nodes count under ``other``.
+#: (Node ids are chosen by clients; istiod keeps one series per node forever, which a churn of
+#: proxies, or one client inventing ids, would grow without bound.)
+MAX_REJECT_NODES: Final = 1000
+#: istiod's listener-conflict gauges.  Both count conflicts between a sidecar's per-port listeners
+#: (two TCP services on one outbound port; two services selecting one inbound port of a pod).  A
+#: waypoint has no per-port listeners (one listener, one filter-chain matcher), so istiod records 0
+#: for a waypoint-only mesh, and so does istiod-lite.
+CONFLICT_GAUGES: Final[dict[str, str]] = {
+    "pilot_conflict_inbound_listener": "Number of conflicting inbound listeners.",
+    "pilot_conflict_outbound_listener_tcp_over_current_tcp": "Number of conflicting tcp listeners with current "
+                                                             "tcp listener.",
+}
+
+
+def grpc_code_name(code: int) -> str:
+    return GRPC_CODE_NAMES[code] if 0 <= code < len(GRPC_CODE_NAMES) else f"Code({code})"
 
 
 def build_version() -> str:
@@ -51,6 +87,29 @@ class PilotMetrics:
                                    registry=registry)
         self.internal_errors = Counter("pilot_total_xds_internal_errors", "Total number of internal XDS errors "
                                        "in pilot.", registry=registry)
+        self.type_rejects = {
+            type_url: Gauge(name, f"Pilot rejected {name.split('_')[2].upper()} configs.", ["node", "err"],
+                            registry=registry)
+            for type_url, name in REJECT_GAUGES.items()
+        }
+        self._reject_nodes: set[str] = set()
+        self.conflicts = [Gauge(name, doc, registry=registry) for name, doc in CONFLICT_GAUGES.items()]
+        for gauge in self.conflicts:
+            gauge.set(0)
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
+
+    def rejected(self, type_url: str, node_id: str, code: int) -> None:
+        """A NACK (the xDS server's reject listener): istiod's per-type gauge goes up by one."""
+        gauge = self.type_rejects.get(type_url)
+        if gauge is None:
+            return
+        if node_id not in self._reject_nodes:
+            if len(self._reject_nodes) >= MAX_REJECT_NODES:
+                node_id = "other"
+            else:
+                self._reject_nodes.add(node_id)
+        gauge.labels(node=node_id, err=grpc_code_name(code)).inc()
 
     def _event(self, kind: str, event: str) -> None:
         if kind in _UNCOUNTED:
@@ -82,4 +141,4 @@ class PilotMetrics:
         self.virt_services.set(len(new.of_kind(VirtualService)))
 
 
-__all__ = ["PilotMetrics", "build_version"]
+__all__ = ["CONFLICT_GAUGES", "REJECT_GAUGES", "PilotMetrics", "build_version", "grpc_code_name"]

@@ -21,6 +21,10 @@ def type_label(type_url: str) -> str:
     return name.lower() if name is not None else "other"
 
 _TIME_BUCKETS = (0.01, 0.1, 0.5, 1, 3, 5, 10, 20, 30)
+_SEND_BUCKETS = (0.01, 0.1, 1, 3, 5, 10, 20, 30)
+
+#: Told of every NACK: the type URL, the client's node id and the ``error_detail`` status code.
+RejectListener = Callable[[str, str, int], None]
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _SIZE_BUCKETS = (1, 10_000, 1_000_000, 4_000_000, 10_000_000, 40_000_000)
 
@@ -42,6 +46,11 @@ class XdsMetrics:
                                      registry=r)
         self.rejects = Counter("pilot_total_xds_rejects", "Total number of XDS responses from pilot rejected by "
                                "proxy.", ["type"], registry=r)
+        self.write_timeouts = Counter("pilot_xds_write_timeout", "Pilot XDS response write timeouts.", registry=r)
+        self.send_time = Histogram("pilot_xds_send_time", "Total time in seconds Pilot takes to send generated "
+                                   "configuration.", buckets=_SEND_BUCKETS, registry=r)
+        #: Called on every NACK (the control plane keeps Istio's older per-type reject series).
+        self.reject_listeners: list[RejectListener] = []
         self.expired_nonce = Counter("pilot_xds_expired_nonce", "Total number of XDS requests with an expired "
                                      "nonce.", ["type"], registry=r)
         self.debounce_time = Histogram("pilot_debounce_time", "Delay in seconds between the first config enters "
@@ -67,15 +76,20 @@ class XdsMetrics:
         self.syncing.set_function(syncing)
         self.admission_waiting.set_function(waiting)
 
-    def sent(self, type_url: str, size: int, seconds: float) -> None:
+    def sent(self, type_url: str, size: int, seconds: float, write_seconds: float = 0.0) -> None:
+        """A response written: ``seconds`` from the start of its build to the end of its write,
+        ``write_seconds`` the write alone (istiod's send time)."""
         t = type_label(type_url)
         self.bytes_sent += size
         self.pushes.labels(type=t).inc()
         self.push_time.labels(type=t).observe(seconds)
+        self.send_time.observe(write_seconds)
         self.config_size.labels(type=t).observe(size)
 
-    def rejected(self, type_url: str) -> None:
+    def rejected(self, type_url: str, node_id: str = "", code: int = 0) -> None:
         self.rejects.labels(type=type_label(type_url)).inc()
+        for listener in self.reject_listeners:
+            listener(type_url, node_id, code)
 
     def stale_nonce(self, type_url: str) -> None:
         self.expired_nonce.labels(type=type_label(type_url)).inc()

@@ -326,7 +326,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             return
         if kind == "nack":
             sub = conn.subs[req.type_url]
-            self.metrics.rejected(req.type_url)
+            self.metrics.rejected(req.type_url, conn.node_id, req.error_detail.code)
             log.warning("%s NACK from %s: %s", safe(short(req.type_url)), safe(conn.node_id),
                         safe(sub.last_error, 1024))
         elif kind == "stale":
@@ -391,16 +391,19 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             sub.sent_trigger = trigger or 0.0
         while responses:
             resp = responses.pop(0)
+            write_started = time.perf_counter()
             try:
                 await asyncio.wait_for(context.write(resp), timeout=self.options.write_timeout)
             except TimeoutError:
+                self.metrics.write_timeouts.inc()
                 log.warning("stream %s: write blocked for %.0fs; closing", safe(conn.conn_id),
                             self.options.write_timeout)
                 conn.fatal = ("UNAVAILABLE", "stream too slow")
                 return False
             except Exception:
                 return False  # client went away
-            self.metrics.sent(sub.type_url, resp.ByteSize(), time.perf_counter() - started)
+            done = time.perf_counter()
+            self.metrics.sent(sub.type_url, resp.ByteSize(), done - started, done - write_started)
         return True
 
     def status(self) -> list[dict[str, object]]:

@@ -471,6 +471,18 @@ async def check_pilot_dashboard(prom: object) -> None:
     assert await prom.query('pilot_services{job="istiod"}') == [({"instance": prom.jobs["istiod"][0],
                                                                   "job": "istiod"}, 3.0)]
     assert (await prom.query('pilot_virt_services{job="istiod"}'))[0][1] == 1.0
+    # The older dashboard's panels: per-type rejects (real Envoy NACKs nothing: no series, so the
+    # panel's ``absent(...) - 1`` fallback, 0), listener conflicts (0 for waypoints), write timeouts,
+    # and the process's CPU and memory.
+    for short in ("cds", "eds", "lds", "rds"):
+        assert await prom.query(f'sum(pilot_xds_{short}_reject{{job="istiod"}}) or '
+                                f'(absent(pilot_xds_{short}_reject{{job="istiod"}}) - 1)') == [
+            ({"job": "istiod"}, 0.0)]
+    for conflict in ("pilot_conflict_inbound_listener", "pilot_conflict_outbound_listener_tcp_over_current_tcp"):
+        assert [v for _, v in await prom.query(f'{conflict}{{job="istiod"}}')] == [0.0]
+    assert [v for _, v in await prom.query('sum(rate(pilot_xds_write_timeout{job="istiod"}[1m]))')] == [0.0]
+    assert (await prom.query('irate(process_cpu_seconds_total{job="istiod"}[1m])')) != []
+    assert (await prom.query('process_resident_memory_bytes{job="istiod"}'))[0][1] > 0
     # Citadel: the waypoint's CSR was signed.
     assert (await prom.query('sum(citadel_server_csr_count{job="istiod"})'))[0][1] >= 1
     assert (await prom.query('sum(citadel_server_success_cert_issuance_count{job="istiod"})'))[0][1] >= 1

@@ -293,6 +293,8 @@ async def test_stuck_client_is_closed_and_does_not_delay_others() -> None:
                     break
                 await asyncio.sleep(0.1)
             assert [c.group for c in ads.connections.values()] == ["fast"]
+            # istiod's pilot_xds_write_timeout counts it.
+            assert ads.metrics.registry.get_sample_value("pilot_xds_write_timeout_total") == 1
             slow.cancel()
             fast.cancel()
     finally:
