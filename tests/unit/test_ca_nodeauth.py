@@ -186,6 +186,6 @@ def test_cli_flag_reads_istios_environment_variable(monkeypatch: pytest.MonkeyPa
 
 
 def test_cli_refuses_a_malformed_list(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="--ca-trusted-node-accounts: .*'ztunnel' is not <namespace>/<service"):
+    with pytest.raises(SystemExit, match=r"--ca-trusted-node-accounts: .*'ztunnel' is not <namespace>/<service"):
         main(["serve", "--config", str(tmp_path), "--ca-dir", str(tmp_path / "ca"),
               "--ca-trusted-node-accounts", "ztunnel"])
