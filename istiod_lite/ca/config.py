@@ -54,6 +54,9 @@ class CaConfig:
     #: Ask the Kubernetes API server about bearer tokens the JWT authenticator refused (TokenReview);
     #: ``None`` (the default, and the YAML-directory mode) never contacts a cluster.
     token_review: TokenReviewConfig | None = None
+    #: Service accounts (namespace, name) of node proxies allowed to request certificates for the
+    #: pods on their node (Istio's ``CA_TRUSTED_NODE_ACCOUNTS``; ``nodeauth.py``); empty: nobody.
+    trusted_node_accounts: tuple[tuple[str, str], ...] = ()
 
 
 def load_material(config: CaConfig) -> CaMaterial:

@@ -14,6 +14,9 @@ import grpc
 #: Exactly the message Istio returns when every authenticator failed.
 UNAUTHENTICATED_MESSAGE = "request authenticate failure"
 
+#: What Istio answers every refused ``ImpersonatedIdentity`` request (node proxies, ``nodeauth.py``).
+IMPERSONATION_MESSAGE = "request impersonation authentication failure"
+
 #: The fixed message a client sees for each code; the reason stays in the server log.
 PUBLIC_MESSAGES: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.UNAUTHENTICATED: UNAUTHENTICATED_MESSAGE,
@@ -46,6 +49,18 @@ class CaError(Exception):
     def outcome(self) -> str:
         """Metric label for this failure (``invalid_argument``, ``unauthenticated``, ...)."""
         return str(self.code.name).lower()
+
+
+class ImpersonationRefused(CaError):
+    """A node proxy's request for another identity was refused: ``UNAUTHENTICATED`` with Istio's
+    fixed impersonation message, whatever the check that failed (the reason is logged only)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(grpc.StatusCode.UNAUTHENTICATED, reason)
+
+    @property
+    def public_message(self) -> str:
+        return IMPERSONATION_MESSAGE
 
 
 class CaMaterialError(Exception):

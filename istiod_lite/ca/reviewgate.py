@@ -35,6 +35,7 @@ from istiod_lite.ca.tokenreview import (
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_QUEUE,
     DEFAULT_PER_PEER,
+    ReviewedCaller,
     TokenReviewAuthenticator,
     TokenReviewConfig,
 )
@@ -82,17 +83,22 @@ class ReviewGate:
 
         Raises ``AuthenticationError`` for a refused token and when the gate is full.
         """
+        caller = await self.review_caller(metadata, peer)
+        return caller.identity if caller is not None else None
+
+    async def review_caller(self, metadata: Mapping[str, str], peer: str) -> ReviewedCaller | None:
+        """``authenticate`` with the pod the API server named (node-proxy impersonation needs it)."""
         token = self.authenticator.reviewable_token(metadata)
         if token is None:
             return None
         try:
-            identity = self.authenticator.cached(token)
+            caller = self.authenticator.cached(token)
         except AuthenticationError:
             self._record("refused_cached")
             raise
-        if identity is not None:
+        if caller is not None:
             self._record("cached")
-            return identity
+            return caller
         host = peer_host(peer)
         if self._admitted >= self._capacity:
             self._record("shed_queue_full")
@@ -106,8 +112,7 @@ class ReviewGate:
         self._per_peer[host] += 1
         try:
             # A cancelled call (client gone) that is still waiting leaves the executor's queue too.
-            identity = await asyncio.get_running_loop().run_in_executor(self._executor, self.authenticator.review,
-                                                                        token)
+            caller = await asyncio.get_running_loop().run_in_executor(self._executor, self.authenticator.review, token)
         except AuthenticationError:
             self._record("refused")
             raise
@@ -117,7 +122,7 @@ class ReviewGate:
             if not self._per_peer[host]:
                 del self._per_peer[host]
         self._record("accepted")
-        return identity
+        return caller
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

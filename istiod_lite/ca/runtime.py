@@ -14,7 +14,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -31,10 +32,14 @@ from istiod_lite.ca.config import (
 )
 from istiod_lite.ca.keystore import CaMaterial
 from istiod_lite.ca.metrics import CaMetrics
+from istiod_lite.ca.nodeauth import NodeAuthorizer
 from istiod_lite.ca.reviewgate import ReviewGate
 from istiod_lite.ca.servercert import server_credentials
 from istiod_lite.ca.service import CaService
 from istiod_lite.ca.workers import WorkerPoolBackend
+from istiod_lite.model import ConfigSnapshot
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,14 +55,17 @@ class CaRuntime:
 
     @classmethod
     def create(cls, config: CaConfig, *, registry: CollectorRegistry | None = None,
-               processes: int = 0) -> CaRuntime:
+               processes: int = 0, snapshot: Callable[[], ConfigSnapshot] | None = None) -> CaRuntime:
         """Load or create the key material and build the service (call ``start`` next).
 
         ``processes`` > 0 signs in that many worker processes (more throughput on multi-core
         hosts: about 1.6x on 2 cores, see docs/ca.md); 0 signs in one background thread.  Raises
         ``CaMaterialError`` for an unusable CA directory and ``ValueError``/``OSError`` for an
-        unreadable ``--jwks`` file.
+        unreadable ``--jwks`` file.  ``snapshot`` returns the control plane's current config: the
+        pods node-proxy impersonation is checked against (required with
+        ``config.trusted_node_accounts``, else ``ValueError``).
         """
+        node_authorizer = build_node_authorizer(config, snapshot)
         material = load_material(config)
         authority = build_authority(config, material)
         # Offline authenticators only (also validates --jwks files early); TokenReviews go through
@@ -70,7 +78,8 @@ class CaRuntime:
             backend = WorkerPoolBackend(config, material, workers=processes)
         else:
             backend = ThreadBackend(authority, authenticators)
-        service = CaService(backend, metrics, review_gate=review_gate)
+        service = CaService(backend, metrics, review_gate=review_gate,
+                            node_authorizer=node_authorizer)
         return cls(config, material, authority, backend, service, review_gate)
 
     async def start(self) -> None:
@@ -89,3 +98,15 @@ class CaRuntime:
         await self.backend.close()
         if self.review_gate is not None:
             self.review_gate.close()
+
+
+def build_node_authorizer(config: CaConfig, snapshot: Callable[[], ConfigSnapshot] | None) -> NodeAuthorizer | None:
+    """The impersonation rules when node accounts are trusted; ``None`` (every request refused) else."""
+    if not config.trusted_node_accounts:
+        return None
+    if snapshot is None:
+        raise ValueError("trusted node accounts need the control plane's pods to check impersonation against")
+    if config.token_review is None:
+        log.warning("%s is set but Kubernetes TokenReview is not: node proxies' impersonation requests "
+                    "will all be refused (the caller's pod comes from the TokenReview)", "CA_TRUSTED_NODE_ACCOUNTS")
+    return NodeAuthorizer(config.trusted_node_accounts, config.trust_domain, snapshot)

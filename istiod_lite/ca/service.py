@@ -7,8 +7,10 @@ message; the reason is logged with the caller's address.
 
 Like istiod, a request that did not arrive over TLS has no caller and is refused
 (``security.Authenticate`` returns nothing without TLS); ``require_tls=False`` exists for tests of
-the plaintext path only.  ``ImpersonatedIdentity`` (ztunnel acting for a pod) is refused as
-Istio refuses it without a node authorizer; ``CertSigner`` is ignored, as with Istio's built-in CA.
+the plaintext path only.  ``ImpersonatedIdentity`` (ztunnel acting for a pod) is decided by the
+``NodeAuthorizer`` (``nodeauth.py``) for a caller the TokenReview gate authenticated, and refused
+without one, as Istio refuses it without ``CA_TRUSTED_NODE_ACCOUNTS``; ``CertSigner`` is ignored, as
+with Istio's built-in CA.
 
 Authentication happens in two steps so that a network round trip never holds the signer: the
 backend tries the offline authenticators (client certificate, JWT) and signs; only if they all
@@ -28,8 +30,9 @@ from google.protobuf import struct_pb2
 from istiod_lite._generated.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from istiod_lite.ca.authn import AuthenticationError
 from istiod_lite.ca.backend import SigningBackend
-from istiod_lite.ca.errors import CaError
+from istiod_lite.ca.errors import CaError, ImpersonationRefused
 from istiod_lite.ca.metrics import CaMetrics
+from istiod_lite.ca.nodeauth import NodeAuthorizer
 from istiod_lite.ca.reviewgate import ReviewGate
 from istiod_lite.safetext import safe
 
@@ -58,17 +61,28 @@ def caller_credentials(context: grpc.aio.ServicerContext,
 
 
 def _impersonation(metadata: struct_pb2.Struct) -> str:
+    """The requested identity; "" when none is asked for (absent or empty, as Istio reads it).
+
+    A value that is not a string is refused rather than read as "none": a node proxy that asked
+    for someone else's certificate must never receive its own by accident.
+    """
     field = metadata.fields.get(IMPERSONATED_IDENTITY)
-    return field.string_value if field is not None else ""
+    if field is None:
+        return ""
+    if field.WhichOneof("kind") != "string_value":
+        raise ImpersonationRefused(f"{IMPERSONATED_IDENTITY} is a {field.WhichOneof('kind')}, not a string")
+    return str(field.string_value)
 
 
 class CaService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[misc]
     """The servicer; register with ``add_to_server``."""
 
     def __init__(self, backend: SigningBackend, metrics: CaMetrics | None = None, *,
-                 require_tls: bool = True, review_gate: ReviewGate | None = None) -> None:
+                 require_tls: bool = True, review_gate: ReviewGate | None = None,
+                 node_authorizer: NodeAuthorizer | None = None) -> None:
         self.backend = backend
         self.review_gate = review_gate
+        self.node_authorizer = node_authorizer
         self.metrics = metrics or CaMetrics()
         self._require_tls = require_tls
         roots_expiry = min(r.not_valid_after_utc for r in backend.material.roots)
@@ -84,9 +98,11 @@ class CaService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[mi
         self.metrics.csr_count.inc()
         try:
             metadata, peer_der = caller_credentials(context, self._require_tls)
-            if _impersonation(request.metadata):
-                raise CaError(grpc.StatusCode.UNAUTHENTICATED, "impersonation requested; no node authorizer")
-            chain = await self._issue(request, metadata, peer_der, context.peer())
+            impersonated = _impersonation(request.metadata)
+            if impersonated:
+                chain = await self._impersonate(request, metadata, impersonated, context.peer())
+            else:
+                chain = await self._issue(request, metadata, peer_der, context.peer())
         except CaError as exc:
             self.metrics.failed(exc.code)
             # The reason may quote what the caller sent (a CSR's SANs, a token's claims): escaped.
@@ -117,3 +133,25 @@ class CaService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[mi
         if identity is None:
             raise CaError(grpc.StatusCode.UNAUTHENTICATED, f"{offline}; tokenreview: no credential")
         return await self.backend.sign(request.csr, request.validity_duration, identity.spiffe)
+
+    async def _impersonate(self, request: ca_pb2.IstioCertificateRequest, metadata: dict[str, str],
+                           impersonated: str, peer: str) -> list[str]:
+        """A node proxy asking for a pod's certificate: TokenReview (for the caller's pod), the node
+        authorizer's rules, then signing for the requested identity."""
+        if self.node_authorizer is None:
+            raise ImpersonationRefused("impersonation not allowed: no trusted node accounts configured "
+                                       "(CA_TRUSTED_NODE_ACCOUNTS)")
+        if self.review_gate is None:
+            raise ImpersonationRefused("impersonation needs Kubernetes TokenReview (the caller's pod), "
+                                       "which is not configured")
+        try:
+            caller = await self.review_gate.review_caller(metadata, peer)
+        except AuthenticationError as exc:
+            raise CaError(grpc.StatusCode.UNAUTHENTICATED, f"tokenreview: {exc.reason}") from None
+        if caller is None:
+            raise ImpersonationRefused("impersonation needs a bearer token the API server reviews "
+                                       "(a client certificate names no pod)")
+        target = self.node_authorizer.authorize(caller, impersonated)
+        log.debug("CreateCertificate from %s: %s (pod %s/%s) impersonates %s", safe(peer), caller.identity,
+                 caller.identity.namespace, safe(caller.pod_name), target)
+        return await self.backend.sign(request.csr, request.validity_duration, target.spiffe)

@@ -16,10 +16,12 @@ bound to still exists, and revocations.  We use the real ``kubernetes`` client
   API server's own audience" and tells clients that set ``spec.audiences`` to check for a match;
   so an empty list is refused too, never read as "any audience".
 
-Identity: ``Identity(trust_domain, ns, sa)``.  Every failure, including an unreachable, slow or
-erroring API server, is an ``AuthenticationError`` (fail closed) whose reason is only logged; the
-token never appears in a reason or a log line (the TokenReview objects echo it, so they are never
-formatted either).
+Identity: ``Identity(trust_domain, ns, sa)``; with it the answer's pod extras
+(``authentication.kubernetes.io/pod-name`` and ``pod-uid``, set by the API server for a token bound
+to a pod), kept in a ``ReviewedCaller`` for node-proxy impersonation (``nodeauth.py``).  Every failure,
+including an unreachable, slow or erroring API server, is an ``AuthenticationError`` (fail
+closed) whose reason is only logged; the token never appears in a reason or a log line (the
+TokenReview objects echo it, so they are never formatted either).
 
 The review itself is synchronous (a blocking HTTP round trip) and runs in the threads of
 ``reviewgate.ReviewGate``, never in the CA's signing thread or worker processes: a review waits on
@@ -71,6 +73,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 V = TypeVar("V")
 
+#: TokenReview extras naming the pod a bound token belongs to (Istio's ``KubernetesInfo``).
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 #: Istio requires the reviewed user to be in this group (``kube_jwt.go``).
 SERVICE_ACCOUNTS_GROUP = "system:serviceaccounts"
 #: A healthy API server answers a TokenReview in milliseconds; 3 s leaves room for a loaded one.
@@ -116,6 +121,27 @@ class TokenReviewConfig:
                              "max_queue must not be negative")
         if self.max_concurrent < 1 or self.per_peer < 1:
             raise ValueError("token review max_concurrent and per_peer must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewedCaller:
+    """Who the API server says a token is: the identity, and the pod a bound token names.
+
+    ``pod_name``/``pod_uid`` are empty unless the answer carried exactly one value of each extra
+    (a token not bound to a pod, a legacy secret token); only impersonation reads them.
+    """
+
+    identity: Identity
+    pod_name: str = ""
+    pod_uid: str = ""
+
+
+def _single_extra(extra: object, key: str) -> str:
+    """The one value of ``extra[key]``; "" when absent, empty, several or not strings."""
+    values = extra.get(key) if isinstance(extra, Mapping) else None
+    if isinstance(values, list) and len(values) == 1 and isinstance(values[0], str):
+        return values[0]
+    return ""
 
 
 class ReviewCache(Generic[V]):
@@ -176,6 +202,13 @@ def _looks_like_jwt(token: str) -> bool:
     parts = token.split(".")
     return len(token) <= MAX_TOKEN_BYTES and len(parts) == 3 and all(
         p and all(c.isascii() and (c.isalnum() or c in "-_") for c in p) for p in parts)
+
+
+def caller_from_status(status: Any, audiences: Sequence[str], trust_domain: str) -> ReviewedCaller:
+    """``identity_from_status`` plus the pod extras of the answer (see ``ReviewedCaller``)."""
+    identity = identity_from_status(status, audiences, trust_domain)
+    extra = getattr(status.user, "extra", None)
+    return ReviewedCaller(identity, _single_extra(extra, POD_NAME_EXTRA), _single_extra(extra, POD_UID_EXTRA))
 
 
 def identity_from_status(status: Any, audiences: Sequence[str], trust_domain: str) -> Identity:
@@ -258,7 +291,7 @@ class TokenReviewAuthenticator:
         self._audiences = list(dict.fromkeys(audiences))
         self._timeout = timeout
         self._cache_ttl = cache_ttl
-        self._cache: ReviewCache[Identity] = ReviewCache(cache_size, clock)
+        self._cache: ReviewCache[ReviewedCaller] = ReviewCache(cache_size, clock)
         self._negative_ttl = negative_cache_ttl
         self._refused: ReviewCache[str] = ReviewCache(cache_size, clock)
         self._failure_backoff = failure_backoff
@@ -279,7 +312,7 @@ class TokenReviewAuthenticator:
         token = self.reviewable_token(metadata)
         if token is None:
             return None
-        return self.cached(token) or self.review(token)
+        return (self.cached(token) or self.review(token)).identity
 
     @staticmethod
     def reviewable_token(metadata: Mapping[str, str]) -> str | None:
@@ -292,25 +325,25 @@ class TokenReviewAuthenticator:
             raise AuthenticationError("bearer token is not a JWT (not sent for review)")
         return token
 
-    def cached(self, token: str) -> Identity | None:
-        """A recent verdict on ``token``, without I/O: its identity, ``None`` (unknown), or
+    def cached(self, token: str) -> ReviewedCaller | None:
+        """A recent verdict on ``token``, without I/O: its caller, ``None`` (unknown), or
         ``AuthenticationError`` when the API server refused it within ``negative_cache_ttl``."""
         key = _key(token)
-        identity = self._cache.get(key)
-        if identity is not None:
-            return identity
+        caller = self._cache.get(key)
+        if caller is not None:
+            return caller
         refused = self._refused.get(key)
         if refused is not None:
             raise AuthenticationError(f"token refused by a review less than {self._negative_ttl:g} s ago "
                                       f"({refused})")
         return None
 
-    def review(self, token: str) -> Identity:
+    def review(self, token: str) -> ReviewedCaller:
         """Ask the API server (blocking); remember the verdict."""
         status = self._review(token)
         key = _key(token)
         try:
-            identity = identity_from_status(status, self._audiences, self._trust_domain)
+            caller = caller_from_status(status, self._audiences, self._trust_domain)
         except AuthenticationError as exc:
             self._refused.put(key, exc.reason, self._negative_ttl)
             raise
@@ -318,8 +351,8 @@ class TokenReviewAuthenticator:
         expiry = _token_expiry(token)
         if expiry is not None:
             ttl = min(ttl, expiry - self._wall_clock())
-        self._cache.put(key, identity, ttl)
-        return identity
+        self._cache.put(key, caller, ttl)
+        return caller
 
     def _review(self, token: str) -> Any:
         """POST the TokenReview; the answer's status, or ``AuthenticationError`` (fail closed)."""

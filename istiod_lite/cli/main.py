@@ -88,6 +88,7 @@ def _trust_domain(flag: str | None, mesh: MeshConfig | None) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     from istiod_lite.ca.config import CaConfig, JwksSource
+    from istiod_lite.ca.nodeauth import parse_trusted_node_accounts
     from istiod_lite.ca.tokenreview import TokenReviewConfig
     from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
     from istiod_lite.controlplane.waypoint_controller import WaypointControllerOptions
@@ -105,7 +106,12 @@ def _serve(args: argparse.Namespace) -> int:
         if args.kubeconfig or args.token_review_in_cluster or args.in_cluster:
             review = TokenReviewConfig(kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
                                        context=args.kube_context)
-        ca = CaConfig(ca_dir=Path(args.ca_dir), trust_domain=trust_domain, jwks=tuple(jwks), token_review=review)
+        try:
+            trusted_nodes = parse_trusted_node_accounts(args.ca_trusted_node_accounts)
+        except ValueError as exc:
+            raise SystemExit(f"error: --ca-trusted-node-accounts: {exc}") from None
+        ca = CaConfig(ca_dir=Path(args.ca_dir), trust_domain=trust_domain, jwks=tuple(jwks),
+                      token_review=review, trusted_node_accounts=trusted_nodes)
     secure = args.secure_grpc_addr if ca is not None else ""
     if secure.startswith(":"):
         secure = "0.0.0.0" + secure
@@ -304,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the cluster only for TokenReview, not as a config source")
     s.add_argument("--token-review-in-cluster", action="store_true",
                    help="TokenReview with the in-cluster service-account configuration (implied by --in-cluster)")
+    s.add_argument("--ca-trusted-node-accounts", default=os.environ.get("CA_TRUSTED_NODE_ACCOUNTS", ""),
+                   metavar="NS/SA,...",
+                   help="service accounts of node proxies (ztunnel) allowed to request certificates for the pods "
+                        "on their node (ImpersonatedIdentity; needs TokenReview); default: $CA_TRUSTED_NODE_ACCOUNTS, "
+                        "else none, as in Istio (its chart sets istio-system/ztunnel)")
     s.add_argument("--ca-workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                    help="certificate-signing worker processes (0: one background thread)")
     s.add_argument("--monitoring-addr", default="0.0.0.0:15014", metavar="HOST:PORT")

@@ -195,7 +195,7 @@ class ControlPlane:
             await self._grpc.start()
         if self.options.ca is not None:
             self.ca = CaRuntime.create(self.options.ca, registry=self.ads.metrics.registry,
-                                       processes=self.options.ca_workers)
+                                       processes=self.options.ca_workers, snapshot=lambda: self.config)
             await self.ca.start()
             # Offline chain in a thread; TokenReviews through the CA's gate (shared bounds).
             offline = build_authenticators(self.options.ca, self.ca.material, token_review=False)

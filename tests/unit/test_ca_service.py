@@ -192,11 +192,13 @@ async def test_invalid_argument(h: Harness, csr: str | None, ttl: int) -> None:
 
 
 async def test_impersonation_is_refused(h: Harness) -> None:
+    """No trusted node accounts configured: Istio's answer without a node authorizer."""
     req = request()
     req.metadata.fields["ImpersonatedIdentity"].string_value = OTHER_SPIFFE
     async with h.channel() as ch:
         err = await refused(ch, req, token(h))
-    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (err.code(), err.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                           "request impersonation authentication failure")
 
 
 async def test_empty_cert_signer_is_ignored(h: Harness) -> None:
