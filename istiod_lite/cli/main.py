@@ -346,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--monitoring-addr", default="127.0.0.1:15014", metavar="HOST:PORT")
     ps.set_defaults(func=_proxy_status)
 
+    # explain request (issue 16): the ``explain`` command's subparsers, shared with ``explain service``.
+    from istiod_lite.explain.request_cli import add_request_parser
+
+    ex = sub.add_parser("explain", help="explain what the mesh does with a service or a request")
+    add_request_parser(ex.add_subparsers(dest="explain_command", required=True))
+
     d = sub.add_parser("demo", help="run the control plane, a real Envoy waypoint and demo pods; show traffic")
     d.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "examples" / "bookinfo"))
     d.add_argument("--requests", type=int, default=200)

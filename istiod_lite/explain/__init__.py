@@ -1,0 +1,1 @@
+"""Explanations of what the mesh does with a service or a request (``istiod-lite explain``)."""
