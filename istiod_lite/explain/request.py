@@ -40,6 +40,15 @@ from istiod_lite.explain.envoy_eval.routing import (
 
 MAIN_INTERNAL = "main_internal"
 _POLICY_NAME = re.compile(r"ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]-rule\[(?P<rule>\d+)\]")
+#: The methods Envoy's HTTP/1.1 codec accepts (http-parser's list); anything else is a 400 before
+#: any filter or route sees the request.
+HTTP1_METHODS = frozenset(
+    "DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH UNLOCK BIND "
+    "REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE "
+    "MKCALENDAR LINK UNLINK SOURCE".split())
+#: What Envoy accepts in ``:authority`` (nghttp2's check: RFC 3986 reg-name, userinfo and port
+#: characters); anything else is a 400.
+_VALID_AUTHORITY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@\[\]%]+")
 _CONFIG_PATH = re.compile(r"/apis/(?P<group>[^/]+)/[^/]+/namespaces/(?P<ns>[^/]+)/(?P<kind>[^/]+)/(?P<name>.+)")
 
 
@@ -183,12 +192,18 @@ def _cluster_targets(cfg: EnvoyConfig, names: Sequence[str]) -> list[dict[str, A
     return out
 
 
-def _upstream_outcome(exp: Explanation, targets: list[dict[str, Any]], weights: dict[str, int]) -> None:
+#: ``RouteAction.cluster_not_found_response_code``.
+_NOT_FOUND_CODES = {0: 503, 1: 404, 2: 500}
+
+
+def _upstream_outcome(exp: Explanation, targets: list[dict[str, Any]], weights: dict[str, int],
+                      not_found_status: int = 503) -> None:
     live = [t for t in targets if weights.get(t["name"], 0) > 0]
     unusable = [t for t in live if t.get("missing") or (t.get("type") == "EDS" and not t.get("endpoints"))]
     if live and len(unusable) == len(live):
-        why = "cluster not found" if all(t.get("missing") for t in unusable) else "no healthy upstream"
-        exp.outcome = {"kind": "local_reply", "status": 503, "by": "router", "reason": why}
+        missing = all(t.get("missing") for t in unusable)
+        exp.outcome = {"kind": "local_reply", "status": not_found_status if missing else 503, "by": "router",
+                       "reason": "cluster not found" if missing else "no healthy upstream"}
     else:
         exp.outcome = {"kind": "upstream", "status": None, "by": "router",
                        "clusters": [t["name"] for t in live if t not in unusable],
@@ -247,6 +262,14 @@ def explain(cfg: EnvoyConfig, q: RequestQuery) -> Explanation:
         exp.outcome = {"kind": "reset", "status": None, "by": "listener", "reason": "chain has no HTTP or TCP proxy"}
         return exp
     exp.protocol = "http"
+    if q.method not in HTTP1_METHODS:
+        exp.outcome = {"kind": "local_reply", "status": 400, "by": "http1_codec",
+                       "reason": f"Envoy's HTTP/1.1 codec does not accept the method {q.method!r}"}
+        return exp
+    if not _VALID_AUTHORITY.fullmatch(q.authority):
+        exp.outcome = {"kind": "local_reply", "status": 400, "by": "http1_codec",
+                       "reason": f"invalid :authority {q.authority!r}"}
+        return exp
     _explain_http(cfg, hcm, q, exp, base_ctx)
     return exp
 
@@ -391,6 +414,7 @@ def _route_action(cfg: EnvoyConfig, exp: Explanation, route: Any) -> None:
         weights = {c["name"]: c["weight"] for c in action["clusters"]}
         targets = _cluster_targets(cfg, list(weights))
         action["clusters"] = [{**c, **t} for c, t in zip(action["clusters"], targets, strict=True)]
-        _upstream_outcome(exp, targets, weights)
+        _upstream_outcome(exp, targets, weights,
+                          _NOT_FOUND_CODES.get(route.route.cluster_not_found_response_code, 503))
     else:
         exp.outcome = {"kind": "unknown", "status": None, "by": "router", "reason": "cluster chosen by a header"}

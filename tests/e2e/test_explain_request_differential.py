@@ -87,6 +87,8 @@ def _not_testable(cfg: EnvoyConfig, exp: Explanation) -> str | None:
     o = exp.outcome
     if o.get("kind") == "unknown":
         return f"explain cannot decide offline: {o.get('reason')}"
+    if exp.jwt and any(t["offlineUnverifiable"] for t in exp.jwt["tokens"]):
+        return "JWT from a provider with a remote JWKS: not verifiable offline"
     if exp.fault and exp.fault.get("abort") and 0 < exp.fault["abort"]["percent"] < 100:
         return "probabilistic fault abort"
     if exp.fault and exp.fault.get("delay"):
@@ -100,21 +102,10 @@ def _not_testable(cfg: EnvoyConfig, exp: Explanation) -> str | None:
             if any("tls" in m.transport_socket.name.lower() and m.name != "tlsMode-disabled" for m in tso):
                 return "upstream TLS: the test backends speak plain HTTP"
             po = c.typed_extension_protocol_options.get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
-            if po is not None and b"http2_protocol_options" in po.SerializeToString() and \
-                    "http2_protocol_options" in str(_po(po)):
-                return "upstream HTTP/2 only: the test backends speak HTTP/1.1"
             addrs = cfg.endpoint_addresses(name)
             if not addrs or not all(is_loopback(a.rpartition(":")[0]) for a in addrs):
                 return "upstream endpoints not on loopback (or resolved by DNS)"
     return None
-
-
-def _po(packed: Any) -> Any:
-    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-
-    m = http_protocol_options_pb2.HttpProtocolOptions()
-    packed.Unpack(m)
-    return m.explicit_http_config if m.HasField("explicit_http_config") else ""
 
 
 def _verdict(cfg: EnvoyConfig, exp: Explanation, seen: Observed) -> tuple[Any, Any]:

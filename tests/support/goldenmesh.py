@@ -50,6 +50,65 @@ def remap_case(case_dir: Path, out_dir: Path) -> dict[str, str]:
     return mapping
 
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _prepend(reader: asyncio.StreamReader, data: bytes) -> asyncio.StreamReader:
+    """A reader that yields ``data`` and then the rest of ``reader``."""
+    out = asyncio.StreamReader()
+    out.feed_data(data)
+
+    async def pump() -> None:
+        try:
+            while chunk := await reader.read(65536):
+                out.feed_data(chunk)
+        except ConnectionError:
+            pass
+        out.feed_eof()
+
+    task = asyncio.ensure_future(pump())
+    _pumps.add(task)
+    task.add_done_callback(_pumps.discard)
+    return out
+
+
+_pumps: set[asyncio.Future[None]] = set()
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _literal(name: str, value: str) -> bytes:
+    """HPACK literal header field without indexing, new name, no Huffman coding (lengths < 127)."""
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+async def _serve_h2c(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str) -> None:
+    """Just enough cleartext HTTP/2 to answer every request stream with 200 and ``x-backend``
+    (request headers are not decoded: the answer does not depend on them)."""
+    writer.write(_frame(4, 0, 0))  # our SETTINGS
+    while True:
+        head = await reader.readexactly(9)
+        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+        payload = await reader.readexactly(length)
+        if kind == 4 and not flags & 1:  # SETTINGS -> ACK
+            writer.write(_frame(4, 1, 0))
+        elif kind == 6 and not flags & 1:  # PING -> ACK
+            writer.write(_frame(6, 1, 0, payload))
+        elif kind == 7:  # GOAWAY
+            return
+        elif kind in (1, 9) and flags & 4:  # HEADERS/CONTINUATION with END_HEADERS: answer the stream
+            body = addr.encode()
+            block = _literal(":status", "200") + _literal("x-backend", addr) + _literal("content-type", "text/plain")
+            writer.write(_frame(1, 4, stream, block) + _frame(0, 1, stream, body))
+        elif kind == 0 and length:  # DATA: credit it back
+            inc = length.to_bytes(4, "big")
+            writer.write(_frame(8, 0, 0, inc) + _frame(8, 0, stream, inc))
+        await writer.drain()
+
+
 def is_loopback(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_loopback
@@ -89,6 +148,14 @@ class EchoServers:
 
             async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _addr: str = addr) -> None:
                 try:
+                    try:
+                        first = await reader.readexactly(len(PREFACE))
+                    except asyncio.IncompleteReadError as exc:
+                        first = exc.partial
+                    if first == PREFACE:
+                        await _serve_h2c(reader, writer, _addr)
+                        return
+                    reader = _prepend(reader, first)
                     while await _read_message(reader) is not None:
                         body = _addr.encode()
                         writer.write(b"HTTP/1.1 200 OK\r\nx-backend: " + body + b"\r\ncontent-length: "
@@ -98,6 +165,7 @@ class EchoServers:
                     pass
                 finally:
                     writer.close()
+
 
             try:
                 self.servers.append(await asyncio.start_server(handle, ip, int(port), reuse_address=True))
@@ -131,14 +199,13 @@ async def send(local: str, method: str, path: str, authority: str, headers: Iter
             lines.append("content-length: 0")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         await writer.drain()
-        data = await asyncio.wait_for(reader.read(-1), timeout)
+        head, body = await asyncio.wait_for(_read_response(reader, method == "HEAD"), timeout)
     except (ConnectionError, asyncio.IncompleteReadError):
-        data = b""
+        head, body = b"", b""
     finally:
         writer.close()
-    if not data:
+    if not head:
         return Observed(None, None, b"")
-    head, _, body = data.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     status = int(status_line.split()[1])
     backend = None
@@ -147,6 +214,28 @@ async def send(local: str, method: str, path: str, authority: str, headers: Iter
         if k.strip().lower() == "x-backend":
             backend = v.strip()
     return Observed(status, backend, body)
+
+
+async def _read_response(reader: asyncio.StreamReader, head_only: bool = False) -> tuple[bytes, bytes]:
+    """(head, body) of one response, read by its framing (no waiting for the close)."""
+    try:
+        head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial.partition(b"\r\n\r\n")[0], b""
+    lower = head.lower()
+    if head_only:
+        return head, b""
+    m = re.search(rb"\r\ncontent-length:\s*(\d+)", lower)
+    if m:
+        return head, await reader.readexactly(int(m.group(1)))
+    if b"\r\ntransfer-encoding: chunked" in lower:
+        body = b""
+        while True:
+            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            body += (await reader.readexactly(size + 2))[:-2]
+            if size == 0:
+                return head, body
+    return head, await reader.read(-1)
 
 
 @contextlib.asynccontextmanager

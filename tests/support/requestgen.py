@@ -275,6 +275,12 @@ def generate(cfg: EnvoyConfig, cap: int = 90) -> list[GenRequest]:
                         hits, misses = string_samples(node.url_path.path)
                         for p in hits + misses:
                             add(p if p.startswith("/") else "/" + p)
+                    elif kind == "uri_template":
+                        tmpl = unpack(node.uri_template.typed_config)
+                        if isinstance(tmpl, uri_template_match_pb2.UriTemplateMatchConfig):
+                            hits, misses = path_samples(rc.RouteMatch(path_match_policy=node.uri_template))
+                            for p in hits + misses:
+                                add(p)
                     elif kind == "header":
                         hh, hm = header_samples(node.header)
                         for v in hh + hm[:1]:

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 
+from istiod_lite.explain.envoy_eval.config import unpack
 from istiod_lite.explain.envoy_eval.matchers import (
     Headers,
     cidr_match,
@@ -21,7 +23,7 @@ from istiod_lite.explain.envoy_eval.matchers import (
     metadata_match,
     string_match,
 )
-from istiod_lite.explain.envoy_eval.paths import split_query
+from istiod_lite.explain.envoy_eval.paths import split_query, uri_template_match
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ def permission_matches(p: rbac_pb2.Permission, c: RbacContext) -> bool:
         return metadata_match(p.metadata, c.metadata)
     if kind == "requested_server_name":
         return string_match(p.requested_server_name, c.sni)
+    if kind == "uri_template":
+        cfg = unpack(p.uri_template.typed_config)
+        if isinstance(cfg, uri_template_match_pb2.UriTemplateMatchConfig):
+            return uri_template_match(cfg.path_template, c.path)
     raise UnsupportedMatcher(f"permission {kind}")
 
 
