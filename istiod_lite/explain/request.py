@@ -166,6 +166,11 @@ def _rbac_outcome(name: str, rules: rbac_pb2.RBAC | None, shadow: rbac_pb2.RBAC 
     return info, out.allowed
 
 
+#: The authorization verdict when the request is answered before the RBAC filters run.
+_NOT_REACHED: dict[str, Any] = {"allowed": None, "decidedBy": None,
+                                "reason": "not reached: the request was answered before the RBAC filters"}
+
+
 def _deny(exp: Explanation, info: dict[str, Any]) -> None:
     matched = info["matchedPolicies"]
     if info["action"] == "DENY":
@@ -265,10 +270,12 @@ def explain(cfg: EnvoyConfig, q: RequestQuery) -> Explanation:
     if q.method not in HTTP1_METHODS:
         exp.outcome = {"kind": "local_reply", "status": 400, "by": "http1_codec",
                        "reason": f"Envoy's HTTP/1.1 codec does not accept the method {q.method!r}"}
+        exp.authorization = dict(_NOT_REACHED)
         return exp
     if not _VALID_AUTHORITY.fullmatch(q.authority):
         exp.outcome = {"kind": "local_reply", "status": 400, "by": "http1_codec",
                        "reason": f"invalid :authority {q.authority!r}"}
+        exp.authorization = dict(_NOT_REACHED)
         return exp
     _explain_http(cfg, hcm, q, exp, base_ctx)
     return exp
@@ -330,6 +337,7 @@ def _explain_http(cfg: EnvoyConfig, hcm: hcm_pb2.HttpConnectionManager, q: Reque
                 exp.notes.append("JWT signature not verifiable offline (remote JWKS): evaluated as if valid")
             if not out.allowed:
                 exp.outcome = {"kind": "local_reply", "status": 401, "by": "jwt_authn", "reason": out.reason}
+                exp.authorization = dict(_NOT_REACHED)
                 return
             metadata[jwt_eval.FILTER] = out.metadata
         elif isinstance(msg, http_rbac_pb2.RBAC):

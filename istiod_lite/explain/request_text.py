@@ -29,6 +29,16 @@ def _policies(items: list[dict[str, Any]]) -> str:
     return ", ".join(out) or "none"
 
 
+def _kv(value: Any) -> str:
+    """Compact ``k=v`` text of a JSON-shaped value."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}=({_kv(v)})" if isinstance(v, dict) else f"{k}={_kv(v)}"
+                         for k, v in value.items() if v is not None)
+    if isinstance(value, list):
+        return "[" + "; ".join(_kv(v) for v in value) + "]"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def render_text(exp: Explanation) -> str:
     j = exp.to_json()
     q = j["request"]
@@ -61,7 +71,7 @@ def render_text(exp: Explanation) -> str:
                 lines.append(f"  dry-run {f['dryRun']['action']}: matched {_policies(f['dryRun']['matchedPolicies'])}")
     a = exp.authorization
     if a.get("allowed") is None:
-        lines.append(f"Authorization: {a['reason']}")
+        lines.append(f"Authorization: {a.get('reason')}")
     elif a.get("allowed"):
         by = a.get("decidedBy")
         lines.append("Authorization: allowed" + (f" by {_policies([by])}" if by else " (no policy refused it)"))
@@ -69,7 +79,7 @@ def render_text(exp: Explanation) -> str:
         by = a.get("decidedBy")
         lines.append(f"Authorization: DENIED ({a['reason']}" + (f": {_policies([by])})" if by else ")"))
     if exp.fault:
-        lines.append(f"Fault injection: {exp.fault}")
+        lines.append(f"Fault injection: {_kv(exp.fault)}")
     act = exp.action
     if "clusters" in act:
         for c in act["clusters"]:
@@ -80,9 +90,16 @@ def render_text(exp: Explanation) -> str:
         for c in act["tcpProxy"]["clusters"]:
             lines.append(f"TCP proxy to {c['name']} (weight {c['weight']})")
     for key, label in (("rewrite", "Rewrite"), ("redirect", "Redirect"), ("directResponse", "Direct response"),
-                       ("timeout", "Timeout"), ("retries", "Retries"), ("mirrors", "Mirrors"), ("headers", "Headers")):
+                       ("mirrors", "Mirrors"), ("headers", "Headers"), ("hashPolicy", "Hash policy")):
         if key in act:
-            lines.append(f"{label}: {act[key] if act[key] is not None else 'none'}")
+            lines.append(f"{label}: {_kv(act[key])}")
+    if "timeout" in act:
+        lines.append(f"Timeout: {act['timeout']}" + (" (none: no route timeout)" if act["timeout"] == "0s" else ""))
+    if "retries" in act:
+        r = act["retries"]
+        lines.append("Retries: none" if r is None else
+                     f"Retries: up to {r['numRetries']} on {r['retryOn']}"
+                     + (f", per try timeout {r['perTryTimeout']}" if "perTryTimeout" in r else ""))
     o = exp.outcome
     status = f" {o['status']}" if o.get("status") is not None else ""
     lines.append(f"Outcome: {o.get('kind')}{status} by {o.get('by')}: {o.get('reason')}")

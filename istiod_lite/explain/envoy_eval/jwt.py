@@ -70,6 +70,12 @@ def _extract(p: jwt_pb2.JwtProvider, headers: Headers, path: str) -> tuple[str, 
             for k, v in params:
                 if k == name:
                     return f"query {name}", v
+        elif kind == "cookie":
+            for cookie_header in header_values(headers, "cookie"):
+                for part in cookie_header.split(";"):
+                    k, sep, v = part.strip().partition("=")
+                    if sep and k == name:
+                        return f"cookie {name}", v
     return None
 
 
@@ -163,7 +169,12 @@ def evaluate(cfg: jwt_pb2.JwtAuthentication, req: HttpRequest, now: float | None
         if check.valid and check.payload is not None and p.payload_in_metadata:
             metadata[p.payload_in_metadata] = check.payload
     if ok:
-        reason = "token valid" if any(c.valid for c in checks.values()) else "no token (allowed missing)"
+        if any(c.valid for c in checks.values()):
+            reason = "token valid"
+        else:
+            places = sorted({f"{k} {n}" for name in _providers_of(rule.requires) if name in cfg.providers
+                             for k, n, _ in _locations(cfg.providers[name])})
+            reason = f"no token (allowed missing); tokens are read from: {', '.join(places)}"
     else:
         bad = [c for c in checks.values() if not c.valid]
         reason = "; ".join(f"{c.provider}: {c.reason}" for c in bad) or "token required but missing"
