@@ -42,10 +42,11 @@ MAIN_INTERNAL = "main_internal"
 _POLICY_NAME = re.compile(r"ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]-rule\[(?P<rule>\d+)\]")
 #: The methods Envoy's HTTP/1.1 codec accepts (http-parser's list); anything else is a 400 before
 #: any filter or route sees the request.
-HTTP1_METHODS = frozenset(
-    "DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH UNLOCK BIND "
-    "REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE "
-    "MKCALENDAR LINK UNLINK SOURCE".split())
+HTTP1_METHODS = frozenset((
+    "DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE", "COPY", "LOCK", "MKCOL", "MOVE",
+    "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY",
+    "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH", "PURGE", "MKCALENDAR", "LINK",
+    "UNLINK", "SOURCE"))
 #: What Envoy accepts in ``:authority`` (nghttp2's check: RFC 3986 reg-name, userinfo and port
 #: characters); anything else is a 400.
 _VALID_AUTHORITY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@\[\]%]+")
@@ -361,7 +362,8 @@ def _explain_http(cfg: EnvoyConfig, hcm: hcm_pb2.HttpConnectionManager, q: Reque
                 return
             if info["enforced"] and info["action"] == "ALLOW" and exp.authorization.get("decidedBy") is None:
                 exp.authorization = {"allowed": True, "filter": name, "reason": "an ALLOW policy matched",
-                                     "decidedBy": info["matchedPolicies"][0], "matchedPolicies": info["matchedPolicies"]}
+                                     "decidedBy": info["matchedPolicies"][0],
+                                     "matchedPolicies": info["matchedPolicies"]}
         elif kind.endswith("ExtAuthz"):
             exp.filters.append({"name": name, "type": "ext_authz"})
             exp.authorization = {"allowed": None, "filter": name, "reason": "decided by an external authorization "
@@ -402,7 +404,7 @@ def _remote_ip(q: RequestQuery, hcm: hcm_pb2.HttpConnectionManager) -> str | Non
             entries = [e.strip() for e in ",".join(xff).split(",") if e.strip()]
             idx = len(entries) - 1 - hcm.xff_num_trusted_hops
             if 0 <= idx < len(entries):
-                return entries[idx]
+                return str(entries[idx])
     return q.source_ip
 
 

@@ -59,7 +59,8 @@ def render_text(exp: Explanation) -> str:
     if exp.jwt is not None:
         lines.append(f"JWT ({exp.jwt['filter']}): {'ok' if exp.jwt['allowed'] else 'rejected'}: {exp.jwt['reason']}")
         for t in exp.jwt["tokens"]:
-            lines.append(f"  {t['provider']} from {t['location']}: {'valid' if t['valid'] else 'invalid'} ({t['reason']})")
+            state = "valid" if t["valid"] else "invalid"
+            lines.append(f"  {t['provider']} from {t['location']}: {state} ({t['reason']})")
     for f in exp.filters:
         if f.get("type") == "rbac":
             if "unsupported" in f:

@@ -101,7 +101,6 @@ def _not_testable(cfg: EnvoyConfig, exp: Explanation) -> str | None:
             tso = c.transport_socket_matches
             if any("tls" in m.transport_socket.name.lower() and m.name != "tlsMode-disabled" for m in tso):
                 return "upstream TLS: the test backends speak plain HTTP"
-            po = c.typed_extension_protocol_options.get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
             addrs = cfg.endpoint_addresses(name)
             if not addrs or not all(is_loopback(a.rpartition(":")[0]) for a in addrs):
                 return "upstream endpoints not on loopback (or resolved by DNS)"
@@ -183,8 +182,9 @@ async def test_explain_request_agrees_with_envoy(case: str, tmp_path: Path) -> N
                 if pods:
                     await stack.enter_async_context(mesh.pod_ztunnels(pods))
                 agent = await stack.enter_async_context(mesh.waypoint(wp.ref.namespace, wp.ref.name, wp_ip))
-                await wait_until(lambda a=agent, n=len(cfg.listeners): _ready(a.config.envoy.admin_port, n),
-                                 timeout=30, message=f"waypoint {wp.ref} configured")
+                n_listeners = len(cfg.listeners)
+                await wait_until(lambda a=agent, n=n_listeners: _ready(a.config.envoy.admin_port, n), timeout=30,
+                                 message=f"waypoint {wp.ref} configured")
                 targets = sorted({(r.vip, r.port) for r in requests})
                 clients: dict[tuple[str, str], dict[tuple[str, int], str]] = {}
                 for ident in sorted({r.identity for r in requests}):

@@ -1,6 +1,6 @@
 """Run a golden case's configuration for real: its input YAML in a control plane, its waypoint(s)
 as real Envoy agents, every loopback endpoint of its clusters as a real HTTP server that names
-itself (``x-backend: ip:port``), pod addresses behind real HBONE terminators, and clients with a
+itself (``x-golden-backend: ip:port``), pod addresses behind real HBONE terminators, and clients with a
 chosen SPIFFE identity sending through the HBONE path.
 
 Golden inputs use fixed addresses (waypoints at 127.0.1.x, pods at 127.0.2.x); other tests in
@@ -85,7 +85,7 @@ def _literal(name: str, value: str) -> bytes:
 
 
 async def _serve_h2c(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str) -> None:
-    """Just enough cleartext HTTP/2 to answer every request stream with 200 and ``x-backend``
+    """Just enough cleartext HTTP/2 to answer every request stream with 200 and ``x-golden-backend``
     (request headers are not decoded: the answer does not depend on them)."""
     writer.write(_frame(4, 0, 0))  # our SETTINGS
     while True:
@@ -101,7 +101,8 @@ async def _serve_h2c(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             return
         elif kind in (1, 9) and flags & 4:  # HEADERS/CONTINUATION with END_HEADERS: answer the stream
             body = addr.encode()
-            block = _literal(":status", "200") + _literal("x-backend", addr) + _literal("content-type", "text/plain")
+            block = (_literal(":status", "200") + _literal("x-golden-backend", addr)
+                     + _literal("content-type", "text/plain"))
             writer.write(_frame(1, 4, stream, block) + _frame(0, 1, stream, body))
         elif kind == 0 and length:  # DATA: credit it back
             inc = length.to_bytes(4, "big")
@@ -136,7 +137,7 @@ async def _read_message(reader: asyncio.StreamReader) -> bytes | None:
 
 
 class EchoServers:
-    """A keep-alive HTTP/1.1 server on each ``ip:port``, answering 200 with ``x-backend: ip:port``."""
+    """A keep-alive HTTP/1.1 server on each ``ip:port``, answering 200 with ``x-golden-backend: ip:port``."""
 
     def __init__(self) -> None:
         self.servers: list[asyncio.Server] = []
@@ -158,7 +159,7 @@ class EchoServers:
                     reader = _prepend(reader, first)
                     while await _read_message(reader) is not None:
                         body = _addr.encode()
-                        writer.write(b"HTTP/1.1 200 OK\r\nx-backend: " + body + b"\r\ncontent-length: "
+                        writer.write(b"HTTP/1.1 200 OK\r\nx-golden-backend: " + body + b"\r\ncontent-length: "
                                      + str(len(body)).encode() + b"\r\ncontent-type: text/plain\r\n\r\n" + body)
                         await writer.drain()
                 except (ConnectionError, asyncio.IncompleteReadError):
@@ -183,7 +184,7 @@ class EchoServers:
 @dataclass(frozen=True)
 class Observed:
     status: int | None  # None: the connection closed without a response
-    backend: str | None  # x-backend of the answering server
+    backend: str | None  # x-golden-backend of the answering server
     body: bytes
 
 
@@ -211,7 +212,7 @@ async def send(local: str, method: str, path: str, authority: str, headers: Iter
     backend = None
     for line in header_lines:
         k, _, v = line.partition(":")
-        if k.strip().lower() == "x-backend":
+        if k.strip().lower() == "x-golden-backend":
             backend = v.strip()
     return Observed(status, backend, body)
 

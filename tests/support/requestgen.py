@@ -254,7 +254,7 @@ def generate(cfg: EnvoyConfig, cap: int = 90) -> list[GenRequest]:
                         hh, hm = hm, hh
                     for miss in hm[:2]:
                         add(full, [*good_headers[:i], (name, miss), *good_headers[i + 1:]])
-                for i, (name, _, miss) in enumerate(query):
+                for i, (_, _, miss) in enumerate(query):
                     q2 = "&".join(f"{n}={v if j != i else miss}" for j, (n, v, _) in enumerate(query)
                                   if j != i or miss is not None)
                     add(base + ("?" + q2 if q2 else ""), good_headers)
@@ -287,9 +287,9 @@ def generate(cfg: EnvoyConfig, cap: int = 90) -> list[GenRequest]:
                             add("/", [(node.header.name, v)])
                     elif kind == "filter_state":
                         sm = node.filter_state.string_match
-                        principals += string_samples(sm)[0] + [getattr(sm, sm.WhichOneof("match_pattern") or "exact", "")
-                                                                if sm.WhichOneof("match_pattern") != "safe_regex"
-                                                                else sm.safe_regex.regex]
+                        pattern = sm.WhichOneof("match_pattern") or "exact"
+                        raw = sm.safe_regex.regex if pattern == "safe_regex" else getattr(sm, pattern, "")
+                        principals += [*string_samples(sm)[0], raw]
         for ident in identities_of(principals)[1:6]:
             add("/", identity=ident)
             if reqs:
@@ -309,5 +309,6 @@ def unsigned_token(issuer: str) -> str:
     def b64(d: object) -> str:
         return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
 
-    return f"{b64({'alg': 'RS256', 'kid': 'k1', 'typ': 'JWT'})}.{b64({'iss': issuer, 'sub': 'x', 'exp': 4102444800})}." \
-           + base64.urlsafe_b64encode(b"\x01" * 256).rstrip(b"=").decode()
+    header = b64({"alg": "RS256", "kid": "k1", "typ": "JWT"})
+    payload = b64({"iss": issuer, "sub": "x", "exp": 4102444800})
+    return f"{header}.{payload}." + base64.urlsafe_b64encode(b"\x01" * 256).rstrip(b"=").decode()

@@ -248,7 +248,8 @@ def test_explain_weighted_route_from_its_virtual_service() -> None:
                                     "spiffe://cluster.local/ns/app/sa/c"))
     assert exp.route == {"name": "split", "origin": {"kind": "VirtualService", "name": "app/echo", "rule": "split"}}
     assert [(c["name"], c["weight"]) for c in exp.action["clusters"]] == [
-        ("inbound-vip|80|http/v1|echo.app.svc.cluster.local", 70), ("inbound-vip|80|http/v2|echo.app.svc.cluster.local", 30)]
+        ("inbound-vip|80|http/v1|echo.app.svc.cluster.local", 70),
+        ("inbound-vip|80|http/v2|echo.app.svc.cluster.local", 30)]
     assert exp.outcome["kind"] == "upstream"
     none = explain(cfg, RequestQuery("127.10.9.9", 80, "GET", "/", "echo"))
     assert none.outcome["kind"] == "reset" and none.chain is None

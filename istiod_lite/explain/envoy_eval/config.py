@@ -34,7 +34,7 @@ def unpack(packed: any_pb2.Any) -> Message | None:
 
 
 def type_name(packed: any_pb2.Any) -> str:
-    return packed.type_url.rsplit("/", 1)[-1]
+    return str(packed.type_url).rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)

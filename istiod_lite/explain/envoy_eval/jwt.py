@@ -108,7 +108,8 @@ def verify(name: str, p: jwt_pb2.JwtProvider, token: str, location: str, now: fl
     if isinstance(nbf, int | float) and now + skew < nbf:
         return TokenCheck(name, location, False, "token not yet valid")
     if p.WhichOneof("jwks_source_specifier") == "remote_jwks":
-        return TokenCheck(name, location, True, f"signature not verifiable offline (remote JWKS {p.remote_jwks.http_uri.uri}); "
+        uri = p.remote_jwks.http_uri.uri
+        return TokenCheck(name, location, True, f"signature not verifiable offline (remote JWKS {uri}); "
                           "assumed valid", _normalise(claims, p), offline_unverifiable=True)
     try:
         keys = parse_verification_keys(p.local_jwks.inline_string or p.local_jwks.inline_bytes.decode())

@@ -68,7 +68,7 @@ def _on_match(om: matcher_pb2.Matcher.OnMatch, c: ConnectionInputs, steps: list[
     msg = unpack(om.action.typed_config)
     if isinstance(msg, wrappers_pb2.StringValue):
         return str(msg.value)
-    return om.action.name
+    return str(om.action.name)
 
 
 def _matcher(m: matcher_pb2.Matcher, c: ConnectionInputs, steps: list[str]) -> str | None:

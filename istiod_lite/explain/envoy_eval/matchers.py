@@ -77,7 +77,7 @@ def header_match(m: rc.HeaderMatcher, headers: Headers) -> bool:
     values = header_values(headers, m.name)
     kind = m.WhichOneof("header_match_specifier")
     if kind == "present_match":
-        return (bool(values) == m.present_match) != m.invert_match
+        return bool((bool(values) == m.present_match) != m.invert_match)
     if not values:
         if not m.treat_missing_header_as_empty:
             return False
@@ -106,7 +106,7 @@ def header_match(m: rc.HeaderMatcher, headers: Headers) -> bool:
         matched = string_match(m.string_match, value)
     else:
         matched = False
-    return matched != m.invert_match
+    return bool(matched != m.invert_match)
 
 
 def describe_header_match(m: rc.HeaderMatcher) -> str:
@@ -143,7 +143,7 @@ def query_match(m: rc.QueryParameterMatcher, params: Sequence[tuple[str, str]]) 
     values = [v for k, v in params if k == m.name]
     kind = m.WhichOneof("query_parameter_match_specifier")
     if kind == "present_match":
-        return bool(values) == m.present_match
+        return bool(bool(values) == m.present_match)
     if not values:
         return False
     if kind == "string_match":
@@ -165,7 +165,7 @@ def cidr_match(r: address_pb2.CidrRange, ip: str | None) -> bool:
 def _value_match(m: value_pb2.ValueMatcher, value: Any, present: bool) -> bool:
     kind = m.WhichOneof("match_pattern")
     if kind == "present_match":
-        return present == m.present_match
+        return bool(present == m.present_match)
     if not present:
         return False
     if kind == "null_match":
@@ -179,8 +179,8 @@ def _value_match(m: value_pb2.ValueMatcher, value: Any, present: bool) -> bool:
             return False
         dm = m.double_match
         if dm.WhichOneof("match_pattern") == "exact":
-            return float(value) == dm.exact
-        return dm.range.start <= float(value) < dm.range.end
+            return bool(float(value) == dm.exact)
+        return bool(dm.range.start <= float(value) < dm.range.end)
     if kind == "list_match":
         return isinstance(value, list) and any(_value_match(m.list_match.one_of, v, True) for v in value)
     if kind == "or_match":
@@ -198,4 +198,4 @@ def metadata_match(m: metadata_pb2.MetadataMatcher, metadata: Mapping[str, Mappi
         else:
             present, node = False, None
             break
-    return _value_match(m.value, node, present) != m.invert
+    return bool(_value_match(m.value, node, present) != m.invert)

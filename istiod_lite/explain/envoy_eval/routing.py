@@ -146,7 +146,7 @@ def select_route(rcfg: route_pb2.RouteConfiguration, req: HttpRequest) -> RouteC
 
 def _percent(p: percent_pb2.FractionalPercent) -> float:
     den = {0: 100, 1: 10_000, 2: 1_000_000}.get(p.denominator, 100)
-    return 100.0 * p.numerator / den
+    return float(100.0 * p.numerator / den)
 
 
 def _duration(d: Any) -> str:
@@ -230,7 +230,8 @@ def describe_action(route: rc.Route) -> dict[str, Any]:
         if ra.prefix_rewrite:
             rewrite["prefix"] = ra.prefix_rewrite
         if ra.HasField("regex_rewrite"):
-            rewrite["regex"] = {"pattern": ra.regex_rewrite.pattern.regex, "substitution": ra.regex_rewrite.substitution}
+            rewrite["regex"] = {"pattern": ra.regex_rewrite.pattern.regex,
+                                "substitution": ra.regex_rewrite.substitution}
         if ra.HasField("path_rewrite_policy"):
             cfg = unpack(ra.path_rewrite_policy.typed_config)
             rewrite["pathTemplate"] = getattr(cfg, "path_template_rewrite", ra.path_rewrite_policy.name)
