@@ -54,7 +54,6 @@ EXCLUDED_CASES: dict[str, str] = {
     "authz-custom-http": "CUSTOM action: the decision is an ext_authz server's",
     "authz-custom-multiple-providers": "CUSTOM action: the decision is an ext_authz server's",
     "se-dynamic-dns-http": "DYNAMIC_DNS: the upstream is resolved by DNS at request time",
-    "se-dynamic-dns-tls": "DYNAMIC_DNS: the upstream is resolved by DNS at request time",
 }
 
 
@@ -69,7 +68,7 @@ def _has_routes_or_policies(case: Path) -> bool:
             tc = ext.get("typed_config", {})
             if tc.get("@type", "").endswith("http.rbac.v3.RBAC") and tc.get("rules", {}).get("policies"):
                 return True
-            if tc.get("@type", "").endswith("JwtAuthentication"):
+            if tc.get("@type", "").endswith(("JwtAuthentication", "http.ext_authz.v3.ExtAuthz")):
                 return True
     return False
 
