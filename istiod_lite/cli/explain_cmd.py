@@ -144,7 +144,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 def add_explain_parsers(sub: Any) -> None:
     """``explain service`` (``explain`` takes one sub-command per question) and ``analyze``."""
-    e = sub.add_parser("explain", help="why config does (not) apply: explain service NS/NAME")
+    e = sub.add_parser("explain", help="why config does (not) apply (explain service NS/NAME) and what a "
+                                       "waypoint does with a request (explain request)")
     esub = e.add_subparsers(dest="explain_command", required=True)
     s = esub.add_parser("service", help="which waypoint serves a service, and what applies to it there (and what "
                                         "does not, and why)")
@@ -152,6 +153,9 @@ def add_explain_parsers(sub: Any) -> None:
     _config_args(s)
     s.add_argument("-o", "--output", choices=["text", "json"], default="text")
     s.set_defaults(func=_explain_service)
+    from istiod_lite.cli.explain_request_cmd import add_request_parser
+
+    add_request_parser(esub)
 
     a = sub.add_parser("analyze", help="analysis messages with Istio's codes (and ISTL codes for waypoint issues "
                                        "Istio does not check); exit 79 on messages at --failure-threshold or worse")

@@ -7,7 +7,9 @@ directory and the cluster give the same answers and golden files can pin them:
   traffic-policy, security and telemetry object that applies to it (in order) or names it but does not;
 * ``analyze``  - ``analyze``: Istio-style analysis messages (Istio's codes and levels where Istio has
   one, ``ISTL`` codes for what Istio misses);
-* ``render``   - human text for both.
+* ``render``   - human text for both;
+* ``request``  - ``explain request``: what a waypoint does with one HTTP request, evaluated from the
+  generated Envoy configuration (``envoy_eval``), not from the Istio objects (docs/explain-request.md).
 
 The answers are read from the translator's public decisions (``binding_decision``,
 ``service_routes``, ``destination_rule``, the policy attach index, ``applicable_telemetries``) and its
