@@ -220,6 +220,7 @@ async def test_ztunnel_accepted_appears_changes_and_clears(tmp_path: Path) -> No
             custom = copy.deepcopy(AP_ZTUNNEL)
             custom["spec"]["action"] = "CUSTOM"
             custom["spec"]["provider"] = {"name": "ext-authz"}
+            custom["spec"]["rules"] = [{"to": [{"operation": {"ports": ["9080"]}}]}]
             kube.apply(custom)
             await until(lambda: (ztunnel_accepted(kube) or {}).get("status") == "False", "CUSTOM not refused")
             c = ztunnel_accepted(kube)
