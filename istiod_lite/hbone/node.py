@@ -29,7 +29,7 @@ import logging
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -43,6 +43,7 @@ from istiod_lite.hbone.xdsclient import ADDRESS, AUTHORIZATION, Update, ZtunnelC
 log = logging.getLogger(__name__)
 
 _COPY_CHUNK = 64 * 1024
+_Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,6 @@ class HboneNode:
         self._unbindable: set[Endpoint] = set()
         self._servers: list[asyncio.Server] = []
         self._rr = itertools.count()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ mesh view
 
@@ -164,8 +164,8 @@ class HboneNode:
             log.info("capture %s closed (service gone)", ep)
         for ep in sorted(wanted - set(self._captured) - self._unbindable):
             try:
-                self._captured[ep] = await asyncio.start_server(
-                    lambda r, w, ep=ep: self._outbound(r, w, ep), ep.host, ep.port, reuse_address=True)
+                self._captured[ep] = await asyncio.start_server(self._outbound_to(ep), ep.host, ep.port,
+                                                                reuse_address=True)
             except OSError as exc:
                 self._unbindable.add(ep)
                 log.warning("cannot capture %s (%s): connections to it are not intercepted", ep, exc)
@@ -185,12 +185,11 @@ class HboneNode:
                 raise RuntimeError(f"no Address push from the control plane in {self.config.sync_timeout_s}s") \
                     from None
             for listen, dest in self.config.routes:
-                self._servers.append(await asyncio.start_server(
-                    lambda r, w, dest=dest: self._outbound(r, w, dest), listen.host, listen.port, reuse_address=True))
+                self._servers.append(await asyncio.start_server(self._outbound_to(dest), listen.host, listen.port,
+                                                                reuse_address=True))
             for listen, app in self.config.plaintext:
-                self._servers.append(await asyncio.start_server(
-                    lambda r, w, listen=listen, app=app: self._plaintext_inbound(r, w, listen, app),
-                    listen.host, listen.port, reuse_address=True))
+                self._servers.append(await asyncio.start_server(self._plaintext_to(listen, app), listen.host,
+                                                                listen.port, reuse_address=True))
             self._servers_started = True
             if self.config.capture:
                 await self._sync_captures()
@@ -224,8 +223,6 @@ class HboneNode:
         for server in [*self._servers, *self._captured.values()]:
             server.close()
         self._servers, self._captured = [], {}
-        for task in list(self._tasks):
-            task.cancel()
         if self._follower is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._follower, 5)
@@ -250,10 +247,15 @@ class HboneNode:
 
     # ------------------------------------------------------------------ connections
 
-    def _track(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _outbound_to(self, dest: Endpoint) -> _Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._outbound(reader, writer, dest)
+        return handle
+
+    def _plaintext_to(self, listen: Endpoint, app: Endpoint) -> _Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._plaintext_inbound(reader, writer, listen, app)
+        return handle
 
     async def _outbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dest: Endpoint) -> None:
         hop = self.table.route(dest, next(self._rr))

@@ -21,9 +21,9 @@ consistent view.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from google.protobuf.message import Message
 
@@ -31,6 +31,7 @@ from istiod_lite._generated.istio.security import authorization_pb2 as az
 from istiod_lite._generated.istio.workload import workload_pb2 as wl
 from istiod_lite.hbone.config import HBONE_PORT, Endpoint
 
+_E = TypeVar("_E")
 HopKind = Literal["waypoint", "hbone", "plaintext"]
 
 
@@ -170,10 +171,10 @@ class MeshTable:
                 if hop is not None:
                     hops.append(hop)
             return hops
-        uid = self.by_ip.get(dest.host)
-        if uid is None:
+        wuid = self.by_ip.get(dest.host)
+        if wuid is None:
             return []
-        w = self.workloads[uid]
+        w = self.workloads[wuid]
         if w.HasField("waypoint"):
             peer = self.waypoint_peer(w.waypoint)
             if peer is not None:
@@ -183,13 +184,13 @@ class MeshTable:
 
     @staticmethod
     def _direct(w: wl.Workload, port: int, ip: str | None = None) -> Hop | None:
-        ip = ip or _ip(w.addresses[0])
-        if ip is None:
+        addr = ip or _ip(w.addresses[0])
+        if addr is None:
             return None
         via = f"workload {w.namespace}/{w.name}"
         if w.tunnel_protocol == wl.HBONE:
-            return Hop("hbone", Endpoint(ip, port), Endpoint(ip, HBONE_PORT), via)
-        return Hop("plaintext", Endpoint(ip, port), None, via)
+            return Hop("hbone", Endpoint(addr, port), Endpoint(addr, HBONE_PORT), via)
+        return Hop("plaintext", Endpoint(addr, port), None, via)
 
     def route(self, dest: Endpoint, pick: int = 0) -> Hop | None:
         """The hop for a connection to ``dest``; ``pick`` chooses among workloads (round robin)."""
@@ -237,11 +238,11 @@ def _string(m: az.StringMatch, value: str | None) -> bool:
         return False
     kind = m.WhichOneof("match_type")
     if kind == "exact":
-        return value == m.exact
+        return bool(value == m.exact)
     if kind == "prefix":
-        return value.startswith(m.prefix)
+        return bool(value.startswith(m.prefix))
     if kind == "suffix":
-        return value.endswith(m.suffix)
+        return bool(value.endswith(m.suffix))
     return kind == "presence"
 
 
@@ -261,14 +262,14 @@ def _sa(m: az.ServiceAccountMatch, peer: Peer) -> bool:
     return peer.namespace == m.namespace and peer.service_account == m.serviceAccount
 
 
-def _field(entries: Iterable[object], test: object) -> bool:
+def _field(entries: Iterable[_E], test: Callable[[_E], bool]) -> bool:
     """An empty field matches anything; otherwise any entry must pass ``test``."""
     items = list(entries)
-    return not items or any(test(e) for e in items)  # type: ignore[operator]
+    return not items or any(test(e) for e in items)
 
 
-def _not_field(entries: Iterable[object], test: object) -> bool:
-    return not any(test(e) for e in entries)  # type: ignore[operator]
+def _not_field(entries: Iterable[_E], test: Callable[[_E], bool]) -> bool:
+    return not any(test(e) for e in entries)
 
 
 def _match(m: az.Match, dest: Endpoint, peer: Peer) -> bool:
@@ -289,3 +290,5 @@ def _match(m: az.Match, dest: Endpoint, peer: Peer) -> bool:
 def _policy_matches(p: az.Authorization, dest: Endpoint, peer: Peer) -> bool:
     return any(all(not r.matches or any(_match(m, dest, peer) for m in r.matches) for r in g.rules)
                for g in p.groups)
+
+

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 ADDRESS = "type.googleapis.com/istio.workload.Address"
 AUTHORIZATION = "type.googleapis.com/istio.security.Authorization"
-MESSAGE_OF = {ADDRESS: workload_pb2.Address, AUTHORIZATION: authorization_pb2.Authorization}
+MESSAGE_OF: dict[str, type[Message]] = {ADDRESS: workload_pb2.Address, AUTHORIZATION: authorization_pb2.Authorization}
 #: Reconnect back-off after a broken stream: first, maximum (seconds).
 RECONNECT_S = (0.2, 5.0)
 
@@ -70,7 +70,7 @@ class ZtunnelClient:
     record_updates: bool = True
     #: Called after each applied (ACKed) response.
     on_update: Callable[[Update], Awaitable[None] | None] | None = None
-    _call: grpc.aio.StreamStreamCall | None = None  # type: ignore[type-arg]
+    _call: grpc.aio.StreamStreamCall | None = None
     _reader: asyncio.Task[None] | None = None
 
     async def connect(self, names: dict[str, Sequence[str]] | None = None) -> None:
@@ -100,7 +100,7 @@ class ZtunnelClient:
         assert self._call is not None
         await self._call.write(d.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=list(names)))
 
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         async for resp in call:
             decoded: dict[str, Message] = {}
             error = ""
