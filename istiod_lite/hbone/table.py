@@ -243,7 +243,7 @@ def _string(m: az.StringMatch, value: str | None) -> bool:
         return bool(value.startswith(m.prefix))
     if kind == "suffix":
         return bool(value.endswith(m.suffix))
-    return kind == "presence"
+    return bool(kind == "presence")
 
 
 def _in_block(ip: str, blocks: Iterable[az.Address]) -> bool:
