@@ -173,3 +173,67 @@ async def test_traffic_follows_use_waypoint_label_and_strict_peer_authentication
         await until_get(plain_url, (None, None), "plaintext refused under STRICT")
         assert node.stats["refused"] >= 1
         assert await get(url) == ("reviews-v1", None)
+
+
+CLI_MESH = """apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: cart, namespace: shop}}
+spec:
+  clusterIP: {vip}
+  selector: {{app: cart}}
+  ports: [{{name: http, port: 80, targetPort: {port}}}]
+"""
+CLI_POD = """---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: shop, labels: {{app: cart}}}}
+status: {{podIP: {ip}}}
+"""
+
+
+async def test_cli_node_follows_a_new_pod_without_restart(tmp_path: Path, backends_factory: BackendsFactory) -> None:
+    """``istiod-lite hbone node`` as a process: a second pod appearing in the config gets traffic."""
+    import asyncio
+    import json
+    import sys
+
+    ips = [exclusive_ip(), exclusive_ip()]
+    pods = await backends_factory(2, names=["cart-1", "cart-2"], hosts=ips)
+    vip = alloc_vip()
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "mesh.yaml").write_text(CLI_MESH.format(vip=vip, port=pods[0].port)
+                                   + CLI_POD.format(name="cart-1", ip=ips[0]))
+    async with (ambient_mesh(tmp_path, cfg) as mesh,
+                mesh.pod_ztunnels(ips, namespace="shop", sa="cart")):
+        creds = mesh.credentials("client", "client")
+        ready = tmp_path / "ready.json"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "istiod_lite.cli.main", "hbone", "node",
+            "--xds-address", f"127.0.0.1:{mesh.cp.grpc_port}", "--xds-plaintext",
+            "--route", f"127.0.0.1:0={vip}:80", "--root-cert", str(creds.roots), "--cert", str(creds.cert),
+            "--key", str(creds.key), "--identity", "client/client", "--ready-file", str(ready),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            await wait_until(lambda: ready.exists() or proc.returncode is not None, timeout=20,
+                             message="the node never became ready")
+            assert proc.returncode is None
+            route = json.loads(ready.read_text())["routes"][0]
+            url = f"http://{route}/cart"
+            await until_get(url, ("cart-1", None), "traffic through the CLI node")
+            # The second pod appears in the watched config: the running node sends to it too.
+            (cfg / "mesh.yaml").write_text(CLI_MESH.format(vip=vip, port=pods[0].port)
+                                           + CLI_POD.format(name="cart-1", ip=ips[0])
+                                           + CLI_POD.format(name="cart-2", ip=ips[1]))
+            await until_get(url, ("cart-2", None), "the new pod never got traffic")
+        finally:
+            proc.terminate()
+            out, err = await asyncio.wait_for(proc.communicate(), 15)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        text = out.decode()
+        assert f"{vip}:80 -> hbone {ips[0]}:{pods[0].port} (workload shop/cart-1)" in text, text
+        assert "ready (Envoy admin http://" in text
