@@ -140,6 +140,7 @@ class HboneNode:
         self._unbindable: set[Endpoint] = set()
         self._servers: list[asyncio.Server] = []
         self._rr = itertools.count()
+        self._servers_started = False
 
     # ------------------------------------------------------------------ mesh view
 
@@ -171,8 +172,6 @@ class HboneNode:
                 log.warning("cannot capture %s (%s): connections to it are not intercepted", ep, exc)
 
     # ------------------------------------------------------------------ lifecycle
-
-    _servers_started = False
 
     async def start(self) -> None:
         """Start Envoy, sync with the control plane, then open the listeners."""
