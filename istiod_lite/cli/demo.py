@@ -3,7 +3,8 @@
 Starts the control plane on a YAML directory with its CA, a waypoint per waypoint Gateway (the
 agent gets a certificate from the CA and runs a real Envoy fed over secure xDS), a tiny HTTP "pod"
 for every Pod in the config (ambient pods behind a ztunnel stand-in on <podIP>:15008), then sends
-requests to each service's VIP through an HBONE client tunnel to its waypoint and prints which pods
+requests to each service's VIP through a ztunnel stand-in that follows the control plane's ztunnel
+xDS (``hbone.node``: the waypoint the service is bound to, over HBONE) and prints which pods
 answered — e.g. the 80/20 canary of ``examples/bookinfo`` — and ends with ``explain service`` on the
 canary: which waypoint serves it, and which config made the split.
 
@@ -22,9 +23,10 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -40,7 +42,10 @@ from istiod_lite.controlplane.app import ControlPlane, ControlPlaneOptions
 from istiod_lite.envoy_binary import envoy_binary
 from istiod_lite.explain import explain_service
 from istiod_lite.explain.render import service_text
-from istiod_lite.hbone import Endpoint, FileCredentials, HboneConfig, HboneProxy, InboundTerminator, OutboundTunnel
+from istiod_lite.hbone import Endpoint, FileCredentials, HboneConfig, HboneProxy, InboundTerminator
+from istiod_lite.hbone.caclient import DEFAULT_CA_SERVER_NAME
+from istiod_lite.hbone.node import HboneNode, NodeConfig
+from istiod_lite.hbone.xdsclient import ztunnel_node
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import Pod, Service
 from istiod_lite.translator import Waypoint, find_waypoints
@@ -103,6 +108,27 @@ def _pod_credentials(ca: CaRuntime, directory: Path, namespace: str, sa: str) ->
                                                           serialization.NoEncryption()))
     (directory / "root.pem").write_text(ca.authority.material.root_pem)
     return FileCredentials(directory / "cert.pem", directory / "key.pem", directory / "root.pem")
+
+
+@contextlib.asynccontextmanager
+async def _client_node(cp: ControlPlane, ca_dir: Path, workdir: Path,
+                       destinations: list[Endpoint]) -> AsyncIterator[HboneNode]:
+    """The client's ztunnel stand-in, driven by ztunnel xDS on the secure port (a ztunnel's token
+    and node id), with one local listener per service address the demo sends to."""
+    assert cp.ca is not None
+    token = create_token(ca_dir, "istio-system", "ztunnel")
+    creds = grpc.ssl_channel_credentials(root_certificates=(ca_dir / ROOT_CERT).read_bytes())
+    config = NodeConfig(node=ztunnel_node(pod="ztunnel-demo", ip="127.0.0.1", node_name="demo"),
+                        routes=tuple((Endpoint("127.0.0.1", 0), d) for d in destinations))
+    async with grpc.aio.secure_channel(f"127.0.0.1:{cp.secure_port}", creds,
+                                       options=[("grpc.ssl_target_name_override", DEFAULT_CA_SERVER_NAME)]) as ch:
+        node = HboneNode(config, _pod_credentials(cp.ca, workdir / "client", "default", "sleep"), ch,
+                         metadata=(("authorization", f"Bearer {token}"),))
+        await node.start()
+        try:
+            yield node
+        finally:
+            await node.stop()
 
 
 @contextlib.contextmanager
@@ -203,22 +229,22 @@ async def _run_demo(config_dir: Path, requests: int, keep_running: bool, log_dir
         if not tunnels:
             print("no service is bound to a waypoint: nothing to send")
             return 0
-        client = await stack.enter_async_context(HboneProxy(
-            HboneConfig(outbound=tuple(
-                OutboundTunnel(Endpoint("127.0.0.1", 0), Endpoint(vip, port),
-                               Endpoint(wp.addresses[0] if wp.addresses else "127.0.1.1", 15008))
-                for wp, _, vip, port in tunnels)),
-            _pod_credentials(cp.ca, workdir / "client", "default", "sleep"), concurrency=1))
-        print("client: a ztunnel stand-in tunnels each service VIP to its waypoint over HBONE (mTLS, HTTP/2 CONNECT)")
+        node = await stack.enter_async_context(_client_node(
+            cp, ca_dir, workdir, [Endpoint(vip, port) for _, _, vip, port in tunnels]))
+        print("client: a ztunnel stand-in follows the control plane's ztunnel xDS and sends each service VIP "
+              "where it says (here: to its waypoint, over HBONE: mTLS, HTTP/2 CONNECT)")
         shown: list[Service] = []
         async with ClientSession(timeout=ClientTimeout(total=10)) as http:
-            for (wp, svc, vip, port), local in zip(tunnels, client.outbound_addresses, strict=True):
+            for (wp, svc, vip, port), local in zip(tunnels, node.route_addresses, strict=True):
+                hop = node.table.route(Endpoint(vip, port))
                 counts: collections.Counter[str] = collections.Counter()
                 await _wait_serving(http, f"http://{local}/")
                 for _ in range(requests):
                     async with http.get(f"http://{local}/") as resp:
                         counts[resp.headers.get("x-pod", f"HTTP {resp.status}")] += 1
-                print(f"\n{svc.namespace}/{svc.name} ({vip}:{port}) via waypoint {wp.ref}, {requests} requests:")
+                via = f"via waypoint {wp.ref}" if hop is not None and hop.kind == "waypoint" and hop.peer is not None \
+                    and hop.peer.host in wp.addresses else f"{hop.kind} via {hop.via}" if hop else "no route"
+                print(f"\n{svc.namespace}/{svc.name} ({vip}:{port}) {via}, {requests} requests:")
                 shown.append(svc)
                 for name, n in sorted(counts.items()):
                     print(f"  {name:<28} {n:>5}  {100 * n / requests:5.1f}%  {'#' * (50 * n // requests)}")

@@ -2,7 +2,10 @@
 
 ``forward`` is the client-side ztunnel: plain TCP in, HTTP/2 CONNECT over mTLS to a waypoint's
 15008 out.  ``inbound`` is the destination ztunnel of a pod: HBONE in on ``<podIP>:15008``, plain
-TCP out to the app.  Both run Envoy in the foreground until SIGINT/SIGTERM (see docs/hbone.md).
+TCP out to the app.  ``node`` takes its destinations from the control plane's ztunnel xDS, as
+ztunnel does (waypoint, else the pod over HBONE or plaintext; follows every push; enforces L4
+policy on captured plaintext).  All run Envoy in the foreground until SIGINT/SIGTERM (see
+docs/hbone.md, docs/ztunnel.md).
 Wired into the main parser with ``add_hbone_parser(sub)``; also runnable as
 ``python -m istiod_lite.cli.hbone_cmd``.
 """
@@ -18,7 +21,10 @@ import signal
 import sys
 from pathlib import Path
 
-from istiod_lite.hbone.caclient import DEFAULT_CERT_TTL_S, CaClient, CaRequestError
+import grpc
+
+from istiod_lite.addresses import is_ip, split_host_port
+from istiod_lite.hbone.caclient import DEFAULT_CA_SERVER_NAME, DEFAULT_CERT_TTL_S, CaClient, CaRequestError
 from istiod_lite.hbone.config import (
     DEFAULT_TRUST_DOMAIN,
     HBONE_PORT,
@@ -29,7 +35,9 @@ from istiod_lite.hbone.config import (
     workload_spiffe_id,
 )
 from istiod_lite.hbone.credentials import CredentialError
+from istiod_lite.hbone.node import HboneNode, NodeConfig, describe
 from istiod_lite.hbone.proxy import CaCredentials, CredentialSource, FileCredentials, HboneError, HboneProxy
+from istiod_lite.hbone.xdsclient import ztunnel_node
 
 
 class UsageError(ValueError):
@@ -197,6 +205,115 @@ async def run_proxy(proxy: HboneProxy, ready_file: Path | None = None) -> int:
             ready_file.unlink(missing_ok=True)
 
 
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """The ``hbone node`` flags as a ``NodeConfig`` (raises ``UsageError``)."""
+    routes = []
+    for spec in args.route or ():
+        listen, dest = _spec(spec, "--route")
+        assert dest is not None
+        routes.append((_endpoint(listen), _endpoint(dest)))
+    plaintext = []
+    for spec in args.plaintext or ():
+        listen, app = _spec(spec, "--plaintext")
+        assert app is not None
+        plaintext.append((_endpoint(listen), _endpoint(app)))
+    pods = tuple(_endpoint(ip, HBONE_PORT).host for ip in args.inbound_pod or ())
+    node = ztunnel_node(pod=args.pod_name, namespace=args.pod_namespace, ip=args.node_ip, node_name=args.node_name,
+                        cluster_id=args.cluster_id)
+    try:
+        return NodeConfig(node=node, capture=args.capture, routes=tuple(routes), inbound_pods=pods,
+                          plaintext=tuple(plaintext), trust_domain=args.trust_domain,
+                          connect_timeout_s=args.connect_timeout)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _xds_channel(args: argparse.Namespace) -> tuple[grpc.aio.Channel, tuple[tuple[str, str], ...]]:
+    if args.xds_plaintext:
+        return grpc.aio.insecure_channel(args.xds_address), ()
+    if not (args.root_cert and args.token_file):
+        raise UsageError("the secure xDS port needs --root-cert and --token-file (or --xds-plaintext)")
+    try:
+        roots = Path(args.root_cert).read_bytes()
+        token = Path(args.token_file).read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read xDS credentials: {exc}") from exc
+    host, _ = split_host_port(args.xds_address)
+    name = args.ca_server_name or (DEFAULT_CA_SERVER_NAME if is_ip(host) else None)
+    options = [("grpc.ssl_target_name_override", name)] if name else []
+    creds = grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.aio.secure_channel(args.xds_address, creds, options=options), (("authorization", f"Bearer {token}"),)
+
+
+async def run_node(node: HboneNode, ready_file: Path | None = None) -> int:
+    """Start the node, print where things go, and run until a signal (0) or Envoy dies (1)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            await node.start()
+        except (HboneError, CredentialError, CaRequestError, OSError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        dests = [d for _, d in node.config.routes] + node.captured
+        for line in describe(node.table, dests):
+            print(line)
+        for addr, (_, dest) in zip(node.route_addresses, node.config.routes, strict=True):
+            print(f"route {addr} -> {dest}")
+        for addr, (_, app) in zip(node.plaintext_addresses, node.config.plaintext, strict=True):
+            print(f"plaintext {addr} -> {app} (L4 policy enforced)")
+        for ip in node.config.inbound_pods:
+            print(f"inbound {ip}:{HBONE_PORT} -> CONNECT authority (this IP only)")
+        print(f"ready (Envoy admin http://{node.proxy.admin})", flush=True)
+        if ready_file is not None:
+            data = {"routes": [str(a) for a in node.route_addresses], "captured": [str(a) for a in node.captured],
+                    "plaintext": [str(a) for a in node.plaintext_addresses], "admin": str(node.proxy.admin)}
+            tmp = ready_file.with_name(ready_file.name + ".tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(ready_file)
+        exited = asyncio.create_task(node.proxy.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if exited.done():
+            stopping.cancel()
+            print(f"error: Envoy exited\n{node.proxy.log_tail()}", file=sys.stderr)
+            await node.stop()
+            return 1
+        exited.cancel()
+        await node.stop()
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    try:
+        config = node_config(args)
+        identity = _identity(args)
+        credentials = _credentials(args, identity)
+    except UsageError as exc:
+        print(f"istiod-lite hbone node: error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        try:
+            channel, metadata = _xds_channel(args)
+        except UsageError as exc:
+            print(f"istiod-lite hbone node: error: {exc}", file=sys.stderr)
+            return 2
+        async with channel:
+            node = HboneNode(config, credentials, channel, metadata=metadata, identity=identity,
+                             concurrency=args.concurrency, log_level=args.envoy_log_level)
+            return await run_node(node, Path(args.ready_file) if args.ready_file else None)
+
+    return asyncio.run(main())
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         config = forward_config(args) if args.hbone_command == "forward" else inbound_config(args)
@@ -240,7 +357,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_hbone_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """Add ``hbone forward`` and ``hbone inbound`` to the main parser's sub-commands."""
+    """Add ``hbone forward``, ``hbone inbound`` and ``hbone node`` to the main parser's sub-commands."""
     hbone = subparsers.add_parser("hbone", help="HBONE tunnels like ztunnel's (client and destination side)",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_subcommands(hbone)
@@ -271,9 +388,38 @@ def _add_subcommands(hbone: argparse.ArgumentParser) -> None:
     _add_common(inb)
     inb.set_defaults(func=_run)
 
+    node = sub.add_parser("node", help="a ztunnel stand-in driven by the control plane's ztunnel xDS",
+                          description="Follow the control plane's ztunnel xDS (Delta ADS, Address + Authorization) "
+                                      "and send each connection where ztunnel would: a service VIP to its waypoint "
+                                      "over HBONE, else to a workload (HBONE for ambient pods, plaintext otherwise). "
+                                      "Changes apply to the next connection, without a restart.")
+    node.add_argument("--xds-address", required=True, metavar="HOST:PORT",
+                      help="istiod-lite's xDS (secure :15012 with --root-cert/--token-file, or plaintext "
+                           "with --xds-plaintext)")
+    node.add_argument("--xds-plaintext", action="store_true", help="the plaintext gRPC port (tests, laptops)")
+    node.add_argument("--capture", action="store_true",
+                      help="bind every service VIP:port the control plane serves (those bindable on this host, "
+                           "e.g. loopback VIPs); stands in for ztunnel's traffic redirection")
+    node.add_argument("--route", action="append", metavar="LISTEN=DEST",
+                      help="plain TCP on LISTEN goes where the mesh sends DEST (a VIP:port or pod IP:port); "
+                           "repeatable")
+    node.add_argument("--inbound-pod", action="append", metavar="POD_IP",
+                      help="terminate HBONE on POD_IP:15008 for this node's pod; repeatable")
+    node.add_argument("--plaintext", action="append", metavar="LISTEN=APP",
+                      help="captured plain TCP for the pod at LISTEN's IP, relayed to APP if the served L4 "
+                           "policies allow a connection without identity (STRICT refuses); repeatable")
+    who = node.add_argument_group("node identity (ztunnel's xDS node)")
+    who.add_argument("--node-name", default="node-a", help="Kubernetes node name (NODE_NAME)")
+    who.add_argument("--pod-name", default="ztunnel-local", help="the ztunnel pod's name")
+    who.add_argument("--pod-namespace", default="istio-system")
+    who.add_argument("--node-ip", default="127.0.0.1", help="the ztunnel pod's IP (INSTANCE_IPS)")
+    who.add_argument("--cluster-id", default="Kubernetes")
+    _add_common(node)
+    node.set_defaults(func=_run_node)
+
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m istiod_lite.cli.hbone_cmd forward|inbound ...`` (same as ``istiod-lite hbone ...``)."""
+    """``python -m istiod_lite.cli.hbone_cmd forward|inbound|node ...`` (same as ``istiod-lite hbone ...``)."""
     parser = argparse.ArgumentParser(prog="istiod-lite hbone", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="INFO")

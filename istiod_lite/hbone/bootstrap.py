@@ -32,6 +32,8 @@ JsonDict = dict[str, Any]
 CERT_SECRET = "default"
 ROOT_SECRET = "ROOTCA"
 AUTHORITY_CLUSTER = "hbone_in_authority"
+EGRESS_LISTENER = "hbone_egress"
+EGRESS_CLUSTER = "hbone_egress_peer"
 MAX_DOWNSTREAM_CONNECTIONS = 100_000
 
 _TLS_SOCKET = "envoy.transport_sockets.tls"
@@ -208,6 +210,58 @@ def inbound_listener(index: int, terminator: InboundTerminator, config: HboneCon
     }
 
 
+def egress_listener(listen: Endpoint) -> JsonDict:
+    """Per-connection tunnels: the PROXY header names the peer (its destination) and the CONNECT
+    authority (its source); the tunnel is ``CONNECT <source>`` to ``<destination>`` over mTLS.
+
+    This is how a caller that decides per connection (the xDS-driven node: waypoint, or the pod's
+    own 15008) uses one static Envoy for any peer, without a restart when the mesh changes.
+    """
+    return {
+        "name": EGRESS_LISTENER,
+        "address": listen.socket_address(),
+        "enable_reuse_port": False,
+        "listener_filters": [{
+            "name": "envoy.filters.listener.proxy_protocol",
+            "typed_config": {"@type": f"{_TYPES}.filters.listener.proxy_protocol.v3.ProxyProtocol"},
+        }],
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {
+                    "@type": f"{_TYPES}.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": EGRESS_LISTENER,
+                    "cluster": EGRESS_CLUSTER,
+                    "tunneling_config": {"hostname": "%DOWNSTREAM_REMOTE_ADDRESS%"},
+                },
+            }],
+        }],
+    }
+
+
+def egress_cluster(config: HboneConfig, secrets: SecretFiles) -> JsonDict:
+    """HTTP/2 over mTLS to whatever peer the PROXY header named (restored as the local address)."""
+    return {
+        "name": EGRESS_CLUSTER,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": _seconds(config.connect_timeout_s),
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS: {
+                "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+                "explicit_http_config": {"http2_protocol_options": _http2_options(server=False)},
+            }
+        },
+        "transport_socket": {
+            "name": _TLS_SOCKET,
+            "typed_config": {
+                "@type": f"{_TYPES}.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": common_tls_context(config, secrets),
+            },
+        },
+    }
+
+
 def authority_cluster(config: HboneConfig) -> JsonDict:
     """Connects to whatever ``IP:port`` the CONNECT ``:authority`` names (checked by the route first)."""
     return {
@@ -228,6 +282,9 @@ def hbone_bootstrap(config: HboneConfig, secrets: SecretFiles) -> JsonDict:
                  for i, t in enumerate(config.inbound) if t.forward is not None]
     if any(t.forward is None for t in config.inbound):
         clusters.append(authority_cluster(config))
+    if config.egress is not None:
+        listeners.append(egress_listener(config.egress))
+        clusters.append(egress_cluster(config, secrets))
     return {
         "node": {"id": "hbone~istiod-lite", "cluster": "hbone"},
         "admin": {"address": config.admin.socket_address()},

@@ -111,14 +111,19 @@ class HboneConfig:
 
     outbound: tuple[OutboundTunnel, ...] = ()
     inbound: tuple[InboundTerminator, ...] = ()
+    #: A listener for tunnels chosen per connection (the xDS-driven node): each connection starts
+    #: with a PROXY protocol header whose destination is the HBONE peer (``IP:15008``) and whose
+    #: source is the CONNECT authority.  Bind it on loopback: whoever reaches it chooses the peer.
+    egress: Endpoint | None = None
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     connect_timeout_s: float = 5.0
     admin: Endpoint = Endpoint("127.0.0.1", 0)
 
     def __post_init__(self) -> None:
-        if not self.outbound and not self.inbound:
-            raise ValueError("nothing to do: no outbound tunnel and no inbound terminator")
+        if not self.outbound and not self.inbound and self.egress is None:
+            raise ValueError("nothing to do: no outbound tunnel, no inbound terminator and no egress")
         listens = [t.listen for t in self.outbound] + [t.listen for t in self.inbound]
+        listens += [self.egress] if self.egress is not None else []
         fixed = [e for e in listens if e.port != 0]
         if len(set(fixed)) != len(fixed):
             raise ValueError("two tunnels listen on the same address")

@@ -34,7 +34,12 @@ from typing import Any, Protocol
 import aiohttp
 
 from istiod_lite.envoy_binary import envoy_binary
-from istiod_lite.hbone.bootstrap import hbone_bootstrap, inbound_listener_name, outbound_listener_name
+from istiod_lite.hbone.bootstrap import (
+    EGRESS_LISTENER,
+    hbone_bootstrap,
+    inbound_listener_name,
+    outbound_listener_name,
+)
 from istiod_lite.hbone.caclient import CaClient
 from istiod_lite.hbone.config import Endpoint, HboneConfig
 from istiod_lite.hbone.credentials import Credentials, check, load_files
@@ -277,6 +282,11 @@ class HboneProxy:
     def outbound_addresses(self) -> list[Endpoint]:
         """Where each outbound tunnel listens, in config order (``:0`` resolved to the bound port)."""
         return [self.listeners[outbound_listener_name(i)] for i in range(len(self.config.outbound))]
+
+    @property
+    def egress_address(self) -> Endpoint | None:
+        """Where the per-connection egress listener is bound (None: not configured)."""
+        return self.listeners[EGRESS_LISTENER] if self.config.egress is not None else None
 
     @property
     def inbound_addresses(self) -> list[Endpoint]:

@@ -12,6 +12,11 @@ What a user sees with ``kubectl get -o yaml`` (docs/kubernetes.md, "Status"):
   or ``Invalid`` (a GatewayClass target outside the root namespace, or not a waypoint class);
   several targets are folded into one condition as istiod does (True if any is bound; reason
   ``PartiallyInvalid`` when some are not).
+* **AuthorizationPolicies** without ``targetRefs`` (ztunnel's): condition ``ZtunnelAccepted`` -
+  True ``Accepted``; True ``UnsupportedValue`` when served without its HTTP attributes (the message
+  says which, and whether the policy is now stricter or has no effect); False ``UnsupportedValue``
+  when not served at all (CUSTOM or AUDIT action, dry-run).  From ``ztunnel.authorization``'s
+  verdict, the same conversion that builds what ztunnel is served.
 * **HTTPRoutes** with Service or ServiceEntry parents: one ``status.parents`` entry per such
   parent, controller ``istio.io/gateway-controller``, the parentRef echoed, conditions
   ``Accepted`` (``NoMatchingParent`` for a missing parent), ``ResolvedRefs`` (``BackendNotFound``
@@ -39,9 +44,11 @@ from istiod_lite.model.networking import ServiceEntry
 from istiod_lite.model.security import AuthorizationPolicy, PolicyTargetReference
 from istiod_lite.translator.binding.waypoints import USE_WAYPOINT, WaypointRef, bindings_of
 from istiod_lite.translator.routing import httproute
+from istiod_lite.translator.ztunnel.authorization import ztunnel_verdict
 
 WAYPOINT_BOUND = "istio.io/WaypointBound"
 WAYPOINT_ACCEPTED = "WaypointAccepted"
+ZTUNNEL_ACCEPTED = "ZtunnelAccepted"
 ATTACHED_SERVICES = "istio.io/AttachedServices"
 #: Gateway API route parents istiod writes carry this controller name (PILOT_GATEWAY_CONTROLLER default).
 GATEWAY_CONTROLLER = "istio.io/gateway-controller"
@@ -52,7 +59,7 @@ MESH_CONTROLLER = "istio.io/mesh-controller"
 OWNED_CONDITIONS: Mapping[str, frozenset[str]] = {
     "Service": frozenset({WAYPOINT_BOUND}),
     "ServiceEntry": frozenset({WAYPOINT_BOUND}),
-    "AuthorizationPolicy": frozenset({WAYPOINT_ACCEPTED}),
+    "AuthorizationPolicy": frozenset({WAYPOINT_ACCEPTED, ZTUNNEL_ACCEPTED}),
     "Gateway": frozenset({ATTACHED_SERVICES}),
 }
 MAX_NAMES = 10
@@ -174,7 +181,13 @@ def _policy_statuses(snapshot: ConfigSnapshot, root_namespace: str, out: dict[St
     for policy in snapshot.of_kind(AuthorizationPolicy):
         targets = policy.spec.targets
         if not targets:
-            continue  # selector or namespace-wide policies are ztunnel's or sidecars' business
+            verdict = ztunnel_verdict(root_namespace, policy)
+            if verdict is not None:
+                out[("AuthorizationPolicy", policy.namespace, policy.name)] = ObjectStatus(
+                    "AuthorizationPolicy", policy.namespace, policy.name,
+                    (Condition(ZTUNNEL_ACCEPTED, verdict.served, verdict.reason, verdict.message,
+                               _generation(policy)),))
+            continue
         results = [_target(snapshot, policy, t, root_namespace) for t in targets]
         out[("AuthorizationPolicy", policy.namespace, policy.name)] = ObjectStatus(
             "AuthorizationPolicy", policy.namespace, policy.name,

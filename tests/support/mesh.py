@@ -32,6 +32,8 @@ from istiod_lite.ca.tokens import create_token
 from istiod_lite.controlplane.app import ControlPlane
 from istiod_lite.envoy_binary import envoy_binary
 from istiod_lite.hbone import Endpoint, FileCredentials, HboneConfig, HboneProxy, InboundTerminator, OutboundTunnel
+from istiod_lite.hbone.node import HboneNode, NodeConfig
+from istiod_lite.hbone.xdsclient import ztunnel_node
 from istiod_lite.model.meshconfig import MeshConfig
 from istiod_lite.translator.clusters.dynamic_dns import DEFAULT_OPTIONS, DynamicDnsOptions
 from tests.support.controlplane import control_plane
@@ -189,6 +191,30 @@ class Mesh:
             yield proxy
         finally:
             await proxy.stop()
+
+
+    @contextlib.asynccontextmanager
+    async def ztunnel(self, *, capture: bool = True, routes: Sequence[tuple[Endpoint, Endpoint]] = (),
+                      inbound_pods: Sequence[str] = (), plaintext: Sequence[tuple[Endpoint, Endpoint]] = (),
+                      namespace: str = "client", sa: str = "client",
+                      node_name: str = "node-a") -> AsyncIterator[HboneNode]:
+        """An xDS-driven node (``istiod-lite hbone node``): its destinations come from the control
+        plane's ztunnel xDS (over the plaintext gRPC port), and follow every push."""
+        import grpc
+
+        node = ztunnel_node(pod=f"ztunnel-{node_name}", ip="127.0.0.1", node_name=node_name)
+        config = NodeConfig(node=node, capture=capture, routes=tuple(routes), inbound_pods=tuple(inbound_pods),
+                            plaintext=tuple(plaintext), trust_domain=self.trust_domain)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.cp.grpc_port}") as channel:
+            zt = HboneNode(config, self.credentials(namespace, sa), channel)
+            await zt.start()
+            try:
+                yield zt
+            except BaseException:
+                print(f"\n----- node {node_name} Envoy -----\n{zt.proxy.log_tail()}")
+                raise
+            finally:
+                await zt.stop()
 
 
 @contextlib.asynccontextmanager

@@ -185,3 +185,55 @@ async def test_conditions_appear_change_and_clear_and_are_written_only_on_change
                         "the new replica never evaluated")
             await settled(cp2)
             assert len([r for r in kube.requests if r.method == "PATCH" and FIELD_MANAGER in r.query]) == written
+
+
+AP_ZTUNNEL: dict[str, Any] = {
+    "apiVersion": SEC, "kind": "AuthorizationPolicy", "metadata": {"name": "l4", "namespace": "bookinfo"},
+    "spec": {"selector": {"matchLabels": {"app": "reviews"}}, "action": "ALLOW",
+             "rules": [{"from": [{"source": {"namespaces": ["bookinfo"]}}]}]}}
+
+
+def ztunnel_accepted(kube: FakeKubeApiServer) -> dict[str, Any] | None:
+    return condition(kube, SEC, "AuthorizationPolicy", "l4", "ZtunnelAccepted")
+
+
+async def test_ztunnel_accepted_appears_changes_and_clears(tmp_path: Path) -> None:
+    """Policies without targetRefs are ztunnel's: ``ZtunnelAccepted`` with istiod's reasons."""
+    with FakeKubeApiServer() as kube:
+        for doc in [*bookinfo_docs(), AP_ZTUNNEL]:
+            kube.apply(doc)
+        async with plane(kube, tmp_path) as cp:
+            await until(lambda: ztunnel_accepted(kube) is not None, "no ZtunnelAccepted")
+            c = ztunnel_accepted(kube)
+            assert c is not None and (c["status"], c["reason"], c["message"]) == ("True", "Accepted",
+                                                                                  "attached to ztunnel")
+            # An HTTP attribute in an ALLOW rule: served without that rule (True), reason UnsupportedValue.
+            l7 = copy.deepcopy(AP_ZTUNNEL)
+            l7["spec"]["rules"][0]["to"] = [{"operation": {"methods": ["GET"]}}]
+            kube.apply(l7)
+            await until(lambda: (ztunnel_accepted(kube) or {}).get("reason") == "UnsupportedValue",
+                        "the reason did not change for an L7 attribute")
+            c = ztunnel_accepted(kube)
+            assert c is not None and c["status"] == "True"
+            assert "(found: methods)" in c["message"] and "more restrictive" in c["message"], c
+            # CUSTOM is not served to ztunnel at all: False.
+            custom = copy.deepcopy(AP_ZTUNNEL)
+            custom["spec"]["action"] = "CUSTOM"
+            custom["spec"]["provider"] = {"name": "ext-authz"}
+            custom["spec"]["rules"] = [{"to": [{"operation": {"ports": ["9080"]}}]}]
+            kube.apply(custom)
+            await until(lambda: (ztunnel_accepted(kube) or {}).get("status") == "False", "CUSTOM not refused")
+            c = ztunnel_accepted(kube)
+            assert c is not None and c["reason"] == "UnsupportedValue" and "CUSTOM" in c["message"]
+            # Back to L4 only, then attached to a waypoint instead: the condition clears.
+            kube.apply(copy.deepcopy(AP_ZTUNNEL))
+            await until(lambda: (ztunnel_accepted(kube) or {}).get("reason") == "Accepted", "not Accepted again")
+            to_waypoint = copy.deepcopy(AP_ZTUNNEL)
+            del to_waypoint["spec"]["selector"]
+            to_waypoint["spec"]["targetRefs"] = [{"kind": "Gateway", "group": "gateway.networking.k8s.io",
+                                                  "name": "waypoint"}]
+            kube.apply(to_waypoint)
+            await until(lambda: ztunnel_accepted(kube) is None, "ZtunnelAccepted was not cleared")
+            await until(lambda: condition(kube, SEC, "AuthorizationPolicy", "l4", "WaypointAccepted") is not None,
+                        "WaypointAccepted did not replace it")
+            await settled(cp)

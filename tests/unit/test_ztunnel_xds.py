@@ -52,7 +52,7 @@ def _expected(cfg: Path) -> dict[str, dict[str, bytes]]:
 
 
 def _serialised(update_resources: dict[str, object]) -> dict[str, bytes]:
-    return {n: m.SerializeToString(deterministic=True) for n, m in update_resources.items()}  # type: ignore[attr-defined]
+    return {n: m.SerializeToString(deterministic=True) for n, m in update_resources.items()}
 
 
 async def test_ztunnel_wildcard_on_demand_and_reconnect(tmp_path: Path) -> None:
@@ -66,13 +66,13 @@ async def test_ztunnel_wildcard_on_demand_and_reconnect(tmp_path: Path) -> None:
         assert _serialised(addresses.resources) == want[ADDRESS]
         assert _serialised(policies.resources) == want[AUTHORIZATION]
         uid = "Kubernetes//Pod/shop/extra"
-        assert addresses.resources[uid].workload.canonical_revision == "v1"  # type: ignore[attr-defined]
+        assert addresses.resources[uid].workload.canonical_revision == "v1"
 
         # One pod changes: exactly that workload arrives, nothing else.
         (cfg / "extra-pod.yaml").write_text(POD.format(version="v2"))
         change = await zt.next(ADDRESS)
         assert list(change.resources) == [uid] and not change.removed
-        assert change.resources[uid].workload.canonical_revision == "v2"  # type: ignore[attr-defined]
+        assert change.resources[uid].workload.canonical_revision == "v2"
         assert change.wire_bytes < 2048
         assert await zt.quiet() == []
 
@@ -108,7 +108,7 @@ async def _wait_for_translation(cp: object, uid: str, old_version: str) -> None:
 
     from istiod_lite.controlplane.proxykinds import ZtunnelGenerator, ZtunnelProxies
 
-    gen = cp.proxies.generator("ztunnel")  # type: ignore[attr-defined]
+    gen = cp.proxies.generator("ztunnel")
     assert isinstance(gen, ZtunnelGenerator)
     for _ in range(100):
         res = gen.snapshot(ZtunnelProxies()).of_type(ADDRESS).get(uid)

@@ -216,6 +216,35 @@ def convert_authorization_policy(root_namespace: str, policy: AuthorizationPolic
     return out, _HTTP_RULE.format(found=", ".join(sorted(http)), tail=tail)
 
 
+#: istiod's reasons on the ``ZtunnelAccepted`` condition (pilot/pkg/serviceregistry/ambient).
+ACCEPTED_REASON = "Accepted"
+UNSUPPORTED_REASON = "UnsupportedValue"
+
+
+@dataclass(frozen=True)
+class ZtunnelVerdict:
+    """What ztunnel makes of one AuthorizationPolicy, for its ``ZtunnelAccepted`` condition.
+
+    ``served`` is the condition's status (a policy accepted with a warning is served, True, with
+    reason ``UnsupportedValue``); derived from ``convert_authorization_policy`` so the status and
+    what is served cannot disagree.
+    """
+
+    served: bool
+    reason: str
+    message: str
+
+
+def ztunnel_verdict(root_namespace: str, policy: AuthorizationPolicy) -> ZtunnelVerdict | None:
+    """None for a policy that is not ztunnel's (it has ``targetRefs``: a waypoint's)."""
+    converted, warning = convert_authorization_policy(root_namespace, policy)
+    if converted is None and warning is None:
+        return None
+    if warning is None:
+        return ZtunnelVerdict(True, ACCEPTED_REASON, "attached to ztunnel")
+    return ZtunnelVerdict(converted is not None, UNSUPPORTED_REASON, warning)
+
+
 # --- PeerAuthentication ---------------------------------------------------------------------------
 
 

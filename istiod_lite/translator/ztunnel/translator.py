@@ -17,7 +17,9 @@ from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.core import EndpointSlice, Namespace, Pod, Service
 from istiod_lite.model.networking import ServiceEntry, WorkloadEntry
 from istiod_lite.translator.binding.waypoints import DATAPLANE_MODE, Waypoint, WaypointRef, bindings_of
+from istiod_lite.translator.clusters import locality as _locality  # noqa: F401 (computes NODE_LOCALITIES)
 from istiod_lite.translator.core import names as core_names
+from istiod_lite.translator.core import tables
 from istiod_lite.translator.core.output import EnvoyResources
 from istiod_lite.translator.ztunnel import services as svcs
 from istiod_lite.translator.ztunnel import workloads as wls
@@ -26,10 +28,6 @@ from istiod_lite.translator.ztunnel.names import ADDRESS, AUTHORIZATION, Ztunnel
 
 #: Port Istio's waypoints accept HBONE on.
 HBONE_PORT = 15008
-#: Node labels carrying a node's locality (Kubernetes' well-known topology labels, Istio's subzone).
-REGION_LABEL = "topology.kubernetes.io/region"
-ZONE_LABEL = "topology.kubernetes.io/zone"
-SUBZONE_LABEL = "topology.istio.io/subzone"
 
 
 @dataclass
@@ -54,16 +52,12 @@ def waypoint_address(wp: Waypoint, network: str) -> wl.GatewayAddress | None:
 
 
 def node_localities(snapshot: ConfigSnapshot) -> dict[str, wl.Locality]:
-    """Node name -> locality from its topology labels.  Reads objects of kind ``Node`` if the
-    model declares that kind (duck-typed on ``metadata.labels``); none otherwise."""
-    out = {}
-    for (_, name), node in snapshot.by_kind.get("Node", {}).items():
-        labels = node.metadata.labels
-        loc = wl.Locality(region=labels.get(REGION_LABEL, ""), zone=labels.get(ZONE_LABEL, ""),
-                          subzone=labels.get(SUBZONE_LABEL, ""))
-        if loc.region or loc.zone or loc.subzone:
-            out[name] = loc
-    return out
+    """Node name -> locality, from the one table the waypoint translator's locality load balancing
+    reads too (``tables.NODE_LOCALITIES``: topology labels, the beta ones as fallback).  As istiod's
+    ambient index (``getPodLocality``), a workload's locality is its node's only: the pod's
+    ``istio-locality`` label is a sidecar-mode notion and is not consulted here."""
+    return {name: wl.Locality(region=r, zone=z, subzone=sz)
+            for name, (r, z, sz) in tables.NODE_LOCALITIES.of(snapshot).items()}
 
 
 def _selects(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
