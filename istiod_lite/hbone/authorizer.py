@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
-from google.rpc import code_pb2, status_pb2
 
 from istiod_lite.hbone.config import Endpoint
 from istiod_lite.hbone.table import MeshTable, Peer
@@ -35,6 +34,8 @@ log = logging.getLogger(__name__)
 #: ztunnel's answers: a policy refusal, and a CONNECT it cannot make sense of.
 DENIED_STATUS = http_status_pb2.Unauthorized
 BAD_REQUEST_STATUS = http_status_pb2.BadRequest
+#: google.rpc.Code values of CheckResponse.status (set by number: google.rpc ships no type stubs).
+_RPC_OK, _RPC_PERMISSION_DENIED = 0, 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +64,11 @@ def decide(table: MeshTable, principal: str, source_ip: str, authority: str) -> 
     return Decision(peer, target, allowed, why, 200 if allowed else DENIED_STATUS)
 
 
-class _Servicer(external_auth_pb2_grpc.AuthorizationServicer):
+class _Servicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     def __init__(self, authorizer: InboundAuthorizer) -> None:
         self.authorizer = authorizer
 
-    async def Check(self, request: external_auth_pb2.CheckRequest,  # noqa: N802 (gRPC method name)
+    async def Check(self, request: external_auth_pb2.CheckRequest,
                     context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
         attrs = request.attributes
         decision = decide(self.authorizer.table(), attrs.source.principal,
@@ -75,10 +76,10 @@ class _Servicer(external_auth_pb2_grpc.AuthorizationServicer):
         self.authorizer.record(decision)
         resp = external_auth_pb2.CheckResponse()
         if decision.allowed:
-            resp.status.CopyFrom(status_pb2.Status(code=code_pb2.OK))
+            resp.status.code = _RPC_OK
         else:
-            resp.status.CopyFrom(status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=decision.why))
-            resp.denied_response.status.code = decision.status  # type: ignore[assignment]
+            resp.status.code, resp.status.message = _RPC_PERMISSION_DENIED, decision.why
+            resp.denied_response.status.code = decision.status
         return resp
 
 

@@ -9,7 +9,8 @@ Outbound (what the client ztunnel does)::
 Inbound (what the destination ztunnel does)::
 
     listener hbone_in_<i> (mTLS on <podIP>:15008, client certificate required)
-      HCM, route {connect_matcher} -> upgrade CONNECT with connect_config (terminate: the payload
+      HCM, [ext_authz: the node's L4 policy check, when ``authorizer`` is set],
+      route {connect_matcher} -> upgrade CONNECT with connect_config (terminate: the payload
       becomes a plain TCP stream to the cluster)
     cluster hbone_in_<i>_app (STATIC --forward) or hbone_in_authority (ORIGINAL_DST on :authority)
 

@@ -13,9 +13,10 @@ Where ``HboneProxy`` alone runs fixed tunnels, a node follows the mesh as ztunne
   protocol header naming the peer and the CONNECT authority (``bootstrap.egress_listener``);
 * **inbound** for its pods: HBONE terminators on ``<podIP>:15008`` (Envoy, delivering to the
   CONNECT authority once ``authorizer.InboundAuthorizer`` has checked the served L4 policies against
-  the peer's certificate identity: a refused CONNECT gets ztunnel's 401), and plaintext capture listeners (``LISTEN=APP``, standing in for ztunnel's
-  plaintext inbound port) where the served L4 policies are enforced (``MeshTable.authorize``): under
-  PeerAuthentication STRICT a plaintext connection is refused, as ztunnel refuses it.
+  the peer's certificate identity: a refused CONNECT gets ztunnel's 401), and plaintext capture
+  listeners (``LISTEN=APP``, standing in for ztunnel's plaintext inbound port) where the same
+  policies are enforced without an identity (``MeshTable.authorize``): under PeerAuthentication
+  STRICT a plaintext connection is refused, as ztunnel refuses it.
 
 Counters in ``stats`` (by hop kind, refusals, unroutable) let tests and the demo see which way
 traffic went.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import socket
@@ -32,8 +34,6 @@ import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-
-import dataclasses
 
 import grpc
 from envoy.config.core.v3 import base_pb2
