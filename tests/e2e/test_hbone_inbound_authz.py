@@ -125,6 +125,8 @@ async def test_inbound_hbone_follows_served_policies_by_peer_identity(
         last = next(d for d in reversed(node.authorizer.decisions) if not d.allowed)
         assert (last.peer.identity, last.why, last.status) == (OTHER, "no ALLOW policy matched", 401)
         assert await envoy_counter(admin, denied_stat) >= 1
+        # Envoy answered the refused CONNECT itself, with a 4xx (the check's 401), not a 200 then a reset.
+        assert await envoy_counter(admin, f"http.{inbound_listener_name(0)}.downstream_rq_4xx") >= 1
         assert node.stats["refused_hbone"] >= 1
 
         # 3. Replace it by a DENY for web: web refused (by that policy), other reaches the pod.
