@@ -265,7 +265,8 @@ async def run_node(node: HboneNode, ready_file: Path | None = None) -> int:
         for addr, (_, app) in zip(node.plaintext_addresses, node.config.plaintext, strict=True):
             print(f"plaintext {addr} -> {app} (L4 policy enforced)")
         for ip in node.config.inbound_pods:
-            print(f"inbound {ip}:{HBONE_PORT} -> CONNECT authority (this IP only)")
+            print(f"inbound {ip}:{HBONE_PORT} -> CONNECT authority (this IP only; L4 policy enforced on the "
+                  "peer's identity)")
         print(f"ready (Envoy admin http://{node.proxy.admin})", flush=True)
         if ready_file is not None:
             data = {"routes": [str(a) for a in node.route_addresses], "captured": [str(a) for a in node.captured],
@@ -404,7 +405,9 @@ def _add_subcommands(hbone: argparse.ArgumentParser) -> None:
                       help="plain TCP on LISTEN goes where the mesh sends DEST (a VIP:port or pod IP:port); "
                            "repeatable")
     node.add_argument("--inbound-pod", action="append", metavar="POD_IP",
-                      help="terminate HBONE on POD_IP:15008 for this node's pod; repeatable")
+                      help="terminate HBONE on POD_IP:15008 for this node's pod; each CONNECT is checked against "
+                           "the served L4 policies with the peer certificate's identity (refused: 401); "
+                           "repeatable")
     node.add_argument("--plaintext", action="append", metavar="LISTEN=APP",
                       help="captured plain TCP for the pod at LISTEN's IP, relayed to APP if the served L4 "
                            "policies allow a connection without identity (STRICT refuses); repeatable")

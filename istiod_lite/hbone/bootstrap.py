@@ -9,7 +9,8 @@ Outbound (what the client ztunnel does)::
 Inbound (what the destination ztunnel does)::
 
     listener hbone_in_<i> (mTLS on <podIP>:15008, client certificate required)
-      HCM, route {connect_matcher} -> upgrade CONNECT with connect_config (terminate: the payload
+      HCM, [ext_authz: the node's L4 policy check, when ``authorizer`` is set],
+      route {connect_matcher} -> upgrade CONNECT with connect_config (terminate: the payload
       becomes a plain TCP stream to the cluster)
     cluster hbone_in_<i>_app (STATIC --forward) or hbone_in_authority (ORIGINAL_DST on :authority)
 
@@ -32,6 +33,9 @@ JsonDict = dict[str, Any]
 CERT_SECRET = "default"
 ROOT_SECRET = "ROOTCA"
 AUTHORITY_CLUSTER = "hbone_in_authority"
+AUTHORIZER_CLUSTER = "hbone_in_authorizer"
+#: How long a CONNECT waits for the authorization answer before it is refused (fail closed).
+AUTHORIZER_TIMEOUT = "2s"
 EGRESS_LISTENER = "hbone_egress"
 EGRESS_CLUSTER = "hbone_egress_peer"
 MAX_DOWNSTREAM_CONNECTIONS = 100_000
@@ -166,6 +170,37 @@ def _connect_route(index: int, terminator: InboundTerminator) -> JsonDict:
     }
 
 
+def _authz_filters(terminator: InboundTerminator, config: HboneConfig) -> list[JsonDict]:
+    """The L4 policy check before a CONNECT to a pod is answered (only for terminators that deliver
+    to the CONNECT authority: a ``forward`` terminator stands in for a waypoint, which ztunnel's
+    inbound rules do not cover).  Fails closed; the peer's URI SAN reaches the check as
+    ``source.principal``, the authority as ``request.http.host``."""
+    if config.authorizer is None or terminator.forward is not None:
+        return []
+    return [{
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": f"{_TYPES}.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "failure_mode_allow": False,
+            "grpc_service": {"envoy_grpc": {"cluster_name": AUTHORIZER_CLUSTER}, "timeout": AUTHORIZER_TIMEOUT},
+        },
+    }]
+
+
+def authorizer_cluster(config: HboneConfig) -> JsonDict:
+    """Plain HTTP/2 (gRPC) to the node's authorization service on loopback."""
+    assert config.authorizer is not None
+    cluster = _static_cluster(AUTHORIZER_CLUSTER, config.authorizer, config)
+    cluster["typed_extension_protocol_options"] = {
+        _HTTP_OPTIONS: {
+            "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+    return cluster
+
+
 def inbound_listener(index: int, terminator: InboundTerminator, config: HboneConfig,
                      secrets: SecretFiles) -> JsonDict:
     name = inbound_listener_name(index)
@@ -200,7 +235,7 @@ def inbound_listener(index: int, terminator: InboundTerminator, config: HboneCon
                     "http2_protocol_options": _http2_options(server=True),
                     # A tunnel is a TCP connection: it may sit idle for as long as the app likes.
                     "stream_idle_timeout": "0s",
-                    "http_filters": [{
+                    "http_filters": [*_authz_filters(terminator, config), {
                         "name": "envoy.filters.http.router",
                         "typed_config": {"@type": f"{_TYPES}.filters.http.router.v3.Router"},
                     }],
@@ -282,6 +317,8 @@ def hbone_bootstrap(config: HboneConfig, secrets: SecretFiles) -> JsonDict:
                  for i, t in enumerate(config.inbound) if t.forward is not None]
     if any(t.forward is None for t in config.inbound):
         clusters.append(authority_cluster(config))
+        if config.authorizer is not None:
+            clusters.append(authorizer_cluster(config))
     if config.egress is not None:
         listeners.append(egress_listener(config.egress))
         clusters.append(egress_cluster(config, secrets))

@@ -117,6 +117,9 @@ class HboneConfig:
     egress: Endpoint | None = None
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     connect_timeout_s: float = 5.0
+    #: An ``envoy.service.auth.v3.Authorization`` gRPC service (the node's ``InboundAuthorizer``)
+    #: asked before each CONNECT to a pod (terminators without ``forward``) is answered.
+    authorizer: Endpoint | None = None
     admin: Endpoint = Endpoint("127.0.0.1", 0)
 
     def __post_init__(self) -> None:

@@ -12,9 +12,11 @@ Where ``HboneProxy`` alone runs fixed tunnels, a node follows the mesh as ztunne
   pod outside the mesh.  HBONE is Envoy's: one static Envoy whose egress listener takes a PROXY
   protocol header naming the peer and the CONNECT authority (``bootstrap.egress_listener``);
 * **inbound** for its pods: HBONE terminators on ``<podIP>:15008`` (Envoy, delivering to the
-  CONNECT authority), and plaintext capture listeners (``LISTEN=APP``, standing in for ztunnel's
-  plaintext inbound port) where the served L4 policies are enforced (``MeshTable.authorize``): under
-  PeerAuthentication STRICT a plaintext connection is refused, as ztunnel refuses it.
+  CONNECT authority once ``authorizer.InboundAuthorizer`` has checked the served L4 policies against
+  the peer's certificate identity: a refused CONNECT gets ztunnel's 401), and plaintext capture
+  listeners (``LISTEN=APP``, standing in for ztunnel's plaintext inbound port) where the same
+  policies are enforced without an identity (``MeshTable.authorize``): under PeerAuthentication
+  STRICT a plaintext connection is refused, as ztunnel refuses it.
 
 Counters in ``stats`` (by hop kind, refusals, unroutable) let tests and the demo see which way
 traffic went.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import socket
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 import grpc
 from envoy.config.core.v3 import base_pb2
 
+from istiod_lite.hbone.authorizer import InboundAuthorizer
 from istiod_lite.hbone.config import Endpoint, HboneConfig, InboundTerminator
 from istiod_lite.hbone.proxy import CredentialSource, HboneProxy
 from istiod_lite.hbone.table import Hop, MeshTable, Peer
@@ -132,6 +136,8 @@ class HboneNode:
                                 log_level=self.log_level)
         self.client = ZtunnelClient(self.channel, node=self.config.node, metadata=self.metadata,
                                     record_updates=False, on_update=self._on_update)
+        #: Checks each inbound CONNECT against the current table (started only for ``inbound_pods``).
+        self.authorizer = InboundAuthorizer(lambda: self.table, self.stats)
         self.generation = 0
         self._synced = asyncio.Event()
         self._stop = asyncio.Event()
@@ -175,8 +181,12 @@ class HboneNode:
 
     async def start(self) -> None:
         """Start Envoy, sync with the control plane, then open the listeners."""
-        await self.proxy.start()
         try:
+            if self.config.inbound_pods:
+                # Bound before Envoy starts: its bootstrap names the check service's port.
+                address = await self.authorizer.start()
+                self.proxy.config = dataclasses.replace(self.proxy.config, authorizer=address)
+            await self.proxy.start()
             self._follower = asyncio.create_task(self.client.follow(self._stop), name="hbone-node-xds")
             try:
                 await asyncio.wait_for(self._synced.wait(), self.config.sync_timeout_s)
@@ -227,6 +237,7 @@ class HboneNode:
                 await asyncio.wait_for(self._follower, 5)
         await self.client.close()
         await self.proxy.stop()
+        await self.authorizer.stop()
 
     async def __aenter__(self) -> HboneNode:
         await self.start()

@@ -233,9 +233,7 @@ class MeshTable:
 
 # --- ztunnel's match semantics (groups OR, rules AND, matches OR, fields AND, entries OR) ----------
 
-def _string(m: az.StringMatch, value: str | None) -> bool:
-    if value is None:
-        return False
+def _string(m: az.StringMatch, value: str) -> bool:
     kind = m.WhichOneof("match_type")
     if kind == "exact":
         return bool(value == m.exact)
@@ -243,7 +241,18 @@ def _string(m: az.StringMatch, value: str | None) -> bool:
         return bool(value.startswith(m.prefix))
     if kind == "suffix":
         return bool(value.endswith(m.suffix))
-    return bool(kind == "presence")
+    return bool(kind == "presence" and value)
+
+
+def _strings(entries: Iterable[az.StringMatch]) -> list[az.StringMatch]:
+    """ztunnel drops a StringMatch without a match type when it reads the policy (so a field holding
+    only such entries is empty and matches anything)."""
+    return [e for e in entries if e.WhichOneof("match_type") is not None]
+
+
+def _blocks(entries: Iterable[az.Address]) -> list[az.Address]:
+    """ztunnel drops an address it cannot parse when it reads the policy, as it does unset strings."""
+    return [b for b in entries if _ip(b.address) is not None]
 
 
 def _in_block(ip: str, blocks: Iterable[az.Address]) -> bool:
@@ -273,22 +282,36 @@ def _not_field(entries: Iterable[_E], test: Callable[[_E], bool]) -> bool:
 
 
 def _match(m: az.Match, dest: Endpoint, peer: Peer) -> bool:
-    return (_field(m.namespaces, lambda s: _string(s, peer.namespace))
-            and _not_field(m.not_namespaces, lambda s: _string(s, peer.namespace))
+    # ztunnel compares a missing identity as "": no namespace, and no principal (it must start with spiffe://).
+    ns = peer.namespace or ""
+    principal = peer.principal if peer.identity and peer.identity.startswith("spiffe://") else None
+    return (_field(_strings(m.namespaces), lambda s: _string(s, ns))
+            and _not_field(_strings(m.not_namespaces), lambda s: _string(s, ns))
             and _field(m.service_accounts, lambda s: _sa(s, peer))
             and _not_field(m.not_service_accounts, lambda s: _sa(s, peer))
-            and _field(m.principals, lambda s: _string(s, peer.principal))
-            and _not_field(m.not_principals, lambda s: _string(s, peer.principal))
-            and (not m.source_ips or _in_block(peer.ip, m.source_ips))
-            and not (m.not_source_ips and _in_block(peer.ip, m.not_source_ips))
-            and (not m.destination_ips or _in_block(dest.host, m.destination_ips))
-            and not (m.not_destination_ips and _in_block(dest.host, m.not_destination_ips))
+            and _field(_strings(m.principals), lambda s: principal is not None and _string(s, principal))
+            and _not_field(_strings(m.not_principals), lambda s: principal is not None and _string(s, principal))
+            and _field(_blocks(m.source_ips), lambda b: _in_block(peer.ip, [b]))
+            and _not_field(_blocks(m.not_source_ips), lambda b: _in_block(peer.ip, [b]))
+            and _field(_blocks(m.destination_ips), lambda b: _in_block(dest.host, [b]))
+            and _not_field(_blocks(m.not_destination_ips), lambda b: _in_block(dest.host, [b]))
             and (not m.destination_ports or dest.port in m.destination_ports)
             and dest.port not in m.not_destination_ports)
 
 
+def _is_empty(m: az.Match) -> bool:
+    """A match with no field set: ztunnel skips it (it matches nothing), unlike an empty field."""
+    return not (_strings(m.namespaces) or _strings(m.not_namespaces) or m.service_accounts
+                or m.not_service_accounts or _strings(m.principals) or _strings(m.not_principals)
+                or _blocks(m.source_ips) or _blocks(m.not_source_ips) or _blocks(m.destination_ips)
+                or _blocks(m.not_destination_ips) or m.destination_ports or m.not_destination_ports)
+
+
+def _clause(r: az.Rules, dest: Endpoint, peer: Peer) -> bool:
+    """A clause with no match list matches; otherwise one non-empty match must."""
+    return not r.matches or any(not _is_empty(m) and _match(m, dest, peer) for m in r.matches)
+
+
 def _policy_matches(p: az.Authorization, dest: Endpoint, peer: Peer) -> bool:
-    return any(all(not r.matches or any(_match(m, dest, peer) for m in r.matches) for r in g.rules)
-               for g in p.groups)
-
-
+    """Groups OR (a policy without groups matches nothing), clauses AND (ztunnel's ``Authorization::matches``)."""
+    return any(all(_clause(r, dest, peer) for r in g.rules) for g in p.groups)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from istiod_lite.hbone.bootstrap import AUTHORITY_CLUSTER, SecretFiles, hbone_bootstrap
+from istiod_lite.hbone.bootstrap import AUTHORITY_CLUSTER, AUTHORIZER_CLUSTER, SecretFiles, hbone_bootstrap
 from istiod_lite.hbone.config import (
     Endpoint,
     HboneConfig,
@@ -121,6 +121,32 @@ def test_inbound_without_forward_delivers_only_to_its_own_ip(pod_ip: str, prefix
     cluster = by_name(boot["static_resources"]["clusters"])[AUTHORITY_CLUSTER]
     assert cluster["type"] == "ORIGINAL_DST"
     assert cluster["original_dst_lb_config"] == {"use_http_header": True, "http_header_name": ":authority"}
+
+
+def test_authorizer_checks_connects_to_pods_only_and_fails_closed() -> None:
+    checker = Endpoint("127.0.0.1", 4567)
+    pod = InboundTerminator(Endpoint("127.0.2.1", 15008))
+    waypoint_like = InboundTerminator(Endpoint("127.0.2.2", 15008), Endpoint("127.0.0.1", 8080))
+    boot = hbone_bootstrap(HboneConfig(inbound=(pod, waypoint_like), authorizer=checker), SECRETS)
+
+    def filters(i: int) -> list[str]:
+        hcm = boot["static_resources"]["listeners"][i]["filter_chains"][0]["filters"][0]["typed_config"]
+        return [f["name"] for f in hcm["http_filters"]]
+
+    assert filters(0) == ["envoy.filters.http.ext_authz", "envoy.filters.http.router"]
+    assert filters(1) == ["envoy.filters.http.router"]  # a forward terminator is not a pod
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    authz = hcm["http_filters"][0]["typed_config"]
+    assert authz["failure_mode_allow"] is False
+    assert authz["grpc_service"]["envoy_grpc"] == {"cluster_name": AUTHORIZER_CLUSTER}
+    cluster = by_name(boot["static_resources"]["clusters"])[AUTHORIZER_CLUSTER]
+    assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == \
+        checker.socket_address()
+    assert "http2_protocol_options" in cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+    # Without an authorizer: no filter, no cluster (the plain HboneProxy is unchanged).
+    plain = hbone_bootstrap(HboneConfig(inbound=(pod,)), SECRETS)
+    assert AUTHORIZER_CLUSTER not in by_name(plain["static_resources"]["clusters"])
 
 
 def test_bootstrap_is_deterministic() -> None:
