@@ -258,7 +258,8 @@ async def test_explain_request_agrees_with_envoy(case: str, tmp_path: Path) -> N
                     if refused or exp.outcome["kind"] == "refused":
                         counts["compared: handshake"] += 1
                     # A partial abort's reply has no backend: compare its status and decision.
-                    aborted = len(got) == 3 and any(got[0] == alt[0] and got[2] == alt[2] for alt in _partial_abort(exp))
+                    aborted = len(got) == 3 and any(got[0] == alt[0] and got[2] == alt[2]
+                                                    for alt in _partial_abort(exp))
                     counts["compared"] += 1
                     if got == predicted or aborted:
                         counts["agreed"] += 1

@@ -27,8 +27,8 @@ CONNECT_TERMINATE = "connect_terminate"
 class HandshakeCheck:
     """The verdict of ``connect_terminate``'s peer certificate check for one client identity.
 
-    ``checked`` is False when the configuration has no such check to evaluate (no
-    ``connect_terminate`` listener, or no TLS on it); ``accepted`` is then True (nothing refuses)."""
+    ``checked`` is False when there is nothing to evaluate (no ``connect_terminate`` listener, no
+    TLS on it, or no peer identity given); ``accepted`` is then True (nothing known refuses)."""
 
     checked: bool
     accepted: bool
@@ -76,9 +76,9 @@ def check_peer(listener: listener_pb2.Listener | None, peer_principal: str | Non
                  for m in matchers]
     out = HandshakeCheck(True, True, require_client_certificate=require, accepted_sans=described)
     if peer_principal is None:
-        out.accepted = not require
-        out.reason = ("no client certificate: the handshake requires one" if require
-                      else "no client certificate (not required)")
+        # An unknown peer, not a peer without a certificate (every HBONE client has one).
+        out.checked = False
+        out.reason = "the peer's identity is unknown: its certificate's SAN cannot be checked"
         return out
     if not matchers:
         out.reason = "any SAN accepted (no SAN matchers)"
