@@ -1,7 +1,8 @@
 """``istiod-lite explain request``: what a waypoint does with one HTTP request, computed from the
 waypoint's generated Envoy configuration (the resources ``WaypointAssembly`` gives the server).
 
-The walk follows Envoy's own order: ``main_internal``'s filter chain matcher (destination
+The walk follows Envoy's own order: ``connect_terminate``'s HBONE TLS handshake (is the client's
+certificate SAN, its SPIFFE ID, in the trust-domain bundle?) -> ``main_internal``'s filter chain matcher (destination
 address, port, application protocol) -> the chain's network filters (RBAC slots) -> the HTTP
 connection manager (path normalisation, RDS route configuration, virtual host, first matching
 route) -> the HTTP filters in order (jwt_authn, RBAC deny and allow slots, ext_authz, fault) ->
@@ -29,6 +30,7 @@ from google.protobuf.message import Message
 from istiod_lite.explain.envoy_eval import jwt as jwt_eval
 from istiod_lite.explain.envoy_eval import rbac as rbac_eval
 from istiod_lite.explain.envoy_eval.config import EnvoyConfig, type_name, unpack
+from istiod_lite.explain.envoy_eval.handshake import CONNECT_TERMINATE, HandshakeCheck, check_peer
 from istiod_lite.explain.envoy_eval.listener import ConnectionInputs, select_chain
 from istiod_lite.explain.envoy_eval.paths import normalize
 from istiod_lite.explain.envoy_eval.routing import (
@@ -77,6 +79,7 @@ class Explanation:
     """Everything ``explain request`` reports; ``to_json`` is the ``-o json`` document."""
 
     query: RequestQuery
+    handshake: HandshakeCheck | None = None
     chain: str | None = None
     chain_steps: list[str] = field(default_factory=list)
     protocol: str | None = None  # http / tcp
@@ -99,6 +102,7 @@ class Explanation:
             "request": {"destination": f"{q.dest_ip}:{q.dest_port}", "method": q.method, "path": q.path,
                         "authority": q.authority, "headers": [list(h) for h in q.headers],
                         "peerPrincipal": q.peer_principal, "sourceIp": q.source_ip},
+            "hboneHandshake": self.handshake.to_json() if self.handshake is not None else None,
             "filterChain": {"listener": MAIN_INTERNAL, "name": self.chain, "match": self.chain_steps,
                             "protocol": self.protocol},
             "normalizedPath": self.normalized_path,
@@ -222,6 +226,16 @@ def _upstream_outcome(exp: Explanation, targets: list[dict[str, Any]], weights: 
 def explain(cfg: EnvoyConfig, q: RequestQuery) -> Explanation:
     """Walk ``q`` through the waypoint's configuration ``cfg``."""
     exp = Explanation(q)
+    exp.handshake = check_peer(cfg.listeners.get(CONNECT_TERMINATE), q.peer_principal)
+    if not exp.handshake.accepted:
+        exp.outcome = {"kind": "refused", "status": None, "by": CONNECT_TERMINATE,
+                       "reason": "refused at the HBONE TLS handshake: the client certificate "
+                                 f"{q.peer_principal or '(none)'} is not accepted"}
+        exp.authorization = {"allowed": None, "decidedBy": None,
+                             "reason": "not reached: the connection was refused at the HBONE TLS handshake"}
+        return exp
+    if not exp.handshake.checked:
+        exp.notes.append(f"HBONE peer check not evaluated: {exp.handshake.reason}")
     listener = cfg.listeners.get(MAIN_INTERNAL)
     if listener is None:
         raise ExplainError(f"the configuration has no {MAIN_INTERNAL} listener")

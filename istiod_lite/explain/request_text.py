@@ -44,8 +44,16 @@ def render_text(exp: Explanation) -> str:
     q = j["request"]
     lines = [f"Request: {q['method']} {q['path']} (authority {q['authority']}) to {q['destination']}",
              f"  from {q['peerPrincipal'] or 'unknown peer'}" + (f" at {q['sourceIp']}" if q["sourceIp"] else "")]
-    fc = j["filterChain"]
-    lines.append(f"Filter chain: {fc['name'] or 'none'} ({'; '.join(fc['match'])})")
+    hs = exp.handshake
+    if hs is not None and hs.checked:
+        verdict = f"accepted ({hs.matched})" if hs.accepted and hs.matched else \
+            ("accepted" if hs.accepted else "REFUSED")
+        lines.append(f"HBONE handshake ({j['hboneHandshake']['listener']}): {verdict}")
+        if not hs.accepted:
+            lines.append(f"  accepted peer SANs: {'; '.join(hs.accepted_sans) or 'none'}")
+    if exp.outcome.get("kind") != "refused":
+        fc = j["filterChain"]
+        lines.append(f"Filter chain: {fc['name'] or 'none'} ({'; '.join(fc['match'])})")
     if exp.protocol == "http":
         if exp.normalized_path != q["path"]:
             lines.append(f"Normalized path: {exp.normalized_path}")

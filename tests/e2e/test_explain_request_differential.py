@@ -13,7 +13,14 @@ request by request, on:
   fault abort, either the abort's status or the route's outcome, as ``explain`` reports both);
 * the upstream: the backend that answered is an endpoint of a cluster ``explain`` chose
   (with weights, an endpoint of any cluster of non-zero weight);
-* the authorization decision: Envoy's "RBAC: access denied" 403 iff ``explain`` says denied.
+* the authorization decision: Envoy's "RBAC: access denied" 403 iff ``explain`` says denied;
+* the HBONE TLS handshake: Envoy refusing the client's certificate on ``connect_terminate`` (its
+  listener's ``ssl.fail_verify_*`` counters rise and the client gets no response) iff ``explain``
+  says "refused at the HBONE TLS handshake" -- its own outcome, never matched by a status.
+
+Client identities are issued in the case's trust domain (its ``mesh.yaml`` ``trustDomain``);
+for a case with ``trustDomainAliases`` every request is also sent from each alias domain (the
+waypoint must accept them) and from a domain outside the bundle (it must refuse them).
 
 Exclusions are explicit (``EXCLUDED_CASES``, and per request the reasons in
 ``_not_testable``) and counted in the summary printed at the end of each case; see docs/explain.md.
@@ -46,6 +53,9 @@ from tests.support.wait import wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+#: A trust domain outside every case's bundle: its clients must be refused at the handshake.
+FOREIGN_TRUST_DOMAIN = "foreign.example"
+REFUSED = "refused at the HBONE TLS handshake"
 
 #: Cases whose traffic cannot run here, with the reason (docs/explain.md lists them too).
 EXCLUDED_CASES: dict[str, str] = {
@@ -117,9 +127,15 @@ def _partial_abort(exp: Explanation) -> list[Any]:
     return []
 
 
-def _verdict(cfg: EnvoyConfig, exp: Explanation, seen: Observed) -> tuple[Any, Any]:
-    """(what explain predicts, what Envoy did) in comparable form."""
+def _verdict(cfg: EnvoyConfig, exp: Explanation, seen: Observed, refused: bool) -> tuple[Any, Any]:
+    """(what explain predicts, what Envoy did) in comparable form; ``refused``: Envoy's
+    ``connect_terminate`` failed the client's handshake for this request."""
     o = exp.outcome
+    if o["kind"] == "refused" or refused:
+        predicted_h = REFUSED if o["kind"] == "refused" else f"handshake passed, then {o['kind']} {o.get('status')}"
+        got_h = REFUSED if refused else ("handshake passed, then " + (
+            f"status {seen.status}" if seen.status is not None else "closed without a response"))
+        return (predicted_h,), (got_h,)
     denied = exp.authorization.get("allowed") is False
     if o["kind"] == "upstream":
         endpoints = {a for n in o["clusters"] for a in cfg.endpoint_addresses(n)}
@@ -154,6 +170,27 @@ async def _ready(admin_port: int, n_listeners: int) -> bool:
             and s.get("cluster_manager.warming_clusters", 1) == 0)
 
 
+#: ``connect_terminate``'s TLS counters that count a refused client certificate (or handshake).
+_HANDSHAKE_FAILURES = ("ssl.fail_verify_san", "ssl.fail_verify_no_cert", "ssl.fail_verify_error",
+                       "ssl.fail_verify_cert_hash", "ssl.connection_error")
+
+
+async def _handshake_failures(admin_port: int) -> int:
+    """The sum of the HBONE listener's handshake-failure counters (``listener.<ip>_15008.ssl.*``)."""
+    stats = await _stats(admin_port)
+    return sum(v for k, v in stats.items() if k.startswith("listener.") and "_15008." in k
+               and k.endswith(_HANDSHAKE_FAILURES))
+
+
+def _trust_domains(mesh_cfg: MeshConfig | None) -> list[str]:
+    """The domains clients are issued in: the case's trust domain first; with aliases, each alias
+    and a foreign domain too."""
+    if mesh_cfg is None:
+        return ["cluster.local"]
+    aliases = [a for a in mesh_cfg.trust_domain_aliases if a != mesh_cfg.trust_domain]
+    return [mesh_cfg.trust_domain, *aliases, *([FOREIGN_TRUST_DOMAIN] if aliases else [])]
+
+
 def _query(r: GenRequest, trust_domain: str) -> RequestQuery:
     return RequestQuery(dest_ip=r.vip, dest_port=r.port, method=r.method, path=r.path, authority=r.authority,
                         headers=r.headers, peer_principal=f"spiffe://{trust_domain}/ns/{r.identity[0]}/sa/{r.identity[1]}",
@@ -170,7 +207,7 @@ async def test_explain_request_agrees_with_envoy(case: str, tmp_path: Path) -> N
     mesh_cfg = _mesh(GOLDEN / case)
     update = DirectorySource(cfg_dir).load()
     assert not update.errors, [str(e) for e in update.errors]
-    trust_domain = mesh_cfg.trust_domain if mesh_cfg is not None else "cluster.local"
+    domains = _trust_domains(mesh_cfg)
     counts: Counter[str] = Counter()
     disagreements: list[str] = []
     async with ambient_mesh(tmp_path, cfg_dir, mesh=mesh_cfg) as mesh:
@@ -196,25 +233,38 @@ async def test_explain_request_agrees_with_envoy(case: str, tmp_path: Path) -> N
                 await wait_until(lambda a=agent, n=n_listeners: _ready(a.config.envoy.admin_port, n), timeout=30,
                                  message=f"waypoint {wp.ref} configured")
                 targets = sorted({(r.vip, r.port) for r in requests})
-                clients: dict[tuple[str, str], dict[tuple[str, int], str]] = {}
-                for ident in sorted({r.identity for r in requests}):
-                    clients[ident] = await stack.enter_async_context(
-                        mesh.client(targets, wp_ip, namespace=ident[0], sa=ident[1]))
-                for r in requests:
-                    exp = explain(cfg, _query(r, trust_domain))
+                clients: dict[tuple[str, str, str], dict[tuple[str, int], str]] = {}
+                for td in domains:
+                    for ns, sa in sorted({r.identity for r in requests}):
+                        # The harness's own mesh issues in cluster.local: another domain is asked for.
+                        clients[(ns, sa, td)] = await stack.enter_async_context(mesh.client(
+                            targets, wp_ip, namespace=ns, sa=sa,
+                            trust_domain=None if td == mesh.trust_domain else td))
+                admin = agent.config.envoy.admin_port
+                failures = await _handshake_failures(admin)
+                for td, r in ((td, r) for td in domains for r in requests):
+                    exp = explain(cfg, _query(r, td))
                     why = _not_testable(cfg, exp)
                     if why is not None:
                         counts[f"excluded: {why}"] += 1
                         continue
-                    seen = await send(clients[r.identity][(r.vip, r.port)], r.method, r.path, r.authority, r.headers)
-                    predicted, got = _verdict(cfg, exp, seen)
+                    seen = await send(clients[(*r.identity, td)][(r.vip, r.port)], r.method, r.path,
+                                      r.authority, r.headers)
+                    refused = False
+                    if seen.status is None:  # only a response-less request can have been refused
+                        now = await _handshake_failures(admin)
+                        refused, failures = now > failures, now
+                    predicted, got = _verdict(cfg, exp, seen, refused)
+                    if refused or exp.outcome["kind"] == "refused":
+                        counts["compared: handshake"] += 1
                     # A partial abort's reply has no backend: compare its status and decision.
-                    aborted = any(got[0] == alt[0] and got[2] == alt[2] for alt in _partial_abort(exp))
+                    aborted = len(got) == 3 and any(got[0] == alt[0] and got[2] == alt[2]
+                                                    for alt in _partial_abort(exp))
                     counts["compared"] += 1
                     if got == predicted or aborted:
                         counts["agreed"] += 1
                     else:
-                        disagreements.append(f"{r}: explain {predicted} ({exp.outcome}), Envoy {got} "
+                        disagreements.append(f"{r} from {td}: explain {predicted} ({exp.outcome}), Envoy {got} "
                                              f"body {seen.body[:120]!r}")
     TOTALS.update(counts)
     TOTALS["cases"] += 1
