@@ -17,12 +17,13 @@ VirtualService edit recomputes only the hosts whose inputs it changed (``_Increm
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model.meshconfig import MeshConfig
-from istiod_lite.model.networking import DestinationRule
+from istiod_lite.model.networking import DestinationRule, VirtualService
 from istiod_lite.translator.binding.service_model import ServiceInfo
 from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef, bindings_of
 from istiod_lite.translator.clusters import outbound, policy_select
@@ -224,7 +225,7 @@ def _build(snapshot: ConfigSnapshot, mesh: MeshConfig, previous: dict[WaypointRe
         # Only DestinationRules of these namespaces and the root's can apply or be reported here,
         # only VirtualServices of these namespaces.
         dr_gate = rules.of_namespaces((*namespaces, mesh.root_namespace))
-        vs_gate = (*(vs for ns in namespaces for vs in (*vs_by_namespace.get(ns, ()), _END)), *vs_kinds)
+        vs_gate = (*(vs for ns in namespaces for vs in (*vs_by_namespace.get(ns, ()), _END)), *vs_kinds, _END)
         if old is not None and same_bound and _same(old.dr_gate, dr_gate) and _same(old.vs_gate, vs_gate):
             memo = old
         else:
@@ -241,19 +242,23 @@ def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
 
 @dataclass(frozen=True)
 class _HostMemo:
-    """One service's outcomes on one waypoint, with what they were computed from: ``source``
-    (its Service/ServiceEntry: visibility, host, namespace), ``dr_inputs`` (every DestinationRule
-    of the searched namespaces whose host can match it) and ``vs_inputs`` (whether mesh routes
-    attach to it, the VirtualServices matching it, and the Service/ServiceEntries of the hosts
-    they route to).  ``None`` inputs: that part was not computed (service not visible)."""
+    """One service's outcomes on one waypoint, with what they were computed from: ``view`` (its
+    Service/ServiceEntry: visibility, host, namespace), ``dr_inputs`` (every DestinationRule of the
+    searched namespaces whose host can match it) and ``vs_inputs`` (whether mesh routes attach to
+    it, the VirtualServices matching it, and the Service/ServiceEntries of the hosts they route
+    to).  ``None`` inputs: that part was not computed (service not visible)."""
 
-    source: object
+    view: ServiceInfo
     dr_inputs: tuple[object, ...] | None
     dr_outcomes: tuple[RuleOutcome, ...]
     vs_inputs: tuple[object, ...] | None
     vs_outcomes: tuple[RuleOutcome, ...]
     #: The outcome when the service itself is not exported to the waypoint's namespace.
     hidden: RuleOutcome | None = None
+
+    @property
+    def source(self) -> object:
+        return self.view.source
 
 
 @dataclass(frozen=True)
@@ -273,32 +278,48 @@ def _waypoint_outcomes(snapshot: ConfigSnapshot, mesh: MeshConfig, ref: Waypoint
                        rules: RulesByHost, routes: MeshRoutes, old: _WaypointMemo | None, new: _WaypointMemo
                        ) -> _WaypointMemo:
     """``new`` (gates only) with the waypoint's outcomes: per service, each part re-used from
-    ``old`` while its gate passes (the same objects), else while its own inputs are the same."""
-    dr_same = old is not None and _same(old.dr_gate, new.dr_gate)
-    vs_same = old is not None and _same(old.vs_gate, new.vs_gate)
+    ``old`` unless an object its gate holds that can reach the service's host changed (then
+    re-used while its own inputs are the same objects, else computed)."""
+    dr_dirty = vs_dirty = None
+    if old is not None:
+        dr_dirty = _changed_hosts(old.dr_gate, new.dr_gate, _dr_host)
+        if _same(old.vs_gate[-len(_VS_KINDS_END):], new.vs_gate[-len(_VS_KINDS_END):]):
+            vs_dirty = _changed_hosts(old.vs_gate, new.vs_gate, _vs_hosts)
+    if old is not None and _same(old.bound, new.bound) and dr_dirty is not None and vs_dirty is not None:
+        views = [m.view for m in old.hosts.values()]  # the same bound objects: the same views, in order
+    else:
+        views = bound_views(bindings, ref)
     old_hosts = old.hosts if old is not None else {}
     hosts: dict[str, _HostMemo] = {}
     out: list[RuleOutcome] = []
-    for view in bound_views(bindings, ref):
-        was = old_hosts.get(view.host)
+    for view in views:
+        host = view.host
+        was = old_hosts.get(host)
         if was is not None and was.source is not view.source:
             was = None
         # Visibility depends on the source alone (and the MeshConfig of this memo).
         if was is not None and was.hidden is not None:
-            hosts[view.host] = was
+            hosts[host] = was
             out.append(was.hidden)
             continue
         if was is None and not visibility.service_visible(view.source, ref.namespace, mesh):
             hidden = _not_exported(view, ref, mesh)
-            hosts[view.host] = _HostMemo(view.source, None, (), None, (), hidden)
+            hosts[host] = _HostMemo(view, None, (), None, (), hidden)
             out.append(hidden)
+            continue
+        dr_keep = was is not None and was.dr_inputs is not None and dr_dirty is not None and host not in dr_dirty
+        vs_keep = was is not None and was.vs_inputs is not None and vs_dirty is not None and host not in vs_dirty
+        if was is not None and dr_keep and vs_keep:
+            hosts[host] = was
+            out += was.dr_outcomes
+            out += was.vs_outcomes
             continue
         # DestinationRule part: re-used while the DestinationRules it can see are the same objects.
         dr_inputs: tuple[object, ...] | None = None
-        if was is not None and was.dr_inputs is not None and dr_same:
+        if was is not None and dr_keep:
             dr_inputs, dr_out = was.dr_inputs, was.dr_outcomes
         else:
-            dr_inputs = rules.inputs((ref.namespace, view.namespace, mesh.root_namespace), view.host)
+            dr_inputs = rules.inputs((ref.namespace, view.namespace, mesh.root_namespace), host)
             if was is not None and was.dr_inputs is not None and _same(was.dr_inputs, dr_inputs):
                 dr_out = was.dr_outcomes
             else:
@@ -306,7 +327,7 @@ def _waypoint_outcomes(snapshot: ConfigSnapshot, mesh: MeshConfig, ref: Waypoint
                 dr_out = tuple(_dr_outcomes(snapshot, ref, view, resolved, rules, mesh))
         # VirtualService part: re-used while its routes, VirtualServices and their targets are.
         vs_inputs: tuple[object, ...] | None = None
-        if was is not None and was.vs_inputs is not None and vs_same:
+        if was is not None and vs_keep:
             vs_inputs, vs_out = was.vs_inputs, was.vs_outcomes
         else:
             vs_inputs = _vs_inputs(snapshot, ref, view, routes)
@@ -316,10 +337,38 @@ def _waypoint_outcomes(snapshot: ConfigSnapshot, mesh: MeshConfig, ref: Waypoint
                 vs_out = ()  # VirtualServices are ignored there anyway (reported by config_warnings)
             else:
                 vs_out = tuple(_vs_outcomes(snapshot, ref, view, mesh))
-        hosts[view.host] = _HostMemo(view.source, dr_inputs, dr_out, vs_inputs, vs_out)
+        hosts[host] = _HostMemo(view, dr_inputs, dr_out, vs_inputs, vs_out)
         out += dr_out
         out += vs_out
     return dataclasses.replace(new, hosts=hosts, outcomes=tuple(out))
+
+
+def _changed_hosts(old: tuple[object, ...], new: tuple[object, ...], hosts_of: Callable[[Any], Iterable[str]]
+                   ) -> frozenset[str] | None:
+    """The hosts of the objects in one gate and not the other (by identity), i.e. the only hosts
+    whose inputs can differ; None when one of them has a wildcard host (any host may differ).
+    Only config objects are asked for hosts; markers and kind mappings are compared, not read."""
+    if _same(old, new):
+        return frozenset()
+    before = {id(o) for o in old}
+    after = {id(o) for o in new}
+    out: set[str] = set()
+    for o in (*(o for o in new if id(o) not in before), *(o for o in old if id(o) not in after)):
+        if not isinstance(o, DestinationRule | VirtualService):
+            continue  # a marker (the kind mappings are compared before)
+        for h in hosts_of(o):
+            if h.startswith("*"):
+                return None
+            out.add(h)
+    return frozenset(out)
+
+
+def _dr_host(dr: DestinationRule) -> tuple[str]:
+    return (resolve_shortname(dr.spec.host, dr.namespace),)
+
+
+def _vs_hosts(vs: VirtualService) -> tuple[str, ...]:
+    return tables.VS_QUALIFIED_HOSTS.of(vs)
 
 
 def _not_exported(view: ServiceInfo, ref: WaypointRef, mesh: MeshConfig) -> RuleOutcome:
@@ -349,6 +398,9 @@ def _vs_inputs(snapshot: ConfigSnapshot, ref: WaypointRef, view: ServiceInfo, ro
 
 #: Separates the groups of objects in an inputs tuple (never a config object).
 _END = object()
+#: How many entries end a VirtualService gate: the mesh routes, the Service and ServiceEntry
+#: mappings, and a marker.
+_VS_KINDS_END = (None, None, None, _END)
 
 
 def rules_by_host(snapshot: ConfigSnapshot) -> RulesByHost:
