@@ -384,60 +384,36 @@ class ControlPlane:
             return
         metrics.push_triggers.labels(type=push_reason(update.changed)).inc()
         try:
-            self._install(update, trigger_time=first_at, report=False)
+            self._install(update, trigger_time=first_at)
         except Exception:  # never let one bad rebuild kill the loop: the last good config stays
             self.pilot_metrics.internal_errors.inc()
             log.exception("rebuild failed; keeping the previous config")
-            return
-        # The warnings are not on the push's critical path: the streams the publish woke start
-        # sending first (one turn of the loop), then this same config's errors and warnings are
-        # counted and logged, before the debouncer hands over the next update.
-        await asyncio.sleep(0)
-        try:
-            self._report_installed(update)
-        except Exception:
-            self.pilot_metrics.internal_errors.inc()
-            log.exception("diagnostics failed")
 
     def _observe(self, update: SourceUpdate) -> None:
         """Config/registry events and totals (``pilot_k8s_*_events``, ``pilot_services`` ...)."""
         self.pilot_metrics.observe(self.config if self._loaded else None, update.snapshot, update.changed)
         self._loaded = True
 
-    def _install(self, update: SourceUpdate, trigger_time: float | None = None, report: bool = True) -> None:
-        """Translate and publish ``update``; with ``report``, then count and log its errors and
-        warnings (else the caller does, with ``_report_installed``, once the push is under way)."""
+    def _install(self, update: SourceUpdate, trigger_time: float | None = None) -> None:
         self._observe(update)
         self._reconcile_soon(update.snapshot)
         self.config = update.snapshot
         if self.ambient_status is not None:
             self.ambient_status.update(self.config)  # evaluated and written in its own thread
         self.errors = update.errors  # each error was logged once, by the source that found it
+        self.config_metrics.set_errors(self.errors)
         with gc_paused():  # translation builds long-lived, acyclic objects (see gcpause)
             self._regenerate(update, trigger_time)
         # The config and its translation are long-lived and acyclic: move them out of the cyclic
         # collector's generations so later collections do not rescan them (refcounting frees
         # them when replaced).
         gc.freeze()
-        if report:
-            self._report_installed(update)
 
     def _regenerate(self, update: SourceUpdate, trigger_time: float | None = None) -> None:
         # No changed keys (the first load): every kind reads the new config.
         changed = {key.kind for key in update.changed} if update.changed else None
         self.proxies.update(self.config, changed)
-        self.proxies.publish(self.cache, trigger_time)
-
-    def _report_installed(self, update: SourceUpdate) -> None:
-        """The installed config's errors and warnings as gauges and log lines (new ones only), set
-        together so the metrics always describe one config."""
-        self.config_metrics.set_errors(update.errors)
-        with gc_paused():  # the diagnostics' memos are long-lived too
-            self._report_warnings(update.snapshot)
-        gc.freeze()
-
-    def _report_warnings(self, config: ConfigSnapshot) -> None:
-        found = diagnose(config, self.options.mesh, self.options.dynamic_dns)
+        found = diagnose(self.config, self.options.mesh, self.options.dynamic_dns)
         problems = set(found.binding)
         for p in sorted(problems - self._binding_problems):
             log.warning("binding: %s", p)
@@ -448,6 +424,7 @@ class ControlPlane:
         for w in sorted(warnings - self._route_warnings):
             log.warning("ignored: %s", w)
         self._route_warnings = warnings
+        self.proxies.publish(self.cache, trigger_time)
 
     def _on_demand(self, group: Hashable) -> None:
         self.proxies.on_demand(self.cache, group)
