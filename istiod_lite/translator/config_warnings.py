@@ -47,20 +47,22 @@ def route_warnings(snapshot: ConfigSnapshot) -> list[str]:
     if snapshot.by_kind.get("ServiceEntry") or any(snapshot.by_kind.get(k) for k in MESH_ROUTE_KINDS):
         out += tables.MESH_WARNINGS.of(snapshot)
     out += _waypoint_gateway_warnings(snapshot)
-    out += _unaddressed_service_warnings(snapshot)
+    out += tables.UNADDRESSED_SERVICE_WARNINGS.of(snapshot)
     return sorted(out)
 
 
-def _unaddressed_service_warnings(snapshot: ConfigSnapshot) -> list[str]:
+@tables.UNADDRESSED_SERVICE_WARNINGS.computed_by
+def _unaddressed_service_warnings(snapshot: ConfigSnapshot) -> tuple[str, ...]:
     """Bound Services without a cluster IP: in a cluster the API server assigns one on create, but a
     manifest applied as a YAML file (Istio's samples are) has none, and without an address the
-    waypoint cannot tell the service's traffic apart: its clusters are built, no listener chain is."""
+    waypoint cannot tell the service's traffic apart: its clusters are built, no listener chain is.
+    Memoised on the bindings' kinds (a scan of every bound Service otherwise runs on every change)."""
     bindings = bindings_of(snapshot)
-    return [f"Service {svc.namespace}/{svc.name}: spec.clusterIP is not set (the API server would assign one); "
-            f"waypoint {ref} builds no listener chain or routes for it"
-            for ref, services in sorted(bindings.services.items(), key=lambda kv: str(kv[0]))
-            for svc in services if not svc.vips and svc.spec.cluster_ip != "None"
-            and svc.spec.type in ("ClusterIP", "NodePort", "LoadBalancer")]
+    return tuple(f"Service {svc.namespace}/{svc.name}: spec.clusterIP is not set (the API server would assign one); "
+                 f"waypoint {ref} builds no listener chain or routes for it"
+                 for ref, services in sorted(bindings.services.items(), key=lambda kv: str(kv[0]))
+                 for svc in services if not svc.vips and svc.spec.cluster_ip != "None"
+                 and svc.spec.type in ("ClusterIP", "NodePort", "LoadBalancer"))
 
 
 def _waypoint_gateway_warnings(snapshot: ConfigSnapshot) -> list[str]:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from istiod_lite.translator.binding.waypoints import Bindings, WaypointRef
     from istiod_lite.translator.core.destination_rules import DestinationRuleIndexes
     from istiod_lite.translator.core.index import SnapshotIndex, WorkloadEntryIndex
-    from istiod_lite.translator.export_warnings import PerMesh
+    from istiod_lite.translator.export_warnings import Incremental, PerMesh, RulesByHost
     from istiod_lite.translator.routing.mesh_routes import MeshRoutes
 
 # --- kinds read together --------------------------------------------------------------------------
@@ -48,8 +48,9 @@ if TYPE_CHECKING:
 BINDING_KINDS: Final = ("Service", "Pod", "Namespace", "Gateway", "GatewayClass", "ServiceEntry", "WorkloadEntry")
 #: What mesh routes (Gateway API routes with Service/ServiceEntry parents) are built from.
 ROUTE_KINDS: Final = ("HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute", "ServiceEntry")
-#: What the mesh-route and ServiceEntry warnings read.
-MESH_WARNING_KINDS: Final = tuple(dict.fromkeys((*BINDING_KINDS, *ROUTE_KINDS, "VirtualService")))
+#: What the mesh-route and ServiceEntry warnings read (DestinationRule: the one a DYNAMIC_DNS host
+#: does not apply).
+MESH_WARNING_KINDS: Final = tuple(dict.fromkeys((*BINDING_KINDS, *ROUTE_KINDS, "VirtualService", "DestinationRule")))
 
 # --- lookup tables (index.py) ---------------------------------------------------------------------
 
@@ -133,13 +134,22 @@ SERVICE_VIEW: Final[PerObject[Service, ServiceInfo]] = PerObject("service-view")
 
 #: Ignored VirtualService / DestinationRule config.
 ROUTE_WARNINGS: Final[Derived[tuple[str, ...]]] = Derived("route-warnings", reads=("VirtualService", "DestinationRule"))
+#: Bound Services without a cluster IP (only the bindings are read).
+UNADDRESSED_SERVICE_WARNINGS: Final[Derived[tuple[str, ...]]] = Derived(
+    "unaddressed-service-warnings", reads=BINDING_KINDS)
 #: Ignored mesh-route and ServiceEntry config.
 MESH_WARNINGS: Final[Derived[tuple[str, ...]]] = Derived("mesh-warnings", reads=MESH_WARNING_KINDS)
 
 #: Why DestinationRules / VirtualServices / Services are not applied or seen (export_warnings.py):
 #: one holder per snapshot, keeping the messages per MeshConfig.
 EXPORT_WARNINGS: Final[Derived[PerMesh]] = Derived(
-    "export-warnings", reads=(*BINDING_KINDS, "VirtualService", "DestinationRule", "HTTPRoute"))
+    "export-warnings", reads=(*BINDING_KINDS, *ROUTE_KINDS, "VirtualService", "DestinationRule"))
+#: Their per-(waypoint, host) memo, passed from snapshot to snapshot: each entry keeps the config
+#: objects it was computed from and is checked against them (an edit recomputes only the hosts it
+#: can change).
+EXPORT_WARNING_MEMO: Final[Derived[Incremental]] = Derived("export-warning-memo", reads=())
+#: DestinationRules by (namespace, host) for those warnings, with and without selector-scoped ones.
+EXPORT_RULES_BY_HOST: Final[Derived[RulesByHost]] = Derived("export-rules-by-host", reads=("DestinationRule",))
 
 # --- authorization (authz/) -----------------------------------------------------------------------
 
