@@ -81,10 +81,10 @@ class StatsCollector(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[mis
 
     # -- aggregation -------------------------------------------------------------------------------
     def _aggregate(self, config: LogConfig, message: als_pb2.StreamAccessLogsMessage) -> None:
-        for http in message.http_logs.log_entry:
-            self.store.add_http(config, http)
-        for tcp in message.tcp_logs.log_entry:
-            self.store.add_tcp(config, tcp)
+        if message.HasField("http_logs"):
+            self.store.add_http_batch(config, message.http_logs.log_entry)
+        if message.HasField("tcp_logs"):
+            self.store.add_tcp_batch(config, message.tcp_logs.log_entry)
 
     async def _run(self) -> None:
         while True:
