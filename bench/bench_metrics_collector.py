@@ -21,8 +21,8 @@ translator's setting by default), so the batch size follows from the entry size 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import asyncio
+import hashlib
 import random
 import sys
 import tempfile
@@ -108,7 +108,7 @@ def tcp_entry(rnd: random.Random, stream: str, kind: int, rx: int, tx: int) -> d
     _common(e.common_properties, rnd, rnd.choice(PEERS), "inbound-vip|7000|tcp|echo.shop.svc.cluster.local",
             "echo-v1;shop;echo;v1;Kubernetes", 10**9)
     e.common_properties.stream_id = stream
-    e.common_properties.access_log_type = kind  # type: ignore[assignment]
+    e.common_properties.access_log_type = kind
     e.connection_properties.received_bytes, e.connection_properties.sent_bytes = rx, tx
     return e
 
@@ -161,7 +161,8 @@ async def run(messages: list[bytes]) -> tuple[int, float, StatsCollector]:
     await collector.StreamAccessLogs(stream(), None)
     await collector.drain()
     elapsed = time.perf_counter() - start
-    if collector.dropped_entries or collector.malformed_entries or collector.store.entries != collector.received_entries:
+    lost = collector.dropped_entries + collector.malformed_entries
+    if lost or collector.store.entries != collector.received_entries:
         raise RuntimeError("the benchmark's entries were not all aggregated")
     return collector.received_entries, elapsed, collector
 

@@ -77,11 +77,6 @@ class _Histogram:
         self.total = 0.0
         self.count = 0
 
-    def observe(self, value: float) -> None:
-        self.buckets[bisect.bisect_left(BUCKETS, value)] += 1  # the first bound >= value ("le")
-        self.total += value
-        self.count += 1
-
 
 @dataclass
 class _Connection:
@@ -238,7 +233,7 @@ class IstioMetricsStore:
             if duration is not None:
                 d = common.duration if common.HasField("duration") else common.time_to_last_downstream_tx_byte
                 value: float = (d.seconds * 1_000_000_000 + d.nanos) / 1e6
-                duration.buckets[bisect_left(bounds, value)] += 1
+                duration.buckets[bisect_left(bounds, value)] += 1  # the first bound >= value ("le")
                 duration.total += value
                 duration.count += 1
             if request is not None:
