@@ -49,7 +49,7 @@ _HELP: Final[dict[str, str]] = {
 _HISTOGRAMS: Final = frozenset({"istio_request_duration_milliseconds", "istio_request_bytes",
                                 "istio_response_bytes"})
 DEFAULT_MAX_SERIES: Final = 20000
-#: The Telemetry API names of the HTTP metrics, in ``_http_labels``' order.
+#: The Telemetry API names of the HTTP metrics, in ``_HttpCells``' order.
 _HTTP_ORDER: Final = ("REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE")
 #: The TCP ones, in ``_TcpCells``' order.
 _TCP_ORDER: Final = ("TCP_OPENED_CONNECTIONS", "TCP_CLOSED_CONNECTIONS", "TCP_RECEIVED_BYTES", "TCP_SENT_BYTES")
