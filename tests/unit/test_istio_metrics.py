@@ -4,6 +4,7 @@ the agent's labels, aggregation and access-log service (``agent/stats``)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -304,3 +305,38 @@ async def test_streams_over_grpc_on_the_unix_socket() -> None:
     finally:
         await collector.stop()
     assert not collector.socket_path.exists()
+
+
+def test_cached_series_aggregate_like_labels_built_per_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-chain cache keys an entry on what its labels are computed from: a varied batch
+    aggregated with the cache gives the same text as with labels built for every entry."""
+    cfg = LogConfig("http", CONFIG.host, "reviews", "shop", frozenset(),
+                    (TagRule("REQUEST_COUNT", "user", "header", "x-user"),))
+    entries = []
+    rnd = random.Random(17)  # each property varies independently of the others
+    for i in range(300):
+        e = http_entry(code=rnd.choice((0, 200, 404, 503)), ms=i, peer=rnd.choice(("", WEB, "spiffe://c/ns/a/sa/b")),
+                       cluster=rnd.choice(("", "outbound|9080||ratings.other.svc.cluster.local")),
+                       workload=rnd.choice(("", "reviews-v1;shop;reviews;v1;Kubernetes", "r2;shop;reviews;v2;")),
+                       headers={"content-type": "application/grpc"} if rnd.random() < 0.3 else None)
+        for props in (e.response.response_trailers, e.response.response_headers):
+            if rnd.random() < 0.3:
+                props["grpc-status"] = rnd.choice(("0", "14"))
+        if rnd.random() < 0.3:
+            e.common_properties.response_flags.upstream_connection_failure = True
+        if rnd.random() < 0.7:
+            e.common_properties.custom_tags[f"{metrics.CUSTOM_TAG_OVERRIDE_PREFIX}0"] = rnd.choice(("u0", "u1"))
+        entries.append(e)
+    tcp = [tcp_entry(data_pb2.TcpConnectionEnd, f"c{i}", i, 2 * i) for i in range(10)]
+    tcp_cfg = LogConfig("tcp", "echo.shop.svc.cluster.local", "echo", "shop")
+    cached = IstioMetricsStore()
+    cached.add_http_batch(cfg, entries)
+    cached.add_tcp_batch(tcp_cfg, tcp)
+    monkeypatch.setattr("istiod_lite.agent.stats.store._LABEL_CACHE_SIZE", 0)  # cleared for every entry
+    fresh = IstioMetricsStore()
+    for e in entries:
+        fresh.add_http(cfg, e)
+    for t in tcp:
+        fresh.add_tcp(tcp_cfg, t)
+    assert cached.render() == fresh.render()
+    assert len([k for k in parse(cached.render()) if k.startswith("istio_requests_total")]) > 10

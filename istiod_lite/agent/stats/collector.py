@@ -27,8 +27,8 @@ from istiod_lite.translator.telemetry.metrics import LogConfig
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PENDING: Final = 1024
-#: Batches aggregated before yielding to the event loop (SDS and the xDS proxy share it).
-_BATCHES_PER_TURN: Final = 16
+#: Entries aggregated (whole batches) before yielding to the event loop (SDS and the xDS proxy share it).
+_ENTRIES_PER_TURN: Final = 512
 
 
 class StatsCollector(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
@@ -81,20 +81,24 @@ class StatsCollector(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[mis
 
     # -- aggregation -------------------------------------------------------------------------------
     def _aggregate(self, config: LogConfig, message: als_pb2.StreamAccessLogsMessage) -> None:
-        for http in message.http_logs.log_entry:
-            self.store.add_http(config, http)
-        for tcp in message.tcp_logs.log_entry:
-            self.store.add_tcp(config, tcp)
+        if message.HasField("http_logs"):
+            self.store.add_http_batch(config, message.http_logs.log_entry)
+        if message.HasField("tcp_logs"):
+            self.store.add_tcp_batch(config, message.tcp_logs.log_entry)
 
     async def _run(self) -> None:
         while True:
             config, message = await self._queue.get()
-            for _ in range(_BATCHES_PER_TURN):
+            budget = _ENTRIES_PER_TURN
+            while True:
                 try:
                     self._aggregate(config, message)
                 except Exception:  # one bad entry must not stop the metrics
                     log.exception("aggregating an access-log batch failed")
                     self.malformed_entries += len(message.http_logs.log_entry) + len(message.tcp_logs.log_entry)
+                budget -= len(message.http_logs.log_entry) + len(message.tcp_logs.log_entry)
+                if budget <= 0:
+                    break
                 try:
                     config, message = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
