@@ -33,11 +33,11 @@ from istiod_lite.model.networking import (
 from istiod_lite.translator.core import tables
 from istiod_lite.translator.routing.httproute import (
     ConversionError,
-    destination,
     header_ops,
     mirror_policy,
     with_headers,
 )
+from istiod_lite.translator.routing.httproute import backends as httproute_backends
 
 
 def uri_match(m: gr.GRPCMethodMatch) -> StringMatch:
@@ -63,25 +63,6 @@ def _match(m: gr.GRPCRouteMatch) -> HTTPMatchRequest:
                                             headers=headers)
 
 
-def _backends(rule: gr.GRPCRouteRule, route_ns: str, problems: list[str], what: str
-              ) -> tuple[HTTPRouteDestination, ...]:
-    kept = [b for b in rule.backend_refs if b.weight > 0]
-    out = []
-    for b in kept:
-        dest = destination(b.kind, b.group, b.name, b.namespace, b.port, route_ns, problems, what)
-        headers: Headers | None = None
-        for f in b.filters:
-            if f.type == "RequestHeaderModifier" and f.request_header_modifier is not None:
-                headers = with_headers(headers, request=header_ops(f.request_header_modifier))
-            elif f.type == "ResponseHeaderModifier" and f.response_header_modifier is not None:
-                headers = with_headers(headers, response=header_ops(f.response_header_modifier))
-            else:
-                raise ConversionError(f"{what}: unsupported backendRef filter type {f.type!r}")
-        out.append(HTTPRouteDestination.model_construct(destination=dest, weight=b.weight if len(kept) > 1 else None,
-                                                        headers=headers))
-    return tuple(out)
-
-
 def convert_rule(route: gr.GRPCRoute, index: int, rule: gr.GRPCRouteRule, match: gr.GRPCRouteMatch | None,
                  problems: list[str]) -> HTTPRoute:
     """``convertGRPCRoute`` for one (rule, match) pair."""
@@ -104,7 +85,7 @@ def convert_rule(route: gr.GRPCRoute, index: int, rule: gr.GRPCRouteRule, match:
     if sum(b.weight for b in rule.backend_refs) == 0:
         direct = HTTPDirectResponse.model_construct(status=500, body=None)
     else:
-        backends = _backends(rule, route.namespace, problems, what)
+        backends = httproute_backends(rule, route.namespace, problems, what)
     return HTTPRoute.model_construct(
         name=rule.name or f"{route.namespace}.{route.name}.{index}",
         match=(_match(match),) if match is not None else (), route=backends, direct_response=direct,

@@ -38,6 +38,7 @@ from typing import Literal
 
 from istiod_lite.model import ConfigSnapshot
 from istiod_lite.model import gateway as gw
+from istiod_lite.model import gateway_routes as gr
 from istiod_lite.model.base import Resource
 from istiod_lite.model.networking import (
     CorsPolicy,
@@ -194,8 +195,10 @@ def _destination(kind: str, group: str, name: str, namespace: str | None, port: 
     return Destination.model_construct(host=host, port=PortSelector.model_construct(number=port) if port else None)
 
 
-def _backends(rule: gw.HTTPRouteRule, route_ns: str, problems: list[str], what: str
-              ) -> tuple[HTTPRouteDestination, ...]:
+def backends(rule: gw.HTTPRouteRule | gr.GRPCRouteRule, route_ns: str, problems: list[str], what: str
+             ) -> tuple[HTTPRouteDestination, ...]:
+    """A rule's weighted destinations (an HTTPRoute's or a GRPCRoute's: the same backendRef shape,
+    Istio converts both alike): weight 0 dropped, a lone backend unweighted, header filters kept."""
     kept = [b for b in rule.backend_refs if b.weight > 0]
     out = []
     for b in kept:
@@ -257,15 +260,15 @@ def convert_rule(route: gw.HTTPRoute, index: int, rule: gw.HTTPRouteRule, match:
             else:
                 timeout = t.backend_request
     direct: HTTPDirectResponse | None = None
-    backends: tuple[HTTPRouteDestination, ...] = ()
+    dests: tuple[HTTPRouteDestination, ...] = ()
     if sum(b.weight for b in rule.backend_refs) == 0 and redirect is None:
         # "When no backends have a positive weight, the implementation MUST return a 500."
         direct = HTTPDirectResponse.model_construct(status=500, body=None)
     else:  # with a redirect too, as Istio (the redirect wins; the backends still get clusters)
-        backends = _backends(rule, route.namespace, problems, what)
+        dests = backends(rule, route.namespace, problems, what)
     return HTTPRoute.model_construct(
         name=rule.name or f"{route.namespace}.{route.name}.{index}",
-        match=(_match(match),) if match is not None else (), route=backends, redirect=redirect,
+        match=(_match(match),) if match is not None else (), route=dests, redirect=redirect,
         direct_response=direct, rewrite=rewrite, timeout=timeout, retries=retries, mirrors=tuple(mirrors),
         cors_policy=cors, headers=headers)
 
