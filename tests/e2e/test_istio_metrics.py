@@ -26,7 +26,7 @@ import pytest
 from istiod_lite.model.meshconfig import MeshConfig
 from tests.support.backends import BackendsFactory
 from tests.support.mesh import ambient_mesh, exclusive_ip
-from tests.support.meshyaml import SHOP_WAYPOINT
+from tests.support.meshyaml import SHOP_WAYPOINT, versioned_service
 from tests.support.ports import alloc_pod_ip, alloc_vip, free_port
 from tests.support.prometheus import prometheus_server, require_prometheus
 from tests.support.wait import wait_until
@@ -41,33 +41,7 @@ RATINGS = "ratings.shop.svc.cluster.local"
 ECHO = "echo.shop.svc.cluster.local"
 PROM_PORT = 15090
 
-CONFIG = SHOP_WAYPOINT + """apiVersion: v1
-kind: Service
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  clusterIP: {vip_reviews}
-  selector: {{app: reviews}}
-  ports: [{{name: http, port: 9080, targetPort: {port}}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: reviews-v1, namespace: shop, labels: {{app: reviews, version: v1}}}}
-status: {{podIP: {ip_r1}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: reviews-v2, namespace: shop, labels: {{app: reviews, version: v2}}}}
-status: {{podIP: {ip_r2}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  host: reviews
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
----
+CONFIG = SHOP_WAYPOINT + versioned_service("reviews", "http", 9080, vip="vip_reviews", ips=("ip_r1", "ip_r2")) + """---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: reviews, namespace: shop}}

@@ -24,40 +24,14 @@ import pytest
 from tests.support.backends import BackendsFactory
 from tests.support.envoy import parse_stats
 from tests.support.mesh import ambient_mesh, exclusive_ip
-from tests.support.meshyaml import SHOP_WAYPOINT
+from tests.support.meshyaml import SHOP_WAYPOINT, versioned_service
 from tests.support.ports import alloc_vip
 from tests.support.rawhttp import H2cConnection, Http1Connection
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
-BASE = SHOP_WAYPOINT + """apiVersion: v1
-kind: Service
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  clusterIP: {vip}
-  selector: {{app: reviews}}
-  ports: [{{name: http, port: 9080, targetPort: {port}}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: reviews-v1, namespace: shop, labels: {{app: reviews, version: v1}}}}
-status: {{podIP: {ip1}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: reviews-v2, namespace: shop, labels: {{app: reviews, version: v2}}}}
-status: {{podIP: {ip2}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  host: reviews
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
-"""
+BASE = SHOP_WAYPOINT + versioned_service("reviews", "http", 9080)
 
 VS = """apiVersion: networking.istio.io/v1
 kind: VirtualService

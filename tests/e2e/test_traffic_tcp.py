@@ -17,39 +17,13 @@ import aiohttp
 import pytest
 
 from tests.support.mesh import ambient_mesh, exclusive_ip
-from tests.support.meshyaml import SHOP_WAYPOINT
+from tests.support.meshyaml import SHOP_WAYPOINT, versioned_service
 from tests.support.ports import alloc_pod_ip, alloc_vip, port_free_on_all
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = SHOP_WAYPOINT + """apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: shop}}
-spec:
-  clusterIP: {vip}
-  selector: {{app: echo}}
-  ports: [{{name: tcp, port: 9000, targetPort: {port}}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: echo-v1, namespace: shop, labels: {{app: echo, version: v1}}}}
-status: {{podIP: {ip1}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: echo-v2, namespace: shop, labels: {{app: echo, version: v2}}}}
-status: {{podIP: {ip2}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: echo, namespace: shop}}
-spec:
-  host: echo
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
-"""
+CONFIG = SHOP_WAYPOINT + versioned_service("echo", "tcp", 9000)
 
 VS = """apiVersion: networking.istio.io/v1
 kind: VirtualService

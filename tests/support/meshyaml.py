@@ -88,3 +88,37 @@ def one_service_mesh(ns: str, svc: str, wp: str, vip: str, port: int, target_por
     and its one pod ``<svc>-1`` (label ``app: <svc>``) at ``pod_ip:target_port``."""
     return documents(namespace(ns), waypoint_gateway(ns, wp), service(ns, svc, vip, [("http", port, target_port)]),
                      pod(ns, f"{svc}-1", pod_ip, {"app": svc}))
+
+
+def versioned_service(name: str, port_name: str, port: int, *, vip: str = "vip", target: str = "port",
+                      ips: tuple[str, str] = ("ip1", "ip2")) -> str:
+    """A ``str.format`` template (to follow ``SHOP_WAYPOINT``): Service ``shop/<name>`` on ``{<vip>}:port``
+    (target port ``{<target>}``), pods ``<name>-v1`` and ``<name>-v2`` (labels app and version) at
+    ``{<ips[0]>}`` and ``{<ips[1]>}``, and a DestinationRule with subsets v1 and v2."""
+    return f"""apiVersion: v1
+kind: Service
+metadata: {{{{name: {name}, namespace: shop}}}}
+spec:
+  clusterIP: {{{vip}}}
+  selector: {{{{app: {name}}}}}
+  ports: [{{{{name: {port_name}, port: {port}, targetPort: {{{target}}}}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{{{name: {name}-v1, namespace: shop, labels: {{{{app: {name}, version: v1}}}}}}}}
+status: {{{{podIP: {{{ips[0]}}}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{{{name: {name}-v2, namespace: shop, labels: {{{{app: {name}, version: v2}}}}}}}}
+status: {{{{podIP: {{{ips[1]}}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{{{name: {name}, namespace: shop}}}}
+spec:
+  host: {name}
+  subsets:
+  - {{{{name: v1, labels: {{{{version: v1}}}}}}}}
+  - {{{{name: v2, labels: {{{{version: v2}}}}}}}}
+"""
